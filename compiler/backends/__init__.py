@@ -1,0 +1,1 @@
+"""Backends: print an `ir.Kernel` as source for one target."""

@@ -1,0 +1,84 @@
+"""Build `generated/` from `specs/`, or check that it is current.
+
+Building is a pure function from the specs to a mapping of relative path
+to file text; writing and checking compare that mapping with the folder,
+so `optforge build --check` fails exactly when a rebuild would change a byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from optforge.compiler.backends.cpu import render_cpu_module, render_host_module
+from optforge.compiler.lower import lower
+from optforge.compiler.spec import Spec
+from optforge.compiler.wrappers import render_class_module, render_dialect_init
+
+PACKAGE_DOCS = {
+    "": "Compiler output, committed: do not edit; `optforge build` rewrites it from specs/.",
+    "host": "Step-level scalars, computed once per step on the host in float64.",
+    "cpu": "Fused Numba CPU kernels.",
+}
+DIALECTS = ("nn",)
+
+
+def load_specs(names: list[str] | None = None) -> list[Spec]:
+    specs_package = importlib.import_module("optforge.specs")
+    names = list(specs_package.ALL) if names is None else names
+    return [importlib.import_module(f"optforge.specs.{name}").SPEC for name in names]
+
+
+def build_files(specs: list[Spec]) -> dict[str, str]:
+    """Relative path under generated/ -> file text, for every file the specs give."""
+    files = {
+        f"{folder}/__init__.py" if folder else "__init__.py": f'"""{doc}"""\n'
+        for folder, doc in PACKAGE_DOCS.items()
+    }
+    exported: dict[str, list[tuple[str, str]]] = {d: [] for d in DIALECTS}
+    for spec in specs:
+        kernels = [lower(spec, variant) for variant in spec.variants()]
+        files[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
+        files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels)
+        for export in spec.exports:
+            files[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export)
+            exported[export.dialect].append((spec.name, export.class_name))
+    for dialect, classes in exported.items():
+        files[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes)
+    return dict(sorted(files.items()))
+
+
+def generated_dir() -> Path:
+    import optforge.generated
+
+    return Path(optforge.generated.__path__[0])
+
+
+def stale_files(files: dict[str, str], root: Path) -> list[str]:
+    """What differs between `files` and `root`: changed, missing and extra .py files."""
+    problems = []
+    for rel, text in files.items():
+        path = root / rel
+        if not path.exists():
+            problems.append(f"missing: {rel}")
+        elif path.read_text() != text:
+            problems.append(f"changed: {rel}")
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in files:
+            problems.append(f"extra: {rel}")
+    return problems
+
+
+def write_files(files: dict[str, str], root: Path) -> list[str]:
+    """Write `files` under `root`, remove .py files no spec gives; return what changed."""
+    changed = stale_files(files, root)
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+    for path in root.rglob("*.py"):
+        if path.relative_to(root).as_posix() not in files:
+            path.unlink()
+    return changed

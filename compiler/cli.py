@@ -1,0 +1,71 @@
+"""`optforge`: build generated/ from specs/, check it, show what a spec compiles to."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from optforge.compiler import build
+from optforge.compiler.spec import SpecError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="optforge", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build_cmd = commands.add_parser("build", help="regenerate generated/ from specs/")
+    build_cmd.add_argument("--check", action="store_true", help="exit 1 if generated/ is stale; write nothing")
+    build_cmd.add_argument("--out", type=Path, help="folder to write (default: the installed generated/)")
+
+    show = commands.add_parser("show", help="print what a spec compiles to")
+    show.add_argument("name", help="spec name, e.g. adam")
+    show.add_argument(
+        "--part",
+        choices=("cpu", "host", "nn"),
+        default="cpu",
+        help="cpu: the Numba kernels (default); host: step-level scalars; nn: the class",
+    )
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args)
+        return _show(args)
+    except SpecError as error:
+        print(f"optforge: spec error: {error}", file=sys.stderr)
+        return 2
+
+
+def _build(args) -> int:
+    files = build.build_files(build.load_specs())
+    root = args.out or build.generated_dir()
+    if args.check:
+        problems = build.stale_files(files, root)
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"optforge: {root} is stale; run `optforge build`", file=sys.stderr)
+            return 1
+        print(f"optforge: {root} is current ({len(files)} files)")
+        return 0
+    changed = build.write_files(files, root)
+    for line in changed:
+        print(line)
+    print(f"optforge: wrote {root} ({len(files)} files, {len(changed)} changed)")
+    return 0
+
+
+def _show(args) -> int:
+    (spec,) = build.load_specs([args.name.lower()])
+    files = build.build_files([spec])
+    rel = f"{args.part}/{spec.name}.py"
+    if rel not in files:
+        print(f"optforge: {spec.name} has no {args.part} output", file=sys.stderr)
+        return 2
+    sys.stdout.write(files[rel])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Compiler passes: small pure functions, each with its own unit tests."""

@@ -1,0 +1,52 @@
+"""Common subexpressions (SymPy's `cse`), then an order that respects dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import sympy as sp
+
+from optforge.compiler.ir import Assignment
+
+
+def eliminate_common_subexpressions(assignments: list[Assignment], prefix: str) -> list[Assignment]:
+    """`assignments` with repeated subexpressions computed once into `<prefix>0, ...`.
+
+    The result is in dependency order, keeping the given order where it can.
+    """
+    if not assignments:
+        return []
+    taken = {s.name for a in assignments for s in a.expr.free_symbols | {a.target}}
+    names = (sp.Symbol(f"{prefix}{i}") for i in range(10**6) if f"{prefix}{i}" not in taken)
+    replacements, reduced = sp.cse([a.expr for a in assignments], symbols=names, order="none")
+    temporaries = [Assignment(s, e) for s, e in replacements]
+    results = [Assignment(a.target, e) for a, e in zip(assignments, reduced)]
+    return schedule(temporaries + results)
+
+
+def schedule(assignments: Iterable[Assignment]) -> list[Assignment]:
+    """Order assignments so each comes after those it reads; stable otherwise."""
+    pending = list(assignments)
+    defined_later = {a.target for a in pending}
+    done: set[sp.Symbol] = set()
+    ordered = []
+    while pending:
+        for i, a in enumerate(pending):
+            if not (a.expr.free_symbols & defined_later) - done:
+                ordered.append(pending.pop(i))
+                done.add(a.target)
+                break
+        else:
+            raise ValueError(f"cyclic assignments: {[str(a) for a in pending]}")
+    return ordered
+
+
+def prune(assignments: list[Assignment], needed: Iterable[sp.Symbol]) -> list[Assignment]:
+    """Drop assignments that nothing in `needed` depends on."""
+    live = set(needed)
+    kept = []
+    for a in reversed(assignments):
+        if a.target in live:
+            kept.append(a)
+            live |= a.expr.free_symbols
+    return kept[::-1]

@@ -1,0 +1,94 @@
+"""Code printers built on SymPy's `PythonCodePrinter`.
+
+`ElementPrinter` prints loop-body code for a kernel of one float type. In
+Numba, as in NumPy, `float32 * 0.5` is float64, so one stray literal would
+silently turn a float32 kernel into a float64 one: every number is printed
+as a typed literal (`f32(0.5)`), and powers and square roots are printed as
+multiplications and `math.sqrt` so no float64 exponent or `1/` sneaks in.
+Arguments are printed in SymPy's order ("order": "none"): printing never
+reorders the operations the expression holds.
+
+`HostPrinter` prints the step-level code that runs once per step on the host
+in Python floats (float64).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
+from sympy.printing.pycode import PythonCodePrinter
+
+LITERAL_TYPES = {"float32": "f32", "float64": "f64"}
+
+
+class ElementPrinter(PythonCodePrinter):
+    """Element-level code for a `dtype` ("float32" or "float64") kernel."""
+
+    def __init__(self, dtype: str):
+        super().__init__({"order": "none", "fully_qualified_modules": True})
+        self.literal_type = LITERAL_TYPES[dtype]
+
+    def literal(self, value) -> str:
+        return f"{self.literal_type}({float(value)!r})"
+
+    def parenthesize(self, item, level, strict=False):
+        # A typed literal is a call, atomic in Python's grammar: never parenthesize it.
+        if isinstance(item, sp.Number):
+            return self._print(item)
+        return super().parenthesize(item, level, strict)
+
+    def _print_Float(self, expr):
+        return self.literal(expr)
+
+    def _print_Rational(self, expr):
+        return self.literal(expr)
+
+    def _print_Integer(self, expr):
+        return self.literal(expr)
+
+    def _print_Half(self, expr):
+        return self.literal(expr)
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        b = self.parenthesize(base, PRECEDENCE["Pow"])
+        one = self.literal(1)
+        if exp == sp.S.Half:
+            return f"math.sqrt({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"{one}/math.sqrt({self._print(base)})"
+        if exp.is_Integer and 2 <= exp <= 4:
+            return "(" + "*".join([b] * int(exp)) + ")"
+        if exp == -1:
+            return f"{one}/{b}"
+        if exp.is_Integer and -4 <= exp <= -2:
+            return f"{one}/(" + "*".join([b] * int(-exp)) + ")"
+        return f"{b}**{self.parenthesize(exp, PRECEDENCE['Pow'])}"
+
+    def _print_Max(self, expr):
+        return self._fold("max", expr.args)
+
+    def _print_Min(self, expr):
+        return self._fold("min", expr.args)
+
+    def _fold(self, name: str, args) -> str:
+        text = self._print(args[0])
+        for arg in args[1:]:
+            text = f"{name}({text}, {self._print(arg)})"
+        return text
+
+    def _print_Abs(self, expr):
+        return f"abs({self._print(expr.args[0])})"
+
+
+class HostPrinter(PythonCodePrinter):
+    """Step-level code in Python floats; `t` is an int, the rest are floats."""
+
+    def __init__(self):
+        super().__init__({"order": "none", "fully_qualified_modules": True})
+
+    def _print_Max(self, expr):
+        return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Min(self, expr):
+        return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"

@@ -1,0 +1,48 @@
+"""Templates to formatted source text."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import jinja2
+
+TEMPLATES = Path(__file__).parent / "templates"
+LINE_LENGTH = 100
+
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render(template: str, **context) -> str:
+    """Render `template` and format the result as Python source."""
+    return format_python(_environment.get_template(template).render(**context))
+
+
+def format_python(source: str) -> str:
+    """`ruff format` with fixed settings, so every machine gives the same bytes."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "format",
+            "--isolated",
+            f"--line-length={LINE_LENGTH}",
+            "--target-version=py310",
+            "-",
+        ],
+        input=source,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ruff could not format generated code:\n{result.stderr}\n{source}")
+    return result.stdout

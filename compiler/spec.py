@@ -1,0 +1,237 @@
+"""The spec model: what a spec file declares, checked once when it is built.
+
+A spec names its hyperparameters (type, default), their domains (SymPy sets),
+the structural flags that select kernel variants, the state kept per element
+with its initial value, and ordered update rules written as SymPy
+expressions. Rules are sequential, as in the kernels they describe: after
+``Rule(m, ...)`` a later rule reading ``m`` reads the new value.
+
+Every mistake in a spec raises one `SpecError` naming the spec file and the
+rule (or declaration) at fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sympy as sp
+
+# Built-in symbols every spec may use. Their binding-time levels are fixed
+# (see passes/levels.py): w, g per element; weight_decay, grad_scale per
+# tensor (the dialect fills them, e.g. the nn dialect's beta/gamma rule); t
+# and lr once per step.
+w = sp.Symbol("w")  # the parameter, one element of it
+g = sp.Symbol("g")  # its gradient
+t = sp.Symbol("t")  # the step counter: 1 at the first update
+lr = sp.Symbol("lr")  # the group's learning rate at this step
+weight_decay = sp.Symbol("weight_decay")  # per tensor: 0 where the dialect exempts it
+grad_scale = sp.Symbol("grad_scale")  # per tensor: 1/loss_scale in the nn dialect
+
+BUILTIN_ELEMENT = (w, g)
+BUILTIN_STEP = (t, lr)
+BUILTIN_TENSOR = (weight_decay, grad_scale)
+BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
+
+# Arguments the dialect bases own (validated by the hand-written run-time),
+# which a class signature may interleave with the spec's own arguments.
+DIALECT_ARGUMENTS = {
+    "nn": ("learning_rate", "weight_decay", "loss_scale", "use_locking"),
+}
+
+REQUIRED = object()  # marks a signature argument without a default
+
+
+class SpecError(Exception):
+    """A spec that cannot be compiled; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A scalar hyperparameter: constant over the run, set in the constructor."""
+
+    symbol: sp.Symbol
+    types: tuple[str, ...]  # accepted Python types by name: "float", "int", "bool"
+    default: object
+    doc: str
+
+    @property
+    def name(self) -> str:
+        return self.symbol.name
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A structural switch: each value gives its own kernel, never a run-time branch."""
+
+    symbol: sp.Symbol
+    doc: str
+    default: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.symbol.name
+
+
+@dataclass(frozen=True)
+class State:
+    """A per-element tensor kept between steps, shaped like its parameter."""
+
+    symbol: sp.Symbol
+    init: object  # a number, or a hyperparameter's symbol
+    name: str  # the public name (MindSpore's attribute, e.g. "moment1")
+    doc: str
+    when: sp.Symbol | None = None  # a flag: the state exists only when it is set
+
+
+@dataclass(frozen=True)
+class Rule:
+    """`target <- expr`; `when` (a flag) limits the rule to the variants that set it."""
+
+    target: sp.Symbol
+    expr: sp.Expr
+    when: sp.Symbol | None = None
+
+    def __str__(self) -> str:
+        cond = f" (when {self.when})" if self.when is not None else ""
+        return f"{self.target} <- {self.expr}{cond}"
+
+
+@dataclass(frozen=True)
+class Export:
+    """A class generated from the spec in one dialect, with its signature.
+
+    `signature` lists the constructor's arguments after `params`, in order:
+    a name (default from the spec's hyperparameter or flag) or a
+    `(name, default)` pair; the default may be `REQUIRED`.
+    """
+
+    dialect: str
+    class_name: str
+    signature: tuple
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    title: str
+    source: str
+    hypers: tuple[Hyper, ...]
+    flags: tuple[Flag, ...]
+    state: tuple[State, ...]
+    rules: tuple[Rule, ...]
+    domains: dict = field(default_factory=dict)  # hyper symbol -> sympy Set
+    exports: tuple[Export, ...] = ()
+    summary: str = ""
+    references: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        for name in ("hypers", "flags", "state", "rules", "exports", "references"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        check_spec(self)
+
+    @property
+    def where(self) -> str:
+        """The spec file as shown in errors, e.g. 'specs/adam.py'."""
+        path = Path(self.source)
+        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+    def hyper(self, name: str) -> Hyper:
+        return next(h for h in self.hypers if h.name == name)
+
+    def variants(self) -> list[dict[sp.Symbol, bool]]:
+        """Every combination of flag values, in a fixed order (all False first)."""
+        return [
+            dict(zip([f.symbol for f in self.flags], values))
+            for values in itertools.product((False, True), repeat=len(self.flags))
+        ]
+
+
+def active(when: sp.Symbol | None, variant: dict[sp.Symbol, bool]) -> bool:
+    return when is None or variant[when]
+
+
+def check_spec(spec: Spec) -> None:
+    """Raise SpecError for the first mistake found in `spec`."""
+
+    def fail(what: str, message: str) -> None:
+        raise SpecError(f"{spec.where}: {what}: {message}")
+
+    declared: dict[str, str] = {s.name: "a built-in symbol" for s in BUILTINS}
+    for kind, items in (("hyperparameter", spec.hypers), ("flag", spec.flags), ("state", spec.state)):
+        for item in items:
+            sym = item.symbol
+            if not isinstance(sym, sp.Symbol):
+                fail(f"{kind} {sym!r}", "must be declared with a sympy.Symbol")
+            if sym.name in declared:
+                fail(f"{kind} '{sym.name}'", f"name already used by {declared[sym.name]}")
+            declared[sym.name] = f"a {kind}"
+
+    hyper_syms = {h.symbol for h in spec.hypers}
+    flag_syms = {f.symbol for f in spec.flags}
+    state_syms = {s.symbol for s in spec.state}
+
+    for sym, domain in spec.domains.items():
+        name = getattr(sym, "name", str(sym))
+        if sym not in hyper_syms:
+            fail(f"domain of '{name}'", "is not a hyperparameter of this spec (unknown name)")
+        if not isinstance(domain, sp.Interval):
+            fail(f"domain of '{name}'", f"must be a sympy Interval, got {domain!r}")
+
+    for s in spec.state:
+        if s.when is not None and s.when not in flag_syms:
+            fail(f"state '{s.name}'", f"'when' must be a flag, got {s.when}")
+        if not (isinstance(s.init, (int, float)) or s.init in hyper_syms):
+            fail(f"state '{s.name}'", f"initial value must be a number or a hyperparameter, got {s.init!r}")
+
+    for i, rule in enumerate(spec.rules, 1):
+        where = f"rule {i} ({rule})"
+        if not isinstance(rule.target, sp.Symbol):
+            fail(where, "the target must be a symbol")
+        if rule.when is not None and rule.when not in flag_syms:
+            fail(where, f"'when' must be a flag, got {rule.when}")
+        if rule.target in hyper_syms | flag_syms or rule.target in BUILTINS and rule.target != w:
+            fail(where, f"cannot assign to '{rule.target}': only the parameter, state and locals can be")
+
+    for variant in spec.variants():
+        _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms)
+
+    for export in spec.exports:
+        known = {h.name for h in spec.hypers} | {f.name for f in spec.flags}
+        known |= set(DIALECT_ARGUMENTS.get(export.dialect, ()))
+        if export.dialect not in DIALECT_ARGUMENTS:
+            fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
+        for entry in export.signature:
+            arg = entry if isinstance(entry, str) else entry[0]
+            if arg not in known:
+                fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
+
+
+def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> None:
+    states = {s.symbol for s in spec.state if active(s.when, variant)}
+    readable = set(BUILTINS) | hyper_syms | flag_syms | states
+    assigned: set[sp.Symbol] = set()
+    label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
+    flag_values = {flag: sp.true if on else sp.false for flag, on in variant.items()}
+    for i, rule in enumerate(spec.rules, 1):
+        if not active(rule.when, variant):
+            continue
+        where = f"rule {i} ({rule})"
+        expr = sp.sympify(rule.expr).subs(flag_values)
+        for sym in sorted(expr.free_symbols, key=str):
+            if sym not in readable:
+                if sym in state_syms:
+                    fail(where, f"reads state '{sym}', which does not exist when {label}")
+                fail(where, f"undefined symbol '{sym}'")
+        if rule.target in state_syms and rule.target not in states:
+            fail(where, f"writes state '{rule.target}', which does not exist when {label}")
+        if rule.target in assigned:
+            fail(where, f"assigns '{rule.target}' twice (when {label})")
+        assigned.add(rule.target)
+        readable.add(rule.target)  # a local becomes readable once assigned
+    for s in spec.state:
+        if s.symbol in states and s.symbol not in assigned:
+            fail(f"state '{s.name}'", f"is never written (when {label})")
+    if w not in assigned:
+        fail("rules", f"never update the parameter 'w' (when {label})")

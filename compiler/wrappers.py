@@ -1,0 +1,131 @@
+"""Dialect classes from a spec: signature, checks, docstring, kernel choice.
+
+The checks are generated from the spec's declared types and domains, and so
+is the docstring's Raises section: what a class validates and what its
+documentation says it validates come from the same declarations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import sympy as sp
+
+from optforge.compiler.render import render
+from optforge.compiler.spec import REQUIRED, Export, Spec
+from optforge.runtime.checks import Interval
+
+# The nn dialect's own arguments, validated by optforge.runtime.nn_optimizer.
+NN_ARGUMENTS = {
+    "learning_rate": (
+        "float, int, numpy.ndarray, Iterable or LearningRateSchedule",
+        "The learning rate: a number (>= 0); a 0-d array; a 1-D array or iterable whose "
+        "i-th value is used at the i-th step (from 0); or a LearningRateSchedule called with "
+        "the step (0 at the first update).",
+    ),
+    "weight_decay": (
+        "float, int or callable",
+        "Coupled L2 weight decay added to the gradient (>= 0), or a callable of the step. "
+        "Without groups it skips parameters whose name contains 'beta' or 'gamma'.",
+    ),
+    "loss_scale": (
+        "float",
+        "The gradients are divided by it before the update (> 0).",
+    ),
+    "use_locking": (
+        "bool",
+        "Serialise concurrent steps on this optimizer with a lock.",
+    ),
+}
+
+NN_RAISES = (
+    ("TypeError", "`learning_rate` is not an int, float, ndarray, Iterable or LearningRateSchedule."),
+    ("TypeError", "an element of `params` is neither a Parameter nor a dict."),
+    ("TypeError", "`loss_scale` is not a float."),
+    ("TypeError", "`weight_decay` is neither a number nor a callable."),
+    ("ValueError", "`params` is None or empty, `learning_rate` or `weight_decay` is negative or not finite, "
+     "`loss_scale` is not positive, or a dynamic learning rate has more than one dimension."),
+    ("KeyError", "a group dict has a key other than params, lr, weight_decay, grad_centralization, order_params."),
+    ("RuntimeError", "a parameter appears twice."),
+)
+
+
+@dataclass(frozen=True)
+class Argument:
+    name: str
+    default: str | None  # Python source of the default, None when required
+    types: str
+    doc: str
+
+
+def runtime_domain(domain: sp.Interval) -> Interval:
+    def number(x):
+        return math.inf if x == sp.oo else -math.inf if x == -sp.oo else float(x)
+
+    return Interval(number(domain.start), number(domain.end), bool(domain.left_open), bool(domain.right_open))
+
+
+def _type_words(types: tuple[str, ...]) -> str:
+    return " or ".join(types)
+
+
+def class_context(spec: Spec, export: Export) -> dict:
+    arguments = []
+    for entry in export.signature:
+        name, default = (entry, None) if isinstance(entry, str) else entry
+        if name in NN_ARGUMENTS:
+            types, doc = NN_ARGUMENTS[name]
+        elif name in {h.name for h in spec.hypers}:
+            hyper = spec.hyper(name)
+            types, doc = _type_words(hyper.types), hyper.doc
+            default = hyper.default if default is None else default
+        else:
+            flag = next(f for f in spec.flags if f.name == name)
+            types, doc = "bool", flag.doc
+            default = flag.default if default is None else default
+        arguments.append(Argument(name, None if default is REQUIRED else repr(default), types, doc))
+    names = [a.name for a in arguments]
+    domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
+    hypers = [h for h in spec.hypers if h.name in names]
+    raises = list(NN_RAISES)
+    for h in hypers:
+        raises.append(("TypeError", f"`{h.name}` is not {_type_words(h.types)}."))
+        if h.name in domains:
+            raises.append(("ValueError", f"`{h.name}` is not {domains[h.name].describe()}."))
+    bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags]
+    raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
+    state_init = {
+        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f"self.{s.init.name}")
+        for s in spec.state
+    }
+    return {
+        "hyper_names": repr(tuple(h.name for h in hypers)),
+        "variant_key": _tuple_source([f.name for f in spec.flags]),
+        "state_init": "{" + ", ".join(f'"{k}": {v}' for k, v in state_init.items()) + "}",
+        "source": spec.where,
+        "spec": spec,
+        "cls": export.class_name,
+        "arguments": arguments,
+        "hypers": [(h.name, h.types, repr(domains.get(h.name))) for h in hypers],
+        "bools": bools,
+        "flags": [f.name for f in spec.flags],
+        "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
+        "loss_scale": "loss_scale" if "loss_scale" in names else "1.0",
+        "use_locking": "use_locking" if "use_locking" in names else "False",
+        "raises": raises,
+    }
+
+
+def _tuple_source(items: list[str]) -> str:
+    """A tuple display of source snippets: '()', '(a,)', '(a, b)'."""
+    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+
+
+def render_class_module(spec: Spec, export: Export) -> str:
+    return render(f"{export.dialect}_class.py.j2", **class_context(spec, export))
+
+
+def render_dialect_init(dialect: str, classes: list[tuple[str, str]]) -> str:
+    """`classes`: (module name, class name) pairs, in order."""
+    return render("dialect_init.py.j2", source="specs/", dialect=dialect, classes=classes)

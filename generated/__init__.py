@@ -1,0 +1,1 @@
+"""Compiler output, committed: do not edit; `optforge build` rewrites it from specs/."""

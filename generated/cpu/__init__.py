@@ -1,0 +1,1 @@
+"""Fused Numba CPU kernels."""

@@ -1,0 +1,1 @@
+"""Step-level scalars, computed once per step on the host in float64."""

@@ -1,0 +1,34 @@
+"""optforge: deep-learning optimizers compiled from SymPy specs into fused kernels.
+
+Run-time imports are numpy and numba only. The dialects load on first use,
+so `optforge build` can run (and repair) even when generated/ is stale.
+
+    optforge.Parameter          a named array, updated in place
+    optforge.nn                 MindSpore's nn dialect (Adam, ...)
+    optforge.Adam               = optforge.nn.Adam
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from optforge.parameter import Parameter
+
+__version__ = "0.1.0"
+
+_SUBMODULES = ("nn",)
+_REEXPORTS = {"Adam": "nn"}
+
+__all__ = ["Parameter", *_SUBMODULES, *_REEXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"optforge.{name}")
+    if name in _REEXPORTS:
+        return getattr(importlib.import_module(f"optforge.{_REEXPORTS[name]}"), name)
+    raise AttributeError(f"module 'optforge' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

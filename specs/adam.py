@@ -1,0 +1,94 @@
+"""Adam, as MindSpore's `nn.Adam` computes it (Kingma & Ba, 2015).
+
+MindSpore's kernels fold both bias corrections into the step size and add
+eps to sqrt(v) uncorrected (the "epsilon hat" form of the paper's section 2),
+which is what this spec writes; its documentation's formula, m_hat over
+sqrt(v_hat) + eps, scales eps differently.
+"""
+
+import sympy as sp
+
+from optforge.compiler.spec import (
+    REQUIRED,  # noqa: F401  (re-exported for spec authors who copy this file)
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    g,
+    grad_scale,
+    lr,
+    t,
+    w,
+    weight_decay,
+)
+
+beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
+use_nesterov, use_amsgrad = sp.symbols("use_nesterov use_amsgrad")
+m, v, vhat = sp.symbols("m v vhat")
+g_eff = sp.Symbol("g_eff")
+
+# Nesterov's numerator; MindSpore ignores use_nesterov when use_amsgrad is set.
+numerator = sp.Piecewise((beta1 * m + (1 - beta1) * g_eff, use_nesterov & ~use_amsgrad), (m, True))
+second_moment = sp.Piecewise((vhat, use_amsgrad), (v, True))
+
+SPEC = Spec(
+    name="adam",
+    title="Adam",
+    source=__file__,
+    summary="Adaptive moment estimation: per-element steps scaled by running moments of the gradient.",
+    references=(
+        "Diederik P. Kingma, Jimmy Ba. Adam: A Method for Stochastic Optimization. ICLR 2015. "
+        "https://arxiv.org/abs/1412.6980",
+        "Sashank J. Reddi, Satyen Kale, Sanjiv Kumar. On the Convergence of Adam and Beyond "
+        "(AMSGrad). ICLR 2018. https://openreview.net/forum?id=ryQu7f-RZ",
+    ),
+    hypers=[
+        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
+        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the second moment."),
+        Hyper(eps, ("float",), 1e-8, "Added to the denominator for numerical stability."),
+    ],
+    domains={
+        beta1: sp.Interval.open(0, 1),
+        beta2: sp.Interval.open(0, 1),
+        eps: sp.Interval.open(0, sp.oo),
+    },
+    flags=[
+        Flag(use_nesterov, "Use Nesterov's accelerated gradient in the update (ignored with use_amsgrad)."),
+        Flag(use_amsgrad, "Divide by the running maximum of the second moment (AMSGrad)."),
+    ],
+    state=[
+        State(m, 0, "moment1", "First moment (running mean of gradients)."),
+        State(v, 0, "moment2", "Second moment (running mean of squared gradients)."),
+        State(vhat, 0, "vhat", "Running maximum of the second moment.", when=use_amsgrad),
+    ],
+    rules=[
+        # The nn dialect's effective gradient: loss scale undone, coupled L2 decay added.
+        Rule(g_eff, g * grad_scale + weight_decay * w),
+        Rule(m, m + (g_eff - m) * (1 - beta1)),
+        Rule(v, v + (g_eff**2 - v) * (1 - beta2)),
+        Rule(vhat, sp.Max(vhat, v), when=use_amsgrad),
+        Rule(
+            w,
+            w - lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t) * numerator / (sp.sqrt(second_moment) + eps),
+        ),
+    ],
+    exports=[
+        Export(
+            "nn",
+            "Adam",
+            (
+                ("learning_rate", 1e-3),
+                "beta1",
+                "beta2",
+                "eps",
+                ("use_locking", False),
+                "use_nesterov",
+                ("weight_decay", 0.0),
+                ("loss_scale", 1.0),
+                "use_amsgrad",
+            ),
+        )
+    ],
+)
