@@ -1,0 +1,28 @@
+import numpy as np
+import pytest
+
+# The fixture of mindspore-semantics.md section 10.2: w0 and five gradient rows,
+# step t uses row (t - 1) mod 5.
+W0 = np.array([0.5, -1.0, 1.5, -2.0, 0.25])
+G = np.array(
+    [
+        [0.1, -0.2, 0.3, -0.4, 0.0],
+        [0.2, 0.1, -0.3, 0.5, 0.05],
+        [-0.1, 0.3, 0.2, -0.2, 0.1],
+        [0.4, -0.1, 0.1, 0.3, -0.05],
+        [0.0, 0.2, -0.4, 0.1, 0.2],
+    ]
+)
+
+# Tolerance against MindSpore (issue 2): 1e-5 absolute + 2e-5 relative.
+MS_TOL = dict(atol=1e-5, rtol=2e-5)
+
+
+def golden_grad(step: int, scale: float = 1.0, dtype=np.float32) -> np.ndarray:
+    """The gradient of step `step` (1-based), times `scale`."""
+    return (G[(step - 1) % 5] * scale).astype(dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261121)

@@ -1,0 +1,157 @@
+"""Unit tests of each compiler pass on tiny inputs."""
+
+import sympy as sp
+
+from optforge.compiler.ir import Assignment
+from optforge.compiler.lower import lower
+from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
+from optforge.compiler.passes.hoist import hoist
+from optforge.compiler.passes.levels import Level, assign_levels, level_of
+from optforge.compiler.passes.specialize import specialize
+from optforge.compiler.passes.ssa import to_ssa
+from optforge.compiler.spec import Flag, Hyper, Rule, Spec, State, g, lr, t, w, weight_decay
+from optforge.specs.adam import SPEC as ADAM
+
+b, m, flag = sp.symbols("b m flag")
+s0, s1, u0, x0 = sp.symbols("s0 s1 u0 x0")
+E, S, T = Level.ELEMENT, Level.STEP, Level.TENSOR
+LEVELS = {w: E, g: E, m: E, b: S, lr: S, t: S, weight_decay: T}
+
+
+def tiny(rules, state=(State(m, 0, "m", "m"),)):
+    return Spec("tiny", "Tiny", "specs/tiny.py", [Hyper(b, ("float",), 0.5, "b")], [Flag(flag, "f")], state, rules)
+
+
+# -- specialize --
+
+
+def test_specialize_collapses_piecewise_and_drops_rules_of_other_variants():
+    spec = tiny([
+        Rule(m, b * m + g),
+        Rule(m, m + 1, when=flag),
+        Rule(w, w - lr * sp.Piecewise((2 * m, flag), (m, True))),
+    ][::2])
+    assert [str(r) for r in specialize(spec, {flag: False})] == ["m <- b*m + g", "w <- -lr*m + w"]
+    assert [str(r) for r in specialize(spec, {flag: True})] == ["m <- b*m + g", "w <- -2*lr*m + w"]
+
+
+def test_specialize_drops_a_rule_whose_flag_is_off():
+    d = sp.Symbol("d")
+    spec = tiny([Rule(m, b * m + g), Rule(d, 2 * g, when=flag), Rule(w, w - lr * m)])
+    assert [str(r.target) for r in specialize(spec, {flag: False})] == ["m", "w"]
+    assert [str(r.target) for r in specialize(spec, {flag: True})] == ["m", "d", "w"]
+
+
+# -- ssa --
+
+
+def test_ssa_renames_updated_inputs_and_later_reads():
+    d = sp.Symbol("d")
+    rules = [Rule(d, 2 * g), Rule(m, b * m + d), Rule(w, w - lr * m)]
+    assignments, outputs = to_ssa(rules, {w, g, m})
+    assert [str(a) for a in assignments] == ["d = 2*g", "m_new = b*m + d", "w_new = -lr*m_new + w"]
+    assert outputs == {m: sp.Symbol("m_new"), w: sp.Symbol("w_new")}
+
+
+# -- levels --
+
+
+def test_level_is_the_highest_level_of_the_free_symbols():
+    assert level_of(sp.Integer(3), LEVELS) == Level.CONST
+    assert level_of(1 - b**t, LEVELS) == S
+    assert level_of(lr * weight_decay, LEVELS) == T
+    assert level_of(lr * m, LEVELS) == E
+
+
+def test_assign_levels_follows_the_assignments():
+    c, d = sp.symbols("c d")
+    levels = assign_levels([Assignment(c, 1 - b), Assignment(d, c * g)], LEVELS)
+    assert levels[c] == S and levels[d] == E
+
+
+# -- hoist --
+
+
+def test_hoist_pulls_the_step_size_out_of_a_product():
+    c = sp.Symbol("c")
+    expr = w - lr * sp.sqrt(1 - c**t) / (1 - b**t) * m
+    result = hoist([Assignment(sp.Symbol("w_new"), expr)], LEVELS | {c: S})
+    assert [str(a) for a in result.step] == ["s0 = -lr*sqrt(1 - c**t)/(1 - b**t)"]
+    assert [str(a) for a in result.element] == ["w_new = m*s0 + w"]
+    assert result.levels[s0] == S
+
+
+def test_hoist_keeps_lone_symbols_and_numbers_in_place():
+    result = hoist([Assignment(sp.Symbol("y"), m * b + 2 * g)], LEVELS)
+    assert result.step == []
+    assert str(result.element[0].expr) == "b*m + 2*g"
+
+
+def test_hoist_folds_a_negation_into_the_scalar():
+    result = hoist([Assignment(sp.Symbol("y"), w - b * m)], LEVELS)
+    assert [str(a) for a in result.step] == ["s0 = -b"]
+    assert str(result.element[0].expr) == "m*s0 + w"
+
+
+def test_hoist_gives_equal_invariants_one_scalar():
+    result = hoist([Assignment(sp.Symbol("y"), (1 - b) * m + (1 - b) * g)], LEVELS)
+    assert [str(a) for a in result.step] == ["s0 = 1 - b"]
+
+
+def test_hoist_moves_tensor_level_work_to_the_chunk_and_its_step_parts_to_the_host():
+    result = hoist([Assignment(sp.Symbol("y"), w - lr * (1 - b) * weight_decay * w)], LEVELS)
+    assert [str(a) for a in result.step] == ["s0 = -lr*(1 - b)"]
+    assert [str(a) for a in result.tensor] == ["u0 = s0*weight_decay"]
+    assert [str(a) for a in result.element] == ["y = u0*w + w"]
+
+
+def test_hoist_moves_whole_step_level_assignments_to_the_host():
+    c = sp.Symbol("c")
+    result = hoist([Assignment(c, 1 - b**t), Assignment(sp.Symbol("y"), m / c)], LEVELS)
+    # Dividing by a step-level value becomes a multiplication by its reciprocal.
+    assert [str(a) for a in result.step] == ["c = 1 - b**t", "s0 = 1/c"]
+    assert [str(a) for a in result.element] == ["y = m*s0"]
+
+
+# -- cse and scheduling --
+
+
+def test_cse_computes_a_repeated_subexpression_once():
+    y, z = sp.symbols("y z")
+    out = eliminate_common_subexpressions(
+        [Assignment(y, sp.sqrt(m + g) * b), Assignment(z, sp.sqrt(m + g) + w)], "x"
+    )
+    assert [str(a) for a in out] == ["x0 = sqrt(g + m)", "y = b*x0", "z = w + x0"]
+
+
+def test_schedule_orders_by_dependency_and_keeps_order_otherwise():
+    y, z = sp.symbols("y z")
+    out = schedule([Assignment(z, y + 1), Assignment(x0, g), Assignment(y, x0 * 2)])
+    assert [a.target for a in out] == [x0, y, z]
+
+
+def test_prune_drops_what_nothing_needs():
+    y, z = sp.symbols("y z")
+    out = prune([Assignment(x0, g), Assignment(y, 2 * g), Assignment(z, x0 + 1)], [z])
+    assert [a.target for a in out] == [x0, z]
+
+
+# -- the whole pipeline on Adam --
+
+
+def test_adam_kernels_compute_no_power_and_no_step_level_value():
+    beta1, beta2 = sp.symbols("beta1 beta2")
+    for variant in ADAM.variants():
+        kernel = lower(ADAM, variant)
+        for a in kernel.element:
+            assert not a.expr.free_symbols & {beta2, t, lr}, a
+            for power in a.expr.atoms(sp.Pow):
+                assert power.exp in (2, sp.S.Half, -1), f"{a}: {power}"
+        host = {str(a.target): str(a.expr) for a in kernel.host}
+        assert host["s2"] == "-lr*sqrt(1 - beta2**t)/(1 - beta1**t)"
+
+
+def test_adam_stores_only_the_arrays_that_change():
+    kernel = lower(ADAM, {v: False for v in ADAM.variants()[0]})
+    assert [s.array.name for s in kernel.stores] == ["param", "moment1", "moment2"]
+    assert [a.name for a in kernel.loads] == ["param", "grad", "moment1", "moment2"]

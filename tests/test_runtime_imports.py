@@ -1,0 +1,36 @@
+"""The run-time path imports numpy and numba only: sympy and jinja2 are build tools."""
+
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import optforge
+
+    p = optforge.Parameter(np.ones(10, np.float32), "w")
+    opt = optforge.nn.Adam([p], learning_rate=0.1, use_nesterov=True)
+    opt((np.full(10, 0.5, np.float32),))
+    assert abs(p.data[0] - 0.81) < 1e-5, p.data  # Nesterov: 0.1 * 1.9 on the first step
+    leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("sympy", "jinja2", "optforge.compiler"))
+    leaked += sorted(m for m in sys.modules if m.startswith(("optforge.compiler", "optforge.specs")))
+    print("LEAKED", leaked)
+    """
+)
+
+
+def test_stepping_adam_does_not_import_sympy_jinja2_or_the_compiler():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "LEAKED []" in result.stdout, result.stdout
+
+
+def test_only_the_optforge_namespace_is_installed():
+    """No bare `compiler`, `generated` or `specs` package next to `optforge`."""
+    import importlib.util
+
+    for name in ("compiler", "generated", "specs"):
+        spec = importlib.util.find_spec(name)
+        assert spec is None or "site-packages" not in str(spec.origin), spec

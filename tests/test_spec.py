@@ -1,0 +1,101 @@
+"""Spec errors: each mistake raises one SpecError naming the spec file and the rule."""
+
+import pytest
+import sympy as sp
+
+from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, SpecError, State, g, lr, w
+
+a, b, m, flag = sp.symbols("a b m flag")
+
+
+def make(**overrides):
+    fields = dict(
+        name="tiny",
+        title="Tiny",
+        source="/somewhere/specs/tiny.py",
+        hypers=[Hyper(a, ("float",), 0.5, "a")],
+        flags=[Flag(flag, "a flag")],
+        state=[State(m, 0, "moment", "m")],
+        rules=[Rule(m, a * m + g), Rule(w, w - lr * m)],
+        domains={a: sp.Interval.open(0, 1)},
+    )
+    return Spec(**(fields | overrides))
+
+
+def test_a_correct_spec_builds_and_lists_its_variants():
+    spec = make()
+    assert spec.where == "specs/tiny.py"
+    assert spec.variants() == [{flag: False}, {flag: True}]
+
+
+def test_undefined_symbol_names_the_file_and_the_rule():
+    with pytest.raises(SpecError, match=r"specs/tiny.py: rule 2 \(w <- -b\*lr\*m \+ w\): undefined symbol 'b'"):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - b * lr * m)])
+
+
+def test_state_never_written():
+    with pytest.raises(SpecError, match=r"specs/tiny.py: state 'moment': is never written"):
+        make(rules=[Rule(w, w - lr * m)])
+
+
+def test_rule_assigning_twice():
+    with pytest.raises(SpecError, match=r"rule 2 \(m <- 2\*m\): assigns 'm' twice"):
+        make(rules=[Rule(m, a * m + g), Rule(m, 2 * m), Rule(w, w - lr * m)])
+
+
+def test_domain_on_an_unknown_name():
+    with pytest.raises(SpecError, match=r"specs/tiny.py: domain of 'b': is not a hyperparameter of this spec"):
+        make(domains={b: sp.Interval(0, 1)})
+
+
+def test_domain_on_a_state_is_refused_too():
+    with pytest.raises(SpecError, match="domain of 'm': is not a hyperparameter"):
+        make(domains={m: sp.Interval(0, 1)})
+
+
+def test_parameter_never_updated():
+    with pytest.raises(SpecError, match="never update the parameter 'w'"):
+        make(rules=[Rule(m, a * m + g)])
+
+
+def test_assigning_a_hyperparameter():
+    with pytest.raises(SpecError, match="rule 1 .*cannot assign to 'a'"):
+        make(rules=[Rule(a, 2 * a), Rule(m, a * m + g), Rule(w, w - lr * m)])
+
+
+def test_state_of_one_variant_read_in_another():
+    v = sp.Symbol("v")
+    with pytest.raises(SpecError, match="reads state 'v', which does not exist when flag=False"):
+        make(
+            state=[State(m, 0, "moment", "m"), State(v, 0, "v", "v", when=flag)],
+            rules=[Rule(m, a * m + g), Rule(v, v + g, when=flag), Rule(w, w - lr * (m + v))],
+        )
+
+
+def test_flag_selects_a_piecewise_branch_without_error():
+    v = sp.Symbol("v")
+    make(
+        state=[State(m, 0, "moment", "m"), State(v, 0, "v", "v", when=flag)],
+        rules=[
+            Rule(m, a * m + g),
+            Rule(v, v + g, when=flag),
+            Rule(w, w - lr * sp.Piecewise((v, flag), (m, True))),
+        ],
+    )
+
+
+def test_duplicate_names():
+    with pytest.raises(SpecError, match="hyperparameter 'w': name already used by a built-in symbol"):
+        make(hypers=[Hyper(w, ("float",), 0.5, "w")])
+
+
+def test_export_with_an_unknown_argument():
+    with pytest.raises(SpecError, match="export Tiny: signature names unknown argument 'beta'"):
+        make(exports=[Export("nn", "Tiny", ("learning_rate", "beta"))])
+
+
+def test_locals_are_readable_after_assignment():
+    d = sp.Symbol("d")
+    make(rules=[Rule(d, 2 * g), Rule(m, a * m + d), Rule(w, w - lr * m)])
+    with pytest.raises(SpecError, match="undefined symbol 'd'"):
+        make(rules=[Rule(m, a * m + d), Rule(d, 2 * g), Rule(w, w - lr * m)])
