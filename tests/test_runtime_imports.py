@@ -34,3 +34,26 @@ def test_only_the_optforge_namespace_is_installed():
     for name in ("compiler", "generated", "specs"):
         spec = importlib.util.find_spec(name)
         assert spec is None or "site-packages" not in str(spec.origin), spec
+
+
+def test_the_wheel_holds_every_module_under_the_optforge_namespace(tmp_path):
+    """A regular (non-editable) install gets all code, templates and generated modules."""
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("optforge-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {n.split("/")[0] for n in names} == {"optforge", wheel.name.split("-py3")[0] + ".dist-info"}
+    folders = {"optforge": "optforge", "compiler": "optforge/compiler", "specs": "optforge/specs",
+               "generated": "optforge/generated"}
+    for folder, package in folders.items():
+        for path in (root / folder).rglob("*"):
+            if path.suffix in (".py", ".j2") and "__pycache__" not in path.parts:
+                assert f"{package}/{path.relative_to(root / folder).as_posix()}" in names, path
