@@ -50,24 +50,28 @@ def adam_f32(
     """Adam, use_nesterov=False, use_amsgrad=False, float32."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + m_new * s2 / (eps + math.sqrt(v_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -89,24 +93,28 @@ def adam_f64(
     """Adam, use_nesterov=False, use_amsgrad=False, float64."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + m_new * s2 / (eps + math.sqrt(v_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -129,28 +137,32 @@ def adam_use_amsgrad_f32(
     """Adam, use_nesterov=False, use_amsgrad=True, float32."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
-        vhat_i = vhat_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
+        vhat_c = vhat_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
-            vhat = vhat_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
+            vhat = vhat_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
-            vhat_i[j] = vhat_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
+            vhat_c[j] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -173,28 +185,32 @@ def adam_use_amsgrad_f64(
     """Adam, use_nesterov=False, use_amsgrad=True, float64."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
-        vhat_i = vhat_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
+        vhat_c = vhat_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
-            vhat = vhat_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
+            vhat = vhat_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
-            vhat_i[j] = vhat_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
+            vhat_c[j] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -217,24 +233,28 @@ def adam_use_nesterov_f32(
     """Adam, use_nesterov=True, use_amsgrad=False, float32."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + s2 * (beta1 * m_new + g_eff * s0) / (eps + math.sqrt(v_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -257,24 +277,28 @@ def adam_use_nesterov_f64(
     """Adam, use_nesterov=True, use_amsgrad=False, float64."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + s2 * (beta1 * m_new + g_eff * s0) / (eps + math.sqrt(v_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -297,28 +321,32 @@ def adam_use_nesterov__use_amsgrad_f32(
     """Adam, use_nesterov=True, use_amsgrad=True, float32."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
-        vhat_i = vhat_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
+        vhat_c = vhat_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
-            vhat = vhat_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
+            vhat = vhat_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
-            vhat_i[j] = vhat_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
+            vhat_c[j] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -341,28 +369,32 @@ def adam_use_nesterov__use_amsgrad_f64(
     """Adam, use_nesterov=True, use_amsgrad=True, float64."""
     for c in numba.prange(chunk_tensor.shape[0]):
         i = chunk_tensor[c]
-        w_i = w_tensors[i]
-        g_i = g_tensors[i]
-        m_i = m_tensors[i]
-        v_i = v_tensors[i]
-        vhat_i = vhat_tensors[i]
+        start = chunk_start[c]
+        stop = chunk_stop[c]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[i][start:stop]
+        g_c = g_tensors[i][start:stop]
+        m_c = m_tensors[i][start:stop]
+        v_c = v_tensors[i][start:stop]
+        vhat_c = vhat_tensors[i][start:stop]
         weight_decay = weight_decay_per_tensor[i]
         grad_scale = grad_scale_per_tensor[i]
-        for j in range(chunk_start[c], chunk_stop[c]):
-            w = w_i[j]
-            g = g_i[j]
-            m = m_i[j]
-            v = v_i[j]
-            vhat = vhat_i[j]
+        for j in range(stop - start):
+            w = w_c[j]
+            g = g_c[j]
+            m = m_c[j]
+            v = v_c[j]
+            vhat = vhat_c[j]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_i[j] = w_new
-            m_i[j] = m_new
-            v_i[j] = v_new
-            vhat_i[j] = vhat_new
+            w_c[j] = w_new
+            m_c[j] = m_new
+            v_c[j] = v_new
+            vhat_c[j] = vhat_new
 
 
 # (flag values in spec order) -> compiled variant
