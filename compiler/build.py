@@ -37,7 +37,7 @@ def build_files(specs: list[Spec]) -> dict[str, str]:
     }
     exported: dict[str, list[tuple[str, str]]] = {d: [] for d in DIALECTS}
     for spec in specs:
-        kernels = [lower(spec, variant) for variant in spec.variants()]
+        kernels = [kernel for variant in spec.variants() for kernel in lower(spec, variant)]
         files[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
         files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels)
         for export in spec.exports:

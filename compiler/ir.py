@@ -1,9 +1,11 @@
 """The small IR between the passes and the backends.
 
-A `Kernel` is one flag variant of one spec, split by binding time:
-host code (float64, once per step), per-tensor code (once per chunk) and
-element code (the fused loop body), with the arrays it loads and stores.
-Backends print it; they make no decisions about the math.
+A `Kernel` is one flag variant and one host-side branch of one spec, split by
+binding time: host code (once per step), per-tensor code, and one or two
+element stages (the fused loop bodies). A second stage appears when the
+update needs a per-tensor reduction of the first (LAMB's norms) or when the
+spec applies the parameter update separately (AdamOffload). Backends print
+the IR; they make no decisions about the math.
 """
 
 from __future__ import annotations
@@ -31,26 +33,78 @@ class Array:
 
 
 @dataclass(frozen=True)
+class Load:
+    array: Array
+    value: sp.Symbol  # the symbol the loaded element is bound to (m, or m_new in a later stage)
+
+
+@dataclass(frozen=True)
 class Store:
     array: Array
     value: sp.Symbol  # the element-level symbol holding the array's new value
 
 
 @dataclass(frozen=True)
+class Reduction:
+    """A per-tensor L2 norm: `symbol = sqrt(sum(expr**2))`, summed in float64."""
+
+    symbol: sp.Symbol
+    expr: sp.Expr
+
+
+@dataclass(frozen=True)
+class Stage:
+    per_tensor: tuple[sp.Symbol, ...]  # per-tensor values read (one array entry per tensor)
+    tensor: tuple[Assignment, ...]  # once per chunk, before the loop
+    loads: tuple[Load, ...]
+    element: tuple[Assignment, ...]  # the fused loop body
+    stores: tuple[Store, ...]  # only arrays whose value changes
+    reductions: tuple[Reduction, ...] = ()  # partial sums of squares per chunk
+
+
+@dataclass(frozen=True)
 class Kernel:
     spec_name: str
     variant: tuple[tuple[str, bool], ...]  # (flag name, value) in spec order
+    guards: tuple[sp.Expr, ...]  # step-level conditions chosen on the host
+    branch: tuple[bool, ...]  # the value of each guard in this kernel
     host_inputs: tuple[sp.Symbol, ...]  # t, lr and the hyperparameters
-    host: tuple[Assignment, ...]  # float64, once per step, on the host
-    scalars: tuple[sp.Symbol, ...]  # step-level values the kernel takes as arguments
-    tensor_inputs: tuple[sp.Symbol, ...]  # per-tensor values (one array entry per tensor)
-    tensor: tuple[Assignment, ...]  # once per tensor chunk
+    host: tuple[Assignment, ...]  # once per step, on the host
+    guard_host: tuple[Assignment, ...]  # what the host computes to choose the branch
+    scalars: tuple[sp.Symbol, ...]  # step-level values the kernels take as arguments
     arrays: tuple[Array, ...]  # per-element arrays in argument order
-    loads: tuple[Array, ...]  # the arrays whose old value the body reads
-    element: tuple[Assignment, ...]  # the fused loop body
-    stores: tuple[Store, ...]  # only arrays whose value changes
+    stages: tuple[Stage, ...]
+    finalize: tuple[Assignment, ...] = ()  # per tensor, between the stages
+    finalize_outputs: tuple[sp.Symbol, ...] = ()  # per-tensor values it hands to stage 2
+
+    @property
+    def tensor_inputs(self) -> tuple[sp.Symbol, ...]:
+        """The built-in per-tensor inputs (weight_decay, grad_scale) any stage reads."""
+        from optforge.compiler.spec import BUILTIN_TENSOR
+
+        used = set().union(*(s.per_tensor for s in self.stages))
+        used |= set().union(*(a.expr.free_symbols for a in self.finalize)) if self.finalize else set()
+        return tuple(s for s in BUILTIN_TENSOR if s in used)
 
     @property
     def suffix(self) -> str:
-        """'' for the all-False variant, else the set flags joined, e.g. 'use_nesterov'."""
+        """Names the flag values and branch, e.g. 'use_nesterov' or 'rho_t_gt_5'."""
+        parts = [name for name, value in self.variant if value]
+        parts += [condition_name(c, v) for c, v in zip(self.guards, self.branch)]
+        return "__".join(parts)
+
+    @property
+    def flag_suffix(self) -> str:
         return "__".join(name for name, value in self.variant if value)
+
+
+_OPERATORS = {">": "gt", "<": "lt", ">=": "ge", "<=": "le", "==": "eq", "!=": "ne"}
+
+
+def condition_name(condition: sp.Expr, value: bool) -> str:
+    """A Python identifier for `condition` being `value`, e.g. 'rho_t_gt_5' / 'not_rho_t_gt_5'."""
+    text = str(condition)
+    for op in sorted(_OPERATORS, key=len, reverse=True):
+        text = text.replace(f" {op} ", f"_{_OPERATORS[op]}_")
+    text = "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+    return text if value else f"not_{text}"

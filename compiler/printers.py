@@ -82,10 +82,43 @@ class ElementPrinter(PythonCodePrinter):
 
 
 class HostPrinter(PythonCodePrinter):
-    """Step-level code in Python floats; `t` is an int, the rest are floats."""
+    """Step-level code, run once per step on the host; `t` is an int.
 
-    def __init__(self):
+    With dtype "float64" the values are Python floats. With "float32" (for
+    specs whose reference does its step-level arithmetic in float32) they are
+    NumPy float32 scalars: literals are typed and square roots use `np.sqrt`,
+    which keeps float32, where `math.sqrt` would return a float64.
+    """
+
+    def __init__(self, dtype: str = "float64"):
         super().__init__({"order": "none", "fully_qualified_modules": True})
+        self.float32 = dtype == "float32"
+
+    def _print_Float(self, expr):
+        return f"f32({float(expr)!r})" if self.float32 else super()._print_Float(expr)
+
+    def _print_Rational(self, expr):
+        return f"f32({float(expr)!r})" if self.float32 else super()._print_Rational(expr)
+
+    def _print_Integer(self, expr):
+        return f"f32({float(expr)!r})" if self.float32 else super()._print_Integer(expr)
+
+    def _print_Half(self, expr):
+        return self._print_Rational(expr)
+
+    def parenthesize(self, item, level, strict=False):
+        if self.float32 and isinstance(item, sp.Number):
+            return self._print(item)
+        return super().parenthesize(item, level, strict)
+
+    def _print_Pow(self, expr, rational=False):
+        if self.float32 and expr.exp == sp.S.Half:
+            return f"np.sqrt({self._print(expr.base)})"
+        if self.float32 and expr.exp == -sp.S.Half:
+            return f"f32(1.0)/np.sqrt({self._print(expr.base)})"
+        if self.float32 and expr.exp == -1:
+            return f"f32(1.0)/{self.parenthesize(expr.base, PRECEDENCE['Pow'])}"
+        return super()._print_Pow(expr, rational=rational)
 
     def _print_Max(self, expr):
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"

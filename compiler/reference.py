@@ -14,6 +14,11 @@ from optforge.compiler import spec as S
 from optforge.compiler.passes.specialize import specialize
 
 
+def _l2_norm(x) -> float:
+    """`norm(e)` of a spec: the L2 norm over the whole tensor."""
+    return float(np.sqrt(np.sum(np.square(np.asarray(x, dtype=np.float64)))))
+
+
 def reference_step(
     spec: S.Spec,
     variant: dict[sp.Symbol, bool],
@@ -31,7 +36,7 @@ def reference_step(
     updated = {}
     for rule in specialize(spec, variant):
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)
-        function = sp.lambdify(symbols, rule.expr, modules="numpy")
+        function = sp.lambdify(symbols, rule.expr, modules=[{"norm": _l2_norm}, "numpy"])
         value = np.asarray(function(*(env[s.name] for s in symbols)), dtype=np.float64)
         env[rule.target.name] = value
         updated[rule.target.name] = value

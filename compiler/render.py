@@ -19,6 +19,7 @@ _environment = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
+_environment.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
 
 
 def render(template: str, **context) -> str:

@@ -38,9 +38,24 @@ BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
 # which a class signature may interleave with the spec's own arguments.
 DIALECT_ARGUMENTS = {
     "nn": ("learning_rate", "weight_decay", "loss_scale", "use_locking"),
+    "optim": ("lr", "betas", "weight_decay"),
 }
 
 REQUIRED = object()  # marks a signature argument without a default
+
+
+class norm(sp.Function):
+    """The L2 norm over one tensor of an element-level expression, e.g. `norm(w)`.
+
+    The compiler computes it in a reduction stage (per-chunk partial sums of
+    squares in float64, added per tensor in a fixed order) before the rules
+    that use it.
+    """
+
+    nargs = 1
+
+    def _latex(self, printer):
+        return r"\left\| %s \right\|" % printer._print(self.args[0])
 
 
 class SpecError(Exception):
@@ -125,6 +140,19 @@ class Spec:
     exports: tuple[Export, ...] = ()
     summary: str = ""
     references: tuple[str, ...] = ()
+    # How the dialect's weight decay enters: "coupled" (added to the gradient by
+    # a rule g*grad_scale + weight_decay*w) or "decoupled" (used by the rules
+    # directly). Grad centralization needs to know which.
+    decay: str = "coupled"
+    # How a row-sparse gradient steps: "rows" (only the rows it names change),
+    # "dense" (every row steps, untouched rows with a zero gradient), or None.
+    sparse: str | None = None
+    # AdamOffload: compute the update into a state, then add it to the
+    # parameter in a stage of its own (the only one that touches the parameter).
+    separate_apply: bool = False
+    # Arithmetic of the host code: "float64", or "float32" where MindSpore does
+    # its step-level scalars in float32 and the numbers depend on it (RAdam's rho_t).
+    host_dtype: str = "float64"
 
     def __post_init__(self):
         for name in ("hypers", "flags", "state", "rules", "exports", "references"):
@@ -196,6 +224,17 @@ def check_spec(spec: Spec) -> None:
 
     for variant in spec.variants():
         _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms)
+
+    if spec.decay not in ("coupled", "decoupled"):
+        fail("decay", f"must be 'coupled' or 'decoupled', got {spec.decay!r}")
+    if spec.sparse not in (None, "rows", "dense"):
+        fail("sparse", f"must be None, 'rows' or 'dense', got {spec.sparse!r}")
+    if spec.host_dtype not in ("float32", "float64"):
+        fail("host_dtype", f"must be 'float32' or 'float64', got {spec.host_dtype!r}")
+    if spec.decay == "coupled" and not any(
+        sp.expand(r.expr - (g * grad_scale + weight_decay * w)) == 0 for r in spec.rules
+    ):
+        fail("decay", "'coupled' needs a rule `g*grad_scale + weight_decay*w` (the effective gradient)")
 
     for export in spec.exports:
         known = {h.name for h in spec.hypers} | {f.name for f in spec.flags}

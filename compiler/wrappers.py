@@ -30,8 +30,8 @@ NN_ARGUMENTS = {
         "Without groups it skips parameters whose name contains 'beta' or 'gamma'.",
     ),
     "loss_scale": (
-        "float",
-        "The gradients are divided by it before the update (> 0).",
+        "float or int",
+        "The gradients are divided by it before the update (> 0; an int is converted).",
     ),
     "use_locking": (
         "bool",
@@ -42,7 +42,7 @@ NN_ARGUMENTS = {
 NN_RAISES = (
     ("TypeError", "`learning_rate` is not an int, float, ndarray, Iterable or LearningRateSchedule."),
     ("TypeError", "an element of `params` is neither a Parameter nor a dict."),
-    ("TypeError", "`loss_scale` is not a float."),
+    ("TypeError", "`loss_scale` is not a float or an int."),
     ("TypeError", "`weight_decay` is neither a number nor a callable."),
     ("ValueError", "`params` is None or empty, `learning_rate` or `weight_decay` is negative or not finite, "
      "`loss_scale` is not positive, or a dynamic learning rate has more than one dimension."),
@@ -96,11 +96,12 @@ def class_context(spec: Spec, export: Export) -> dict:
     bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags]
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
     state_init = {
-        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f"self.{s.init.name}")
+        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]')
         for s in spec.state
     }
     return {
         "hyper_names": repr(tuple(h.name for h in hypers)),
+        "sparse": repr(spec.sparse),
         "variant_key": _tuple_source([f.name for f in spec.flags]),
         "state_init": "{" + ", ".join(f'"{k}": {v}' for k, v in state_init.items()) + "}",
         "source": spec.where,

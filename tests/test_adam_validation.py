@@ -35,11 +35,16 @@ def test_beta_or_eps_not_float_is_a_type_error(arg, value):
         Adam([param()], **{arg: value})
 
 
-@pytest.mark.parametrize("value", [1, True, np.float32(2.0)])
+@pytest.mark.parametrize("value", [np.float32(2.0), "2.0", None])
 def test_loss_scale_not_float_is_a_type_error(value):
-    # MindSpore's code converts an int; its documentation says float. We follow the documentation.
-    with pytest.raises(TypeError, match=r"For 'Adam', the type of 'loss_scale' should be 'float'"):
+    with pytest.raises(TypeError, match=r"For 'Adam', the type of 'loss_scale' should be 'float' or 'int'"):
         Adam([param()], loss_scale=value)
+
+
+def test_loss_scale_int_is_converted():
+    # The documentation's Raises says float; its description of loss_scale (and the code)
+    # say an int is converted to float. We follow the description.
+    assert Adam([param()], loss_scale=4).loss_scale == 4.0
 
 
 @pytest.mark.parametrize("value", ["0.1", None, np.float32(0.1)])

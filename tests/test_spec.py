@@ -18,6 +18,7 @@ def make(**overrides):
         state=[State(m, 0, "moment", "m")],
         rules=[Rule(m, a * m + g), Rule(w, w - lr * m)],
         domains={a: sp.Interval.open(0, 1)},
+        decay="decoupled",
     )
     return Spec(**(fields | overrides))
 
@@ -99,3 +100,8 @@ def test_locals_are_readable_after_assignment():
     make(rules=[Rule(d, 2 * g), Rule(m, a * m + d), Rule(w, w - lr * m)])
     with pytest.raises(SpecError, match="undefined symbol 'd'"):
         make(rules=[Rule(m, a * m + d), Rule(d, 2 * g), Rule(w, w - lr * m)])
+
+
+def test_coupled_decay_needs_the_effective_gradient_rule():
+    with pytest.raises(SpecError, match="'coupled' needs a rule `g\\*grad_scale \\+ weight_decay\\*w`"):
+        make(decay="coupled")

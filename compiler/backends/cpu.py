@@ -1,15 +1,28 @@
-"""The CPU backend: `ir.Kernel`s to a module of Numba kernels and their host code."""
+"""The CPU backend: `ir.Kernel`s to a module of Numba kernels, and their host code.
+
+Calling convention of every step function (kernel or launcher):
+
+    step(chunk_tensor, chunk_start, chunk_stop, *arrays, weight_decay_per_tensor,
+         grad_scale_per_tensor, *scalars)
+
+and of every row-sparse kernel (one tensor, only the rows a gradient names):
+
+    rows(rows, row_len, *arrays, weight_decay, grad_scale, *scalars)
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optforge.compiler.ir import Kernel
+import sympy as sp
+
+from optforge.compiler.ir import Kernel, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render
-from optforge.compiler.spec import Spec
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec
 
 DTYPES = ("float32", "float64")
+SHORT = {"float32": "f32", "float64": "f64"}
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
 CHUNK = 1 << 16
@@ -21,87 +34,156 @@ class Line:
     expr: str
 
 
-def kernel_name(kernel: Kernel, dtype: str) -> str:
-    parts = [kernel.spec_name, kernel.suffix, "f32" if dtype == "float32" else "f64"]
+def _name(*parts: str) -> str:
     return "_".join(p for p in parts if p)
 
 
+def step_name(kernel: Kernel, dtype: str) -> str:
+    return _name(kernel.spec_name, kernel.suffix, SHORT[dtype])
+
+
+def rows_name(kernel: Kernel, dtype: str) -> str:
+    return _name(kernel.spec_name, kernel.suffix, "rows", SHORT[dtype])
+
+
 def scalars_name(kernel: Kernel) -> str:
-    return "_".join(p for p in ("scalars", kernel.suffix) if p)
+    return _name("scalars", kernel.suffix)
 
 
-def array_list(symbol) -> str:
-    return f"{symbol}_tensors"
+def branch_name(kernel: Kernel) -> str:
+    return _name("branch", kernel.flag_suffix)
 
 
-def host_context(kernel: Kernel) -> dict:
-    printer = HostPrinter()
+def describe(kernel: Kernel) -> str:
+    parts = [f"{name}={value}" for name, value in kernel.variant]
+    parts += [f"{c} is {v}" for c, v in zip(kernel.guards, kernel.branch)]
+    return ", ".join(parts) or "the only variant"
+
+
+def _lines(printer, assignments) -> list[Line]:
+    return [Line(a.target.name, printer.doprint(a.expr)) for a in assignments]
+
+
+def host_contexts(spec: Spec, kernels: list[Kernel]) -> tuple[list[dict], list[dict]]:
+    """(branch functions, one per flag variant; scalar functions, one per kernel)."""
+    printer = HostPrinter(spec.host_dtype)
+    inputs = [s.name for s in kernels[0].host_inputs]
+    branch_functions, seen = [], set()
+    for k in kernels:
+        if branch_name(k) in seen:
+            continue
+        seen.add(branch_name(k))
+        branch_functions.append(
+            {
+                "name": branch_name(k),
+                "inputs": inputs,
+                "lines": _lines(printer, k.guard_host),
+                "guards": [printer.doprint(g) for g in k.guards],
+                "variant": ", ".join(f"{n}={v}" for n, v in k.variant) or "the only variant",
+            }
+        )
+    scalar_functions = [
+        {
+            "name": scalars_name(k),
+            "inputs": inputs,
+            "lines": _lines(printer, k.host),
+            "returns": [s.name for s in k.scalars],
+            "variant": describe(k),
+        }
+        for k in kernels
+    ]
+    return branch_functions, scalar_functions
+
+
+def stage_context(stage: Stage, printer: ElementPrinter) -> dict:
     return {
-        "name": scalars_name(kernel),
-        "inputs": [s.name for s in kernel.host_inputs],
-        "lines": [Line(a.target.name, printer.doprint(a.expr)) for a in kernel.host],
-        "returns": [s.name for s in kernel.scalars],
-        "variant": describe_variant(kernel),
+        "per_tensor": [s.name for s in stage.per_tensor],
+        "tensor_lines": _lines(printer, stage.tensor),
+        "loads": [(load.array.symbol.name, load.value.name) for load in stage.loads],
+        "lines": _lines(printer, stage.element),
+        "stores": [(s.array.symbol.name, s.value.name) for s in stage.stores],
+        "reductions": [r.expr.name for r in stage.reductions],
+        "views": {load.array.symbol.name for load in stage.loads}
+        | {s.array.symbol.name for s in stage.stores},
     }
 
 
-def kernel_context(kernel: Kernel, dtype: str) -> dict:
+def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
     printer = ElementPrinter(dtype)
+    stages = [stage_context(s, printer) for s in kernel.stages]
+    finalize_printer = ElementPrinter("float64")  # per-tensor values from float64 sums
+    base = _name(kernel.spec_name, kernel.suffix)
     return {
-        "name": kernel_name(kernel, dtype),
+        "name": step_name(kernel, dtype),
+        "stage_names": [_name(base, f"stage{n}", SHORT[dtype]) for n in (1, 2)],
+        "finalize_name": _name(base, "finalize", SHORT[dtype]),
+        "rows_name": rows_name(kernel, dtype) if spec.sparse == "rows" else None,
         "dtype": dtype,
-        "variant": describe_variant(kernel),
-        "arrays": [(array_list(a.symbol), a.symbol.name) for a in kernel.arrays],
-        "loads": [a.symbol.name for a in kernel.loads],
-        "per_tensor": [s.name for s in kernel.tensor_inputs],
+        "short": SHORT[dtype],
+        "describe": describe(kernel),
+        "arrays": [a.symbol.name for a in kernel.arrays],
+        "builtins": [s.name for s in BUILTIN_TENSOR],
         "scalars": [s.name for s in kernel.scalars],
-        "tensor_lines": [Line(a.target.name, printer.doprint(a.expr)) for a in kernel.tensor],
-        "lines": [Line(a.target.name, printer.doprint(a.expr)) for a in kernel.element],
-        "stores": [(s.array.symbol.name, s.value.name) for s in kernel.stores],
+        "stages": stages,
+        "fused": len(stages) == 1 and not stages[0]["reductions"],
+        "reductions": [r.symbol.name for r in kernel.stages[0].reductions],
+        "finalize_reads": [s.name for s in _tensor_inputs(kernel.finalize)],
+        "finalize_lines": _lines(finalize_printer, kernel.finalize),
+        "finalize_outputs": [s.name for s in kernel.finalize_outputs],
     }
 
 
-def describe_variant(kernel: Kernel) -> str:
-    if not kernel.variant:
-        return "the only variant"
-    return ", ".join(f"{name}={value}" for name, value in kernel.variant)
+def _tensor_inputs(assignments) -> list[sp.Symbol]:
+    used = set().union(*(a.expr.free_symbols for a in assignments)) if assignments else set()
+    return [s for s in BUILTIN_TENSOR if s in used]
+
+
+def _dict_source(mapping: dict[str, str]) -> str:
+    """A dict display mapping strings to names: {"float32": adam_f32}."""
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in mapping.items()) + "}"
 
 
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
+    branch_functions, scalar_functions = host_contexts(spec, kernels)
     return render(
         "host_scalars.py.j2",
         source=spec.where,
         spec=spec,
-        functions=_unique(host_context(k) for k in kernels),
+        branch_functions=branch_functions,
+        scalar_functions=scalar_functions,
     )
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
+    host_names = sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
+    variants: dict[tuple, dict] = {}
+    for k in kernels:
+        key = tuple(value for _, value in k.variant)
+        entry = variants.setdefault(
+            key,
+            {
+                "key": repr(key),
+                "state": repr(tuple(a.name for a in k.arrays[2:])),
+                "branch": branch_name(k),
+                "branches": [],
+            },
+        )
+        entry["branches"].append(
+            {
+                "key": repr(tuple(k.branch)),
+                "scalars": scalars_name(k),
+                "kernels": _dict_source({dtype: step_name(k, dtype) for dtype in DTYPES}),
+                "rows": _dict_source(
+                    {dtype: rows_name(k, dtype) for dtype in DTYPES} if spec.sparse == "rows" else {}
+                ),
+            }
+        )
     return render(
         "cpu_kernels.py.j2",
         source=spec.where,
         spec=spec,
         chunk=CHUNK,
-        dtypes=DTYPES,
-        host_names=sorted({scalars_name(k) for k in kernels}),
-        kernels=[kernel_context(k, dtype) for k in kernels for dtype in DTYPES],
-        variants=[
-            {
-                "key": tuple(value for _, value in k.variant),
-                "state": repr(tuple(a.name for a in k.arrays[2:])),
-                "per_tensor": repr(tuple(s.name for s in k.tensor_inputs)),
-                "scalars": scalars_name(k),
-                "kernels": {dtype: kernel_name(k, dtype) for dtype in DTYPES},
-            }
-            for k in kernels
-        ],
+        host_names=host_names,
+        kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
+        variants=list(variants.values()),
     )
-
-
-def _unique(contexts):
-    seen, result = set(), []
-    for c in contexts:
-        if c["name"] not in seen:
-            seen.add(c["name"])
-            result.append(c)
-    return result

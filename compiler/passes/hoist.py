@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy as sp
+from sympy.core.relational import Relational
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from optforge.compiler.ir import Assignment
 from optforge.compiler.passes.levels import Level, assign_levels, level_of
@@ -56,6 +58,8 @@ class _Hoister:
 
     def visit(self, expr: sp.Expr, below: Level) -> sp.Expr:
         """`expr` with each maximal subexpression of level < `below` made a scalar."""
+        if not _is_value(expr):  # conditions and (value, condition) pairs: only their parts
+            return expr.func(*[self.visit(a, below) for a in expr.args]) if expr.args else expr
         if self.level(expr) < below:
             return expr if expr.is_Atom else self.scalar(expr)
         if isinstance(expr, (sp.Add, sp.Mul)):
@@ -69,6 +73,11 @@ class _Hoister:
         if expr.args:
             return expr.func(*[self.visit(a, below) for a in expr.args])
         return expr
+
+
+def _is_value(expr) -> bool:
+    """A number-valued expression (not a condition, and not a Piecewise's pair)."""
+    return isinstance(expr, sp.Expr) and not isinstance(expr, (Relational, ExprCondPair))
 
 
 def hoist(assignments: list[Assignment], levels: dict[sp.Symbol, Level]) -> Hoisted:

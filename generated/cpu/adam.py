@@ -6,8 +6,8 @@ come as numba typed lists of flat arrays; a chunk table (tensor index,
 start, stop) cuts them into pieces of at most 65536 elements that
 `numba.prange` shares among threads, so many small tensors balance as well
 as one large one. Step-level scalars come from the host (see
-optforge.generated.host.adam); the loop body only reads, computes
-and stores each element once.
+optforge.generated.host.adam); the loop body reads, computes and
+stores each element once per stage.
 """
 
 import math  # noqa: F401
@@ -16,12 +16,16 @@ import numba
 import numpy as np
 
 from optforge.generated.host.adam import (
+    branch,
+    branch_use_amsgrad,
+    branch_use_nesterov,
+    branch_use_nesterov__use_amsgrad,
     scalars,
     scalars_use_amsgrad,
     scalars_use_nesterov,
     scalars_use_nesterov__use_amsgrad,
 )
-from optforge.runtime.kernels import Variant
+from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
@@ -397,45 +401,57 @@ def adam_use_nesterov__use_amsgrad_f64(
             vhat_c[j] = vhat_new
 
 
-# (flag values in spec order) -> compiled variant
+# (flag values in spec order) -> compiled variant; each variant's branch
+# function says which of its branches (host-side conditions) runs this step.
 VARIANTS = {
     (False, False): Variant(
         state=("moment1", "moment2"),
-        per_tensor=("weight_decay", "grad_scale"),
-        scalars=scalars,
-        kernels={
-            "float32": adam_f32,
-            "float64": adam_f64,
+        branch=branch,
+        branches={
+            (): Branch(
+                scalars=scalars,
+                kernels={"float32": adam_f32, "float64": adam_f64},
+                rows={},
+            ),
         },
         chunk=65536,
     ),
     (False, True): Variant(
         state=("moment1", "moment2", "vhat"),
-        per_tensor=("weight_decay", "grad_scale"),
-        scalars=scalars_use_amsgrad,
-        kernels={
-            "float32": adam_use_amsgrad_f32,
-            "float64": adam_use_amsgrad_f64,
+        branch=branch_use_amsgrad,
+        branches={
+            (): Branch(
+                scalars=scalars_use_amsgrad,
+                kernels={"float32": adam_use_amsgrad_f32, "float64": adam_use_amsgrad_f64},
+                rows={},
+            ),
         },
         chunk=65536,
     ),
     (True, False): Variant(
         state=("moment1", "moment2"),
-        per_tensor=("weight_decay", "grad_scale"),
-        scalars=scalars_use_nesterov,
-        kernels={
-            "float32": adam_use_nesterov_f32,
-            "float64": adam_use_nesterov_f64,
+        branch=branch_use_nesterov,
+        branches={
+            (): Branch(
+                scalars=scalars_use_nesterov,
+                kernels={"float32": adam_use_nesterov_f32, "float64": adam_use_nesterov_f64},
+                rows={},
+            ),
         },
         chunk=65536,
     ),
     (True, True): Variant(
         state=("moment1", "moment2", "vhat"),
-        per_tensor=("weight_decay", "grad_scale"),
-        scalars=scalars_use_nesterov__use_amsgrad,
-        kernels={
-            "float32": adam_use_nesterov__use_amsgrad_f32,
-            "float64": adam_use_nesterov__use_amsgrad_f64,
+        branch=branch_use_nesterov__use_amsgrad,
+        branches={
+            (): Branch(
+                scalars=scalars_use_nesterov__use_amsgrad,
+                kernels={
+                    "float32": adam_use_nesterov__use_amsgrad_f32,
+                    "float64": adam_use_nesterov__use_amsgrad_f64,
+                },
+                rows={},
+            ),
         },
         chunk=65536,
     ),

@@ -2,5 +2,6 @@
 """The generated classes of the nn dialect."""
 
 from optforge.generated.nn.adam import Adam
+from optforge.generated.nn.lamb import Lamb
 
-__all__ = ["Adam"]
+__all__ = ["Adam", "Lamb"]

@@ -38,8 +38,9 @@ class Adam(NNOptimizer):
         Coupled L2 weight decay added to the gradient (>= 0), or a callable
         of the step. Without groups it skips parameters whose name contains
         'beta' or 'gamma'.
-    loss_scale : float, default 1.0
-        The gradients are divided by it before the update (> 0).
+    loss_scale : float or int, default 1.0
+        The gradients are divided by it before the update (> 0; an int is
+        converted).
     use_amsgrad : bool, default False
         Divide by the running maximum of the second moment (AMSGrad).
 
@@ -62,7 +63,7 @@ class Adam(NNOptimizer):
     TypeError
         If an element of `params` is neither a Parameter nor a dict.
     TypeError
-        If `loss_scale` is not a float.
+        If `loss_scale` is not a float or an int.
     TypeError
         If `weight_decay` is neither a number nor a callable.
     ValueError
@@ -95,6 +96,8 @@ class Adam(NNOptimizer):
     """
 
     _HYPERS = ("beta1", "beta2", "eps")
+    _DECAY = "coupled"
+    _SPARSE = None
 
     def __init__(
         self,
@@ -119,9 +122,7 @@ class Adam(NNOptimizer):
         check_type("Adam", "use_locking", use_locking, ("bool",))
         check_type("Adam", "use_nesterov", use_nesterov, ("bool",))
         check_type("Adam", "use_amsgrad", use_amsgrad, ("bool",))
-        self.beta1 = float(beta1)
-        self.beta2 = float(beta2)
-        self.eps = float(eps)
+        self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
         self.use_nesterov = use_nesterov
         self.use_amsgrad = use_amsgrad
         self._finish_init(

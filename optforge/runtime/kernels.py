@@ -8,21 +8,29 @@ from typing import NamedTuple
 import numpy as np
 
 
-class Variant(NamedTuple):
-    """One flag combination of a spec, compiled.
+class Branch(NamedTuple):
+    """The kernels of one host-side branch (e.g. RAdam rectified or not).
 
-    A kernel is called as
-    ``kernel(chunk_tensor, chunk_start, chunk_stop, *arrays, *per_tensor, *scalars)``
-    where ``arrays`` are typed lists of flat arrays (parameter, gradient,
-    then ``state`` in order), ``per_tensor`` one array per name in
-    ``per_tensor``, and ``scalars`` what ``scalars(t, lr, *hypers)`` returns,
-    cast to the kernel's dtype.
+    A step function is called as
+    ``step(chunk_tensor, chunk_start, chunk_stop, *arrays, weight_decay_per_tensor,
+    grad_scale_per_tensor, *scalars)`` where ``arrays`` are typed lists of flat
+    arrays (parameter, gradient, then the variant's state in order) and
+    ``scalars`` what ``scalars(t, lr, *hypers)`` returns, cast to the dtype.
+    A row-sparse kernel (``rows``) takes ``(rows, row_len, *arrays,
+    weight_decay, grad_scale, *scalars)`` for one tensor.
     """
 
-    state: tuple[str, ...]
-    per_tensor: tuple[str, ...]
-    scalars: Callable[..., tuple[float, ...]]
+    scalars: Callable[..., tuple]
     kernels: dict[str, Callable]
+    rows: dict[str, Callable]
+
+
+class Variant(NamedTuple):
+    """One flag combination of a spec, compiled."""
+
+    state: tuple[str, ...]
+    branch: Callable[..., tuple]  # (t, lr, *hypers) -> the key of the branch to run
+    branches: dict[tuple, Branch]
     chunk: int  # elements per chunk-table entry
 
 
@@ -34,5 +42,4 @@ def chunk_table(sizes: list[int], chunk: int) -> tuple[np.ndarray, np.ndarray, n
             tensor.append(i)
             start.append(first)
             stop.append(min(first + chunk, size))
-    as_array = lambda xs: np.array(xs, dtype=np.int64)  # noqa: E731
-    return as_array(tensor), as_array(start), as_array(stop)
+    return tuple(np.array(xs, dtype=np.int64) for xs in (tensor, start, stop))

@@ -3,8 +3,9 @@
 It checks and keeps the parameters, groups, learning rate, weight decay
 and loss scale (in MindSpore's order and with its exception types), and
 runs a step: check every gradient, read the step's learning rates and
-weight decays, then one kernel call per group and dtype. Nothing is
-changed until every check of the step has passed.
+weight decays, then one kernel call per group and dtype (see
+optimizer.FusedOptimizer). Nothing is changed until every check of the
+step has passed.
 
 The generated subclasses add their own arguments' checks and name the
 compiled kernel variant and its state.
@@ -13,16 +14,13 @@ compiled kernel variant and its state.
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import numpy as np
-from numba.typed import List
-
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.kernels import Variant, chunk_table
+from optforge.runtime.kernels import Variant
+from optforge.runtime.optimizer import FusedOptimizer
 from optforge.runtime.learning_rate import (
     LearningRate,
     WeightDecay,
@@ -41,24 +39,8 @@ class ParamGroup:
     grad_centralization: bool
 
 
-@dataclass
-class _Batch:
-    """The tensors of one group with one dtype: one kernel call per step."""
-
-    group: int
-    dtype: np.dtype
-    indices: list[int]  # into `parameters`
-    decays: np.ndarray  # bool per tensor: weight decay applies
-    centralize: list[bool]
-    chunks: tuple[np.ndarray, np.ndarray, np.ndarray]
-    params: List
-    state: list[List]
-
-
-class NNOptimizer:
+class NNOptimizer(FusedOptimizer):
     """Base of the generated `optforge.nn` classes."""
-
-    _HYPERS: tuple[str, ...] = ()  # the spec's hyperparameters, in spec order
 
     def __init__(self, params, learning_rate, weight_decay, loss_scale):
         cls = type(self).__name__
@@ -72,78 +54,43 @@ class NNOptimizer:
                 f"For '{cls}', all elements of the argument 'parameters' must be 'Parameter' or "
                 f"'dict', please check the 'parameters'."
             )
-        # MindSpore's documentation says float: an int (or bool) loss_scale is refused.
-        check_type(cls, "loss_scale", loss_scale, ("float",))
+        # An int is converted, as MindSpore's documentation of loss_scale says (and its code does).
+        check_type(cls, "loss_scale", loss_scale, ("float", "int"))
         if not math.isfinite(loss_scale):
             raise ValueError(f"For '{cls}', the 'loss_scale' must be a legal value, but got '{loss_scale}'.")
         if loss_scale <= 0:
             raise ValueError(
                 f"For '{cls}', the 'loss_scale' must be float and must > 0, "
-                f"but got '{loss_scale}' with type 'float'."
+                f"but got '{float(loss_scale)}' with type '{type(loss_scale).__name__}'."
             )
         lr = preprocess_learning_rate(learning_rate, cls)
         if grouped:
             self.groups, order = _parse_groups(items, lr, weight_decay, cls)
         else:
-            self.groups, order = [ParamGroup(list(items), lr, preprocess_weight_decay(weight_decay, cls), False)], None
+            wd = preprocess_weight_decay(weight_decay, cls)
+            self.groups, order = [ParamGroup(list(items), lr, wd, False)], None
         parameters = [p for group in self.groups for p in group.params]
         _check_unique(parameters, cls)
         group_of = {id(p): i for i, group in enumerate(self.groups) for p in group.params}
         if order is not None:
             parameters = _apply_order(parameters, order, cls)
-        self.parameters: tuple[Parameter, ...] = tuple(parameters)
+        self.parameters = tuple(parameters)
         self._group_of = [group_of[id(p)] for p in self.parameters]
-        self._grouped = grouped
+        if grouped:
+            self._decays = [self.groups[g].weight_decay.decays for g in self._group_of]
+        else:  # MindSpore's rule without groups: never decay names with beta or gamma
+            self._decays = [
+                self.groups[0].weight_decay.decays and "beta" not in p.name and "gamma" not in p.name
+                for p in self.parameters
+            ]
+        self._centralize = [self.groups[g].grad_centralization and p.ndim >= 2
+                            for g, p in zip(self._group_of, self.parameters)]
         self.loss_scale = float(loss_scale)
         self.global_step = 0
 
-    # -- called by the generated subclass once its own arguments are checked --
-
     def _finish_init(self, variant: Variant, state_init: dict[str, float], use_locking: bool):
-        """Allocate the state and the per-group kernel batches."""
-        self._variant = variant
-        self._lock = threading.Lock() if use_locking else None
-        self.state = {
-            name: tuple(np.full(p.shape, state_init[name], dtype=p.dtype) for p in self.parameters)
-            for name in variant.state
-        }
-        for name, arrays in self.state.items():
-            setattr(self, name, arrays)
-        self._batches = []
-        for g, group in enumerate(self.groups):
-            indices = [i for i, gi in enumerate(self._group_of) if gi == g]
-            for dtype in dict.fromkeys(self.parameters[i].dtype for i in indices):
-                members = [i for i in indices if self.parameters[i].dtype == dtype]
-                self._batches.append(self._make_batch(g, dtype, members))
-
-    def _make_batch(self, g: int, dtype: np.dtype, members: list[int]) -> _Batch:
-        group = self.groups[g]
-        params = [self.parameters[i] for i in members]
-        if self._grouped:
-            decays = [group.weight_decay.decays] * len(params)
-        else:  # MindSpore's rule without groups: never decay names with beta or gamma
-            decays = [
-                group.weight_decay.decays and "beta" not in p.name and "gamma" not in p.name
-                for p in params
-            ]
-        return _Batch(
-            group=g,
-            dtype=dtype,
-            indices=members,
-            decays=np.array(decays, dtype=bool),
-            centralize=[group.grad_centralization and p.ndim >= 2 for p in params],
-            chunks=chunk_table([p.size for p in params], self._variant.chunk),
-            params=List([p.data.reshape(-1) for p in params]),
-            state=[List([self.state[name][i].reshape(-1) for i in members]) for name in self._variant.state],
-        )
-
-    # -- the step --
-
-    def __call__(self, gradients) -> bool:
-        if self._lock is None:
-            return self._step(gradients)
-        with self._lock:
-            return self._step(gradients)
+        """Called by the generated subclass once its own arguments are checked."""
+        self._allocate(variant, state_init, use_locking, len(self.groups))
 
     def _step(self, gradients) -> bool:
         cls = type(self).__name__
@@ -151,74 +98,21 @@ class NNOptimizer:
         k = self.global_step
         lrs = [group.lr.at(k, cls) for group in self.groups]
         wds = [group.weight_decay.at(k) for group in self.groups]
-        hypers = tuple(getattr(self, name) for name in self._HYPERS)
-        t = k + 1
+        hypers = tuple(self.hypers[name] for name in self._HYPERS)
         # Every check has passed: from here on the step changes parameters and state.
         for batch in self._batches:
-            self._run_batch(batch, grads, t, lrs[batch.group], wds[batch.group], hypers)
+            self._launch(
+                batch,
+                grads,
+                t=k + 1,
+                lr=lrs[batch.group],
+                wd=wds[batch.group],
+                decays=[self._decays[i] for i in batch.indices],
+                gc=[self._centralize[i] for i in batch.indices],
+                hypers=hypers,
+            )
         self.global_step = k + 1
         return True
-
-    def _run_batch(self, batch: _Batch, grads, t: int, lr: float, wd: float, hypers: tuple):
-        if batch.chunks[0].size == 0:
-            return
-        scalar = batch.dtype.type
-        per_tensor = {
-            "weight_decay": np.where(batch.decays, wd, 0.0).astype(batch.dtype),
-            "grad_scale": np.full(len(batch.indices), 1.0 / self.loss_scale, dtype=batch.dtype),
-        }
-        flat = []
-        for pos, i in enumerate(batch.indices):
-            g = grads[i]
-            if batch.centralize[pos]:
-                # MindSpore centralizes after weight decay and before undoing the loss scale;
-                # both are linear, so centralizing the effective gradient is the same.
-                w = self.parameters[i].data
-                g = g * scalar(1.0 / self.loss_scale) + scalar(wd if batch.decays[pos] else 0.0) * w
-                g = g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=batch.dtype)
-                per_tensor["weight_decay"][pos] = 0
-                per_tensor["grad_scale"][pos] = 1
-            flat.append(g.reshape(-1))
-        scalars = [scalar(s) for s in self._variant.scalars(t, lr, *hypers)]
-        kernel = self._variant.kernels[batch.dtype.name]
-        kernel(
-            *batch.chunks,
-            batch.params,
-            List(flat),
-            *batch.state,
-            *(per_tensor[name] for name in self._variant.per_tensor),
-            *scalars,
-        )
-
-    def _check_gradients(self, gradients) -> list[np.ndarray]:
-        cls = type(self).__name__
-        if not isinstance(gradients, (tuple, list)):
-            raise TypeError(
-                f"For '{cls}', the gradients must be a tuple of arrays in 'parameters' order, "
-                f"but got {type(gradients)}."
-            )
-        if len(gradients) != len(self.parameters):
-            raise ValueError(
-                f"For '{cls}', expected {len(self.parameters)} gradients (one per parameter, in "
-                f"'parameters' order), but got {len(gradients)}."
-            )
-        for i, (g, p) in enumerate(zip(gradients, self.parameters)):
-            if not isinstance(g, np.ndarray):
-                raise TypeError(
-                    f"For '{cls}', gradient {i} (of parameter '{p.name}') must be a numpy.ndarray, "
-                    f"but got {type(g)}."
-                )
-            if g.dtype != p.dtype:
-                raise TypeError(
-                    f"For '{cls}', gradient {i} (of parameter '{p.name}') must have dtype {p.dtype} "
-                    f"like its parameter, but got {g.dtype}."
-                )
-            if g.shape != p.shape:
-                raise ValueError(
-                    f"For '{cls}', gradient {i} (of parameter '{p.name}') must have shape "
-                    f"{p.shape} like its parameter, but got {g.shape}."
-                )
-        return list(gradients)
 
     def get_lr(self) -> float | list[float]:
         """The learning rate(s) the next step will use."""

@@ -1,0 +1,213 @@
+"""`FusedOptimizer`: what every dialect does around the generated kernels.
+
+It keeps the parameters and their state, groups the tensors of each
+parameter group by dtype into one kernel call (a chunk table over typed
+lists of flat arrays), checks every gradient of a step before anything
+changes, picks the host-side branch of the kernel, and steps row-sparse
+gradients. The dialect bases (nn, optim) add their arguments' semantics.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from numba.typed import List
+
+from optforge.parameter import Parameter
+from optforge.runtime.kernels import Variant, chunk_table
+from optforge.runtime.row_tensor import RowTensor
+
+
+@dataclass
+class _Batch:
+    """The tensors of one group with one dtype: one kernel call per step."""
+
+    group: int
+    dtype: np.dtype
+    indices: list[int]  # into `parameters`
+    chunks: tuple[np.ndarray, np.ndarray, np.ndarray]
+    params: List
+    state: list[List]
+
+
+class FusedOptimizer:
+    """Base of the generated classes; subclasses set the class attributes below."""
+
+    _HYPERS: tuple[str, ...] = ()  # the spec's hyperparameters, in spec order
+    _DECAY = "coupled"  # how weight decay enters the spec: "coupled" or "decoupled"
+    _SPARSE: str | None = None  # row-sparse gradients: "rows", "dense" or None
+
+    parameters: tuple[Parameter, ...]
+    _group_of: list[int]  # group index of each parameter
+
+    def _allocate(self, variant: Variant, state_init: dict[str, float], use_locking: bool, n_groups: int):
+        """Allocate the state and the per-group, per-dtype kernel batches."""
+        self._variant = variant
+        self._lock = threading.Lock() if use_locking else None
+        self.state = {
+            name: tuple(np.full(p.shape, state_init[name], dtype=p.dtype) for p in self.parameters)
+            for name in variant.state
+        }
+        for name, arrays in self.state.items():
+            setattr(self, name, arrays)
+        self._batches = []
+        for g in range(n_groups):
+            indices = [i for i, gi in enumerate(self._group_of) if gi == g]
+            for dtype in dict.fromkeys(self.parameters[i].dtype for i in indices):
+                members = [i for i in indices if self.parameters[i].dtype == dtype]
+                params = [self.parameters[i] for i in members]
+                self._batches.append(
+                    _Batch(
+                        group=g,
+                        dtype=dtype,
+                        indices=members,
+                        chunks=chunk_table([p.size for p in params], variant.chunk),
+                        params=List([p.data.reshape(-1) for p in params]),
+                        state=[List([self.state[n][i].reshape(-1) for i in members]) for n in variant.state],
+                    )
+                )
+
+    def __call__(self, gradients) -> bool:
+        if self._lock is None:
+            return self._step(gradients)
+        with self._lock:
+            return self._step(gradients)
+
+    def _step(self, gradients) -> bool:
+        raise NotImplementedError
+
+    # -- checks --
+
+    def _check_gradients(self, gradients) -> list:
+        """Every gradient's type, count, shape, dtype and row indices, before any change."""
+        cls = type(self).__name__
+        if not isinstance(gradients, (tuple, list)):
+            raise TypeError(
+                f"For '{cls}', the gradients must be a tuple of arrays in 'parameters' order, "
+                f"but got {type(gradients)}."
+            )
+        if len(gradients) != len(self.parameters):
+            raise ValueError(
+                f"For '{cls}', expected {len(self.parameters)} gradients (one per parameter, in "
+                f"'parameters' order), but got {len(gradients)}."
+            )
+        for i, (g, p) in enumerate(zip(gradients, self.parameters)):
+            what = f"For '{cls}', gradient {i} (of parameter '{p.name}')"
+            if isinstance(g, RowTensor):
+                if self._SPARSE is None:
+                    raise TypeError(
+                        f"For '{cls}', row-sparse gradients (RowTensor) are not supported, "
+                        f"but gradient {i} (of parameter '{p.name}') is one."
+                    )
+                self._check_row_tensor(g, p, what)
+                continue
+            if not isinstance(g, np.ndarray):
+                raise TypeError(f"{what} must be a numpy.ndarray or RowTensor, but got {type(g)}.")
+            if g.dtype != p.dtype:
+                raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
+            if g.shape != p.shape:
+                raise ValueError(f"{what} must have shape {p.shape} like its parameter, but got {g.shape}.")
+        return list(gradients)
+
+    @staticmethod
+    def _check_row_tensor(g: RowTensor, p: Parameter, what: str) -> None:
+        if g.dtype != p.dtype:
+            raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
+        if g.dense_shape != p.shape:
+            raise ValueError(
+                f"{what} must have dense shape {p.shape} like its parameter, but got {g.dense_shape}."
+            )
+        rows = p.shape[0]
+        bad = (g.indices < 0) | (g.indices >= rows)
+        if bad.any():
+            raise ValueError(
+                f"{what} has row index {int(g.indices[bad][0])} outside [0, {rows}); the step was not taken."
+            )
+
+    # -- running the kernels --
+
+    def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, hypers: tuple):
+        """One step of `batch`: its dense tensors in one call, row-sparse ones row by row.
+
+        `decays[pos]` says whether the weight decay applies to the tensor at
+        `pos`; `gc[pos]` whether its gradient is centralized.
+        """
+        if batch.chunks[0].size == 0:
+            return
+        scalar = batch.dtype.type
+        n = len(batch.indices)
+        inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
+        weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
+        grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
+        branch = self._variant.branches[self._variant.branch(t, lr, *hypers)]
+        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+
+        flat, sparse = [], []
+        for pos, i in enumerate(batch.indices):
+            g = grads[i]
+            w = self.parameters[i].data
+            if isinstance(g, RowTensor):
+                rows, values = self._effective_rows(g, w, scalar(inv_scale), scalar(weight_decay[pos]))
+                weight_decay[pos], grad_scale[pos] = 0, 1  # already in `values`
+                if self._SPARSE == "dense":
+                    g = np.zeros_like(w)
+                    g[rows] = values
+                else:
+                    sparse.append((pos, i, rows, values))
+                    g = w  # not read: no chunk of this tensor runs in the dense call
+            elif gc[pos]:
+                g = self._centralized(g, w, scalar(inv_scale), scalar(weight_decay[pos]))
+                grad_scale[pos] = 1
+                if self._DECAY == "coupled":
+                    weight_decay[pos] = 0
+            flat.append(g.reshape(-1))
+
+        chunks = batch.chunks
+        if sparse:
+            keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
+            chunks = tuple(a[keep] for a in chunks)
+        if chunks[0].size:
+            kernel = branch.kernels[batch.dtype.name]
+            kernel(*chunks, batch.params, List(flat), *batch.state, weight_decay, grad_scale, *scalars)
+        for pos, i, rows, values in sparse:
+            w = self.parameters[i].data
+            row_len = w.size // max(w.shape[0], 1)
+            branch.rows[batch.dtype.name](
+                rows,
+                row_len,
+                w.reshape(-1),
+                values.reshape(-1),
+                *(self.state[name][i].reshape(-1) for name in self._variant.state),
+                scalar(0),
+                scalar(1),
+                *scalars,
+            )
+
+    def _effective_rows(self, g: RowTensor, w: np.ndarray, inv_scale, wd):
+        """Unique rows and their summed effective gradient.
+
+        As MindSpore does, a coupled weight decay is added once per occurrence
+        of an index (and only to the rows the gradient names), then the loss
+        scale is undone, then duplicate rows are summed.
+        """
+        values = g.values * inv_scale
+        if self._DECAY == "coupled" and wd != 0:
+            values = values + wd * w[g.indices]
+        rows, inverse = np.unique(g.indices, return_inverse=True)
+        summed = np.zeros((rows.size, *w.shape[1:]), dtype=w.dtype)
+        np.add.at(summed, inverse, values)
+        return rows, summed
+
+    def _centralized(self, g, w, inv_scale, wd):
+        """Gradient centralization: subtract the mean over all axes but the first.
+
+        For a coupled decay MindSpore centralizes after adding it (and before
+        undoing the loss scale; both are linear, so the order of those two
+        does not matter): the decay term is centralized too.
+        """
+        g = g * inv_scale
+        if self._DECAY == "coupled":
+            g = g + wd * w
+        return g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=g.dtype)
