@@ -20,7 +20,7 @@ PACKAGE_DOCS = {
     "host": "Step-level scalars, computed once per step on the host in float64.",
     "cpu": "Fused Numba CPU kernels.",
 }
-DIALECTS = ("nn",)
+DIALECTS = ("nn", "optim")
 
 
 def load_specs(names: list[str] | None = None) -> list[Spec]:

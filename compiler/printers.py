@@ -80,6 +80,10 @@ class ElementPrinter(PythonCodePrinter):
     def _print_Abs(self, expr):
         return f"abs({self._print(expr.args[0])})"
 
+    def _print_sign(self, expr):
+        # np.sign keeps the float type and, like MindSpore's Sign, gives 0 at 0.
+        return f"np.sign({self._print(expr.args[0])})"
+
 
 class HostPrinter(PythonCodePrinter):
     """Step-level code, run once per step on the host; `t` is an int.

@@ -34,10 +34,17 @@ def reference_step(
     env: dict[str, object] = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
     env |= {k: float(v) for k, v in scalars.items()}
     updated = {}
-    for rule in specialize(spec, variant):
+    # Rules are evaluated as written, so a local that only one Piecewise branch
+    # uses (RAdam's rectification term) may be NaN where that branch is not taken.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _evaluate(specialize(spec, variant), env, updated)
+    return {k: np.broadcast_to(v, np.shape(arrays["w"])).copy() for k, v in updated.items() if k in arrays}
+
+
+def _evaluate(rules, env, updated) -> None:
+    for rule in rules:
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)
         function = sp.lambdify(symbols, rule.expr, modules=[{"norm": _l2_norm}, "numpy"])
         value = np.asarray(function(*(env[s.name] for s in symbols)), dtype=np.float64)
         env[rule.target.name] = value
         updated[rule.target.name] = value
-    return {k: np.broadcast_to(v, np.shape(arrays["w"])).copy() for k, v in updated.items() if k in arrays}

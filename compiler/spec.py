@@ -243,6 +243,11 @@ def check_spec(spec: Spec) -> None:
             fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
         for entry in export.signature:
             arg = entry if isinstance(entry, str) else entry[0]
+            if isinstance(entry, tuple) and isinstance(entry[1], tuple):  # ("betas", ("beta1", "beta2"))
+                unknown = [n for n in entry[1] if n not in known]
+                if unknown:
+                    fail(f"export {export.class_name}", f"'{arg}' names unknown hyperparameters {unknown}")
+                continue
             if arg not in known:
                 fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
 

@@ -123,8 +123,84 @@ def _tuple_source(items: list[str]) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+OPTIM_ARGUMENTS = {
+    "lr": (
+        "float, int or 0-d numpy.ndarray",
+        "The learning rate (> 0). Each step reads param_groups[i]['lr'], so a scheduler "
+        "from optforge.optim.lr_scheduler (or you) may change it between steps.",
+    ),
+    "weight_decay": ("float or int", "L2 penalty added to the gradient (>= 0)."),
+}
+
+OPTIM_RAISES = (
+    ("ValueError", "`lr` is not an int, float or 0-d ndarray, or is not > 0 (the documentation's "
+     "type, where MindSpore's code raises a TypeError for some types)."),
+    ("ValueError", "`weight_decay` is negative or not finite."),
+    ("TypeError", "`weight_decay` is not an int or float."),
+    ("ValueError", "`params` is None or empty, or a parameter appears in two groups."),
+    ("TypeError", "`params` is not iterable or holds something other than Parameters."),
+)
+
+
+def optim_class_context(spec: Spec, export: Export) -> dict:
+    arguments, checks, defaults, hyper_keys = [], [], {}, {}
+    domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
+    raises = list(OPTIM_RAISES)
+    for entry in export.signature:
+        name, default = (entry, None) if isinstance(entry, str) else entry
+        if name in OPTIM_ARGUMENTS:
+            types, doc = OPTIM_ARGUMENTS[name]
+            arguments.append(Argument(name, repr(default), types, doc))
+            continue
+        members = default if isinstance(default, tuple) and all(isinstance(m, str) for m in default) else None
+        if members:  # a pair such as betas = (beta1, beta2)
+            hypers = [spec.hyper(m) for m in members]
+            value = tuple(h.default for h in hypers)
+            doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
+            arguments.append(Argument(name, repr(value), "tuple of two floats", doc[0].upper() + doc[1:]))
+            for index, h in enumerate(hypers):
+                label = f"{name}[{index}]"
+                hyper_keys[h.name] = (name, index)
+                checks.append((label, f"{name}_{index}", h.types, repr(domains.get(h.name))))
+                raises.append(("TypeError", f"`{label}` is not {_type_words(h.types)}."))
+                if h.name in domains:
+                    raises.append(("ValueError", f"`{label}` is not {domains[h.name].describe()}."))
+            continue
+        h = spec.hyper(name)
+        arguments.append(Argument(name, repr(h.default if default is None else default), _type_words(h.types), h.doc))
+        hyper_keys[h.name] = (name, None)
+        checks.append((name, name, h.types, repr(domains.get(h.name))))
+        raises.append(("TypeError", f"`{name}` is not {_type_words(h.types)}."))
+        if h.name in domains:
+            raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
+    pairs = [a.name for a in arguments if a.types == "tuple of two floats"]
+    state_init = {
+        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]')
+        for s in spec.state
+    }
+    return {
+        "source": spec.where,
+        "spec": spec,
+        "cls": export.class_name,
+        "arguments": arguments,
+        "checks": checks,
+        "pairs": pairs,
+        "hyper_names": repr(tuple(h.name for h in spec.hypers)),
+        "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
+        "sparse": repr(spec.sparse),
+        "state_init": "{" + ", ".join(f'"{k}": {v}' for k, v in state_init.items()) + "}",
+        "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
+        "variant_key": _tuple_source(["False"] * 0),
+        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments) + "}",
+        "raises": raises,
+    }
+
+
+CONTEXTS = {"nn": class_context, "optim": optim_class_context}
+
+
 def render_class_module(spec: Spec, export: Export) -> str:
-    return render(f"{export.dialect}_class.py.j2", **class_context(spec, export))
+    return render(f"{export.dialect}_class.py.j2", **CONTEXTS[export.dialect](spec, export))
 
 
 def render_dialect_init(dialect: str, classes: list[tuple[str, str]]) -> str:

@@ -4,8 +4,11 @@ Run-time imports are numpy and numba only. The dialects load on first use,
 so `optforge build` can run (and repair) even when generated/ is stale.
 
     optforge.Parameter          a named array, updated in place
-    optforge.nn                 MindSpore's nn dialect (Adam, ...)
-    optforge.Adam               = optforge.nn.Adam
+    optforge.RowTensor          a row-sparse gradient
+    optforge.nn                 MindSpore's nn dialect: Adam, AdamOffload, Lamb, ProximalAdagrad
+    optforge.optim              the PyTorch-like dialect: RAdam, and optim.lr_scheduler
+    optforge.Adam, AdamOffload, Lamb, ProximalAdagrad   = optforge.nn.*
+    optforge.RAdam              = optforge.optim.RAdam
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import importlib
 
 from optforge.parameter import Parameter
+from optforge.runtime.row_tensor import RowTensor
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("nn",)
-_REEXPORTS = {"Adam": "nn"}
+_SUBMODULES = ("nn", "optim")
+_REEXPORTS = {"Adam": "nn", "AdamOffload": "nn", "Lamb": "nn", "ProximalAdagrad": "nn", "RAdam": "optim"}
 
-__all__ = ["Parameter", *_SUBMODULES, *_REEXPORTS]
+__all__ = ["Parameter", "RowTensor", *_SUBMODULES, *_REEXPORTS]
 
 
 def __getattr__(name: str):

@@ -4,4 +4,4 @@ The compiler (`optforge build`) turns every module listed in `ALL` into
 kernels, classes and documentation; nothing here is imported at run time.
 """
 
-ALL = ("adam", "lamb")
+ALL = ("adam", "adam_offload", "lamb", "proximal_adagrad", "radam")

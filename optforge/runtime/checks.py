@@ -11,9 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 # Python type names accepted by `check_type`. `bool` is a subclass of `int`,
 # so "int" admits True/False exactly as MindSpore's checks do; "float" does not.
-_TYPES = {"float": (float,), "int": (int,), "bool": (bool,)}
+# "numpy.floating" admits NumPy float scalars (np.float32 is not a `float`).
+_TYPES = {"float": (float,), "int": (int,), "bool": (bool,), "numpy.floating": (np.floating,)}
 
 
 def type_name(value) -> str:
@@ -28,7 +31,7 @@ def check_type(cls_name: str, arg: str, value, types: tuple[str, ...]) -> None:
     else:
         ok = isinstance(value, accepted)
     if not ok:
-        wanted = "' or '".join(types)
+        wanted = "' or '".join(t for t in types if t != "numpy.floating")
         raise TypeError(
             f"For '{cls_name}', the type of '{arg}' should be '{wanted}', "
             f"but got type '{type_name(value)}'."

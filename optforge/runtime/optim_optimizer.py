@@ -1,0 +1,174 @@
+"""The optim-dialect base: `mindspore.experimental.optim`, whose API is torch.optim's.
+
+Parameters come as a list or as `param_groups` dicts that may override
+`lr`, `betas`, `eps` and `weight_decay`; `param_groups[i]["lr"]` is read at
+every step, so `optforge.optim.lr_scheduler` schedulers (or the user) can
+change it. One step counter serves all groups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+
+from optforge.parameter import Parameter
+from optforge.runtime.kernels import Variant
+from optforge.runtime.optimizer import FusedOptimizer
+
+
+class OptimOptimizer(FusedOptimizer):
+    """Base of the generated `optforge.optim` classes."""
+
+    # How each hyperparameter is read from a group dict: (key, index or None).
+    _HYPER_KEYS: tuple[tuple[str, int | None], ...] = ()
+
+    def __init__(self, params, defaults: dict):
+        cls = type(self).__name__
+        if params is None:
+            raise ValueError(f"For '{cls}', the argument params can not be None.")
+        if not isinstance(params, Iterable):
+            raise TypeError(f"For '{cls}', the argument params must be Iterable type, but got {type(params)}.")
+        items = list(params)
+        if not items:
+            raise ValueError(f"For '{cls}', the argument params must not be empty.")
+        if not isinstance(items[0], dict):
+            items = [{"params": items}]
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict] = []
+        for group in items:
+            self._add_group(group, cls)
+        self.parameters = tuple(p for group in self.param_groups for p in group["params"])
+        self._group_of = [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
+        self.global_step = 0
+
+    def _add_group(self, group, cls: str) -> None:
+        if not isinstance(group, dict):
+            raise TypeError(f"For '{cls}', a param group must be a dict, but got {type(group)}.")
+        params = group.get("params")
+        if isinstance(params, Parameter):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError(
+                f"For '{cls}', parameters need to be organized in ordered collections, but the "
+                "ordering of tensors in sets will change between runs. Please use a list instead."
+            )
+        elif params is None:
+            raise KeyError(f"For '{cls}', every param group needs the key 'params'.")
+        params = list(params)
+        for index, p in enumerate(params):
+            if not isinstance(p, Parameter):
+                raise TypeError(
+                    f"For '{cls}', the element in params must be Parameter type, but got {type(p)} "
+                    f"at index {index}."
+                )
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in params) or len({id(p) for p in params}) != len(params):
+            raise ValueError(f"For '{cls}', some parameters appear in more than one parameter group.")
+        group = {**self.defaults, **group, "params": params}
+        group["lr"] = _check_group_lr(group["lr"], cls)
+        group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
+        self.param_groups.append(group)
+
+    def _finish_init(self, variant: Variant, state_init: dict[str, float]):
+        self._allocate(variant, state_init, use_locking=False, n_groups=len(self.param_groups))
+
+    def _group_hypers(self, group: dict) -> tuple:
+        return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+
+    def _step(self, gradients) -> bool:
+        cls = type(self).__name__
+        grads = self._check_gradients(gradients)
+        lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
+        hypers = [tuple(float(h) for h in self._group_hypers(group)) for group in self.param_groups]
+        t = self.global_step + 1
+        # Every check has passed: from here on the step changes parameters and state.
+        for batch in self._batches:
+            group = self.param_groups[batch.group]
+            self._launch(
+                batch,
+                grads,
+                t=t,
+                lr=lrs[batch.group],
+                wd=float(group["weight_decay"]),
+                decays=[True] * len(batch.indices),
+                gc=[False] * len(batch.indices),
+                hypers=hypers[batch.group],
+            )
+        self.global_step = t
+        return True
+
+
+def _check_group_lr(lr, cls: str):
+    """MindSpore's `_build_single_lr`: a number >= 0 (finite) or a 0-d array."""
+    if isinstance(lr, np.ndarray):
+        if lr.ndim != 0:
+            raise ValueError(f"For '{cls}', if 'lr' is an ndarray, then it should be a scalar (0-d).")
+        return lr
+    if not isinstance(lr, (int, float)):
+        raise TypeError(f"For '{cls}', the argument 'lr' must be int, float or a 0-d ndarray, but got {type(lr)}.")
+    if not math.isfinite(lr):
+        raise ValueError(f"For '{cls}', the 'learning rate' must be a legal value, but got '{lr}'.")
+    if lr < 0:
+        raise ValueError(f"For '{cls}', the 'learning rate' must be float and must >= 0, but got '{lr}'.")
+    return float(lr)
+
+
+def _check_group_weight_decay(wd, cls: str) -> float:
+    if not isinstance(wd, (int, float)):
+        raise TypeError(f"For '{cls}', the argument 'weight_decay' must be int or float, but got {type(wd)}.")
+    if not math.isfinite(wd):
+        raise ValueError(f"For '{cls}', the 'weight_decay' must be a legal value, but got '{wd}'.")
+    if wd < 0:
+        raise ValueError(f"For '{cls}', the weight_decay must be greater than or equal to 0.0, but got {wd}.")
+    return float(wd)
+
+
+def _lr_value(lr, cls: str) -> float:
+    """A group's lr at step time: whatever a scheduler or the user left in `group['lr']`."""
+    value = float(lr)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"For '{cls}', the learning rate of a param group is {value}; the step was not taken.")
+    return value
+
+
+def check_positive_lr(cls: str, lr) -> None:
+    """The optimizer-level lr of the optim dialect: a number or 0-d array > 0 (RAdam's page:
+    ValueError for anything else, where MindSpore's code raises TypeError for some)."""
+    if isinstance(lr, np.ndarray):
+        if lr.ndim != 0:
+            raise ValueError(f"For {cls}, the lr must be int, float or a 0-d ndarray, but got a {lr.ndim}-d array.")
+        value = float(lr)
+    elif isinstance(lr, (int, float)):
+        value = float(lr)
+    else:
+        raise ValueError(f"For {cls}, the lr must be int, float or a 0-d ndarray, but got {type(lr)}.")
+    if value <= 0:
+        raise ValueError(f"For {cls}, the lr must be greater than 0.0, but got {value}.")
+    if not math.isfinite(value):
+        raise ValueError(f"For '{cls}', the 'learning rate' must be a legal value, but got '{value}'.")
+
+
+def check_weight_decay(cls: str, weight_decay) -> None:
+    if not isinstance(weight_decay, (int, float)):
+        raise TypeError(
+            f"For '{cls}', the argument 'weight_decay' must be int or float, but got {type(weight_decay)}."
+        )
+    if weight_decay < 0:
+        raise ValueError(
+            f"For {cls}, the weight_decay must be greater than or equal to 0.0, but got {weight_decay}."
+        )
+    if not math.isfinite(weight_decay):
+        raise ValueError(f"For '{cls}', the 'weight_decay' must be a legal value, but got '{weight_decay}'.")
+
+
+def unpack_pair(cls: str, name: str, value) -> tuple:
+    """`betas=(b1, b2)`: a sequence of two; MindSpore raises IndexError for one element."""
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(f"For '{cls}', the '{name}' must be a tuple or list of two floats, but got {type(value)}.")
+    if len(value) < 2:
+        raise IndexError(f"For '{cls}', the '{name}' must hold two values, but got {len(value)}: {value!r}.")
+    if len(value) > 2:
+        raise ValueError(f"For '{cls}', the '{name}' must hold two values, but got {len(value)}: {value!r}.")
+    return tuple(value)

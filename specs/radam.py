@@ -1,0 +1,66 @@
+"""RAdam, as `mindspore.experimental.optim.RAdam` computes it (Liu et al., 2020).
+
+L2 weight decay is added to the gradient. The update is rectified only when
+rho_t > 5; rho_t depends on the step alone, so the host chooses the kernel
+each step. MindSpore evaluates rho_t and the rectification term in float32,
+and near the threshold that changes the numbers (rho_6 is 6.0005 in float32,
+5.9942 in float64), so this spec's host arithmetic is float32 too.
+"""
+
+import sympy as sp
+
+from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, t, w, weight_decay
+
+beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
+m, v = sp.symbols("m v")
+g_eff, m_hat, rho_inf, rho_t, rect = sp.symbols("g_eff m_hat rho_inf rho_t r_t")
+
+SPEC = Spec(
+    name="radam",
+    title="RAdam",
+    source=__file__,
+    summary="Rectified Adam: momentum SGD while the variance estimate is unreliable, then rectified Adam.",
+    references=(
+        "Liyuan Liu, Haoming Jiang, Pengcheng He, et al. On the Variance of the Adaptive Learning "
+        "Rate and Beyond. ICLR 2020. https://arxiv.org/abs/1908.03265",
+    ),
+    hypers=[
+        Hyper(beta1, ("float", "numpy.floating"), 0.9, "Decay rate of the running mean of gradients."),
+        Hyper(beta2, ("float", "numpy.floating"), 0.999, "Decay rate of the running mean of squared gradients."),
+        Hyper(eps, ("float", "int"), 1e-8, "Added to the denominator for numerical stability."),
+    ],
+    domains={
+        beta1: sp.Interval.Ropen(0, 1),
+        beta2: sp.Interval.Ropen(0, 1),
+        eps: sp.Interval.open(0, sp.oo),
+    },
+    flags=[],
+    state=[
+        State(m, 0, "exp_avg", "First moment (running mean of gradients)."),
+        State(v, 0, "exp_avg_sq", "Second moment (running mean of squared gradients)."),
+    ],
+    rules=[
+        Rule(g_eff, g * grad_scale + weight_decay * w),
+        Rule(m, m * beta1 + g_eff * (1 - beta1)),
+        Rule(v, v * beta2 + g_eff**2 * (1 - beta2)),
+        Rule(m_hat, m / (1 - beta1**t)),
+        Rule(rho_inf, 2 / (1 - beta2) - 1),
+        Rule(rho_t, rho_inf - 2 * t * beta2**t / (1 - beta2**t)),
+        Rule(rect, sp.sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t))),
+        Rule(
+            w,
+            sp.Piecewise(
+                (w - m_hat * lr * sp.sqrt(1 - beta2**t) / (sp.sqrt(v) + eps) * rect, rho_t > 5),
+                (w - m_hat * lr, True),
+            ),
+        ),
+    ],
+    host_dtype="float32",
+    exports=[
+        Export(
+            "optim",
+            "RAdam",
+            (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0)),
+        )
+    ],
+)

@@ -1,0 +1,123 @@
+"""Record MindSpore 2.10 trajectories for the seed optimizers (run once, by hand).
+
+    python3 -m venv /tmp/ms && . /tmp/ms/bin/activate
+    pip install "mindspore==2.10.0" "numpy<2"
+    python tests/golden/record_mindspore.py        # writes tests/golden/mindspore_2_10.npz
+
+Each case steps three parameters of different shapes (names chosen so the
+beta/gamma weight-decay rule matters) through 12 steps of seeded random
+gradients and keeps every parameter after every step. The inputs are saved
+next to the results, so the tests need neither MindSpore nor this script.
+Lamb is absent: MindSpore has no CPU kernel for it.
+"""
+
+import json
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+from mindspore import Parameter, Tensor, nn
+from mindspore.experimental import optim
+
+STEPS = 12
+SHAPES = {"dense.weight": (3, 4), "dense.bias": (5,), "bn.gamma": (2, 3, 2)}
+OUT = Path(__file__).with_name("mindspore_2_10.npz")
+
+ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
+
+
+def inputs(seed, grad_scale=1.0):
+    rng = np.random.default_rng(seed)
+    w0 = {n: rng.standard_normal(s).astype(np.float32) for n, s in SHAPES.items()}
+    grads = [
+        {n: (rng.standard_normal(s) * 0.5 * grad_scale).astype(np.float32) for n, s in SHAPES.items()}
+        for _ in range(STEPS)
+    ]
+    return w0, grads
+
+
+def make_params(w0):
+    return [Parameter(Tensor(w.copy()), name=n) for n, w in w0.items()]
+
+
+def groups_of(params, spec):
+    """spec: list of (indices, extra keys) -> MindSpore group dicts."""
+    return [{"params": [params[i] for i in idx], **extra} for idx, extra in spec]
+
+
+def run(kind, kwargs, seed, grad_scale=1.0, groups=None, scheduler=None):
+    w0, grads = inputs(seed, grad_scale)
+    params = make_params(w0)
+    target = groups_of(params, groups) if groups else params
+    lr_kwargs = dict(kwargs)
+    if kind == "RAdam":
+        opt = optim.RAdam(target, **lr_kwargs)
+    else:
+        opt = getattr(nn, kind)(target, **lr_kwargs)
+    sched = None
+    if scheduler:
+        name, skw = scheduler
+        sched = getattr(optim.lr_scheduler, name)(opt, **skw)
+    history = []
+    for step in range(STEPS):
+        opt(tuple(Tensor(grads[step][p.name]) for p in opt.parameters))
+        if sched is not None:
+            sched.step()
+        history.append({p.name: p.asnumpy().copy() for p in params})
+    return w0, grads, history
+
+
+CASES = {
+    # name: (optimizer, kwargs, seed, grad scale, groups, scheduler)
+    "adam_default": ("Adam", {"learning_rate": 0.01}, 1, 1.0, None, None),
+    "adam_nesterov": ("Adam", {"learning_rate": 0.01, "use_nesterov": True}, 2, 1.0, None, None),
+    "adam_amsgrad": ("Adam", {"learning_rate": 0.01, "use_amsgrad": True}, 3, 1.0, None, None),
+    "adam_decay_loss_scale": (
+        "Adam", {"learning_rate": 0.02, "weight_decay": 0.1, "loss_scale": 8.0}, 4, 8.0, None, None),
+    "adam_betas_eps": ("Adam", {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.95, "eps": 1e-3}, 5, 1.0, None, None),
+    "adam_lr_list": ("Adam", {"learning_rate": [0.05 / (k + 1) for k in range(STEPS)]}, 6, 1.0, None, None),
+    "adam_groups": (
+        "Adam", {"learning_rate": 0.01, "weight_decay": 0.02}, 7, 1.0,
+        [([0], {"lr": 0.05, "weight_decay": 0.1}), ([1, 2], {})], None),
+    "adamoffload_default": ("AdamOffload", {"learning_rate": 0.01}, 11, 1.0, None, None),
+    "adamoffload_nesterov": ("AdamOffload", {"learning_rate": 0.01, "use_nesterov": True}, 12, 1.0, None, None),
+    "adamoffload_decay_loss_scale": (
+        "AdamOffload", {"learning_rate": 0.02, "weight_decay": 0.1, "loss_scale": 4.0, "beta1": 0.8,
+                        "beta2": 0.9, "eps": 1e-4}, 13, 4.0, None, None),
+    "proximaladagrad_default": ("ProximalAdagrad", {"learning_rate": 0.05}, 21, 1.0, None, None),
+    "proximaladagrad_l1_l2": (
+        "ProximalAdagrad", {"learning_rate": 0.05, "accum": 0.2, "l1": 0.01, "l2": 0.05}, 22, 1.0, None, None),
+    "proximaladagrad_decay_loss_scale": (
+        "ProximalAdagrad", {"learning_rate": 0.1, "l1": 0.02, "weight_decay": 0.1, "loss_scale": 2.0},
+        23, 2.0, None, None),
+    "proximaladagrad_groups_lr_list": (
+        "ProximalAdagrad", {"learning_rate": [0.1 * 0.9**k for k in range(STEPS)], "l1": 0.01}, 24, 1.0,
+        [([0, 1], {"weight_decay": 0.05}), ([2], {})], None),
+    "radam_default": ("RAdam", {"lr": 0.01}, 31, 1.0, None, None),
+    "radam_betas_eps_decay": (
+        "RAdam", {"lr": 0.02, "betas": (0.8, 0.9), "eps": 1e-6, "weight_decay": 0.1}, 32, 1.0, None, None),
+    "radam_groups": (
+        "RAdam", {"lr": 0.01}, 33, 1.0,
+        [([0], {"lr": 0.05, "betas": (0.85, 0.99)}), ([1, 2], {"weight_decay": 0.05, "eps": 1e-4})], None),
+    "radam_steplr": ("RAdam", {"lr": 0.05}, 34, 1.0, None, ("StepLR", {"step_size": 3, "gamma": 0.5})),
+}
+
+
+def main():
+    arrays, meta = {}, {}
+    for name, (kind, kwargs, seed, scale, groups, scheduler) in CASES.items():
+        w0, grads, history = run(kind, kwargs, seed, scale, groups, scheduler)
+        meta[name] = {"optimizer": kind, "kwargs": kwargs, "groups": groups, "scheduler": scheduler,
+                      "names": list(SHAPES)}
+        for n in SHAPES:
+            arrays[f"{name}/w0/{n}"] = w0[n]
+            arrays[f"{name}/grads/{n}"] = np.stack([g[n] for g in grads])
+            arrays[f"{name}/history/{n}"] = np.stack([h[n] for h in history])
+        print(name, "done")
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez_compressed(OUT, **arrays)
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()
