@@ -74,6 +74,8 @@ SPEC = Spec(
             w - lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t) * numerator / (sp.sqrt(second_moment) + eps),
         ),
     ],
+    # A row-sparse gradient steps every row (the moments decay everywhere), as MindSpore's Adam.
+    sparse="dense",
     exports=[
         Export(
             "nn",

@@ -97,7 +97,7 @@ class Adam(NNOptimizer):
 
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
-    _SPARSE = None
+    _SPARSE = "dense"
 
     def __init__(
         self,
