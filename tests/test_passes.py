@@ -159,3 +159,38 @@ def test_adam_stores_only_the_arrays_that_change():
     ((stage,),) = [k.stages for k in lower(ADAM, ADAM.variants()[0])]
     assert [s.array.name for s in stage.stores] == ["param", "moment1", "moment2"]
     assert [load.array.name for load in stage.loads] == ["param", "grad", "moment1", "moment2"]
+
+
+def test_adam_offload_touches_the_parameter_only_in_its_apply_stage():
+    from optforge.specs.adam_offload import SPEC as OFFLOAD
+
+    for variant in OFFLOAD.variants():
+        (kernel,) = lower(OFFLOAD, variant)
+        host_stage, apply_stage = kernel.stages
+        assert [s.array.name for s in host_stage.stores] == ["moment1", "moment2", "delta"]
+        assert [s.array.name for s in apply_stage.stores] == ["param"]
+        assert sorted(load.array.name for load in apply_stage.loads) == ["delta", "param"]
+        assert [str(a) for a in apply_stage.element] == ["w_new = delta_new + w"]
+
+
+def test_lamb_splits_at_its_reductions():
+    from optforge.specs.lamb import SPEC as LAMB
+
+    (kernel,) = lower(LAMB, {})
+    first, second = kernel.stages
+    assert [r.symbol.name for r in first.reductions] == ["norm0", "norm1"]
+    assert "param" not in [s.array.name for s in first.stores]
+    assert [s.array.name for s in second.stores] == ["param"]
+    assert kernel.finalize_outputs == (sp.Symbol("u0"),)
+    assert "trust_ratio" in [a.target.name for a in kernel.finalize]
+
+
+def test_radam_rectification_is_a_host_side_branch():
+    from optforge.specs.radam import SPEC as RADAM
+
+    kernels = lower(RADAM, {})
+    assert [k.branch for k in kernels] == [(True,), (False,)]
+    assert [str(g) for g in kernels[0].guards] == ["rho_t > 5"]
+    for k in kernels:
+        (stage,) = k.stages
+        assert not any(a.expr.atoms(sp.Piecewise) for a in stage.element)

@@ -35,7 +35,7 @@ class LRScheduler:
         if not isinstance(last_epoch, int) or isinstance(last_epoch, bool):
             raise TypeError(f"For '{cls}', the 'last_epoch' must be int, but got {type(last_epoch)}.")
         if last_epoch < -1:
-            raise ValueError(f"For '{cls}', invalid last_epoch: {last_epoch}, it must be >= -1.")
+            raise ValueError(f"For '{cls}', Invalid last_epoch: {last_epoch}, it must be >= -1.")
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
