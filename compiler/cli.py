@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     build_cmd = commands.add_parser("build", help="regenerate generated/ from specs/")
-    build_cmd.add_argument("--check", action="store_true", help="exit 1 if generated/ is stale; write nothing")
+    build_cmd.add_argument(
+        "--check", action="store_true", help="exit 1 if generated/ is stale; write nothing"
+    )
     build_cmd.add_argument("--out", type=Path, help="folder to write (default: the installed generated/)")
 
     show = commands.add_parser("show", help="print what a spec compiles to")

@@ -1,6 +1,6 @@
 """Run the passes: one spec and one flag variant in, one `ir.Kernel` per host-side branch out.
 
-    specialize -> ssa -> reductions -> levels -> branches -> hoist -> stages -> cse
+specialize -> ssa -> reductions -> levels -> branches -> hoist -> stages -> cse
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 
 import sympy as sp
-
 from optforge.compiler import spec as S
 from optforge.compiler.ir import Array, Assignment, Kernel, Load, Reduction, Stage, Store
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
@@ -74,7 +73,9 @@ def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squar
     stages = [first]
     finalize_outputs: tuple[sp.Symbol, ...] = ()
     if split.second:
-        second = _stage(split.second, split.second_stores, prologue, arrays, levels, [], (), split.second_loads)
+        second = _stage(
+            split.second, split.second_stores, prologue, arrays, levels, [], (), split.second_loads
+        )
         finalize_outputs = tuple(s for s in second.per_tensor if s in late)
         stages.append(second)
     finalize = prune(

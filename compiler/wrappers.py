@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 import sympy as sp
-
 from optforge.compiler.render import render
 from optforge.compiler.spec import REQUIRED, Export, Spec
+
 from optforge.runtime.checks import Interval
 
 # The nn dialect's own arguments, validated by optforge.runtime.nn_optimizer.
@@ -44,9 +44,15 @@ NN_RAISES = (
     ("TypeError", "an element of `params` is neither a Parameter nor a dict."),
     ("TypeError", "`loss_scale` is not a float or an int."),
     ("TypeError", "`weight_decay` is neither a number nor a callable."),
-    ("ValueError", "`params` is None or empty, `learning_rate` or `weight_decay` is negative or not finite, "
-     "`loss_scale` is not positive, or a dynamic learning rate has more than one dimension."),
-    ("KeyError", "a group dict has a key other than params, lr, weight_decay, grad_centralization, order_params."),
+    (
+        "ValueError",
+        "`params` is None or empty, `learning_rate` or `weight_decay` is negative or not finite, "
+        "`loss_scale` is not positive, or a dynamic learning rate has more than one dimension.",
+    ),
+    (
+        "KeyError",
+        "a group dict has a key other than params, lr, weight_decay, grad_centralization, order_params.",
+    ),
     ("RuntimeError", "a parameter appears twice."),
 )
 
@@ -95,15 +101,11 @@ def class_context(spec: Spec, export: Export) -> dict:
             raises.append(("ValueError", f"`{h.name}` is not {domains[h.name].describe()}."))
     bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags]
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
-    state_init = {
-        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]')
-        for s in spec.state
-    }
     return {
         "hyper_names": repr(tuple(h.name for h in hypers)),
         "sparse": repr(spec.sparse),
         "variant_key": _tuple_source([f.name for f in spec.flags]),
-        "state_init": "{" + ", ".join(f'"{k}": {v}' for k, v in state_init.items()) + "}",
+        "state_init": _state_init_source(spec),
         "source": spec.where,
         "spec": spec,
         "cls": export.class_name,
@@ -116,6 +118,15 @@ def class_context(spec: Spec, export: Export) -> dict:
         "use_locking": "use_locking" if "use_locking" in names else "False",
         "raises": raises,
     }
+
+
+def _state_init_source(spec: Spec) -> str:
+    """The dict display of each state's initial value: a number or a hyperparameter."""
+    values = {
+        s.name: repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]'
+        for s in spec.state
+    }
+    return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
 
 
 def _tuple_source(items: list[str]) -> str:
@@ -133,8 +144,11 @@ OPTIM_ARGUMENTS = {
 }
 
 OPTIM_RAISES = (
-    ("ValueError", "`lr` is not an int, float or 0-d ndarray, or is not > 0 (the documentation's "
-     "type, where MindSpore's code raises a TypeError for some types)."),
+    (
+        "ValueError",
+        "`lr` is not an int, float or 0-d ndarray, or is not > 0 (the documentation's "
+        "type, where MindSpore's code raises a TypeError for some types).",
+    ),
     ("ValueError", "`weight_decay` is negative or not finite."),
     ("TypeError", "`weight_decay` is not an int or float."),
     ("ValueError", "`params` is None or empty, or a parameter appears in two groups."),
@@ -143,7 +157,7 @@ OPTIM_RAISES = (
 
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
-    arguments, checks, defaults, hyper_keys = [], [], {}, {}
+    arguments, checks, hyper_keys = [], [], {}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
     for entry in export.signature:
@@ -167,17 +181,15 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
                     raises.append(("ValueError", f"`{label}` is not {domains[h.name].describe()}."))
             continue
         h = spec.hyper(name)
-        arguments.append(Argument(name, repr(h.default if default is None else default), _type_words(h.types), h.doc))
+        arguments.append(
+            Argument(name, repr(h.default if default is None else default), _type_words(h.types), h.doc)
+        )
         hyper_keys[h.name] = (name, None)
         checks.append((name, name, h.types, repr(domains.get(h.name))))
         raises.append(("TypeError", f"`{name}` is not {_type_words(h.types)}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
     pairs = [a.name for a in arguments if a.types == "tuple of two floats"]
-    state_init = {
-        s.name: (repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]')
-        for s in spec.state
-    }
     return {
         "source": spec.where,
         "spec": spec,
@@ -188,9 +200,8 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         "sparse": repr(spec.sparse),
-        "state_init": "{" + ", ".join(f'"{k}": {v}' for k, v in state_init.items()) + "}",
+        "state_init": _state_init_source(spec),
         "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
-        "variant_key": _tuple_source(["False"] * 0),
         "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments) + "}",
         "raises": raises,
     }

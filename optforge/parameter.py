@@ -28,8 +28,7 @@ class Parameter:
             data = np.ascontiguousarray(data)
         if data.dtype not in FLOAT_DTYPES:
             raise TypeError(
-                f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} "
-                f"for '{name}'."
+                f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} for '{name}'."
             )
         if not data.flags.c_contiguous:
             raise ValueError(

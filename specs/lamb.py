@@ -8,7 +8,6 @@ denominator as `||w + lambda*w||`; its kernels use the norm of the update.
 """
 
 import sympy as sp
-
 from optforge.compiler.spec import (
     REQUIRED,
     Export,

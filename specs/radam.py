@@ -8,7 +8,6 @@ and near the threshold that changes the numbers (rho_6 is 6.0005 in float32,
 """
 
 import sympy as sp
-
 from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, t, w, weight_decay
 
 beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
@@ -26,7 +25,9 @@ SPEC = Spec(
     ),
     hypers=[
         Hyper(beta1, ("float", "numpy.floating"), 0.9, "Decay rate of the running mean of gradients."),
-        Hyper(beta2, ("float", "numpy.floating"), 0.999, "Decay rate of the running mean of squared gradients."),
+        Hyper(
+            beta2, ("float", "numpy.floating"), 0.999, "Decay rate of the running mean of squared gradients."
+        ),
         Hyper(eps, ("float", "int"), 1e-8, "Added to the denominator for numerical stability."),
     ],
     domains={

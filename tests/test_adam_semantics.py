@@ -24,9 +24,7 @@ def make_params(rng, dtype, shapes=SHAPES, names=None):
 
 
 def make_grads(rng, params, steps=STEPS, scale=1.0):
-    return [
-        [(rng.standard_normal(p.shape) * scale).astype(p.dtype) for p in params] for _ in range(steps)
-    ]
+    return [[(rng.standard_normal(p.shape) * scale).astype(p.dtype) for p in params] for _ in range(steps)]
 
 
 def run(opt, grads):
@@ -54,7 +52,13 @@ CASES = {
     "weight_decay": dict(weight_decay=0.05),
     "loss_scale": dict(loss_scale=128.0),
     "everything": dict(
-        learning_rate=0.02, beta1=0.7, beta2=0.95, eps=1e-6, weight_decay=0.1, loss_scale=8.0, use_nesterov=True
+        learning_rate=0.02,
+        beta1=0.7,
+        beta2=0.95,
+        eps=1e-6,
+        weight_decay=0.1,
+        loss_scale=8.0,
+        use_nesterov=True,
     ),
 }
 
@@ -93,9 +97,7 @@ def test_dynamic_learning_rate_uses_index_zero_first(learning_rate, rng):
     initial = [p.asnumpy() for p in params]
     grads = make_grads(rng, params)
     history = run(optforge.nn.Adam(params, learning_rate=learning_rate), grads)
-    expected = [
-        adam_trajectory(w0, [g[i] for g in grads], lrs) for i, w0 in enumerate(initial)
-    ]
+    expected = [adam_trajectory(w0, [g[i] for g in grads], lrs) for i, w0 in enumerate(initial)]
     assert_trajectories(history, expected, np.float32)
 
 
@@ -180,9 +182,7 @@ def test_groups_have_their_own_lr_and_weight_decay_and_no_name_filter(rng):
 def test_order_params_sets_the_gradient_order(rng):
     a = make_params(rng, np.float32, [(5,)], ["a"])
     b = make_params(rng, np.float32, [(3,)], ["b"])
-    opt = optforge.nn.Adam(
-        [{"params": a, "lr": 0.1}, {"params": b, "lr": 0.01}, {"order_params": b + a}]
-    )
+    opt = optforge.nn.Adam([{"params": a, "lr": 0.1}, {"params": b, "lr": 0.01}, {"order_params": b + a}])
     assert [p.name for p in opt.parameters] == ["b", "a"]
     wa, wb = a[0].asnumpy(), b[0].asnumpy()
     grads = make_grads(rng, opt.parameters)
@@ -205,16 +205,22 @@ def test_grad_centralization_applies_to_ndim_two_and_up_in_groups_that_ask(dtype
     history = run(optforge.nn.Adam(groups, learning_rate=0.01, loss_scale=2.0), grads)
     expected = [
         adam_trajectory(
-            w0, [g[i] for g in grads], [0.01] * STEPS, weight_decay=0.1, loss_scale=2.0,
-            centralize=True, dtype=dtype,
+            w0,
+            [g[i] for g in grads],
+            [0.01] * STEPS,
+            weight_decay=0.1,
+            loss_scale=2.0,
+            centralize=True,
+            dtype=dtype,
         )
         for i, w0 in enumerate(initial)
     ]
     assert_trajectories(history, expected, dtype)
     # The centralized gradient of a 2-D parameter sums to zero along each row,
     # so without centralization the result must differ.
-    plain = adam_trajectory(initial[0], [g[0] for g in grads], [0.01] * STEPS, weight_decay=0.1,
-                            loss_scale=2.0, dtype=dtype)
+    plain = adam_trajectory(
+        initial[0], [g[0] for g in grads], [0.01] * STEPS, weight_decay=0.1, loss_scale=2.0, dtype=dtype
+    )
     assert not np.allclose(plain[-1], history[0][-1], rtol=1e-6, atol=1e-9)
 
 

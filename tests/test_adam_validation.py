@@ -22,7 +22,9 @@ def test_learning_rate_of_unsupported_type_is_a_type_error(learning_rate):
 
 
 def test_parameters_element_neither_parameter_nor_dict_is_a_type_error():
-    with pytest.raises(TypeError, match="all elements of the argument 'parameters' must be 'Parameter' or 'dict'"):
+    with pytest.raises(
+        TypeError, match="all elements of the argument 'parameters' must be 'Parameter' or 'dict'"
+    ):
         Adam([1, 2])
     with pytest.raises(TypeError, match="must be 'Parameter' or 'dict'"):
         Adam([param(), {"params": [param("b")]}])
@@ -31,7 +33,10 @@ def test_parameters_element_neither_parameter_nor_dict_is_a_type_error():
 @pytest.mark.parametrize("arg", ["beta1", "beta2", "eps"])
 @pytest.mark.parametrize("value", [1, True, np.float32(0.5), "0.5"])
 def test_beta_or_eps_not_float_is_a_type_error(arg, value):
-    with pytest.raises(TypeError, match=rf"For 'Adam', the type of '{arg}' should be 'float', but got type '{type(value).__name__}'"):
+    with pytest.raises(
+        TypeError,
+        match=rf"For 'Adam', the type of '{arg}' should be 'float', but got type '{type(value).__name__}'",
+    ):
         Adam([param()], **{arg: value})
 
 
@@ -55,13 +60,17 @@ def test_weight_decay_not_a_number_is_a_type_error(value):
 
 @pytest.mark.parametrize("arg", ["use_locking", "use_nesterov", "use_amsgrad"])
 def test_flags_not_bool_are_type_errors(arg):
-    with pytest.raises(TypeError, match=rf"For 'Adam', the type of '{arg}' should be 'bool', but got type 'int'"):
+    with pytest.raises(
+        TypeError, match=rf"For 'Adam', the type of '{arg}' should be 'bool', but got type 'int'"
+    ):
         Adam([param()], **{arg: 1})
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0])
 def test_loss_scale_not_positive_is_a_value_error(value):
-    with pytest.raises(ValueError, match=rf"For 'Adam', the 'loss_scale' must be float and must > 0, but got '{value}'"):
+    with pytest.raises(
+        ValueError, match=rf"For 'Adam', the 'loss_scale' must be float and must > 0, but got '{value}'"
+    ):
         Adam([param()], loss_scale=value)
 
 
@@ -73,7 +82,9 @@ def test_loss_scale_not_finite_is_a_value_error(value):
 
 @pytest.mark.parametrize("value", [0.0, -1e-8])
 def test_eps_not_positive_is_a_value_error(value):
-    with pytest.raises(ValueError, match=rf"For 'Adam', the 'eps' must be float and must > 0, but got '{value}'"):
+    with pytest.raises(
+        ValueError, match=rf"For 'Adam', the 'eps' must be float and must > 0, but got '{value}'"
+    ):
         Adam([param()], eps=value)
 
 
@@ -86,7 +97,9 @@ def test_eps_not_finite_is_a_value_error(value):
 @pytest.mark.parametrize("arg", ["beta1", "beta2"])
 @pytest.mark.parametrize("value", [0.0, 1.0, -0.5, 1.5, math.nan])
 def test_beta_outside_open_unit_interval_is_a_value_error(arg, value):
-    with pytest.raises(ValueError, match=rf"For 'Adam', the '{arg}' must be in range of \(0.0, 1.0\), but got {value}"):
+    with pytest.raises(
+        ValueError, match=rf"For 'Adam', the '{arg}' must be in range of \(0.0, 1.0\), but got {value}"
+    ):
         Adam([param()], **{arg: value})
 
 
@@ -95,12 +108,16 @@ def test_betas_just_inside_the_interval_are_accepted():
 
 
 def test_weight_decay_negative_is_a_value_error():
-    with pytest.raises(ValueError, match=r"For 'Adam', the 'weight_decay' must be float and must >= 0, but got '-0.1'"):
+    with pytest.raises(
+        ValueError, match=r"For 'Adam', the 'weight_decay' must be float and must >= 0, but got '-0.1'"
+    ):
         Adam([param()], weight_decay=-0.1)
 
 
 def test_learning_rate_negative_or_not_finite_is_a_value_error():
-    with pytest.raises(ValueError, match=r"For 'Adam', the 'learning rate' must be float and must >= 0, but got '-0.1'"):
+    with pytest.raises(
+        ValueError, match=r"For 'Adam', the 'learning rate' must be float and must >= 0, but got '-0.1'"
+    ):
         Adam([param()], learning_rate=-0.1)
     with pytest.raises(ValueError, match="the 'learning rate' must be a legal value, but got 'inf'"):
         Adam([param()], learning_rate=math.inf)
@@ -122,18 +139,23 @@ def test_learning_rate_string_is_a_value_error():
         Adam([param()], learning_rate="a")
 
 
-@pytest.mark.parametrize("params, kind, message", [
-    (None, ValueError, "the argument parameters can not be None"),
-    ([], ValueError, "the argument parameters must not be empty"),
-    (5, TypeError, "the argument parameters must be Iterable type"),
-])
+@pytest.mark.parametrize(
+    "params, kind, message",
+    [
+        (None, ValueError, "the argument parameters can not be None"),
+        ([], ValueError, "the argument parameters must not be empty"),
+        (5, TypeError, "the argument parameters must be Iterable type"),
+    ],
+)
 def test_parameters_base_checks(params, kind, message):
     with pytest.raises(kind, match=message):
         Adam(params)
 
 
 def test_group_with_unknown_key_is_a_key_error():
-    with pytest.raises(KeyError, match=r"the key in group params must be one of in .* but got \['momentum'\]"):
+    with pytest.raises(
+        KeyError, match=r"the key in group params must be one of in .* but got \['momentum'\]"
+    ):
         Adam([{"params": [param()], "momentum": 0.9}])
 
 
@@ -219,15 +241,30 @@ def stepped():
     return opt, good
 
 
-@pytest.mark.parametrize("mutate, kind, message", [
-    (lambda g: g[:-1], ValueError, "expected 3 gradients .* but got 2"),
-    (lambda g: g + [g[0]], ValueError, "expected 3 gradients .* but got 4"),
-    (lambda g: g[:2] + [np.ones(5, np.float32)], ValueError, r"gradient 2 \(of parameter 'c'\) must have shape \(4,\)"),
-    (lambda g: g[:2] + [g[2].astype(np.float64)], TypeError, r"gradient 2 \(of parameter 'c'\) must have dtype float32"),
-    (lambda g: g[:2] + [g[2].astype(np.int32)], TypeError, "must have dtype float32 like its parameter, but got int32"),
-    (lambda g: g[:2] + [[0.5] * 4], TypeError, "must be a numpy.ndarray"),
-    (lambda g: iter(g), TypeError, "the gradients must be a tuple"),
-])
+@pytest.mark.parametrize(
+    "mutate, kind, message",
+    [
+        (lambda g: g[:-1], ValueError, "expected 3 gradients .* but got 2"),
+        (lambda g: g + [g[0]], ValueError, "expected 3 gradients .* but got 4"),
+        (
+            lambda g: g[:2] + [np.ones(5, np.float32)],
+            ValueError,
+            r"gradient 2 \(of parameter 'c'\) must have shape \(4,\)",
+        ),
+        (
+            lambda g: g[:2] + [g[2].astype(np.float64)],
+            TypeError,
+            r"gradient 2 \(of parameter 'c'\) must have dtype float32",
+        ),
+        (
+            lambda g: g[:2] + [g[2].astype(np.int32)],
+            TypeError,
+            "must have dtype float32 like its parameter, but got int32",
+        ),
+        (lambda g: g[:2] + [[0.5] * 4], TypeError, "must be a numpy.ndarray"),
+        (lambda g: iter(g), TypeError, "the gradients must be a tuple"),
+    ],
+)
 def test_bad_step_call_raises_and_changes_nothing(stepped, mutate, kind, message):
     opt, good = stepped
     before = snapshot(opt)

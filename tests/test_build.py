@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from optforge.compiler import build
 from optforge.compiler.cli import main
 
@@ -47,9 +46,20 @@ def test_show_prints_the_generated_kernel(capsys):
 
 def test_generated_code_is_lint_clean():
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--isolated", "--select", "E,F,W", "--line-length", "100",
-         str(build.generated_dir())],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--isolated",
+            "--select",
+            "E,F,W",
+            "--line-length",
+            "100",
+            str(build.generated_dir()),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -57,3 +67,19 @@ def test_generated_code_is_lint_clean():
 def test_console_script_runs():
     result = subprocess.run(["optforge", "build", "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hand_written_code_is_lint_clean_and_formatted():
+    root = build.generated_dir().parent
+    folders = [str(root / f) for f in ("optforge", "compiler", "specs", "tests")]
+    check = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", *folders], capture_output=True, text=True, cwd=root
+    )
+    assert check.returncode == 0, check.stdout
+    fmt = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--check", *folders],
+        capture_output=True,
+        text=True,
+        cwd=root,
+    )
+    assert fmt.returncode == 0, fmt.stdout

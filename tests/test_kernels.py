@@ -9,9 +9,9 @@ import importlib
 import numpy as np
 import pytest
 from numba.typed import List
-
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
+
 from optforge.runtime.kernels import chunk_table
 
 CASES = [
@@ -45,11 +45,16 @@ def hypers_for(spec, t):
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_kernel_matches_spec_reference_over_several_steps(case, rng):
     spec, variant, dtype = case
-    compiled = importlib.import_module(f"optforge.generated.cpu.{spec.name}").VARIANTS[tuple(variant.values())]
+    compiled = importlib.import_module(f"optforge.generated.cpu.{spec.name}").VARIANTS[
+        tuple(variant.values())
+    ]
     symbol_of = {s.name: s.symbol.name for s in spec.state}
     names = ["w", "g"] + [symbol_of[n] for n in compiled.state]
     arrays = {n: [rng.uniform(0.1, 1.0, size).astype(dtype) for size in SIZES] for n in names}
-    per_tensor = {"weight_decay": rng.uniform(0, 0.2, len(SIZES)), "grad_scale": rng.uniform(0.5, 2, len(SIZES))}
+    per_tensor = {
+        "weight_decay": rng.uniform(0, 0.2, len(SIZES)),
+        "grad_scale": rng.uniform(0.5, 2, len(SIZES)),
+    }
     chunks = chunk_table(SIZES, CHUNK)
     scalar = np.dtype(dtype).type
     branches_seen = set()

@@ -90,7 +90,9 @@ def test_dynamic_lr_groups_and_the_beta_gamma_rule(rng):
     grads = make_grads(rng, c)
     history = run(Lamb(c, learning_rate=0.01, weight_decay=0.3), grads)
     for i, wd in enumerate([0.3, 0.0]):  # without groups gamma is not decayed
-        expected = lamb_trajectory(c0[i], [g[i] for g in grads], [0.01] * STEPS, weight_decay=wd, dtype=np.float32)
+        expected = lamb_trajectory(
+            c0[i], [g[i] for g in grads], [0.01] * STEPS, weight_decay=wd, dtype=np.float32
+        )
         assert_trajectories([history[i]], [expected], np.float32)
 
 
@@ -112,6 +114,7 @@ def test_norms_come_from_the_generated_reduction_stage():
     import inspect
 
     from optforge.generated.cpu import lamb
+
     from optforge.runtime import nn_optimizer, optimizer
 
     assert "partials" in inspect.getsource(lamb.lamb_stage1_f32.py_func)
@@ -138,5 +141,3 @@ def test_learning_rate_is_required_and_loss_scale_is_not_an_argument():
         Lamb([p])
     with pytest.raises(TypeError, match="loss_scale"):
         Lamb([p], learning_rate=0.1, loss_scale=2.0)
-
-

@@ -47,7 +47,10 @@ def lrs_of(make, module, opt, epochs=EPOCHS):
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
 def test_scheduler_gives_torch_learning_rates(name):
-    params = [optforge.Parameter(np.ones(2, np.float32), "a"), optforge.Parameter(np.ones(2, np.float32), "b")]
+    params = [
+        optforge.Parameter(np.ones(2, np.float32), "a"),
+        optforge.Parameter(np.ones(2, np.float32), "b"),
+    ]
     ours = optforge.optim.RAdam([{"params": [params[0]]}, {"params": [params[1]], "lr": 0.05}], lr=0.1)
     tparams = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))]
     theirs = torch.optim.RAdam([{"params": [tparams[0]]}, {"params": [tparams[1]], "lr": 0.05}], lr=0.1)

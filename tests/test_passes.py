@@ -1,7 +1,6 @@
 """Unit tests of each compiler pass on tiny inputs."""
 
 import sympy as sp
-
 from optforge.compiler.ir import Assignment
 from optforge.compiler.lower import lower
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
@@ -20,7 +19,13 @@ LEVELS = {w: E, g: E, m: E, b: S, lr: S, t: S, weight_decay: T}
 
 def tiny(rules, state=(State(m, 0, "m", "m"),)):
     return Spec(
-        "tiny", "Tiny", "specs/tiny.py", [Hyper(b, ("float",), 0.5, "b")], [Flag(flag, "f")], state, rules,
+        "tiny",
+        "Tiny",
+        "specs/tiny.py",
+        [Hyper(b, ("float",), 0.5, "b")],
+        [Flag(flag, "f")],
+        state,
+        rules,
         decay="decoupled",
     )
 
@@ -29,11 +34,13 @@ def tiny(rules, state=(State(m, 0, "m", "m"),)):
 
 
 def test_specialize_collapses_piecewise_and_drops_rules_of_other_variants():
-    spec = tiny([
-        Rule(m, b * m + g),
-        Rule(m, m + 1, when=flag),
-        Rule(w, w - lr * sp.Piecewise((2 * m, flag), (m, True))),
-    ][::2])
+    spec = tiny(
+        [
+            Rule(m, b * m + g),
+            Rule(m, m + 1, when=flag),
+            Rule(w, w - lr * sp.Piecewise((2 * m, flag), (m, True))),
+        ][::2]
+    )
     assert [str(r) for r in specialize(spec, {flag: False})] == ["m <- b*m + g", "w <- -lr*m + w"]
     assert [str(r) for r in specialize(spec, {flag: True})] == ["m <- b*m + g", "w <- -2*lr*m + w"]
 

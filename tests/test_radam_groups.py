@@ -23,7 +23,9 @@ def radam_reference(w, grads, lrs, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
         rho_t = rho_inf - f(2 * t) * (b2 ** f(t)) / bc2
         mh = m / bc1
         if rho_t > 5:
-            rect = np.sqrt((rho_t - f(4)) * (rho_t - f(2)) * rho_inf / ((rho_inf - f(4)) * (rho_inf - f(2)) * rho_t))
+            rect = np.sqrt(
+                (rho_t - f(4)) * (rho_t - f(2)) * rho_inf / ((rho_inf - f(4)) * (rho_inf - f(2)) * rho_t)
+            )
             w = w - mh * lr * (np.sqrt(bc2) / (np.sqrt(v) + e)) * rect
         else:
             w = w - mh * lr
@@ -39,15 +41,23 @@ def test_groups_override_lr_betas_eps_and_weight_decay(rng):
         lr=0.01,
     )
     assert opt.param_groups[1]["betas"] == (0.9, 0.999) and opt.param_groups[0]["weight_decay"] == 0.0
-    grads = [(rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(7).astype(np.float32))
-             for _ in range(12)]
+    grads = [
+        (rng.standard_normal((3, 4)).astype(np.float32), rng.standard_normal(7).astype(np.float32))
+        for _ in range(12)
+    ]
     for g in grads:
         opt(g)
     np.testing.assert_allclose(
-        a.data, radam_reference(a0, [g[0] for g in grads], [0.05] * 12, (0.8, 0.9), 1e-4), atol=1e-5, rtol=2e-5
+        a.data,
+        radam_reference(a0, [g[0] for g in grads], [0.05] * 12, (0.8, 0.9), 1e-4),
+        atol=1e-5,
+        rtol=2e-5,
     )
     np.testing.assert_allclose(
-        b.data, radam_reference(b0, [g[1] for g in grads], [0.01] * 12, weight_decay=0.1), atol=1e-5, rtol=2e-5
+        b.data,
+        radam_reference(b0, [g[1] for g in grads], [0.01] * 12, weight_decay=0.1),
+        atol=1e-5,
+        rtol=2e-5,
     )
 
 

@@ -51,9 +51,24 @@ def test_the_wheel_holds_every_module_under_the_optforge_namespace(tmp_path):
     (wheel,) = tmp_path.glob("optforge-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {n.split("/")[0] for n in names} == {"optforge", wheel.name.split("-py3")[0] + ".dist-info"}
-    folders = {"optforge": "optforge", "compiler": "optforge/compiler", "specs": "optforge/specs",
-               "generated": "optforge/generated"}
+    folders = {
+        "optforge": "optforge",
+        "compiler": "optforge/compiler",
+        "specs": "optforge/specs",
+        "generated": "optforge/generated",
+    }
     for folder, package in folders.items():
         for path in (root / folder).rglob("*"):
             if path.suffix in (".py", ".j2") and "__pycache__" not in path.parts:
                 assert f"{package}/{path.relative_to(root / folder).as_posix()}" in names, path
+
+
+def test_top_level_re_exports_the_seed_optimizers():
+    import optforge
+
+    assert optforge.Adam is optforge.nn.Adam
+    assert optforge.AdamOffload is optforge.nn.AdamOffload
+    assert optforge.Lamb is optforge.nn.Lamb
+    assert optforge.ProximalAdagrad is optforge.nn.ProximalAdagrad
+    assert optforge.RAdam is optforge.optim.RAdam
+    assert {"Parameter", "RowTensor", "nn", "optim"} <= set(dir(optforge))

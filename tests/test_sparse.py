@@ -37,8 +37,13 @@ def test_proximal_adagrad_steps_only_the_named_rows(kwargs, dtype, rng):
     p = optforge.Parameter(rng.standard_normal(shape).astype(dtype), "embedding")
     opt = optforge.nn.ProximalAdagrad([p], learning_rate=0.1, **kwargs)
     w, accum = p.asnumpy(), opt.accum[0].copy()
-    args = dict(lr=0.1, l1=kwargs.get("l1", 0.0), l2=kwargs.get("l2", 0.0),
-                wd=kwargs.get("weight_decay", 0.0), loss_scale=kwargs.get("loss_scale", 1.0))
+    args = dict(
+        lr=0.1,
+        l1=kwargs.get("l1", 0.0),
+        l2=kwargs.get("l2", 0.0),
+        wd=kwargs.get("weight_decay", 0.0),
+        loss_scale=kwargs.get("loss_scale", 1.0),
+    )
     for step in range(6):
         indices = rng.integers(0, shape[0], size=12)  # duplicates likely
         indices[:2] = [3, 3]  # and certain
@@ -115,16 +120,20 @@ def test_adam_steps_every_row_with_the_summed_gradient(kwargs, rng):
         effective.append(dense)
         opt((RowTensor(indices, values, shape),))
         w = p.asnumpy().astype(np.float64)
-    expected = adam_trajectory(w0, effective, [0.01] * 5, use_amsgrad=kwargs.get("use_amsgrad", False),
-                               dtype=np.float64)
+    expected = adam_trajectory(
+        w0, effective, [0.01] * 5, use_amsgrad=kwargs.get("use_amsgrad", False), dtype=np.float64
+    )
     np.testing.assert_allclose(p.data, expected[-1], rtol=2e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (optforge.nn.Lamb, dict(learning_rate=0.1)),
-    (optforge.nn.AdamOffload, dict()),
-    (optforge.optim.RAdam, dict()),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (optforge.nn.Lamb, dict(learning_rate=0.1)),
+        (optforge.nn.AdamOffload, dict()),
+        (optforge.optim.RAdam, dict()),
+    ],
+)
 def test_optimizers_without_a_sparse_rule_refuse_row_tensors(cls, kwargs):
     p = optforge.Parameter(np.ones((4, 2), np.float32), "w")
     opt = cls([p], **kwargs)

@@ -2,7 +2,6 @@
 
 import pytest
 import sympy as sp
-
 from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, SpecError, State, g, lr, w
 
 a, b, m, flag = sp.symbols("a b m flag")
@@ -30,7 +29,9 @@ def test_a_correct_spec_builds_and_lists_its_variants():
 
 
 def test_undefined_symbol_names_the_file_and_the_rule():
-    with pytest.raises(SpecError, match=r"specs/tiny.py: rule 2 \(w <- -b\*lr\*m \+ w\): undefined symbol 'b'"):
+    with pytest.raises(
+        SpecError, match=r"specs/tiny.py: rule 2 \(w <- -b\*lr\*m \+ w\): undefined symbol 'b'"
+    ):
         make(rules=[Rule(m, a * m + g), Rule(w, w - b * lr * m)])
 
 
@@ -45,7 +46,9 @@ def test_rule_assigning_twice():
 
 
 def test_domain_on_an_unknown_name():
-    with pytest.raises(SpecError, match=r"specs/tiny.py: domain of 'b': is not a hyperparameter of this spec"):
+    with pytest.raises(
+        SpecError, match=r"specs/tiny.py: domain of 'b': is not a hyperparameter of this spec"
+    ):
         make(domains={b: sp.Interval(0, 1)})
 
 

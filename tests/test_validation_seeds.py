@@ -50,16 +50,21 @@ def test_nn_weight_decay_not_a_number_is_a_type_error(name, wd):
 @pytest.mark.parametrize("name", sorted(NN))
 def test_nn_weight_decay_negative_is_a_value_error(name):
     cls, base = NN[name]
-    with pytest.raises(ValueError, match=rf"For '{name}', the 'weight_decay' must be float and must >= 0, but got '-0.5'"):
+    with pytest.raises(
+        ValueError, match=rf"For '{name}', the 'weight_decay' must be float and must >= 0, but got '-0.5'"
+    ):
         cls(params(), **(base | {"weight_decay": -0.5}))
 
 
 @pytest.mark.parametrize("name", ["ProximalAdagrad", "AdamOffload"])
-@pytest.mark.parametrize("value, kind, message", [
-    (np.float32(1.0), TypeError, "the type of 'loss_scale' should be 'float' or 'int'"),
-    (0.0, ValueError, "the 'loss_scale' must be float and must > 0, but got '0.0'"),
-    (-2.0, ValueError, "the 'loss_scale' must be float and must > 0, but got '-2.0'"),
-])
+@pytest.mark.parametrize(
+    "value, kind, message",
+    [
+        (np.float32(1.0), TypeError, "the type of 'loss_scale' should be 'float' or 'int'"),
+        (0.0, ValueError, "the 'loss_scale' must be float and must > 0, but got '0.0'"),
+        (-2.0, ValueError, "the 'loss_scale' must be float and must > 0, but got '-2.0'"),
+    ],
+)
 def test_nn_loss_scale_checks(name, value, kind, message):
     cls, base = NN[name]
     with pytest.raises(kind, match=message):
@@ -70,7 +75,11 @@ def test_nn_loss_scale_checks(name, value, kind, message):
 @pytest.mark.parametrize("value", [0, 1, True, np.float32(0.1)])
 def test_proximal_adagrad_accum_l1_l2_not_float_are_type_errors(arg, value):
     """The page: TypeError if not float; an int 0 too."""
-    with pytest.raises(TypeError, match=rf"For 'ProximalAdagrad', the type of '{arg}' should be 'float', but got type '{type(value).__name__}'"):
+    with pytest.raises(
+        TypeError,
+        match=rf"For 'ProximalAdagrad', the type of '{arg}' should be 'float', "
+        rf"but got type '{type(value).__name__}'",
+    ):
         ProximalAdagrad(params(), **{arg: value})
 
 
@@ -149,18 +158,25 @@ def test_radam_eps_not_positive_is_a_value_error(eps):
 
 
 def test_radam_weight_decay_negative_is_a_value_error():
-    with pytest.raises(ValueError, match="For RAdam, the weight_decay must be greater than or equal to 0.0, but got -0.1"):
+    with pytest.raises(
+        ValueError, match="For RAdam, the weight_decay must be greater than or equal to 0.0, but got -0.1"
+    ):
         RAdam(params(), weight_decay=-0.1)
 
 
-@pytest.mark.parametrize("betas, label, value", [
-    ((1.0, 0.999), "betas\\[0\\]", "1.0"),
-    ((0.9, 1.0), "betas\\[1\\]", "1.0"),
-    ((-0.1, 0.9), "betas\\[0\\]", "-0.1"),
-    ((0.9, math.nan), "betas\\[1\\]", "nan"),
-])
+@pytest.mark.parametrize(
+    "betas, label, value",
+    [
+        ((1.0, 0.999), "betas\\[0\\]", "1.0"),
+        ((0.9, 1.0), "betas\\[1\\]", "1.0"),
+        ((-0.1, 0.9), "betas\\[0\\]", "-0.1"),
+        ((0.9, math.nan), "betas\\[1\\]", "nan"),
+    ],
+)
 def test_radam_betas_outside_zero_one_are_value_errors(betas, label, value):
-    with pytest.raises(ValueError, match=rf"For 'RAdam', the '{label}' must be in range of \[0.0, 1.0\), but got {value}"):
+    with pytest.raises(
+        ValueError, match=rf"For 'RAdam', the '{label}' must be in range of \[0.0, 1.0\), but got {value}"
+    ):
         RAdam(params(), betas=betas)
 
 
@@ -170,7 +186,9 @@ def test_radam_accepts_what_mindspore_accepts():
 
 
 def test_radam_silent_cases_follow_mindspores_code():
-    with pytest.raises(TypeError, match=r"For 'RAdam', the type of 'betas\[0\]' should be 'float', but got type 'int'"):
+    with pytest.raises(
+        TypeError, match=r"For 'RAdam', the type of 'betas\[0\]' should be 'float', but got type 'int'"
+    ):
         RAdam(params(), betas=(0, 0.9))
     with pytest.raises(IndexError, match="must hold two values"):
         RAdam(params(), betas=(0.9,))
@@ -198,15 +216,24 @@ def test_radam_group_lr_zero_is_allowed_and_negative_is_not():
         RAdam([{"params": a, "weight_decay": -1.0}])
 
 
-@pytest.mark.parametrize("cls, kwargs", [
-    (ProximalAdagrad, {}), (Lamb, {"learning_rate": 0.1}), (AdamOffload, {}), (RAdam, {}),
-])
-@pytest.mark.parametrize("bad, kind", [
-    (lambda g: g[:1], ValueError),
-    (lambda g: [g[0], np.ones(3)], ValueError),
-    (lambda g: [g[0], g[1].astype(np.float32)], TypeError),
-    (lambda g: [g[0], g[1].astype(np.int64)], TypeError),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (ProximalAdagrad, {}),
+        (Lamb, {"learning_rate": 0.1}),
+        (AdamOffload, {}),
+        (RAdam, {}),
+    ],
+)
+@pytest.mark.parametrize(
+    "bad, kind",
+    [
+        (lambda g: g[:1], ValueError),
+        (lambda g: [g[0], np.ones(3)], ValueError),
+        (lambda g: [g[0], g[1].astype(np.float32)], TypeError),
+        (lambda g: [g[0], g[1].astype(np.int64)], TypeError),
+    ],
+)
 def test_bad_step_calls_raise_and_change_nothing(cls, kwargs, bad, kind):
     a = optforge.Parameter(np.linspace(0.5, 1.5, 6, dtype=np.float32).reshape(2, 3), "a")
     b = optforge.Parameter(np.linspace(-1, 1, 4), "b")

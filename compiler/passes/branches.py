@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 
 import sympy as sp
-
 from optforge.compiler.ir import Assignment
 from optforge.compiler.passes.levels import Level, level_of
 

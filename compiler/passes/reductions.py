@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sympy as sp
-
 from optforge.compiler.ir import Assignment, Reduction
 from optforge.compiler.spec import norm
 

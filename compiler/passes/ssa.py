@@ -8,14 +8,11 @@ value, which hoisting and CSE need.
 from __future__ import annotations
 
 import sympy as sp
-
 from optforge.compiler.ir import Assignment
 from optforge.compiler.spec import Rule
 
 
-def to_ssa(
-    rules: list[Rule], inputs: set[sp.Symbol]
-) -> tuple[list[Assignment], dict[sp.Symbol, sp.Symbol]]:
+def to_ssa(rules: list[Rule], inputs: set[sp.Symbol]) -> tuple[list[Assignment], dict[sp.Symbol, sp.Symbol]]:
     """Return the assignments and, for each updated input, the symbol of its final value.
 
     `inputs` are the symbols that hold a value before the rules run (the

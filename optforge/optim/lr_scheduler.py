@@ -31,7 +31,9 @@ class LRScheduler:
     def __init__(self, optimizer, last_epoch: int = -1):
         cls = type(self).__name__
         if not hasattr(optimizer, "param_groups"):
-            raise TypeError(f"For '{cls}', the 'optimizer' must have param_groups, but got {type(optimizer)}.")
+            raise TypeError(
+                f"For '{cls}', the 'optimizer' must have param_groups, but got {type(optimizer)}."
+            )
         if not isinstance(last_epoch, int) or isinstance(last_epoch, bool):
             raise TypeError(f"For '{cls}', the 'last_epoch' must be int, but got {type(last_epoch)}.")
         if last_epoch < -1:
@@ -147,9 +149,7 @@ class LinearLR(LRScheduler):
         last_epoch: int = -1,
     ):
         if not 0 < start_factor <= 1:
-            raise ValueError(
-                f"For 'LinearLR', the 'start_factor' must be in (0, 1], but got {start_factor}."
-            )
+            raise ValueError(f"For 'LinearLR', the 'start_factor' must be in (0, 1], but got {start_factor}.")
         if not 0 <= end_factor <= 1:
             raise ValueError(f"For 'LinearLR', the 'end_factor' must be in [0, 1], but got {end_factor}.")
         self.start_factor = start_factor
@@ -185,7 +185,9 @@ class CosineAnnealingLR(LRScheduler):
         if epoch == 0:
             return self._current()
         if self._step_count == 1 and epoch > 0:
-            return [low + (base - low) * (1 + math.cos(epoch * math.pi / t_max)) / 2 for base in self.base_lrs]
+            return [
+                low + (base - low) * (1 + math.cos(epoch * math.pi / t_max)) / 2 for base in self.base_lrs
+            ]
         if (epoch - 1 - t_max) % (2 * t_max) == 0:
             return [
                 lr + (base - low) * (1 - math.cos(math.pi / t_max)) / 2
@@ -222,7 +224,9 @@ class LambdaLR(LRScheduler):
 class SequentialLR(LRScheduler):
     """Run `schedulers[i]` until `milestones[i]`, then hand over to the next one."""
 
-    def __init__(self, optimizer, schedulers: Sequence[LRScheduler], milestones: Sequence[int], last_epoch=-1):
+    def __init__(
+        self, optimizer, schedulers: Sequence[LRScheduler], milestones: Sequence[int], last_epoch=-1
+    ):
         if len(schedulers) < 1:
             raise ValueError("'SequentialLR' expects at least one scheduler, but got no scheduler.")
         for i, scheduler in enumerate(schedulers):

@@ -33,8 +33,7 @@ def check_type(cls_name: str, arg: str, value, types: tuple[str, ...]) -> None:
     if not ok:
         wanted = "' or '".join(t for t in types if t != "numpy.floating")
         raise TypeError(
-            f"For '{cls_name}', the type of '{arg}' should be '{wanted}', "
-            f"but got type '{type_name(value)}'."
+            f"For '{cls_name}', the type of '{arg}' should be '{wanted}', but got type '{type_name(value)}'."
         )
 
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
 from optforge.runtime.kernels import Variant
-from optforge.runtime.optimizer import FusedOptimizer
 from optforge.runtime.learning_rate import (
     LearningRate,
     WeightDecay,
     preprocess_learning_rate,
     preprocess_weight_decay,
 )
+from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
 
 GROUP_KEYS = ("params", "lr", "weight_decay", "order_params", "grad_centralization")
 
@@ -44,7 +44,7 @@ class NNOptimizer(FusedOptimizer):
 
     def __init__(self, params, learning_rate, weight_decay, loss_scale):
         cls = type(self).__name__
-        items = _check_parameter_list(params, "parameters", cls)
+        items = check_parameter_list(params, "parameters", cls)
         if all(isinstance(p, Parameter) for p in items):
             grouped = False
         elif all(isinstance(p, dict) for p in items):
@@ -83,8 +83,10 @@ class NNOptimizer(FusedOptimizer):
                 self.groups[0].weight_decay.decays and "beta" not in p.name and "gamma" not in p.name
                 for p in self.parameters
             ]
-        self._centralize = [self.groups[g].grad_centralization and p.ndim >= 2
-                            for g, p in zip(self._group_of, self.parameters)]
+        self._centralize = [
+            self.groups[g].grad_centralization and p.ndim >= 2
+            for g, p in zip(self._group_of, self.parameters)
+        ]
         self.loss_scale = float(loss_scale)
         self.global_step = 0
 
@@ -120,18 +122,6 @@ class NNOptimizer(FusedOptimizer):
         return lrs[0] if len(lrs) == 1 else lrs
 
 
-def _check_parameter_list(params, what: str, cls: str) -> list:
-    """MindSpore's `_parameters_base_check`: not None, iterable, not empty."""
-    if params is None:
-        raise ValueError(f"For '{cls}', the argument {what} can not be None.")
-    if not isinstance(params, Iterable):
-        raise TypeError(f"For '{cls}', the argument {what} must be Iterable type, but got {type(params)}.")
-    items = list(params)
-    if not items:
-        raise ValueError(f"For '{cls}', the argument {what} must not be empty.")
-    return items
-
-
 def _parse_groups(items: list[dict], default_lr: LearningRate, weight_decay, cls: str):
     default_wd = preprocess_weight_decay(weight_decay, cls)
     groups, order = [], None
@@ -156,7 +146,7 @@ def _parse_groups(items: list[dict], default_lr: LearningRate, weight_decay, cls
             continue
         if "params" not in spec:
             raise KeyError(f"For '{cls}', every group dict needs the key 'params', but got {list(spec)}.")
-        params = _check_parameter_list(spec["params"], "group `params`", cls)
+        params = check_parameter_list(spec["params"], "group `params`", cls)
         for index, p in enumerate(params):
             if not isinstance(p, Parameter):
                 raise TypeError(

@@ -9,13 +9,12 @@ change it. One step counter serves all groups.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
 import numpy as np
 
 from optforge.parameter import Parameter
 from optforge.runtime.kernels import Variant
-from optforge.runtime.optimizer import FusedOptimizer
+from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
 
 
 class OptimOptimizer(FusedOptimizer):
@@ -26,13 +25,7 @@ class OptimOptimizer(FusedOptimizer):
 
     def __init__(self, params, defaults: dict):
         cls = type(self).__name__
-        if params is None:
-            raise ValueError(f"For '{cls}', the argument params can not be None.")
-        if not isinstance(params, Iterable):
-            raise TypeError(f"For '{cls}', the argument params must be Iterable type, but got {type(params)}.")
-        items = list(params)
-        if not items:
-            raise ValueError(f"For '{cls}', the argument params must not be empty.")
+        items = check_parameter_list(params, "params", cls)
         if not isinstance(items[0], dict):
             items = [{"params": items}]
         self.defaults = dict(defaults)
@@ -107,7 +100,9 @@ def _check_group_lr(lr, cls: str):
             raise ValueError(f"For '{cls}', if 'lr' is an ndarray, then it should be a scalar (0-d).")
         return lr
     if not isinstance(lr, (int, float)):
-        raise TypeError(f"For '{cls}', the argument 'lr' must be int, float or a 0-d ndarray, but got {type(lr)}.")
+        raise TypeError(
+            f"For '{cls}', the argument 'lr' must be int, float or a 0-d ndarray, but got {type(lr)}."
+        )
     if not math.isfinite(lr):
         raise ValueError(f"For '{cls}', the 'learning rate' must be a legal value, but got '{lr}'.")
     if lr < 0:
@@ -129,7 +124,9 @@ def _lr_value(lr, cls: str) -> float:
     """A group's lr at step time: whatever a scheduler or the user left in `group['lr']`."""
     value = float(lr)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"For '{cls}', the learning rate of a param group is {value}; the step was not taken.")
+        raise ValueError(
+            f"For '{cls}', the learning rate of a param group is {value}; the step was not taken."
+        )
     return value
 
 
@@ -138,7 +135,9 @@ def check_positive_lr(cls: str, lr) -> None:
     ValueError for anything else, where MindSpore's code raises TypeError for some)."""
     if isinstance(lr, np.ndarray):
         if lr.ndim != 0:
-            raise ValueError(f"For {cls}, the lr must be int, float or a 0-d ndarray, but got a {lr.ndim}-d array.")
+            raise ValueError(
+                f"For {cls}, the lr must be int, float or a 0-d ndarray, but got a {lr.ndim}-d array."
+            )
         value = float(lr)
     elif isinstance(lr, (int, float)):
         value = float(lr)
@@ -166,7 +165,9 @@ def check_weight_decay(cls: str, weight_decay) -> None:
 def unpack_pair(cls: str, name: str, value) -> tuple:
     """`betas=(b1, b2)`: a sequence of two; MindSpore raises IndexError for one element."""
     if not isinstance(value, (tuple, list)):
-        raise TypeError(f"For '{cls}', the '{name}' must be a tuple or list of two floats, but got {type(value)}.")
+        raise TypeError(
+            f"For '{cls}', the '{name}' must be a tuple or list of two floats, but got {type(value)}."
+        )
     if len(value) < 2:
         raise IndexError(f"For '{cls}', the '{name}' must hold two values, but got {len(value)}: {value!r}.")
     if len(value) > 2:

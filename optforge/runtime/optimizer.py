@@ -10,6 +10,7 @@ gradients. The dialect bases (nn, optim) add their arguments' semantics.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -211,3 +212,15 @@ class FusedOptimizer:
         if self._DECAY == "coupled":
             g = g + wd * w
         return g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=g.dtype)
+
+
+def check_parameter_list(params, what: str, cls: str) -> list:
+    """MindSpore's `_parameters_base_check`: not None, iterable, not empty."""
+    if params is None:
+        raise ValueError(f"For '{cls}', the argument {what} can not be None.")
+    if not isinstance(params, Iterable):
+        raise TypeError(f"For '{cls}', the argument {what} must be Iterable type, but got {type(params)}.")
+    items = list(params)
+    if not items:
+        raise ValueError(f"For '{cls}', the argument {what} must not be empty.")
+    return items

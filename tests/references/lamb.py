@@ -5,8 +5,9 @@ is 0, no clipping, t from 1."""
 import numpy as np
 
 
-def lamb_trajectory(w0, grads, lrs, *, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0,
-                    centralize=False, dtype=np.float64):
+def lamb_trajectory(
+    w0, grads, lrs, *, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0, centralize=False, dtype=np.float64
+):
     w = np.array(w0, dtype=np.float64)
     m = np.zeros_like(w)
     v = np.zeros_like(w)
