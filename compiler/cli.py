@@ -29,11 +29,16 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu: the Numba kernels (default); host: step-level scalars; nn: the class",
     )
 
+    docs = commands.add_parser("docs", help="write docs/ (one page per optimizer class) from specs/")
+    docs.add_argument("--check", action="store_true", help="exit 1 if docs/ is stale; write nothing")
+    docs.add_argument("--out", type=Path, help="docs folder (default: docs/ beside generated/)")
+
+    site = commands.add_parser("site", help="build the static HTML site (MkDocs, math rendered offline)")
+    site.add_argument("--out", type=Path, help="site folder (default: site/ beside docs/)")
+
     args = parser.parse_args(argv)
     try:
-        if args.command == "build":
-            return _build(args)
-        return _show(args)
+        return {"build": _build, "show": _show, "docs": _docs, "site": _site}[args.command](args)
     except SpecError as error:
         print(f"optforge: spec error: {error}", file=sys.stderr)
         return 2
@@ -56,6 +61,36 @@ def _build(args) -> int:
         print(line)
     print(f"optforge: wrote {root} ({len(files)} files, {len(changed)} changed)")
     return 0
+
+
+def _docs(args) -> int:
+    from optforge.compiler import docs
+
+    files = docs.docs_files(build.load_specs())
+    root = args.out or build.generated_dir().parent / "docs"
+    if args.check:
+        problems = docs.stale_pages(files, root)
+        for line in problems:
+            print(line)
+        if problems:
+            print(f"optforge: {root} is stale; run `optforge docs`", file=sys.stderr)
+            return 1
+        print(f"optforge: {root} is current ({len(files)} generated pages)")
+        return 0
+    changed = docs.write_pages(files, root)
+    for line in changed:
+        print(line)
+    print(f"optforge: wrote {root} ({len(files)} generated pages, {len(changed)} changed)")
+    return 0
+
+
+def _site(args) -> int:
+    from optforge.compiler import site
+
+    root = build.generated_dir().parent
+    if _docs(argparse.Namespace(check=False, out=None)) != 0:
+        return 1
+    return site.build_site(root, args.out or root / "site")
 
 
 def _show(args) -> int:

@@ -11,7 +11,7 @@ import jinja2
 TEMPLATES = Path(__file__).parent / "templates"
 LINE_LENGTH = 100
 
-_environment = jinja2.Environment(
+environment = jinja2.Environment(
     loader=jinja2.FileSystemLoader(TEMPLATES),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
@@ -19,12 +19,12 @@ _environment = jinja2.Environment(
     keep_trailing_newline=True,
     autoescape=False,
 )
-_environment.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
+environment.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
 
 
 def render(template: str, **context) -> str:
     """Render `template` and format the result as Python source."""
-    return format_python(_environment.get_template(template).render(**context))
+    return format_python(environment.get_template(template).render(**context))
 
 
 def format_python(source: str) -> str:

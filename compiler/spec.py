@@ -13,6 +13,7 @@ rule (or declaration) at fault.
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,14 @@ DIALECT_ARGUMENTS = {
 }
 
 REQUIRED = object()  # marks a signature argument without a default
+
+# Names the generated code uses for itself, and the prefixes of the names the
+# passes invent (s0, u0, x0, y0, h0: hoisted and common values; norm0: reductions).
+RESERVED = {
+    "chunk", "tensor", "elem", "row", "rows", "row_len", "start", "stop", "partials", "sums",
+    "chunks", "arrays", "scalars", "math", "np", "numba", "f32", "f64", "Variant", "Branch",
+}  # fmt: skip
+RESERVED_PATTERN = re.compile(r"(s|u|x|y|h|sum|norm)\d+|.*_(c|tensors|per_tensor|tensor|new|of)")
 
 
 class norm(sp.Function):
@@ -119,12 +128,14 @@ class Export:
 
     `signature` lists the constructor's arguments after `params`, in order:
     a name (default from the spec's hyperparameter or flag) or a
-    `(name, default)` pair; the default may be `REQUIRED`.
+    `(name, default)` pair; the default may be `REQUIRED`. `example` gives
+    the arguments of the documentation's example (required ones at least).
     """
 
     dialect: str
     class_name: str
     signature: tuple
+    example: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,10 @@ class Spec:
     exports: tuple[Export, ...] = ()
     summary: str = ""
     references: tuple[str, ...] = ()
+    # For the documentation: LaTeX for symbols SymPy would print poorly (eps, g_eff, ...),
+    # notes on where we follow MindSpore's code rather than its documentation.
+    latex: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
     # How the dialect's weight decay enters: "coupled" (added to the gradient by
     # a rule g*grad_scale + weight_decay*w) or "decoupled" (used by the rules
     # directly). Grad centralization needs to know which.
@@ -155,7 +170,7 @@ class Spec:
     host_dtype: str = "float64"
 
     def __post_init__(self):
-        for name in ("hypers", "flags", "state", "rules", "exports", "references"):
+        for name in ("hypers", "flags", "state", "rules", "exports", "references", "notes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_spec(self)
 
@@ -196,9 +211,19 @@ def check_spec(spec: Spec) -> None:
                 fail(f"{kind} '{sym.name}'", f"name already used by {declared[sym.name]}")
             declared[sym.name] = f"a {kind}"
 
+    named = [s for items in (spec.hypers, spec.flags, spec.state) for s in (i.symbol for i in items)]
+    named += [r.target for r in spec.rules]
+    for sym in named:
+        if isinstance(sym, sp.Symbol) and (sym.name in RESERVED or RESERVED_PATTERN.fullmatch(sym.name)):
+            fail(f"symbol '{sym.name}'", "the name is reserved by the generated code; choose another")
+
     hyper_syms = {h.symbol for h in spec.hypers}
     flag_syms = {f.symbol for f in spec.flags}
     state_syms = {s.symbol for s in spec.state}
+
+    for sym in spec.latex:
+        if not isinstance(sym, sp.Symbol):
+            fail(f"latex of {sym!r}", "must be keyed by a sympy.Symbol")
 
     for sym, domain in spec.domains.items():
         name = getattr(sym, "name", str(sym))

@@ -75,6 +75,13 @@ SPEC = Spec(
     ],
     # A row-sparse gradient steps every row (the moments decay everywhere), as MindSpore's Adam.
     sparse="dense",
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vhat: r"\hat{v}"},
+    notes=(
+        "eps is added to sqrt(v) without bias correction and both corrections are folded into the "
+        "step size, as MindSpore's kernels do; its documentation writes m_hat / (sqrt(v_hat) + eps).",
+        "use_nesterov is ignored when use_amsgrad is set, as in MindSpore's code (its documentation "
+        "does not say so).",
+    ),
     exports=[
         Export(
             "nn",

@@ -64,6 +64,12 @@ SPEC = Spec(
         Rule(w, w + delta),
     ],
     separate_apply=True,
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", delta: r"\delta"},
+    notes=(
+        "The moment update is m*beta1 + (1 - beta1)*g, the order of MindSpore's AdamNoUpdateParam "
+        "kernel (nn.Adam's kernel computes m + (g - m)*(1 - beta1)); the values agree to rounding.",
+        "MindSpore documents AdamOffload as deprecated and GRAPH_MODE-only; it still works in 2.10.",
+    ),
     exports=[
         Export(
             "nn",

@@ -62,11 +62,19 @@ SPEC = Spec(
         Rule(w, w - trust_ratio * lr * update),
     ],
     decay="decoupled",
+    latex={eps: r"\epsilon", update: "r", trust_ratio: r"\phi"},
+    notes=(
+        "The trust ratio's denominator is the norm of the applied update r (MindSpore's kernels); "
+        "the documentation writes ||w + lambda*w||.",
+        "No clipping of the trust ratio (MindSpore's Ascend kernels); its GPU kernel clips to [0, 10] "
+        "and puts eps inside the square root for the norm only.",
+    ),
     exports=[
         Export(
             "nn",
             "Lamb",
             (("learning_rate", REQUIRED), "beta1", "beta2", "eps", ("weight_decay", 0.0)),
+            example={"learning_rate": 0.01},
         )
     ],
 )

@@ -49,6 +49,20 @@ SPEC = Spec(
         ),
     ],
     sparse="rows",
+    latex={
+        accum_init: r"\mathrm{accum}_0",
+        accum: r"\mathrm{accum}",
+        l1: r"\ell_1",
+        l2: r"\ell_2",
+        g_eff: r"\tilde{g}",
+        prox: r"\mathrm{prox}",
+    },
+    notes=(
+        "The l1 shrink and the l2 denominator use the per-element step lr/sqrt(accum), as MindSpore's "
+        "kernels (and TensorFlow) do; the documentation's formula writes lr.",
+        "accum, l1 and l2 must be floats: an int, even 0, is a TypeError, as the documentation says.",
+        "A row-sparse gradient (RowTensor) changes only the rows it names; duplicate rows are summed.",
+    ),
     exports=[
         Export(
             "nn",

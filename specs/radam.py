@@ -57,6 +57,22 @@ SPEC = Spec(
         ),
     ],
     host_dtype="float32",
+    latex={
+        eps: r"\epsilon",
+        g_eff: r"\tilde{g}",
+        m_hat: r"\hat{m}",
+        rho_inf: r"\rho_\infty",
+        rho_t: r"\rho_t",
+        rect: "r_t",
+    },
+    notes=(
+        "A learning rate that is not an int, float or 0-d array is a ValueError, as the documentation "
+        "says (MindSpore's code raises TypeError for some types).",
+        "lr = 0 and eps = 0 are refused, as MindSpore's code does (its documentation only mentions "
+        "negative values); a group's lr may be 0.",
+        "rho_t and the rectification term are computed in float32, as MindSpore does; rectification "
+        "starts at t = 6 with the default betas.",
+    ),
     exports=[
         Export(
             "optim",

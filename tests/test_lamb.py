@@ -118,7 +118,7 @@ def test_norms_come_from_the_generated_reduction_stage():
     from optforge.runtime import nn_optimizer, optimizer
 
     assert "partials" in inspect.getsource(lamb.lamb_stage1_f32.py_func)
-    assert "math.sqrt(sums[i, 0])" in inspect.getsource(lamb.lamb_finalize_f32.py_func)
+    assert "math.sqrt(sums[tensor, 0])" in inspect.getsource(lamb.lamb_finalize_f32.py_func)
     for module in (nn_optimizer, optimizer):
         assert "linalg.norm" not in inspect.getsource(module)
 

@@ -108,3 +108,10 @@ def test_locals_are_readable_after_assignment():
 def test_coupled_decay_needs_the_effective_gradient_rule():
     with pytest.raises(SpecError, match="'coupled' needs a rule `g\\*grad_scale \\+ weight_decay\\*w`"):
         make(decay="coupled")
+
+
+@pytest.mark.parametrize("name", ["chunk", "elem", "s0", "x3", "norm0", "m_new", "w_c", "np"])
+def test_names_the_generated_code_uses_are_reserved(name):
+    reserved = sp.Symbol(name)
+    with pytest.raises(SpecError, match=f"symbol '{name}': the name is reserved by the generated code"):
+        make(rules=[Rule(m, a * m + g), Rule(reserved, 2 * g), Rule(w, w - lr * m)])

@@ -52,30 +52,30 @@ def adam_f32(
     s2,
 ):
     """Adam, use_nesterov=False, use_amsgrad=False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + m_new * s2 / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -95,30 +95,30 @@ def adam_f64(
     s2,
 ):
     """Adam, use_nesterov=False, use_amsgrad=False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + m_new * s2 / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -139,34 +139,34 @@ def adam_use_amsgrad_f32(
     s2,
 ):
     """Adam, use_nesterov=False, use_amsgrad=True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        vhat_c = vhat_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
-            vhat = vhat_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        vhat_c = vhat_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            vhat = vhat_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
-            vhat_c[j] = vhat_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            vhat_c[elem] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -187,34 +187,34 @@ def adam_use_amsgrad_f64(
     s2,
 ):
     """Adam, use_nesterov=False, use_amsgrad=True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        vhat_c = vhat_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
-            vhat = vhat_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        vhat_c = vhat_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            vhat = vhat_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
-            vhat_c[j] = vhat_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            vhat_c[elem] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -235,30 +235,30 @@ def adam_use_nesterov_f32(
     s2,
 ):
     """Adam, use_nesterov=True, use_amsgrad=False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + s2 * (beta1 * m_new + g_eff * s0) / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -279,30 +279,30 @@ def adam_use_nesterov_f64(
     s2,
 ):
     """Adam, use_nesterov=True, use_amsgrad=False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             w_new = w + s2 * (beta1 * m_new + g_eff * s0) / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -323,34 +323,34 @@ def adam_use_nesterov__use_amsgrad_f32(
     s2,
 ):
     """Adam, use_nesterov=True, use_amsgrad=True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        vhat_c = vhat_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
-            vhat = vhat_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        vhat_c = vhat_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            vhat = vhat_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
-            vhat_c[j] = vhat_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            vhat_c[elem] = vhat_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -371,34 +371,34 @@ def adam_use_nesterov__use_amsgrad_f64(
     s2,
 ):
     """Adam, use_nesterov=True, use_amsgrad=True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        vhat_c = vhat_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
-            vhat = vhat_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        vhat_c = vhat_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            vhat = vhat_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = m + s0 * (g_eff - m)
             v_new = v + s1 * ((g_eff * g_eff) - v)
             vhat_new = max(v_new, vhat)
             w_new = w + m_new * s2 / (eps + math.sqrt(vhat_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
-            vhat_c[j] = vhat_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            vhat_c[elem] = vhat_new
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -51,31 +51,31 @@ def adam_offload_stage1_f32(
     s2,
 ):
     """AdamOffload stage 1, use_nesterov=False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             delta_new = m_new * s2 / (eps + math.sqrt(v_new))
-            m_c[j] = m_new
-            v_c[j] = v_new
-            delta_c[j] = delta_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            delta_c[elem] = delta_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -96,19 +96,19 @@ def adam_offload_stage2_f32(
     s2,
 ):
     """AdamOffload stage 2, use_nesterov=False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        for j in range(stop - start):
-            delta_new = delta_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        for elem in range(stop - start):
+            delta_new = delta_c[elem]
+            w = w_c[elem]
             w_new = delta_new + w
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def adam_offload_f32(
@@ -159,31 +159,31 @@ def adam_offload_stage1_f64(
     s2,
 ):
     """AdamOffload stage 1, use_nesterov=False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             delta_new = m_new * s2 / (eps + math.sqrt(v_new))
-            m_c[j] = m_new
-            v_c[j] = v_new
-            delta_c[j] = delta_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            delta_c[elem] = delta_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -204,19 +204,19 @@ def adam_offload_stage2_f64(
     s2,
 ):
     """AdamOffload stage 2, use_nesterov=False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        for j in range(stop - start):
-            delta_new = delta_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        for elem in range(stop - start):
+            delta_new = delta_c[elem]
+            w = w_c[elem]
             w_new = delta_new + w
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def adam_offload_f64(
@@ -267,32 +267,32 @@ def adam_offload_use_nesterov_stage1_f32(
     s2,
 ):
     """AdamOffload stage 1, use_nesterov=True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             x0 = g_eff * s0
             m_new = x0 + beta1 * m
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-            m_c[j] = m_new
-            v_c[j] = v_new
-            delta_c[j] = delta_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            delta_c[elem] = delta_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -313,19 +313,19 @@ def adam_offload_use_nesterov_stage2_f32(
     s2,
 ):
     """AdamOffload stage 2, use_nesterov=True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        for j in range(stop - start):
-            delta_new = delta_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        for elem in range(stop - start):
+            delta_new = delta_c[elem]
+            w = w_c[elem]
             w_new = delta_new + w
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def adam_offload_use_nesterov_f32(
@@ -376,32 +376,32 @@ def adam_offload_use_nesterov_stage1_f64(
     s2,
 ):
     """AdamOffload stage 1, use_nesterov=True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             x0 = g_eff * s0
             m_new = x0 + beta1 * m
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-            m_c[j] = m_new
-            v_c[j] = v_new
-            delta_c[j] = delta_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            delta_c[elem] = delta_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -422,19 +422,19 @@ def adam_offload_use_nesterov_stage2_f64(
     s2,
 ):
     """AdamOffload stage 2, use_nesterov=True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        delta_c = delta_tensors[i][start:stop]
-        for j in range(stop - start):
-            delta_new = delta_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        delta_c = delta_tensors[tensor][start:stop]
+        for elem in range(stop - start):
+            delta_new = delta_c[elem]
+            w = w_c[elem]
             w_new = delta_new + w
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def adam_offload_use_nesterov_f64(

@@ -47,24 +47,24 @@ def lamb_stage1_f32(
     s4,
 ):
     """Lamb stage 1, the only variant, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             m_new = beta1 * m + g * s0
             v_new = beta2 * v + s1 * (g * g)
             r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
@@ -72,11 +72,11 @@ def lamb_stage1_f32(
             norm1_of = w
             sum0 += f64(norm0_of) * f64(norm0_of)
             sum1 += f64(norm1_of) * f64(norm1_of)
-            m_c[j] = m_new
-            v_c[j] = v_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
-        partials[c, 0] = sum0
-        partials[c, 1] = sum1
+        partials[chunk, 0] = sum0
+        partials[chunk, 1] = sum1
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -95,14 +95,14 @@ def lamb_finalize_f32(
 ):
     """Per-tensor values between the stages; partials are added in chunk order (deterministic)."""
     sums = np.zeros((u0_per_tensor.shape[0], 2))
-    for c in range(chunk_tensor.shape[0]):
-        sums[chunk_tensor[c], :] += partials[c, :]
-    for i in range(sums.shape[0]):
-        norm0 = math.sqrt(sums[i, 0])
-        norm1 = math.sqrt(sums[i, 1])
+    for chunk in range(chunk_tensor.shape[0]):
+        sums[chunk_tensor[chunk], :] += partials[chunk, :]
+    for tensor in range(sums.shape[0]):
+        norm0 = math.sqrt(sums[tensor, 0])
+        norm1 = math.sqrt(sums[tensor, 1])
         trust_ratio = (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
         u0 = s4 * trust_ratio
-        u0_per_tensor[i] = u0
+        u0_per_tensor[tensor] = u0
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -126,24 +126,24 @@ def lamb_stage2_f32(
     s4,
 ):
     """Lamb stage 2, the only variant, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        u0 = u0_per_tensor[i]
-        for j in range(stop - start):
-            m_new = m_c[j]
-            v_new = v_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u0 = u0_per_tensor[tensor]
+        for elem in range(stop - start):
+            m_new = m_c[elem]
+            v_new = v_c[elem]
+            w = w_c[elem]
             r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
             w_new = w + r * u0
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def lamb_f32(
@@ -197,24 +197,24 @@ def lamb_stage1_f64(
     s4,
 ):
     """Lamb stage 1, the only variant, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             m_new = beta1 * m + g * s0
             v_new = beta2 * v + s1 * (g * g)
             r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
@@ -222,11 +222,11 @@ def lamb_stage1_f64(
             norm1_of = w
             sum0 += f64(norm0_of) * f64(norm0_of)
             sum1 += f64(norm1_of) * f64(norm1_of)
-            m_c[j] = m_new
-            v_c[j] = v_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
-        partials[c, 0] = sum0
-        partials[c, 1] = sum1
+        partials[chunk, 0] = sum0
+        partials[chunk, 1] = sum1
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -245,14 +245,14 @@ def lamb_finalize_f64(
 ):
     """Per-tensor values between the stages; partials are added in chunk order (deterministic)."""
     sums = np.zeros((u0_per_tensor.shape[0], 2))
-    for c in range(chunk_tensor.shape[0]):
-        sums[chunk_tensor[c], :] += partials[c, :]
-    for i in range(sums.shape[0]):
-        norm0 = math.sqrt(sums[i, 0])
-        norm1 = math.sqrt(sums[i, 1])
+    for chunk in range(chunk_tensor.shape[0]):
+        sums[chunk_tensor[chunk], :] += partials[chunk, :]
+    for tensor in range(sums.shape[0]):
+        norm0 = math.sqrt(sums[tensor, 0])
+        norm1 = math.sqrt(sums[tensor, 1])
         trust_ratio = (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
         u0 = s4 * trust_ratio
-        u0_per_tensor[i] = u0
+        u0_per_tensor[tensor] = u0
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -276,24 +276,24 @@ def lamb_stage2_f64(
     s4,
 ):
     """Lamb stage 2, the only variant, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        u0 = u0_per_tensor[i]
-        for j in range(stop - start):
-            m_new = m_c[j]
-            v_new = v_c[j]
-            w = w_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u0 = u0_per_tensor[tensor]
+        for elem in range(stop - start):
+            m_new = m_c[elem]
+            v_new = v_c[elem]
+            w = w_c[elem]
             r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
             w_new = w + r * u0
-            w_c[j] = w_new
+            w_c[elem] = w_new
 
 
 def lamb_f64(

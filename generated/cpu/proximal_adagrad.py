@@ -41,28 +41,28 @@ def proximal_adagrad_l1_gt_0_f32(
     s0,
 ):
     """ProximalAdagrad, l1 > 0 is True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        a_c = a_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        a_c = a_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = max(f32(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f32(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -82,23 +82,23 @@ def proximal_adagrad_l1_gt_0_rows_f32(
 
     `rows` are unique row indices and `g_tensor` their summed values, row after row.
     """
-    for r in numba.prange(rows.shape[0]):
-        start = rows[r] * row_len
+    for row in numba.prange(rows.shape[0]):
+        start = rows[row] * row_len
         stop = start + row_len
         w_c = w_tensor[start:stop]
-        g_c = g_tensor[r * row_len : (r + 1) * row_len]
+        g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for j in range(row_len):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        for elem in range(row_len):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = max(f32(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f32(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -116,28 +116,28 @@ def proximal_adagrad_l1_gt_0_f64(
     s0,
 ):
     """ProximalAdagrad, l1 > 0 is True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        a_c = a_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        a_c = a_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = max(f64(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f64(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -157,23 +157,23 @@ def proximal_adagrad_l1_gt_0_rows_f64(
 
     `rows` are unique row indices and `g_tensor` their summed values, row after row.
     """
-    for r in numba.prange(rows.shape[0]):
-        start = rows[r] * row_len
+    for row in numba.prange(rows.shape[0]):
+        start = rows[row] * row_len
         stop = start + row_len
         w_c = w_tensor[start:stop]
-        g_c = g_tensor[r * row_len : (r + 1) * row_len]
+        g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for j in range(row_len):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        for elem in range(row_len):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = max(f64(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f64(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -190,28 +190,28 @@ def proximal_adagrad_not_l1_gt_0_f32(
     lr,
 ):
     """ProximalAdagrad, l1 > 0 is False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        a_c = a_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        a_c = a_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = prox / (f32(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -230,23 +230,23 @@ def proximal_adagrad_not_l1_gt_0_rows_f32(
 
     `rows` are unique row indices and `g_tensor` their summed values, row after row.
     """
-    for r in numba.prange(rows.shape[0]):
-        start = rows[r] * row_len
+    for row in numba.prange(rows.shape[0]):
+        start = rows[row] * row_len
         stop = start + row_len
         w_c = w_tensor[start:stop]
-        g_c = g_tensor[r * row_len : (r + 1) * row_len]
+        g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for j in range(row_len):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        for elem in range(row_len):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = prox / (f32(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -263,28 +263,28 @@ def proximal_adagrad_not_l1_gt_0_f64(
     lr,
 ):
     """ProximalAdagrad, l1 > 0 is False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        a_c = a_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        a_c = a_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = prox / (f64(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -303,23 +303,23 @@ def proximal_adagrad_not_l1_gt_0_rows_f64(
 
     `rows` are unique row indices and `g_tensor` their summed values, row after row.
     """
-    for r in numba.prange(rows.shape[0]):
-        start = rows[r] * row_len
+    for row in numba.prange(rows.shape[0]):
+        start = rows[row] * row_len
         stop = start + row_len
         w_c = w_tensor[start:stop]
-        g_c = g_tensor[r * row_len : (r + 1) * row_len]
+        g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for j in range(row_len):
-            w = w_c[j]
-            g = g_c[j]
-            a = a_c[j]
+        for elem in range(row_len):
+            w = w_c[elem]
+            g = g_c[elem]
+            a = a_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = prox / (f64(1.0) + eta * l2)
-            w_c[j] = w_new
-            a_c[j] = a_new
+            w_c[elem] = w_new
+            a_c[elem] = a_new
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

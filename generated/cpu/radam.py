@@ -46,31 +46,31 @@ def radam_rho_t_gt_5_f32(
     s3,
 ):
     """RAdam, rho_t > 5 is True, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             m_hat = m_new * s2
             w_new = w + m_hat * s3 / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -93,31 +93,31 @@ def radam_rho_t_gt_5_f64(
     s3,
 ):
     """RAdam, rho_t > 5 is True, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             m_hat = m_new * s2
             w_new = w + m_hat * s3 / (eps + math.sqrt(v_new))
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -139,31 +139,31 @@ def radam_not_rho_t_gt_5_f32(
     s3,
 ):
     """RAdam, rho_t > 5 is False, float32."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             m_hat = m_new * s2
             w_new = w + m_hat * s3
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -185,31 +185,31 @@ def radam_not_rho_t_gt_5_f64(
     s3,
 ):
     """RAdam, rho_t > 5 is False, float64."""
-    for c in numba.prange(chunk_tensor.shape[0]):
-        i = chunk_tensor[c]
-        start = chunk_start[c]
-        stop = chunk_stop[c]
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
         # Chunk views indexed from 0 let LLVM see every index is in range and
         # vectorise the loop; indexing from `start` keeps it scalar.
-        w_c = w_tensors[i][start:stop]
-        g_c = g_tensors[i][start:stop]
-        m_c = m_tensors[i][start:stop]
-        v_c = v_tensors[i][start:stop]
-        weight_decay = weight_decay_per_tensor[i]
-        grad_scale = grad_scale_per_tensor[i]
-        for j in range(stop - start):
-            w = w_c[j]
-            g = g_c[j]
-            m = m_c[j]
-            v = v_c[j]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        for elem in range(stop - start):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             m_new = beta1 * m + g_eff * s0
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             m_hat = m_new * s2
             w_new = w + m_hat * s3
-            w_c[j] = w_new
-            m_c[j] = m_new
-            v_c[j] = v_new
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

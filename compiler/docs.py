@@ -1,0 +1,202 @@
+"""Documentation pages from the specs, as written (before any pass).
+
+Each page's argument table and Raises section come from the same context the
+class generator validates with (`wrappers.CONTEXTS`), and its algorithm is
+`sympy.latex` of the spec's rules, so a page cannot say other than the code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sympy as sp
+from optforge.compiler import spec as S
+from optforge.compiler.render import environment
+from optforge.compiler.wrappers import CONTEXTS, runtime_domain
+
+DIALECTS = {
+    "nn": ("optforge.nn", "MindSpore's `nn` dialect"),
+    "optim": ("optforge.optim", "the PyTorch-like dialect of `mindspore.experimental.optim`"),
+}
+
+# LaTeX of the built-in symbols, and the legend that explains them.
+BUILTIN_LATEX = {
+    S.lr: r"\gamma",
+    S.weight_decay: r"\lambda",
+    S.grad_scale: r"\sigma",
+    S.w: "w",
+    S.g: "g",
+    S.t: "t",
+}
+BUILTIN_LEGEND = {
+    "nn": {
+        S.lr: "the learning rate at this step (`learning_rate`)",
+        S.weight_decay: "the weight decay (`weight_decay`; 0 for parameters it skips)",
+        S.grad_scale: "`1 / loss_scale`",
+    },
+    "optim": {
+        S.lr: "the group's learning rate `lr`",
+        S.weight_decay: "the group's `weight_decay`",
+        S.grad_scale: "1 (this dialect has no loss scale)",
+    },
+}
+
+DIALECT_NOTES = {
+    "nn": (
+        "Without parameter groups, weight decay skips parameters whose name contains 'beta' or "
+        "'gamma'; with groups, each group's weight decay applies to all its parameters (MindSpore's code).",
+        "A dynamic learning rate (1-D array or iterable) uses index 0 at the first step; past its end "
+        "a step raises RuntimeError before changing anything.",
+        "A NaN beta is refused: the documentation's range excludes it, though MindSpore's check lets it "
+        "through. An int loss_scale is converted to float, as its description says.",
+    ),
+    "optim": (
+        "One step counter serves all parameter groups; each group may override lr, betas, eps and "
+        "weight_decay. Group betas and eps are not validated, as in MindSpore's code.",
+    ),
+}
+
+
+def symbol_latex(spec: S.Spec) -> dict[sp.Symbol, str]:
+    names = dict(BUILTIN_LATEX)
+    for f in spec.flags:
+        names[f.symbol] = r"\texttt{%s}" % f.name.replace("_", r"\_")
+    names.update(spec.latex)
+    return names
+
+
+def latex(expr, names) -> str:
+    return sp.latex(sp.sympify(expr), symbol_names=names, order="none")
+
+
+def algorithm(spec: S.Spec, dialect: str) -> str:
+    """The update as a LaTeX pseudocode box, in the shape of the seed pages' boxes."""
+    names = symbol_latex(spec)
+    used = set().union(*(sp.sympify(r.expr).free_symbols for r in spec.rules))
+    inputs = [rf"{names[S.lr]}\ (\text{{lr}})"]
+    inputs += [rf"{latex(h.symbol, names)}\ (\texttt{{{h.name}}})" for h in spec.hypers]
+    if S.weight_decay in used:
+        inputs.append(rf"{names[S.weight_decay]}\ (\text{{weight decay}})")
+    if S.grad_scale in used and dialect == "nn":
+        inputs.append(rf"{names[S.grad_scale]} = 1/\texttt{{loss\_scale}}")
+    lines = [r"&\rule{100mm}{0.4pt} \\", r"&\textbf{input}: " + r",\ ".join(inputs) + r" \\"]
+    init = []
+    for s in spec.state:
+        value = latex(s.init, names)
+        cond = (
+            rf"\ (\text{{with }} \texttt{{{s.when.name}}})".replace("_", r"\_") if s.when is not None else ""
+        )
+        init.append(rf"{latex(s.symbol, names)}_0 \leftarrow {value}{cond}")
+    lines.append(r"&\textbf{initialize}: " + r",\ ".join(init) + r" \\")
+    lines.append(r"&\rule{100mm}{0.4pt} \\")
+    lines.append(r"&\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\")
+    for rule in spec.rules:
+        target = latex(rule.target, names)
+        body = rf"{target} \leftarrow {latex(rule.expr, names)}"
+        if rule.when is not None:
+            body = rf"\textbf{{if}}\ {names[rule.when]}:\ {body}"
+        lines.append(rf"&\qquad {body} \\")
+    lines.append(r"&\rule{100mm}{0.4pt}")
+    return "\\begin{aligned}\n" + "\n".join(lines) + "\n\\end{aligned}"
+
+
+def legend(spec: S.Spec, dialect: str) -> list[str]:
+    names = symbol_latex(spec)
+    used = set().union(*(sp.sympify(r.expr).free_symbols for r in spec.rules))
+    items = [f"${names[s]}$: {text}" for s, text in BUILTIN_LEGEND[dialect].items() if s in used or s == S.lr]
+    items.append("$w$: the parameter, $g$: its gradient, $t$: the step, from 1")
+    for s in spec.state:
+        items.append(f"${latex(s.symbol, names)}$: `{s.name}`, {s.doc[0].lower()}{s.doc[1:]}")
+    return items
+
+
+def example(spec: S.Spec, export) -> str:
+    module, _ = DIALECTS[export.dialect]
+    kwargs = ", ".join(f"{k}={v!r}" for k, v in export.example.items())
+    kwargs = f", {kwargs}" if kwargs else ""
+    return (
+        "import numpy as np\n"
+        "import optforge\n\n"
+        'w = optforge.Parameter(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "layer.weight")\n'
+        'b = optforge.Parameter(np.zeros(3, np.float32), "layer.bias")\n'
+        f"opt = {module}.{export.class_name}([w, b]{kwargs})\n"
+        "for step in range(3):\n"
+        "    grads = (np.full((2, 3), 0.1, np.float32), np.full(3, -0.2, np.float32))\n"
+        "    opt(grads)  # updates w and b in place\n"
+        "print(w.asnumpy())\n"
+    )
+
+
+def page(spec: S.Spec, export) -> str:
+    context = CONTEXTS[export.dialect](spec, export)
+    module, dialect_words = DIALECTS[export.dialect]
+    domains = {sym.name: runtime_domain(dom).describe() for sym, dom in spec.domains.items()}
+    arguments = []
+    for a in context["arguments"]:
+        domain = domains.get(a.name, "")
+        if a.types == "tuple of two floats":
+            members = next(e[1] for e in export.signature if not isinstance(e, str) and e[0] == a.name)
+            domain = "; ".join(f"each {domains[m]}" for m in members if m in domains)[:60]
+        arguments.append((a, domain))
+    signature = ", ".join(
+        ["params"] + [a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]]
+    )
+    return environment.get_template("optimizer_page.md.j2").render(
+        spec=spec,
+        export=export,
+        module=module,
+        dialect_words=dialect_words,
+        signature=signature,
+        algorithm=algorithm(spec, export.dialect),
+        legend=legend(spec, export.dialect),
+        arguments=arguments,
+        raises=context["raises"],
+        state=[(s.name, latex(s.init, symbol_latex(spec)), s.doc, s.when) for s in spec.state],
+        notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
+        example=example(spec, export),
+    )
+
+
+def page_path(export) -> str:
+    return f"optimizers/{export.dialect}.{export.class_name}.md"
+
+
+def docs_files(specs: list[S.Spec]) -> dict[str, str]:
+    """Relative path under docs/ -> Markdown, for every page the specs give.
+
+    The hand-written pages (docs/guide/) are not among them.
+    """
+    files = {}
+    rows = []
+    for spec in specs:
+        for export in spec.exports:
+            files[page_path(export)] = page(spec, export)
+            module, _ = DIALECTS[export.dialect]
+            rows.append((f"{module}.{export.class_name}", page_path(export), spec.summary, spec.where))
+    files["index.md"] = environment.get_template("docs_index.md.j2").render(rows=sorted(rows))
+    return files
+
+
+def stale_pages(files: dict[str, str], root: Path) -> list[str]:
+    """Changed or missing generated pages, and pages under optimizers/ no spec gives."""
+    problems = [
+        f"{'missing' if not (root / rel).exists() else 'changed'}: {rel}"
+        for rel, text in files.items()
+        if not (root / rel).exists() or (root / rel).read_text() != text
+    ]
+    for path in sorted((root / "optimizers").glob("*.md")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in files:
+            problems.append(f"extra: {rel}")
+    return problems
+
+
+def write_pages(files: dict[str, str], root: Path) -> list[str]:
+    changed = stale_pages(files, root)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    for path in (root / "optimizers").glob("*.md"):
+        if path.relative_to(root).as_posix() not in files:
+            path.unlink()
+    return changed
