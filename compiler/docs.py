@@ -136,11 +136,15 @@ def page(spec: S.Spec, export) -> str:
         domain = domains.get(a.name, "")
         if a.types == "tuple of two floats":
             members = next(e[1] for e in export.signature if not isinstance(e, str) and e[0] == a.name)
-            domain = "; ".join(f"each {domains[m]}" for m in members if m in domains)[:60]
+            described = list(dict.fromkeys(domains[m] for m in members if m in domains))
+            domain = "each " + "; ".join(described) if described else ""
         arguments.append((a, domain))
-    signature = ", ".join(
-        ["params"] + [a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]]
-    )
+    parts = ["params"] + [
+        a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]
+    ]
+    signature = ", ".join(parts)
+    if len(signature) > 60:  # one argument per line, as a formatter would
+        signature = "\n" + "".join(f"    {p},\n" for p in parts)
     return environment.get_template("optimizer_page.md.j2").render(
         spec=spec,
         export=export,

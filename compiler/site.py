@@ -7,6 +7,7 @@ since the machines we build on, and many users' clusters, have no internet.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -38,9 +39,11 @@ def build_site(root: Path, out: Path) -> int:
     for name in ("katex.min.js", "katex.min.css"):
         shutil.copy2(dist / name, target / name)
     shutil.copytree(dist / "fonts", target / "fonts")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner about MkDocs 2
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
         cwd=root,
+        env=env,
     )
     if result.returncode == 0:
         print(f"optforge: site written to {out} (open {out / 'index.html'})")

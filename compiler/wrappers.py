@@ -16,6 +16,11 @@ from optforge.compiler.spec import REQUIRED, Export, Spec
 
 from optforge.runtime.checks import Interval
 
+DECAY_WORDS = {
+    "coupled": "Coupled: `weight_decay * w` is added to the gradient. ",
+    "decoupled": "Decoupled: `weight_decay * w` is added to the update, not to the gradient. ",
+}
+
 # The nn dialect's own arguments, validated by optforge.runtime.nn_optimizer.
 NN_ARGUMENTS = {
     "learning_rate": (
@@ -26,8 +31,8 @@ NN_ARGUMENTS = {
     ),
     "weight_decay": (
         "float, int or callable",
-        "Coupled L2 weight decay added to the gradient (>= 0), or a callable of the step. "
-        "Without groups it skips parameters whose name contains 'beta' or 'gamma'.",
+        "Weight decay (>= 0), or a callable of the step. Without groups it skips parameters "
+        "whose name contains 'beta' or 'gamma'.",
     ),
     "loss_scale": (
         "float or int",
@@ -39,21 +44,26 @@ NN_ARGUMENTS = {
     ),
 }
 
+# (exception, when, the nn argument it concerns or None for every class)
 NN_RAISES = (
-    ("TypeError", "`learning_rate` is not an int, float, ndarray, Iterable or LearningRateSchedule."),
-    ("TypeError", "an element of `params` is neither a Parameter nor a dict."),
-    ("TypeError", "`loss_scale` is not a float or an int."),
-    ("TypeError", "`weight_decay` is neither a number nor a callable."),
+    ("TypeError", "`learning_rate` is not an int, float, ndarray, Iterable or LearningRateSchedule.", None),
+    ("TypeError", "an element of `params` is neither a Parameter nor a dict.", None),
+    ("TypeError", "`loss_scale` is not a float or an int.", "loss_scale"),
+    ("TypeError", "`weight_decay` is neither a number nor a callable.", None),
+    ("ValueError", "`params` is None or empty.", None),
     (
         "ValueError",
-        "`params` is None or empty, `learning_rate` or `weight_decay` is negative or not finite, "
-        "`loss_scale` is not positive, or a dynamic learning rate has more than one dimension.",
+        "`learning_rate` is negative or not finite, or a dynamic learning rate has more than one dimension.",
+        None,
     ),
+    ("ValueError", "`weight_decay` is negative or not finite.", None),
+    ("ValueError", "`loss_scale` is not positive or not finite.", "loss_scale"),
     (
         "KeyError",
         "a group dict has a key other than params, lr, weight_decay, grad_centralization, order_params.",
+        None,
     ),
-    ("RuntimeError", "a parameter appears twice."),
+    ("RuntimeError", "a parameter appears twice.", None),
 )
 
 
@@ -82,6 +92,8 @@ def class_context(spec: Spec, export: Export) -> dict:
         name, default = (entry, None) if isinstance(entry, str) else entry
         if name in NN_ARGUMENTS:
             types, doc = NN_ARGUMENTS[name]
+            if name == "weight_decay":
+                doc = DECAY_WORDS[spec.decay] + doc
         elif name in {h.name for h in spec.hypers}:
             hyper = spec.hyper(name)
             types, doc = _type_words(hyper.types), hyper.doc
@@ -94,7 +106,7 @@ def class_context(spec: Spec, export: Export) -> dict:
     names = [a.name for a in arguments]
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     hypers = [h for h in spec.hypers if h.name in names]
-    raises = list(NN_RAISES)
+    raises = [(kind, when) for kind, when, arg in NN_RAISES if arg is None or arg in names]
     for h in hypers:
         raises.append(("TypeError", f"`{h.name}` is not {_type_words(h.types)}."))
         if h.name in domains:
@@ -140,7 +152,7 @@ OPTIM_ARGUMENTS = {
         "The learning rate (> 0). Each step reads param_groups[i]['lr'], so a scheduler "
         "from optforge.optim.lr_scheduler (or you) may change it between steps.",
     ),
-    "weight_decay": ("float or int", "L2 penalty added to the gradient (>= 0)."),
+    "weight_decay": ("float or int", "Weight decay (>= 0)."),
 }
 
 OPTIM_RAISES = (
@@ -164,6 +176,8 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         name, default = (entry, None) if isinstance(entry, str) else entry
         if name in OPTIM_ARGUMENTS:
             types, doc = OPTIM_ARGUMENTS[name]
+            if name == "weight_decay":
+                doc = DECAY_WORDS[spec.decay] + doc
             arguments.append(Argument(name, repr(default), types, doc))
             continue
         members = default if isinstance(default, tuple) and all(isinstance(m, str) for m in default) else None

@@ -30,9 +30,9 @@ class Lamb(NNOptimizer):
     eps : float, default 1e-06
         Added to the denominator for numerical stability.
     weight_decay : float, int or callable, default 0.0
-        Coupled L2 weight decay added to the gradient (>= 0), or a callable
-        of the step. Without groups it skips parameters whose name contains
-        'beta' or 'gamma'.
+        Decoupled: `weight_decay * w` is added to the update, not to the
+        gradient. Weight decay (>= 0), or a callable of the step. Without
+        groups it skips parameters whose name contains 'beta' or 'gamma'.
 
     Attributes
     ----------
@@ -51,13 +51,14 @@ class Lamb(NNOptimizer):
     TypeError
         If an element of `params` is neither a Parameter nor a dict.
     TypeError
-        If `loss_scale` is not a float or an int.
-    TypeError
         If `weight_decay` is neither a number nor a callable.
     ValueError
-        If `params` is None or empty, `learning_rate` or `weight_decay` is
-        negative or not finite, `loss_scale` is not positive, or a dynamic
-        learning rate has more than one dimension.
+        If `params` is None or empty.
+    ValueError
+        If `learning_rate` is negative or not finite, or a dynamic learning
+        rate has more than one dimension.
+    ValueError
+        If `weight_decay` is negative or not finite.
     KeyError
         If a group dict has a key other than params, lr, weight_decay,
         grad_centralization, order_params.

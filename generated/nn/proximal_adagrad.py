@@ -35,9 +35,9 @@ class ProximalAdagrad(NNOptimizer):
         The gradients are divided by it before the update (> 0; an int is
         converted).
     weight_decay : float, int or callable, default 0.0
-        Coupled L2 weight decay added to the gradient (>= 0), or a callable
-        of the step. Without groups it skips parameters whose name contains
-        'beta' or 'gamma'.
+        Coupled: `weight_decay * w` is added to the gradient. Weight decay
+        (>= 0), or a callable of the step. Without groups it skips
+        parameters whose name contains 'beta' or 'gamma'.
 
     Attributes
     ----------
@@ -58,9 +58,14 @@ class ProximalAdagrad(NNOptimizer):
     TypeError
         If `weight_decay` is neither a number nor a callable.
     ValueError
-        If `params` is None or empty, `learning_rate` or `weight_decay` is
-        negative or not finite, `loss_scale` is not positive, or a dynamic
-        learning rate has more than one dimension.
+        If `params` is None or empty.
+    ValueError
+        If `learning_rate` is negative or not finite, or a dynamic learning
+        rate has more than one dimension.
+    ValueError
+        If `weight_decay` is negative or not finite.
+    ValueError
+        If `loss_scale` is not positive or not finite.
     KeyError
         If a group dict has a key other than params, lr, weight_decay,
         grad_centralization, order_params.

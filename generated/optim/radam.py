@@ -34,7 +34,8 @@ class RAdam(OptimOptimizer):
     eps : float or int, default 1e-08
         Added to the denominator for numerical stability.
     weight_decay : float or int, default 0.0
-        L2 penalty added to the gradient (>= 0).
+        Coupled: `weight_decay * w` is added to the gradient. Weight decay
+        (>= 0).
 
     Attributes
     ----------
