@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sympy as sp
+
 from optforge.compiler import spec as S
 from optforge.compiler.render import environment
 from optforge.compiler.wrappers import CONTEXTS, runtime_domain

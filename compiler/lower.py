@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import sympy as sp
+
 from optforge.compiler import spec as S
 from optforge.compiler.ir import Array, Assignment, Kernel, Load, Reduction, Stage, Store
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards

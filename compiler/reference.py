@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import sympy as sp
+
 from optforge.compiler import spec as S
 from optforge.compiler.passes.specialize import specialize
 

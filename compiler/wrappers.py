@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 
 import sympy as sp
+
 from optforge.compiler.render import render
 from optforge.compiler.spec import REQUIRED, Export, Spec
-
 from optforge.runtime.checks import Interval
 
 DECAY_WORDS = {

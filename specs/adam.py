@@ -7,6 +7,7 @@ sqrt(v_hat) + eps, scales eps differently.
 """
 
 import sympy as sp
+
 from optforge.compiler.spec import (
     REQUIRED,  # noqa: F401  (re-exported for spec authors who copy this file)
     Export,

@@ -7,6 +7,7 @@ one that touches the parameter, adds it: `w += delta`.
 """
 
 import sympy as sp
+
 from optforge.compiler.spec import (
     Export,
     Flag,

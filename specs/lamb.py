@@ -8,6 +8,7 @@ denominator as `||w + lambda*w||`; its kernels use the norm of the update.
 """
 
 import sympy as sp
+
 from optforge.compiler.spec import (
     REQUIRED,
     Export,

@@ -7,6 +7,7 @@ kernels, which we follow, do not.
 """
 
 import sympy as sp
+
 from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
 
 accum_init, l1, l2 = sp.symbols("accum l1 l2")

@@ -8,6 +8,7 @@ and near the threshold that changes the numbers (rho_6 is 6.0005 in float32,
 """
 
 import sympy as sp
+
 from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, t, w, weight_decay
 
 beta1, beta2, eps = sp.symbols("beta1 beta2 eps")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+
 from optforge.compiler import build
 from optforge.compiler.cli import main
 

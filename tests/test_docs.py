@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from optforge.compiler import build, docs
-from optforge.compiler.cli import main
 
 import optforge
 import optforge.generated.nn
 import optforge.generated.optim
+from optforge.compiler import build, docs
+from optforge.compiler.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -9,9 +9,9 @@ import importlib
 import numpy as np
 import pytest
 from numba.typed import List
+
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
-
 from optforge.runtime.kernels import chunk_table
 
 CASES = [

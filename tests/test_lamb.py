@@ -114,7 +114,6 @@ def test_norms_come_from_the_generated_reduction_stage():
     import inspect
 
     from optforge.generated.cpu import lamb
-
     from optforge.runtime import nn_optimizer, optimizer
 
     assert "partials" in inspect.getsource(lamb.lamb_stage1_f32.py_func)

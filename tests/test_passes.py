@@ -1,6 +1,7 @@
 """Unit tests of each compiler pass on tiny inputs."""
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment
 from optforge.compiler.lower import lower
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule

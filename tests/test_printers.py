@@ -4,6 +4,7 @@ import re
 
 import pytest
 import sympy as sp
+
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 
 x, y, eps, lr, t, b = sp.symbols("x y eps lr t b")

@@ -2,6 +2,7 @@
 
 import pytest
 import sympy as sp
+
 from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, SpecError, State, g, lr, w
 
 a, b, m, flag = sp.symbols("a b m flag")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
+
 from optforge.compiler.ir import Kernel, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render

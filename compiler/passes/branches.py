@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment
 from optforge.compiler.passes.levels import Level, level_of
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment
 
 

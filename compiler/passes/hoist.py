@@ -18,10 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sympy as sp
-from optforge.compiler.ir import Assignment
-from optforge.compiler.passes.levels import Level, assign_levels, level_of
 from sympy.core.relational import Relational
 from sympy.functions.elementary.piecewise import ExprCondPair
+
+from optforge.compiler.ir import Assignment
+from optforge.compiler.passes.levels import Level, assign_levels, level_of
 
 # Hoisted scalars are named s0, s1, ... (host) and u0, u1, ... (per tensor).
 PREFIX = {Level.STEP: "s", Level.TENSOR: "u"}

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from enum import IntEnum
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment, Reduction
 from optforge.compiler.spec import norm
 

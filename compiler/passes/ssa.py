@@ -8,6 +8,7 @@ value, which hoisting and CSE need.
 from __future__ import annotations
 
 import sympy as sp
+
 from optforge.compiler.ir import Assignment
 from optforge.compiler.spec import Rule
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
+
 from optforge.compiler.ir import Array, Assignment, Load, Store
 from optforge.compiler.passes.cse import schedule
 from optforge.compiler.spec import SpecError
