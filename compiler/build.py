@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from optforge.compiler.backends.cpu import render_cpu_module, render_host_module
+from optforge.compiler.backends.cuda import render_cuda_module
 from optforge.compiler.lower import lower
 from optforge.compiler.spec import Spec
 from optforge.compiler.wrappers import render_class_module, render_dialect_init
@@ -19,6 +20,7 @@ PACKAGE_DOCS = {
     "": "Compiler output, committed: do not edit; `optforge build` rewrites it from specs/.",
     "host": "Step-level scalars, computed once per step on the host in float64.",
     "cpu": "Fused Numba CPU kernels.",
+    "cuda": "Fused Numba CUDA kernels (import them only with numba-cuda installed).",
 }
 DIALECTS = ("nn", "optim")
 
@@ -40,6 +42,7 @@ def build_files(specs: list[Spec]) -> dict[str, str]:
         kernels = [kernel for variant in spec.variants() for kernel in lower(spec, variant)]
         files[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
         files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels)
+        files[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels)
         for export in spec.exports:
             files[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export)
             exported[export.dialect].append((spec.name, export.class_name))

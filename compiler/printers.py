@@ -81,8 +81,12 @@ class ElementPrinter(PythonCodePrinter):
         return f"abs({self._print(expr.args[0])})"
 
     def _print_sign(self, expr):
-        # np.sign keeps the float type and, like MindSpore's Sign, gives 0 at 0.
-        return f"np.sign({self._print(expr.args[0])})"
+        # Like MindSpore's Sign: 0 at 0 (and NaN stays NaN). A conditional expression
+        # rather than np.sign, which Numba's CUDA target does not provide.
+        arg = expr.args[0]
+        x = self._print(arg) if arg.is_Symbol else f"({self._print(arg)})"
+        one, zero = self.literal(1), self.literal(0)
+        return f"({one} if {x} > {zero} else (-{one} if {x} < {zero} else {x}))"
 
 
 class HostPrinter(PythonCodePrinter):

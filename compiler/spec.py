@@ -49,6 +49,8 @@ REQUIRED = object()  # marks a signature argument without a default
 RESERVED = {
     "chunk", "tensor", "elem", "row", "rows", "row_len", "start", "stop", "partials", "sums",
     "chunks", "arrays", "scalars", "math", "np", "numba", "f32", "f64", "Variant", "Branch",
+    "cuda", "config", "float64", "launch", "grid", "chunk_slot", "thread", "width", "block_sums",
+    "THREADS", "SLOTS",
 }  # fmt: skip
 RESERVED_PATTERN = re.compile(r"(s|u|x|y|h|sum|norm)\d+|.*_(c|tensors|per_tensor|tensor|new|of)")
 

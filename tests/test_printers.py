@@ -49,3 +49,11 @@ def test_host_code_is_plain_python_floats():
         "-lr*math.sqrt(1 - eps**t)/(1 - b**t)"
     )
     assert HostPrinter().doprint(sp.Max(x, y)) == "max(x, y)"
+
+
+def test_sign_is_a_conditional_with_zero_at_zero():
+    text = ElementPrinter("float32").doprint(sp.sign(x))
+    assert text == "(f32(1.0) if x > f32(0.0) else (-f32(1.0) if x < f32(0.0) else x))"
+    f32 = __import__("numpy").float32
+    for value, expected in [(2.5, 1), (-0.5, -1), (0.0, 0)]:
+        assert eval(text, {"f32": f32, "x": f32(value)}) == expected

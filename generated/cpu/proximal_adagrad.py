@@ -60,7 +60,11 @@ def proximal_adagrad_l1_gt_0_f32(
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = max(f32(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f32(1.0) + eta * l2)
+            w_new = (
+                max(f32(0.0), eta * s0 + abs(prox))
+                * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
+                / (f32(1.0) + eta * l2)
+            )
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -96,7 +100,11 @@ def proximal_adagrad_l1_gt_0_rows_f32(
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = max(f32(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f32(1.0) + eta * l2)
+            w_new = (
+                max(f32(0.0), eta * s0 + abs(prox))
+                * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
+                / (f32(1.0) + eta * l2)
+            )
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -135,7 +143,11 @@ def proximal_adagrad_l1_gt_0_f64(
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = max(f64(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f64(1.0) + eta * l2)
+            w_new = (
+                max(f64(0.0), eta * s0 + abs(prox))
+                * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
+                / (f64(1.0) + eta * l2)
+            )
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -171,7 +183,11 @@ def proximal_adagrad_l1_gt_0_rows_f64(
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = max(f64(0.0), eta * s0 + abs(prox)) * np.sign(prox) / (f64(1.0) + eta * l2)
+            w_new = (
+                max(f64(0.0), eta * s0 + abs(prox))
+                * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
+                / (f64(1.0) + eta * l2)
+            )
             w_c[elem] = w_new
             a_c[elem] = a_new
 

@@ -3,7 +3,6 @@
 
 import math  # noqa: F401
 
-from optforge.generated.cpu.adam import VARIANTS
 from optforge.runtime.checks import Interval, check_domain, check_type  # noqa: F401
 from optforge.runtime.nn_optimizer import NNOptimizer
 
@@ -100,9 +99,11 @@ class Adam(NNOptimizer):
         If `use_amsgrad` is not a bool.
     """
 
+    _SPEC = "adam"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
     _SPARSE = "dense"
+    _OFFLOAD = False
 
     def __init__(
         self,
@@ -131,7 +132,7 @@ class Adam(NNOptimizer):
         self.use_nesterov = use_nesterov
         self.use_amsgrad = use_amsgrad
         self._finish_init(
-            VARIANTS[(use_nesterov, use_amsgrad)],
+            (use_nesterov, use_amsgrad),
             {"moment1": 0.0, "moment2": 0.0, "vhat": 0.0},
             use_locking,
         )

@@ -3,7 +3,6 @@
 
 import math  # noqa: F401
 
-from optforge.generated.cpu.adam_offload import VARIANTS
 from optforge.runtime.checks import Interval, check_domain, check_type  # noqa: F401
 from optforge.runtime.nn_optimizer import NNOptimizer
 
@@ -95,9 +94,11 @@ class AdamOffload(NNOptimizer):
         If `use_nesterov` is not a bool.
     """
 
+    _SPEC = "adam_offload"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
     _SPARSE = None
+    _OFFLOAD = True
 
     def __init__(
         self,
@@ -129,7 +130,7 @@ class AdamOffload(NNOptimizer):
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
         self.use_nesterov = use_nesterov
         self._finish_init(
-            VARIANTS[(use_nesterov,)],
+            (use_nesterov,),
             {"moment1": 0.0, "moment2": 0.0, "delta": 0.0},
             use_locking,
         )

@@ -3,7 +3,6 @@
 
 import math  # noqa: F401
 
-from optforge.generated.cpu.lamb import VARIANTS
 from optforge.runtime.checks import Interval, check_domain, check_type  # noqa: F401
 from optforge.runtime.nn_optimizer import NNOptimizer
 
@@ -78,9 +77,11 @@ class Lamb(NNOptimizer):
         If `eps` is not > 0.
     """
 
+    _SPEC = "lamb"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "decoupled"
     _SPARSE = None
+    _OFFLOAD = False
 
     def __init__(
         self,
@@ -100,7 +101,7 @@ class Lamb(NNOptimizer):
         check_domain("Lamb", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
         self._finish_init(
-            VARIANTS[()],
+            (),
             {"moments1": 0.0, "moments2": 0.0},
             False,
         )

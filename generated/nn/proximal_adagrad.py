@@ -3,7 +3,6 @@
 
 import math  # noqa: F401
 
-from optforge.generated.cpu.proximal_adagrad import VARIANTS
 from optforge.runtime.checks import Interval, check_domain, check_type  # noqa: F401
 from optforge.runtime.nn_optimizer import NNOptimizer
 
@@ -87,9 +86,11 @@ class ProximalAdagrad(NNOptimizer):
         If `use_locking` is not a bool.
     """
 
+    _SPEC = "proximal_adagrad"
     _HYPERS = ("accum", "l1", "l2")
     _DECAY = "coupled"
     _SPARSE = "rows"
+    _OFFLOAD = False
 
     def __init__(
         self,
@@ -121,7 +122,7 @@ class ProximalAdagrad(NNOptimizer):
         check_type("ProximalAdagrad", "use_locking", use_locking, ("bool",))
         self.hypers = {"accum": float(accum), "l1": float(l1), "l2": float(l2)}
         self._finish_init(
-            VARIANTS[()],
+            (),
             {"accum": self.hypers["accum"]},
             use_locking,
         )

@@ -3,7 +3,6 @@
 
 import math  # noqa: F401
 
-from optforge.generated.cpu.radam import VARIANTS
 from optforge.runtime.checks import Interval, check_hyper  # noqa: F401
 from optforge.runtime.optim_optimizer import (
     OptimOptimizer,
@@ -76,10 +75,12 @@ class RAdam(OptimOptimizer):
         If `eps` is not > 0.
     """
 
+    _SPEC = "radam"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _DECAY = "coupled"
     _SPARSE = None
+    _OFFLOAD = False
 
     def __init__(
         self,
@@ -118,4 +119,4 @@ class RAdam(OptimOptimizer):
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
-        self._finish_init(VARIANTS[()], {"exp_avg": 0.0, "exp_avg_sq": 0.0})
+        self._finish_init((), {"exp_avg": 0.0, "exp_avg_sq": 0.0})

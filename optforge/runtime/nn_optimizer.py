@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.kernels import Variant
 from optforge.runtime.learning_rate import (
     LearningRate,
     WeightDecay,
@@ -90,9 +89,9 @@ class NNOptimizer(FusedOptimizer):
         self.loss_scale = float(loss_scale)
         self.global_step = 0
 
-    def _finish_init(self, variant: Variant, state_init: dict[str, float], use_locking: bool):
+    def _finish_init(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool):
         """Called by the generated subclass once its own arguments are checked."""
-        self._allocate(variant, state_init, use_locking, len(self.groups))
+        self._allocate(variant_key, state_init, use_locking, len(self.groups))
 
     def _step(self, gradients) -> bool:
         cls = type(self).__name__

@@ -13,7 +13,6 @@ import math
 import numpy as np
 
 from optforge.parameter import Parameter
-from optforge.runtime.kernels import Variant
 from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
 
 
@@ -64,8 +63,8 @@ class OptimOptimizer(FusedOptimizer):
         group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
         self.param_groups.append(group)
 
-    def _finish_init(self, variant: Variant, state_init: dict[str, float]):
-        self._allocate(variant, state_init, use_locking=False, n_groups=len(self.param_groups))
+    def _finish_init(self, variant_key: tuple, state_init: dict[str, float]):
+        self._allocate(variant_key, state_init, use_locking=False, n_groups=len(self.param_groups))
 
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)

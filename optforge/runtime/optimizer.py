@@ -9,6 +9,7 @@ gradients. The dialect bases (nn, optim) add their arguments' semantics.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 from numba.typed import List
 
 from optforge.parameter import Parameter
-from optforge.runtime.kernels import Variant, chunk_table
+from optforge.runtime.kernels import chunk_table
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -36,28 +37,55 @@ class _Batch:
 class FusedOptimizer:
     """Base of the generated classes; subclasses set the class attributes below."""
 
+    _SPEC = ""  # the spec's module name: optforge.generated.{cpu,cuda}.<_SPEC>
     _HYPERS: tuple[str, ...] = ()  # the spec's hyperparameters, in spec order
     _DECAY = "coupled"  # how weight decay enters the spec: "coupled" or "decoupled"
     _SPARSE: str | None = None  # row-sparse gradients: "rows", "dense" or None
+    _OFFLOAD = False  # state always in host memory, update computed on the host (AdamOffload)
 
     parameters: tuple[Parameter, ...]
     _group_of: list[int]  # group index of each parameter
 
-    def _allocate(self, variant: Variant, state_init: dict[str, float], use_locking: bool, n_groups: int):
-        """Allocate the state and the per-group, per-dtype kernel batches."""
+    def _allocate(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool, n_groups: int):
+        """Allocate the state and the per-group, per-dtype kernel batches.
+
+        A group's parameters must all live in host memory or all on the
+        device; that is checked before anything is allocated.
+        """
+        cls = type(self).__name__
+        for g in range(n_groups):
+            members = [p for p, gi in zip(self.parameters, self._group_of) if gi == g]
+            places = {p.on_device for p in members}
+            if len(places) > 1:
+                on = next(p.name for p in members if p.on_device)
+                off = next(p.name for p in members if not p.on_device)
+                raise ValueError(
+                    f"For '{cls}', parameter group {g} mixes device arrays ('{on}') and host arrays "
+                    f"('{off}'); a group's parameters must all live in one place."
+                )
+        variant = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}").VARIANTS[variant_key]
         self._variant = variant
         self._lock = threading.Lock() if use_locking else None
+        on_device = [p.on_device and not self._OFFLOAD for p in self.parameters]
         self.state = {
-            name: tuple(np.full(p.shape, state_init[name], dtype=p.dtype) for p in self.parameters)
+            name: tuple(_filled(p, state_init[name], dev) for p, dev in zip(self.parameters, on_device))
             for name in variant.state
         }
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
         self._batches = []
+        self._device = None
         for g in range(n_groups):
             indices = [i for i, gi in enumerate(self._group_of) if gi == g]
             for dtype in dict.fromkeys(self.parameters[i].dtype for i in indices):
                 members = [i for i in indices if self.parameters[i].dtype == dtype]
+                if self.parameters[members[0]].on_device:
+                    if self._device is None:
+                        from optforge.runtime.device import DeviceStepper
+
+                        self._device = DeviceStepper(self, variant_key)
+                    self._batches.append(self._device.batch(g, dtype, members))
+                    continue
                 params = [self.parameters[i] for i in members]
                 self._batches.append(
                     _Batch(
@@ -104,11 +132,16 @@ class FusedOptimizer:
                     )
                 self._check_row_tensor(g, p, what)
                 continue
-            if not isinstance(g, np.ndarray):
-                raise TypeError(f"{what} must be a numpy.ndarray or RowTensor, but got {type(g)}.")
-            if g.dtype != p.dtype:
+            if not isinstance(g, np.ndarray) and not (p.on_device and _on_device(g)):
+                where = (
+                    "a numpy.ndarray, a device array or a RowTensor"
+                    if p.on_device
+                    else ("a numpy.ndarray or a RowTensor (the parameter is in host memory)")
+                )
+                raise TypeError(f"{what} must be {where}, but got {type(g)}.")
+            if np.dtype(g.dtype) != p.dtype:
                 raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
-            if g.shape != p.shape:
+            if tuple(g.shape) != p.shape:
                 raise ValueError(f"{what} must have shape {p.shape} like its parameter, but got {g.shape}.")
         return list(gradients)
 
@@ -135,6 +168,9 @@ class FusedOptimizer:
         `decays[pos]` says whether the weight decay applies to the tensor at
         `pos`; `gc[pos]` whether its gradient is centralized.
         """
+        if not isinstance(batch, _Batch):  # a device batch
+            self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers)
+            return
         if batch.chunks[0].size == 0:
             return
         scalar = batch.dtype.type
@@ -224,3 +260,19 @@ def check_parameter_list(params, what: str, cls: str) -> list:
     if not items:
         raise ValueError(f"For '{cls}', the argument {what} must not be empty.")
     return items
+
+
+def _filled(p: Parameter, value: float, on_device: bool):
+    """A state array like `p`, filled with `value`, on the device or in host memory."""
+    array = np.full(p.shape, value, dtype=p.dtype)
+    if on_device:
+        from optforge.runtime.cuda import to_device
+
+        return to_device(array)
+    return array
+
+
+def _on_device(x) -> bool:
+    from optforge.parameter import _is_device
+
+    return _is_device(x)

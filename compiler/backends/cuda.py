@@ -1,0 +1,76 @@
+"""The CUDA backend: `ir.Kernel`s to a module of Numba CUDA kernels.
+
+The same IR as the CPU backend, the same element code (ElementPrinter), other
+loops: blocks stride over a chunk table, threads over a chunk's elements.
+A launch takes up to `SLOTS` tensors as tuples of device arrays (kernel
+parameter space bounds the count, as in Apex's multi_tensor_apply); the
+run-time splits larger groups into several launches. Reductions are
+deterministic: each thread sums its elements in order, each block adds its
+threads' sums in a fixed tree, and one thread per tensor adds the chunks'
+partials in chunk order; no atomics.
+
+Calling convention of a step launcher (generated for every kernel):
+
+    step(launch, chunk_slot, chunk_start, chunk_stop, *arrays, weight_decay, grad_scale, *scalars)
+
+`launch` (optforge.runtime.cuda.Launch) holds the grid, the stream and
+reusable scratch buffers; `arrays` are tuples of SLOTS device arrays;
+`weight_decay` and `grad_scale` tuples of SLOTS scalars.
+"""
+
+from __future__ import annotations
+
+from optforge.compiler.backends.cpu import DTYPES, SHORT, _dict_source, _name, branch_name, scalars_name
+from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
+from optforge.compiler.ir import Kernel
+from optforge.compiler.render import render
+from optforge.compiler.spec import Spec
+
+SLOTS = 8  # tensors per launch
+THREADS = 256  # threads per block (the block reduction's shared array is this long)
+
+
+def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
+    context = cpu_kernel_context(spec, kernel, dtype)
+    base = _name(kernel.spec_name, kernel.suffix)
+    context["effective_gradient_name"] = _name(base, "effective_gradient", SHORT[dtype])
+    context["apply_name"] = _name(base, "apply", SHORT[dtype])
+    return context
+
+
+def render_cuda_module(spec: Spec, kernels: list[Kernel]) -> str:
+    host_names = sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
+    variants: dict[tuple, dict] = {}
+    for k in kernels:
+        key = tuple(value for _, value in k.variant)
+        entry = variants.setdefault(
+            key,
+            {
+                "key": repr(key),
+                "state": repr(tuple(a.name for a in k.arrays[2:])),
+                "branch": branch_name(k),
+                "branches": [],
+            },
+        )
+        contexts = {dtype: kernel_context(spec, k, dtype) for dtype in DTYPES}
+        entry["offload"] = {d: (c["effective_gradient_name"], c["apply_name"]) for d, c in contexts.items()}
+        entry["branches"].append(
+            {
+                "key": repr(tuple(k.branch)),
+                "scalars": scalars_name(k),
+                "kernels": _dict_source({d: c["name"] for d, c in contexts.items()}),
+                "rows": _dict_source(
+                    {d: c["rows_name"] for d, c in contexts.items()} if spec.sparse == "rows" else {}
+                ),
+            }
+        )
+    return render(
+        "cuda_kernels.py.j2",
+        source=spec.where,
+        spec=spec,
+        slots=SLOTS,
+        threads=THREADS,
+        host_names=host_names,
+        kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
+        variants=list(variants.values()),
+    )

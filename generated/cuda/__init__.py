@@ -1,0 +1,1 @@
+"""Fused Numba CUDA kernels (import them only with numba-cuda installed)."""

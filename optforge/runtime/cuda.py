@@ -1,0 +1,95 @@
+"""Device-side run-time: device arrays, launches, and batches of tensors per launch.
+
+Imported only when a parameter lives on a CUDA device, so numba-cuda (the
+`cuda` extra) is needed only then. Set NUMBA_ENABLE_CUDASIM=1 before numba
+is imported to run everything on the Numba CUDA simulator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import config, cuda
+
+from optforge.runtime.kernels import chunk_table
+
+
+def is_device_array(x) -> bool:
+    """A numba device array (the simulator's too) or anything with `__cuda_array_interface__`."""
+    return cuda.is_cuda_array(x) if hasattr(cuda, "is_cuda_array") else hasattr(x, "copy_to_host")
+
+
+def as_device_array(x):
+    """A numba device array viewing `x` (no copy), e.g. for a torch CUDA tensor."""
+    if hasattr(x, "copy_to_host"):
+        return x
+    return cuda.as_cuda_array(x)
+
+
+def to_device(x, stream=0):
+    return x if is_device_array(x) else cuda.to_device(np.ascontiguousarray(x), stream=stream)
+
+
+class Launch:
+    """Where kernels run: the grid size rule, a stream, and scratch buffers kept between steps."""
+
+    def __init__(self, stream=0):
+        self.stream = stream
+        self._buffers: dict = {}
+        if config.ENABLE_CUDASIM:
+            self.max_blocks = 4  # the simulator runs threads in Python: keep grids small
+        else:
+            device = cuda.get_current_device()
+            self.max_blocks = device.MULTIPROCESSOR_COUNT * 8
+
+    def grid(self, work: int, threads: int) -> tuple:
+        """(blocks, threads, stream) for `work` independent pieces (chunks, rows, tensors)."""
+        return (max(1, min(work, self.max_blocks)), threads, self.stream)
+
+    def buffer(self, name: str, shape: tuple, dtype) -> object:
+        """A device array for scratch use, allocated once per (name, shape, dtype)."""
+        key = (name, tuple(shape), np.dtype(dtype).str)
+        if key not in self._buffers:
+            self._buffers[key] = cuda.device_array(shape, dtype=dtype, stream=self.stream)
+        return self._buffers[key]
+
+
+class DeviceLaunchGroup:
+    """Up to SLOTS tensors updated by one launch: their arrays as padded tuples, a device chunk table."""
+
+    def __init__(self, positions: list[int], sizes: list[int], slots: int, chunk: int, dummy):
+        self.positions = positions  # positions within the batch
+        self.slots = slots
+        self.dummy = dummy  # fills unused slots (never indexed by the chunk table)
+        host = chunk_table(sizes, chunk)
+        self.chunks = tuple(cuda.to_device(a) for a in host)
+        self.n_chunks = host[0].size
+
+    def tuple_of(self, arrays: list) -> tuple:
+        return tuple(arrays) + (self.dummy,) * (self.slots - len(arrays))
+
+    def values(self, per_position: np.ndarray, dtype) -> tuple:
+        padded = np.zeros(self.slots, dtype=dtype)
+        padded[: len(self.positions)] = per_position[self.positions]
+        return tuple(dtype.type(v) for v in padded)
+
+
+@cuda.jit
+def _scatter_rows(rows, values, row_len, out):
+    """out[rows[r], :] = values[r, :] for unique rows (flat arrays); out was zeroed."""
+    for r in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+        for k in range(cuda.threadIdx.x, row_len, cuda.blockDim.x):
+            out[rows[r] * row_len + k] = values[r * row_len + k]
+
+
+def dense_from_rows(rows: np.ndarray, values: np.ndarray, shape, dtype, launch: Launch):
+    """A zeroed device array of `shape` with the given unique rows filled in, on the device."""
+    out = cuda.to_device(np.zeros(int(np.prod(shape)), dtype=dtype), stream=launch.stream)
+    if rows.size:
+        row_len = values.size // rows.size
+        _scatter_rows[launch.grid(rows.size, 32)](
+            cuda.to_device(rows, stream=launch.stream),
+            cuda.to_device(values.reshape(-1), stream=launch.stream),
+            row_len,
+            out,
+        )
+    return out
