@@ -1,5 +1,12 @@
-import numpy as np
-import pytest
+import os
+
+# CUDA tests run on the Numba CUDA simulator unless a real GPU is asked for; this must be
+# set before numba is imported (it only changes numba.cuda, not the CPU kernels).
+if os.environ.get("OPTFORGE_TEST_REAL_CUDA") != "1":
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # The fixture of mindspore-semantics.md section 10.2: w0 and five gradient rows,
 # step t uses row (t - 1) mod 5.

@@ -166,6 +166,9 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
                 "state": repr(tuple(a.name for a in k.arrays[2:])),
                 "branch": branch_name(k),
                 "branches": [],
+                "host_stage": _dict_source(
+                    {d: _name(k.spec_name, k.suffix, "stage1", SHORT[d]) for d in DTYPES}
+                ),
             },
         )
         entry["branches"].append(

@@ -496,3 +496,12 @@ VARIANTS = {
         chunk=65536,
     ),
 }
+
+# For the offload path (device parameters): the host stage of each variant, per dtype.
+HOST_STAGE = {
+    (False,): {"float32": adam_offload_stage1_f32, "float64": adam_offload_stage1_f64},
+    (True,): {
+        "float32": adam_offload_use_nesterov_stage1_f32,
+        "float64": adam_offload_use_nesterov_stage1_f64,
+    },
+}

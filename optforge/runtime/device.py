@@ -1,0 +1,227 @@
+"""Steps for parameters that live on a CUDA device.
+
+`DeviceStepper` is created by `FusedOptimizer` when a group's parameters are
+device arrays. It launches the generated CUDA kernels (one launch per up to
+SLOTS tensors of a group and dtype) and, for specs that offload (AdamOffload),
+runs the ZeRO-Offload pipeline: per chunk, the effective gradient is formed
+on the device and copied to pinned host memory, the generated CPU kernel
+updates the moments (kept in host memory) and computes the delta, and the
+delta goes back to be added by the device-side apply kernel. Two streams and
+two buffer slots overlap the transfers of one chunk with the host work on
+the next. The optimizer's device memory is those transfer buffers only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from numba import config, cuda
+from numba.typed import List
+
+from optforge.runtime.cuda import DeviceLaunchGroup, Launch, as_device_array, dense_from_rows, to_device
+from optforge.runtime.kernels import chunk_table
+from optforge.runtime.row_tensor import RowTensor
+
+
+@dataclass
+class DeviceBatch:
+    group: int
+    dtype: np.dtype
+    indices: list[int]
+    params: list  # flat device views of the parameters
+    state: dict[str, list]  # flat views of the state (device, or host memory when offloading)
+    launch_groups: list[DeviceLaunchGroup] = field(default_factory=list)
+
+
+class DeviceStepper:
+    # Elements per offload chunk: transfers of a few MB run near PCIe/NVLink speed.
+    offload_chunk = 1 << 20
+    # Elements per chunk-table entry; None: the generated module's choice. (Tests set a small
+    # value so the simulator's small tensors still span several chunks.)
+    chunk: int | None = None
+
+    def __init__(self, optimizer, variant_key: tuple):
+        self.opt = optimizer
+        self.module = importlib.import_module(f"optforge.generated.cuda.{optimizer._SPEC}")
+        self.variant = self.module.VARIANTS[variant_key]
+        self.launch_config = Launch()
+        self.offload = self.module.OFFLOAD[variant_key] if optimizer._OFFLOAD else None
+        self.variant_key = variant_key
+        self._slots: dict = {}
+
+    def batch(self, group: int, dtype: np.dtype, members: list[int]) -> DeviceBatch:
+        opt = self.opt
+        params = [opt.parameters[i].data.reshape(opt.parameters[i].size) for i in members]
+        state = {
+            name: [opt.state[name][i].reshape(opt.parameters[i].size) for i in members] for name in opt.state
+        }
+        batch = DeviceBatch(group, dtype, members, params, state)
+        if self.offload is None:
+            dummy = cuda.device_array(1, dtype=dtype)
+            slots = self.module.SLOTS
+            for first in range(0, len(members), slots):
+                positions = list(range(first, min(first + slots, len(members))))
+                sizes = [opt.parameters[members[p]].size for p in positions]
+                batch.launch_groups.append(
+                    DeviceLaunchGroup(positions, sizes, slots, self.chunk or self.variant.chunk, dummy)
+                )
+        return batch
+
+    # -- one step --
+
+    def launch(self, batch: DeviceBatch, grads, t, lr, wd, decays, gc, hypers) -> None:
+        opt = self.opt
+        scalar = batch.dtype.type
+        n = len(batch.indices)
+        inv_scale = 1.0 / getattr(opt, "loss_scale", 1.0)
+        weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
+        grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
+        flat, sparse = [], []
+        for pos, i in enumerate(batch.indices):
+            p, g = opt.parameters[i], grads[i]
+            if isinstance(g, RowTensor):
+                w_host = p.asnumpy() if opt._DECAY == "coupled" and weight_decay[pos] != 0 else None
+                rows, values = opt._effective_rows(g, w_host, scalar(inv_scale), scalar(weight_decay[pos]))
+                weight_decay[pos], grad_scale[pos] = 0, 1  # already in `values`
+                if opt._SPARSE == "dense":
+                    flat.append(dense_from_rows(rows, values, p.shape, batch.dtype, self.launch_config))
+                else:
+                    sparse.append((pos, rows, values))
+                    flat.append(batch.params[pos])  # not read: no chunk of this tensor is launched
+            elif gc[pos]:
+                host = g.copy_to_host() if hasattr(g, "copy_to_host") else g
+                centralized = opt._centralized(
+                    host, p.asnumpy(), scalar(inv_scale), scalar(weight_decay[pos])
+                )
+                grad_scale[pos] = 1
+                if opt._DECAY == "coupled":
+                    weight_decay[pos] = 0
+                flat.append(to_device(centralized.reshape(-1)))
+            else:
+                flat.append(to_device(g if isinstance(g, np.ndarray) else as_device_array(g)).reshape(p.size))
+        if self.offload is not None:
+            self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
+            return
+        branch = self.variant.branches[self.variant.branch(t, lr, *hypers)]
+        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+        kernel = branch.kernels[batch.dtype.name]
+        skip = {pos for pos, _, _ in sparse}
+        for lg in batch.launch_groups:
+            chunks = lg.chunks
+            if skip & set(lg.positions):
+                chunks = self._without(lg, skip)
+            if chunks[0].size == 0:
+                continue
+            kernel(
+                self.launch_config,
+                *chunks,
+                lg.tuple_of([batch.params[p] for p in lg.positions]),
+                lg.tuple_of([flat[p] for p in lg.positions]),
+                *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in self.variant.state),
+                lg.values(weight_decay, batch.dtype),
+                lg.values(grad_scale, batch.dtype),
+                *scalars,
+            )
+        for pos, rows, values in sparse:
+            p = opt.parameters[batch.indices[pos]]
+            branch.rows[batch.dtype.name](
+                self.launch_config,
+                cuda.to_device(rows),
+                p.size // max(p.shape[0], 1),
+                batch.params[pos],
+                cuda.to_device(values.reshape(-1)),
+                *(batch.state[name][pos] for name in self.variant.state),
+                scalar(0),
+                scalar(1),
+                *scalars,
+            )
+
+    def _without(self, lg: DeviceLaunchGroup, skip: set[int]) -> tuple:
+        """The launch group's chunk table without the tensors stepped row by row."""
+        host = [c.copy_to_host() for c in lg.chunks]
+        keep = ~np.isin(host[0], [lg.positions.index(p) for p in skip if p in lg.positions])
+        return tuple(cuda.to_device(np.ascontiguousarray(c[keep])) for c in host)
+
+    # -- AdamOffload: state and update on the host --
+
+    def _offload_step(self, batch, flat_grads, t, lr, weight_decay, grad_scale, hypers) -> None:
+        opt = self.opt
+        dtype = batch.dtype
+        scalar = dtype.type
+        host_branch = opt._variant.branches[opt._variant.branch(t, lr, *hypers)]
+        scalars = [scalar(s) for s in host_branch.scalars(t, lr, *hypers)]
+        cpu = importlib.import_module(f"optforge.generated.cpu.{opt._SPEC}")
+        host_update = cpu.HOST_STAGE[self.variant_key][dtype.name]
+        effective_gradient, apply = self.offload[dtype.name]
+        slots = self._transfer_slots(dtype)
+        # The host stage's state: all but the delta, which goes to the pinned buffers instead.
+        moments = [name for name in self.variant.state if name != "delta"]
+        work = []  # (position, start, stop) in order
+        for pos in range(len(batch.indices)):
+            size = batch.params[pos].shape[0]
+            work += [(pos, s, min(s + self.offload_chunk, size)) for s in range(0, size, self.offload_chunk)]
+
+        def send_down(k):
+            pos, start, stop = work[k]
+            slot = slots[k % 2]
+            n = stop - start
+            effective_gradient[self.launch_config_for(slot, n)](
+                flat_grads[pos][start:stop],
+                batch.params[pos][start:stop],
+                scalar(weight_decay[pos]),
+                scalar(grad_scale[pos]),
+                slot["device_g"][:n],
+            )
+            slot["device_g"][:n].copy_to_host(slot["host_g"][:n], stream=slot["stream"])
+
+        if work:
+            send_down(0)
+        for k, (pos, start, stop) in enumerate(work):
+            if k + 1 < len(work):
+                send_down(k + 1)  # the next chunk travels while the host works on this one
+            slot = slots[k % 2]
+            n = stop - start
+            slot["stream"].synchronize()
+            table = chunk_table([n], n)
+            state = [List([batch.state[name][pos][start:stop]]) for name in moments]
+            host_update(
+                *table,
+                List([slot["zeros"][:n]]),  # w: its decay is already in the gradient
+                List([slot["host_g"][:n]]),
+                *state,
+                List([slot["host_delta"][:n]]),
+                np.zeros(1, dtype),
+                np.ones(1, dtype),
+                *scalars,
+            )
+            slot["device_delta"][:n].copy_to_device(slot["host_delta"][:n], stream=slot["stream"])
+            apply[self.launch_config_for(slot, n)](
+                batch.params[pos][start:stop], slot["device_delta"][:n], *scalars
+            )
+        for slot in slots:
+            slot["stream"].synchronize()
+
+    def launch_config_for(self, slot, n: int) -> tuple:
+        threads = 32 if config.ENABLE_CUDASIM else 256
+        blocks = min(max(1, (n + threads - 1) // threads), self.launch_config.max_blocks)
+        return (blocks, threads, slot["stream"])
+
+    def _transfer_slots(self, dtype) -> list[dict]:
+        """Two sets of transfer buffers (device gradient, pinned host gradient and delta,
+        device delta), each with its stream: all the device memory offloading uses."""
+        if dtype.name not in self._slots:
+            n = self.offload_chunk
+            self._slots[dtype.name] = [
+                {
+                    "stream": cuda.stream(),
+                    "device_g": cuda.device_array(n, dtype=dtype),
+                    "host_g": cuda.pinned_array(n, dtype=dtype),
+                    "host_delta": cuda.pinned_array(n, dtype=dtype),
+                    "device_delta": cuda.device_array(n, dtype=dtype),
+                    "zeros": np.zeros(n, dtype=dtype),
+                }
+                for _ in range(2)
+            ]
+        return self._slots[dtype.name]
