@@ -72,7 +72,7 @@ def test_console_script_runs():
 
 def test_hand_written_code_is_lint_clean_and_formatted():
     root = build.generated_dir().parent
-    folders = [str(root / f) for f in ("optforge", "compiler", "specs", "tests")]
+    folders = [str(root / f) for f in ("optforge", "compiler", "specs", "tests", "benchmarks")]
     check = subprocess.run(
         [sys.executable, "-m", "ruff", "check", *folders], capture_output=True, text=True, cwd=root
     )
