@@ -29,6 +29,10 @@ f64 = np.float64
 # Contraction only: a*b + c may become one fused multiply-add. No
 # reassociation, so a step gives the same bits whatever the thread count.
 FASTMATH = {"contract"}
+# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# Each chunk is summed by one thread and chunks are added in a fixed order, so the
+# bits still do not change between runs or with the thread count.
+FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)

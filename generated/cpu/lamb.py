@@ -24,9 +24,13 @@ f64 = np.float64
 # Contraction only: a*b + c may become one fused multiply-add. No
 # reassociation, so a step gives the same bits whatever the thread count.
 FASTMATH = {"contract"}
+# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# Each chunk is summed by one thread and chunks are added in a fixed order, so the
+# bits still do not change between runs or with the thread count.
+FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
 def lamb_stage1_f32(
     chunk_tensor,
     chunk_start,
@@ -176,7 +180,7 @@ def lamb_f32(
     lamb_stage2_f32(*chunks, *arrays, weight_decay_per_tensor, u0_per_tensor, *scalars)
 
 
-@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
 def lamb_stage1_f64(
     chunk_tensor,
     chunk_start,
