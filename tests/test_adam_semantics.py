@@ -248,3 +248,21 @@ def test_parameters_are_updated_in_place_and_state_is_exposed(rng):
     assert opt.moment1[0].shape == (3, 4) and opt.vhat[0].shape == (3, 4)
     np.testing.assert_allclose(opt.moment1[0], 0.1, rtol=1e-6)
     assert optforge.Adam is optforge.nn.Adam
+
+
+def test_reused_gradient_arrays_are_read_afresh_each_step(rng):
+    """The step keeps the last gradients' typed list when the same arrays come back;
+    values written into them in place between steps must still be seen."""
+    shapes = [(5,), (3, 4)]
+    a = make_params(rng, np.float32, shapes)
+    b = [optforge.Parameter(p.asnumpy(), p.name) for p in a]
+    reused = [np.zeros(s, np.float32) for s in shapes]
+    opt_reused, opt_fresh = optforge.nn.Adam(a, learning_rate=0.01), optforge.nn.Adam(b, learning_rate=0.01)
+    for _ in range(4):
+        values = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for buffer, v in zip(reused, values):
+            buffer[...] = v
+        opt_reused(tuple(reused))
+        opt_fresh(tuple(v.copy() for v in values))
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p.data, q.data)

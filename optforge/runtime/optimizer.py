@@ -32,6 +32,11 @@ class _Batch:
     chunks: tuple[np.ndarray, np.ndarray, np.ndarray]
     params: List
     state: list[List]
+    # The last step's gradients as a typed list, kept (with the arrays, so their ids stay
+    # theirs) for callers that pass the same gradient arrays every step.
+    grads_seen: tuple = ()
+    grads_list: List | None = None
+    grads_refs: list | None = None
 
 
 class FusedOptimizer:
@@ -122,28 +127,40 @@ class FusedOptimizer:
                 f"For '{cls}', expected {len(self.parameters)} gradients (one per parameter, in "
                 f"'parameters' order), but got {len(gradients)}."
             )
-        for i, (g, p) in enumerate(zip(gradients, self.parameters)):
-            what = f"For '{cls}', gradient {i} (of parameter '{p.name}')"
-            if isinstance(g, RowTensor):
-                if self._SPARSE is None:
-                    raise TypeError(
-                        f"For '{cls}', row-sparse gradients (RowTensor) are not supported, "
-                        f"but gradient {i} (of parameter '{p.name}') is one."
-                    )
-                self._check_row_tensor(g, p, what)
-                continue
-            if not isinstance(g, np.ndarray) and not (p.on_device and _on_device(g)):
-                where = (
-                    "a numpy.ndarray, a device array or a RowTensor"
-                    if p.on_device
-                    else ("a numpy.ndarray or a RowTensor (the parameter is in host memory)")
-                )
-                raise TypeError(f"{what} must be {where}, but got {type(g)}.")
-            if np.dtype(g.dtype) != p.dtype:
-                raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
-            if tuple(g.shape) != p.shape:
-                raise ValueError(f"{what} must have shape {p.shape} like its parameter, but got {g.shape}.")
+        expected = self._expected_gradients()
+        for i, g in enumerate(gradients):
+            # One comparison per gradient in the common case; the details only on failure.
+            if type(g) is not np.ndarray or (g.dtype, g.shape) != expected[i]:
+                self._check_gradient(i, g, cls)
         return list(gradients)
+
+    def _expected_gradients(self) -> list[tuple]:
+        if not hasattr(self, "_expected"):
+            self._expected = [(p.dtype, p.shape) for p in self.parameters]
+        return self._expected
+
+    def _check_gradient(self, i: int, g, cls: str) -> None:
+        p = self.parameters[i]
+        what = f"For '{cls}', gradient {i} (of parameter '{p.name}')"
+        if isinstance(g, RowTensor):
+            if self._SPARSE is None:
+                raise TypeError(
+                    f"For '{cls}', row-sparse gradients (RowTensor) are not supported, "
+                    f"but gradient {i} (of parameter '{p.name}') is one."
+                )
+            self._check_row_tensor(g, p, what)
+            return
+        if not isinstance(g, np.ndarray) and not (p.on_device and _on_device(g)):
+            where = (
+                "a numpy.ndarray, a device array or a RowTensor"
+                if p.on_device
+                else ("a numpy.ndarray or a RowTensor (the parameter is in host memory)")
+            )
+            raise TypeError(f"{what} must be {where}, but got {type(g)}.")
+        if np.dtype(g.dtype) != p.dtype:
+            raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
+        if tuple(g.shape) != p.shape:
+            raise ValueError(f"{what} must have shape {p.shape} like its parameter, but got {g.shape}.")
 
     @staticmethod
     def _check_row_tensor(g: RowTensor, p: Parameter, what: str) -> None:
@@ -181,9 +198,50 @@ class FusedOptimizer:
         branch = self._variant.branches[self._variant.branch(t, lr, *hypers)]
         scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
 
-        flat, sparse = [], []
+        batch_grads = [grads[i] for i in batch.indices]
+        simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
+        seen = tuple(map(id, batch_grads))
+        sparse = []
+        if simple and seen == batch.grads_seen:
+            flat = batch.grads_list  # the same arrays as last step: reuse their typed list
+        elif simple:
+            flat = List([g.reshape(-1) for g in batch_grads])
+            batch.grads_seen, batch.grads_list, batch.grads_refs = seen, flat, batch_grads
+        else:
+            flat = List(
+                self._effective_gradients(
+                    batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
+                )
+            )
+        chunks = batch.chunks
+        if sparse:
+            keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
+            chunks = tuple(a[keep] for a in chunks)
+        if chunks[0].size:
+            kernel = branch.kernels[batch.dtype.name]
+            kernel(*chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
+        for pos, i, rows, values in sparse:
+            w = self.parameters[i].data
+            row_len = w.size // max(w.shape[0], 1)
+            branch.rows[batch.dtype.name](
+                rows,
+                row_len,
+                w.reshape(-1),
+                values.reshape(-1),
+                *(self.state[name][i].reshape(-1) for name in self._variant.state),
+                scalar(0),
+                scalar(1),
+                *scalars,
+            )
+
+    def _effective_gradients(
+        self, batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
+    ):
+        """Flat gradients for a batch with row-sparse or centralized ones; their decay and
+        scale, folded in here, are zeroed/unitised in `weight_decay`/`grad_scale`."""
+        flat = []
         for pos, i in enumerate(batch.indices):
-            g = grads[i]
+            g = batch_grads[pos]
             w = self.parameters[i].data
             if isinstance(g, RowTensor):
                 rows, values = self._effective_rows(g, w, scalar(inv_scale), scalar(weight_decay[pos]))
@@ -200,27 +258,7 @@ class FusedOptimizer:
                 if self._DECAY == "coupled":
                     weight_decay[pos] = 0
             flat.append(g.reshape(-1))
-
-        chunks = batch.chunks
-        if sparse:
-            keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
-            chunks = tuple(a[keep] for a in chunks)
-        if chunks[0].size:
-            kernel = branch.kernels[batch.dtype.name]
-            kernel(*chunks, batch.params, List(flat), *batch.state, weight_decay, grad_scale, *scalars)
-        for pos, i, rows, values in sparse:
-            w = self.parameters[i].data
-            row_len = w.size // max(w.shape[0], 1)
-            branch.rows[batch.dtype.name](
-                rows,
-                row_len,
-                w.reshape(-1),
-                values.reshape(-1),
-                *(self.state[name][i].reshape(-1) for name in self._variant.state),
-                scalar(0),
-                scalar(1),
-                *scalars,
-            )
+        return flat
 
     def _effective_rows(self, g: RowTensor, w: np.ndarray, inv_scale, wd):
         """Unique rows and their summed effective gradient.
