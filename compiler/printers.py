@@ -114,6 +114,14 @@ class HostPrinter(PythonCodePrinter):
     def _print_Half(self, expr):
         return self._print_Rational(expr)
 
+    def _print_Product(self, expr):
+        # A product over the steps so far (NAdam's mu_1 * ... * mu_t), evaluated on the host.
+        term, (index, first, last) = expr.args
+        return (
+            f"math.prod({self._print(term)} for {self._print(index)} in "
+            f"range({self._print(first)}, {self._print(last)} + 1))"
+        )
+
     def parenthesize(self, item, level, strict=False):
         if self.float32 and isinstance(item, sp.Number):
             return self._print(item)

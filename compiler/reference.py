@@ -43,6 +43,8 @@ def reference_step(
 
 def _evaluate(rules, env, updated) -> None:
     for rule in rules:
+        if rule.expr.has(sp.Product):  # a product over the steps so far: evaluate it at this t
+            rule = type(rule)(rule.target, rule.expr.subs(S.t, int(env["t"])).doit())
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)
         function = sp.lambdify(symbols, rule.expr, modules=[{"norm": _l2_norm}, "numpy"])
         value = np.asarray(function(*(env[s.name] for s in symbols)), dtype=np.float64)

@@ -105,7 +105,7 @@ class State:
     """A per-element tensor kept between steps, shaped like its parameter."""
 
     symbol: sp.Symbol
-    init: object  # a number, or a hyperparameter's symbol
+    init: object  # a number, a hyperparameter's symbol, or lr (the group's initial learning rate)
     name: str  # the public name (MindSpore's attribute, e.g. "moment1")
     doc: str
     when: sp.Symbol | None = None  # a flag: the state exists only when it is set
@@ -237,8 +237,11 @@ def check_spec(spec: Spec) -> None:
     for s in spec.state:
         if s.when is not None and s.when not in flag_syms:
             fail(f"state '{s.name}'", f"'when' must be a flag, got {s.when}")
-        if not (isinstance(s.init, (int, float)) or s.init in hyper_syms):
-            fail(f"state '{s.name}'", f"initial value must be a number or a hyperparameter, got {s.init!r}")
+        if not (isinstance(s.init, (int, float)) or s.init in hyper_syms or s.init == lr):
+            fail(
+                f"state '{s.name}'",
+                f"initial value must be a number, a hyperparameter or lr, got {s.init!r}",
+            )
 
     for i, rule in enumerate(spec.rules, 1):
         where = f"rule {i} ({rule})"

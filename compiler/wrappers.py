@@ -134,10 +134,15 @@ def class_context(spec: Spec, export: Export) -> dict:
 
 def _state_init_source(spec: Spec) -> str:
     """The dict display of each state's initial value: a number or a hyperparameter."""
-    values = {
-        s.name: repr(float(s.init)) if isinstance(s.init, (int, float)) else f'self.hypers["{s.init.name}"]'
-        for s in spec.state
-    }
+
+    def source(init) -> str:
+        if isinstance(init, (int, float)):
+            return repr(float(init))
+        if init.name == "lr":
+            return '"lr"'  # resolved per parameter: its group's initial learning rate
+        return f'self.hypers["{init.name}"]'
+
+    values = {s.name: source(s.init) for s in spec.state}
     return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
 
 
@@ -204,6 +209,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
     pairs = [a.name for a in arguments if a.types == "tuple of two floats"]
+    flag_names = [f.name for f in spec.flags]
+    bools = [a.name for a in arguments if a.name in flag_names]
+    variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
     return {
         "source": spec.where,
         "spec": spec,
@@ -216,7 +224,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
-        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments) + "}",
+        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools) + "}",  # noqa: E501
+        "bools": bools,
+        "variant_key": variant_key,
         "raises": raises,
     }
 

@@ -3,7 +3,7 @@
 
 import math  # noqa: F401
 
-from optforge.runtime.checks import Interval, check_hyper  # noqa: F401
+from optforge.runtime.checks import Interval, check_hyper, check_type  # noqa: F401
 from optforge.runtime.optim_optimizer import (
     OptimOptimizer,
     check_positive_lr,

@@ -115,6 +115,9 @@ class NNOptimizer(FusedOptimizer):
         self.global_step = k + 1
         return True
 
+    def _initial_lr(self, group: int) -> float:
+        return self.groups[group].lr.at(0, type(self).__name__)
+
     def get_lr(self) -> float | list[float]:
         """The learning rate(s) the next step will use."""
         lrs = [group.lr.at(self.global_step, type(self).__name__) for group in self.groups]

@@ -66,6 +66,9 @@ class OptimOptimizer(FusedOptimizer):
     def _finish_init(self, variant_key: tuple, state_init: dict[str, float]):
         self._allocate(variant_key, state_init, use_locking=False, n_groups=len(self.param_groups))
 
+    def _initial_lr(self, group: int) -> float:
+        return float(self.param_groups[group]["lr"])
+
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 

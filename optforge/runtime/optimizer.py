@@ -72,9 +72,14 @@ class FusedOptimizer:
         self._variant = variant
         self._lock = threading.Lock() if use_locking else None
         on_device = [p.on_device and not self._OFFLOAD for p in self.parameters]
+
+        def initial(name: str, i: int) -> float:
+            value = state_init[name]
+            return self._initial_lr(self._group_of[i]) if value == "lr" else value
+
+        placed = list(enumerate(zip(self.parameters, on_device)))
         self.state = {
-            name: tuple(_filled(p, state_init[name], dev) for p, dev in zip(self.parameters, on_device))
-            for name in variant.state
+            name: tuple(_filled(p, initial(name, i), dev) for i, (p, dev) in placed) for name in variant.state
         }
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
@@ -102,6 +107,10 @@ class FusedOptimizer:
                         state=[List([self.state[n][i].reshape(-1) for i in members]) for n in variant.state],
                     )
                 )
+
+    def _initial_lr(self, group: int) -> float:
+        """A group's learning rate before the first step (for state that starts at lr)."""
+        raise NotImplementedError
 
     def __call__(self, gradients) -> bool:
         if self._lock is None:
