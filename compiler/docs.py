@@ -135,7 +135,7 @@ def page(spec: S.Spec, export) -> str:
     arguments = []
     for a in context["arguments"]:
         domain = domains.get(a.name, "")
-        if a.types == "tuple of two floats":
+        if a.types.startswith("tuple of "):
             members = next(e[1] for e in export.signature if not isinstance(e, str) and e[0] == a.name)
             described = list(dict.fromkeys(domains[m] for m in members if m in domains))
             domain = "each " + "; ".join(described) if described else ""

@@ -125,6 +125,19 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Constraint:
+    """A condition on several arguments (hyperparameters and flags) the constructor checks.
+
+    `condition` is a SymPy boolean that must hold; `error` names the exception raised
+    (e.g. "ValueError") with `message` when it does not.
+    """
+
+    condition: object
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Export:
     """A class generated from the spec in one dialect, with its signature.
 
@@ -157,6 +170,7 @@ class Spec:
     # notes on where we follow MindSpore's code rather than its documentation.
     latex: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    constraints: tuple[Constraint, ...] = ()
     # How the dialect's weight decay enters: "coupled" (added to the gradient by
     # a rule g*grad_scale + weight_decay*w) or "decoupled" (used by the rules
     # directly). Grad centralization needs to know which.
@@ -172,7 +186,7 @@ class Spec:
     host_dtype: str = "float64"
 
     def __post_init__(self):
-        for name in ("hypers", "flags", "state", "rules", "exports", "references", "notes"):
+        for name in ("hypers", "flags", "state", "rules", "exports", "references", "notes", "constraints"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_spec(self)
 
@@ -261,8 +275,14 @@ def check_spec(spec: Spec) -> None:
         fail("sparse", f"must be None, 'rows' or 'dense', got {spec.sparse!r}")
     if spec.host_dtype not in ("float32", "float64"):
         fail("host_dtype", f"must be 'float32' or 'float64', got {spec.host_dtype!r}")
+    for c in spec.constraints:
+        unknown = sorted(str(s) for s in sp.sympify(c.condition).free_symbols - hyper_syms - flag_syms)
+        if unknown:
+            fail(f"constraint {c.condition}", f"names {unknown}, which are not hyperparameters or flags")
+    plain = {f.symbol: sp.false for f in spec.flags}
     if spec.decay == "coupled" and not any(
-        sp.expand(r.expr - (g * grad_scale + weight_decay * w)) == 0 for r in spec.rules
+        sp.expand(sp.sympify(r.expr).subs(plain) - (g * grad_scale + weight_decay * w)) == 0
+        for r in spec.rules
     ):
         fail("decay", "'coupled' needs a rule `g*grad_scale + weight_decay*w` (the effective gradient)")
 

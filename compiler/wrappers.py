@@ -113,7 +113,9 @@ def class_context(spec: Spec, export: Export) -> dict:
             raises.append(("ValueError", f"`{h.name}` is not {domains[h.name].describe()}."))
     bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags]
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
+    raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     return {
+        "constraints": constraint_checks(spec, export.class_name),
         "hyper_names": repr(tuple(h.name for h in hypers)),
         "sparse": repr(spec.sparse),
         "variant_key": _tuple_source([f.name for f in spec.flags]),
@@ -190,7 +192,8 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             hypers = [spec.hyper(m) for m in members]
             value = tuple(h.default for h in hypers)
             doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
-            arguments.append(Argument(name, repr(value), "tuple of two floats", doc[0].upper() + doc[1:]))
+            kind = f"tuple of {len(hypers)} floats"
+            arguments.append(Argument(name, repr(value), kind, doc[0].upper() + doc[1:]))
             for index, h in enumerate(hypers):
                 label = f"{name}[{index}]"
                 hyper_keys[h.name] = (name, index)
@@ -208,17 +211,24 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{name}` is not {_type_words(h.types)}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
-    pairs = [a.name for a in arguments if a.types == "tuple of two floats"]
+    pairs = [(a.name, int(a.types.split()[2])) for a in arguments if a.types.startswith("tuple of ")]
+    unpack_lines = [
+        ", ".join(f"{name}_{i}" for i in range(count))
+        + f' = unpack_pair("{export.class_name}", "{name}", {name}, {count})'
+        for name, count in pairs
+    ]
     flag_names = [f.name for f in spec.flags]
     bools = [a.name for a in arguments if a.name in flag_names]
     variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
+    raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     return {
+        "constraints": constraint_checks(spec, export.class_name),
         "source": spec.where,
         "spec": spec,
         "cls": export.class_name,
         "arguments": arguments,
         "checks": checks,
-        "pairs": pairs,
+        "unpack_lines": unpack_lines,
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         "sparse": repr(spec.sparse),
@@ -232,6 +242,14 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
 
 
 CONTEXTS = {"nn": class_context, "optim": optim_class_context}
+
+
+def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:
+    """(Python condition, exception, message) for each of the spec's constraints."""
+    from optforge.compiler.printers import HostPrinter
+
+    printer = HostPrinter()
+    return [(printer.doprint(c.condition), c.error, f"For '{cls}', {c.message}") for c in spec.constraints]
 
 
 def render_class_module(spec: Spec, export: Export) -> str:

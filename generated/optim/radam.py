@@ -27,7 +27,7 @@ class RAdam(OptimOptimizer):
         The learning rate (> 0). Each step reads param_groups[i]['lr'], so a
         scheduler from optforge.optim.lr_scheduler (or you) may change it
         between steps.
-    betas : tuple of two floats, default (0.9, 0.999)
+    betas : tuple of 2 floats, default (0.9, 0.999)
         Decay rate of the running mean of gradients and decay rate of the
         running mean of squared gradients.
     eps : float or int, default 1e-08
@@ -93,7 +93,7 @@ class RAdam(OptimOptimizer):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("RAdam", lr)
         check_weight_decay("RAdam", weight_decay)
-        betas_0, betas_1 = unpack_pair("RAdam", "betas", betas)
+        betas_0, betas_1 = unpack_pair("RAdam", "betas", betas, 2)
         check_hyper(
             "RAdam",
             "betas[0]",

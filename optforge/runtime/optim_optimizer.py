@@ -60,7 +60,8 @@ class OptimOptimizer(FusedOptimizer):
             raise ValueError(f"For '{cls}', some parameters appear in more than one parameter group.")
         group = {**self.defaults, **group, "params": params}
         group["lr"] = _check_group_lr(group["lr"], cls)
-        group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
+        if "weight_decay" in group:
+            group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
         self.param_groups.append(group)
 
     def _finish_init(self, variant_key: tuple, state_init: dict[str, float]):
@@ -86,7 +87,7 @@ class OptimOptimizer(FusedOptimizer):
                 grads,
                 t=t,
                 lr=lrs[batch.group],
-                wd=float(group["weight_decay"]),
+                wd=float(group.get("weight_decay", 0.0)),
                 decays=[True] * len(batch.indices),
                 gc=[False] * len(batch.indices),
                 hypers=hypers[batch.group],
@@ -164,14 +165,19 @@ def check_weight_decay(cls: str, weight_decay) -> None:
         raise ValueError(f"For '{cls}', the 'weight_decay' must be a legal value, but got '{weight_decay}'.")
 
 
-def unpack_pair(cls: str, name: str, value) -> tuple:
-    """`betas=(b1, b2)`: a sequence of two; MindSpore raises IndexError for one element."""
+def unpack_pair(cls: str, name: str, value, count: int = 2) -> tuple:
+    """`betas=(b1, b2)`: a sequence of `count`; too few is an IndexError, as in MindSpore."""
+    words = {2: "two", 3: "three"}.get(count, str(count))
     if not isinstance(value, (tuple, list)):
         raise TypeError(
-            f"For '{cls}', the '{name}' must be a tuple or list of two floats, but got {type(value)}."
+            f"For '{cls}', the '{name}' must be a tuple or list of {words} floats, but got {type(value)}."
         )
-    if len(value) < 2:
-        raise IndexError(f"For '{cls}', the '{name}' must hold two values, but got {len(value)}: {value!r}.")
-    if len(value) > 2:
-        raise ValueError(f"For '{cls}', the '{name}' must hold two values, but got {len(value)}: {value!r}.")
+    if len(value) < count:
+        raise IndexError(
+            f"For '{cls}', the '{name}' must hold {words} values, but got {len(value)}: {value!r}."
+        )
+    if len(value) > count:
+        raise ValueError(
+            f"For '{cls}', the '{name}' must hold {words} values, but got {len(value)}: {value!r}."
+        )
     return tuple(value)
