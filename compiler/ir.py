@@ -10,6 +10,7 @@ the IR; they make no decisions about the math.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -98,13 +99,13 @@ class Kernel:
         return "__".join(name for name, value in self.variant if value)
 
 
-_OPERATORS = {">": "gt", "<": "lt", ">=": "ge", "<=": "le", "==": "eq", "!=": "ne"}
+_OPERATORS = {">=": "ge", "<=": "le", "==": "eq", "!=": "ne", ">": "gt", "<": "lt", "&": "and", "|": "or"}
 
 
 def condition_name(condition: sp.Expr, value: bool) -> str:
     """A Python identifier for `condition` being `value`, e.g. 'rho_t_gt_5' / 'not_rho_t_gt_5'."""
-    text = str(condition)
-    for op in sorted(_OPERATORS, key=len, reverse=True):
-        text = text.replace(f" {op} ", f"_{_OPERATORS[op]}_")
-    text = "".join(ch if ch.isalnum() else "_" for ch in text).strip("_")
+    text = re.sub(r"Eq\(([^,]+), ([^)]+)\)", r"\1 == \2", str(condition))
+    for op, word in _OPERATORS.items():
+        text = text.replace(f" {op} ", f" {word} ")
+    text = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_")
     return text if value else f"not_{text}"

@@ -197,10 +197,17 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             for index, h in enumerate(hypers):
                 label = f"{name}[{index}]"
                 hyper_keys[h.name] = (name, index)
-                checks.append((label, f"{name}_{index}", h.types, repr(domains.get(h.name))))
+                checks.append((label, h.name, h.types, repr(domains.get(h.name))))
                 raises.append(("TypeError", f"`{label}` is not {_type_words(h.types)}."))
                 if h.name in domains:
                     raises.append(("ValueError", f"`{label}` is not {domains[h.name].describe()}."))
+            continue
+        flag = next((f for f in spec.flags if f.name == name), None)
+        if flag is not None:
+            arguments.append(
+                Argument(name, repr(flag.default if default is None else default), "bool", flag.doc)
+            )
+            raises.append(("TypeError", f"`{name}` is not a bool."))
             continue
         h = spec.hyper(name)
         arguments.append(
@@ -211,11 +218,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{name}` is not {_type_words(h.types)}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
-    pairs = [(a.name, int(a.types.split()[2])) for a in arguments if a.types.startswith("tuple of ")]
+    packed = {e[0]: e[1] for e in export.signature if not isinstance(e, str) and isinstance(e[1], tuple)}
     unpack_lines = [
-        ", ".join(f"{name}_{i}" for i in range(count))
-        + f' = unpack_pair("{export.class_name}", "{name}", {name}, {count})'
-        for name, count in pairs
+        ", ".join(members) + f' = unpack_pair("{export.class_name}", "{name}", {name}, {len(members)})'
+        for name, members in packed.items()
     ]
     flag_names = [f.name for f in spec.flags]
     bools = [a.name for a in arguments if a.name in flag_names]
@@ -229,6 +235,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "arguments": arguments,
         "checks": checks,
         "unpack_lines": unpack_lines,
+        "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools),
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         "sparse": repr(spec.sparse),

@@ -4,4 +4,26 @@ The compiler (`optforge build`) turns every module listed in `ALL` into
 kernels, classes and documentation; nothing here is imported at run time.
 """
 
-ALL = ("adam", "adam_offload", "lamb", "proximal_adagrad", "radam")
+ALL = (
+    # the seed optimizers (MindSpore)
+    "adam",
+    "adam_offload",
+    "lamb",
+    "proximal_adagrad",
+    "radam",
+    # the PyTorch-like dialect (torch.optim's semantics)
+    "adam_torch",
+    "adamw",
+    "adamax",
+    "adagrad",
+    "adadelta",
+    "rmsprop",
+    "sgd",
+    "nadam",
+    "rprop",
+    "asgd",
+    # beyond both
+    "lion",
+    "adabelief",
+    "adan",
+)

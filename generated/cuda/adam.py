@@ -89,7 +89,7 @@ def adam_f32(
     s1,
     s2,
 ):
-    """Launch adam_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -164,7 +164,7 @@ def adam_f64(
     s1,
     s2,
 ):
-    """Launch adam_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -245,7 +245,7 @@ def adam_use_amsgrad_f32(
     s1,
     s2,
 ):
-    """Launch adam_use_amsgrad_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_amsgrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -327,7 +327,7 @@ def adam_use_amsgrad_f64(
     s1,
     s2,
 ):
-    """Launch adam_use_amsgrad_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_amsgrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -405,7 +405,7 @@ def adam_use_nesterov_f32(
     s1,
     s2,
 ):
-    """Launch adam_use_nesterov_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_nesterov_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -483,7 +483,7 @@ def adam_use_nesterov_f64(
     s1,
     s2,
 ):
-    """Launch adam_use_nesterov_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_nesterov_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -565,7 +565,7 @@ def adam_use_nesterov__use_amsgrad_f32(
     s1,
     s2,
 ):
-    """Launch adam_use_nesterov__use_amsgrad_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_nesterov__use_amsgrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -647,7 +647,7 @@ def adam_use_nesterov__use_amsgrad_f64(
     s1,
     s2,
 ):
-    """Launch adam_use_nesterov__use_amsgrad_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     adam_use_nesterov__use_amsgrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,

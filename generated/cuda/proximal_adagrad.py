@@ -78,7 +78,7 @@ def proximal_adagrad_l1_gt_0_f32(
     lr,
     s0,
 ):
-    """Launch proximal_adagrad_l1_gt_0_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     proximal_adagrad_l1_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -144,7 +144,7 @@ def proximal_adagrad_l1_gt_0_rows_f32(
     lr,
     s0,
 ):
-    """Launch proximal_adagrad_l1_gt_0_rows_f32_kernel: blocks stride over the named rows."""
+    """Launch the kernel above: blocks stride over the named rows."""
     proximal_adagrad_l1_gt_0_rows_f32_kernel[launch.grid(rows.shape[0], THREADS)](
         rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr, s0
     )
@@ -205,7 +205,7 @@ def proximal_adagrad_l1_gt_0_f64(
     lr,
     s0,
 ):
-    """Launch proximal_adagrad_l1_gt_0_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     proximal_adagrad_l1_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -271,7 +271,7 @@ def proximal_adagrad_l1_gt_0_rows_f64(
     lr,
     s0,
 ):
-    """Launch proximal_adagrad_l1_gt_0_rows_f64_kernel: blocks stride over the named rows."""
+    """Launch the kernel above: blocks stride over the named rows."""
     proximal_adagrad_l1_gt_0_rows_f64_kernel[launch.grid(rows.shape[0], THREADS)](
         rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr, s0
     )
@@ -326,7 +326,7 @@ def proximal_adagrad_not_l1_gt_0_f32(
     l2,
     lr,
 ):
-    """Launch proximal_adagrad_not_l1_gt_0_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     proximal_adagrad_not_l1_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -385,7 +385,7 @@ def proximal_adagrad_not_l1_gt_0_rows_f32(
     l2,
     lr,
 ):
-    """Launch proximal_adagrad_not_l1_gt_0_rows_f32_kernel: blocks stride over the named rows."""
+    """Launch the kernel above: blocks stride over the named rows."""
     proximal_adagrad_not_l1_gt_0_rows_f32_kernel[launch.grid(rows.shape[0], THREADS)](
         rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr
     )
@@ -440,7 +440,7 @@ def proximal_adagrad_not_l1_gt_0_f64(
     l2,
     lr,
 ):
-    """Launch proximal_adagrad_not_l1_gt_0_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     proximal_adagrad_not_l1_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -499,7 +499,7 @@ def proximal_adagrad_not_l1_gt_0_rows_f64(
     l2,
     lr,
 ):
-    """Launch proximal_adagrad_not_l1_gt_0_rows_f64_kernel: blocks stride over the named rows."""
+    """Launch the kernel above: blocks stride over the named rows."""
     proximal_adagrad_not_l1_gt_0_rows_f64_kernel[launch.grid(rows.shape[0], THREADS)](
         rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr
     )

@@ -87,7 +87,7 @@ def radam_rho_t_gt_5_f32(
     s2,
     s3,
 ):
-    """Launch radam_rho_t_gt_5_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     radam_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -172,7 +172,7 @@ def radam_rho_t_gt_5_f64(
     s2,
     s3,
 ):
-    """Launch radam_rho_t_gt_5_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     radam_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -255,7 +255,7 @@ def radam_not_rho_t_gt_5_f32(
     s2,
     s3,
 ):
-    """Launch radam_not_rho_t_gt_5_f32_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     radam_not_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,
@@ -337,7 +337,7 @@ def radam_not_rho_t_gt_5_f64(
     s2,
     s3,
 ):
-    """Launch radam_not_rho_t_gt_5_f64_kernel on `launch`'s grid and stream."""
+    """Launch the kernel above on `launch`'s grid and stream."""
     radam_not_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
         chunk_slot,
         chunk_start,

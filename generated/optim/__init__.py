@@ -2,5 +2,33 @@
 """The generated classes of the optim dialect."""
 
 from optforge.generated.optim.radam import RAdam
+from optforge.generated.optim.adam_torch import Adam
+from optforge.generated.optim.adamw import AdamW
+from optforge.generated.optim.adamax import Adamax
+from optforge.generated.optim.adagrad import Adagrad
+from optforge.generated.optim.adadelta import Adadelta
+from optforge.generated.optim.rmsprop import RMSprop
+from optforge.generated.optim.sgd import SGD
+from optforge.generated.optim.nadam import NAdam
+from optforge.generated.optim.rprop import Rprop
+from optforge.generated.optim.asgd import ASGD
+from optforge.generated.optim.lion import Lion
+from optforge.generated.optim.adabelief import AdaBelief
+from optforge.generated.optim.adan import Adan
 
-__all__ = ["RAdam"]
+__all__ = [
+    "RAdam",
+    "Adam",
+    "AdamW",
+    "Adamax",
+    "Adagrad",
+    "Adadelta",
+    "RMSprop",
+    "SGD",
+    "NAdam",
+    "Rprop",
+    "ASGD",
+    "Lion",
+    "AdaBelief",
+    "Adan",
+]

@@ -4,7 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval, check_hyper, check_type  # noqa: F401
-from optforge.runtime.optim_optimizer import (
+from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
@@ -93,18 +93,18 @@ class RAdam(OptimOptimizer):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("RAdam", lr)
         check_weight_decay("RAdam", weight_decay)
-        betas_0, betas_1 = unpack_pair("RAdam", "betas", betas, 2)
+        beta1, beta2 = unpack_pair("RAdam", "betas", betas, 2)
         check_hyper(
             "RAdam",
             "betas[0]",
-            betas_0,
+            beta1,
             ("float", "numpy.floating"),
             Interval(0.0, 1.0, left_open=False, right_open=True),
         )
         check_hyper(
             "RAdam",
             "betas[1]",
-            betas_1,
+            beta2,
             ("float", "numpy.floating"),
             Interval(0.0, 1.0, left_open=False, right_open=True),
         )

@@ -1,0 +1,54 @@
+"""Adagrad (Duchi, Hazan & Singer, 2011) as torch.optim.Adagrad computes it."""
+
+import sympy as sp
+
+from optforge.compiler.spec import (
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    g,
+    grad_scale,
+    lr,
+    t,
+    w,
+    weight_decay,
+)
+
+lr_decay, init, eps = sp.symbols("lr_decay initial_accumulator_value eps")
+maximize = sp.Symbol("maximize")
+acc, g_eff = sp.symbols("acc g_eff")
+
+SPEC = Spec(
+    name="adagrad",
+    title="Adagrad",
+    source=__file__,
+    summary="Per-element steps scaled by the root of the sum of squared gradients.",
+    references=(
+        "John Duchi, Elad Hazan, Yoram Singer. Adaptive Subgradient Methods for Online Learning and "
+        "Stochastic Optimization. JMLR 12, 2011. https://jmlr.org/papers/v12/duchi11a.html",
+    ),
+    hypers=[
+        Hyper(lr_decay, ("float", "int"), 0.0, "Learning rate decay: lr / (1 + (t - 1) * lr_decay)."),
+        Hyper(init, ("float", "int"), 0.0, "Initial value of the accumulator."),
+        Hyper(eps, ("float", "int"), 1e-10, "Added to the denominator for numerical stability."),
+    ],
+    domains={lr_decay: sp.Interval(0, sp.oo), init: sp.Interval(0, sp.oo), eps: sp.Interval(0, sp.oo)},
+    flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
+    state=[State(acc, init, "sum", "Sum of squared gradients.")],
+    rules=[
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        Rule(acc, acc + g_eff**2),
+        Rule(w, w - lr / (1 + (t - 1) * lr_decay) * g_eff / (sp.sqrt(acc) + eps)),
+    ],
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", init: r"a_0", acc: "a"},
+    exports=[
+        Export(
+            "optim",
+            "Adagrad",
+            (("lr", 1e-2), "lr_decay", ("weight_decay", 0.0), "initial_accumulator_value", "eps", "maximize"),
+        )
+    ],
+)

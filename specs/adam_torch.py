@@ -1,0 +1,83 @@
+"""Adam as torch.optim.Adam (and mindspore.experimental.optim.Adam) computes it.
+
+Unlike MindSpore's nn.Adam (specs/adam.py), eps is added to the bias-corrected
+sqrt(v_hat): w -= lr/(1 - beta1^t) * m / (sqrt(v)/sqrt(1 - beta2^t) + eps).
+"""
+
+import sympy as sp
+
+from optforge.compiler.spec import (
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    g,
+    grad_scale,
+    lr,
+    t,
+    w,
+    weight_decay,
+)
+
+beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
+amsgrad, maximize = sp.symbols("amsgrad maximize")
+m, v, vmax, g_eff = sp.symbols("m v v_max g_eff")
+
+SPEC = Spec(
+    name="adam_torch",
+    title="Adam",
+    source=__file__,
+    summary="Adam with PyTorch's arithmetic: eps added to the bias-corrected square root.",
+    references=(
+        "Diederik P. Kingma, Jimmy Ba. Adam: A Method for Stochastic Optimization. ICLR 2015. "
+        "https://arxiv.org/abs/1412.6980",
+    ),
+    hypers=[
+        Hyper(beta1, ("float", "numpy.floating"), 0.9, "Decay rate of the running mean of gradients."),
+        Hyper(
+            beta2, ("float", "numpy.floating"), 0.999, "Decay rate of the running mean of squared gradients."
+        ),
+        Hyper(eps, ("float", "int"), 1e-8, "Added to the denominator for numerical stability."),
+    ],
+    domains={beta1: sp.Interval.Ropen(0, 1), beta2: sp.Interval.Ropen(0, 1), eps: sp.Interval.open(0, sp.oo)},
+    flags=[
+        Flag(amsgrad, "Divide by the running maximum of the second moment (AMSGrad)."),
+        Flag(maximize, "Maximize the objective: step along the gradient."),
+    ],
+    state=[
+        State(m, 0, "exp_avg", "First moment (running mean of gradients)."),
+        State(v, 0, "exp_avg_sq", "Second moment (running mean of squared gradients)."),
+        State(vmax, 0, "max_exp_avg_sq", "Running maximum of the second moment.", when=amsgrad),
+    ],
+    rules=[
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        Rule(m, m + (g_eff - m) * (1 - beta1)),
+        Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+        Rule(vmax, sp.Max(vmax, v), when=amsgrad),
+        Rule(
+            w,
+            w
+            - lr
+            / (1 - beta1**t)
+            * m
+            / (sp.sqrt(sp.Piecewise((vmax, amsgrad), (v, True))) / sp.sqrt(1 - beta2**t) + eps),
+        ),
+    ],
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}"},
+    exports=[
+        Export(
+            "optim",
+            "Adam",
+            (
+                ("lr", 1e-3),
+                ("betas", ("beta1", "beta2")),
+                "eps",
+                ("weight_decay", 0.0),
+                "amsgrad",
+                "maximize",
+            ),
+        )
+    ],
+)

@@ -1,0 +1,52 @@
+"""RMSprop (Hinton, 2012) as torch.optim.RMSprop computes it, plain or centered, with momentum."""
+
+import sympy as sp
+
+from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+
+alpha, eps, momentum = sp.symbols("alpha eps momentum")
+centered, maximize = sp.symbols("centered maximize")
+sq, g_avg, buf, g_eff, denom = sp.symbols("sq g_avg buf g_eff denom")
+
+SPEC = Spec(
+    name="rmsprop",
+    title="RMSprop",
+    source=__file__,
+    summary="Steps scaled by the root of a running average of squared gradients.",
+    references=(
+        "Geoffrey Hinton. Neural Networks for Machine Learning, lecture 6e. 2012. "
+        "https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf",
+    ),
+    hypers=[
+        Hyper(alpha, ("float", "int"), 0.99, "Decay rate of the running average of squared gradients."),
+        Hyper(eps, ("float", "int"), 1e-8, "Added to the denominator for numerical stability."),
+        Hyper(momentum, ("float", "int"), 0.0, "Momentum factor; 0 for none."),
+    ],
+    domains={alpha: sp.Interval(0, sp.oo), eps: sp.Interval(0, sp.oo), momentum: sp.Interval(0, sp.oo)},
+    flags=[
+        Flag(centered, "Normalize by an estimate of the gradient's variance instead of its second moment."),
+        Flag(maximize, "Maximize the objective: step along the gradient."),
+    ],
+    state=[
+        State(sq, 0, "square_avg", "Running average of squared gradients."),
+        State(g_avg, 0, "grad_avg", "Running average of gradients.", when=centered),
+        State(buf, 0, "momentum_buffer", "Momentum buffer (unused when momentum is 0)."),
+    ],
+    rules=[
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        Rule(sq, alpha * sq + (1 - alpha) * g_eff**2),
+        Rule(g_avg, g_avg + (g_eff - g_avg) * (1 - alpha), when=centered),
+        Rule(denom, sp.sqrt(sp.Piecewise((sq - g_avg**2, centered), (sq, True))) + eps),
+        # momentum > 0 is known per step: the host picks the kernel.
+        Rule(buf, sp.Piecewise((momentum * buf + g_eff / denom, momentum > 0), (buf, True))),
+        Rule(w, sp.Piecewise((w - lr * buf, momentum > 0), (w - lr * g_eff / denom, True))),
+    ],
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", g_avg: r"\bar{g}", buf: "b", denom: "d"},
+    exports=[
+        Export(
+            "optim",
+            "RMSprop",
+            (("lr", 1e-2), "alpha", "eps", ("weight_decay", 0.0), "momentum", "centered", "maximize"),
+        )
+    ],
+)

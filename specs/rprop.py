@@ -1,0 +1,71 @@
+"""Rprop (Riedmiller & Braun, 1993) as torch.optim.Rprop computes it.
+
+Each element keeps its own step size, grown by etaplus while the gradient keeps its sign
+and shrunk by etaminus when it flips (and that step is skipped). These are per-element
+conditions, so they stay in the loop as conditional expressions.
+"""
+
+import sympy as sp
+
+from optforge.compiler.spec import Constraint, Export, Flag, Hyper, Rule, Spec, State, g, lr, w
+
+etaminus, etaplus, step_min, step_max = sp.symbols("etaminus etaplus step_size_min step_size_max")
+maximize = sp.Symbol("maximize")
+prev, step_size, g_eff, agreement, g_kept = sp.symbols("prev step_size g_eff agreement g_kept")
+
+SPEC = Spec(
+    name="rprop",
+    title="Rprop",
+    source=__file__,
+    summary="Resilient backpropagation: per-element step sizes driven by the sign of the gradient.",
+    references=(
+        "Martin Riedmiller, Heinrich Braun. A direct adaptive method for faster backpropagation "
+        "learning: the RPROP algorithm. IEEE ICNN 1993. https://doi.org/10.1109/ICNN.1993.298623",
+    ),
+    hypers=[
+        Hyper(etaminus, ("float", "int"), 0.5, "Factor the step size shrinks by when the sign flips."),
+        Hyper(etaplus, ("float", "int"), 1.2, "Factor the step size grows by while the sign holds."),
+        Hyper(step_min, ("float", "int"), 1e-6, "Smallest step size."),
+        Hyper(step_max, ("float", "int"), 50.0, "Largest step size."),
+    ],
+    domains={etaminus: sp.Interval.open(0, 1), etaplus: sp.Interval.open(1, sp.oo)},
+    flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
+    state=[
+        State(prev, 0, "prev", "The previous step's gradient (0 where that step was skipped)."),
+        State(step_size, lr, "step_size", "Per-element step size; starts at the learning rate."),
+    ],
+    rules=[
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True))),
+        Rule(agreement, g_eff * prev),
+        Rule(
+            step_size,
+            sp.Min(
+                sp.Max(
+                    step_size * sp.Piecewise((etaplus, agreement > 0), (etaminus, agreement < 0), (1, True)),
+                    step_min,
+                ),
+                step_max,
+            ),
+        ),
+        Rule(g_kept, sp.Piecewise((0, agreement < 0), (g_eff, True))),
+        Rule(w, w - sp.sign(g_kept) * step_size),
+        Rule(prev, g_kept),
+    ],
+    decay="decoupled",
+    constraints=[
+        Constraint(step_min <= step_max, "ValueError", "step_sizes[0] must not exceed step_sizes[1].")
+    ],
+    latex={etaminus: r"\eta^-", etaplus: r"\eta^+", step_size: r"\Delta", g_eff: r"\tilde{g}", g_kept: r"g'"},
+    exports=[
+        Export(
+            "optim",
+            "Rprop",
+            (
+                ("lr", 1e-2),
+                ("etas", ("etaminus", "etaplus")),
+                ("step_sizes", ("step_size_min", "step_size_max")),
+                "maximize",
+            ),
+        )
+    ],
+)

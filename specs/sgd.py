@@ -1,0 +1,81 @@
+"""SGD with momentum, dampening and Nesterov, as torch.optim.SGD computes it.
+
+The momentum buffer starts as the first gradient itself (no dampening at the first step);
+`t == 1` is known on the host, so it selects the kernel, not a per-element branch.
+"""
+
+import sympy as sp
+
+from optforge.compiler.spec import (
+    Constraint,
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    g,
+    grad_scale,
+    lr,
+    t,
+    w,
+    weight_decay,
+)
+
+momentum, dampening = sp.symbols("momentum dampening")
+nesterov, maximize = sp.symbols("nesterov maximize")
+buf, g_eff, direction = sp.symbols("buf g_eff d")
+
+SPEC = Spec(
+    name="sgd",
+    title="SGD",
+    source=__file__,
+    summary="Stochastic gradient descent with optional (Nesterov) momentum.",
+    references=(
+        "Ilya Sutskever, James Martens, George Dahl, Geoffrey Hinton. On the importance of "
+        "initialization and momentum in deep learning. ICML 2013. https://proceedings.mlr.press/v28/sutskever13.html",
+    ),
+    hypers=[
+        Hyper(momentum, ("float", "int"), 0.0, "Momentum factor; 0 for plain SGD."),
+        Hyper(dampening, ("float", "int"), 0.0, "Dampening of the gradient in the momentum buffer."),
+    ],
+    domains={momentum: sp.Interval(0, sp.oo)},
+    flags=[
+        Flag(nesterov, "Use Nesterov momentum."),
+        Flag(maximize, "Maximize the objective: step along the gradient."),
+    ],
+    state=[State(buf, 0, "momentum_buffer", "Momentum buffer (unused when momentum is 0).")],
+    rules=[
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        Rule(
+            buf,
+            sp.Piecewise(
+                (g_eff, (momentum > 0) & sp.Eq(t, 1)),
+                (momentum * buf + (1 - dampening) * g_eff, momentum > 0),
+                (buf, True),
+            ),
+        ),
+        Rule(
+            direction,
+            sp.Piecewise(
+                (g_eff + momentum * buf, (momentum > 0) & nesterov), (buf, momentum > 0), (g_eff, True)
+            ),
+        ),
+        Rule(w, w - lr * direction),
+    ],
+    constraints=[
+        Constraint(
+            ~nesterov | ((momentum > 0) & sp.Eq(dampening, 0)),
+            "ValueError",
+            "Nesterov momentum requires a momentum and zero dampening.",
+        )
+    ],
+    latex={g_eff: r"\tilde{g}", buf: "b", direction: "d", momentum: r"\mu", dampening: r"\tau"},
+    exports=[
+        Export(
+            "optim",
+            "SGD",
+            (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize"),
+        )
+    ],
+)
