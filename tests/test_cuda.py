@@ -182,3 +182,35 @@ def test_lamb_on_the_device_gives_the_same_bits_every_run():
         return p.asnumpy()
 
     np.testing.assert_array_equal(run(), run())
+
+
+CATALOGUE = [
+    (name, kwargs)
+    for name, kwargs in [
+        ("Adam", {"amsgrad": True, "weight_decay": 0.1}),
+        ("AdamW", {}),
+        ("Adamax", {}),
+        ("Adagrad", {"lr_decay": 0.01}),
+        ("Adadelta", {}),
+        ("RMSprop", {"centered": True, "momentum": 0.9}),
+        ("SGD", {"momentum": 0.9, "nesterov": True}),
+        ("NAdam", {}),
+        ("Rprop", {}),
+        ("ASGD", {"t0": 1.0}),
+        ("Lion", {}),
+        ("AdaBelief", {}),
+        ("Adan", {"weight_decay": 0.02}),
+    ]
+]
+
+
+@pytest.mark.parametrize("name, kwargs", CATALOGUE, ids=[n for n, _ in CATALOGUE])
+def test_catalogue_on_the_device_matches_the_cpu_backend(name, kwargs):
+    cls = getattr(optforge.optim, name)
+    on_host, on_device, rng = pair(cls, dict(kwargs, lr=0.01), np.float32)
+    for _ in range(3):
+        grads = tuple(rng.standard_normal(s).astype(np.float32) for s in SHAPES)
+        on_host(grads)
+        on_device(grads)
+    for a, b in zip(on_host.parameters, on_device.parameters):
+        np.testing.assert_allclose(b.asnumpy(), a.data, **TOL[np.float32], err_msg=name)
