@@ -36,9 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     site = commands.add_parser("site", help="build the static HTML site (MkDocs, math rendered offline)")
     site.add_argument("--out", type=Path, help="site folder (default: site/ beside docs/)")
 
+    new = commands.add_parser("new", help="write a spec skeleton and its test skeleton")
+    new.add_argument("name", help="module name of the new spec, e.g. lion")
+    new.add_argument("--title", help="class name (default: the name in CamelCase)")
+
     args = parser.parse_args(argv)
     try:
-        return {"build": _build, "show": _show, "docs": _docs, "site": _site}[args.command](args)
+        return {"build": _build, "show": _show, "docs": _docs, "site": _site, "new": _new}[args.command](args)
     except SpecError as error:
         print(f"optforge: spec error: {error}", file=sys.stderr)
         return 2
@@ -91,6 +95,30 @@ def _site(args) -> int:
     if _docs(argparse.Namespace(check=False, out=None)) != 0:
         return 1
     return site.build_site(root, args.out or root / "site")
+
+
+def _new(args) -> int:
+    from optforge.compiler.render import environment
+
+    name = args.name.lower()
+    if not name.isidentifier():
+        print(f"optforge: '{args.name}' is not a valid module name", file=sys.stderr)
+        return 2
+    title = args.title or "".join(part.capitalize() for part in name.split("_"))
+    root = build.generated_dir().parent
+    targets = {
+        root / "specs" / f"{name}.py": "new_spec.py.j2",
+        root / "tests" / f"test_{name}.py": "new_test.py.j2",
+    }
+    for path in targets:
+        if path.exists():
+            print(f"optforge: {path} exists; not overwriting it", file=sys.stderr)
+            return 1
+    for path, template in targets.items():
+        path.write_text(environment.get_template(template).render(name=name, title=title))
+        print(f"wrote {path}")
+    print(f'next: fill in the spec, add "{name}" to ALL in specs/__init__.py, run `optforge build`')
+    return 0
 
 
 def _show(args) -> int:
