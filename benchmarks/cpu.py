@@ -40,7 +40,29 @@ OPTFORGE = {
     "proximal_adagrad": lambda ps: optforge.nn.ProximalAdagrad(ps, learning_rate=1e-3),
     "radam": lambda ps: optforge.optim.RAdam(ps, lr=1e-3),
 }
-TORCH = {"adam": "Adam", "radam": "RAdam", "lamb": None, "proximal_adagrad": None, "adam_offload": "Adam"}
+# The PyTorch-like catalogue: spec module -> class (same constructor arguments as torch.optim).
+CATALOGUE = {
+    "adam_torch": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "adagrad": "Adagrad",
+    "adadelta": "Adadelta",
+    "rmsprop": "RMSprop",
+    "sgd": "SGD",
+    "nadam": "NAdam",
+    "rprop": "Rprop",
+    "asgd": "ASGD",
+    "lion": "Lion",
+    "adabelief": "AdaBelief",
+    "adan": "Adan",
+}
+EXTRA = {"sgd": {"momentum": 0.9}}
+for _spec, _cls in CATALOGUE.items():
+    OPTFORGE[_spec] = lambda ps, _cls=_cls, _spec=_spec: getattr(optforge.optim, _cls)(
+        ps, lr=1e-3, **EXTRA.get(_spec, {})
+    )
+TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam"}
+TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 
 
@@ -71,7 +93,7 @@ def contenders(name: str, sizes: list[int], rng) -> dict:
     kernel = same_traffic_kernel(loads, stores)
     steps["same-traffic limit"] = lambda: kernel(starts, stops, *arrays)
 
-    torch_name = TORCH.get(name)
+    torch_name = TORCH.get(name)  # None: torch has no such optimizer
     if torch_name is not None:
         try:
             import torch
@@ -86,7 +108,7 @@ def contenders(name: str, sizes: list[int], rng) -> dict:
                 tp = [torch.zeros(n, requires_grad=True) for n in sizes]
                 for p, g in zip(tp, grads):
                     p.grad = torch.from_numpy(g)
-                topt = getattr(torch.optim, torch_name)(tp, lr=1e-3, **kwargs)
+                topt = getattr(torch.optim, torch_name)(tp, lr=1e-3, **EXTRA.get(name, {}), **kwargs)
                 steps[label] = topt.step
     return steps
 
