@@ -11,6 +11,12 @@ ALL = (
     "lamb",
     "proximal_adagrad",
     "radam",
+    # the MindSpore nn dialect's catalogue
+    "momentum",
+    "adagrad_nn",
+    "rmsprop_nn",
+    "adamax_nn",
+    "adadelta_nn",
     # the PyTorch-like dialect (torch.optim's semantics)
     "adam_torch",
     "adamw",

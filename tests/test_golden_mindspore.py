@@ -4,7 +4,8 @@ tests/golden/record_mindspore.py made tests/golden/mindspore_2_10.npz: three
 parameters of different shapes, 12 steps of seeded gradients, for defaults,
 weight decay with loss scale, other betas/eps, flags, dynamic learning rates,
 groups and (RAdam) a StepLR schedule. Lamb is absent: MindSpore has no CPU
-kernel for it (see test_lamb.py).
+kernel for it (see test_lamb.py). The nn catalogue (Momentum, Adagrad, RMSProp, AdaMax,
+Adadelta) is recorded the same way.
 """
 
 import json
@@ -23,6 +24,11 @@ CLASSES = {
     "Adam": optforge.nn.Adam,
     "AdamOffload": optforge.nn.AdamOffload,
     "ProximalAdagrad": optforge.nn.ProximalAdagrad,
+    "Momentum": optforge.nn.Momentum,
+    "Adagrad": optforge.nn.Adagrad,
+    "RMSProp": optforge.nn.RMSProp,
+    "AdaMax": optforge.nn.AdaMax,
+    "Adadelta": optforge.nn.Adadelta,
     "RAdam": optforge.optim.RAdam,
 }
 

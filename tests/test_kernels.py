@@ -12,6 +12,7 @@ from numba.typed import List
 
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
+from optforge.compiler.spec import REQUIRED
 from optforge.runtime.kernels import chunk_table
 
 CASES = [
@@ -41,7 +42,7 @@ def hypers_for(spec, t):
     within a few steps, and float32 host arithmetic stays well conditioned), and
     zero defaults made 0.05 on odd steps (ProximalAdagrad's l1 > 0 switches, and SGD's
     first step has momentum)."""
-    hypers = {h.name: h.default for h in spec.hypers}
+    hypers = {h.name: 0.5 if h.default is REQUIRED else h.default for h in spec.hypers}
     if "beta2" in hypers:
         hypers["beta2"] = 0.9
     if t % 2 == 1:
@@ -93,9 +94,10 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
             per_tensor["grad_scale"].astype(dtype),
             *(scalar(s) for s in branch.scalars(t, lr, *hypers.values())),
         )
-        tol = dict(rtol=2e-6, atol=1e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
+        # float32: a few ulp of O(1) values (sums of O(1) terms can cancel to small results).
+        tol = dict(rtol=2e-6, atol=3e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
         if spec.host_dtype == "float32":
-            tol = dict(rtol=2e-6, atol=1e-7)
+            tol = dict(rtol=2e-6, atol=3e-7)
         if dtype == "float32" and spec.name in ILL_CONDITIONED_IN_FLOAT32:
             tol = dict(rtol=1e-3, atol=1e-6)
         for i in range(len(SIZES)):

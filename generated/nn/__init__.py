@@ -5,5 +5,20 @@ from optforge.generated.nn.adam import Adam
 from optforge.generated.nn.adam_offload import AdamOffload
 from optforge.generated.nn.lamb import Lamb
 from optforge.generated.nn.proximal_adagrad import ProximalAdagrad
+from optforge.generated.nn.momentum import Momentum
+from optforge.generated.nn.adagrad_nn import Adagrad
+from optforge.generated.nn.rmsprop_nn import RMSProp
+from optforge.generated.nn.adamax_nn import AdaMax
+from optforge.generated.nn.adadelta_nn import Adadelta
 
-__all__ = ["Adam", "AdamOffload", "Lamb", "ProximalAdagrad"]
+__all__ = [
+    "Adam",
+    "AdamOffload",
+    "Lamb",
+    "ProximalAdagrad",
+    "Momentum",
+    "Adagrad",
+    "RMSProp",
+    "AdaMax",
+    "Adadelta",
+]

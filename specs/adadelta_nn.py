@@ -1,0 +1,43 @@
+"""Adadelta, as MindSpore's nn.Adadelta computes it (ApplyAdadelta, TensorFlow's)."""
+
+import sympy as sp
+
+from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+
+rho, epsilon = sp.symbols("rho epsilon")
+accum, accum_update, g_eff, update = sp.symbols("accum accum_update g_eff update")
+
+SPEC = Spec(
+    name="adadelta_nn",
+    title="Adadelta",
+    source=__file__,
+    summary="Steps scaled by the ratio of running RMS of updates and of gradients (MindSpore's form).",
+    references=(
+        "Matthew D. Zeiler. ADADELTA: An Adaptive Learning Rate Method. 2012. https://arxiv.org/abs/1212.5701",
+    ),
+    hypers=[
+        Hyper(rho, ("float",), 0.9, "Decay rate of the running averages, in [0, 1]."),
+        Hyper(epsilon, ("float",), 1e-6, "Added inside the square roots (>= 0)."),
+    ],
+    domains={rho: sp.Interval(0, 1), epsilon: sp.Interval(0, sp.oo)},
+    flags=[],
+    state=[
+        State(accum, 0, "accum", "Running average of squared gradients."),
+        State(accum_update, 0, "accum_update", "Running average of squared updates."),
+    ],
+    rules=[
+        Rule(g_eff, g * grad_scale + weight_decay * w),
+        Rule(accum, rho * accum + (1 - rho) * g_eff**2),
+        Rule(update, sp.sqrt(accum_update + epsilon) / sp.sqrt(accum + epsilon) * g_eff),
+        Rule(accum_update, rho * accum_update + (1 - rho) * update**2),
+        Rule(w, w - lr * update),
+    ],
+    latex={g_eff: r"\tilde{g}", epsilon: r"\epsilon", accum: "v", accum_update: "u", update: r"\Delta"},
+    exports=[
+        Export(
+            "nn",
+            "Adadelta",
+            (("learning_rate", 1.0), "rho", "epsilon", ("loss_scale", 1.0), ("weight_decay", 0.0)),
+        )
+    ],
+)

@@ -1,0 +1,55 @@
+"""The nn-dialect catalogue beyond the golden recordings: Momentum's Nesterov form (which
+MindSpore 2.10's CPU kernel ignores) against its documented formula, and argument checks."""
+
+import numpy as np
+import pytest
+
+import optforge
+
+
+def test_momentum_nesterov_follows_the_documented_formula():
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal(9)
+    grads = [rng.standard_normal(9) for _ in range(12)]
+    p = optforge.Parameter(w0.copy(), "w")
+    opt = optforge.nn.Momentum([p], learning_rate=0.01, momentum=0.8, use_nesterov=True)
+    w, accum = w0.copy(), np.zeros(9)
+    for g in grads:
+        opt((g.copy(),))
+        accum = 0.8 * accum + g
+        w = w - 0.01 * (g + 0.8 * accum)
+    np.testing.assert_allclose(p.data, w, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, kind, message",
+    [
+        (
+            optforge.nn.Momentum,
+            dict(learning_rate=0.1, momentum=1),
+            TypeError,
+            "the type of 'momentum' should be 'float'",
+        ),
+        (
+            optforge.nn.Momentum,
+            dict(learning_rate=0.1, momentum=-0.1),
+            ValueError,
+            "'momentum' must be float and must >= 0",
+        ),
+        (optforge.nn.Adagrad, dict(accum=1), TypeError, "the type of 'accum' should be 'float'"),
+        (optforge.nn.Adagrad, dict(update_slots=1), TypeError, "the type of 'update_slots' should be 'bool'"),
+        (optforge.nn.RMSProp, dict(epsilon=0.0), ValueError, "'epsilon' must be float and must > 0"),
+        (optforge.nn.RMSProp, dict(centered="no"), TypeError, "the type of 'centered' should be 'bool'"),
+        (optforge.nn.AdaMax, dict(beta1=1.0), ValueError, r"'beta1' must be in range of \(0.0, 1.0\)"),
+        (optforge.nn.Adadelta, dict(rho=1.5), ValueError, r"'rho' must be in range of \[0.0, 1.0\]"),
+    ],
+)
+def test_documented_argument_checks(cls, kwargs, kind, message):
+    with pytest.raises(kind, match=message):
+        cls([optforge.Parameter(np.ones(3, np.float32), "w")], **kwargs)
+
+
+def test_momentum_requires_learning_rate_and_momentum():
+    p = [optforge.Parameter(np.ones(3, np.float32), "w")]
+    with pytest.raises(TypeError, match="momentum"):
+        optforge.nn.Momentum(p, learning_rate=0.1)
