@@ -17,6 +17,7 @@ ALL = (
     "rmsprop_nn",
     "adamax_nn",
     "adadelta_nn",
+    "adam_weight_decay",
     # the PyTorch-like dialect (torch.optim's semantics)
     "adam_torch",
     "adamw",

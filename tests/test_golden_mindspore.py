@@ -29,6 +29,7 @@ CLASSES = {
     "RMSProp": optforge.nn.RMSProp,
     "AdaMax": optforge.nn.AdaMax,
     "Adadelta": optforge.nn.Adadelta,
+    "AdamWeightDecay": optforge.nn.AdamWeightDecay,
     "RAdam": optforge.optim.RAdam,
 }
 

@@ -10,6 +10,7 @@ from optforge.generated.nn.adagrad_nn import Adagrad
 from optforge.generated.nn.rmsprop_nn import RMSProp
 from optforge.generated.nn.adamax_nn import AdaMax
 from optforge.generated.nn.adadelta_nn import Adadelta
+from optforge.generated.nn.adam_weight_decay import AdamWeightDecay
 
 __all__ = [
     "Adam",
@@ -21,4 +22,5 @@ __all__ = [
     "RMSProp",
     "AdaMax",
     "Adadelta",
+    "AdamWeightDecay",
 ]

@@ -200,6 +200,15 @@ CASES = {
         None,
         None,
     ),
+    "adamweightdecay_default": ("AdamWeightDecay", {"learning_rate": 0.01}, 52, 1.0, None, None),
+    "adamweightdecay_decay": (
+        "AdamWeightDecay",
+        {"learning_rate": 0.01, "beta1": 0.8, "beta2": 0.95, "eps": 1e-4, "weight_decay": 0.1},
+        53,
+        1.0,
+        None,
+        None,
+    ),
     "radam_default": ("RAdam", {"lr": 0.01}, 31, 1.0, None, None),
     "radam_betas_eps_decay": (
         "RAdam",
