@@ -20,6 +20,7 @@ environment = jinja2.Environment(
     autoescape=False,
 )
 environment.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
+environment.filters["pyrepr"] = repr
 
 
 def render(template: str, **context) -> str:

@@ -111,14 +111,15 @@ def class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{h.name}` is not {_type_words(h.types)}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{h.name}` is not {domains[h.name].describe()}."))
-    bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags]
+    bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags if f.name in names]
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     return {
         "constraints": constraint_checks(spec, export.class_name),
         "hyper_names": repr(tuple(h.name for h in hypers)),
         "sparse": repr(spec.sparse),
-        "variant_key": _tuple_source([f.name for f in spec.flags]),
+        # A flag this dialect does not expose is pinned to its default.
+        "variant_key": _tuple_source([f.name if f.name in names else repr(f.default) for f in spec.flags]),
         "state_init": _state_init_source(spec),
         "source": spec.where,
         "spec": spec,
@@ -126,7 +127,7 @@ def class_context(spec: Spec, export: Export) -> dict:
         "arguments": arguments,
         "hypers": [(h.name, h.types, repr(domains.get(h.name))) for h in hypers],
         "bools": bools,
-        "flags": [f.name for f in spec.flags],
+        "flags": [f.name for f in spec.flags if f.name in names],
         "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
         "loss_scale": "loss_scale" if "loss_scale" in names else "1.0",
         "use_locking": "use_locking" if "use_locking" in names else "False",

@@ -39,7 +39,7 @@ SPEC = Spec(
         Hyper(momentum, ("float", "int"), 0.0, "Momentum factor; 0 for plain SGD."),
         Hyper(dampening, ("float", "int"), 0.0, "Dampening of the gradient in the momentum buffer."),
     ],
-    domains={momentum: sp.Interval(0, sp.oo)},
+    domains={momentum: sp.Interval(0, sp.oo), dampening: sp.Interval(0, sp.oo)},
     flags=[
         Flag(nesterov, "Use Nesterov momentum."),
         Flag(maximize, "Maximize the objective: step along the gradient."),
@@ -71,11 +71,27 @@ SPEC = Spec(
         )
     ],
     latex={g_eff: r"\tilde{g}", buf: "b", direction: "d", momentum: r"\mu", dampening: r"\tau"},
+    notes=(
+        "One spec feeds both dialects: MindSpore's nn.SGD (whose kernel also copies the first gradient into "
+        "the buffer) and the PyTorch-like optim.SGD. nn.SGD has no maximize argument.",
+    ),
     exports=[
         Export(
             "optim",
             "SGD",
             (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize"),
-        )
+        ),
+        Export(
+            "nn",
+            "SGD",
+            (
+                ("learning_rate", 0.1),
+                "momentum",
+                "dampening",
+                ("weight_decay", 0.0),
+                "nesterov",
+                ("loss_scale", 1.0),
+            ),
+        ),
     ],
 )

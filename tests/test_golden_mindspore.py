@@ -30,6 +30,7 @@ CLASSES = {
     "AdaMax": optforge.nn.AdaMax,
     "Adadelta": optforge.nn.Adadelta,
     "AdamWeightDecay": optforge.nn.AdamWeightDecay,
+    "SGD": optforge.nn.SGD,
     "RAdam": optforge.optim.RAdam,
 }
 

@@ -115,7 +115,7 @@ class Rprop(OptimOptimizer):
         check_hyper("Rprop", "step_sizes[1]", step_size_max, ("float", "int"), None)
         check_type("Rprop", "maximize", maximize, ("bool",))
         if not (step_size_min <= step_size_max):
-            raise ValueError("For \u0027Rprop\u0027, step_sizes[0] must not exceed step_sizes[1].")
+            raise ValueError("For 'Rprop', step_sizes[0] must not exceed step_sizes[1].")
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes})
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize

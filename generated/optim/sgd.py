@@ -68,6 +68,8 @@ class SGD(OptimOptimizer):
         If `momentum` is not >= 0.
     TypeError
         If `dampening` is not float or int.
+    ValueError
+        If `dampening` is not >= 0.
     TypeError
         If `nesterov` is not a bool.
     TypeError
@@ -103,13 +105,17 @@ class SGD(OptimOptimizer):
             ("float", "int"),
             Interval(0.0, math.inf, left_open=False, right_open=True),
         )
-        check_hyper("SGD", "dampening", dampening, ("float", "int"), None)
+        check_hyper(
+            "SGD",
+            "dampening",
+            dampening,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        )
         check_type("SGD", "nesterov", nesterov, ("bool",))
         check_type("SGD", "maximize", maximize, ("bool",))
         if not ((dampening == 0) and (momentum > 0) or not nesterov):
-            raise ValueError(
-                "For \u0027SGD\u0027, Nesterov momentum requires a momentum and zero dampening."
-            )
+            raise ValueError("For 'SGD', Nesterov momentum requires a momentum and zero dampening.")
         super().__init__(
             params,
             {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay},

@@ -209,6 +209,16 @@ CASES = {
         None,
         None,
     ),
+    "sgd_momentum": ("SGD", {"learning_rate": 0.05, "momentum": 0.9, "dampening": 0.1}, 54, 1.0, None, None),
+    "sgd_nesterov_decay_loss_scale": (
+        "SGD",
+        {"learning_rate": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1, "loss_scale": 2.0},
+        55,
+        2.0,
+        None,
+        None,
+    ),
+    "sgd_plain": ("SGD", {"learning_rate": 0.1}, 56, 1.0, None, None),
     "radam_default": ("RAdam", {"lr": 0.01}, 31, 1.0, None, None),
     "radam_betas_eps_decay": (
         "RAdam",
