@@ -18,6 +18,7 @@ ALL = (
     "adamax_nn",
     "adadelta_nn",
     "adam_weight_decay",
+    "ftrl",
     # the PyTorch-like dialect (torch.optim's semantics)
     "adam_torch",
     "adamw",

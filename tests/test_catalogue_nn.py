@@ -53,3 +53,21 @@ def test_momentum_requires_learning_rate_and_momentum():
     p = [optforge.Parameter(np.ones(3, np.float32), "w")]
     with pytest.raises(TypeError, match="momentum"):
         optforge.nn.Momentum(p, learning_rate=0.1)
+
+
+def test_ftrl_l1_shrinks_toward_zero_as_documented():
+    """FTRL-Proximal's closed form (McMahan et al. 2013, Algorithm 1), in float64."""
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal(11)
+    grads = [rng.standard_normal(11) for _ in range(12)]
+    p = optforge.Parameter(w0.copy(), "w")
+    opt = optforge.nn.FTRL([p], learning_rate=0.1, l1=0.5, l2=0.02, lr_power=-0.5)
+    w, n, z = w0.copy(), np.full(11, 0.1), np.zeros(11)
+    for g in grads:
+        opt((g.copy(),))
+        sigma = (np.sqrt(n + g * g) - np.sqrt(n)) / 0.1
+        n = n + g * g
+        z = z + g - sigma * w
+        w = np.where(np.abs(z) > 0.5, -(z - np.sign(z) * 0.5) / (np.sqrt(n) / 0.1 + 2 * 0.02), 0.0)
+    np.testing.assert_allclose(p.data, w, rtol=1e-10, atol=1e-14)
+    assert (p.data == 0).any()  # l1 gives exact zeros

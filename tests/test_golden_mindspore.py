@@ -31,6 +31,7 @@ CLASSES = {
     "Adadelta": optforge.nn.Adadelta,
     "AdamWeightDecay": optforge.nn.AdamWeightDecay,
     "SGD": optforge.nn.SGD,
+    "FTRL": optforge.nn.FTRL,
     "RAdam": optforge.optim.RAdam,
 }
 

@@ -116,3 +116,16 @@ def test_names_the_generated_code_uses_are_reserved(name):
     reserved = sp.Symbol(name)
     with pytest.raises(SpecError, match=f"symbol '{name}': the name is reserved by the generated code"):
         make(rules=[Rule(m, a * m + g), Rule(reserved, 2 * g), Rule(w, w - lr * m)])
+
+
+def test_runtime_domains_print_and_check_both_infinite_ends():
+    import math
+
+    from optforge.compiler.wrappers import runtime_domain
+    from optforge.runtime.checks import Interval
+
+    at_most_zero = runtime_domain(sp.Interval(-sp.oo, 0))
+    assert repr(at_most_zero) == "Interval(-math.inf, 0.0, left_open=True, right_open=False)"
+    assert eval(repr(at_most_zero), {"Interval": Interval, "math": math}) == at_most_zero
+    assert -0.5 in at_most_zero and 0.0 in at_most_zero and 0.1 not in at_most_zero
+    assert at_most_zero.describe() == "<= 0"

@@ -11,6 +11,7 @@ from optforge.generated.nn.rmsprop_nn import RMSProp
 from optforge.generated.nn.adamax_nn import AdaMax
 from optforge.generated.nn.adadelta_nn import Adadelta
 from optforge.generated.nn.adam_weight_decay import AdamWeightDecay
+from optforge.generated.nn.ftrl import FTRL
 from optforge.generated.nn.sgd import SGD
 
 __all__ = [
@@ -24,5 +25,6 @@ __all__ = [
     "AdaMax",
     "Adadelta",
     "AdamWeightDecay",
+    "FTRL",
     "SGD",
 ]

@@ -66,13 +66,17 @@ class Interval:
         """The condition in words, e.g. '> 0' or 'in range of (0.0, 1.0)'."""
         if self.is_half_line:
             return f"{'>' if self.left_open else '>='} {self.lower:g}"
+        if math.isinf(self.lower):
+            return f"{'<' if self.right_open else '<='} {self.upper:g}"
         left = "(" if self.left_open else "["
         right = ")" if self.right_open else "]"
         return f"in range of {left}{float(self.lower)}, {float(self.upper)}{right}"
 
     def __repr__(self) -> str:
         def num(x: float) -> str:
-            return "math.inf" if math.isinf(x) else repr(float(x))
+            if math.isinf(x):
+                return "math.inf" if x > 0 else "-math.inf"
+            return repr(float(x))
 
         return (
             f"Interval({num(self.lower)}, {num(self.upper)}, "

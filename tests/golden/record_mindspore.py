@@ -219,6 +219,16 @@ CASES = {
         None,
     ),
     "sgd_plain": ("SGD", {"learning_rate": 0.1}, 56, 1.0, None, None),
+    "ftrl_default": ("FTRL", {"learning_rate": 0.1}, 57, 1.0, None, None),
+    # (l1 is left out: MindSpore 2.10's CPU kernel grows |w| where `linear` < 0; see specs/ftrl.py)
+    "ftrl_l2_power": (
+        "FTRL",
+        {"learning_rate": 0.1, "l2": 0.02, "lr_power": -0.7},
+        58,
+        1.0,
+        None,
+        None,
+    ),
     "radam_default": ("RAdam", {"lr": 0.01}, 31, 1.0, None, None),
     "radam_betas_eps_decay": (
         "RAdam",
