@@ -57,8 +57,13 @@ def generated_dir() -> Path:
     return Path(optforge.generated.__path__[0])
 
 
-def stale_files(files: dict[str, str], root: Path) -> list[str]:
-    """What differs between `files` and `root`: changed, missing and extra .py files."""
+def _extras(files: dict[str, str], root: Path, owned: str) -> list[Path]:
+    """Files matching the glob `owned` under `root` that `files` does not give."""
+    return sorted(p for p in root.glob(owned) if p.relative_to(root).as_posix() not in files)
+
+
+def stale_files(files: dict[str, str], root: Path, owned: str = "**/*.py") -> list[str]:
+    """What differs between `files` and `root`: changed, missing, and extra files among `owned`."""
     problems = []
     for rel, text in files.items():
         path = root / rel
@@ -66,22 +71,18 @@ def stale_files(files: dict[str, str], root: Path) -> list[str]:
             problems.append(f"missing: {rel}")
         elif path.read_text() != text:
             problems.append(f"changed: {rel}")
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if rel not in files:
-            problems.append(f"extra: {rel}")
+    problems += [f"extra: {p.relative_to(root).as_posix()}" for p in _extras(files, root, owned)]
     return problems
 
 
-def write_files(files: dict[str, str], root: Path) -> list[str]:
-    """Write `files` under `root`, remove .py files no spec gives; return what changed."""
-    changed = stale_files(files, root)
+def write_files(files: dict[str, str], root: Path, owned: str = "**/*.py") -> list[str]:
+    """Write `files` under `root`, remove the `owned` files nothing gives; return what changed."""
+    changed = stale_files(files, root, owned)
+    for path in _extras(files, root, owned):
+        path.unlink()
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
-    for path in root.rglob("*.py"):
-        if path.relative_to(root).as_posix() not in files:
-            path.unlink()
     return changed

@@ -48,23 +48,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _build(args) -> int:
-    files = build.build_files(build.load_specs())
-    root = args.out or build.generated_dir()
+def _check_or_write(args, files: dict[str, str], root: Path, stale, write, what: str, rebuild: str) -> int:
+    """`--check`: list what differs and exit 1 if anything does; otherwise write."""
     if args.check:
-        problems = build.stale_files(files, root)
+        problems = stale(files, root)
         for line in problems:
             print(line)
         if problems:
-            print(f"optforge: {root} is stale; run `optforge build`", file=sys.stderr)
+            print(f"optforge: {root} is stale; run `{rebuild}`", file=sys.stderr)
             return 1
-        print(f"optforge: {root} is current ({len(files)} files)")
+        print(f"optforge: {root} is current ({len(files)} {what})")
         return 0
-    changed = build.write_files(files, root)
+    changed = write(files, root)
     for line in changed:
         print(line)
-    print(f"optforge: wrote {root} ({len(files)} files, {len(changed)} changed)")
+    print(f"optforge: wrote {root} ({len(files)} {what}, {len(changed)} changed)")
     return 0
+
+
+def _build(args) -> int:
+    files = build.build_files(build.load_specs())
+    root = args.out or build.generated_dir()
+    return _check_or_write(args, files, root, build.stale_files, build.write_files, "files", "optforge build")
 
 
 def _docs(args) -> int:
@@ -72,20 +77,9 @@ def _docs(args) -> int:
 
     files = docs.docs_files(build.load_specs())
     root = args.out or build.generated_dir().parent / "docs"
-    if args.check:
-        problems = docs.stale_pages(files, root)
-        for line in problems:
-            print(line)
-        if problems:
-            print(f"optforge: {root} is stale; run `optforge docs`", file=sys.stderr)
-            return 1
-        print(f"optforge: {root} is current ({len(files)} generated pages)")
-        return 0
-    changed = docs.write_pages(files, root)
-    for line in changed:
-        print(line)
-    print(f"optforge: wrote {root} ({len(files)} generated pages, {len(changed)} changed)")
-    return 0
+    return _check_or_write(
+        args, files, root, docs.stale_pages, docs.write_pages, "generated pages", "optforge docs"
+    )
 
 
 def _site(args) -> int:

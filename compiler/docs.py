@@ -12,6 +12,7 @@ from pathlib import Path
 import sympy as sp
 
 from optforge.compiler import spec as S
+from optforge.compiler.build import stale_files, write_files
 from optforge.compiler.render import environment
 from optforge.compiler.wrappers import CONTEXTS, runtime_domain
 
@@ -182,26 +183,14 @@ def docs_files(specs: list[S.Spec]) -> dict[str, str]:
     return files
 
 
+# The generated pages; the rest of docs/ (the guide, assets) is written by hand.
+GENERATED_PAGES = "optimizers/*.md"
+
+
 def stale_pages(files: dict[str, str], root: Path) -> list[str]:
     """Changed or missing generated pages, and pages under optimizers/ no spec gives."""
-    problems = [
-        f"{'missing' if not (root / rel).exists() else 'changed'}: {rel}"
-        for rel, text in files.items()
-        if not (root / rel).exists() or (root / rel).read_text() != text
-    ]
-    for path in sorted((root / "optimizers").glob("*.md")):
-        rel = path.relative_to(root).as_posix()
-        if rel not in files:
-            problems.append(f"extra: {rel}")
-    return problems
+    return stale_files(files, root, GENERATED_PAGES)
 
 
 def write_pages(files: dict[str, str], root: Path) -> list[str]:
-    changed = stale_pages(files, root)
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    for path in (root / "optimizers").glob("*.md"):
-        if path.relative_to(root).as_posix() not in files:
-            path.unlink()
-    return changed
+    return write_files(files, root, GENERATED_PAGES)

@@ -154,11 +154,13 @@ def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     )
 
 
-def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
-    host_names = sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
+def variant_table(spec: Spec, kernels: list[Kernel]) -> list[dict]:
+    """The VARIANTS table both backends print: per flag variant, its state, branch function and
+    branches (kernel names per dtype); the names are the same in the CPU and CUDA modules."""
     variants: dict[tuple, dict] = {}
     for k in kernels:
         key = tuple(value for _, value in k.variant)
+        base = _name(k.spec_name, k.suffix)
         entry = variants.setdefault(
             key,
             {
@@ -166,9 +168,12 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
                 "state": repr(tuple(a.name for a in k.arrays[2:])),
                 "branch": branch_name(k),
                 "branches": [],
-                "host_stage": _dict_source(
-                    {d: _name(k.spec_name, k.suffix, "stage1", SHORT[d]) for d in DTYPES}
-                ),
+                # the offload path's pieces: the host stage (CPU) and the device ones (CUDA)
+                "host_stage": _dict_source({d: _name(base, "stage1", SHORT[d]) for d in DTYPES}),
+                "offload": {
+                    d: (_name(base, "effective_gradient", SHORT[d]), _name(base, "apply", SHORT[d]))
+                    for d in DTYPES
+                },
             },
         )
         entry["branches"].append(
@@ -181,12 +186,20 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
                 ),
             }
         )
+    return list(variants.values())
+
+
+def host_names(kernels: list[Kernel]) -> list[str]:
+    return sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
+
+
+def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
     return render(
         "cpu_kernels.py.j2",
         source=spec.where,
         spec=spec,
         chunk=CHUNK,
-        host_names=host_names,
+        host_names=host_names(kernels),
         kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
-        variants=list(variants.values()),
+        variants=variant_table(spec, kernels),
     )

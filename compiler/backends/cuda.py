@@ -20,7 +20,7 @@ reusable scratch buffers; `arrays` are tuples of SLOTS device arrays;
 
 from __future__ import annotations
 
-from optforge.compiler.backends.cpu import DTYPES, SHORT, _dict_source, _name, branch_name, scalars_name
+from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, variant_table
 from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
 from optforge.compiler.ir import Kernel
 from optforge.compiler.render import render
@@ -39,38 +39,13 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel]) -> str:
-    host_names = sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
-    variants: dict[tuple, dict] = {}
-    for k in kernels:
-        key = tuple(value for _, value in k.variant)
-        entry = variants.setdefault(
-            key,
-            {
-                "key": repr(key),
-                "state": repr(tuple(a.name for a in k.arrays[2:])),
-                "branch": branch_name(k),
-                "branches": [],
-            },
-        )
-        contexts = {dtype: kernel_context(spec, k, dtype) for dtype in DTYPES}
-        entry["offload"] = {d: (c["effective_gradient_name"], c["apply_name"]) for d, c in contexts.items()}
-        entry["branches"].append(
-            {
-                "key": repr(tuple(k.branch)),
-                "scalars": scalars_name(k),
-                "kernels": _dict_source({d: c["name"] for d, c in contexts.items()}),
-                "rows": _dict_source(
-                    {d: c["rows_name"] for d, c in contexts.items()} if spec.sparse == "rows" else {}
-                ),
-            }
-        )
     return render(
         "cuda_kernels.py.j2",
         source=spec.where,
         spec=spec,
         slots=SLOTS,
         threads=THREADS,
-        host_names=host_names,
+        host_names=host_names(kernels),
         kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
-        variants=list(variants.values()),
+        variants=variant_table(spec, kernels),
     )
