@@ -145,12 +145,15 @@ class Export:
     a name (default from the spec's hyperparameter or flag) or a
     `(name, default)` pair; the default may be `REQUIRED`. `example` gives
     the arguments of the documentation's example (required ones at least).
+    `types` overrides a hyperparameter's accepted types in this dialect
+    (MindSpore's nn.Rprop takes only floats where torch.optim.Rprop takes ints too).
     """
 
     dialect: str
     class_name: str
     signature: tuple
     example: dict = field(default_factory=dict)
+    types: dict = field(default_factory=dict)  # hyper name -> accepted type names
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,9 @@ def check_spec(spec: Spec) -> None:
                 continue
             if arg not in known:
                 fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
+        for name in export.types:
+            if name not in {h.name for h in spec.hypers}:
+                fail(f"export {export.class_name}", f"types given for unknown hyperparameter '{name}'")
 
 
 def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> None:

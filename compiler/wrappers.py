@@ -86,18 +86,40 @@ def _type_words(types: tuple[str, ...]) -> str:
     return " or ".join(types)
 
 
+def _packed(entry) -> tuple[str, ...] | None:
+    """The hyperparameters a packed argument such as ("etas", ("etaminus", "etaplus")) holds."""
+    if isinstance(entry, tuple) and isinstance(entry[1], tuple) and all(isinstance(m, str) for m in entry[1]):
+        return entry[1]
+    return None
+
+
 def class_context(spec: Spec, export: Export) -> dict:
-    arguments = []
+    arguments, unpack_lines, hyper_names = [], [], []
+    types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     for entry in export.signature:
         name, default = (entry, None) if isinstance(entry, str) else entry
+        members = _packed(entry)
+        if members:  # a tuple argument, e.g. etas = (etaminus, etaplus)
+            hypers = [spec.hyper(m) for m in members]
+            doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
+            value = repr(tuple(h.default for h in hypers))
+            kind = f"tuple of {len(hypers)} {_type_words(types_of[members[0]])}"
+            arguments.append(Argument(name, value, kind, doc[0].upper() + doc[1:]))
+            unpack_lines.append(
+                ", ".join(members)
+                + f' = unpack_tuple("{export.class_name}", "{name}", {name}, {len(members)})'
+            )
+            hyper_names += members
+            continue
         if name in NN_ARGUMENTS:
             types, doc = NN_ARGUMENTS[name]
             if name == "weight_decay":
                 doc = DECAY_WORDS[spec.decay] + doc
-        elif name in {h.name for h in spec.hypers}:
+        elif name in types_of:
             hyper = spec.hyper(name)
-            types, doc = _type_words(hyper.types), hyper.doc
+            types, doc = _type_words(types_of[name]), hyper.doc
             default = hyper.default if default is None else default
+            hyper_names.append(name)
         else:
             flag = next(f for f in spec.flags if f.name == name)
             types, doc = "bool", flag.doc
@@ -105,10 +127,14 @@ def class_context(spec: Spec, export: Export) -> dict:
         arguments.append(Argument(name, None if default is REQUIRED else repr(default), types, doc))
     names = [a.name for a in arguments]
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
-    hypers = [h for h in spec.hypers if h.name in names]
+    hypers = [h for h in spec.hypers if h.name in hyper_names]
     raises = [(kind, when) for kind, when, arg in NN_RAISES if arg is None or arg in names]
+    for entry in export.signature:
+        if _packed(entry):
+            raises.append(("TypeError", f"`{entry[0]}` is not a tuple."))
+            raises.append(("ValueError", f"`{entry[0]}` does not hold {len(entry[1])} values."))
     for h in hypers:
-        raises.append(("TypeError", f"`{h.name}` is not {_type_words(h.types)}."))
+        raises.append(("TypeError", f"`{h.name}` is not {_type_words(types_of[h.name])}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{h.name}` is not {domains[h.name].describe()}."))
     bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags if f.name in names]
@@ -125,7 +151,8 @@ def class_context(spec: Spec, export: Export) -> dict:
         "spec": spec,
         "cls": export.class_name,
         "arguments": arguments,
-        "hypers": [(h.name, h.types, repr(domains.get(h.name))) for h in hypers],
+        "unpack_lines": unpack_lines,
+        "hypers": [(h.name, types_of[h.name], repr(domains.get(h.name))) for h in hypers],
         "bools": bools,
         "flags": [f.name for f in spec.flags if f.name in names],
         "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
@@ -178,6 +205,7 @@ OPTIM_RAISES = (
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
     arguments, checks, hyper_keys = [], [], {}
+    types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
     for entry in export.signature:
@@ -198,8 +226,8 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             for index, h in enumerate(hypers):
                 label = f"{name}[{index}]"
                 hyper_keys[h.name] = (name, index)
-                checks.append((label, h.name, h.types, repr(domains.get(h.name))))
-                raises.append(("TypeError", f"`{label}` is not {_type_words(h.types)}."))
+                checks.append((label, h.name, types_of[h.name], repr(domains.get(h.name))))
+                raises.append(("TypeError", f"`{label}` is not {_type_words(types_of[h.name])}."))
                 if h.name in domains:
                     raises.append(("ValueError", f"`{label}` is not {domains[h.name].describe()}."))
             continue
@@ -212,11 +240,13 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             continue
         h = spec.hyper(name)
         arguments.append(
-            Argument(name, repr(h.default if default is None else default), _type_words(h.types), h.doc)
+            Argument(
+                name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+            )
         )
         hyper_keys[h.name] = (name, None)
-        checks.append((name, name, h.types, repr(domains.get(h.name))))
-        raises.append(("TypeError", f"`{name}` is not {_type_words(h.types)}."))
+        checks.append((name, name, types_of[name], repr(domains.get(h.name))))
+        raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
     packed = {e[0]: e[1] for e in export.signature if not isinstance(e, str) and isinstance(e[1], tuple)}

@@ -50,7 +50,20 @@ SPEC = Spec(
         Rule(ax, sp.Piecewise((w, sp.Eq(mu, 1)), (ax + mu * (w - ax), True))),
     ],
     latex={g_eff: r"\tilde{g}", eta: r"\eta", mu: r"\mu", lambd: r"\lambda_{\mathrm{ASGD}}", t0: "t_0"},
+    notes=(
+        "One spec feeds both dialects: optim.ASGD (torch's) and nn.ASGD (MindSpore's, whose `lambd`, "
+        "`alpha` and `t0` must be floats).",
+        "torch and MindSpore compute the step size eta of step t at the end of step t-1, from that "
+        "step's learning rate; optforge computes it from step t's. The two agree while the learning "
+        "rate is constant and differ by one step of lag when a scheduler changes it.",
+    ),
     exports=[
-        Export("optim", "ASGD", (("lr", 1e-2), "lambd", "alpha", "t0", ("weight_decay", 0.0), "maximize"))
+        Export("optim", "ASGD", (("lr", 1e-2), "lambd", "alpha", "t0", ("weight_decay", 0.0), "maximize")),
+        Export(
+            "nn",
+            "ASGD",
+            (("learning_rate", 0.1), "lambd", "alpha", "t0", ("weight_decay", 0.0)),
+            types={n: ("float",) for n in ("lambd", "alpha", "t0")},
+        ),
     ],
 )

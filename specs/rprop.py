@@ -1,13 +1,27 @@
-"""Rprop (Riedmiller & Braun, 1993) as torch.optim.Rprop computes it.
+"""Rprop (Riedmiller & Braun, 1993) as torch.optim.Rprop and MindSpore's nn.Rprop compute it.
 
 Each element keeps its own step size, grown by etaplus while the gradient keeps its sign
 and shrunk by etaminus when it flips (and that step is skipped). These are per-element
-conditions, so they stay in the loop as conditional expressions.
+conditions, so they stay in the loop as conditional expressions. torch's Rprop has no weight
+decay; MindSpore's adds it to the gradient (coupled), so the one spec serves both.
 """
 
 import sympy as sp
 
-from optforge.compiler.spec import Constraint, Export, Flag, Hyper, Rule, Spec, State, g, lr, w
+from optforge.compiler.spec import (
+    Constraint,
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    g,
+    grad_scale,
+    lr,
+    w,
+    weight_decay,
+)
 
 etaminus, etaplus, step_min, step_max = sp.symbols("etaminus etaplus step_size_min step_size_max")
 maximize = sp.Symbol("maximize")
@@ -35,7 +49,7 @@ SPEC = Spec(
         State(step_size, lr, "step_size", "Per-element step size; starts at the learning rate."),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True))),
+        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
         Rule(agreement, g_eff * prev),
         Rule(
             step_size,
@@ -51,11 +65,15 @@ SPEC = Spec(
         Rule(w, w - sp.sign(g_kept) * step_size),
         Rule(prev, g_kept),
     ],
-    decay="decoupled",
     constraints=[
         Constraint(step_min <= step_max, "ValueError", "step_sizes[0] must not exceed step_sizes[1].")
     ],
     latex={etaminus: r"\eta^-", etaplus: r"\eta^+", step_size: r"\Delta", g_eff: r"\tilde{g}", g_kept: r"g'"},
+    notes=(
+        "One spec feeds both dialects: optim.Rprop (torch's, with no weight decay) and nn.Rprop "
+        "(MindSpore's, whose weight decay is added to the gradient and whose `etas` and `step_sizes` "
+        "must be tuples of floats).",
+    ),
     exports=[
         Export(
             "optim",
@@ -66,6 +84,17 @@ SPEC = Spec(
                 ("step_sizes", ("step_size_min", "step_size_max")),
                 "maximize",
             ),
-        )
+        ),
+        Export(
+            "nn",
+            "Rprop",
+            (
+                ("learning_rate", 0.1),
+                ("etas", ("etaminus", "etaplus")),
+                ("step_sizes", ("step_size_min", "step_size_max")),
+                ("weight_decay", 0.0),
+            ),
+            types={n: ("float",) for n in ("etaminus", "etaplus", "step_size_min", "step_size_max")},
+        ),
     ],
 )

@@ -42,6 +42,24 @@ def test_momentum_nesterov_follows_the_documented_formula():
         (optforge.nn.RMSProp, dict(centered="no"), TypeError, "the type of 'centered' should be 'bool'"),
         (optforge.nn.AdaMax, dict(beta1=1.0), ValueError, r"'beta1' must be in range of \(0.0, 1.0\)"),
         (optforge.nn.Adadelta, dict(rho=1.5), ValueError, r"'rho' must be in range of \[0.0, 1.0\]"),
+        (optforge.nn.Rprop, dict(etas=[0.5, 1.2]), TypeError, "etas must be a tuple"),
+        (
+            optforge.nn.Rprop,
+            dict(step_sizes=(1e-6,)),
+            ValueError,
+            "step_sizes must be a tuple with the size of 2",
+        ),
+        (optforge.nn.Rprop, dict(etas=(0.5, 2)), TypeError, "the type of 'etaplus' should be 'float'"),
+        (
+            optforge.nn.Rprop,
+            dict(etas=(1.0, 1.2)),
+            ValueError,
+            r"'etaminus' must be in range of \(0.0, 1.0\)",
+        ),
+        (optforge.nn.Rprop, dict(etas=(0.5, 1.0)), ValueError, "'etaplus' must be float and must > 1"),
+        (optforge.nn.Rprop, dict(step_sizes=(1.0, 0.5)), ValueError, r"step_sizes\[0\] must not exceed"),
+        (optforge.nn.ASGD, dict(lambd=0), TypeError, "the type of 'lambd' should be 'float'"),
+        (optforge.nn.ASGD, dict(t0=-1.0), ValueError, "'t0' must be float and must >= 0"),
     ],
 )
 def test_documented_argument_checks(cls, kwargs, kind, message):

@@ -5,7 +5,8 @@ parameters of different shapes, 12 steps of seeded gradients, for defaults,
 weight decay with loss scale, other betas/eps, flags, dynamic learning rates,
 groups and (RAdam) a StepLR schedule. Lamb is absent: MindSpore has no CPU
 kernel for it (see test_lamb.py). The nn catalogue (Momentum, Adagrad, RMSProp, AdaMax,
-Adadelta) is recorded the same way.
+Adadelta, AdamWeightDecay, SGD, FTRL, Rprop, ASGD) is recorded the same way; for Rprop
+and ASGD a state (step sizes, the running average) is compared too.
 """
 
 import json
@@ -32,6 +33,8 @@ CLASSES = {
     "AdamWeightDecay": optforge.nn.AdamWeightDecay,
     "SGD": optforge.nn.SGD,
     "FTRL": optforge.nn.FTRL,
+    "Rprop": optforge.nn.Rprop,
+    "ASGD": optforge.nn.ASGD,
     "RAdam": optforge.optim.RAdam,
 }
 
@@ -40,8 +43,7 @@ def build(case):
     meta = META[case]
     params = [optforge.Parameter(GOLDEN[f"{case}/w0/{n}"].copy(), n) for n in meta["names"]]
     kwargs = dict(meta["kwargs"])
-    if "betas" in kwargs:
-        kwargs["betas"] = tuple(kwargs["betas"])
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # JSON made them lists
     target = params
     if meta["groups"]:
         target = []
@@ -62,6 +64,7 @@ def test_matches_mindspore_over_twelve_steps(case):
     names = META[case]["names"]
     grads = {n: GOLDEN[f"{case}/grads/{n}"] for n in names}
     history = {n: GOLDEN[f"{case}/history/{n}"] for n in names}
+    state_name = META[case].get("state")  # a recorded state (ASGD's average) is compared too
     for step in range(12):
         assert opt(tuple(grads[p.name][step] for p in opt.parameters)) is True
         if scheduler is not None:
@@ -70,3 +73,11 @@ def test_matches_mindspore_over_twelve_steps(case):
             np.testing.assert_allclose(
                 p.data, history[p.name][step], **MS_TOL, err_msg=f"{case}: {p.name} after step {step + 1}"
             )
+        if state_name:
+            for p, s in zip(opt.parameters, getattr(opt, state_name)):
+                np.testing.assert_allclose(
+                    s,
+                    GOLDEN[f"{case}/state/{p.name}"][step],
+                    **MS_TOL,
+                    err_msg=f"{case}: {state_name} of {p.name} after step {step + 1}",
+                )

@@ -57,12 +57,14 @@ def rprop_f32(
         g_c = g_tensors[tensor][start:stop]
         prev_c = prev_tensors[tensor][start:stop]
         step_size_c = step_size_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g
+            g_eff = g * grad_scale + w * weight_decay
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -110,12 +112,14 @@ def rprop_f64(
         g_c = g_tensors[tensor][start:stop]
         prev_c = prev_tensors[tensor][start:stop]
         step_size_c = step_size_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g
+            g_eff = g * grad_scale + w * weight_decay
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(
@@ -163,12 +167,15 @@ def rprop_maximize_f32(
         g_c = g_tensors[tensor][start:stop]
         prev_c = prev_tensors[tensor][start:stop]
         step_size_c = step_size_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = -g
+            g_eff = g * u0 + w * weight_decay
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -216,12 +223,15 @@ def rprop_maximize_f64(
         g_c = g_tensors[tensor][start:stop]
         prev_c = prev_tensors[tensor][start:stop]
         step_size_c = step_size_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = -g
+            g_eff = g * u0 + w * weight_decay
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(

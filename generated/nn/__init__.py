@@ -13,6 +13,8 @@ from optforge.generated.nn.adadelta_nn import Adadelta
 from optforge.generated.nn.adam_weight_decay import AdamWeightDecay
 from optforge.generated.nn.ftrl import FTRL
 from optforge.generated.nn.sgd import SGD
+from optforge.generated.nn.rprop import Rprop
+from optforge.generated.nn.asgd import ASGD
 
 __all__ = [
     "Adam",
@@ -27,4 +29,6 @@ __all__ = [
     "AdamWeightDecay",
     "FTRL",
     "SGD",
+    "Rprop",
+    "ASGD",
 ]

@@ -3,7 +3,7 @@
 
 import math  # noqa: F401
 
-from optforge.runtime.checks import Interval, check_domain, check_type  # noqa: F401
+from optforge.runtime.checks import Interval, check_domain, check_type, unpack_tuple  # noqa: F401
 from optforge.runtime.nn_optimizer import NNOptimizer
 
 

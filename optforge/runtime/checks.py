@@ -106,3 +106,14 @@ def check_hyper(cls_name: str, arg: str, value, types: tuple[str, ...], domain: 
     check_type(cls_name, arg, value, types)
     if domain is not None:
         check_domain(cls_name, arg, value, domain)
+
+
+def unpack_tuple(cls_name: str, arg: str, value, count: int = 2) -> tuple:
+    """MindSpore's nn checks of `etas=(a, b)`: a tuple (TypeError), of `count` items (ValueError)."""
+    if not isinstance(value, tuple):
+        raise TypeError(f"For {cls_name}, {arg} must be a tuple, but got {type(value)}.")
+    if len(value) != count:
+        raise ValueError(
+            f"For {cls_name}, {arg} must be a tuple with the size of {count}, but got {len(value)}."
+        )
+    return value

@@ -3,15 +3,18 @@
     python3 -m venv /tmp/ms && . /tmp/ms/bin/activate
     pip install "mindspore==2.10.0" "numpy<2"
     python tests/golden/record_mindspore.py        # writes tests/golden/mindspore_2_10.npz
+    python tests/golden/record_mindspore.py rprop_default asgd_default   # (re)records those, keeps the rest
 
 Each case steps three parameters of different shapes (names chosen so the
 beta/gamma weight-decay rule matters) through 12 steps of seeded random
-gradients and keeps every parameter after every step. The inputs are saved
+gradients and keeps every parameter after every step (and, for the optimizers in
+RECORDED_STATE, that state too: ASGD's average is its output). The inputs are saved
 next to the results, so the tests need neither MindSpore nor this script.
 Lamb is absent: MindSpore has no CPU kernel for it.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import mindspore as ms
@@ -22,6 +25,7 @@ from mindspore.experimental import optim
 STEPS = 12
 SHAPES = {"dense.weight": (3, 4), "dense.bias": (5,), "bn.gamma": (2, 3, 2)}
 OUT = Path(__file__).with_name("mindspore_2_10.npz")
+RECORDED_STATE = {"ASGD": "ax", "Rprop": "step_size"}  # MindSpore's attribute names
 
 ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
 
@@ -58,13 +62,16 @@ def run(kind, kwargs, seed, grad_scale=1.0, groups=None, scheduler=None):
     if scheduler:
         name, skw = scheduler
         sched = getattr(optim.lr_scheduler, name)(opt, **skw)
-    history = []
+    history, states = [], []
+    state = getattr(opt, RECORDED_STATE.get(kind, ""), None)
     for step in range(STEPS):
         opt(tuple(Tensor(grads[step][p.name]) for p in opt.parameters))
         if sched is not None:
             sched.step()
         history.append({p.name: p.asnumpy().copy() for p in params})
-    return w0, grads, history
+        if state is not None:
+            states.append({p.name: s.asnumpy().copy() for p, s in zip(opt.parameters, state)})
+    return w0, grads, history, states
 
 
 CASES = {
@@ -229,6 +236,24 @@ CASES = {
         None,
         None,
     ),
+    "rprop_default": ("Rprop", {}, 59, 1.0, None, None),
+    "rprop_etas_steps_decay": (
+        "Rprop",
+        {"learning_rate": 0.05, "etas": (0.3, 1.5), "step_sizes": (1e-3, 0.2), "weight_decay": 0.05},
+        60,
+        1.0,
+        None,
+        None,
+    ),
+    "asgd_default": ("ASGD", {}, 61, 1.0, None, None),
+    "asgd_averaging_decay": (
+        "ASGD",
+        {"learning_rate": 0.05, "lambd": 0.01, "alpha": 0.5, "t0": 3.0, "weight_decay": 0.1},
+        62,
+        1.0,
+        None,
+        None,
+    ),
     "radam_default": ("RAdam", {"lr": 0.01}, 31, 1.0, None, None),
     "radam_betas_eps_decay": (
         "RAdam",
@@ -250,10 +275,19 @@ CASES = {
 }
 
 
-def main():
+def main(only):
     arrays, meta = {}, {}
+    if only:  # keep every other recorded case as it is
+        with np.load(OUT) as old:
+            arrays = {k: old[k] for k in old.files if k != "meta"}
+            meta = json.loads(str(old["meta"]))
+        for name in only:
+            meta.pop(name, None)
+            arrays = {k: v for k, v in arrays.items() if not k.startswith(f"{name}/")}
     for name, (kind, kwargs, seed, scale, groups, scheduler) in CASES.items():
-        w0, grads, history = run(kind, kwargs, seed, scale, groups, scheduler)
+        if only and name not in only:
+            continue
+        w0, grads, history, states = run(kind, kwargs, seed, scale, groups, scheduler)
         meta[name] = {
             "optimizer": kind,
             "kwargs": kwargs,
@@ -265,6 +299,10 @@ def main():
             arrays[f"{name}/w0/{n}"] = w0[n]
             arrays[f"{name}/grads/{n}"] = np.stack([g[n] for g in grads])
             arrays[f"{name}/history/{n}"] = np.stack([h[n] for h in history])
+            if states:
+                arrays[f"{name}/state/{n}"] = np.stack([h[n] for h in states])
+        if states:
+            meta[name]["state"] = RECORDED_STATE[kind]
         print(name, "done")
     arrays["meta"] = np.array(json.dumps(meta))
     np.savez_compressed(OUT, **arrays)
@@ -272,4 +310,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
