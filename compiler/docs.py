@@ -7,6 +7,7 @@ class generator validates with (`wrappers.CONTEXTS`), and its algorithm is
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sympy as sp
@@ -71,12 +72,25 @@ def latex(expr, names) -> str:
     return sp.latex(sp.sympify(expr), symbol_names=names, order="none")
 
 
-def algorithm(spec: S.Spec, dialect: str) -> str:
-    """The update as a LaTeX pseudocode box, in the shape of the seed pages' boxes."""
+def pinned_flags(spec: S.Spec, export) -> dict:
+    """The flags this export does not expose, at the value its class pins them to."""
+    named = {e if isinstance(e, str) else e[0] for e in export.signature}
+    return {f.symbol: sp.true if f.default else sp.false for f in spec.flags if f.name not in named}
+
+
+def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
+    """The update as a LaTeX pseudocode box, in the shape of the seed pages' boxes.
+
+    Flags the dialect pins (nn.Rprop has no `maximize`) are substituted, so the
+    box shows only what the class can do.
+    """
     names = symbol_latex(spec)
-    used = set().union(*(sp.sympify(r.expr).free_symbols for r in spec.rules))
+    pinned = pinned or {}
+    rules = [r for r in spec.rules if r.when is None or r.when not in pinned or pinned[r.when] == sp.true]
+    exprs = {id(r): sp.sympify(r.expr).subs(pinned) for r in rules}
+    used = set().union(*(e.free_symbols for e in exprs.values()))
     inputs = [rf"{names[S.lr]}\ (\text{{lr}})"]
-    inputs += [rf"{latex(h.symbol, names)}\ (\texttt{{{h.name}}})" for h in spec.hypers]
+    inputs += [rf"{latex(h.symbol, names)}\ (\texttt{{{tt(h.name)}}})" for h in spec.hypers]
     if S.weight_decay in used:
         inputs.append(rf"{names[S.weight_decay]}\ (\text{{weight decay}})")
     if S.grad_scale in used and dialect == "nn":
@@ -92,14 +106,19 @@ def algorithm(spec: S.Spec, dialect: str) -> str:
     lines.append(r"&\textbf{initialize}: " + r",\ ".join(init) + r" \\")
     lines.append(r"&\rule{100mm}{0.4pt} \\")
     lines.append(r"&\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\")
-    for rule in spec.rules:
+    for rule in rules:
         target = latex(rule.target, names)
-        body = rf"{target} \leftarrow {latex(rule.expr, names)}"
-        if rule.when is not None:
+        body = rf"{target} \leftarrow {latex(exprs[id(rule)], names)}"
+        if rule.when is not None and rule.when not in pinned:
             body = rf"\textbf{{if}}\ {names[rule.when]}:\ {body}"
         lines.append(rf"&\qquad {body} \\")
     lines.append(r"&\rule{100mm}{0.4pt}")
     return "\\begin{aligned}\n" + "\n".join(lines) + "\n\\end{aligned}"
+
+
+def tt(name: str) -> str:
+    """A name inside \\texttt{}: KaTeX needs its underscores escaped."""
+    return name.replace("_", r"\_")
 
 
 def legend(spec: S.Spec, dialect: str) -> list[str]:
@@ -153,7 +172,7 @@ def page(spec: S.Spec, export) -> str:
         module=module,
         dialect_words=dialect_words,
         signature=signature,
-        algorithm=algorithm(spec, export.dialect),
+        algorithm=algorithm(spec, export.dialect, pinned_flags(spec, export)),
         legend=legend(spec, export.dialect),
         arguments=arguments,
         raises=context["raises"],
@@ -161,6 +180,78 @@ def page(spec: S.Spec, export) -> str:
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
         example=example(spec, export),
     )
+
+
+# Classes written by hand in the run-time (wrappers, not update rules): their page comes
+# from their docstring and signature, so it cannot drift from the code either.
+LARS_ALGORITHM = r"""\begin{aligned}
+&\rule{100mm}{0.4pt} \\
+&\textbf{input}: \text{the wrapped optimizer's } \gamma,\ \lambda,\ \sigma;\
+\theta\ (\texttt{coefficient}),\ \epsilon\ (\texttt{epsilon}) \\
+&\rule{100mm}{0.4pt} \\
+&\textbf{for}\ t = 1, 2, \ldots\ \textbf{do, for each parameter } w
+\textbf{ that } \texttt{lars\_filter} \textbf{ accepts} \\
+&\qquad c \leftarrow \frac{\theta \left\| w \right\|}
+{\left\| \sigma g \right\| + \lambda \left\| w \right\| + \epsilon} \\
+&\qquad \textbf{if}\ \texttt{use\_clip}:\
+c \leftarrow \min\left(\max\left(c / \gamma, 0\right), 1\right) \\
+&\qquad g \leftarrow c \left(\sigma g + \lambda w\right)
+\quad \text{(others: } g \leftarrow \sigma g\text{, no weight decay)} \\
+&\qquad \text{the wrapped optimizer steps with } g\text{, its own weight decay and loss scale off} \\
+&\rule{100mm}{0.4pt}
+\end{aligned}"""
+
+
+def wrapper_page(cls, module: str, algorithm_latex: str, source: str) -> str:
+    """A page for a hand-written class: signature, algorithm, and its docstring's sections."""
+    import inspect
+
+    doc = inspect.cleandoc(cls.__doc__)
+    summary, _, body = doc.partition("\n\n")
+    parameters = body.split("Parameters\n----------\n")[1].split("\n\nRaises")[0]
+    raises = body.split("Raises\n------\n")[1]
+    # A function default prints with its address; print its name (pages are reproducible).
+    signature = re.sub(r"<function (\w+) at 0x[0-9a-f]+>", r"\1", str(inspect.signature(cls)))
+    arguments = []
+    for line in parameters.splitlines():
+        if line and not line.startswith(" "):
+            name, _, kind = line.partition(" : ")
+            arguments.append([name, kind, ""])
+        elif line.strip():
+            arguments[-1][2] = f"{arguments[-1][2]} {line.strip()}".strip()
+    errors = []
+    for line in raises.splitlines():
+        if line and not line.startswith(" "):
+            errors.append([line.strip(), ""])
+        elif line.strip():
+            errors[-1][1] = f"{errors[-1][1]} {line.strip()}".strip()
+    return environment.get_template("wrapper_page.md.j2").render(
+        name=cls.__name__,
+        module=module,
+        source=source,
+        summary=summary,
+        overview=inspect.cleandoc(inspect.getmodule(cls).__doc__).partition("\n\n")[2],
+        signature=signature,
+        algorithm=algorithm_latex,
+        arguments=arguments,
+        raises=errors,
+    )
+
+
+def wrapper_pages() -> dict[str, tuple[str, str, str]]:
+    """Relative path -> (class path, page, summary) of the hand-written classes."""
+    from optforge.runtime.lars import LARS
+
+    source = "optforge/runtime/lars.py"
+    text = wrapper_page(LARS, "optforge.nn", LARS_ALGORITHM, source)
+    summary = inspect_summary(LARS)
+    return {"optimizers/nn.LARS.md": ("optforge.nn.LARS", text, summary, source)}
+
+
+def inspect_summary(cls) -> str:
+    import inspect
+
+    return inspect.cleandoc(cls.__doc__).partition("\n")[0]
 
 
 def page_path(export) -> str:
@@ -179,6 +270,9 @@ def docs_files(specs: list[S.Spec]) -> dict[str, str]:
             files[page_path(export)] = page(spec, export)
             module, _ = DIALECTS[export.dialect]
             rows.append((f"{module}.{export.class_name}", page_path(export), spec.summary, spec.where))
+    for path, (name, text, summary, source) in wrapper_pages().items():
+        files[path] = text
+        rows.append((name, path, summary, source))
     files["index.md"] = environment.get_template("docs_index.md.j2").render(rows=sorted(rows))
     return files
 

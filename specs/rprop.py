@@ -68,7 +68,15 @@ SPEC = Spec(
     constraints=[
         Constraint(step_min <= step_max, "ValueError", "step_sizes[0] must not exceed step_sizes[1].")
     ],
-    latex={etaminus: r"\eta^-", etaplus: r"\eta^+", step_size: r"\Delta", g_eff: r"\tilde{g}", g_kept: r"g'"},
+    latex={
+        etaminus: r"\eta^-",
+        etaplus: r"\eta^+",
+        step_min: r"\Delta_{\min}",
+        step_max: r"\Delta_{\max}",
+        step_size: r"\Delta",
+        g_eff: r"\tilde{g}",
+        g_kept: r"g'",
+    },
     notes=(
         "One spec feeds both dialects: optim.Rprop (torch's, with no weight decay) and nn.Rprop "
         "(MindSpore's, whose weight decay is added to the gradient and whose `etas` and `step_sizes` "

@@ -88,6 +88,8 @@ class NNOptimizer(FusedOptimizer):
         ]
         self.loss_scale = float(loss_scale)
         self.global_step = 0
+        # MindSpore's is_group_lr: some group sets its own learning rate (nn.LARS asks).
+        self.is_group_lr = grouped and any("lr" in d for d in items if isinstance(d, dict))
 
     def _finish_init(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool):
         """Called by the generated subclass once its own arguments are checked."""
