@@ -26,7 +26,7 @@ import numpy as np
 from numba import config, cuda
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from traffic import bytes_per_element  # noqa: E402
+from optforge.bench.traffic import bytes_per_element  # noqa: E402
 
 import optforge  # noqa: E402
 

@@ -40,12 +40,33 @@ def main(argv: list[str] | None = None) -> int:
     new.add_argument("name", help="module name of the new spec, e.g. lion")
     new.add_argument("--title", help="class name (default: the name in CamelCase)")
 
+    bench = commands.add_parser(
+        "bench", help="time optimizer steps against the bandwidth limit, torch.optim and DeepSpeed"
+    )
+    from optforge.bench.cpu import add_arguments
+
+    add_arguments(bench)
+
     args = parser.parse_args(argv)
+    commands_run = {
+        "build": _build,
+        "show": _show,
+        "docs": _docs,
+        "site": _site,
+        "new": _new,
+        "bench": _bench,
+    }
     try:
-        return {"build": _build, "show": _show, "docs": _docs, "site": _site, "new": _new}[args.command](args)
+        return commands_run[args.command](args)
     except SpecError as error:
         print(f"optforge: spec error: {error}", file=sys.stderr)
         return 2
+
+
+def _bench(args) -> int:
+    from optforge.bench.cpu import run_from_arguments
+
+    return run_from_arguments(args)
 
 
 def _check_or_write(args, files: dict[str, str], root: Path, stale, write, what: str, rebuild: str) -> int:

@@ -40,10 +40,45 @@ def test_gpu_benchmark_runs_end_to_end(tmp_path):
 
 
 def test_bytes_per_element_come_from_the_compiled_stages():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from traffic import bytes_per_element
+    from optforge.bench.traffic import bytes_per_element
 
     assert bytes_per_element("adam") == 28  # reads w g m v, writes w m v
     assert bytes_per_element("adam", flags={"use_amsgrad": True}) == 36
     assert bytes_per_element("lamb") == 24 + 16  # stage 1: w g m v in, m v out; stage 2: m v w in, w out
     assert bytes_per_element("adam", dtype="float64") == 56
+
+
+def test_optforge_bench_writes_json_table_and_plot(tmp_path):
+    """`optforge bench` end to end at a tiny size (its numbers are not checked: no timing asserts)."""
+    from optforge.compiler.cli import main
+
+    assert (
+        main(["bench", "adam", "rprop", "--sizes", "5000", "--repeat", "1", "--out-dir", str(tmp_path)]) == 0
+    )
+    result = json.loads((tmp_path / "cpu-adam-rprop-t1.json").read_text())
+    contenders = {(r["optimizer"], r["contender"]) for r in result["rows"]}
+    assert {("adam", "optforge"), ("adam", "same-traffic limit"), ("rprop", "optforge")} <= contenders
+    assert ("adam", "torch fused") in contenders  # torch is a test dependency
+    adam = next(r for r in result["rows"] if r["optimizer"] == "adam" and r["contender"] == "optforge")
+    assert adam["speedup_of_optforge"] == 1.0 and adam["GB/s"] > 0
+    table = (tmp_path / "cpu-adam-rprop-t1.txt").read_text()
+    assert "same-traffic limit" in table
+    if "deepspeed is not installed" not in " ".join(result["notes"]):
+        assert ("adam", "DeepSpeed CPUAdam") in contenders
+    pytest.importorskip("matplotlib")
+    assert (tmp_path / "cpu-adam-rprop-t1.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optforge_bench_refuses_unknown_names(capsys):
+    from optforge.compiler.cli import main
+
+    assert main(["bench", "adamm"]) == 2
+    assert "unknown optimizers ['adamm']" in capsys.readouterr().err
+
+
+def test_startup_is_measured_in_new_processes():
+    from optforge.bench.startup import measure_startup
+
+    result = measure_startup()
+    assert set(result) == {"cold_s", "warm_s", "import_s"}
+    assert all(v > 0 for v in result.values())

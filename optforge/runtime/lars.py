@@ -102,6 +102,13 @@ class LARS:
     def get_lr(self):
         return self.optimizer.get_lr()
 
+    def state_dict(self) -> dict:
+        """The wrapped optimizer's state dict (LARS itself keeps no state)."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
     def __call__(self, gradients) -> bool:
         lock = self.optimizer._lock
         if lock is None:

@@ -73,6 +73,45 @@ class OptimOptimizer(FusedOptimizer):
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 
+    # Checkpoints also hold each group's options (a scheduler may have changed lr).
+    def _extra_state(self) -> dict:
+        result = {}
+        for g, group in enumerate(self.param_groups):
+            for key, value in group.items():
+                if key != "params":
+                    result[f"group/{g}/{key}"] = np.array(value, dtype=np.float64)
+        return result
+
+    def _check_extra_state(self, sd: dict) -> None:
+        cls = type(self).__name__
+        groups = {int(key.split("/")[1]) for key in sd if key.startswith("group/")}
+        if len(groups) != len(self.param_groups):
+            raise ValueError(
+                f"For '{cls}', the state dict holds {len(groups)} param groups, but this optimizer has "
+                f"{len(self.param_groups)}."
+            )
+        for g, group in enumerate(self.param_groups):
+            for key, value in group.items():
+                if key != "params" and np.shape(sd.get(f"group/{g}/{key}")) != np.shape(value):
+                    raise ValueError(
+                        f"For '{cls}', the state dict's param group {g} has no '{key}' like this one's."
+                    )
+
+    def _load_extra_state(self, sd: dict) -> None:
+        for g, group in enumerate(self.param_groups):
+            for key, value in list(group.items()):
+                if key == "params":
+                    continue
+                saved = np.asarray(sd[f"group/{g}/{key}"])
+                if isinstance(value, tuple):
+                    group[key] = tuple(float(x) for x in saved)
+                elif isinstance(value, bool):
+                    group[key] = bool(saved)
+                elif isinstance(value, np.ndarray):
+                    group[key] = saved.astype(value.dtype)
+                else:
+                    group[key] = type(value)(saved)
+
     def _step(self, gradients) -> bool:
         cls = type(self).__name__
         grads = self._check_gradients(gradients)

@@ -121,6 +121,85 @@ class FusedOptimizer:
     def _step(self, gradients) -> bool:
         raise NotImplementedError
 
+    # -- checkpoints --
+
+    def state_dict(self) -> dict:
+        """The optimizer's state as a flat dict of NumPy arrays, strings and numbers.
+
+        Keys: ``optimizer`` (the class), ``step``, ``param/<i>/{name,shape,dtype}``,
+        ``state/<i>/<state name>`` (host copies, also of device state) and what the
+        dialect adds (the optim dialect: ``group/<g>/<key>``). It pickles, and
+        ``np.savez(path, **opt.state_dict())`` saves it; ``load_state_dict`` takes
+        the dict back or what ``np.load(path)`` returns.
+        """
+        result = {"optimizer": self._checkpoint_name(), "step": int(self.global_step)}
+        for i, p in enumerate(self.parameters):
+            result[f"param/{i}/name"] = p.name
+            result[f"param/{i}/shape"] = np.array(p.shape, dtype=np.int64)
+            result[f"param/{i}/dtype"] = p.dtype.name
+        for name, arrays in self.state.items():
+            for i, array in enumerate(arrays):
+                result[f"state/{i}/{name}"] = _host_copy(array)
+        result.update(self._extra_state())
+        return result
+
+    def load_state_dict(self, state_dict) -> None:
+        """Continue from `state_dict` (from `state_dict()` of the same class over parameters of
+        the same count, shapes and dtypes): the next steps are bit-identical to those of the
+        optimizer it came from. Everything is checked before anything is copied."""
+        cls = type(self).__name__
+        sd = {key: state_dict[key] for key in state_dict}  # also an NpzFile
+        if "optimizer" not in sd or "step" not in sd:
+            raise ValueError(
+                f"For '{cls}', the state dict has no 'optimizer' and 'step': not an optforge one."
+            )
+        source = str(sd["optimizer"])
+        if source != self._checkpoint_name():
+            raise ValueError(f"For '{cls}', the state dict is from {source}, not {self._checkpoint_name()}.")
+        count = sum(1 for key in sd if key.startswith("param/") and key.endswith("/shape"))
+        if count != len(self.parameters):
+            raise ValueError(
+                f"For '{cls}', the state dict holds {count} parameters, but this optimizer has "
+                f"{len(self.parameters)}."
+            )
+        for i, p in enumerate(self.parameters):
+            shape, dtype = tuple(int(n) for n in sd[f"param/{i}/shape"]), str(sd[f"param/{i}/dtype"])
+            if shape != p.shape or dtype != p.dtype.name:
+                raise ValueError(
+                    f"For '{cls}', parameter {i} ('{p.name}') is {p.dtype.name}{list(p.shape)}, but the "
+                    f"state dict's is {dtype}{list(shape)}."
+                )
+            for name in self.state:
+                key = f"state/{i}/{name}"
+                if key not in sd:
+                    raise ValueError(f"For '{cls}', the state dict has no '{key}'.")
+                if np.shape(sd[key]) != p.shape:
+                    raise ValueError(
+                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, not {list(p.shape)}."
+                    )
+        step = int(sd["step"])
+        if step < 0:
+            raise ValueError(f"For '{cls}', the state dict's step is {step}.")
+        self._check_extra_state(sd)
+        # Every check has passed: copy into the existing arrays (the kernels hold them).
+        for name, arrays in self.state.items():
+            for i, array in enumerate(arrays):
+                _copy_into(array, np.asarray(sd[f"state/{i}/{name}"], dtype=self.parameters[i].dtype))
+        self.global_step = step
+        self._load_extra_state(sd)
+
+    def _checkpoint_name(self) -> str:
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def _check_extra_state(self, sd: dict) -> None:
+        pass
+
+    def _load_extra_state(self, sd: dict) -> None:
+        pass
+
     # -- checks --
 
     def _check_gradients(self, gradients) -> list:
@@ -317,6 +396,17 @@ def _filled(p: Parameter, value: float, on_device: bool):
 
         return to_device(array)
     return array
+
+
+def _host_copy(array) -> np.ndarray:
+    return array.copy() if isinstance(array, np.ndarray) else array.copy_to_host()
+
+
+def _copy_into(array, values: np.ndarray) -> None:
+    if isinstance(array, np.ndarray):
+        np.copyto(array, values)
+    else:
+        array.copy_to_device(np.ascontiguousarray(values))
 
 
 def _on_device(x) -> bool:

@@ -1,0 +1,259 @@
+"""CPU benchmark: optforge's fused kernels against the memory-bandwidth limit, torch.optim and DeepSpeed.
+
+    optforge bench                                   # Adam at 1M, 10M, 100M fp32
+    optforge bench adam radam lamb --sizes 1e6 1e7 --tensors 1000
+    optforge bench all --sizes 1e8                   # every optimizer of the catalogue
+
+For each optimizer and size, side by side in one process and interleaved (round-robin
+repeats, so drift in the machine's speed hits every contender alike):
+- optforge, one kernel call per step;
+- the same-traffic kernel: a Numba loop over the same arrays that loads what the
+  optimizer loads and stores what it stores, with one add per element (the limit);
+- torch.optim (single-tensor, foreach, fused where torch has it), when torch is installed;
+- DeepSpeed's DeepSpeedCPUAdam (AVX, hand-written C++) for Adam, when deepspeed is installed
+  (with DS_ACCELERATOR=cpu it builds its CPU op on first use, about a minute, then cached).
+Step time is the median; GB/s counts the bytes the compiled kernels move per element
+(benchmarks/traffic.py) times the elements. `--tensors N` splits the elements into N
+tensors of mixed sizes. Writes a JSON file, the table and a PNG plot (with matplotlib)
+into the output folder (benchmarks/results/ by default). A contender that is not
+installed is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+import optforge
+from optforge.bench.traffic import accesses, bytes_per_element, same_traffic_kernel
+
+RESULTS = Path("benchmarks") / "results"
+OPTFORGE = {
+    "adam": lambda ps: optforge.nn.Adam(ps, learning_rate=1e-3),
+    "adam_offload": lambda ps: optforge.nn.AdamOffload(ps, learning_rate=1e-3),
+    "lamb": lambda ps: optforge.nn.Lamb(ps, learning_rate=1e-3),
+    "proximal_adagrad": lambda ps: optforge.nn.ProximalAdagrad(ps, learning_rate=1e-3),
+    "radam": lambda ps: optforge.optim.RAdam(ps, lr=1e-3),
+}
+# The PyTorch-like catalogue: spec module -> class (same constructor arguments as torch.optim).
+CATALOGUE = {
+    "adam_torch": "Adam",
+    "adamw": "AdamW",
+    "adamax": "Adamax",
+    "adagrad": "Adagrad",
+    "adadelta": "Adadelta",
+    "rmsprop": "RMSprop",
+    "sgd": "SGD",
+    "nadam": "NAdam",
+    "rprop": "Rprop",
+    "asgd": "ASGD",
+    "lion": "Lion",
+    "adabelief": "AdaBelief",
+    "adan": "Adan",
+}
+EXTRA = {"sgd": {"momentum": 0.9}}
+for _spec, _cls in CATALOGUE.items():
+    OPTFORGE[_spec] = lambda ps, _cls=_cls, _spec=_spec: getattr(optforge.optim, _cls)(
+        ps, lr=1e-3, **EXTRA.get(_spec, {})
+    )
+TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam"}
+TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
+TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
+DEEPSPEED = {"adam", "adam_torch"}  # L2 (coupled) Adam, as DeepSpeedCPUAdam(adamw_mode=False)
+
+
+def mixed_sizes(total: int, tensors: int, rng) -> list[int]:
+    """`tensors` sizes adding up to `total`, log-uniformly mixed (a model's layers)."""
+    weights = np.exp(rng.uniform(0, np.log(1000), tensors))
+    sizes = np.maximum(1, np.floor(weights / weights.sum() * total)).astype(int)
+    sizes[0] += total - sizes.sum()
+    return sizes.tolist()
+
+
+def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> dict:
+    """name -> step function, all over fresh arrays of the same sizes. What cannot run is
+    added to `notes`."""
+    steps = {}
+    params = [
+        optforge.Parameter(rng.standard_normal(n).astype(np.float32), f"w{i}") for i, n in enumerate(sizes)
+    ]
+    grads = tuple(rng.standard_normal(n).astype(np.float32) * 0.01 for n in sizes)
+    opt = OPTFORGE[name](params)
+    steps["optforge"] = lambda: opt(grads)
+
+    loads, stores = accesses(name)
+    total = sum(sizes)
+    chunk = 1 << 16
+    starts = np.arange(0, total, chunk, dtype=np.int64)
+    stops = np.minimum(starts + chunk, total)
+    arrays = [np.ones(total, np.float32) for _ in range(loads)]
+    kernel = same_traffic_kernel(loads, stores)
+    steps["same-traffic limit"] = lambda: kernel(starts, stops, *arrays)
+
+    torch_name = TORCH.get(name)  # None: torch has no such optimizer
+    if torch_name is not None:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+            notes.add("torch is not installed: no torch.optim rows (pip install torch==2.13.0)")
+        if torch is not None:
+            torch.set_num_threads(numba.get_num_threads())
+            modes = {"torch single-tensor": {"foreach": False}, "torch foreach": {"foreach": True}}
+            if torch_name in TORCH_FUSED:
+                modes["torch fused"] = {"fused": True}
+            for label, kwargs in modes.items():
+                tp = [torch.zeros(n, requires_grad=True) for n in sizes]
+                for p, g in zip(tp, grads):
+                    p.grad = torch.from_numpy(g)
+                topt = getattr(torch.optim, torch_name)(tp, lr=1e-3, **EXTRA.get(name, {}), **kwargs)
+                steps[label] = topt.step
+    if name in DEEPSPEED:
+        step = _deepspeed_adam(sizes, grads, notes)
+        if step is not None:
+            steps["DeepSpeed CPUAdam"] = step
+    return steps
+
+
+def _deepspeed_adam(sizes, grads, notes: set[str]):
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    try:
+        import torch
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    except ImportError:
+        notes.add("deepspeed is not installed: no DeepSpeed row (pip install deepspeed ninja)")
+        return None
+    tp = [torch.zeros(n, requires_grad=True) for n in sizes]
+    for p, g in zip(tp, grads):
+        p.grad = torch.from_numpy(g)
+    try:
+        opt = DeepSpeedCPUAdam(tp, lr=1e-3, adamw_mode=False)
+    except Exception as error:  # its C++ op failed to build: say so, keep the other rows
+        notes.add(f"DeepSpeedCPUAdam could not be built: {error}")
+        return None
+    return opt.step
+
+
+def measure(steps: dict, repeat: int) -> dict:
+    for step in steps.values():  # compile and warm the caches
+        step()
+        step()
+    times = {label: [] for label in steps}
+    for _ in range(repeat):  # interleaved
+        for label, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[label].append(time.perf_counter() - start)
+    return {label: statistics.median(ts) for label, ts in times.items()}
+
+
+def run(names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir: Path) -> dict:
+    """Measure, print the table, write JSON, table and plot into `out_dir`; return the result."""
+    rng = np.random.default_rng(0)
+    rows, notes = [], set()
+    for name in names:
+        for size in sizes:
+            total = int(size)
+            split = [total] if tensors == 1 else mixed_sizes(total, tensors, rng)
+            times = measure(contenders(name, split, rng, notes), repeat)
+            moved = bytes_per_element(name) * total
+            limit = times["same-traffic limit"]
+            for label, seconds in times.items():
+                rows.append(
+                    {
+                        "optimizer": name,
+                        "elements": total,
+                        "tensors": len(split),
+                        "contender": label,
+                        "ms": seconds * 1e3,
+                        "GB/s": moved / seconds / 1e9,
+                        "fraction_of_limit": limit / seconds,
+                        "speedup_of_optforge": seconds / times["optforge"],
+                    }
+                )
+            del times
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "threads": numba.get_num_threads(),
+        "numba": numba.__version__,
+        "notes": sorted(notes),
+        "rows": rows,
+    }
+    stem = f"cpu-{'-'.join(names) if len(names) <= 4 else f'{len(names)}-optimizers'}-t{tensors}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    text = table(result)
+    (out_dir / f"{stem}.txt").write_text(text)
+    print(text, end="")
+    from optforge.bench.plot import plot
+
+    png = plot(result, out_dir / f"{stem}.png")
+    print(
+        f"wrote {out_dir / stem}.json, .txt"
+        + (", .png" if png else " (no plot: matplotlib is not installed)")
+    )
+    return result
+
+
+def table(result: dict) -> str:
+    header = ("optimizer", "elements", "tensors", "contender", "ms", "GB/s", "of limit", "optforge x")
+    lines = [
+        f"# {result['machine']}, {result['threads']} threads, numba {result['numba']}; medians, interleaved",
+        *(f"# note: {n}" for n in result["notes"]),
+        "{:<17}{:>12}{:>8}  {:<22}{:>9}{:>8}{:>9}{:>11}".format(*header),
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"{r['optimizer']:<17}{r['elements']:>12,}{r['tensors']:>8}  {r['contender']:<22}{r['ms']:>9.2f}"
+            f"{r['GB/s']:>8.1f}{r['fraction_of_limit']:>9.2f}{r['speedup_of_optforge']:>11.2f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "optimizers", nargs="*", default=["adam"], help=f"spec names, or 'all': {', '.join(sorted(OPTFORGE))}"
+    )
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8], help="elements in all")
+    parser.add_argument("--tensors", type=int, default=1, help="split each size into this many tensors")
+    parser.add_argument("--repeat", type=int, default=10, help="timed steps per contender (median)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON, table and plot go")
+    parser.add_argument(
+        "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
+    )
+
+
+def run_from_arguments(args) -> int:
+    if args.startup:
+        from optforge.bench.startup import run_startup
+
+        run_startup(args.out_dir)
+        return 0
+    names = list(OPTFORGE) if args.optimizers == ["all"] else args.optimizers or ["adam"]
+    unknown = sorted(set(names) - set(OPTFORGE))
+    if unknown:
+        print(
+            f"optforge bench: unknown optimizers {unknown}; choose from {sorted(OPTFORGE)}", file=sys.stderr
+        )
+        return 2
+    run(names, args.sizes, args.tensors, args.repeat, args.out_dir)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_arguments(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
