@@ -25,10 +25,8 @@ from pathlib import Path
 import numpy as np
 from numba import config, cuda
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from optforge.bench.traffic import bytes_per_element  # noqa: E402
-
-import optforge  # noqa: E402
+import optforge
+from optforge.bench.traffic import bytes_per_element
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
