@@ -15,7 +15,7 @@ import sympy as sp
 from optforge.compiler import spec as S
 from optforge.compiler.build import stale_files, write_files
 from optforge.compiler.render import environment
-from optforge.compiler.wrappers import CONTEXTS, runtime_domain
+from optforge.compiler.wrappers import CONTEXTS, SKIP_NONFINITE_DOC, Argument, runtime_domain
 
 DIALECTS = {
     "nn": ("optforge.nn", "MindSpore's `nn` dialect"),
@@ -160,9 +160,11 @@ def page(spec: S.Spec, export) -> str:
             described = list(dict.fromkeys(domains[m] for m in members if m in domains))
             domain = "each " + "; ".join(described) if described else ""
         arguments.append((a, domain))
+    arguments.append((Argument("skip_nonfinite", "False", "bool (keyword only)", SKIP_NONFINITE_DOC), ""))
     parts = ["params"] + [
         a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]
     ]
+    parts += ["*", "skip_nonfinite=False"]
     signature = ", ".join(parts)
     if len(signature) > 60:  # one argument per line, as a formatter would
         signature = "\n" + "".join(f"    {p},\n" for p in parts)

@@ -67,6 +67,15 @@ NN_RAISES = (
 )
 
 
+# optforge's own keyword-only argument of every generated class (both dialects).
+SKIP_NONFINITE_DOC = (
+    "optforge's option for loss-scaling training: a step whose gradients hold a NaN or an infinity "
+    "changes nothing (parameters, state, step count), returns False and is counted in `skipped_steps`. "
+    "By default such a step is taken, as MindSpore does."
+)
+SKIP_NONFINITE_RAISES = ("TypeError", "`skip_nonfinite` is not a bool.")
+
+
 @dataclass(frozen=True)
 class Argument:
     name: str
@@ -140,6 +149,7 @@ def class_context(spec: Spec, export: Export) -> dict:
     bools = [n for n in names if n == "use_locking"] + [f.name for f in spec.flags if f.name in names]
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    raises.append(SKIP_NONFINITE_RAISES)
     return {
         "constraints": constraint_checks(spec, export.class_name),
         "hyper_names": repr(tuple(h.name for h in hypers)),
@@ -258,6 +268,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     bools = [a.name for a in arguments if a.name in flag_names]
     variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    raises.append(SKIP_NONFINITE_RAISES)
     return {
         "constraints": constraint_checks(spec, export.class_name),
         "source": spec.where,

@@ -33,6 +33,11 @@ class Adadelta(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -76,6 +81,8 @@ class Adadelta(NNOptimizer):
         If `epsilon` is not float.
     ValueError
         If `epsilon` is not >= 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adadelta_nn"
@@ -92,6 +99,8 @@ class Adadelta(NNOptimizer):
         epsilon=1e-06,
         loss_scale=1.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("Adadelta", "rho", rho, ("float",))
@@ -104,6 +113,7 @@ class Adadelta(NNOptimizer):
             Interval(0.0, math.inf, left_open=False, right_open=True),
         )
         self.hypers = {"rho": float(rho), "epsilon": float(epsilon)}
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
             {"accum": 0.0, "accum_update": 0.0},

@@ -33,6 +33,11 @@ class Adagrad(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -72,6 +77,8 @@ class Adagrad(NNOptimizer):
         If `accum` is not >= 0.
     TypeError
         If `update_slots` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adagrad_nn"
@@ -88,6 +95,8 @@ class Adagrad(NNOptimizer):
         update_slots=True,
         loss_scale=1.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("Adagrad", "accum", accum, ("float",))
@@ -97,6 +106,7 @@ class Adagrad(NNOptimizer):
         check_type("Adagrad", "update_slots", update_slots, ("bool",))
         self.hypers = {"accum": float(accum)}
         self.update_slots = update_slots
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (update_slots,),
             {"accum": self.hypers["accum"]},

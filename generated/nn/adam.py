@@ -42,6 +42,11 @@ class Adam(NNOptimizer):
         converted).
     use_amsgrad : bool, default False
         Divide by the running maximum of the second moment (AMSGrad).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -97,6 +102,8 @@ class Adam(NNOptimizer):
         If `use_nesterov` is not a bool.
     TypeError
         If `use_amsgrad` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adam"
@@ -117,6 +124,8 @@ class Adam(NNOptimizer):
         weight_decay=0.0,
         loss_scale=1.0,
         use_amsgrad=False,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("Adam", "beta1", beta1, ("float",))
@@ -131,6 +140,7 @@ class Adam(NNOptimizer):
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
         self.use_nesterov = use_nesterov
         self.use_amsgrad = use_amsgrad
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (use_nesterov, use_amsgrad),
             {"moment1": 0.0, "moment2": 0.0, "vhat": 0.0},

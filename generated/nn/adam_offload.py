@@ -39,6 +39,11 @@ class AdamOffload(NNOptimizer):
     loss_scale : float or int, default 1.0
         The gradients are divided by it before the update (> 0; an int is
         converted).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -92,6 +97,8 @@ class AdamOffload(NNOptimizer):
         If `use_locking` is not a bool.
     TypeError
         If `use_nesterov` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adam_offload"
@@ -111,6 +118,8 @@ class AdamOffload(NNOptimizer):
         use_nesterov=False,
         weight_decay=0.0,
         loss_scale=1.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("AdamOffload", "beta1", beta1, ("float",))
@@ -129,6 +138,7 @@ class AdamOffload(NNOptimizer):
         check_type("AdamOffload", "use_nesterov", use_nesterov, ("bool",))
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
         self.use_nesterov = use_nesterov
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (use_nesterov,),
             {"moment1": 0.0, "moment2": 0.0, "delta": 0.0},

@@ -35,6 +35,11 @@ class AdaMax(NNOptimizer):
     loss_scale : float or int, default 1.0
         The gradients are divided by it before the update (> 0; an int is
         converted).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -82,6 +87,8 @@ class AdaMax(NNOptimizer):
         If `eps` is not float.
     ValueError
         If `eps` is not > 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adamax_nn"
@@ -99,6 +106,8 @@ class AdaMax(NNOptimizer):
         eps=1e-08,
         weight_decay=0.0,
         loss_scale=1.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("AdaMax", "beta1", beta1, ("float",))
@@ -108,6 +117,7 @@ class AdaMax(NNOptimizer):
         check_domain("AdaMax", "beta2", beta2, Interval(0.0, 1.0, left_open=True, right_open=True))
         check_domain("AdaMax", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
             {"moment1": 0.0, "moment2": 0.0},

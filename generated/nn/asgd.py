@@ -32,6 +32,11 @@ class ASGD(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -71,6 +76,8 @@ class ASGD(NNOptimizer):
         If `t0` is not float.
     ValueError
         If `t0` is not >= 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "asgd"
@@ -87,6 +94,8 @@ class ASGD(NNOptimizer):
         alpha=0.75,
         t0=1000000.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, 1.0)
         check_type("ASGD", "lambd", lambd, ("float",))
@@ -97,6 +106,7 @@ class ASGD(NNOptimizer):
         )
         check_domain("ASGD", "t0", t0, Interval(0.0, math.inf, left_open=False, right_open=True))
         self.hypers = {"lambd": float(lambd), "alpha": float(alpha), "t0": float(t0)}
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (False,),
             {"ax": 0.0},

@@ -39,6 +39,11 @@ class FTRL(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -92,6 +97,8 @@ class FTRL(NNOptimizer):
         If `l2` is not >= 0.
     TypeError
         If `use_locking` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "ftrl"
@@ -111,6 +118,8 @@ class FTRL(NNOptimizer):
         use_locking=False,
         loss_scale=1.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("FTRL", "initial_accum", initial_accum, ("float",))
@@ -135,6 +144,7 @@ class FTRL(NNOptimizer):
             "l1": float(l1),
             "l2": float(l2),
         }
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
             {"moments": self.hypers["initial_accum"], "linear": 0.0},

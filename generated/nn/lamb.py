@@ -32,6 +32,11 @@ class Lamb(NNOptimizer):
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0), or a callable of the step. Without
         groups it skips parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -75,6 +80,8 @@ class Lamb(NNOptimizer):
         If `eps` is not float.
     ValueError
         If `eps` is not > 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "lamb"
@@ -91,6 +98,8 @@ class Lamb(NNOptimizer):
         beta2=0.999,
         eps=1e-06,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, 1.0)
         check_type("Lamb", "beta1", beta1, ("float",))
@@ -100,6 +109,7 @@ class Lamb(NNOptimizer):
         check_domain("Lamb", "beta2", beta2, Interval(0.0, 1.0, left_open=True, right_open=True))
         check_domain("Lamb", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
         self.hypers = {"beta1": float(beta1), "beta2": float(beta2), "eps": float(eps)}
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
             {"moments1": 0.0, "moments2": 0.0},

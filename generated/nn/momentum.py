@@ -33,6 +33,11 @@ class Momentum(NNOptimizer):
         converted).
     use_nesterov : bool, default False
         Use Nesterov momentum.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -72,6 +77,8 @@ class Momentum(NNOptimizer):
         If `momentum` is not >= 0.
     TypeError
         If `use_nesterov` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "momentum"
@@ -88,6 +95,8 @@ class Momentum(NNOptimizer):
         weight_decay=0.0,
         loss_scale=1.0,
         use_nesterov=False,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("Momentum", "momentum", momentum, ("float",))
@@ -100,6 +109,7 @@ class Momentum(NNOptimizer):
         check_type("Momentum", "use_nesterov", use_nesterov, ("bool",))
         self.hypers = {"momentum": float(momentum)}
         self.use_nesterov = use_nesterov
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (use_nesterov,),
             {"moments": 0.0},

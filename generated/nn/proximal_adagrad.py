@@ -37,6 +37,11 @@ class ProximalAdagrad(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -84,6 +89,8 @@ class ProximalAdagrad(NNOptimizer):
         If `l2` is not >= 0.
     TypeError
         If `use_locking` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "proximal_adagrad"
@@ -102,6 +109,8 @@ class ProximalAdagrad(NNOptimizer):
         use_locking=False,
         loss_scale=1.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("ProximalAdagrad", "accum", accum, ("float",))
@@ -121,6 +130,7 @@ class ProximalAdagrad(NNOptimizer):
         )
         check_type("ProximalAdagrad", "use_locking", use_locking, ("bool",))
         self.hypers = {"accum": float(accum), "l1": float(l1), "l2": float(l2)}
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
             {"accum": self.hypers["accum"]},

@@ -39,6 +39,11 @@ class RMSProp(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -92,6 +97,8 @@ class RMSProp(NNOptimizer):
         If `use_locking` is not a bool.
     TypeError
         If `centered` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "rmsprop_nn"
@@ -111,6 +118,8 @@ class RMSProp(NNOptimizer):
         centered=False,
         loss_scale=1.0,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("RMSProp", "decay", decay, ("float",))
@@ -136,6 +145,7 @@ class RMSProp(NNOptimizer):
             "epsilon": float(epsilon),
         }
         self.centered = centered
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (centered,),
             {"mean_square": 1.0, "mean_grad": 0.0, "moment": 0.0},

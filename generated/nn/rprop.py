@@ -31,6 +31,11 @@ class Rprop(NNOptimizer):
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0), or a callable of the step. Without groups it skips
         parameters whose name contains 'beta' or 'gamma'.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -84,6 +89,8 @@ class Rprop(NNOptimizer):
         If `step_size_max` is not float.
     ValueError
         If step_sizes[0] must not exceed step_sizes[1].
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "rprop"
@@ -99,6 +106,8 @@ class Rprop(NNOptimizer):
         etas=(0.5, 1.2),
         step_sizes=(1e-06, 50.0),
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, 1.0)
         etaminus, etaplus = unpack_tuple("Rprop", "etas", etas, 2)
@@ -121,6 +130,7 @@ class Rprop(NNOptimizer):
             "step_size_min": float(step_size_min),
             "step_size_max": float(step_size_max),
         }
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (False,),
             {"prev": 0.0, "step_size": "lr"},

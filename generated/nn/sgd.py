@@ -35,6 +35,11 @@ class SGD(NNOptimizer):
     loss_scale : float or int, default 1.0
         The gradients are divided by it before the update (> 0; an int is
         converted).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -80,6 +85,8 @@ class SGD(NNOptimizer):
         If `nesterov` is not a bool.
     ValueError
         If nesterov momentum requires a momentum and zero dampening.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "sgd"
@@ -97,6 +104,8 @@ class SGD(NNOptimizer):
         weight_decay=0.0,
         nesterov=False,
         loss_scale=1.0,
+        *,
+        skip_nonfinite=False,
     ):
         super().__init__(params, learning_rate, weight_decay, loss_scale)
         check_type("SGD", "momentum", momentum, ("float", "int"))
@@ -112,6 +121,7 @@ class SGD(NNOptimizer):
             raise ValueError("For 'SGD', Nesterov momentum requires a momentum and zero dampening.")
         self.hypers = {"momentum": float(momentum), "dampening": float(dampening)}
         self.nesterov = nesterov
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (nesterov, False),
             {"momentum_buffer": 0.0},

@@ -35,6 +35,11 @@ class AdaBelief(OptimOptimizer):
     weight_decay : float or int, default 0.0
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -73,6 +78,8 @@ class AdaBelief(OptimOptimizer):
         If `eps` is not float or int.
     ValueError
         If `eps` is not > 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adabelief"
@@ -89,6 +96,8 @@ class AdaBelief(OptimOptimizer):
         betas=(0.9, 0.999),
         eps=1e-16,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("AdaBelief", lr)
@@ -119,4 +128,5 @@ class AdaBelief(OptimOptimizer):
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((), {"exp_avg": 0.0, "exp_avg_var": 0.0})

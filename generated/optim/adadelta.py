@@ -36,6 +36,11 @@ class Adadelta(OptimOptimizer):
         (>= 0).
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -72,6 +77,8 @@ class Adadelta(OptimOptimizer):
         If `eps` is not >= 0.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adadelta"
@@ -89,6 +96,8 @@ class Adadelta(OptimOptimizer):
         eps=1e-06,
         weight_decay=0.0,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Adadelta", lr)
@@ -111,4 +120,5 @@ class Adadelta(OptimOptimizer):
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay})
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"square_avg": 0.0, "acc_delta": 0.0})

@@ -39,6 +39,11 @@ class Adagrad(OptimOptimizer):
         Added to the denominator for numerical stability.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -77,6 +82,8 @@ class Adagrad(OptimOptimizer):
         If `eps` is not >= 0.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adagrad"
@@ -95,6 +102,8 @@ class Adagrad(OptimOptimizer):
         initial_accumulator_value=0.0,
         eps=1e-10,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Adagrad", lr)
@@ -133,4 +142,5 @@ class Adagrad(OptimOptimizer):
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"sum": self.hypers["initial_accumulator_value"]})

@@ -39,6 +39,11 @@ class Adam(OptimOptimizer):
         Divide by the running maximum of the second moment (AMSGrad).
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -83,6 +88,8 @@ class Adam(OptimOptimizer):
         If `amsgrad` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adam_torch"
@@ -101,6 +108,8 @@ class Adam(OptimOptimizer):
         weight_decay=0.0,
         amsgrad=False,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Adam", lr)
@@ -135,6 +144,7 @@ class Adam(OptimOptimizer):
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.amsgrad = amsgrad
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (amsgrad, maximize), {"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0}
         )

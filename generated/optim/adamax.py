@@ -37,6 +37,11 @@ class Adamax(OptimOptimizer):
         (>= 0).
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -77,6 +82,8 @@ class Adamax(OptimOptimizer):
         If `eps` is not > 0.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adamax"
@@ -94,6 +101,8 @@ class Adamax(OptimOptimizer):
         eps=1e-08,
         weight_decay=0.0,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Adamax", lr)
@@ -126,4 +135,5 @@ class Adamax(OptimOptimizer):
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"exp_avg": 0.0, "exp_inf": 0.0})

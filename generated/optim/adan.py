@@ -36,6 +36,11 @@ class Adan(OptimOptimizer):
     weight_decay : float or int, default 0.0
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -82,6 +87,8 @@ class Adan(OptimOptimizer):
         If `eps` is not float or int.
     ValueError
         If `eps` is not > 0.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "adan"
@@ -98,6 +105,8 @@ class Adan(OptimOptimizer):
         betas=(0.98, 0.92, 0.99),
         eps=1e-08,
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Adan", lr)
@@ -135,6 +144,7 @@ class Adan(OptimOptimizer):
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (), {"exp_avg": 0.0, "exp_avg_diff": 0.0, "exp_avg_sq": 0.0, "pre_grad": 0.0}
         )

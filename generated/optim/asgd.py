@@ -38,6 +38,11 @@ class ASGD(OptimOptimizer):
         (>= 0).
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -74,6 +79,8 @@ class ASGD(OptimOptimizer):
         If `t0` is not >= 0.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "asgd"
@@ -92,6 +99,8 @@ class ASGD(OptimOptimizer):
         t0=1000000.0,
         weight_decay=0.0,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("ASGD", lr)
@@ -118,4 +127,5 @@ class ASGD(OptimOptimizer):
         )
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"ax": 0.0})

@@ -33,6 +33,11 @@ class Lion(OptimOptimizer):
     weight_decay : float or int, default 0.0
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0).
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -65,6 +70,8 @@ class Lion(OptimOptimizer):
         If `betas[1]` is not float.
     ValueError
         If `betas[1]` is not in range of [0.0, 1.0).
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "lion"
@@ -80,6 +87,8 @@ class Lion(OptimOptimizer):
         lr=0.0001,
         betas=(0.9, 0.99),
         weight_decay=0.0,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Lion", lr)
@@ -101,4 +110,5 @@ class Lion(OptimOptimizer):
         )
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((), {"exp_avg": 0.0})

@@ -43,6 +43,11 @@ class NAdam(OptimOptimizer):
         gradient.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -89,6 +94,8 @@ class NAdam(OptimOptimizer):
         If `decoupled_weight_decay` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "nadam"
@@ -108,6 +115,8 @@ class NAdam(OptimOptimizer):
         momentum_decay=0.004,
         decoupled_weight_decay=False,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("NAdam", lr)
@@ -156,4 +165,5 @@ class NAdam(OptimOptimizer):
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.decoupled_weight_decay = decoupled_weight_decay
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((decoupled_weight_decay, maximize), {"exp_avg": 0.0, "exp_avg_sq": 0.0})

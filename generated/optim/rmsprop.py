@@ -42,6 +42,11 @@ class RMSprop(OptimOptimizer):
         second moment.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -86,6 +91,8 @@ class RMSprop(OptimOptimizer):
         If `centered` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "rmsprop"
@@ -105,6 +112,8 @@ class RMSprop(OptimOptimizer):
         momentum=0.0,
         centered=False,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("RMSprop", lr)
@@ -145,6 +154,7 @@ class RMSprop(OptimOptimizer):
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.centered = centered
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (centered, maximize), {"square_avg": 0.0, "grad_avg": 0.0, "momentum_buffer": 0.0}
         )

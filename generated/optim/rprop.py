@@ -34,6 +34,11 @@ class Rprop(OptimOptimizer):
         Smallest step size and largest step size.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -76,6 +81,8 @@ class Rprop(OptimOptimizer):
         If `maximize` is not a bool.
     ValueError
         If step_sizes[0] must not exceed step_sizes[1].
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "rprop"
@@ -92,6 +99,8 @@ class Rprop(OptimOptimizer):
         etas=(0.5, 1.2),
         step_sizes=(1e-06, 50.0),
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("Rprop", lr)
@@ -119,4 +128,5 @@ class Rprop(OptimOptimizer):
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes})
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"prev": 0.0, "step_size": "lr"})

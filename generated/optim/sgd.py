@@ -38,6 +38,11 @@ class SGD(OptimOptimizer):
         Use Nesterov momentum.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    skip_nonfinite : bool, default False (keyword only)
+        optforge's option for loss-scaling training: a step whose gradients
+        hold a NaN or an infinity changes nothing (parameters, state, step
+        count), returns False and is counted in ``skipped_steps``. By default
+        such a step is taken, as MindSpore does.
 
     Attributes
     ----------
@@ -76,6 +81,8 @@ class SGD(OptimOptimizer):
         If `maximize` is not a bool.
     ValueError
         If nesterov momentum requires a momentum and zero dampening.
+    TypeError
+        If `skip_nonfinite` is not a bool.
     """
 
     _SPEC = "sgd"
@@ -94,6 +101,8 @@ class SGD(OptimOptimizer):
         weight_decay=0.0,
         nesterov=False,
         maximize=False,
+        *,
+        skip_nonfinite=False,
     ):
         # MindSpore's order: lr, weight_decay, then the optimizer's own arguments.
         check_positive_lr("SGD", lr)
@@ -123,4 +132,5 @@ class SGD(OptimOptimizer):
         self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
         self.nesterov = nesterov
         self.maximize = maximize
+        self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((nesterov, maximize), {"momentum_buffer": 0.0})

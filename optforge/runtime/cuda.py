@@ -93,3 +93,28 @@ def dense_from_rows(rows: np.ndarray, values: np.ndarray, shape, dtype, launch: 
             out,
         )
     return out
+
+
+_NONFINITE_KERNEL = None
+
+
+def device_all_finite(x) -> bool:
+    """Whether every element of a device array is finite (one flag set by any thread that finds one)."""
+    global _NONFINITE_KERNEL
+    if _NONFINITE_KERNEL is None:
+        import math
+
+        @cuda.jit
+        def flag_nonfinite(values, flag):
+            i = cuda.grid(1)
+            while i < values.size:
+                if not math.isfinite(values[i]):
+                    flag[0] = 1  # every writer writes 1: the race is harmless
+                i += cuda.gridsize(1)
+
+        _NONFINITE_KERNEL = flag_nonfinite
+    flat = as_device_array(x).reshape(-1) if hasattr(x, "reshape") else as_device_array(x)
+    flag = cuda.to_device(np.zeros(1, np.int32))
+    blocks = max(1, min(1024, (flat.size + 255) // 256))
+    _NONFINITE_KERNEL[blocks, 256](flat, flag)
+    return int(flag.copy_to_host()[0]) == 0

@@ -98,6 +98,8 @@ class NNOptimizer(FusedOptimizer):
     def _step(self, gradients) -> bool:
         cls = type(self).__name__
         grads = self._check_gradients(gradients)
+        if self._skips(grads):
+            return False
         k = self.global_step
         lrs = [group.lr.at(k, cls) for group in self.groups]
         wds = [group.weight_decay.at(k) for group in self.groups]

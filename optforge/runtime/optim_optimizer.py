@@ -115,6 +115,8 @@ class OptimOptimizer(FusedOptimizer):
     def _step(self, gradients) -> bool:
         cls = type(self).__name__
         grads = self._check_gradients(gradients)
+        if self._skips(grads):
+            return False
         lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
         hypers = [tuple(float(h) for h in self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1

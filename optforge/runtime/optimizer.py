@@ -50,6 +50,28 @@ class FusedOptimizer:
 
     parameters: tuple[Parameter, ...]
     _group_of: list[int]  # group index of each parameter
+    # skip_nonfinite=True: a step whose gradients hold a NaN or an infinity changes nothing
+    # (parameters, state, step counter) and is counted in `skipped_steps`.
+    skip_nonfinite = False
+    skipped_steps = 0
+
+    def _set_skip_nonfinite(self, skip_nonfinite) -> None:
+        from optforge.runtime.checks import check_type
+
+        check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+
+    def _skips(self, grads) -> bool:
+        """True (and counted) when this step is to be skipped for non-finite gradients."""
+        if not self.skip_nonfinite:
+            return False
+        from optforge.runtime.finite import all_finite
+
+        if all_finite(grads):
+            return False
+        self.skipped_steps += 1
+        return True
 
     def _allocate(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool, n_groups: int):
         """Allocate the state and the per-group, per-dtype kernel batches.
