@@ -46,6 +46,15 @@ def test_bytes_per_element_come_from_the_compiled_stages():
     assert bytes_per_element("adam", flags={"use_amsgrad": True}) == 36
     assert bytes_per_element("lamb") == 24 + 16  # stage 1: w g m v in, m v out; stage 2: m v w in, w out
     assert bytes_per_element("adam", dtype="float64") == 56
+    # SGD's later steps read the buffer its first step only writes: the most traffic is counted
+    assert bytes_per_element("sgd") == 20
+
+
+def test_write_only_stores_are_counted_apart():
+    from optforge.bench.traffic import accesses
+
+    assert accesses("asgd", branch=(True,)) == (2, 1, 1)  # mu == 1: ax = w, never read
+    assert accesses("asgd", branch=(False,)) == (3, 2, 0)
 
 
 def test_optforge_bench_writes_json_table_and_plot(tmp_path):

@@ -79,9 +79,9 @@ def mixed_sizes(total: int, tensors: int, rng) -> list[int]:
     return sizes.tolist()
 
 
-def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> dict:
-    """name -> step function, all over fresh arrays of the same sizes. What cannot run is
-    added to `notes`."""
+def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> tuple[dict, int]:
+    """(name -> step function, all over fresh arrays of the same sizes; the bytes per element
+    optforge's step moves). What cannot run is added to `notes`."""
     steps = {}
     params = [
         optforge.Parameter(rng.standard_normal(n).astype(np.float32), f"w{i}") for i, n in enumerate(sizes)
@@ -90,13 +90,14 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> dict:
     opt = OPTFORGE[name](params)
     steps["optforge"] = lambda: opt(grads)
 
-    loads, stores = accesses(name)
+    branch = steady_branch(opt)
+    loads, stores, write_only = accesses(name, branch=branch)
     total = sum(sizes)
     chunk = 1 << 16
     starts = np.arange(0, total, chunk, dtype=np.int64)
     stops = np.minimum(starts + chunk, total)
-    arrays = [np.ones(total, np.float32) for _ in range(loads)]
-    kernel = same_traffic_kernel(loads, stores)
+    arrays = [np.ones(total, np.float32) for _ in range(loads + write_only)]
+    kernel = same_traffic_kernel(loads, stores, write_only)
     steps["same-traffic limit"] = lambda: kernel(starts, stops, *arrays)
 
     torch_name = TORCH.get(name)  # None: torch has no such optimizer
@@ -121,7 +122,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> dict:
         step = _deepspeed_adam(sizes, grads, notes)
         if step is not None:
             steps["DeepSpeed CPUAdam"] = step
-    return steps
+    return steps, bytes_per_element(name, branch=branch)
 
 
 def _deepspeed_adam(sizes, grads, notes: set[str]):
@@ -141,6 +142,12 @@ def _deepspeed_adam(sizes, grads, notes: set[str]):
         notes.add(f"DeepSpeedCPUAdam could not be built: {error}")
         return None
     return opt.step
+
+
+def steady_branch(opt) -> tuple:
+    """The host-side branch the optimizer's kernels take at a late step (t = 1000)."""
+    hypers = tuple(opt.hypers[name] for name in opt._HYPERS)
+    return tuple(bool(v) for v in opt._variant.branch(1000, 1e-3, *hypers))
 
 
 def measure(steps: dict, repeat: int) -> dict:
@@ -164,8 +171,9 @@ def run(names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir
         for size in sizes:
             total = int(size)
             split = [total] if tensors == 1 else mixed_sizes(total, tensors, rng)
-            times = measure(contenders(name, split, rng, notes), repeat)
-            moved = bytes_per_element(name) * total
+            steps, per_element = contenders(name, split, rng, notes)
+            times = measure(steps, repeat)
+            moved = per_element * total
             limit = times["same-traffic limit"]
             for label, seconds in times.items():
                 rows.append(

@@ -1,9 +1,11 @@
 """What an optimizer step moves per element, from the compiled IR, and a kernel that moves the same.
 
-`accesses` counts the loads and stores of every stage of the compiled kernel;
-`same_traffic_kernel(loads, stores)` is a Numba loop, shaped like the generated
-kernels (parallel chunks, views indexed from 0), that loads `loads` arrays and
-stores into the first `stores` of them with one add per element: the
+`accesses` counts the loads and stores of every stage of the compiled kernel of
+one host-side branch (the one a long run takes: SGD's first step, which starts its
+buffer from the gradient, moves less than every later one); `same_traffic_kernel`
+is a Numba loop, shaped like the generated kernels (parallel chunks, views indexed
+from 0), that loads as many arrays, stores into as many of those, and writes as many
+arrays it never reads (ASGD's copy `ax = w`), with one add per element: the
 memory-bandwidth limit for that traffic.
 """
 
@@ -16,35 +18,47 @@ from optforge.compiler.build import load_specs
 from optforge.compiler.lower import lower
 
 
-def accesses(spec_name: str, flags: dict | None = None) -> tuple[int, int]:
-    """(loads, stores) per element of one step, over all stages."""
+def accesses(spec_name: str, flags: dict | None = None, branch: tuple | None = None) -> tuple[int, int, int]:
+    """(loads, stores into loaded arrays, stores into arrays not loaded) per element of one
+    step, over all stages, for the host-side `branch` (default: the most traffic)."""
     (spec,) = load_specs([spec_name])
     variant = {f.symbol: bool((flags or {}).get(f.name, False)) for f in spec.flags}
-    kernel = lower(spec, variant)[0]  # every branch moves the same arrays
-    return (sum(len(s.loads) for s in kernel.stages), sum(len(s.stores) for s in kernel.stages))
+    counts = []
+    for kernel in lower(spec, variant):
+        if branch is not None and tuple(kernel.branch) != tuple(branch):
+            continue
+        loads = rw = wo = 0
+        for stage in kernel.stages:
+            loaded = {load.array.name for load in stage.loads}
+            stored = {store.array.name for store in stage.stores}
+            loads, rw, wo = loads + len(loaded), rw + len(stored & loaded), wo + len(stored - loaded)
+        counts.append((loads, rw, wo))
+    return max(counts, key=sum)
 
 
-def bytes_per_element(spec_name: str, dtype=np.float32, flags: dict | None = None) -> int:
-    return sum(accesses(spec_name, flags)) * np.dtype(dtype).itemsize
+def bytes_per_element(spec_name: str, dtype=np.float32, flags: dict | None = None, branch=None) -> int:
+    return sum(accesses(spec_name, flags, branch)) * np.dtype(dtype).itemsize
 
 
 _KERNELS: dict = {}
 
 
-def same_traffic_kernel(loads: int, stores: int):
-    """kernel(chunk_start, chunk_stop, *arrays): `loads` arrays read, the first `stores` written."""
-    key = (loads, stores)
+def same_traffic_kernel(loads: int, stores: int, write_only: int = 0):
+    """kernel(chunk_start, chunk_stop, *arrays): the first `loads` arrays read, the first
+    `stores` of them written, and `write_only` more arrays written without being read."""
+    key = (loads, stores, write_only)
     if key not in _KERNELS:
         names = [f"a{k}" for k in range(loads)]
+        outs = [f"o{k}" for k in range(write_only)]
         lines = [
-            f"def same_traffic(chunk_start, chunk_stop, {', '.join(names)}):",
+            f"def same_traffic(chunk_start, chunk_stop, {', '.join(names + outs)}):",
             "    for c in numba.prange(chunk_start.shape[0]):",
             "        start = chunk_start[c]",
             "        stop = chunk_stop[c]",
-            *(f"        {n}_c = {n}[start:stop]" for n in names),
+            *(f"        {n}_c = {n}[start:stop]" for n in names + outs),
             "        for j in range(stop - start):",
             f"            total = {' + '.join(f'{n}_c[j]' for n in names)}",
-            *(f"            {n}_c[j] = total" for n in names[:stores]),
+            *(f"            {n}_c[j] = total" for n in names[:stores] + outs),
         ]
         scope = {"numba": numba}
         exec("\n".join(lines), scope)  # noqa: S102 (our own source, built above)
