@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser(
         "bench", help="time optimizer steps against the bandwidth limit, torch.optim and DeepSpeed"
     )
-    from optforge.bench.cpu import add_arguments
+    from optforge.bench import add_arguments
 
     add_arguments(bench)
 

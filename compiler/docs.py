@@ -7,6 +7,7 @@ class generator validates with (`wrappers.CONTEXTS`), and its algorithm is
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -206,8 +207,6 @@ c \leftarrow \min\left(\max\left(c / \gamma, 0\right), 1\right) \\
 
 def wrapper_page(cls, module: str, algorithm_latex: str, source: str) -> str:
     """A page for a hand-written class: signature, algorithm, and its docstring's sections."""
-    import inspect
-
     doc = inspect.cleandoc(cls.__doc__)
     summary, _, body = doc.partition("\n\n")
     parameters = body.split("Parameters\n----------\n")[1].split("\n\nRaises")[0]
@@ -246,14 +245,8 @@ def wrapper_pages() -> dict[str, tuple[str, str, str]]:
 
     source = "optforge/runtime/lars.py"
     text = wrapper_page(LARS, "optforge.nn", LARS_ALGORITHM, source)
-    summary = inspect_summary(LARS)
+    summary = inspect.cleandoc(LARS.__doc__).partition("\n")[0]
     return {"optimizers/nn.LARS.md": ("optforge.nn.LARS", text, summary, source)}
-
-
-def inspect_summary(cls) -> str:
-    import inspect
-
-    return inspect.cleandoc(cls.__doc__).partition("\n")[0]
 
 
 def page_path(export) -> str:

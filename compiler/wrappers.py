@@ -102,6 +102,17 @@ def _packed(entry) -> tuple[str, ...] | None:
     return None
 
 
+def _packed_argument(name: str, hypers: list, kind: str) -> Argument:
+    """The documented argument of a packed tuple: its members' defaults and docs joined."""
+    doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
+    return Argument(name, repr(tuple(h.default for h in hypers)), kind, doc[0].upper() + doc[1:])
+
+
+def _unpack_line(unpack: str, cls: str, name: str, members: tuple[str, ...]) -> str:
+    """`a, b = unpack("Cls", "name", name, 2)`: the generated unpacking of a packed argument."""
+    return ", ".join(members) + f' = {unpack}("{cls}", "{name}", {name}, {len(members)})'
+
+
 def class_context(spec: Spec, export: Export) -> dict:
     arguments, unpack_lines, hyper_names = [], [], []
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
@@ -109,15 +120,9 @@ def class_context(spec: Spec, export: Export) -> dict:
         name, default = (entry, None) if isinstance(entry, str) else entry
         members = _packed(entry)
         if members:  # a tuple argument, e.g. etas = (etaminus, etaplus)
-            hypers = [spec.hyper(m) for m in members]
-            doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
-            value = repr(tuple(h.default for h in hypers))
-            kind = f"tuple of {len(hypers)} {_type_words(types_of[members[0]])}"
-            arguments.append(Argument(name, value, kind, doc[0].upper() + doc[1:]))
-            unpack_lines.append(
-                ", ".join(members)
-                + f' = unpack_tuple("{export.class_name}", "{name}", {name}, {len(members)})'
-            )
+            kind = f"tuple of {len(members)} {_type_words(types_of[members[0]])}"
+            arguments.append(_packed_argument(name, [spec.hyper(m) for m in members], kind))
+            unpack_lines.append(_unpack_line("unpack_tuple", export.class_name, name, members))
             hyper_names += members
             continue
         if name in NN_ARGUMENTS:
@@ -151,6 +156,7 @@ def class_context(spec: Spec, export: Export) -> dict:
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
     return {
+        "skip_nonfinite_doc": SKIP_NONFINITE_DOC,
         "constraints": constraint_checks(spec, export.class_name),
         "hyper_names": repr(tuple(h.name for h in hypers)),
         "sparse": repr(spec.sparse),
@@ -226,13 +232,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
                 doc = DECAY_WORDS[spec.decay] + doc
             arguments.append(Argument(name, repr(default), types, doc))
             continue
-        members = default if isinstance(default, tuple) and all(isinstance(m, str) for m in default) else None
+        members = _packed(entry)
         if members:  # a pair such as betas = (beta1, beta2)
             hypers = [spec.hyper(m) for m in members]
-            value = tuple(h.default for h in hypers)
-            doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
-            kind = f"tuple of {len(hypers)} floats"
-            arguments.append(Argument(name, repr(value), kind, doc[0].upper() + doc[1:]))
+            arguments.append(_packed_argument(name, hypers, f"tuple of {len(hypers)} floats"))
             for index, h in enumerate(hypers):
                 label = f"{name}[{index}]"
                 hyper_keys[h.name] = (name, index)
@@ -259,10 +262,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
-    packed = {e[0]: e[1] for e in export.signature if not isinstance(e, str) and isinstance(e[1], tuple)}
     unpack_lines = [
-        ", ".join(members) + f' = unpack_pair("{export.class_name}", "{name}", {name}, {len(members)})'
-        for name, members in packed.items()
+        _unpack_line("unpack_pair", export.class_name, entry[0], _packed(entry))
+        for entry in export.signature
+        if _packed(entry)
     ]
     flag_names = [f.name for f in spec.flags]
     bools = [a.name for a in arguments if a.name in flag_names]
@@ -270,6 +273,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
     return {
+        "skip_nonfinite_doc": SKIP_NONFINITE_DOC,
         "constraints": constraint_checks(spec, export.class_name),
         "source": spec.where,
         "spec": spec,

@@ -42,7 +42,7 @@ class AdamW(OptimOptimizer):
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
-        count), returns False and is counted in ``skipped_steps``. By default
+        count), returns False and is counted in `skipped_steps`. By default
         such a step is taken, as MindSpore does.
 
     Attributes

@@ -4,3 +4,24 @@ Development tooling, not the run-time path: it imports the compiler (to count
 the bytes a compiled step moves) and, when installed, torch, DeepSpeed and
 matplotlib. `pip install -e ".[bench]"` installs all three.
 """
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+RESULTS = Path("benchmarks") / "results"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`optforge bench`'s arguments; here, so building the CLI parser imports nothing heavy."""
+    parser.add_argument(
+        "optimizers", nargs="*", default=["adam"], help="spec names (adam, radam, lamb, ...), or 'all'"
+    )
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8], help="elements in all")
+    parser.add_argument("--tensors", type=int, default=1, help="split each size into this many tensors")
+    parser.add_argument("--repeat", type=int, default=10, help="timed steps per contender (median)")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON, table and plot go")
+    parser.add_argument(
+        "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
+    )

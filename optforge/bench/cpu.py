@@ -34,15 +34,16 @@ import numba
 import numpy as np
 
 import optforge
+from optforge.bench import add_arguments
 from optforge.bench.traffic import accesses, bytes_per_element, same_traffic_kernel
 
-RESULTS = Path("benchmarks") / "results"
+LR = 1e-3  # every contender's learning rate
 OPTFORGE = {
-    "adam": lambda ps: optforge.nn.Adam(ps, learning_rate=1e-3),
-    "adam_offload": lambda ps: optforge.nn.AdamOffload(ps, learning_rate=1e-3),
-    "lamb": lambda ps: optforge.nn.Lamb(ps, learning_rate=1e-3),
-    "proximal_adagrad": lambda ps: optforge.nn.ProximalAdagrad(ps, learning_rate=1e-3),
-    "radam": lambda ps: optforge.optim.RAdam(ps, lr=1e-3),
+    "adam": lambda ps: optforge.nn.Adam(ps, learning_rate=LR),
+    "adam_offload": lambda ps: optforge.nn.AdamOffload(ps, learning_rate=LR),
+    "lamb": lambda ps: optforge.nn.Lamb(ps, learning_rate=LR),
+    "proximal_adagrad": lambda ps: optforge.nn.ProximalAdagrad(ps, learning_rate=LR),
+    "radam": lambda ps: optforge.optim.RAdam(ps, lr=LR),
 }
 # The PyTorch-like catalogue: spec module -> class (same constructor arguments as torch.optim).
 CATALOGUE = {
@@ -63,7 +64,7 @@ CATALOGUE = {
 EXTRA = {"sgd": {"momentum": 0.9}}
 for _spec, _cls in CATALOGUE.items():
     OPTFORGE[_spec] = lambda ps, _cls=_cls, _spec=_spec: getattr(optforge.optim, _cls)(
-        ps, lr=1e-3, **EXTRA.get(_spec, {})
+        ps, lr=LR, **EXTRA.get(_spec, {})
     )
 TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam"}
 TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
@@ -116,7 +117,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> tuple[dict,
                 tp = [torch.zeros(n, requires_grad=True) for n in sizes]
                 for p, g in zip(tp, grads):
                     p.grad = torch.from_numpy(g)
-                topt = getattr(torch.optim, torch_name)(tp, lr=1e-3, **EXTRA.get(name, {}), **kwargs)
+                topt = getattr(torch.optim, torch_name)(tp, lr=LR, **EXTRA.get(name, {}), **kwargs)
                 steps[label] = topt.step
     if name in DEEPSPEED:
         step = _deepspeed_adam(sizes, grads, notes)
@@ -137,7 +138,7 @@ def _deepspeed_adam(sizes, grads, notes: set[str]):
     for p, g in zip(tp, grads):
         p.grad = torch.from_numpy(g)
     try:
-        opt = DeepSpeedCPUAdam(tp, lr=1e-3, adamw_mode=False)
+        opt = DeepSpeedCPUAdam(tp, lr=LR, adamw_mode=False)
     except Exception as error:  # its C++ op failed to build: say so, keep the other rows
         notes.add(f"DeepSpeedCPUAdam could not be built: {error}")
         return None
@@ -147,7 +148,7 @@ def _deepspeed_adam(sizes, grads, notes: set[str]):
 def steady_branch(opt) -> tuple:
     """The host-side branch the optimizer's kernels take at a late step (t = 1000)."""
     hypers = tuple(opt.hypers[name] for name in opt._HYPERS)
-    return tuple(bool(v) for v in opt._variant.branch(1000, 1e-3, *hypers))
+    return tuple(bool(v) for v in opt._variant.branch(1000, LR, *hypers))
 
 
 def measure(steps: dict, repeat: int) -> dict:
@@ -225,19 +226,6 @@ def table(result: dict) -> str:
             f"{r['GB/s']:>8.1f}{r['fraction_of_limit']:>9.2f}{r['speedup_of_optforge']:>11.2f}"
         )
     return "\n".join(lines) + "\n"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "optimizers", nargs="*", default=["adam"], help=f"spec names, or 'all': {', '.join(sorted(OPTFORGE))}"
-    )
-    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8], help="elements in all")
-    parser.add_argument("--tensors", type=int, default=1, help="split each size into this many tensors")
-    parser.add_argument("--repeat", type=int, default=10, help="timed steps per contender (median)")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON, table and plot go")
-    parser.add_argument(
-        "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
-    )
 
 
 def run_from_arguments(args) -> int:

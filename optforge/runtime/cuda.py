@@ -7,6 +7,8 @@ is imported to run everything on the Numba CUDA simulator.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import config, cuda
 
@@ -102,7 +104,6 @@ def device_all_finite(x) -> bool:
     """Whether every element of a device array is finite (one flag set by any thread that finds one)."""
     global _NONFINITE_KERNEL
     if _NONFINITE_KERNEL is None:
-        import math
 
         @cuda.jit
         def flag_nonfinite(values, flag):
@@ -113,7 +114,7 @@ def device_all_finite(x) -> bool:
                 i += cuda.gridsize(1)
 
         _NONFINITE_KERNEL = flag_nonfinite
-    flat = as_device_array(x).reshape(-1) if hasattr(x, "reshape") else as_device_array(x)
+    flat = as_device_array(x).reshape(-1)
     flag = cuda.to_device(np.zeros(1, np.int32))
     blocks = max(1, min(1024, (flat.size + 255) // 256))
     _NONFINITE_KERNEL[blocks, 256](flat, flag)

@@ -95,11 +95,8 @@ class NNOptimizer(FusedOptimizer):
         """Called by the generated subclass once its own arguments are checked."""
         self._allocate(variant_key, state_init, use_locking, len(self.groups))
 
-    def _step(self, gradients) -> bool:
+    def _apply(self, grads: list) -> bool:
         cls = type(self).__name__
-        grads = self._check_gradients(gradients)
-        if self._skips(grads):
-            return False
         k = self.global_step
         lrs = [group.lr.at(k, cls) for group in self.groups]
         wds = [group.weight_decay.at(k) for group in self.groups]

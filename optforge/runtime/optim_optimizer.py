@@ -92,7 +92,8 @@ class OptimOptimizer(FusedOptimizer):
             )
         for g, group in enumerate(self.param_groups):
             for key, value in group.items():
-                if key != "params" and np.shape(sd.get(f"group/{g}/{key}")) != np.shape(value):
+                saved = f"group/{g}/{key}"
+                if key != "params" and (saved not in sd or np.shape(sd[saved]) != np.shape(value)):
                     raise ValueError(
                         f"For '{cls}', the state dict's param group {g} has no '{key}' like this one's."
                     )
@@ -112,11 +113,8 @@ class OptimOptimizer(FusedOptimizer):
                 else:
                     group[key] = type(value)(saved)
 
-    def _step(self, gradients) -> bool:
+    def _apply(self, grads: list) -> bool:
         cls = type(self).__name__
-        grads = self._check_gradients(gradients)
-        if self._skips(grads):
-            return False
         lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
         hypers = [tuple(float(h) for h in self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1

@@ -18,6 +18,8 @@ import numpy as np
 from numba.typed import List
 
 from optforge.parameter import Parameter
+from optforge.runtime.checks import check_type
+from optforge.runtime.finite import all_finite
 from optforge.runtime.kernels import chunk_table
 from optforge.runtime.row_tensor import RowTensor
 
@@ -56,22 +58,9 @@ class FusedOptimizer:
     skipped_steps = 0
 
     def _set_skip_nonfinite(self, skip_nonfinite) -> None:
-        from optforge.runtime.checks import check_type
-
         check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
-
-    def _skips(self, grads) -> bool:
-        """True (and counted) when this step is to be skipped for non-finite gradients."""
-        if not self.skip_nonfinite:
-            return False
-        from optforge.runtime.finite import all_finite
-
-        if all_finite(grads):
-            return False
-        self.skipped_steps += 1
-        return True
 
     def _allocate(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool, n_groups: int):
         """Allocate the state and the per-group, per-dtype kernel batches.
@@ -141,6 +130,15 @@ class FusedOptimizer:
             return self._step(gradients)
 
     def _step(self, gradients) -> bool:
+        """Check every gradient, skip a non-finite step if asked, then apply the step."""
+        grads = self._check_gradients(gradients)
+        if self.skip_nonfinite and not all_finite(grads):
+            self.skipped_steps += 1
+            return False
+        return self._apply(grads)
+
+    def _apply(self, grads: list) -> bool:
+        """The dialect's step over checked gradients: from here on, state changes."""
         raise NotImplementedError
 
     # -- checkpoints --
