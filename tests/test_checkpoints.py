@@ -137,3 +137,14 @@ def test_lars_checkpoints_through_the_optimizer_it_wraps():
         c(g)
     for x, y in zip(snapshot(a.optimizer), snapshot(c.optimizer)):
         np.testing.assert_array_equal(x, y)
+
+
+def test_an_optim_state_dict_missing_a_group_option_is_refused_before_copying():
+    source = optforge.optim.Adam(parameters(), lr=0.01)
+    source(gradients(1)[0])
+    sd = source.state_dict()
+    del sd["group/0/eps"]
+    target = optforge.optim.Adam(parameters(), lr=0.01)
+    with pytest.raises(ValueError, match="has no 'eps'"):
+        target.load_state_dict(sd)
+    assert target.global_step == 0 and not target.exp_avg[0].any()
