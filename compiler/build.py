@@ -22,7 +22,7 @@ PACKAGE_DOCS = {
     "cpu": "Fused Numba CPU kernels.",
     "cuda": "Fused Numba CUDA kernels (import them only with numba-cuda installed).",
 }
-DIALECTS = ("nn", "optim")
+DIALECTS = ("nn", "optim", "torch")
 
 
 def load_specs(names: list[str] | None = None) -> list[Spec]:

@@ -16,11 +16,12 @@ import sympy as sp
 from optforge.compiler import spec as S
 from optforge.compiler.build import stale_files, write_files
 from optforge.compiler.render import environment
-from optforge.compiler.wrappers import CONTEXTS, SKIP_NONFINITE_DOC, Argument, runtime_domain
+from optforge.compiler.wrappers import CONTEXTS, Argument, runtime_domain
 
 DIALECTS = {
     "nn": ("optforge.nn", "MindSpore's `nn` dialect"),
     "optim": ("optforge.optim", "the PyTorch-like dialect of `mindspore.experimental.optim`"),
+    "torch": ("optforge.torch", "the torch.optim front end (a `torch.optim.Optimizer` over tensors)"),
 }
 
 # LaTeX of the built-in symbols, and the legend that explains them.
@@ -43,6 +44,11 @@ BUILTIN_LEGEND = {
         S.weight_decay: "the group's `weight_decay`",
         S.grad_scale: "1 (this dialect has no loss scale)",
     },
+    "torch": {
+        S.lr: "the group's learning rate `lr`",
+        S.weight_decay: "the group's `weight_decay`",
+        S.grad_scale: "1 (this dialect has no loss scale)",
+    },
 }
 
 DIALECT_NOTES = {
@@ -57,6 +63,14 @@ DIALECT_NOTES = {
     "optim": (
         "One step counter serves all parameter groups; each group may override lr, betas, eps and "
         "weight_decay. Group betas and eps are not validated, as in MindSpore's code.",
+    ),
+    "torch": (
+        "Parameters that get their first gradient at the same step share one step count and one fused "
+        "kernel call; at a later step they must all have a gradient or none (then they are skipped, as "
+        "torch skips them). Each param group may override the numeric options; flags must be the same in "
+        "every group.",
+        "`state_dict()` is in torch's layout (`state[i]['step']`, the state tensors under torch's names); "
+        "a state dict of torch's optimizer of the same name loads, and ours loads into it.",
     ),
 }
 
@@ -122,18 +136,32 @@ def tt(name: str) -> str:
     return name.replace("_", r"\_")
 
 
-def legend(spec: S.Spec, dialect: str) -> list[str]:
+def legend(spec: S.Spec, dialect: str, state_names: dict | None = None) -> list[str]:
     names = symbol_latex(spec)
     used = set().union(*(sp.sympify(r.expr).free_symbols for r in spec.rules))
     items = [f"${names[s]}$: {text}" for s, text in BUILTIN_LEGEND[dialect].items() if s in used or s == S.lr]
     items.append("$w$: the parameter, $g$: its gradient, $t$: the step, from 1")
     for s in spec.state:
-        items.append(f"${latex(s.symbol, names)}$: `{s.name}`, {s.doc[0].lower()}{s.doc[1:]}")
+        name = (state_names or {}).get(s.name, s.name)
+        items.append(f"${latex(s.symbol, names)}$: `{name}`, {s.doc[0].lower()}{s.doc[1:]}")
     return items
 
 
 def example(spec: S.Spec, export) -> str:
     module, _ = DIALECTS[export.dialect]
+    if export.dialect == "torch":
+        return (
+            "import torch\n"
+            "import optforge.torch\n\n"
+            "model = torch.nn.Linear(3, 2)\n"
+            f"opt = {module}.{export.class_name}(model.parameters())\n"
+            "x, y = torch.randn(8, 3), torch.randn(8, 2)\n"
+            "for step in range(3):\n"
+            "    opt.zero_grad()\n"
+            "    torch.nn.functional.mse_loss(model(x), y).backward()\n"
+            "    opt.step()  # updates the parameters' memory in place\n"
+            "print(model.weight)\n"
+        )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in export.example.items())
     kwargs = f", {kwargs}" if kwargs else ""
     return (
@@ -161,7 +189,9 @@ def page(spec: S.Spec, export) -> str:
             described = list(dict.fromkeys(domains[m] for m in members if m in domains))
             domain = "each " + "; ".join(described) if described else ""
         arguments.append((a, domain))
-    arguments.append((Argument("skip_nonfinite", "False", "bool (keyword only)", SKIP_NONFINITE_DOC), ""))
+    skip_doc = context["skip_nonfinite_doc"]
+    state_names = context.get("state_key_map", {})  # the torch dialect's names (Lamb's exp_avg)
+    arguments.append((Argument("skip_nonfinite", "False", "bool (keyword only)", skip_doc), ""))
     parts = ["params"] + [
         a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]
     ]
@@ -176,10 +206,13 @@ def page(spec: S.Spec, export) -> str:
         dialect_words=dialect_words,
         signature=signature,
         algorithm=algorithm(spec, export.dialect, pinned_flags(spec, export)),
-        legend=legend(spec, export.dialect),
+        legend=legend(spec, export.dialect, state_names),
         arguments=arguments,
         raises=context["raises"],
-        state=[(s.name, latex(s.init, symbol_latex(spec)), s.doc, s.when) for s in spec.state],
+        state=[
+            (state_names.get(s.name, s.name), latex(s.init, symbol_latex(spec)), s.doc, s.when)
+            for s in spec.state
+        ],
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
         example=example(spec, export),
     )

@@ -40,6 +40,7 @@ BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
 DIALECT_ARGUMENTS = {
     "nn": ("learning_rate", "weight_decay", "loss_scale", "use_locking"),
     "optim": ("lr", "betas", "weight_decay"),
+    "torch": ("lr", "betas", "weight_decay"),
 }
 
 REQUIRED = object()  # marks a signature argument without a default
@@ -147,6 +148,13 @@ class Export:
     the arguments of the documentation's example (required ones at least).
     `types` overrides a hyperparameter's accepted types in this dialect
     (MindSpore's nn.Rprop takes only floats where torch.optim.Rprop takes ints too).
+
+    The torch dialect writes state dicts in torch's layout: `state_keys` renames
+    a state there (Lamb's `moments1` is `exp_avg`), `optional_state` lists the
+    states torch leaves out or sets to None (SGD's buffer without momentum; on
+    loading they start at their initial value), and `extra_state` gives
+    step-level values torch keeps per parameter, as expressions of t and the
+    hyperparameters (NAdam's `mu_product`), so its own optimizer can load ours.
     """
 
     dialect: str
@@ -154,6 +162,9 @@ class Export:
     signature: tuple
     example: dict = field(default_factory=dict)
     types: dict = field(default_factory=dict)  # hyper name -> accepted type names
+    state_keys: dict = field(default_factory=dict)  # state name -> torch's key
+    optional_state: tuple = ()  # torch keys that may be missing or None
+    extra_state: dict = field(default_factory=dict)  # torch key -> expression of t and hypers
 
 
 @dataclass(frozen=True)
@@ -306,6 +317,15 @@ def check_spec(spec: Spec) -> None:
         for name in export.types:
             if name not in {h.name for h in spec.hypers}:
                 fail(f"export {export.class_name}", f"types given for unknown hyperparameter '{name}'")
+        for name in export.state_keys:
+            if name not in {s.name for s in spec.state}:
+                fail(f"export {export.class_name}", f"state_keys renames unknown state '{name}'")
+        step_level = {t} | hyper_syms
+        for key, expr in export.extra_state.items():
+            unknown = sorted(str(s) for s in sp.sympify(expr).free_symbols - step_level)
+            # A Product's or Sum's own index is bound, not free.
+            if unknown:
+                fail(f"export {export.class_name}", f"extra state '{key}' names {unknown}, not t or hypers")
 
 
 def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> None:

@@ -294,7 +294,85 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     }
 
 
-CONTEXTS = {"nn": class_context, "optim": optim_class_context}
+TORCH_ARGUMENTS = {
+    "lr": (
+        "float or 0-d Tensor",
+        "The learning rate (>= 0). Each step reads param_groups[i]['lr'], so torch's "
+        "lr_scheduler classes (or you) may change it between steps.",
+    ),
+}
+
+TORCH_SKIP_NONFINITE_DOC = (
+    "optforge's option for loss-scaling training: a step whose gradients hold a NaN or an infinity "
+    "changes nothing (parameters, state, step counts) and is counted in `skipped_steps`; `step()` still "
+    "returns the closure's loss. By default such a step is taken, as torch does."
+)
+
+TORCH_RAISES = (
+    ("ValueError", "`lr` is negative (torch's check: `Invalid learning rate`)."),
+    ("ValueError", "`weight_decay` is negative."),
+    ("TypeError", "`lr` or `weight_decay` is not a real number."),
+    ("TypeError", "a parameter is not float32 or float64 (the kernels are compiled for those)."),
+    ("ValueError", "a parameter is not contiguous (it is stepped through a zero-copy view)."),
+    ("ValueError", "param groups set a flag differently (one kernel variant serves an optimizer)."),
+)
+
+
+def torch_class_context(spec: Spec, export: Export) -> dict:
+    """The optim dialect's signature and hyperparameters, with torch's checks and state layout.
+
+    torch.optim validates values, not types: an out-of-domain value is a
+    ValueError (`Invalid beta parameter at index 0: 1.0`), something that is
+    not a number a TypeError.
+    """
+    from optforge.compiler.printers import HostPrinter
+
+    context = optim_class_context(spec, export)
+    domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
+    raises = list(TORCH_RAISES)
+    for label, name, _, _ in context["checks"]:
+        if name in domains:
+            raises.append(("ValueError", f"`{label}` is not {domains[name].describe()}."))
+        raises.append(("TypeError", f"`{label}` is not a real number."))
+    raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
+    raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    raises.append(SKIP_NONFINITE_RAISES)
+    keys = {s.name: export.state_keys.get(s.name, s.name) for s in spec.state}
+    arguments = [
+        Argument(a.name, a.default, TORCH_ARGUMENTS[a.name][0], TORCH_ARGUMENTS[a.name][1])
+        if a.name in TORCH_ARGUMENTS
+        else a
+        for a in context["arguments"]
+    ]
+    names = [a.name for a in arguments]
+    arguments = [
+        Argument(a.name, a.default, "float", a.doc) if a.types in ("float or int", "int or float") else a
+        for a in arguments
+    ]
+    printer = HostPrinter()
+    step_arguments = ", ".join(["t", *(h.name for h in spec.hypers)])
+    extra_state = {key: printer.doprint(sp.sympify(expr)) for key, expr in export.extra_state.items()}
+    return {
+        **context,
+        "skip_nonfinite_doc": TORCH_SKIP_NONFINITE_DOC,
+        "state_key_map": keys,
+        "arguments": arguments,
+        "raises": raises,
+        "flag_names": _tuple_source([repr(n) for n in context["bools"]]),
+        # Each spec flag: the group key it is read from, or the value this class pins it to.
+        "variant_names": _tuple_source(
+            [repr(f.name) if f.name in context["bools"] else repr(f.default) for f in spec.flags]
+        ),
+        "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + "}",
+        "state_keys": repr(keys),
+        "optional_state": repr(tuple(export.optional_state)),
+        "step_arguments": step_arguments,
+        "extra_state": extra_state,
+        "state_docs": [(keys[name], doc, when) for name, doc, when in context["state_docs"]],
+    }
+
+
+CONTEXTS = {"nn": class_context, "optim": optim_class_context, "torch": torch_class_context}
 
 
 def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:

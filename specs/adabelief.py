@@ -7,6 +7,9 @@ from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_sca
 beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 m, s, g_eff = sp.symbols("m s g_eff")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0))
+
 SPEC = Spec(
     name="adabelief",
     title="AdaBelief",
@@ -34,9 +37,5 @@ SPEC = Spec(
         Rule(w, w - lr * (m / (1 - beta1**t)) / (sp.sqrt(s / (1 - beta2**t)) + eps)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}"},
-    exports=[
-        Export(
-            "optim", "AdaBelief", (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0))
-        )
-    ],
+    exports=[Export("optim", "AdaBelief", SIGNATURE), Export("torch", "AdaBelief", SIGNATURE)],
 )

@@ -8,6 +8,9 @@ rho, eps = sp.symbols("rho eps")
 maximize = sp.Symbol("maximize")
 sq, acc_delta, g_eff, delta = sp.symbols("sq acc_delta g_eff delta")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1.0), "rho", "eps", ("weight_decay", 0.0), "maximize")
+
 SPEC = Spec(
     name="adadelta",
     title="Adadelta",
@@ -34,5 +37,5 @@ SPEC = Spec(
         Rule(w, w - lr * delta),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", acc_delta: "u", delta: r"\Delta"},
-    exports=[Export("optim", "Adadelta", (("lr", 1.0), "rho", "eps", ("weight_decay", 0.0), "maximize"))],
+    exports=[Export("optim", "Adadelta", SIGNATURE), Export("torch", "Adadelta", SIGNATURE)],
 )

@@ -21,6 +21,9 @@ lr_decay, init, eps = sp.symbols("lr_decay initial_accumulator_value eps")
 maximize = sp.Symbol("maximize")
 acc, g_eff = sp.symbols("acc g_eff")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-2), "lr_decay", ("weight_decay", 0.0), "initial_accumulator_value", "eps", "maximize")
+
 SPEC = Spec(
     name="adagrad",
     title="Adagrad",
@@ -44,11 +47,5 @@ SPEC = Spec(
         Rule(w, w - lr / (1 + (t - 1) * lr_decay) * g_eff / (sp.sqrt(acc) + eps)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", init: r"a_0", acc: "a"},
-    exports=[
-        Export(
-            "optim",
-            "Adagrad",
-            (("lr", 1e-2), "lr_decay", ("weight_decay", 0.0), "initial_accumulator_value", "eps", "maximize"),
-        )
-    ],
+    exports=[Export("optim", "Adagrad", SIGNATURE), Export("torch", "Adagrad", SIGNATURE)],
 )

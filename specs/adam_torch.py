@@ -25,6 +25,16 @@ beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 amsgrad, maximize = sp.symbols("amsgrad maximize")
 m, v, vmax, g_eff = sp.symbols("m v v_max g_eff")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (
+    ("lr", 1e-3),
+    ("betas", ("beta1", "beta2")),
+    "eps",
+    ("weight_decay", 0.0),
+    "amsgrad",
+    "maximize",
+)
+
 SPEC = Spec(
     name="adam_torch",
     title="Adam",
@@ -66,18 +76,5 @@ SPEC = Spec(
         ),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}"},
-    exports=[
-        Export(
-            "optim",
-            "Adam",
-            (
-                ("lr", 1e-3),
-                ("betas", ("beta1", "beta2")),
-                "eps",
-                ("weight_decay", 0.0),
-                "amsgrad",
-                "maximize",
-            ),
-        )
-    ],
+    exports=[Export("optim", "Adam", SIGNATURE), Export("torch", "Adam", SIGNATURE)],
 )

@@ -21,6 +21,9 @@ beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 maximize = sp.Symbol("maximize")
 m, u, g_eff = sp.symbols("m u g_eff")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 2e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0), "maximize")
+
 SPEC = Spec(
     name="adamax",
     title="Adamax",
@@ -48,11 +51,5 @@ SPEC = Spec(
         Rule(w, w - lr / (1 - beta1**t) * m / u),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}"},
-    exports=[
-        Export(
-            "optim",
-            "Adamax",
-            (("lr", 2e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0), "maximize"),
-        )
-    ],
+    exports=[Export("optim", "Adamax", SIGNATURE), Export("torch", "Adamax", SIGNATURE)],
 )

@@ -8,6 +8,16 @@ beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 amsgrad, maximize = sp.symbols("amsgrad maximize")
 m, v, vmax, g_eff, w_decayed = sp.symbols("m v v_max g_eff w_decayed")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (
+    ("lr", 1e-3),
+    ("betas", ("beta1", "beta2")),
+    "eps",
+    ("weight_decay", 1e-2),
+    "amsgrad",
+    "maximize",
+)
+
 SPEC = Spec(
     name="adamw",
     title="AdamW",
@@ -51,18 +61,5 @@ SPEC = Spec(
     ],
     decay="decoupled",
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}", w_decayed: r"\bar{w}"},
-    exports=[
-        Export(
-            "optim",
-            "AdamW",
-            (
-                ("lr", 1e-3),
-                ("betas", ("beta1", "beta2")),
-                "eps",
-                ("weight_decay", 1e-2),
-                "amsgrad",
-                "maximize",
-            ),
-        )
-    ],
+    exports=[Export("optim", "AdamW", SIGNATURE), Export("torch", "AdamW", SIGNATURE)],
 )

@@ -11,6 +11,9 @@ from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, lr, t, w
 beta1, beta2, beta3, eps = sp.symbols("beta1 beta2 beta3 eps")
 m, d, n, g_prev, diff, update = sp.symbols("m d n g_prev diff update")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2", "beta3")), "eps", ("weight_decay", 0.0))
+
 SPEC = Spec(
     name="adan",
     title="Adan",
@@ -55,11 +58,5 @@ SPEC = Spec(
     ],
     decay="decoupled",
     latex={eps: r"\epsilon", g_prev: r"g_{\mathrm{prev}}", diff: r"\delta", update: "u"},
-    exports=[
-        Export(
-            "optim",
-            "Adan",
-            (("lr", 1e-3), ("betas", ("beta1", "beta2", "beta3")), "eps", ("weight_decay", 0.0)),
-        )
-    ],
+    exports=[Export("optim", "Adan", SIGNATURE), Export("torch", "Adan", SIGNATURE)],
 )

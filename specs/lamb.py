@@ -76,6 +76,12 @@ SPEC = Spec(
             "Lamb",
             (("learning_rate", REQUIRED), "beta1", "beta2", "eps", ("weight_decay", 0.0)),
             example={"learning_rate": 0.01},
-        )
+        ),
+        Export(
+            "torch",
+            "Lamb",
+            (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0)),
+            state_keys={"moments1": "exp_avg", "moments2": "exp_avg_sq"},
+        ),
     ],
 )

@@ -7,6 +7,9 @@ from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, lr, w, w
 beta1, beta2 = sp.symbols("beta1 beta2")
 m, c = sp.symbols("m c")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-4), ("betas", ("beta1", "beta2")), ("weight_decay", 0.0))
+
 SPEC = Spec(
     name="lion",
     title="Lion",
@@ -30,5 +33,5 @@ SPEC = Spec(
     ],
     decay="decoupled",
     latex={c: "c"},
-    exports=[Export("optim", "Lion", (("lr", 1e-4), ("betas", ("beta1", "beta2")), ("weight_decay", 0.0)))],
+    exports=[Export("optim", "Lion", SIGNATURE), Export("torch", "Lion", SIGNATURE)],
 )

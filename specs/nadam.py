@@ -33,6 +33,17 @@ def mu(step):
 
 mu_product = sp.Product(mu(i), (i, 1, t))
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (
+    ("lr", 2e-3),
+    ("betas", ("beta1", "beta2")),
+    "eps",
+    ("weight_decay", 0.0),
+    "momentum_decay",
+    "decoupled_weight_decay",
+    "maximize",
+)
+
 SPEC = Spec(
     name="nadam",
     title="NAdam",
@@ -83,18 +94,7 @@ SPEC = Spec(
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", psi: r"\psi", w_decayed: r"\bar{w}", denom: "d"},
     exports=[
-        Export(
-            "optim",
-            "NAdam",
-            (
-                ("lr", 2e-3),
-                ("betas", ("beta1", "beta2")),
-                "eps",
-                ("weight_decay", 0.0),
-                "momentum_decay",
-                "decoupled_weight_decay",
-                "maximize",
-            ),
-        )
+        Export("optim", "NAdam", SIGNATURE),
+        Export("torch", "NAdam", SIGNATURE, extra_state={"mu_product": mu_product}),
     ],
 )

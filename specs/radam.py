@@ -15,6 +15,9 @@ beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 m, v = sp.symbols("m v")
 g_eff, m_hat, rho_inf, rho_t, rect = sp.symbols("g_eff m_hat rho_inf rho_t r_t")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0))
+
 SPEC = Spec(
     name="radam",
     title="RAdam",
@@ -74,11 +77,5 @@ SPEC = Spec(
         "rho_t and the rectification term are computed in float32, as MindSpore does; rectification "
         "starts at t = 6 with the default betas.",
     ),
-    exports=[
-        Export(
-            "optim",
-            "RAdam",
-            (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0)),
-        )
-    ],
+    exports=[Export("optim", "RAdam", SIGNATURE), Export("torch", "RAdam", SIGNATURE)],
 )

@@ -8,6 +8,9 @@ alpha, eps, momentum = sp.symbols("alpha eps momentum")
 centered, maximize = sp.symbols("centered maximize")
 sq, g_avg, buf, g_eff, denom = sp.symbols("sq g_avg buf g_eff denom")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-2), "alpha", "eps", ("weight_decay", 0.0), "momentum", "centered", "maximize")
+
 SPEC = Spec(
     name="rmsprop",
     title="RMSprop",
@@ -43,10 +46,7 @@ SPEC = Spec(
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", g_avg: r"\bar{g}", buf: "b", denom: "d"},
     exports=[
-        Export(
-            "optim",
-            "RMSprop",
-            (("lr", 1e-2), "alpha", "eps", ("weight_decay", 0.0), "momentum", "centered", "maximize"),
-        )
+        Export("optim", "RMSprop", SIGNATURE),
+        Export("torch", "RMSprop", SIGNATURE, optional_state=("momentum_buffer", "grad_avg")),
     ],
 )

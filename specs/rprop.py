@@ -27,6 +27,14 @@ etaminus, etaplus, step_min, step_max = sp.symbols("etaminus etaplus step_size_m
 maximize = sp.Symbol("maximize")
 prev, step_size, g_eff, agreement, g_kept = sp.symbols("prev step_size g_eff agreement g_kept")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (
+    ("lr", 1e-2),
+    ("etas", ("etaminus", "etaplus")),
+    ("step_sizes", ("step_size_min", "step_size_max")),
+    "maximize",
+)
+
 SPEC = Spec(
     name="rprop",
     title="Rprop",
@@ -83,16 +91,8 @@ SPEC = Spec(
         "must be tuples of floats).",
     ),
     exports=[
-        Export(
-            "optim",
-            "Rprop",
-            (
-                ("lr", 1e-2),
-                ("etas", ("etaminus", "etaplus")),
-                ("step_sizes", ("step_size_min", "step_size_max")),
-                "maximize",
-            ),
-        ),
+        Export("optim", "Rprop", SIGNATURE),
+        Export("torch", "Rprop", SIGNATURE),
         Export(
             "nn",
             "Rprop",

@@ -26,6 +26,9 @@ momentum, dampening = sp.symbols("momentum dampening")
 nesterov, maximize = sp.symbols("nesterov maximize")
 buf, g_eff, direction = sp.symbols("buf g_eff d")
 
+# The optim and torch dialects share torch.optim's signature.
+SIGNATURE = (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize")
+
 SPEC = Spec(
     name="sgd",
     title="SGD",
@@ -76,11 +79,8 @@ SPEC = Spec(
         "the buffer) and the PyTorch-like optim.SGD. nn.SGD has no maximize argument.",
     ),
     exports=[
-        Export(
-            "optim",
-            "SGD",
-            (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize"),
-        ),
+        Export("optim", "SGD", SIGNATURE),
+        Export("torch", "SGD", SIGNATURE, optional_state=("momentum_buffer",)),
         Export(
             "nn",
             "SGD",

@@ -10,6 +10,7 @@ import pytest
 import optforge
 import optforge.generated.nn
 import optforge.generated.optim
+import optforge.torch
 from optforge.compiler import build, docs
 from optforge.compiler.cli import main
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 CLASSES = [("nn", name) for name in optforge.generated.nn.__all__]
 CLASSES += [("optim", name) for name in optforge.generated.optim.__all__]
+CLASSES += [("torch", name) for name in optforge.torch.__all__ if name != "TorchOptimizer"]
 
 
 def code_blocks(text: str, after: str = "") -> list[str]:

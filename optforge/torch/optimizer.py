@@ -1,0 +1,381 @@
+"""`TorchOptimizer`: the base of the generated `optforge.torch` classes.
+
+A `torch.optim.Optimizer` whose step runs a spec's fused kernels on the
+parameters' own memory: CPU tensors through zero-copy NumPy views, CUDA tensors
+through ``__cuda_array_interface__``. torch keeps what it always keeps
+(`param_groups`, hooks, `zero_grad`, the lr schedulers' view of the groups);
+an optim-dialect engine over the same memory does the arithmetic, and the
+tensors in ``state[p]`` are views of the engine's arrays, so `state_dict()`
+is torch's own, in torch's layout.
+
+torch counts steps per parameter and skips parameters without a gradient.
+A fused step has one step count for all the tensors it updates, so the
+parameters that get their first gradient at the same step form a *cohort*
+(usually one: all of them), with its own engine and step count. At a step,
+a cohort whose parameters all have gradients is stepped, one whose
+parameters have none is skipped, as torch would; one with gradients for only
+some of them is refused (RuntimeError) before anything changes, because the
+fused kernel cannot leave some of its tensors out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from optforge.parameter import Parameter
+from optforge.runtime.checks import Interval
+from optforge.runtime.finite import all_finite
+from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value
+
+
+def check_value(cls: str, name: str, value, domain: Interval | None) -> None:
+    """torch.optim's checks: a value outside its domain is a ValueError (`Invalid lr: -1`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer, torch.Tensor)):
+        raise TypeError(f"{cls}: '{name}' must be a real number, but got {type(value).__name__}: {value!r}.")
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise ValueError(
+            f"{cls}: a Tensor '{name}' must hold one value, but it has shape {tuple(value.shape)}."
+        )
+    if domain is not None and float(value) not in domain:
+        raise ValueError(f"Invalid {name} value: {float(value)} (it must be {domain.describe()}).")
+
+
+def check_flag(cls: str, name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{cls}: '{name}' must be a bool, but got {type(value).__name__}: {value!r}.")
+
+
+def unpack_betas(cls: str, name: str, value, count: int = 2) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        raise TypeError(
+            f"{cls}: '{name}' must be a tuple of {count} numbers, but got {type(value).__name__}."
+        )
+    if len(value) != count:
+        raise ValueError(f"{cls}: '{name}' must hold {count} numbers, but got {len(value)}: {value!r}.")
+    return tuple(value)
+
+
+class _Engine(OptimOptimizer):
+    """The fused step of one cohort: an optim-dialect optimizer over views of its tensors.
+
+    Built by `TorchOptimizer` (not by the optim dialect's constructor: torch
+    has validated the groups already); each engine group is the part of one
+    torch group that belongs to the cohort, synchronised before every step.
+    """
+
+    _SPARSE = None
+    _OFFLOAD = False
+
+    def __init__(self, owner: TorchOptimizer, members: list[int]):
+        group_index = owner._group_index
+        self.torch_groups = sorted({group_index[i] for i in members})
+        self.param_groups = []
+        self._group_of = []
+        self.members = []  # the torch parameter indices, in the engine's order
+        for g, tg in enumerate(self.torch_groups):
+            mine = [i for i in members if group_index[i] == tg]
+            self.param_groups.append({"params": [owner._views[i] for i in mine]})
+            self.members += mine
+            self._group_of += [g] * len(mine)
+        self.parameters = tuple(owner._views[i] for i in self.members)
+        self.defaults = owner.defaults
+        self.hypers = owner.hypers
+        self.global_step = 0
+        self.sync(owner)
+        variant_key = tuple(owner.defaults[f] if isinstance(f, str) else f for f in owner._VARIANT_KEY)
+        self._finish_init(variant_key, owner._state_init())
+
+    def sync(self, owner: TorchOptimizer) -> None:
+        """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
+        for group, tg in zip(self.param_groups, self.torch_groups):
+            for key, value in owner.param_groups[tg].items():
+                if key != "params":
+                    group[key] = float(value) if isinstance(value, torch.Tensor) else value
+
+
+@dataclass
+class _Cohort:
+    engine: _Engine
+    pointers: list[int]  # each tensor's data_ptr() when the views were made
+
+
+class TorchOptimizer(torch.optim.Optimizer):
+    """Base of the generated `optforge.torch` classes; they set the class attributes below."""
+
+    _SPEC = ""  # optforge.generated.{cpu,cuda}.<_SPEC>
+    _HYPERS: tuple[str, ...] = ()
+    _HYPER_KEYS: tuple = ()  # (group key, index or None) of each hyperparameter
+    _FLAGS: tuple[str, ...] = ()  # the flags this class exposes (group keys)
+    _VARIANT_KEY: tuple = ()  # each spec flag: its group key, or the value it is pinned to
+    _DECAY = "coupled"
+    _STATE_KEYS: dict[str, str] = {}  # spec state name -> torch's key
+    _OPTIONAL_STATE: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        engine_attributes = {
+            "_SPEC": cls._SPEC,
+            "_HYPERS": cls._HYPERS,
+            "_HYPER_KEYS": cls._HYPER_KEYS,
+            "_DECAY": cls._DECAY,
+        }
+        cls._ENGINE = type(f"{cls.__name__}Engine", (_Engine,), engine_attributes)
+
+    def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
+        check_flag(type(self).__name__, "skip_nonfinite", skip_nonfinite)
+        self.skip_nonfinite = skip_nonfinite
+        self.skipped_steps = 0
+        self._cohorts: list[_Cohort] = []
+        self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
+        super().__init__(params, defaults)
+        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+
+    def _state_init(self) -> dict:
+        """Each state's initial value (generated: a number, "lr", or a hyperparameter)."""
+        raise NotImplementedError
+
+    def _group_hypers(self, group: dict) -> tuple:
+        return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+
+    # -- parameters --
+
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's checks, then optforge's: float32/float64, contiguous, the same flags."""
+        cls = type(self).__name__
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            for key in self._FLAGS:
+                if group[key] != self.defaults[key]:
+                    raise ValueError(
+                        f"{cls}: param group {len(self.param_groups) - 1} sets {key}={group[key]}, but the "
+                        f"optimizer has {key}={self.defaults[key]}; optforge compiles one kernel variant per "
+                        "optimizer, so flags must be the same in every group."
+                    )
+            for p in group["params"]:
+                if p.dtype not in (torch.float32, torch.float64):
+                    raise TypeError(
+                        f"{cls}: parameters must be float32 or float64 (the kernels are compiled for "
+                        f"those), but one is {p.dtype}."
+                    )
+                if not p.is_contiguous():
+                    raise ValueError(
+                        f"{cls}: parameters must be contiguous (they are stepped in place through a "
+                        f"view), but one of shape {tuple(p.shape)} is not."
+                    )
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # refused: the optimizer is as it was
+            raise
+        self._steps = np.zeros(len(self._flat_params()), dtype=np.float32)
+        for cohort in self._cohorts:  # new arrays: the state's step tensors must view them
+            self._link_steps(cohort.engine)
+
+    def _flat_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @property
+    def _group_index(self) -> list[int]:
+        return [g for g, group in enumerate(self.param_groups) for _ in group["params"]]
+
+    # -- stepping --
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step over every parameter that has a gradient; returns what `closure` returns."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        params = self._flat_params()
+        has_grad = [p.grad is not None for p in params]
+        work = [c for c in self._cohorts if self._cohort_has_grads(c, params, has_grad)]
+        stepped = {i for c in self._cohorts for i in c.engine.members}
+        new = [i for i, has in enumerate(has_grad) if has and i not in stepped]
+        if new:
+            work.append(self._new_cohort(new, params))  # registered only once the step is taken
+        # Every check before any change: gradients, lr values, finiteness.
+        checked = []
+        for cohort in work:
+            grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
+            checked.append((cohort, cohort.engine._check_gradients(grads)))
+            cohort.engine.sync(self)
+            for group in cohort.engine.param_groups:
+                _lr_value(group["lr"], type(self).__name__)
+        if self.skip_nonfinite and not all(all_finite(grads) for _, grads in checked):
+            self.skipped_steps += 1
+            return loss
+        if new:
+            self._register(work[-1])
+        for cohort, grads in checked:
+            cohort.engine._apply(grads)
+            self._steps[cohort.engine.members] = cohort.engine.global_step
+        return loss
+
+    def _cohort_has_grads(self, cohort: _Cohort, params: list, has_grad: list[bool]) -> bool:
+        members = cohort.engine.members
+        count = sum(has_grad[i] for i in members)
+        if count == 0:
+            return False
+        cls = type(self).__name__
+        if count < len(members):
+            missing = next(i for i in members if not has_grad[i])
+            raise RuntimeError(
+                f"{cls}: parameter {missing} (shape {tuple(params[missing].shape)}) has no gradient, but "
+                f"{count} of the {len(members)} parameters stepped with it since step 1 have one; a fused "
+                "step updates them together. Give it a gradient (e.g. zero_grad(set_to_none=False)) or "
+                "set requires_grad=False on it before its first step. Nothing was changed."
+            )
+        for i, pointer in zip(members, cohort.pointers):
+            if params[i].data_ptr() != pointer:
+                raise RuntimeError(
+                    f"{cls}: parameter {i}'s memory moved (its .data was replaced, or the model was moved) "
+                    "after its first step; optforge steps the memory it saw then. Create the optimizer "
+                    "after moving the model. Nothing was changed."
+                )
+        return True
+
+    def _new_cohort(self, members: list[int], params: list) -> _Cohort:
+        self._views = {i: _view(params[i], f"param{i}") for i in members}
+        return _Cohort(self._ENGINE(self, members), [params[i].data_ptr() for i in members])
+
+    def _register(self, cohort: _Cohort) -> None:
+        """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
+        self._cohorts.append(cohort)
+        params = self._flat_params()
+        engine = cohort.engine
+        for pos, i in enumerate(engine.members):
+            state = self.state[params[i]]
+            for name, arrays in engine.state.items():
+                state[self._STATE_KEYS[name]] = _as_tensor(arrays[pos], params[i])
+        self._link_steps(engine)
+
+    def _link_steps(self, engine: _Engine) -> None:
+        params = self._flat_params()
+        self._steps[engine.members] = engine.global_step
+        for i in engine.members:
+            self.state[params[i]]["step"] = torch.from_numpy(self._steps[i : i + 1].reshape(()))
+
+    # -- checkpoints in torch's layout --
+
+    def state_dict(self) -> dict:
+        """torch's `state_dict()`: ``state`` (per parameter index: ``step`` and the state
+        tensors, under torch's names) and ``param_groups``; `torch.save` it, or load it into
+        this class or into torch's own optimizer of the same name."""
+        extra = getattr(self, "_extra_state", None)
+        if extra is not None:
+            params = self._flat_params()
+            for cohort in self._cohorts:
+                engine = cohort.engine
+                for pos, i in enumerate(engine.members):
+                    group = self.param_groups[self._group_index[i]]
+                    hypers = (float(h) for h in self._group_hypers(group))
+                    for key, value in extra(engine.global_step, *hypers).items():
+                        self.state[params[i]][key] = torch.tensor(float(value), dtype=torch.float32)
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Continue from a state dict of this class, or of torch's optimizer of the same name.
+
+        Everything is checked before anything changes: the groups' sizes (torch's check),
+        each state's keys and shapes, the flags. Parameters whose saved steps are equal
+        form one cohort (one fused engine) again.
+        """
+        cls = type(self).__name__
+        params = self._flat_params()
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        if len(saved_groups) != len(self.param_groups) or any(
+            len(a["params"]) != len(b["params"]) for a, b in zip(saved_groups, self.param_groups)
+        ):
+            raise ValueError(
+                f"{cls}: the state dict's param groups do not match this optimizer's in number or size."
+            )
+        index_of = {saved: i for i, saved in enumerate(s for g in saved_groups for s in g["params"])}
+        for g, saved in enumerate(saved_groups):
+            for key in self._FLAGS:
+                if saved.get(key, self.defaults[key]) != self.defaults[key]:
+                    raise ValueError(
+                        f"{cls}: the state dict's param group {g} has {key}={saved[key]}, this optimizer "
+                        f"{key}={self.defaults[key]}."
+                    )
+        names = self._state_names()
+        steps: dict[int, int] = {}
+        for saved, state in saved_state.items():
+            if saved not in index_of:
+                raise ValueError(
+                    f"{cls}: the state dict has state for parameter {saved!r}, which no group holds."
+                )
+            i = index_of[saved]
+            for name in names:
+                key = self._STATE_KEYS[name]
+                value = state.get(key)
+                if value is None:
+                    if key in self._OPTIONAL_STATE:
+                        continue
+                    raise ValueError(
+                        f"{cls}: the state of parameter {i} has no '{key}' (keys: {sorted(state)}); "
+                        "is it a state dict of another optimizer?"
+                    )
+                if tuple(value.shape) != tuple(params[i].shape):
+                    raise ValueError(
+                        f"{cls}: '{key}' of parameter {i} has shape {tuple(value.shape)}, but the "
+                        f"parameter's is {tuple(params[i].shape)}."
+                    )
+            step = state.get("step", 1)  # torch's SGD keeps no step: it has stepped once at least
+            steps[i] = int(float(step))
+            if steps[i] < 0 or steps[i] != float(step):
+                raise ValueError(f"{cls}: the step of parameter {i} is {float(step)}, not a count.")
+        super().load_state_dict(state_dict)  # torch's casts; replaces self.state and the groups' options
+        loaded = {i: self.state[params[i]] for i in steps}
+        self.state.clear()
+        self._cohorts = []
+        self._steps = np.zeros(len(params), dtype=np.float32)
+        for step in sorted(set(steps.values())):
+            members = [i for i in sorted(steps) if steps[i] == step]
+            cohort = self._new_cohort(members, params)
+            engine = cohort.engine
+            engine.global_step = step
+            for pos, i in enumerate(engine.members):
+                for name, arrays in engine.state.items():
+                    value = loaded[i].get(self._STATE_KEYS[name])
+                    if value is not None:
+                        _as_tensor(arrays[pos], params[i]).copy_(value)
+            self._register(cohort)
+
+    def _state_names(self) -> list[str]:
+        """The state names of this optimizer's kernel variant."""
+        import importlib
+
+        variants = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}").VARIANTS
+        key = tuple(self.defaults[f] if isinstance(f, str) else f for f in self._VARIANT_KEY)
+        return list(variants[key].state)
+
+
+def _view(p: torch.Tensor, name: str) -> Parameter:
+    """A Parameter over the tensor's own memory (no copy)."""
+    data = p.detach()
+    return Parameter(data if data.is_cuda else data.numpy(), name)
+
+
+def _grad_view(g: torch.Tensor, cls: str):
+    if g.is_sparse:
+        raise TypeError(f"{cls}: sparse gradients are not supported (use torch.optim.SparseAdam).")
+    g = g.detach()
+    if g.is_cuda:
+        from optforge.runtime.cuda import as_device_array
+
+        return as_device_array(g)
+    if g.dtype not in (torch.float32, torch.float64):
+        raise TypeError(
+            f"{cls}: a gradient is {g.dtype}; its parameter's dtype (float32 or float64) is needed."
+        )
+    return g.numpy()
+
+
+def _as_tensor(array, like: torch.Tensor) -> torch.Tensor:
+    """A torch view of a state array (host or device), on the parameter's device."""
+    if isinstance(array, np.ndarray):
+        return torch.from_numpy(array)
+    return torch.as_tensor(array, device=like.device)
