@@ -3,7 +3,8 @@
 - every class of the nn and optim dialects, with random in-domain hyperparameters, flags,
   weight decay (and loss scale), against the float64 reference evaluated from its spec
   (compiler/reference.py) over three steps;
-- validation never lets an out-of-domain value through and never rejects an in-domain one;
+- validation (nn, optim and torch dialects) never lets an out-of-domain value through and never
+  rejects an in-domain one;
 - use_locking=True: concurrent calls from several threads equal the same steps in sequence.
 """
 
@@ -166,6 +167,68 @@ def test_nn_validation_accepts_exactly_the_domain(cls, name, domain, export, val
     else:
         with pytest.raises(ValueError):
             cls(params, **kwargs)
+
+
+def _optim_and_torch_hypers_with_domains():
+    """(dialect, class, argument, position in a packed tuple or None, domain, export)."""
+    cases = []
+    for spec in SPECS.values():
+        for export in spec.exports:
+            if export.dialect not in ("optim", "torch"):
+                continue
+            for entry in export.signature:
+                name = entry if isinstance(entry, str) else entry[0]
+                members = entry[1] if isinstance(entry, tuple) and isinstance(entry[1], tuple) else (name,)
+                for index, member in enumerate(members):
+                    symbol = next((h.symbol for h in spec.hypers if h.name == member), None)
+                    if symbol not in spec.domains or "float" not in spec.hyper(member).types:
+                        continue
+                    position = index if len(members) > 1 or members[0] != name else None
+                    label = f"{export.dialect}.{export.class_name}.{name}" + (
+                        f"[{position}]" if position is not None else ""
+                    )
+                    cases.append(
+                        pytest.param(
+                            export.dialect, export.class_name, name, position,
+                            runtime_domain(spec.domains[symbol]), spec, id=label,
+                        )
+                    )  # fmt: skip
+    return cases
+
+
+@pytest.mark.parametrize(
+    "dialect, cls_name, name, position, domain, spec", _optim_and_torch_hypers_with_domains()
+)
+@SETTINGS
+@given(value=st.floats(allow_nan=True, allow_infinity=True, width=64))
+def test_optim_and_torch_validation_accept_exactly_the_domain(
+    dialect, cls_name, name, position, domain, spec, value
+):
+    if dialect == "torch":
+        import torch
+
+        module = pytest.importorskip("optforge.torch")
+        params = [torch.zeros(3, requires_grad=True)]
+    else:
+        module = optforge.optim
+        params = [optforge.Parameter(np.ones(3, np.float32), "w")]
+    kwargs = {"lr": 0.01} if cls_name == "SGD" else {}
+    if position is None:
+        kwargs[name] = value
+    else:
+        export = next(e for e in spec.exports if e.dialect == dialect and e.class_name == cls_name)
+        members = next(e[1] for e in export.signature if not isinstance(e, str) and e[0] == name)
+        defaults = [spec.hyper(m).default for m in members]
+        defaults[position] = value
+        kwargs[name] = tuple(defaults)
+    cls = getattr(module, cls_name)
+    try:
+        cls(params, **kwargs)
+    except ValueError as error:
+        # In the domain, only a constraint between arguments may refuse it (Rprop's step sizes).
+        assert value not in domain or "must not exceed" in str(error), error
+    else:
+        assert value in domain
 
 
 def _spec_of(export):
