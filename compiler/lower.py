@@ -19,6 +19,7 @@ from optforge.compiler.passes.reductions import extract_reductions
 from optforge.compiler.passes.specialize import specialize
 from optforge.compiler.passes.ssa import to_ssa
 from optforge.compiler.passes.stages import depends_on, split_stages
+from optforge.compiler.passes.unchanged import changed_outputs
 
 
 def input_levels(spec: S.Spec) -> dict[sp.Symbol, Level]:
@@ -56,6 +57,7 @@ def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
 
 def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squares, guards, values):
     hoisted = hoist(assignments, input_levels(spec) | {r.symbol: Level.TENSOR for r in reductions})
+    outputs = changed_outputs(outputs, assignments)  # a branch may leave a state as it was
     stores = [Store(a, outputs[a.symbol]) for a in arrays if a.symbol in outputs]
     reduced = {r.symbol for r in reductions}
     finalize = [a for a in hoisted.tensor if a.target in depends_on(hoisted.tensor, reduced)]

@@ -202,3 +202,30 @@ def test_radam_rectification_is_a_host_side_branch():
     for k in kernels:
         (stage,) = k.stages
         assert not any(a.expr.atoms(sp.Piecewise) for a in stage.element)
+
+
+def test_changed_outputs_drops_arrays_a_branch_leaves_as_they_were():
+    from optforge.compiler.passes.unchanged import changed_outputs
+
+    w, buf, acc, w_new, buf_new, buf_copy, acc_new, g = sp.symbols(
+        "w buf acc w_new buf_new buf_copy acc_new g"
+    )
+    assignments = [
+        Assignment(buf_copy, buf),  # RMSprop's buf <- buf once momentum > 0 is False
+        Assignment(buf_new, buf_copy),
+        Assignment(acc_new, acc + g * g),
+        Assignment(w_new, w - g),
+    ]
+    outputs = {w: w_new, buf: buf_new, acc: acc_new}
+    assert changed_outputs(outputs, assignments) == {w: w_new, acc: acc_new}
+
+
+def test_rmsprop_without_momentum_neither_loads_nor_stores_its_buffer():
+    from optforge.compiler.build import load_specs
+
+    (spec,) = load_specs(["rmsprop"])
+    variant = {f.symbol: False for f in spec.flags}
+    kernels = {k.branch: k for k in lower(spec, variant)}
+    without = {a.array.name for stage in kernels[(False,)].stages for a in stage.loads + stage.stores}
+    with_momentum = {a.array.name for stage in kernels[(True,)].stages for a in stage.loads + stage.stores}
+    assert "momentum_buffer" not in without and "momentum_buffer" in with_momentum

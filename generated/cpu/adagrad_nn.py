@@ -67,7 +67,6 @@ def adagrad_nn_f32(
             a_new = a
             w_new = w + g_eff * s0 / math.sqrt(a_new)
             w_c[elem] = w_new
-            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -102,7 +101,6 @@ def adagrad_nn_f64(
             a_new = a
             w_new = w + g_eff * s0 / math.sqrt(a_new)
             w_c[elem] = w_new
-            a_c[elem] = a_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)

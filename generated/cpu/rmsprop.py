@@ -159,22 +159,18 @@ def rmsprop_not_momentum_gt_0_f32(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -203,22 +199,18 @@ def rmsprop_not_momentum_gt_0_f64(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -339,7 +331,6 @@ def rmsprop_maximize__not_momentum_gt_0_f32(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -347,15 +338,12 @@ def rmsprop_maximize__not_momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -384,7 +372,6 @@ def rmsprop_maximize__not_momentum_gt_0_f64(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -392,15 +379,12 @@ def rmsprop_maximize__not_momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -531,7 +515,6 @@ def rmsprop_centered__not_momentum_gt_0_f32(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
@@ -539,17 +522,14 @@ def rmsprop_centered__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -580,7 +560,6 @@ def rmsprop_centered__not_momentum_gt_0_f64(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
@@ -588,17 +567,14 @@ def rmsprop_centered__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -731,7 +707,6 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -740,17 +715,14 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -781,7 +753,6 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -790,17 +761,14 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -295,19 +295,15 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -332,19 +328,15 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -597,20 +589,16 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -635,20 +623,16 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -897,19 +881,15 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -934,19 +914,15 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -1201,20 +1177,16 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -1239,20 +1211,16 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -58,7 +58,6 @@ def adagrad_nn_f32_kernel(
             a_new = a
             w_new = w + g_eff * s0 / math.sqrt(a_new)
             w_c[elem] = w_new
-            a_c[elem] = a_new
 
 
 def adagrad_nn_f32(
@@ -117,7 +116,6 @@ def adagrad_nn_f64_kernel(
             a_new = a
             w_new = w + g_eff * s0 / math.sqrt(a_new)
             w_c[elem] = w_new
-            a_c[elem] = a_new
 
 
 def adagrad_nn_f64(

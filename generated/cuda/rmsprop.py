@@ -218,22 +218,18 @@ def rmsprop_not_momentum_gt_0_f32_kernel(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_not_momentum_gt_0_f32(
@@ -294,22 +290,18 @@ def rmsprop_not_momentum_gt_0_f64_kernel(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_not_momentum_gt_0_f64(
@@ -530,7 +522,6 @@ def rmsprop_maximize__not_momentum_gt_0_f32_kernel(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -538,15 +529,12 @@ def rmsprop_maximize__not_momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_maximize__not_momentum_gt_0_f32(
@@ -607,7 +595,6 @@ def rmsprop_maximize__not_momentum_gt_0_f64_kernel(
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -615,15 +602,12 @@ def rmsprop_maximize__not_momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_maximize__not_momentum_gt_0_f64(
@@ -858,7 +842,6 @@ def rmsprop_centered__not_momentum_gt_0_f32_kernel(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
@@ -866,17 +849,14 @@ def rmsprop_centered__not_momentum_gt_0_f32_kernel(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_centered__not_momentum_gt_0_f32(
@@ -941,7 +921,6 @@ def rmsprop_centered__not_momentum_gt_0_f64_kernel(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
@@ -949,17 +928,14 @@ def rmsprop_centered__not_momentum_gt_0_f64_kernel(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_centered__not_momentum_gt_0_f64(
@@ -1198,7 +1174,6 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32_kernel(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -1207,17 +1182,14 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32_kernel(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0_f32(
@@ -1284,7 +1256,6 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64_kernel(
         g_c = g_tensors[tensor][start:stop]
         sq_c = sq_tensors[tensor][start:stop]
         g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
@@ -1293,17 +1264,14 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64_kernel(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
             sq_new = alpha * sq + s0 * (g_eff * g_eff)
             g_avg_new = g_avg + s0 * (g_eff - g_avg)
             denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf
             w_new = w + g_eff * s1 / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0_f64(

@@ -450,19 +450,15 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
@@ -513,19 +509,15 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
@@ -968,20 +960,16 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
@@ -1032,20 +1020,16 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
@@ -1488,19 +1472,15 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
@@ -1551,19 +1531,15 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
@@ -2012,20 +1988,16 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
@@ -2076,20 +2048,16 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            buf = buf_c[elem]
             g_eff = g * u0 + w * weight_decay
-            buf_new = buf
             d = g_eff
             w_new = w + d * s0
             w_c[elem] = w_new
-            buf_c[elem] = buf_new
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(

@@ -23,5 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=10, help="timed steps per contender (median)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS, help="where JSON, table and plot go")
     parser.add_argument(
+        "--limit-only",
+        action="store_true",
+        help="time only optforge and the same-traffic limit (the 'of limit' figures: quicker, and "
+        "two contenders interleaved see the same machine)",
+    )
+    parser.add_argument(
         "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
     )

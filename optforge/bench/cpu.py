@@ -80,9 +80,10 @@ def mixed_sizes(total: int, tensors: int, rng) -> list[int]:
     return sizes.tolist()
 
 
-def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> tuple[dict, int]:
+def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool = True) -> tuple[dict, int]:
     """(name -> step function, all over fresh arrays of the same sizes; the bytes per element
-    optforge's step moves). What cannot run is added to `notes`."""
+    optforge's step moves). What cannot run is added to `notes`. Without `others`, only
+    optforge and the same-traffic limit."""
     steps = {}
     params = [
         optforge.Parameter(rng.standard_normal(n).astype(np.float32), f"w{i}") for i, n in enumerate(sizes)
@@ -101,7 +102,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> tuple[dict,
     kernel = same_traffic_kernel(loads, stores, write_only)
     steps["same-traffic limit"] = lambda: kernel(starts, stops, *arrays)
 
-    torch_name = TORCH.get(name)  # None: torch has no such optimizer
+    torch_name = TORCH.get(name) if others else None  # None: torch has no such optimizer
     if torch_name is not None:
         try:
             import torch
@@ -119,7 +120,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str]) -> tuple[dict,
                     p.grad = torch.from_numpy(g)
                 topt = getattr(torch.optim, torch_name)(tp, lr=LR, **EXTRA.get(name, {}), **kwargs)
                 steps[label] = topt.step
-    if name in DEEPSPEED:
+    if others and name in DEEPSPEED:
         step = _deepspeed_adam(sizes, grads, notes)
         if step is not None:
             steps["DeepSpeed CPUAdam"] = step
@@ -164,7 +165,9 @@ def measure(steps: dict, repeat: int) -> dict:
     return {label: statistics.median(ts) for label, ts in times.items()}
 
 
-def run(names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir: Path) -> dict:
+def run(
+    names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir: Path, others: bool = True
+) -> dict:
     """Measure, print the table, write JSON, table and plot into `out_dir`; return the result."""
     rng = np.random.default_rng(0)
     rows, notes = [], set()
@@ -172,7 +175,7 @@ def run(names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir
         for size in sizes:
             total = int(size)
             split = [total] if tensors == 1 else mixed_sizes(total, tensors, rng)
-            steps, per_element = contenders(name, split, rng, notes)
+            steps, per_element = contenders(name, split, rng, notes, others)
             times = measure(steps, repeat)
             moved = per_element * total
             limit = times["same-traffic limit"]
@@ -198,6 +201,7 @@ def run(names: list[str], sizes: list[float], tensors: int, repeat: int, out_dir
         "rows": rows,
     }
     stem = f"cpu-{'-'.join(names) if len(names) <= 4 else f'{len(names)}-optimizers'}-t{tensors}"
+    stem += "" if others else "-limit"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2))
     text = table(result)
@@ -241,7 +245,7 @@ def run_from_arguments(args) -> int:
             f"optforge bench: unknown optimizers {unknown}; choose from {sorted(OPTFORGE)}", file=sys.stderr
         )
         return 2
-    run(names, args.sizes, args.tensors, args.repeat, args.out_dir)
+    run(names, args.sizes, args.tensors, args.repeat, args.out_dir, others=not args.limit_only)
     return 0
 
 
