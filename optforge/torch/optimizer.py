@@ -69,7 +69,7 @@ class _Engine(OptimOptimizer):
     _SPARSE = None
     _OFFLOAD = False
 
-    def __init__(self, owner: TorchOptimizer, members: list[int]):
+    def __init__(self, owner: TorchOptimizer, members: list[int], views: dict[int, Parameter]):
         group_index = owner._group_index
         self.torch_groups = sorted({group_index[i] for i in members})
         self.param_groups = []
@@ -77,16 +77,13 @@ class _Engine(OptimOptimizer):
         self.members = []  # the torch parameter indices, in the engine's order
         for g, tg in enumerate(self.torch_groups):
             mine = [i for i in members if group_index[i] == tg]
-            self.param_groups.append({"params": [owner._views[i] for i in mine]})
+            self.param_groups.append({"params": [views[i] for i in mine]})
             self.members += mine
             self._group_of += [g] * len(mine)
-        self.parameters = tuple(owner._views[i] for i in self.members)
-        self.defaults = owner.defaults
-        self.hypers = owner.hypers
+        self.parameters = tuple(views[i] for i in self.members)
         self.global_step = 0
         self.sync(owner)
-        variant_key = tuple(owner.defaults[f] if isinstance(f, str) else f for f in owner._VARIANT_KEY)
-        self._finish_init(variant_key, owner._state_init())
+        self._finish_init(owner._variant_key(), owner._state_init())
 
     def sync(self, owner: TorchOptimizer) -> None:
         """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
@@ -139,6 +136,10 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+
+    def _variant_key(self) -> tuple:
+        """The kernel variant: each spec flag from the defaults, or the value the class pins."""
+        return tuple(self.defaults[f] if isinstance(f, str) else f for f in self._VARIANT_KEY)
 
     # -- parameters --
 
@@ -238,8 +239,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         return True
 
     def _new_cohort(self, members: list[int], params: list) -> _Cohort:
-        self._views = {i: _view(params[i], f"param{i}") for i in members}
-        return _Cohort(self._ENGINE(self, members), [params[i].data_ptr() for i in members])
+        views = {i: _view(params[i], f"param{i}") for i in members}
+        return _Cohort(self._ENGINE(self, members, views), [params[i].data_ptr() for i in members])
 
     def _register(self, cohort: _Cohort) -> None:
         """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
@@ -266,11 +267,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         this class or into torch's own optimizer of the same name."""
         extra = getattr(self, "_extra_state", None)
         if extra is not None:
-            params = self._flat_params()
+            params, group_index = self._flat_params(), self._group_index
             for cohort in self._cohorts:
                 engine = cohort.engine
-                for pos, i in enumerate(engine.members):
-                    group = self.param_groups[self._group_index[i]]
+                for i in engine.members:
+                    group = self.param_groups[group_index[i]]
                     hypers = (float(h) for h in self._group_hypers(group))
                     for key, value in extra(engine.global_step, *hypers).items():
                         self.state[params[i]][key] = torch.tensor(float(value), dtype=torch.float32)
@@ -349,8 +350,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         import importlib
 
         variants = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}").VARIANTS
-        key = tuple(self.defaults[f] if isinstance(f, str) else f for f in self._VARIANT_KEY)
-        return list(variants[key].state)
+        return list(variants[self._variant_key()].state)
 
 
 def _view(p: torch.Tensor, name: str) -> Parameter:
