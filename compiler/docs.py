@@ -114,9 +114,7 @@ def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
     init = []
     for s in spec.state:
         value = latex(s.init, names)
-        cond = (
-            rf"\ (\text{{with }} \texttt{{{s.when.name}}})".replace("_", r"\_") if s.when is not None else ""
-        )
+        cond = rf"\ (\text{{{S.when_phrase(spec, s.when, '')}}})".replace("_", r"\_") if s.when is not None else ""
         init.append(rf"{latex(s.symbol, names)}_0 \leftarrow {value}{cond}")
     lines.append(r"&\textbf{initialize}: " + r",\ ".join(init) + r" \\")
     lines.append(r"&\rule{100mm}{0.4pt} \\")
@@ -125,7 +123,7 @@ def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
         target = latex(rule.target, names)
         body = rf"{target} \leftarrow {latex(exprs[id(rule)], names)}"
         if rule.when is not None and rule.when not in pinned:
-            body = rf"\textbf{{if}}\ {names[rule.when]}:\ {body}"
+            body = rf"\textbf{{if}}\ {latex(rule.when, names)}:\ {body}"
         lines.append(rf"&\qquad {body} \\")
     lines.append(r"&\rule{100mm}{0.4pt}")
     return "\\begin{aligned}\n" + "\n".join(lines) + "\n\\end{aligned}"
@@ -210,7 +208,7 @@ def page(spec: S.Spec, export) -> str:
         arguments=arguments,
         raises=context["raises"],
         state=[
-            (state_names.get(s.name, s.name), latex(s.init, symbol_latex(spec)), s.doc, s.when)
+            (state_names.get(s.name, s.name), latex(s.init, symbol_latex(spec)), s.doc, S.when_phrase(spec, s.when))
             for s in spec.state
         ],
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),

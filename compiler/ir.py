@@ -31,6 +31,7 @@ class Array:
 
     symbol: sp.Symbol  # the element value inside the loop, e.g. m
     name: str  # the public name, e.g. "moment1"; "param" and "grad" for w and g
+    shape: str = "element"  # "row" or "col" for a factored kernel's row- and column-shaped state
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,12 @@ class Store:
 
 @dataclass(frozen=True)
 class Reduction:
-    """A per-tensor L2 norm: `symbol = sqrt(sum(expr**2))`, summed in float64."""
+    """A per-tensor L2 norm, `symbol = sqrt(sum(expr**2))`, summed in float64; with `mean`,
+    the root mean square `sqrt(sum(expr**2) / size)`."""
 
     symbol: sp.Symbol
     expr: sp.Expr
+    mean: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,42 @@ def condition_name(condition: sp.Expr, value: bool) -> str:
         text = text.replace(f" {op} ", f" {word} ")
     text = re.sub(r"[^0-9a-zA-Z]+", "_", text).strip("_")
     return text if value else f"not_{text}"
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A mean along an axis of a factored tensor: `symbol = mean(expr)` over the rows' or
+    columns' elements (`row_mean`, `col_mean`) or over a matrix's rows (`matrix_mean`)."""
+
+    symbol: sp.Symbol
+    expr: sp.Symbol  # the value summed: per element, or per row for a matrix mean
+
+
+@dataclass(frozen=True)
+class LineStage:
+    """Per-row (or per-column) code between a factored kernel's first and second pass."""
+
+    means: tuple[Mean, ...]  # the row (column) means it reads, from pass 1's sums
+    loads: tuple[Load, ...]
+    lines: tuple[Assignment, ...]
+    stores: tuple[Store, ...]
+
+
+@dataclass(frozen=True)
+class FactoredKernel(Kernel):
+    """A kernel over tensors seen as stacks of matrices (..., rows, cols), in three passes.
+
+    Pass 1 (`stages[0]`) sums the row and column means' arguments (and
+    per-tensor reductions of what it computes); the line stages update the
+    per-row and per-column values and sum the matrix means; pass 2
+    (`stages[1]`) computes what reads them and its own reductions; after the
+    per-tensor `finalize`, pass 3 (`stages[2]`) the rest. Element-level
+    values a later pass needs are reloaded if stored and recomputed if local.
+    A pass's loads of row- and column-shaped arrays read the element's row
+    and column; its matrix-level lines run once per chunk, as tensor lines do.
+    """
+
+    row_stage: LineStage = LineStage((), (), (), ())
+    col_stage: LineStage = LineStage((), (), (), ())
+    matrix_means: tuple[Mean, ...] = ()
+    matrix_reads: tuple[tuple[sp.Symbol, ...], ...] = ()  # per pass: the matrix means it reads

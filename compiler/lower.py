@@ -33,7 +33,14 @@ def input_levels(spec: S.Spec) -> dict[sp.Symbol, Level]:
 
 
 def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
-    """The kernels of one flag variant: one per combination of host-side branch values."""
+    """The kernels of one flag variant: one per combination of host-side branch values.
+
+    A variant with its rank flag set is a factored one (see lower_factored.py).
+    """
+    if S.is_factored(spec, variant):
+        from optforge.compiler.lower_factored import lower_factored
+
+        return lower_factored(spec, variant)
     states = [s for s in spec.state if S.active(s.when, variant)]
     arrays = [Array(S.w, "param"), Array(S.g, "grad")] + [Array(s.symbol, s.name) for s in states]
     assignments, outputs = to_ssa(specialize(spec, variant), {a.symbol for a in arrays})
@@ -66,7 +73,7 @@ def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squar
         late.add(outputs[S.w])
     split = split_stages(hoisted.element, stores, arrays, late, spec.where)
     # Stage 1 sums the squares of each `norm<k>_of`.
-    partial_sums = tuple(Reduction(r.symbol, s.target) for r, s in zip(reductions, squares))
+    partial_sums = tuple(Reduction(r.symbol, s.target, r.mean) for r, s in zip(reductions, squares))
     prologue = [a for a in hoisted.tensor if a not in finalize]
     levels = hoisted.levels
 

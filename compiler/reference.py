@@ -19,6 +19,23 @@ def _l2_norm(x) -> float:
     return float(np.sqrt(np.sum(np.square(np.asarray(x, dtype=np.float64)))))
 
 
+def _rms(x) -> float:
+    """`rms(e)`: the root mean square over the whole tensor."""
+    return float(np.sqrt(np.mean(np.square(np.asarray(x, dtype=np.float64)))))
+
+
+# The spec's reductions in NumPy: a factored variant's arrays keep their shapes
+# (row state (..., rows, 1), column state (..., 1, cols)), so broadcasting
+# makes a row value times a column value one per element.
+REDUCTIONS = {
+    "norm": _l2_norm,
+    "rms": _rms,
+    "row_mean": lambda x: np.mean(x, axis=-1, keepdims=True),
+    "col_mean": lambda x: np.mean(x, axis=-2, keepdims=True),
+    "matrix_mean": lambda x: np.mean(x, axis=-2, keepdims=True),
+}
+
+
 def reference_step(
     spec: S.Spec,
     variant: dict[sp.Symbol, bool],
@@ -27,7 +44,8 @@ def reference_step(
 ) -> dict[str, np.ndarray]:
     """One step in float64.
 
-    `arrays` maps 'w', 'g' and state symbol names to arrays; `scalars` maps
+    `arrays` maps 'w', 'g' and state symbol names to arrays (a factored
+    variant's row and column state in their own shapes); `scalars` maps
     't', 'lr', 'weight_decay', 'grad_scale' and the hyperparameter names to
     numbers. Returns the new value of every array the rules assign.
     """
@@ -38,7 +56,7 @@ def reference_step(
     # uses (RAdam's rectification term) may be NaN where that branch is not taken.
     with np.errstate(invalid="ignore", divide="ignore"):
         _evaluate(specialize(spec, variant), env, updated)
-    return {k: np.broadcast_to(v, np.shape(arrays["w"])).copy() for k, v in updated.items() if k in arrays}
+    return {k: np.broadcast_to(v, np.shape(arrays[k])).copy() for k, v in updated.items() if k in arrays}
 
 
 def _evaluate(rules, env, updated) -> None:
@@ -46,7 +64,7 @@ def _evaluate(rules, env, updated) -> None:
         if rule.expr.has(sp.Product):  # a product over the steps so far: evaluate it at this t
             rule = type(rule)(rule.target, rule.expr.subs(S.t, int(env["t"])).doit())
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)
-        function = sp.lambdify(symbols, rule.expr, modules=[{"norm": _l2_norm}, "numpy"])
+        function = sp.lambdify(symbols, rule.expr, modules=[REDUCTIONS, "numpy"])
         value = np.asarray(function(*(env[s.name] for s in symbols)), dtype=np.float64)
         env[rule.target.name] = value
         updated[rule.target.name] = value

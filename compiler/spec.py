@@ -51,9 +51,12 @@ RESERVED = {
     "chunk", "tensor", "elem", "row", "rows", "row_len", "start", "stop", "partials", "sums",
     "chunks", "arrays", "scalars", "math", "np", "numba", "f32", "f64", "Variant", "Branch",
     "cuda", "config", "float64", "launch", "grid", "chunk_slot", "thread", "width", "block_sums",
-    "THREADS", "SLOTS",
+    "THREADS", "SLOTS", "size", "sizes", "matrix", "col", "cols", "first", "table",
 }  # fmt: skip
-RESERVED_PATTERN = re.compile(r"(s|u|x|y|h|sum|norm)\d+|.*_(c|tensors|per_tensor|tensor|new|of)")
+RESERVED_PATTERN = re.compile(
+    r"(s|u|x|y|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
+    r"|.*_(c|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
+)
 
 
 class norm(sp.Function):
@@ -68,6 +71,63 @@ class norm(sp.Function):
 
     def _latex(self, printer):
         return r"\left\| %s \right\|" % printer._print(self.args[0])
+
+
+class rms(sp.Function):
+    """The root mean square over one tensor of an element-level expression: `norm(e)/sqrt(size)`.
+
+    Computed like `norm` (float64 partial sums per chunk), divided by the
+    tensor's element count; Adafactor scales its step by the RMS of the
+    parameter and clips the RMS of its update.
+    """
+
+    nargs = 1
+
+    def _latex(self, printer):
+        return r"\operatorname{RMS}\left(%s\right)" % printer._print(self.args[0])
+
+
+class row_mean(sp.Function):
+    """The mean of an element-level expression along the last axis: one value per row.
+
+    Only in the variants of a rank flag (see `Flag.rank`): a tensor of shape
+    (..., rows, cols) has rows x (leading dimensions) of them. A rule whose
+    expression is per row (it reads only `row_mean`s, row-shaped states and
+    scalars) updates a row-shaped state.
+    """
+
+    nargs = 1
+
+    def _latex(self, printer):
+        return r"\overline{%s}^{\,\mathrm{row}}" % printer._print(self.args[0])
+
+
+class col_mean(sp.Function):
+    """The mean of an element-level expression along the second-to-last axis: one value per column."""
+
+    nargs = 1
+
+    def _latex(self, printer):
+        return r"\overline{%s}^{\,\mathrm{col}}" % printer._print(self.args[0])
+
+
+class matrix_mean(sp.Function):
+    """The mean of a per-row value over the rows of its matrix: one value per matrix.
+
+    A tensor of shape (..., rows, cols) is a stack of matrices; Adafactor
+    normalises the outer product of its factors by the mean of the row factor.
+    """
+
+    nargs = 1
+
+    def _latex(self, printer):
+        return r"\overline{%s}^{\,\mathrm{matrix}}" % printer._print(self.args[0])
+
+
+# Reductions whose value is per row, per column or per matrix: only a factored
+# (rank-flagged) kernel computes them.
+FACTORED_REDUCTIONS = (row_mean, col_mean, matrix_mean)
+STATE_SHAPES = ("element", "row", "col")
 
 
 class SpecError(Exception):
@@ -90,11 +150,20 @@ class Hyper:
 
 @dataclass(frozen=True)
 class Flag:
-    """A structural switch: each value gives its own kernel, never a run-time branch."""
+    """A structural switch: each value gives its own kernel, never a run-time branch.
+
+    With `rank` set the flag is not an argument: the run-time sets it per
+    tensor, True for tensors of at least `rank` dimensions (Adafactor's
+    `factored`: matrices keep row and column factors, vectors a full
+    second moment). Its True variant is compiled to a factored kernel, which
+    may use row- and column-shaped state and `row_mean`, `col_mean` and
+    `matrix_mean`.
+    """
 
     symbol: sp.Symbol
     doc: str
     default: bool = False
+    rank: int | None = None
 
     @property
     def name(self) -> str:
@@ -103,13 +172,19 @@ class Flag:
 
 @dataclass(frozen=True)
 class State:
-    """A per-element tensor kept between steps, shaped like its parameter."""
+    """A tensor kept between steps, shaped like its parameter (`shape="element"`).
+
+    A factored kernel may also keep one value per row (`"row"`: the
+    parameter's shape with the last dimension 1) or per column (`"col"`: the
+    second-to-last dimension 1), torch's Adafactor `row_var` and `col_var`.
+    """
 
     symbol: sp.Symbol
     init: object  # a number, a hyperparameter's symbol, or lr (the group's initial learning rate)
     name: str  # the public name (MindSpore's attribute, e.g. "moment1")
     doc: str
-    when: sp.Symbol | None = None  # a flag: the state exists only when it is set
+    when: sp.Expr | None = None  # a flag or its negation (~flag): the state exists only then
+    shape: str = "element"  # "element", "row" or "col"
 
 
 @dataclass(frozen=True)
@@ -118,7 +193,7 @@ class Rule:
 
     target: sp.Symbol
     expr: sp.Expr
-    when: sp.Symbol | None = None
+    when: sp.Expr | None = None  # a flag or its negation (~flag)
 
     def __str__(self) -> str:
         cond = f" (when {self.when})" if self.when is not None else ""
@@ -221,8 +296,40 @@ class Spec:
         ]
 
 
-def active(when: sp.Symbol | None, variant: dict[sp.Symbol, bool]) -> bool:
-    return when is None or variant[when]
+def active(when: sp.Expr | None, variant: dict[sp.Symbol, bool]) -> bool:
+    """Whether a `when` (None, a flag, or ~flag) holds in `variant`."""
+    if when is None:
+        return True
+    if isinstance(when, sp.Not):
+        return not variant[when.args[0]]
+    return variant[when]
+
+
+def when_flag(when: sp.Expr | None) -> sp.Symbol | None:
+    """The flag a `when` tests (the flag of ~flag)."""
+    return when.args[0] if isinstance(when, sp.Not) else when
+
+
+def when_phrase(spec: Spec, when: sp.Expr | None, quote: str = "`") -> str | None:
+    """A `when` in words, e.g. "with `amsgrad=True`" or "for tensors of 2 or more dimensions"."""
+    if when is None:
+        return None
+    flag = next(f for f in spec.flags if f.symbol == when_flag(when))
+    negated = isinstance(when, sp.Not)
+    if flag.rank is not None:
+        return f"for tensors of {'fewer than' if negated else 'at least'} {flag.rank} dimensions"
+    return f"with {quote}{flag.name}={not negated}{quote}"
+
+
+def rank_flag(spec: Spec) -> Flag | None:
+    """The spec's flag set per tensor by its rank, if it has one."""
+    return next((f for f in spec.flags if f.rank is not None), None)
+
+
+def is_factored(spec: Spec, variant: dict[sp.Symbol, bool]) -> bool:
+    """Whether `variant` compiles to a factored kernel (its rank flag is set)."""
+    flag = rank_flag(spec)
+    return flag is not None and variant[flag.symbol]
 
 
 def check_spec(spec: Spec) -> None:
@@ -262,9 +369,19 @@ def check_spec(spec: Spec) -> None:
         if not isinstance(domain, sp.Interval):
             fail(f"domain of '{name}'", f"must be a sympy Interval, got {domain!r}")
 
+    ranked = [f for f in spec.flags if f.rank is not None]
+    if len(ranked) > 1:
+        fail("flags", f"at most one flag may have a rank, got {[f.name for f in ranked]}")
+    for f in ranked:
+        if not (isinstance(f.rank, int) and f.rank >= 2) or f.default:
+            fail(f"flag '{f.name}'", "a rank flag needs an int rank >= 2 and default False")
     for s in spec.state:
-        if s.when is not None and s.when not in flag_syms:
-            fail(f"state '{s.name}'", f"'when' must be a flag, got {s.when}")
+        if s.when is not None and when_flag(s.when) not in flag_syms:
+            fail(f"state '{s.name}'", f"'when' must be a flag or ~flag, got {s.when}")
+        if s.shape not in STATE_SHAPES:
+            fail(f"state '{s.name}'", f"shape must be one of {STATE_SHAPES}, got {s.shape!r}")
+        if s.shape != "element" and (not ranked or s.when != ranked[0].symbol):
+            fail(f"state '{s.name}'", f"a {s.shape}-shaped state needs when=<the rank flag>")
         if not (isinstance(s.init, (int, float)) or s.init in hyper_syms or s.init == lr):
             fail(
                 f"state '{s.name}'",
@@ -275,8 +392,8 @@ def check_spec(spec: Spec) -> None:
         where = f"rule {i} ({rule})"
         if not isinstance(rule.target, sp.Symbol):
             fail(where, "the target must be a symbol")
-        if rule.when is not None and rule.when not in flag_syms:
-            fail(where, f"'when' must be a flag, got {rule.when}")
+        if rule.when is not None and when_flag(rule.when) not in flag_syms:
+            fail(where, f"'when' must be a flag or ~flag, got {rule.when}")
         if rule.target in hyper_syms | flag_syms or rule.target in BUILTINS and rule.target != w:
             fail(where, f"cannot assign to '{rule.target}': only the parameter, state and locals can be")
 
@@ -339,6 +456,10 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             continue
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
+        if not is_factored(spec, variant):
+            shaped = [c for c in expr.atoms(sp.Function) if isinstance(c, FACTORED_REDUCTIONS)]
+            if shaped:
+                fail(where, f"{shaped[0]} needs a factored variant (a flag with a rank set), not {label}")
         for sym in sorted(expr.free_symbols, key=str):
             if sym not in readable:
                 if sym in state_syms:

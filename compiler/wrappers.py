@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from optforge.compiler.render import render
-from optforge.compiler.spec import REQUIRED, Export, Spec
+from optforge.compiler.spec import REQUIRED, Export, Spec, when_phrase
 from optforge.runtime.checks import Interval
 
 DECAY_WORDS = {
@@ -89,6 +89,11 @@ def runtime_domain(domain: sp.Interval) -> Interval:
         return math.inf if x == sp.oo else -math.inf if x == -sp.oo else float(x)
 
     return Interval(number(domain.start), number(domain.end), bool(domain.left_open), bool(domain.right_open))
+
+
+def state_docs(spec: Spec, quote: str) -> list[tuple[str, str, str | None]]:
+    """(name, doc, when in words or None) of each state, for the class docstrings."""
+    return [(s.name, s.doc, when_phrase(spec, s.when, quote)) for s in spec.state]
 
 
 def _type_words(types: tuple[str, ...]) -> str:
@@ -171,7 +176,7 @@ def class_context(spec: Spec, export: Export) -> dict:
         "hypers": [(h.name, types_of[h.name], repr(domains.get(h.name))) for h in hypers],
         "bools": bools,
         "flags": [f.name for f in spec.flags if f.name in names],
-        "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
+        "state_docs": state_docs(spec, "``"),
         "loss_scale": "loss_scale" if "loss_scale" in names else "1.0",
         "use_locking": "use_locking" if "use_locking" in names else "False",
         "raises": raises,
@@ -286,7 +291,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
-        "state_docs": [(s.name, s.doc, s.when.name if s.when is not None else None) for s in spec.state],
+        "state_docs": state_docs(spec, "`"),
         "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools) + "}",  # noqa: E501
         "bools": bools,
         "variant_key": variant_key,

@@ -34,4 +34,5 @@ ALL = (
     "lion",
     "adabelief",
     "adan",
+    "adafactor",
 )

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from optforge.compiler.ir import Kernel, Stage
+from optforge.compiler.ir import FactoredKernel, Kernel, LineStage, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec, rank_flag
 
 DTYPES = ("float32", "float64")
 SHORT = {"float32": "f32", "float64": "f64"}
@@ -108,7 +108,60 @@ def stage_context(stage: Stage, printer: ElementPrinter) -> dict:
     }
 
 
+def _loads(loads, shape: str) -> list[tuple[str, str]]:
+    return [(load.array.symbol.name, load.value.name) for load in loads if load.array.shape == shape]
+
+
+def line_stage_context(stage: LineStage, printer: ElementPrinter) -> dict:
+    return {
+        "means": [(m.symbol.name, m.expr.name) for m in stage.means],
+        "loads": [(load.array.symbol.name, load.value.name) for load in stage.loads],
+        "lines": _lines(printer, stage.lines),
+        "stores": [(s.array.symbol.name, s.value.name) for s in stage.stores],
+    }
+
+
+def factored_context(kernel: FactoredKernel, context: dict, printer: ElementPrinter) -> dict:
+    """What the factored templates add: each pass's loads by shape, its matrix means and sums,
+    the line stages, and the index of each reduction in the partials (over all passes)."""
+    offset = 0
+    for n, (stage, ctx) in enumerate(zip(kernel.stages, context["stages"])):
+        ctx["element_loads"] = _loads(stage.loads, "element")
+        ctx["row_loads"] = _loads(stage.loads, "row")
+        ctx["col_loads"] = _loads(stage.loads, "col")
+        ctx["matrix_reads"] = [s.name for s in kernel.matrix_reads[n]]
+        ctx["reduction_slots"] = list(range(offset, offset + len(stage.reductions)))
+        offset += len(stage.reductions)
+        ctx["row_sums"] = [m.expr.name for m in kernel.row_stage.means] if n == 0 else []
+        ctx["col_sums"] = [m.expr.name for m in kernel.col_stage.means] if n == 0 else []
+    reductions = [r for stage in kernel.stages for r in stage.reductions]
+    base = _name(kernel.spec_name, kernel.suffix)
+    shaped = [a for a in kernel.arrays if a.shape != "element"]
+    return context | {
+        "factored": True,
+        "fused": False,
+        "pass_names": [_name(base, f"pass{n}", context["short"]) for n in (1, 2, 3)],
+        "lines_name": _name(base, "lines", context["short"]),
+        "rows": line_stage_context(kernel.row_stage, printer),
+        "cols": line_stage_context(kernel.col_stage, printer),
+        "row_arrays": [a.symbol.name for a in shaped if a.shape == "row"],
+        "col_arrays": [a.symbol.name for a in shaped if a.shape == "col"],
+        "matrix_means": [(m.symbol.name, m.expr.name) for m in kernel.matrix_means],
+        "reductions": [r.symbol.name for r in reductions],
+        "means": [r.mean for r in reductions],
+        "row_means": [m.symbol.name for m in kernel.row_stage.means],
+        "col_means": [m.symbol.name for m in kernel.col_stage.means],
+    }
+
+
 def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
+    context = _kernel_context(spec, kernel, dtype)
+    if isinstance(kernel, FactoredKernel):
+        return factored_context(kernel, context, ElementPrinter(dtype))
+    return context | {"factored": False}
+
+
+def _kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
     printer = ElementPrinter(dtype)
     stages = [stage_context(s, printer) for s in kernel.stages]
     finalize_printer = ElementPrinter("float64")  # per-tensor values from float64 sums
@@ -127,6 +180,9 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
         "stages": stages,
         "fused": len(stages) == 1 and not stages[0]["reductions"],
         "reductions": [r.symbol.name for r in kernel.stages[0].reductions],
+        # a root mean square divides its sum by the tensor's size, which the chunk table gives
+        "means": [r.mean for r in kernel.stages[0].reductions],
+        "counts": any(r.mean for r in kernel.stages[0].reductions),
         "finalize_reads": [s.name for s in _tensor_inputs(kernel.finalize)],
         "finalize_lines": _lines(finalize_printer, kernel.finalize),
         "finalize_outputs": [s.name for s in kernel.finalize_outputs],
@@ -166,6 +222,8 @@ def variant_table(spec: Spec, kernels: list[Kernel]) -> list[dict]:
             {
                 "key": repr(key),
                 "state": repr(tuple(a.name for a in k.arrays[2:])),
+                "factored": isinstance(k, FactoredKernel),
+                "shapes": repr(tuple(a.shape for a in k.arrays[2:])),
                 "branch": branch_name(k),
                 "branches": [],
                 # the offload path's pieces: the host stage (CPU) and the device ones (CUDA)
@@ -193,11 +251,18 @@ def host_names(kernels: list[Kernel]) -> list[str]:
     return sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
 
 
+def rank_flag_source(spec: Spec) -> str | None:
+    """`RANK_FLAG` of a kernel module: (index of the flag among the spec's flags, its rank)."""
+    flag = rank_flag(spec)
+    return None if flag is None else repr((spec.flags.index(flag), flag.rank))
+
+
 def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
     return render(
         "cpu_kernels.py.j2",
         source=spec.where,
         spec=spec,
+        rank_flag=rank_flag_source(spec),
         chunk=CHUNK,
         host_names=host_names(kernels),
         kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],

@@ -20,9 +20,9 @@ reusable scratch buffers; `arrays` are tuples of SLOTS device arrays;
 
 from __future__ import annotations
 
-from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, variant_table
+from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, rank_flag_source, variant_table
 from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
-from optforge.compiler.ir import Kernel
+from optforge.compiler.ir import FactoredKernel, Kernel
 from optforge.compiler.render import render
 from optforge.compiler.spec import Spec
 
@@ -39,10 +39,14 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel]) -> str:
+    # Factored kernels (Adafactor's matrices) have a CPU backend only: the run-time keeps
+    # such tensors in host memory (it refuses device arrays for them).
+    kernels = [k for k in kernels if not isinstance(k, FactoredKernel)]
     return render(
         "cuda_kernels.py.j2",
         source=spec.where,
         spec=spec,
+        rank_flag=rank_flag_source(spec),
         slots=SLOTS,
         threads=THREADS,
         host_names=host_names(kernels),

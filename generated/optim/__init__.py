@@ -15,6 +15,7 @@ from optforge.generated.optim.asgd import ASGD
 from optforge.generated.optim.lion import Lion
 from optforge.generated.optim.adabelief import AdaBelief
 from optforge.generated.optim.adan import Adan
+from optforge.generated.optim.adafactor import Adafactor
 
 __all__ = [
     "RAdam",
@@ -31,4 +32,5 @@ __all__ = [
     "Lion",
     "AdaBelief",
     "Adan",
+    "Adafactor",
 ]

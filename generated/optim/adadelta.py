@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -118,7 +119,7 @@ class Adadelta(OptimOptimizer):
         )
         check_type("Adadelta", "maximize", maximize, ("bool",))
         super().__init__(params, {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay})
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"square_avg": 0.0, "acc_delta": 0.0})

@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -56,7 +57,7 @@ class AdamW(OptimOptimizer):
     exp_avg_sq : tuple of numpy.ndarray
         Second moment (running mean of squared gradients).
     max_exp_avg_sq : tuple of numpy.ndarray
-        Running maximum of the second moment.
+        Running maximum of the second moment. Only with `amsgrad=True`.
 
     Raises
     ------
@@ -141,7 +142,7 @@ class AdamW(OptimOptimizer):
         super().__init__(
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.amsgrad = amsgrad
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)

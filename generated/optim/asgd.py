@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -125,7 +126,7 @@ class ASGD(OptimOptimizer):
             params,
             {"lr": lr, "lambd": lambd, "alpha": alpha, "t0": t0, "weight_decay": weight_decay},
         )
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"ax": 0.0})

@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -109,6 +110,6 @@ class Lion(OptimOptimizer):
             Interval(0.0, 1.0, left_open=False, right_open=True),
         )
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((), {"exp_avg": 0.0})

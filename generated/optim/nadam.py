@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -162,7 +163,7 @@ class NAdam(OptimOptimizer):
                 "momentum_decay": momentum_decay,
             },
         )
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.decoupled_weight_decay = decoupled_weight_decay
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)

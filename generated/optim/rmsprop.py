@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -57,7 +58,7 @@ class RMSprop(OptimOptimizer):
     square_avg : tuple of numpy.ndarray
         Running average of squared gradients.
     grad_avg : tuple of numpy.ndarray
-        Running average of gradients.
+        Running average of gradients. Only with `centered=True`.
     momentum_buffer : tuple of numpy.ndarray
         Momentum buffer (unused when momentum is 0).
 
@@ -151,7 +152,7 @@ class RMSprop(OptimOptimizer):
                 "momentum": momentum,
             },
         )
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.centered = centered
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)

@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -126,7 +127,7 @@ class Rprop(OptimOptimizer):
         if not (step_size_min <= step_size_max):
             raise ValueError("For 'Rprop', step_sizes[0] must not exceed step_sizes[1].")
         super().__init__(params, {"lr": lr, "etas": etas, "step_sizes": step_sizes})
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init((maximize,), {"prev": 0.0, "step_size": "lr"})

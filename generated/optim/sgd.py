@@ -8,6 +8,7 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
     check_weight_decay,
+    hyper_values,
     unpack_pair,
 )
 
@@ -129,7 +130,7 @@ class SGD(OptimOptimizer):
             params,
             {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay},
         )
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.nesterov = nesterov
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)

@@ -16,7 +16,14 @@ import numpy as np
 # Python type names accepted by `check_type`. `bool` is a subclass of `int`,
 # so "int" admits True/False exactly as MindSpore's checks do; "float" does not.
 # "numpy.floating" admits NumPy float scalars (np.float32 is not a `float`).
-_TYPES = {"float": (float,), "int": (int,), "bool": (bool,), "numpy.floating": (np.floating,)}
+# "None" admits None, which a spec's hyperparameter documents (Adafactor's eps1: the dtype's epsilon).
+_TYPES = {
+    "float": (float,),
+    "int": (int,),
+    "bool": (bool,),
+    "numpy.floating": (np.floating,),
+    "None": (type(None),),
+}
 
 
 def type_name(value) -> str:
@@ -104,7 +111,7 @@ def check_domain(cls_name: str, arg: str, value, domain: Interval) -> None:
 def check_hyper(cls_name: str, arg: str, value, types: tuple[str, ...], domain: Interval | None):
     """Type first, then domain: the order MindSpore checks in."""
     check_type(cls_name, arg, value, types)
-    if domain is not None:
+    if domain is not None and value is not None:
         check_domain(cls_name, arg, value, domain)
 
 

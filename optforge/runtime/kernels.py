@@ -32,6 +32,11 @@ class Variant(NamedTuple):
     branch: Callable[..., tuple]  # (t, lr, *hypers) -> the key of the branch to run
     branches: dict[tuple, Branch]
     chunk: int  # elements per chunk-table entry
+    # Per state: "element" (shaped like the parameter), "row" or "col" (a factored kernel's
+    # row and column factors); empty means all "element". A factored variant's kernels
+    # take an optforge.runtime.factored.FactoredTable where the others take the chunk table.
+    shapes: tuple[str, ...] = ()
+    factored: bool = False
 
 
 def chunk_table(sizes: list[int], chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -104,8 +104,8 @@ class OptimOptimizer(FusedOptimizer):
                 if key == "params":
                     continue
                 saved = np.asarray(sd[f"group/{g}/{key}"])
-                if isinstance(value, tuple):
-                    group[key] = tuple(float(x) for x in saved)
+                if isinstance(value, tuple):  # NaN is a None saved (eps=(None, 1e-3)): eps is never NaN
+                    group[key] = tuple(None if math.isnan(x) else float(x) for x in saved)
                 elif isinstance(value, bool):
                     group[key] = bool(saved)
                 elif isinstance(value, np.ndarray):
@@ -116,7 +116,7 @@ class OptimOptimizer(FusedOptimizer):
     def _apply(self, grads: list) -> bool:
         cls = type(self).__name__
         lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
-        hypers = [tuple(float(h) for h in self._group_hypers(group)) for group in self.param_groups]
+        hypers = [hyper_values(self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1
         # Every check has passed: from here on the step changes parameters and state.
         for batch in self._batches:
@@ -133,6 +133,11 @@ class OptimOptimizer(FusedOptimizer):
             )
         self.global_step = t
         return True
+
+
+def hyper_values(values) -> tuple:
+    """Hyperparameters as floats; None (the dtype's machine epsilon) stays None."""
+    return tuple(None if h is None else float(h) for h in values)
 
 
 def _check_group_lr(lr, cls: str):

@@ -20,7 +20,8 @@ from numba.typed import List
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
 from optforge.runtime.finite import all_finite
-from optforge.runtime.kernels import chunk_table
+from optforge.runtime.factored import STATE_SHAPES, factored_table
+from optforge.runtime.kernels import Variant, chunk_table
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -39,6 +40,7 @@ class _Batch:
     grads_seen: tuple = ()
     grads_list: List | None = None
     grads_refs: list | None = None
+    variant: Variant | None = None  # the compiled variant its kernels come from
 
 
 class FusedOptimizer:
@@ -79,18 +81,34 @@ class FusedOptimizer:
                     f"For '{cls}', parameter group {g} mixes device arrays ('{on}') and host arrays "
                     f"('{off}'); a group's parameters must all live in one place."
                 )
-        variant = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}").VARIANTS[variant_key]
+        module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
+        variant = module.VARIANTS[variant_key]
         self._variant = variant
         self._lock = threading.Lock() if use_locking else None
         on_device = [p.on_device and not self._OFFLOAD for p in self.parameters]
+        # A spec with a rank flag (Adafactor's `factored`) steps each tensor with the variant
+        # its number of dimensions selects; the others have one variant for all.
+        keys = [_tensor_variant_key(module, variant_key, p) for p in self.parameters]
+        self._variants = [module.VARIANTS[key] for key in keys]
+        cls = type(self).__name__
+        for i, (p, v) in enumerate(zip(self.parameters, self._variants)):
+            if v.factored and p.on_device and not self._OFFLOAD:
+                raise ValueError(
+                    f"For '{cls}', parameter {i} ('{p.name}') is a device array of {p.ndim} dimensions: "
+                    "its factored kernels run on the CPU only. Keep it in host memory."
+                )
 
         def initial(name: str, i: int) -> float:
             value = state_init[name]
             return self._initial_lr(self._group_of[i]) if value == "lr" else value
 
-        placed = list(enumerate(zip(self.parameters, on_device)))
+        names = list(dict.fromkeys(name for v in self._variants for name in v.state))
         self.state = {
-            name: tuple(_filled(p, initial(name, i), dev) for i, (p, dev) in placed) for name in variant.state
+            name: tuple(
+                _filled(p, initial(name, i), dev, _state_shape(v, name, p.shape)) if name in v.state else None
+                for i, (p, dev, v) in enumerate(zip(self.parameters, on_device, self._variants))
+            )
+            for name in names
         }
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
@@ -98,8 +116,8 @@ class FusedOptimizer:
         self._device = None
         for g in range(n_groups):
             indices = [i for i, gi in enumerate(self._group_of) if gi == g]
-            for dtype in dict.fromkeys(self.parameters[i].dtype for i in indices):
-                members = [i for i in indices if self.parameters[i].dtype == dtype]
+            for dtype, key in dict.fromkeys((self.parameters[i].dtype, keys[i]) for i in indices):
+                members = [i for i in indices if (self.parameters[i].dtype, keys[i]) == (dtype, key)]
                 if self.parameters[members[0]].on_device:
                     if self._device is None:
                         from optforge.runtime.device import DeviceStepper
@@ -108,14 +126,20 @@ class FusedOptimizer:
                     self._batches.append(self._device.batch(g, dtype, members))
                     continue
                 params = [self.parameters[i] for i in members]
+                v = module.VARIANTS[key]
+                if v.factored:
+                    chunks = (factored_table([p.shape for p in params], v.chunk),)
+                else:
+                    chunks = chunk_table([p.size for p in params], v.chunk)
                 self._batches.append(
                     _Batch(
                         group=g,
                         dtype=dtype,
                         indices=members,
-                        chunks=chunk_table([p.size for p in params], variant.chunk),
+                        chunks=chunks,
                         params=List([p.data.reshape(-1) for p in params]),
-                        state=[List([self.state[n][i].reshape(-1) for i in members]) for n in variant.state],
+                        state=[List([self.state[n][i].reshape(-1) for i in members]) for n in v.state],
+                        variant=v,
                     )
                 )
 
@@ -159,7 +183,8 @@ class FusedOptimizer:
             result[f"param/{i}/dtype"] = p.dtype.name
         for name, arrays in self.state.items():
             for i, array in enumerate(arrays):
-                result[f"state/{i}/{name}"] = _host_copy(array)
+                if array is not None:
+                    result[f"state/{i}/{name}"] = _host_copy(array)
         result.update(self._extra_state())
         return result
 
@@ -189,13 +214,15 @@ class FusedOptimizer:
                     f"For '{cls}', parameter {i} ('{p.name}') is {p.dtype.name}{list(p.shape)}, but the "
                     f"state dict's is {dtype}{list(shape)}."
                 )
-            for name in self.state:
+            for name, arrays in self.state.items():
                 key = f"state/{i}/{name}"
+                if arrays[i] is None:
+                    continue
                 if key not in sd:
                     raise ValueError(f"For '{cls}', the state dict has no '{key}'.")
-                if np.shape(sd[key]) != p.shape:
+                if np.shape(sd[key]) != arrays[i].shape:
                     raise ValueError(
-                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, not {list(p.shape)}."
+                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, not {list(arrays[i].shape)}."
                     )
         step = int(sd["step"])
         if step < 0:
@@ -204,7 +231,8 @@ class FusedOptimizer:
         # Every check has passed: copy into the existing arrays (the kernels hold them).
         for name, arrays in self.state.items():
             for i, array in enumerate(arrays):
-                _copy_into(array, np.asarray(sd[f"state/{i}/{name}"], dtype=self.parameters[i].dtype))
+                if array is not None:
+                    _copy_into(array, np.asarray(sd[f"state/{i}/{name}"], dtype=self.parameters[i].dtype))
         self.global_step = step
         self._load_extra_state(sd)
 
@@ -293,8 +321,13 @@ class FusedOptimizer:
         `decays[pos]` says whether the weight decay applies to the tensor at
         `pos`; `gc[pos]` whether its gradient is centralized.
         """
+        # A hyperparameter left at None stands for the machine epsilon of the dtype (Adafactor's eps1).
+        hypers = tuple(float(np.finfo(batch.dtype).eps) if h is None else h for h in hypers)
         if not isinstance(batch, _Batch):  # a device batch
             self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers)
+            return
+        if batch.variant.factored:
+            self._launch_factored(batch, grads, t, lr, wd, decays, hypers)
             return
         if batch.chunks[0].size == 0:
             return
@@ -303,7 +336,7 @@ class FusedOptimizer:
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
         weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
         grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
-        branch = self._variant.branches[self._variant.branch(t, lr, *hypers)]
+        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
         scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
 
         batch_grads = [grads[i] for i in batch.indices]
@@ -336,11 +369,23 @@ class FusedOptimizer:
                 row_len,
                 w.reshape(-1),
                 values.reshape(-1),
-                *(self.state[name][i].reshape(-1) for name in self._variant.state),
+                *(self.state[name][i].reshape(-1) for name in batch.variant.state),
                 scalar(0),
                 scalar(1),
                 *scalars,
             )
+
+    def _launch_factored(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, hypers):
+        """One step of a batch of tensors of two or more dimensions (a factored variant):
+        no row-sparse or centralized gradients, no loss scale (the optim dialect's case)."""
+        scalar = batch.dtype.type
+        weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
+        grad_scale = np.ones(len(batch.indices), dtype=batch.dtype)
+        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
+        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+        flat = List([grads[i].reshape(-1) for i in batch.indices])
+        kernel = branch.kernels[batch.dtype.name]
+        kernel(*batch.chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
 
     def _effective_gradients(
         self, batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
@@ -408,9 +453,23 @@ def check_parameter_list(params, what: str, cls: str) -> list:
     return items
 
 
-def _filled(p: Parameter, value: float, on_device: bool):
-    """A state array like `p`, filled with `value`, on the device or in host memory."""
-    array = np.full(p.shape, value, dtype=p.dtype)
+def _tensor_variant_key(module, variant_key: tuple, p: Parameter) -> tuple:
+    """The variant that steps `p`: `variant_key` with the rank flag (if any) set by p's rank."""
+    rank = getattr(module, "RANK_FLAG", None)
+    if rank is None:
+        return variant_key
+    index, min_ndim = rank
+    return (*variant_key[:index], p.ndim >= min_ndim, *variant_key[index + 1 :])
+
+
+def _state_shape(variant: Variant, name: str, shape: tuple) -> tuple:
+    kind = variant.shapes[variant.state.index(name)] if variant.shapes else "element"
+    return STATE_SHAPES[kind](shape)
+
+
+def _filled(p: Parameter, value: float, on_device: bool, shape: tuple | None = None):
+    """A state array like `p` (or of `shape`), filled with `value`, on the device or in host memory."""
+    array = np.full(p.shape if shape is None else shape, value, dtype=p.dtype)
     if on_device:
         from optforge.runtime.cuda import to_device
 

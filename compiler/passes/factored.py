@@ -1,0 +1,108 @@
+"""Index spaces and passes of a factored kernel (tensors as stacks of matrices).
+
+A value lives in a space: once per tensor or step (SCALAR), per matrix, per
+row, per column, or per element. An expression's space is the join of its
+symbols' spaces, where a row value times a column value is per element (an
+outer product). A value's pass is when it can first be computed:
+
+    1 element pass 1     the inputs; sums the row and column means' arguments
+    2 line stage          row and column values (the means of pass 1, row/col state)
+    3 element pass 2     what reads them; the matrix means are ready
+    4 finalize            per-tensor values from the passes' reductions
+    5 element pass 3     what reads those
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import IntEnum
+
+import sympy as sp
+
+from optforge.compiler.ir import Assignment, Mean
+from optforge.compiler.spec import SpecError, col_mean, matrix_mean, row_mean
+
+
+class Space(IntEnum):
+    SCALAR = 0
+    MATRIX = 1
+    ROW = 2
+    COL = 3
+    ELEMENT = 4
+
+
+PASS1, LINES, PASS2, FINALIZE, PASS3 = 1, 2, 3, 4, 5
+PREFIXES = {row_mean: "row_mean", col_mean: "col_mean", matrix_mean: "matrix_mean"}
+
+
+def join(a: Space, b: Space) -> Space:
+    """The space of a value computed from values in `a` and `b`."""
+    if {a, b} == {Space.ROW, Space.COL}:
+        return Space.ELEMENT
+    return max(a, b)
+
+
+def space_of(expr: sp.Expr, spaces: Mapping[sp.Symbol, Space]) -> Space:
+    result = Space.SCALAR
+    for s in expr.free_symbols:
+        result = join(result, spaces.get(s, Space.SCALAR))
+    return result
+
+
+def extract_means(assignments: list[Assignment]) -> tuple[list[Assignment], dict[type, list[Mean]]]:
+    """Replace each distinct `row_mean(e)` by `row_mean0, ...` (likewise col_mean, matrix_mean).
+
+    The argument of each becomes an assignment of its own, `row_mean0_of = e`,
+    so the passes treat the value summed like any other.
+    """
+    found: dict[sp.Expr, sp.Symbol] = {}
+    means: dict[type, list[Mean]] = {kind: [] for kind in PREFIXES}
+    named: list[Assignment] = []
+    rewritten = []
+    for a in assignments:
+        calls = [c for c in a.expr.atoms(sp.Function) if type(c) in PREFIXES]
+        for call in sorted(calls, key=sp.default_sort_key):
+            if call not in found:
+                kind = type(call)
+                symbol = sp.Symbol(f"{PREFIXES[kind]}{len(means[kind])}")
+                found[call] = symbol
+                argument = sp.Symbol(f"{symbol}_of")
+                named.append(Assignment(argument, call.args[0].xreplace(found)))
+                means[kind].append(Mean(symbol, argument))
+        # the argument is computed right before the rule that first reads its mean
+        rewritten += [n for n in named if n not in rewritten]
+        rewritten.append(Assignment(a.target, a.expr.xreplace(found)))
+    return rewritten, means
+
+
+def assign_passes(
+    assignments: list[Assignment],
+    spaces: dict[sp.Symbol, Space],
+    passes: dict[sp.Symbol, int],
+    means: dict[type, list[Mean]],
+    where: str,
+) -> tuple[dict[sp.Symbol, Space], dict[sp.Symbol, int]]:
+    """The space and pass of every target, given those of the inputs.
+
+    `spaces` and `passes` give the inputs' (arrays: pass 1 or 2; row and
+    column means: per row/column, pass 2; matrix means: per matrix, pass 3;
+    per-tensor reductions: pass 4). Raises
+    SpecError for a rule a three-pass kernel cannot schedule.
+    """
+    spaces, passes = dict(spaces), dict(passes)
+    sums = {m.expr: kind for kind, ms in means.items() for m in ms}
+    for a in assignments:
+        space = space_of(a.expr, spaces)
+        first = {Space.SCALAR: 0, Space.MATRIX: PASS2, Space.ROW: LINES, Space.COL: LINES}
+        at = max([first.get(space, PASS1)] + [passes.get(s, 0) for s in a.expr.free_symbols])
+        if space in (Space.ROW, Space.COL) and at > LINES:
+            raise SpecError(f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass")
+        if space == Space.ELEMENT:
+            at = {LINES: PASS2, FINALIZE: PASS3}.get(at, at)
+        kind = sums.get(a.target)
+        if kind in (row_mean, col_mean) and (space != Space.ELEMENT or at != PASS1):
+            raise SpecError(f"{where}: the argument of a {kind.__name__} must be per element and need no mean")
+        if kind is matrix_mean and (space != Space.ROW):
+            raise SpecError(f"{where}: the argument of a matrix_mean must be per row")
+        spaces[a.target], passes[a.target] = space, at
+    return spaces, passes

@@ -1,0 +1,85 @@
+"""The chunk table of a factored kernel: tensors as stacks of matrices, chunks as row ranges.
+
+A tensor of shape (..., rows, cols) is `prod(...)` matrices of rows x cols
+(a 2-D one is one matrix). Its row-shaped state holds `matrices * rows`
+values (row `r` of matrix `b` at `b * rows + r`), its column-shaped state
+`matrices * cols`. A chunk is a range of rows of one matrix, at most about
+`chunk` elements (at least one row), so threads share large matrices; the
+columns' sums of a chunk go to its own slice of a scratch buffer
+(`chunk_cols`), added per matrix in chunk order, so a step's bits do not
+depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+
+class FactoredTable(NamedTuple):
+    chunk_tensor: np.ndarray  # per chunk: its tensor
+    chunk_matrix: np.ndarray  # its matrix (over all tensors)
+    chunk_row0: np.ndarray  # its rows, within the matrix
+    chunk_row1: np.ndarray
+    chunk_cols: np.ndarray  # offset of its column sums in a buffer of `total_cols`
+    matrix_tensor: np.ndarray  # per matrix: its tensor
+    matrix_index: np.ndarray  # its index within the tensor
+    matrix_chunk0: np.ndarray  # its chunks
+    matrix_chunk1: np.ndarray
+    matrix_rows: np.ndarray  # offset of its row sums in a buffer of `total_rows`
+    tensor_rows: np.ndarray  # per tensor: rows and columns of its matrices, and its size
+    tensor_cols: np.ndarray
+    tensor_sizes: np.ndarray
+    total_rows: int
+    total_cols: int
+
+
+def factored_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """(matrices, rows, cols) of a tensor of two or more dimensions."""
+    return math.prod(shape[:-2]), shape[-2], shape[-1]
+
+
+def row_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a row-shaped state: torch's Adafactor `row_var`."""
+    return (*shape[:-1], 1)
+
+
+def col_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a column-shaped state: torch's Adafactor `col_var`."""
+    return (*shape[:-2], 1, shape[-1])
+
+
+STATE_SHAPES = {"element": lambda shape: shape, "row": row_shape, "col": col_shape}
+
+
+def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
+    chunks: list[tuple[int, int, int, int, int]] = []
+    matrices: list[tuple[int, int, int, int, int]] = []
+    total_rows = total_cols = 0
+    for tensor, shape in enumerate(shapes):
+        count, rows, cols = factored_shape(shape)
+        step = max(1, chunk // max(cols, 1))
+        for index in range(count):
+            first = len(chunks)
+            for row in range(0, rows, step):
+                chunks.append((tensor, len(matrices), row, min(row + step, rows), total_cols))
+                total_cols += cols
+            matrices.append((tensor, index, first, len(chunks), total_rows))
+            total_rows += rows
+
+    def columns(rows: list[tuple], width: int) -> list[np.ndarray]:
+        table = np.array(rows, dtype=np.int64).reshape(len(rows), width)
+        return [np.ascontiguousarray(table[:, i]) for i in range(width)]
+
+    dims = [factored_shape(s) for s in shapes]
+    return FactoredTable(
+        *columns(chunks, 5),
+        *columns(matrices, 5),
+        np.array([r for _, r, _ in dims], dtype=np.int64),
+        np.array([c for _, _, c in dims], dtype=np.int64),
+        np.array([math.prod(s) for s in shapes], dtype=np.int64),
+        total_rows,
+        total_cols,
+    )
