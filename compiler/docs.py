@@ -88,9 +88,14 @@ def latex(expr, names) -> str:
 
 
 def pinned_flags(spec: S.Spec, export) -> dict:
-    """The flags this export does not expose, at the value its class pins them to."""
+    """The flags this export does not expose, at the value its class pins them to (a rank
+    flag is set per tensor, never pinned)."""
     named = {e if isinstance(e, str) else e[0] for e in export.signature}
-    return {f.symbol: sp.true if f.default else sp.false for f in spec.flags if f.name not in named}
+    return {
+        f.symbol: sp.true if f.default else sp.false
+        for f in spec.flags
+        if f.name not in named and f.rank is None
+    }
 
 
 def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
@@ -114,7 +119,11 @@ def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
     init = []
     for s in spec.state:
         value = latex(s.init, names)
-        cond = rf"\ (\text{{{S.when_phrase(spec, s.when, '')}}})".replace("_", r"\_") if s.when is not None else ""
+        cond = (
+            rf"\ (\text{{{S.when_phrase(spec, s.when, '')}}})".replace("_", r"\_")
+            if s.when is not None
+            else ""
+        )
         init.append(rf"{latex(s.symbol, names)}_0 \leftarrow {value}{cond}")
     lines.append(r"&\textbf{initialize}: " + r",\ ".join(init) + r" \\")
     lines.append(r"&\rule{100mm}{0.4pt} \\")
@@ -139,6 +148,13 @@ def legend(spec: S.Spec, dialect: str, state_names: dict | None = None) -> list[
     used = set().union(*(sp.sympify(r.expr).free_symbols for r in spec.rules))
     items = [f"${names[s]}$: {text}" for s, text in BUILTIN_LEGEND[dialect].items() if s in used or s == S.lr]
     items.append("$w$: the parameter, $g$: its gradient, $t$: the step, from 1")
+    for f in spec.flags:
+        if f.rank is not None:
+            items.append(
+                f"${latex(f.symbol, names)}$: set per tensor, for tensors of at least {f.rank} dimensions "
+                "(a stack of matrices over the leading ones): the row, column and matrix means are "
+                "taken within each matrix, $\\operatorname{RMS}$ over the whole tensor"
+            )
     for s in spec.state:
         name = (state_names or {}).get(s.name, s.name)
         items.append(f"${latex(s.symbol, names)}$: `{name}`, {s.doc[0].lower()}{s.doc[1:]}")
@@ -208,7 +224,12 @@ def page(spec: S.Spec, export) -> str:
         arguments=arguments,
         raises=context["raises"],
         state=[
-            (state_names.get(s.name, s.name), latex(s.init, symbol_latex(spec)), s.doc, S.when_phrase(spec, s.when))
+            (
+                state_names.get(s.name, s.name),
+                latex(s.init, symbol_latex(spec)),
+                s.doc,
+                S.when_phrase(spec, s.when),
+            )
             for s in spec.state
         ],
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),

@@ -13,7 +13,17 @@ from __future__ import annotations
 import sympy as sp
 
 from optforge.compiler import spec as S
-from optforge.compiler.ir import Array, Assignment, FactoredKernel, LineStage, Load, Mean, Reduction, Stage, Store
+from optforge.compiler.ir import (
+    Array,
+    Assignment,
+    FactoredKernel,
+    LineStage,
+    Load,
+    Mean,
+    Reduction,
+    Stage,
+    Store,
+)
 from optforge.compiler.lower import _free, _order, input_levels
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
@@ -83,7 +93,11 @@ class _Plan:
         self.spaces, self.passes = assign_passes(hoisted.element, spaces, passes, means, spec.where)
         self.defined = {a.target: a for a in hoisted.element}
         self.reductions = {
-            k: tuple(Reduction(r.symbol, s.target, r.mean) for r, s in zip(reductions, squares) if self.passes[s.target] == k)
+            k: tuple(
+                Reduction(r.symbol, s.target, r.mean)
+                for r, s in zip(reductions, squares)
+                if self.passes[s.target] == k
+            )
             for k in (PASS1, PASS2)
         }
         stray = [s.target for s in squares if self.passes[s.target] not in (PASS1, PASS2)]
@@ -120,7 +134,9 @@ class _Plan:
                 if kind is S.matrix_mean and at >= PASS2:
                     matrix.append(symbol)
                 elif at != LINES:
-                    raise S.SpecError(f"{self.spec.where}: '{symbol}' ({kind.__name__}) is read in a later pass")
+                    raise S.SpecError(
+                        f"{self.spec.where}: '{symbol}' ({kind.__name__}) is read in a later pass"
+                    )
             elif symbol in self.defined:
                 a = self.defined[symbol]
                 body.append(a)
@@ -148,7 +164,9 @@ class _Plan:
         inputs -= defined
         builtin = [s for s in S.BUILTIN_TENSOR if s in inputs]
         handed = sorted(inputs - set(builtin), key=str)
-        return Stage(tuple(builtin + handed), tuple(tensor), tuple(loads), tuple(element), tuple(stores), reductions)
+        return Stage(
+            tuple(builtin + handed), tuple(tensor), tuple(loads), tuple(element), tuple(stores), reductions
+        )
 
     def line_stage(self, space: Space, kind) -> LineStage:
         stores = [Store(a, v) for v, a in self.stores.items() if SHAPE_SPACE[a.shape] == space]
@@ -167,21 +185,27 @@ class _Plan:
         for value, array in self.stores.items():
             if array.shape == "element":
                 stores[self.passes[value]].append(Store(array, value))
-        roots = {k: [s.value for s in stores[k]] + [r.expr for r in self.reductions.get(k, ())] for k in stores}
+        roots = {
+            k: [s.value for s in stores[k]] + [r.expr for r in self.reductions.get(k, ())] for k in stores
+        }
         roots[PASS1] += [m.expr for m in self.means[S.row_mean] + self.means[S.col_mean]]
         first, m1 = self.element_pass(PASS1, roots[PASS1], stores[PASS1])
         second, m2 = self.element_pass(PASS2, roots[PASS2], stores[PASS2])
         third, m3 = self.element_pass(PASS3, roots[PASS3], stores[PASS3])
         late = self.late
         finalize_outputs = tuple(s for s in third.per_tensor if s in late)
-        finalize = prune(eliminate_common_subexpressions(self.hoisted.tensor, "y"), finalize_outputs) if late else []
+        finalize = (
+            prune(eliminate_common_subexpressions(self.hoisted.tensor, "y"), finalize_outputs) if late else []
+        )
         stages = (first, second, third)
         row_stage = self.line_stage(Space.ROW, S.row_mean)
         col_stage = self.line_stage(Space.COL, S.col_mean)
         used = _free(finalize) | _free(row_stage.lines) | _free(col_stage.lines)
         for stage in stages:
             used |= _free(stage.element) | _free(stage.tensor)
-        scalars = tuple(sorted((s for s in used if self.hoisted.levels.get(s) == Level.STEP), key=_order(spec)))
+        scalars = tuple(
+            sorted((s for s in used if self.hoisted.levels.get(s) == Level.STEP), key=_order(spec))
+        )
         host = eliminate_common_subexpressions(self.hoisted.step, "h")
         guard_symbols = set().union(*(g.free_symbols for g in guards)) if guards else set()
         return FactoredKernel(

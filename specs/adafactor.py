@@ -65,8 +65,8 @@ SPEC = Spec(
             eps1,
             ("float", "None"),
             None,
-            "Floor of the second-moment estimate (squared) and of the row factor's mean; None: the "
-            "machine epsilon of the parameter's dtype.",
+            "Floor of the second-moment estimate (squared) and of the row factor's mean (None: the "
+            "machine epsilon of the parameter's dtype)",
         ),
         Hyper(eps2, ("float",), 1e-3, "Floor of RMS(w) in the relative step size."),
         Hyper(d, ("float", "int"), 1.0, "Clipping threshold: the update's RMS is scaled down to at most d."),
@@ -82,7 +82,9 @@ SPEC = Spec(
         Flag(factored, "Set for tensors of two or more dimensions: factored second moments.", rank=2),
     ],
     state=[
-        State(row_var, 0, "row_var", "Row factor of the second moment, shaped (..., rows, 1).", factored, "row"),
+        State(
+            row_var, 0, "row_var", "Row factor of the second moment, shaped (..., rows, 1).", factored, "row"
+        ),
         State(col_var, 0, "col_var", "Column factor, shaped (..., 1, cols).", factored, "col"),
         State(variance, 0, "variance", "Second moment of a vector (or scalar) parameter.", ~factored),
     ],

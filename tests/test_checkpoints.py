@@ -33,7 +33,7 @@ def gradients(steps, seed=1):
 
 def snapshot(opt):
     return [p.data.copy() for p in opt.parameters] + [
-        a.copy() for arrays in opt.state.values() for a in arrays
+        a.copy() for arrays in opt.state.values() for a in arrays if a is not None
     ]
 
 

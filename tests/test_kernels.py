@@ -12,7 +12,8 @@ from numba.typed import List
 
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
-from optforge.compiler.spec import REQUIRED
+from optforge.compiler.spec import REQUIRED, is_factored
+from optforge.runtime.factored import STATE_SHAPES, factored_table
 from optforge.runtime.kernels import chunk_table
 
 CASES = [
@@ -20,6 +21,14 @@ CASES = [
     for spec in load_specs()
     for variant in spec.variants()
     for dtype in ("float32", "float64")
+    if not is_factored(spec, variant)
+]
+FACTORED_CASES = [
+    (spec, variant, dtype)
+    for spec in load_specs()
+    for variant in spec.variants()
+    for dtype in ("float32", "float64")
+    if is_factored(spec, variant)
 ]
 # Centered RMSprop's sqrt(v - g_avg**2) cancels when the random state makes the two close:
 # float32 then differs from the float64 reference by far more than round-off (torch too).
@@ -43,6 +52,7 @@ def hypers_for(spec, t):
     zero defaults made 0.05 on odd steps (ProximalAdagrad's l1 > 0 switches, and SGD's
     first step has momentum)."""
     hypers = {h.name: 0.5 if h.default is REQUIRED else h.default for h in spec.hypers}
+    hypers = {k: 1e-12 if v is None else v for k, v in hypers.items()}  # None: the dtype's epsilon
     if "beta2" in hypers:
         hypers["beta2"] = 0.9
     if t % 2 == 1:
@@ -107,3 +117,55 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
         arrays["g"] = [rng.uniform(-1, 1, size).astype(dtype) for size in SIZES]
     # Every host-side branch ran, but for combinations no step can reach.
     assert set(compiled.branches) - branches_seen <= UNREACHABLE.get(spec.name, set())
+
+
+# Matrices and stacks of them; (300, 250) spans several chunks of FACTORED_CHUNK, so the
+# columns' sums are added across chunks.
+FACTORED_SHAPES = [(1, 1), (3, 5), (2, 4, 7), (6, 1), (300, 250)]
+FACTORED_CHUNK = 20000
+
+
+@pytest.mark.parametrize("case", FACTORED_CASES, ids=[case_id(c) for c in FACTORED_CASES])
+def test_factored_kernel_matches_spec_reference_over_several_steps(case, rng):
+    spec, variant, dtype = case
+    compiled = importlib.import_module(f"optforge.generated.cpu.{spec.name}").VARIANTS[
+        tuple(variant.values())
+    ]
+    assert compiled.factored
+    state = {s.name: s for s in spec.state}
+    names = ["w", "g"] + [state[n].symbol.name for n in compiled.state]
+    shapes = {"w": "element", "g": "element"}
+    shapes |= {state[n].symbol.name: kind for n, kind in zip(compiled.state, compiled.shapes)}
+    arrays = {n: [rng.uniform(0.1, 1.0, s).astype(dtype) for s in FACTORED_SHAPES] for n in ("w", "g")}
+    for n in names[2:]:
+        arrays[n] = [np.zeros(STATE_SHAPES[shapes[n]](s), dtype=dtype) for s in FACTORED_SHAPES]
+    weight_decay = rng.uniform(0, 0.2, len(FACTORED_SHAPES))
+    table = factored_table(FACTORED_SHAPES, FACTORED_CHUNK)
+    assert table.chunk_tensor.size > len(FACTORED_SHAPES)  # the large matrix has several chunks
+    scalar = np.dtype(dtype).type
+    for t in range(1, 6):
+        lr = 0.01 * t
+        hypers = hypers_for(spec, t)
+        branch = compiled.branches[compiled.branch(t, lr, *hypers.values())]
+        expected = [
+            reference_step(
+                spec,
+                variant,
+                {n: arrays[n][i] for n in names},
+                {"t": t, "lr": lr, **hypers, "weight_decay": weight_decay[i], "grad_scale": 1.0},
+            )
+            for i in range(len(FACTORED_SHAPES))
+        ]
+        branch.kernels[dtype](
+            table,
+            *(List([a.reshape(-1) for a in arrays[n]]) for n in names),
+            weight_decay.astype(dtype),
+            np.ones(len(FACTORED_SHAPES), dtype=dtype),
+            *(scalar(s) for s in branch.scalars(t, lr, *hypers.values())),
+        )
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
+        for i in range(len(FACTORED_SHAPES)):
+            for n, value in expected[i].items():
+                np.testing.assert_allclose(arrays[n][i], value, **tol, err_msg=f"{n}[{i}] t={t}")
+                arrays[n][i][...] = value.astype(dtype)
+        arrays["g"] = [rng.uniform(-1, 1, s).astype(dtype) for s in FACTORED_SHAPES]

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 import optforge
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
+from optforge.compiler.spec import active, rank_flag
 from optforge.compiler.wrappers import runtime_domain
+from optforge.runtime.factored import STATE_SHAPES
 
 SPECS = {s.name: s for s in load_specs()}
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple)
@@ -113,9 +115,14 @@ def test_every_class_matches_its_spec_reference(spec, export, shape, dtype, data
     except ValueError:  # a constraint between arguments (SGD's nesterov, Rprop's step sizes)
         assume(False)
     arrays = {"w": w0.astype(np.float64)}
+    ranked = rank_flag(spec)
+    if ranked is not None:  # set per tensor (Adafactor: factored for 2 or more dimensions)
+        flags[ranked.symbol] = len(shape) >= ranked.rank
     for state in spec.state:
+        if not active(state.when, flags):
+            continue
         init = sp.sympify(state.init).subs({sp.Symbol(k): v for k, v in scalars.items()})
-        arrays[state.symbol.name] = np.full(shape, float(init))
+        arrays[state.symbol.name] = np.full(STATE_SHAPES[state.shape](shape), float(init))
     for t in range(1, 4):
         g = rng.standard_normal(shape).astype(dtype)
         opt((g,))

@@ -96,12 +96,16 @@ def assign_passes(
         first = {Space.SCALAR: 0, Space.MATRIX: PASS2, Space.ROW: LINES, Space.COL: LINES}
         at = max([first.get(space, PASS1)] + [passes.get(s, 0) for s in a.expr.free_symbols])
         if space in (Space.ROW, Space.COL) and at > LINES:
-            raise SpecError(f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass")
+            raise SpecError(
+                f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass"
+            )
         if space == Space.ELEMENT:
             at = {LINES: PASS2, FINALIZE: PASS3}.get(at, at)
         kind = sums.get(a.target)
         if kind in (row_mean, col_mean) and (space != Space.ELEMENT or at != PASS1):
-            raise SpecError(f"{where}: the argument of a {kind.__name__} must be per element and need no mean")
+            raise SpecError(
+                f"{where}: the argument of a {kind.__name__} must be per element and need no mean"
+            )
         if kind is matrix_mean and (space != Space.ROW):
             raise SpecError(f"{where}: the argument of a matrix_mean must be per row")
         spaces[a.target], passes[a.target] = space, at

@@ -34,7 +34,7 @@ class Adafactor(OptimOptimizer):
         t**beta2_decay of g^2.
     eps : tuple of 2 floats, default (None, 0.001)
         Floor of the second-moment estimate (squared) and of the row
-        factor's mean; None: the machine epsilon of the parameter's dtype
+        factor's mean (None: the machine epsilon of the parameter's dtype)
         and floor of RMS(w) in the relative step size.
     d : float or int, default 1.0
         Clipping threshold: the update's RMS is scaled down to at most d.

@@ -19,8 +19,8 @@ from numba.typed import List
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.finite import all_finite
 from optforge.runtime.factored import STATE_SHAPES, factored_table
+from optforge.runtime.finite import all_finite
 from optforge.runtime.kernels import Variant, chunk_table
 from optforge.runtime.row_tensor import RowTensor
 
@@ -222,7 +222,8 @@ class FusedOptimizer:
                     raise ValueError(f"For '{cls}', the state dict has no '{key}'.")
                 if np.shape(sd[key]) != arrays[i].shape:
                     raise ValueError(
-                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, not {list(arrays[i].shape)}."
+                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, "
+                        f"not {list(arrays[i].shape)}."
                     )
         step = int(sd["step"])
         if step < 0:
