@@ -1,0 +1,164 @@
+"""Unit tests of the factored passes (passes/factored.py, lower_factored.py) and their spec checks."""
+
+import pytest
+import sympy as sp
+
+from optforge.compiler.ir import Assignment, FactoredKernel, Mean
+from optforge.compiler.lower import lower
+from optforge.compiler.passes.factored import (
+    FINALIZE,
+    LINES,
+    PASS1,
+    PASS2,
+    PASS3,
+    Space,
+    assign_passes,
+    extract_means,
+    join,
+    space_of,
+)
+from optforge.compiler.spec import (
+    Flag,
+    Rule,
+    Spec,
+    SpecError,
+    State,
+    col_mean,
+    g,
+    lr,
+    matrix_mean,
+    rms,
+    row_mean,
+    w,
+)
+from optforge.specs.adafactor import SPEC as ADAFACTOR
+from optforge.specs.adafactor import factored, maximize
+
+R, C, v, u, e = sp.symbols("R C v u e")
+row_mean0, col_mean0, matrix_mean0 = sp.symbols("row_mean0 col_mean0 matrix_mean0")
+
+
+def test_a_row_value_times_a_column_value_is_per_element():
+    assert join(Space.ROW, Space.COL) == Space.ELEMENT
+    assert join(Space.MATRIX, Space.ROW) == Space.ROW
+    assert join(Space.SCALAR, Space.COL) == Space.COL
+    assert space_of(R * C + lr, {R: Space.ROW, C: Space.COL}) == Space.ELEMENT
+    assert space_of(R * lr, {R: Space.ROW}) == Space.ROW
+
+
+def test_means_become_symbols_with_their_argument_assigned_first():
+    assignments = [Assignment(R, R + row_mean(g**2) + row_mean(g**2)), Assignment(C, col_mean(g**2))]
+    rewritten, means = extract_means(assignments)
+    assert [str(a) for a in rewritten] == [
+        "row_mean0_of = g**2",
+        "R = R + 2*row_mean0",
+        "col_mean0_of = g**2",
+        "C = col_mean0",
+    ]
+    assert means[row_mean] == [Mean(row_mean0, sp.Symbol("row_mean0_of"))]
+    assert means[col_mean] == [Mean(col_mean0, sp.Symbol("col_mean0_of"))]
+    assert means[matrix_mean] == []
+
+
+def _passes(assignments, means):
+    spaces = {g: Space.ELEMENT, w: Space.ELEMENT, R: Space.ROW, C: Space.COL}
+    spaces |= {row_mean0: Space.ROW, col_mean0: Space.COL, matrix_mean0: Space.MATRIX}
+    passes = {g: PASS1, w: PASS1, R: LINES, C: LINES, row_mean0: LINES, col_mean0: LINES}
+    passes |= {matrix_mean0: PASS2, sp.Symbol("rms0"): FINALIZE}
+    return assign_passes(assignments, spaces, passes, means, "specs/tiny.py")
+
+
+def test_each_value_goes_to_the_first_pass_that_can_compute_it():
+    of = sp.Symbol("row_mean0_of")
+    assignments = [
+        Assignment(of, g**2),
+        Assignment(R, R + row_mean0),
+        Assignment(e, R * C / matrix_mean0),  # reads the line stage: pass 2
+        Assignment(u, g * sp.Symbol("rms0")),  # reads a reduction: pass 3
+    ]
+    means = {row_mean: [Mean(row_mean0, of)], col_mean: [], matrix_mean: []}
+    spaces, passes = _passes(assignments, means)
+    assert (spaces[of], passes[of]) == (Space.ELEMENT, PASS1)
+    assert (spaces[R], passes[R]) == (Space.ROW, LINES)
+    assert (spaces[e], passes[e]) == (Space.ELEMENT, PASS2)
+    assert (spaces[u], passes[u]) == (Space.ELEMENT, PASS3)
+
+
+def test_a_row_mean_of_a_later_value_is_refused():
+    of = sp.Symbol("row_mean0_of")
+    means = {row_mean: [Mean(row_mean0, of)], col_mean: [], matrix_mean: []}
+    with pytest.raises(SpecError, match="argument of a row_mean must be per element and need no mean"):
+        _passes([Assignment(of, g * C)], means)
+
+
+def test_a_row_value_reading_a_reduction_is_refused():
+    with pytest.raises(SpecError, match="'R' is per row but reads a value of a later pass"):
+        _passes([Assignment(R, R * sp.Symbol("rms0"))], {row_mean: [], col_mean: [], matrix_mean: []})
+
+
+def test_adafactors_factored_variant_in_three_passes():
+    (kernel,) = lower(ADAFACTOR, {maximize: False, factored: True})
+    assert isinstance(kernel, FactoredKernel)
+    first, second, third = kernel.stages
+    # Pass 1 reads w (for RMS(w), before the decay) and g; it stores nothing.
+    assert [load.array.name for load in first.loads] == ["param", "grad"]
+    assert [r.symbol.name for r in first.reductions] == ["rms0"] and first.reductions[0].mean
+    assert not first.stores
+    # The line stages update the factors from the means of g^2.
+    assert [str(a) for a in kernel.row_stage.lines] == [
+        "R_new = R + s0*(-R + row_mean0)",
+        "matrix_mean0_of = R_new",
+    ]
+    assert [str(a) for a in kernel.col_stage.lines] == ["C_new = C + s0*(-C + col_mean0)"]
+    assert [s.array.name for s in kernel.row_stage.stores + kernel.col_stage.stores] == ["row_var", "col_var"]
+    # Pass 2 reads g and the new factors for RMS(U); pass 3 writes w and only w.
+    assert {load.array.name for load in second.loads} == {"grad", "row_var", "col_var"}
+    assert [r.symbol.name for r in second.reductions] == ["rms1"]
+    assert [s.array.name for s in third.stores] == ["param"]
+    assert kernel.matrix_reads == ((), (matrix_mean0,), (matrix_mean0,))
+    assert [str(a) for a in kernel.finalize] == ["alpha = rho*Max(eps2, rms0)", "u1 = -alpha/Max(1, rms1*s3)"]
+
+
+def test_the_vector_variant_is_an_ordinary_two_stage_kernel():
+    (kernel,) = lower(ADAFACTOR, {maximize: True, factored: False})
+    assert not isinstance(kernel, FactoredKernel)
+    assert [a.name for a in kernel.arrays] == ["param", "grad", "variance"]
+    assert [(r.symbol.name, r.mean) for r in kernel.stages[0].reductions] == [("rms0", True), ("rms1", True)]
+
+
+def _spec(**overrides):
+    fields = dict(
+        name="tiny",
+        title="Tiny",
+        source="/somewhere/specs/tiny.py",
+        hypers=[],
+        flags=[Flag(factored, "matrices", rank=2)],
+        state=[State(R, 0, "row", "r", factored, "row"), State(v, 0, "full", "v", ~factored)],
+        rules=[
+            Rule(R, row_mean(g**2), when=factored),
+            Rule(v, g**2, when=~factored),
+            Rule(w, w - lr * g / rms(g)),
+        ],
+        decay="decoupled",
+    )
+    return Spec(**(fields | overrides))
+
+
+def test_a_factored_spec_builds():
+    spec = _spec()
+    assert spec.variants() == [{factored: False}, {factored: True}]
+
+
+def test_a_row_state_needs_the_rank_flag():
+    with pytest.raises(SpecError, match="state 'row': a row-shaped state needs when=<the rank flag>"):
+        _spec(state=[State(R, 0, "row", "r", None, "row"), State(v, 0, "full", "v", ~factored)])
+
+
+def test_a_row_mean_outside_the_factored_variant_is_refused():
+    with pytest.raises(SpecError, match=r"row_mean\(g\*\*2\) needs a factored variant"):
+        _spec(rules=[Rule(R, g, when=factored), Rule(v, row_mean(g**2), when=~factored), Rule(w, w - lr * g)])
+
+
+def test_a_rank_flag_needs_a_rank_of_two_or_more():
+    with pytest.raises(SpecError, match="a rank flag needs an int rank >= 2"):
+        _spec(flags=[Flag(factored, "matrices", rank=1)])
