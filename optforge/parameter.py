@@ -63,7 +63,7 @@ class Parameter:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return tuple(self.data.shape)  # a plain tuple also for device arrays (the simulator's is not)
 
     @property
     def dtype(self) -> np.dtype:

@@ -214,3 +214,26 @@ def test_catalogue_on_the_device_matches_the_cpu_backend(name, kwargs):
         on_device(grads)
     for a, b in zip(on_host.parameters, on_device.parameters):
         np.testing.assert_allclose(b.asnumpy(), a.data, **TOL[np.float32], err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "kwargs, dtype",
+    [(dict(lr=0.05, weight_decay=0.1), np.float32), (dict(lr=0.3, maximize=True), np.float64)],
+)
+def test_adafactor_factored_and_full_tensors_on_the_device_match_the_cpu_backend(kwargs, dtype):
+    """Matrices (a stack of them, one spanning several chunks of rows) step with the factored
+    CUDA kernels, the vector and the scalar with the ordinary ones. (Small: the simulator
+    runs every thread, and every barrier of a row's sum, in Python.)"""
+    shapes = [(5,), (2, 2, 3), (5, 3), ()]
+    on_host, on_device, rng = pair(optforge.optim.Adafactor, kwargs, dtype, shapes)
+    for step in range(3):
+        grads = [rng.standard_normal(s).astype(dtype) for s in shapes]
+        on_host(tuple(grads))
+        on_device(tuple(cuda.to_device(g) for g in grads))
+        for a, b in zip(on_host.parameters, on_device.parameters):
+            np.testing.assert_allclose(b.asnumpy(), a.data, **TOL[dtype], err_msg=f"{a.name} step {step}")
+    for name in ("row_var", "col_var", "variance"):
+        for a, b in zip(getattr(on_host, name), getattr(on_device, name)):
+            assert (a is None) == (b is None)
+            if a is not None:
+                np.testing.assert_allclose(b.copy_to_host(), a, **TOL[dtype], err_msg=name)

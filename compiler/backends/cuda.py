@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, rank_flag_source, variant_table
 from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
-from optforge.compiler.ir import FactoredKernel, Kernel
+from optforge.compiler.ir import Kernel
 from optforge.compiler.render import render
 from optforge.compiler.spec import Spec
 
@@ -39,9 +39,6 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel]) -> str:
-    # Factored kernels (Adafactor's matrices) have a CPU backend only: the run-time keeps
-    # such tensors in host memory (it refuses device arrays for them).
-    kernels = [k for k in kernels if not isinstance(k, FactoredKernel)]
     return render(
         "cuda_kernels.py.j2",
         source=spec.where,

@@ -106,8 +106,8 @@ def adafactor_finalize_f32(
         sums[chunk_tensor[chunk], :] += partials[chunk, :]
         sizes[chunk_tensor[chunk]] += chunk_stop[chunk] - chunk_start[chunk]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -248,8 +248,8 @@ def adafactor_finalize_f64(
         sums[chunk_tensor[chunk], :] += partials[chunk, :]
         sizes[chunk_tensor[chunk]] += chunk_stop[chunk] - chunk_start[chunk]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -480,8 +480,8 @@ def adafactor_factored_finalize_f32(
     for chunk in range(table.chunk_tensor.shape[0]):
         sums[table.chunk_tensor[chunk], :] += partials[chunk, :]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / table.tensor_sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / table.tensor_sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -740,8 +740,8 @@ def adafactor_factored_finalize_f64(
     for chunk in range(table.chunk_tensor.shape[0]):
         sums[table.chunk_tensor[chunk], :] += partials[chunk, :]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / table.tensor_sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / table.tensor_sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -910,8 +910,8 @@ def adafactor_maximize_finalize_f32(
         sums[chunk_tensor[chunk], :] += partials[chunk, :]
         sizes[chunk_tensor[chunk]] += chunk_stop[chunk] - chunk_start[chunk]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -1054,8 +1054,8 @@ def adafactor_maximize_finalize_f64(
         sums[chunk_tensor[chunk], :] += partials[chunk, :]
         sizes[chunk_tensor[chunk]] += chunk_stop[chunk] - chunk_start[chunk]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -1288,8 +1288,8 @@ def adafactor_maximize__factored_finalize_f32(
     for chunk in range(table.chunk_tensor.shape[0]):
         sums[table.chunk_tensor[chunk], :] += partials[chunk, :]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / table.tensor_sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / table.tensor_sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -1550,8 +1550,8 @@ def adafactor_maximize__factored_finalize_f64(
     for chunk in range(table.chunk_tensor.shape[0]):
         sums[table.chunk_tensor[chunk], :] += partials[chunk, :]
     for tensor in range(sums.shape[0]):
-        rms0 = math.sqrt(sums[tensor, 0] / table.tensor_sizes[tensor])
-        rms1 = math.sqrt(sums[tensor, 1] / table.tensor_sizes[tensor])
+        rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1

@@ -5,6 +5,9 @@ A launch updates up to SLOTS tensors of a parameter group of one dtype,
 given as tuples of device arrays. Blocks stride over a chunk table (slot,
 start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adafactor), as for the CPU kernels.
+The factored kernels (tensors of two or more dimensions) take a
+FactoredTable instead: blocks stride over row ranges of one matrix, threads
+over a row's columns.
 """
 
 import math  # noqa: F401
@@ -12,7 +15,16 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adafactor import branch, branch_maximize, scalars, scalars_maximize
+from optforge.generated.host.adafactor import (
+    branch,
+    branch_factored,
+    branch_maximize,
+    branch_maximize__factored,
+    scalars,
+    scalars_factored,
+    scalars_maximize,
+    scalars_maximize__factored,
+)
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
@@ -107,8 +119,8 @@ def adafactor_finalize_f32(
                 sum0 += partials[chunk, 0]
                 sum1 += partials[chunk, 1]
                 size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / size)
-        rms1 = math.sqrt(sum1 / size)
+        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -266,8 +278,8 @@ def adafactor_finalize_f64(
                 sum0 += partials[chunk, 0]
                 sum1 += partials[chunk, 1]
                 size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / size)
-        rms1 = math.sqrt(sum1 / size)
+        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -339,6 +351,728 @@ def adafactor_f64(
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
     adafactor_finalize_f64[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
     adafactor_stage2_f64[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass1_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 1, maximize=False, factored=True, float32."""
+    block_sums = cuda.shared.array((THREADS, 2), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        sum0 = 0.0
+        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0[col] = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            row_sum0 = 0.0
+            for col in range(thread, cols, cuda.blockDim.x):
+                w = w_c[col]
+                g = g_c[col]
+                rms0_of = w
+                g_eff = g
+                x0 = g_eff * g_eff
+                row_mean0_of = x0
+                col_mean0_of = x0
+                row_sum0 += f64(row_mean0_of)
+                col_sum0[col] += f64(col_mean0_of)
+                sum0 += f64(rms0_of) * f64(rms0_of)
+            # The row's sum: the threads' parts added in a fixed tree, no atomics.
+            block_sums[thread, 0] = row_sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+            cuda.syncthreads()
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 0] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_lines_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
+    factored=True, float32. A column adds its chunks' sums in chunk order."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+        tensor = matrix_tensor[matrix]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0 = 0.0
+            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                col_sum0 += col_sums0[chunk_cols[chunk] + col]
+            col_mean0 = f32(col_sum0 / rows)
+            C = C_cols[col]
+            C_new = C + s0 * (col_mean0 - C)
+            C_cols[col] = C_new
+        matrix_sum0 = 0.0
+        for row in range(thread, rows, cuda.blockDim.x):
+            row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
+            R = R_rows[row]
+            R_new = R + s0 * (row_mean0 - R)
+            matrix_mean0_of = R_new
+            R_rows[row] = R_new
+            matrix_sum0 += f64(matrix_mean0_of)
+        block_sums[thread, 0] = matrix_sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass2_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    matrix_mean0_per_matrix,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 2, maximize=False, factored=True, float32."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        sum0 = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                C_new = C_cols[col]
+                g_eff = g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                rms1_of = U
+                sum0 += f64(rms1_of) * f64(rms1_of)
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 1] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_finalize_f32(
+    chunk_tensor,
+    tensor_sizes,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+    u1_per_tensor,
+):
+    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+    tensor = cuda.grid(1)
+    if tensor < tensor_sizes.shape[0]:
+        sum0 = 0.0
+        sum1 = 0.0
+        for chunk in range(chunk_tensor.shape[0]):
+            if chunk_tensor[chunk] == tensor:
+                sum0 += partials[chunk, 0]
+                sum1 += partials[chunk, 1]
+        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+        alpha = rho * max(eps2, rms0)
+        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1_per_tensor[tensor] = u1
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass3_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    u1_per_tensor,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 3, maximize=False, factored=True, float32."""
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u1 = u1_per_tensor[tensor]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        u0 = f32(1.0) + s2 * weight_decay
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                w = w_c[col]
+                C_new = C_cols[col]
+                g_eff = g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = U * u1 + u0 * w
+                w_c[col] = w_new
+
+
+def adafactor_factored_f32(
+    launch,
+    table,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor, maximize=False, factored=True, float32: the passes in order, on one stream.
+    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
+    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+    grid = launch.grid(chunks, THREADS)
+    tables = table[:13]
+    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+    shaped = (
+        R_tensors,
+        C_tensors,
+    )
+    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    partials = launch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f32)
+    sums = (
+        row_sums0,
+        col_sums0,
+    )
+    adafactor_factored_pass1_f32[grid](*tables, *arrays, *sums, partials, *scalars)
+    adafactor_factored_lines_f32[launch.grid(matrices, THREADS)](
+        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+    )
+    adafactor_factored_pass2_f32[grid](
+        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
+    )
+    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
+    adafactor_factored_finalize_f32[launch.grid(1, SLOTS)](
+        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+    )
+    adafactor_factored_pass3_f32[grid](
+        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
+    )
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass1_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 1, maximize=False, factored=True, float64."""
+    block_sums = cuda.shared.array((THREADS, 2), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        sum0 = 0.0
+        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0[col] = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            row_sum0 = 0.0
+            for col in range(thread, cols, cuda.blockDim.x):
+                w = w_c[col]
+                g = g_c[col]
+                rms0_of = w
+                g_eff = g
+                x0 = g_eff * g_eff
+                row_mean0_of = x0
+                col_mean0_of = x0
+                row_sum0 += f64(row_mean0_of)
+                col_sum0[col] += f64(col_mean0_of)
+                sum0 += f64(rms0_of) * f64(rms0_of)
+            # The row's sum: the threads' parts added in a fixed tree, no atomics.
+            block_sums[thread, 0] = row_sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+            cuda.syncthreads()
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 0] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_lines_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
+    factored=True, float64. A column adds its chunks' sums in chunk order."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+        tensor = matrix_tensor[matrix]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0 = 0.0
+            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                col_sum0 += col_sums0[chunk_cols[chunk] + col]
+            col_mean0 = f64(col_sum0 / rows)
+            C = C_cols[col]
+            C_new = C + s0 * (col_mean0 - C)
+            C_cols[col] = C_new
+        matrix_sum0 = 0.0
+        for row in range(thread, rows, cuda.blockDim.x):
+            row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
+            R = R_rows[row]
+            R_new = R + s0 * (row_mean0 - R)
+            matrix_mean0_of = R_new
+            R_rows[row] = R_new
+            matrix_sum0 += f64(matrix_mean0_of)
+        block_sums[thread, 0] = matrix_sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass2_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    matrix_mean0_per_matrix,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 2, maximize=False, factored=True, float64."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        sum0 = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                C_new = C_cols[col]
+                g_eff = g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                rms1_of = U
+                sum0 += f64(rms1_of) * f64(rms1_of)
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 1] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_finalize_f64(
+    chunk_tensor,
+    tensor_sizes,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+    u1_per_tensor,
+):
+    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+    tensor = cuda.grid(1)
+    if tensor < tensor_sizes.shape[0]:
+        sum0 = 0.0
+        sum1 = 0.0
+        for chunk in range(chunk_tensor.shape[0]):
+            if chunk_tensor[chunk] == tensor:
+                sum0 += partials[chunk, 0]
+                sum1 += partials[chunk, 1]
+        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+        alpha = rho * max(eps2, rms0)
+        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1_per_tensor[tensor] = u1
+
+
+@cuda.jit(cache=True)
+def adafactor_factored_pass3_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    u1_per_tensor,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 3, maximize=False, factored=True, float64."""
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u1 = u1_per_tensor[tensor]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        u0 = f64(1.0) + s2 * weight_decay
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                w = w_c[col]
+                C_new = C_cols[col]
+                g_eff = g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = U * u1 + u0 * w
+                w_c[col] = w_new
+
+
+def adafactor_factored_f64(
+    launch,
+    table,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor, maximize=False, factored=True, float64: the passes in order, on one stream.
+    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
+    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+    grid = launch.grid(chunks, THREADS)
+    tables = table[:13]
+    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+    shaped = (
+        R_tensors,
+        C_tensors,
+    )
+    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    partials = launch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f64)
+    sums = (
+        row_sums0,
+        col_sums0,
+    )
+    adafactor_factored_pass1_f64[grid](*tables, *arrays, *sums, partials, *scalars)
+    adafactor_factored_lines_f64[launch.grid(matrices, THREADS)](
+        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+    )
+    adafactor_factored_pass2_f64[grid](
+        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
+    )
+    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
+    adafactor_factored_finalize_f64[launch.grid(1, SLOTS)](
+        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+    )
+    adafactor_factored_pass3_f64[grid](
+        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
+    )
 
 
 @cuda.jit(cache=True)
@@ -425,8 +1159,8 @@ def adafactor_maximize_finalize_f32(
                 sum0 += partials[chunk, 0]
                 sum1 += partials[chunk, 1]
                 size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / size)
-        rms1 = math.sqrt(sum1 / size)
+        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -588,8 +1322,8 @@ def adafactor_maximize_finalize_f64(
                 sum0 += partials[chunk, 0]
                 sum1 += partials[chunk, 1]
                 size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / size)
-        rms1 = math.sqrt(sum1 / size)
+        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
         u1 = -alpha / max(f64(1.0), rms1 * s3)
         u1_per_tensor[tensor] = u1
@@ -667,6 +1401,728 @@ def adafactor_maximize_f64(
     )
 
 
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass1_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 1, maximize=True, factored=True, float32."""
+    block_sums = cuda.shared.array((THREADS, 2), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        sum0 = 0.0
+        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0[col] = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            row_sum0 = 0.0
+            for col in range(thread, cols, cuda.blockDim.x):
+                w = w_c[col]
+                g = g_c[col]
+                rms0_of = w
+                g_eff = -g
+                x0 = g_eff * g_eff
+                row_mean0_of = x0
+                col_mean0_of = x0
+                row_sum0 += f64(row_mean0_of)
+                col_sum0[col] += f64(col_mean0_of)
+                sum0 += f64(rms0_of) * f64(rms0_of)
+            # The row's sum: the threads' parts added in a fixed tree, no atomics.
+            block_sums[thread, 0] = row_sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+            cuda.syncthreads()
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 0] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_lines_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
+    factored=True, float32. A column adds its chunks' sums in chunk order."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+        tensor = matrix_tensor[matrix]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0 = 0.0
+            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                col_sum0 += col_sums0[chunk_cols[chunk] + col]
+            col_mean0 = f32(col_sum0 / rows)
+            C = C_cols[col]
+            C_new = C + s0 * (col_mean0 - C)
+            C_cols[col] = C_new
+        matrix_sum0 = 0.0
+        for row in range(thread, rows, cuda.blockDim.x):
+            row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
+            R = R_rows[row]
+            R_new = R + s0 * (row_mean0 - R)
+            matrix_mean0_of = R_new
+            R_rows[row] = R_new
+            matrix_sum0 += f64(matrix_mean0_of)
+        block_sums[thread, 0] = matrix_sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass2_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    matrix_mean0_per_matrix,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 2, maximize=True, factored=True, float32."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        sum0 = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                C_new = C_cols[col]
+                g_eff = -g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                rms1_of = U
+                sum0 += f64(rms1_of) * f64(rms1_of)
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 1] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_finalize_f32(
+    chunk_tensor,
+    tensor_sizes,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+    u1_per_tensor,
+):
+    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+    tensor = cuda.grid(1)
+    if tensor < tensor_sizes.shape[0]:
+        sum0 = 0.0
+        sum1 = 0.0
+        for chunk in range(chunk_tensor.shape[0]):
+            if chunk_tensor[chunk] == tensor:
+                sum0 += partials[chunk, 0]
+                sum1 += partials[chunk, 1]
+        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+        alpha = rho * max(eps2, rms0)
+        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1_per_tensor[tensor] = u1
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass3_f32(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    u1_per_tensor,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 3, maximize=True, factored=True, float32."""
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u1 = u1_per_tensor[tensor]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        u0 = f32(1.0) + s2 * weight_decay
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                w = w_c[col]
+                C_new = C_cols[col]
+                g_eff = -g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = U * u1 + u0 * w
+                w_c[col] = w_new
+
+
+def adafactor_maximize__factored_f32(
+    launch,
+    table,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor, maximize=True, factored=True, float32: the passes in order, on one stream.
+    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
+    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+    grid = launch.grid(chunks, THREADS)
+    tables = table[:13]
+    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+    shaped = (
+        R_tensors,
+        C_tensors,
+    )
+    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    partials = launch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f32)
+    sums = (
+        row_sums0,
+        col_sums0,
+    )
+    adafactor_maximize__factored_pass1_f32[grid](*tables, *arrays, *sums, partials, *scalars)
+    adafactor_maximize__factored_lines_f32[launch.grid(matrices, THREADS)](
+        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+    )
+    adafactor_maximize__factored_pass2_f32[grid](
+        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
+    )
+    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
+    adafactor_maximize__factored_finalize_f32[launch.grid(1, SLOTS)](
+        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+    )
+    adafactor_maximize__factored_pass3_f32[grid](
+        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
+    )
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass1_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 1, maximize=True, factored=True, float64."""
+    block_sums = cuda.shared.array((THREADS, 2), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        sum0 = 0.0
+        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0[col] = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            row_sum0 = 0.0
+            for col in range(thread, cols, cuda.blockDim.x):
+                w = w_c[col]
+                g = g_c[col]
+                rms0_of = w
+                g_eff = -g
+                x0 = g_eff * g_eff
+                row_mean0_of = x0
+                col_mean0_of = x0
+                row_sum0 += f64(row_mean0_of)
+                col_sum0[col] += f64(col_mean0_of)
+                sum0 += f64(rms0_of) * f64(rms0_of)
+            # The row's sum: the threads' parts added in a fixed tree, no atomics.
+            block_sums[thread, 0] = row_sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+            cuda.syncthreads()
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 0] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_lines_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    R_tensors,
+    C_tensors,
+    row_sums0,
+    col_sums0,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
+    factored=True, float64. A column adds its chunks' sums in chunk order."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+        tensor = matrix_tensor[matrix]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        for col in range(thread, cols, cuda.blockDim.x):
+            col_sum0 = 0.0
+            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                col_sum0 += col_sums0[chunk_cols[chunk] + col]
+            col_mean0 = f64(col_sum0 / rows)
+            C = C_cols[col]
+            C_new = C + s0 * (col_mean0 - C)
+            C_cols[col] = C_new
+        matrix_sum0 = 0.0
+        for row in range(thread, rows, cuda.blockDim.x):
+            row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
+            R = R_rows[row]
+            R_new = R + s0 * (row_mean0 - R)
+            matrix_mean0_of = R_new
+            R_rows[row] = R_new
+            matrix_sum0 += f64(matrix_mean0_of)
+        block_sums[thread, 0] = matrix_sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass2_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    matrix_mean0_per_matrix,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 2, maximize=True, factored=True, float64."""
+    block_sums = cuda.shared.array((THREADS, 1), float64)
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        sum0 = 0.0
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                C_new = C_cols[col]
+                g_eff = -g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                rms1_of = U
+                sum0 += f64(rms1_of) * f64(rms1_of)
+        block_sums[thread, 0] = sum0
+        cuda.syncthreads()
+        width = THREADS // 2
+        while width > 0:
+            if thread < width:
+                block_sums[thread, 0] += block_sums[thread + width, 0]
+            cuda.syncthreads()
+            width //= 2
+        if thread == 0:
+            partials[chunk, 1] = block_sums[0, 0]
+        cuda.syncthreads()
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_finalize_f64(
+    chunk_tensor,
+    tensor_sizes,
+    partials,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+    u1_per_tensor,
+):
+    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+    tensor = cuda.grid(1)
+    if tensor < tensor_sizes.shape[0]:
+        sum0 = 0.0
+        sum1 = 0.0
+        for chunk in range(chunk_tensor.shape[0]):
+            if chunk_tensor[chunk] == tensor:
+                sum0 += partials[chunk, 0]
+                sum1 += partials[chunk, 1]
+        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+        alpha = rho * max(eps2, rms0)
+        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1_per_tensor[tensor] = u1
+
+
+@cuda.jit(cache=True)
+def adafactor_maximize__factored_pass3_f64(
+    chunk_tensor,
+    chunk_matrix,
+    chunk_row0,
+    chunk_row1,
+    chunk_cols,
+    matrix_tensor,
+    matrix_index,
+    matrix_chunk0,
+    matrix_chunk1,
+    matrix_rows,
+    tensor_rows,
+    tensor_cols,
+    tensor_sizes,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    u1_per_tensor,
+    matrix_mean0_per_matrix,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor pass 3, maximize=True, factored=True, float64."""
+    thread = cuda.threadIdx.x
+    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+        tensor = chunk_tensor[chunk]
+        matrix = chunk_matrix[chunk]
+        rows = tensor_rows[tensor]
+        cols = tensor_cols[tensor]
+        first = matrix_index[matrix] * rows
+        R_rows = R_tensors[tensor][first : first + rows]
+        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
+        weight_decay = weight_decay_per_tensor[tensor]
+        u1 = u1_per_tensor[tensor]
+        matrix_mean0 = matrix_mean0_per_matrix[matrix]
+        u0 = f64(1.0) + s2 * weight_decay
+        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+            start = (first + row) * cols
+            w_c = w_tensors[tensor][start : start + cols]
+            g_c = g_tensors[tensor][start : start + cols]
+            R_new = R_rows[row]
+            for col in range(thread, cols, cuda.blockDim.x):
+                g = g_c[col]
+                w = w_c[col]
+                C_new = C_cols[col]
+                g_eff = -g
+                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = U * u1 + u0 * w
+                w_c[col] = w_new
+
+
+def adafactor_maximize__factored_f64(
+    launch,
+    table,
+    w_tensors,
+    g_tensors,
+    R_tensors,
+    C_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    eps1,
+    eps2,
+    s0,
+    s1,
+    s2,
+    s3,
+    rho,
+):
+    """Adafactor, maximize=True, factored=True, float64: the passes in order, on one stream.
+    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
+    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+    grid = launch.grid(chunks, THREADS)
+    tables = table[:13]
+    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+    shaped = (
+        R_tensors,
+        C_tensors,
+    )
+    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    partials = launch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f64)
+    sums = (
+        row_sums0,
+        col_sums0,
+    )
+    adafactor_maximize__factored_pass1_f64[grid](*tables, *arrays, *sums, partials, *scalars)
+    adafactor_maximize__factored_lines_f64[launch.grid(matrices, THREADS)](
+        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+    )
+    adafactor_maximize__factored_pass2_f64[grid](
+        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
+    )
+    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
+    adafactor_maximize__factored_finalize_f64[launch.grid(1, SLOTS)](
+        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+    )
+    adafactor_maximize__factored_pass3_f64[grid](
+        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
+    )
+
+
 RANK_FLAG = (1, 2)  # as in the CPU module
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -683,6 +2139,20 @@ VARIANTS = {
         },
         chunk=1 << 16,
     ),
+    (False, True): Variant(
+        state=("row_var", "col_var"),
+        branch=branch_factored,
+        branches={
+            (): Branch(
+                scalars=scalars_factored,
+                kernels={"float32": adafactor_factored_f32, "float64": adafactor_factored_f64},
+                rows={},
+            ),
+        },
+        shapes=("row", "col"),
+        factored=True,
+        chunk=1 << 16,
+    ),
     (True, False): Variant(
         state=("variance",),
         branch=branch_maximize,
@@ -693,6 +2163,23 @@ VARIANTS = {
                 rows={},
             ),
         },
+        chunk=1 << 16,
+    ),
+    (True, True): Variant(
+        state=("row_var", "col_var"),
+        branch=branch_maximize__factored,
+        branches={
+            (): Branch(
+                scalars=scalars_maximize__factored,
+                kernels={
+                    "float32": adafactor_maximize__factored_f32,
+                    "float64": adafactor_maximize__factored_f64,
+                },
+                rows={},
+            ),
+        },
+        shapes=("row", "col"),
+        factored=True,
         chunk=1 << 16,
     ),
 }

@@ -12,6 +12,7 @@ import math
 import numpy as np
 from numba import config, cuda
 
+from optforge.runtime.factored import factored_table
 from optforge.runtime.kernels import chunk_table
 
 
@@ -58,11 +59,19 @@ class Launch:
 class DeviceLaunchGroup:
     """Up to SLOTS tensors updated by one launch: their arrays as padded tuples, a device chunk table."""
 
-    def __init__(self, positions: list[int], sizes: list[int], slots: int, chunk: int, dummy):
+    def __init__(
+        self, positions: list[int], shapes: list[tuple], slots: int, chunk: int, dummy, factored=False
+    ):
         self.positions = positions  # positions within the batch
         self.slots = slots
         self.dummy = dummy  # fills unused slots (never indexed by the chunk table)
-        host = chunk_table(sizes, chunk)
+        if factored:  # one FactoredTable, its arrays on the device
+            table = factored_table(shapes, chunk)
+            device = (cuda.to_device(x) if isinstance(x, np.ndarray) else x for x in table)
+            self.chunks = (type(table)(*device),)
+            self.n_chunks = table.chunk_tensor.size
+            return
+        host = chunk_table([math.prod(s) for s in shapes], chunk)
         self.chunks = tuple(cuda.to_device(a) for a in host)
         self.n_chunks = host[0].size
 

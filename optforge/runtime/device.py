@@ -21,7 +21,7 @@ from numba import config, cuda
 from numba.typed import List
 
 from optforge.runtime.cuda import DeviceLaunchGroup, Launch, as_device_array, dense_from_rows, to_device
-from optforge.runtime.kernels import chunk_table
+from optforge.runtime.kernels import Variant, chunk_table
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -33,6 +33,7 @@ class DeviceBatch:
     params: list  # flat device views of the parameters
     state: dict[str, list]  # flat views of the state (device, or host memory when offloading)
     launch_groups: list[DeviceLaunchGroup] = field(default_factory=list)
+    variant: Variant | None = None  # the compiled variant its kernels come from
 
 
 class DeviceStepper:
@@ -51,21 +52,32 @@ class DeviceStepper:
         self.variant_key = variant_key
         self._slots: dict = {}
 
-    def batch(self, group: int, dtype: np.dtype, members: list[int]) -> DeviceBatch:
+    def batch(self, group: int, dtype: np.dtype, members: list[int], variant_key: tuple) -> DeviceBatch:
+        """The batch of `members` (one group, dtype and variant: a factored variant for
+        Adafactor's matrices, whose launches take a FactoredTable)."""
         opt = self.opt
+        variant = self.module.VARIANTS[variant_key]
         params = [opt.parameters[i].data.reshape(opt.parameters[i].size) for i in members]
         state = {
-            name: [opt.state[name][i].reshape(opt.parameters[i].size) for i in members] for name in opt.state
+            name: [opt.state[name][i].reshape(opt.state[name][i].size) for i in members]
+            for name in variant.state
         }
-        batch = DeviceBatch(group, dtype, members, params, state)
+        batch = DeviceBatch(group, dtype, members, params, state, variant=variant)
         if self.offload is None:
             dummy = cuda.device_array(1, dtype=dtype)
             slots = self.module.SLOTS
             for first in range(0, len(members), slots):
                 positions = list(range(first, min(first + slots, len(members))))
-                sizes = [opt.parameters[members[p]].size for p in positions]
+                shapes = [opt.parameters[members[p]].shape for p in positions]
                 batch.launch_groups.append(
-                    DeviceLaunchGroup(positions, sizes, slots, self.chunk or self.variant.chunk, dummy)
+                    DeviceLaunchGroup(
+                        positions,
+                        shapes,
+                        slots,
+                        self.chunk or variant.chunk,
+                        dummy,
+                        factored=variant.factored,
+                    )
                 )
         return batch
 
@@ -104,7 +116,7 @@ class DeviceStepper:
         if self.offload is not None:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
-        branch = self.variant.branches[self.variant.branch(t, lr, *hypers)]
+        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
         scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
         kernel = branch.kernels[batch.dtype.name]
         skip = {pos for pos, _, _ in sparse}
@@ -112,14 +124,14 @@ class DeviceStepper:
             chunks = lg.chunks
             if skip & set(lg.positions):
                 chunks = self._without(lg, skip)
-            if chunks[0].size == 0:
+            if lg.n_chunks == 0:
                 continue
             kernel(
                 self.launch_config,
                 *chunks,
                 lg.tuple_of([batch.params[p] for p in lg.positions]),
                 lg.tuple_of([flat[p] for p in lg.positions]),
-                *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in self.variant.state),
+                *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in batch.variant.state),
                 lg.values(weight_decay, batch.dtype),
                 lg.values(grad_scale, batch.dtype),
                 *scalars,
@@ -132,7 +144,7 @@ class DeviceStepper:
                 p.size // max(p.shape[0], 1),
                 batch.params[pos],
                 cuda.to_device(values.reshape(-1)),
-                *(batch.state[name][pos] for name in self.variant.state),
+                *(batch.state[name][pos] for name in batch.variant.state),
                 scalar(0),
                 scalar(1),
                 *scalars,

@@ -90,13 +90,6 @@ class FusedOptimizer:
         # its number of dimensions selects; the others have one variant for all.
         keys = [_tensor_variant_key(module, variant_key, p) for p in self.parameters]
         self._variants = [module.VARIANTS[key] for key in keys]
-        cls = type(self).__name__
-        for i, (p, v) in enumerate(zip(self.parameters, self._variants)):
-            if v.factored and p.on_device and not self._OFFLOAD:
-                raise ValueError(
-                    f"For '{cls}', parameter {i} ('{p.name}') is a device array of {p.ndim} dimensions: "
-                    "its factored kernels run on the CPU only. Keep it in host memory."
-                )
 
         def initial(name: str, i: int) -> float:
             value = state_init[name]
@@ -123,7 +116,7 @@ class FusedOptimizer:
                         from optforge.runtime.device import DeviceStepper
 
                         self._device = DeviceStepper(self, variant_key)
-                    self._batches.append(self._device.batch(g, dtype, members))
+                    self._batches.append(self._device.batch(g, dtype, members, key))
                     continue
                 params = [self.parameters[i] for i in members]
                 v = module.VARIANTS[key]
