@@ -422,8 +422,16 @@ def check_spec(spec: Spec) -> None:
         known |= set(DIALECT_ARGUMENTS.get(export.dialect, ()))
         if export.dialect not in DIALECT_ARGUMENTS:
             fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
+        if ranked and export.dialect == "nn":
+            # The nn base's loss scale, gradient centralization and row-sparse gradients are
+            # element-wise transforms the factored launch does not apply.
+            fail(f"export {export.class_name}", "a spec with a rank flag exports to optim and torch only")
         for entry in export.signature:
             arg = entry if isinstance(entry, str) else entry[0]
+            if ranked and arg == ranked[0].name:
+                fail(
+                    f"export {export.class_name}", f"'{arg}' is a rank flag, set per tensor: not an argument"
+                )
             if isinstance(entry, tuple) and isinstance(entry[1], tuple):  # ("betas", ("beta1", "beta2"))
                 unknown = [n for n in entry[1] if n not in known]
                 if unknown:

@@ -119,5 +119,5 @@ SPEC = Spec(
         "(torch.optim.Adafactor).",
         "The update is g / sqrt(max(v_hat, eps1^2)); torch writes rsqrt(clamp(v_hat, eps1^2)) * g.",
     ),
-    exports=[Export("optim", "Adafactor", SIGNATURE)],
+    exports=[Export("optim", "Adafactor", SIGNATURE), Export("torch", "Adafactor", SIGNATURE)],
 )

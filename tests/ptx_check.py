@@ -21,8 +21,14 @@ F64_OPS = re.compile(r"\b(add|sub|mul|div|fma|sqrt|max|min|abs|neg)(\.\w+)*\.f64
 
 def argument_type(name: str, dtype, slots: int):
     array = types.Array(dtype, 1, "C")
-    if name in ("chunk_slot", "chunk_start", "chunk_stop", "rows"):
+    if name.endswith("_per_matrix"):  # a factored kernel's matrix means
+        return array
+    if name in ("chunk_slot", "chunk_start", "chunk_stop", "rows") or name.startswith(
+        ("chunk_", "matrix_", "tensor_")  # a factored kernel's table
+    ):
         return types.Array(types.int64, 1, "C")
+    if re.fullmatch(r"(row|col)_sums\d+", name):
+        return types.Array(types.float64, 1, "C")
     if name == "row_len":
         return types.int64
     if name == "partials":

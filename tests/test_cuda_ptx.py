@@ -43,5 +43,7 @@ def test_float32_kernels_without_reductions_do_no_float64_arithmetic(compiled):
     for line in compiled.stdout.splitlines():
         _, name, ops = line.split()
         count = int(ops.split("=")[1])
-        if "_f32" in name and "stage1" not in name and "finalize" not in name:
+        # Kernels that sum (norms, RMS, row/column/matrix means) do so in float64, on purpose.
+        summing = ("stage1", "finalize", "lines", "pass1", "pass2")
+        if "_f32" in name and not any(part in name for part in summing):
             assert count == 0, line

@@ -18,6 +18,7 @@ from optforge.compiler.passes.factored import (
     space_of,
 )
 from optforge.compiler.spec import (
+    Export,
     Flag,
     Rule,
     Spec,
@@ -162,3 +163,10 @@ def test_a_row_mean_outside_the_factored_variant_is_refused():
 def test_a_rank_flag_needs_a_rank_of_two_or_more():
     with pytest.raises(SpecError, match="a rank flag needs an int rank >= 2"):
         _spec(flags=[Flag(factored, "matrices", rank=1)])
+
+
+def test_a_rank_flag_is_not_an_argument_and_not_exported_to_nn():
+    with pytest.raises(SpecError, match="'factored' is a rank flag, set per tensor: not an argument"):
+        _spec(exports=[Export("optim", "Tiny", (("lr", 0.1), "factored"))])
+    with pytest.raises(SpecError, match="exports to optim and torch only"):
+        _spec(exports=[Export("nn", "Tiny", (("learning_rate", 0.1),))])

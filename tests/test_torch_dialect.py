@@ -35,6 +35,8 @@ CASES = {
     "Adamax": [{}, {"weight_decay": 0.1}],
     "Adadelta": [{}, {"weight_decay": 0.1, "rho": 0.8}],
     "Rprop": [{}, {"etas": (0.3, 1.5), "step_sizes": (1e-4, 1.0)}],
+    # The MLP's weights are matrices (factored), its biases vectors.
+    "Adafactor": [{}, {"lr": 0.05, "weight_decay": 0.1}, {"maximize": True, "eps": (1e-20, 1e-2), "d": 2.0}],
 }
 PARAMS = [(name, kwargs) for name, cases in CASES.items() for kwargs in cases]
 TOL = {torch.float32: dict(atol=1e-5, rtol=2e-5), torch.float64: dict(atol=1e-9, rtol=1e-6)}
@@ -164,7 +166,9 @@ def test_steps_the_tensors_memory_in_place_and_state_views_the_kernels_arrays():
         assert float(state["step"]) == 2.0
 
 
-@pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD", "RMSprop", "Adagrad", "RAdam", "Adadelta", "Rprop"])
+@pytest.mark.parametrize(
+    "name", ["Adam", "NAdam", "SGD", "RMSprop", "Adagrad", "RAdam", "Adadelta", "Rprop", "Adafactor"]
+)
 def test_state_dict_has_torch_optims_layout(name):
     kwargs = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {}
     model, x, y = mlp()
@@ -190,7 +194,7 @@ def _save_and_load(state_dict):
     return torch.load(buffer)
 
 
-SEEDS = ["Adam", "AdamW", "RAdam", "NAdam", "Adagrad", "SGD", "RMSprop", "Lamb", "Lion"]
+SEEDS = ["Adam", "AdamW", "RAdam", "NAdam", "Adagrad", "SGD", "RMSprop", "Lamb", "Lion", "Adafactor"]
 
 
 @pytest.mark.parametrize("name", SEEDS)
@@ -209,7 +213,7 @@ def test_five_steps_saved_and_loaded_then_five_more_equal_ten_bit_for_bit(name):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD", "RMSprop", "Adagrad"])
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "SGD", "RMSprop", "Adagrad", "Adafactor"])
 def test_state_dicts_move_between_torch_optim_and_optforge(name):
     kwargs = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {"lr": 0.01}
     reference, x, y = mlp()
@@ -351,6 +355,10 @@ BAD_ARGUMENTS = [
     ("SGD", {"lr": 0.1, "nesterov": True}, ValueError, "[Nn]esterov"),
     ("RMSprop", {"alpha": -0.5}, ValueError, "Invalid alpha"),
     ("Adam", {"skip_nonfinite": "yes"}, TypeError, "skip_nonfinite"),
+    ("Adafactor", {"beta2_decay": 0.5}, ValueError, "Invalid beta2_decay"),
+    ("Adafactor", {"eps": (-1.0, 1e-3)}, ValueError, r"Invalid eps\[0\]"),
+    ("Adafactor", {"eps": (None, "x")}, TypeError, r"real number"),
+    ("Adafactor", {"d": 0.5}, ValueError, "Invalid d"),
 ]
 
 

@@ -15,6 +15,7 @@ from optforge.generated.torch.rprop import Rprop
 from optforge.generated.torch.lion import Lion
 from optforge.generated.torch.adabelief import AdaBelief
 from optforge.generated.torch.adan import Adan
+from optforge.generated.torch.adafactor import Adafactor
 
 __all__ = [
     "Lamb",
@@ -31,4 +32,5 @@ __all__ = [
     "Lion",
     "AdaBelief",
     "Adan",
+    "Adafactor",
 ]

@@ -44,6 +44,7 @@ OPTFORGE = {
     "lamb": lambda ps: optforge.nn.Lamb(ps, learning_rate=LR),
     "proximal_adagrad": lambda ps: optforge.nn.ProximalAdagrad(ps, learning_rate=LR),
     "radam": lambda ps: optforge.optim.RAdam(ps, lr=LR),
+    "adafactor": lambda ps: optforge.optim.Adafactor(ps, lr=LR),
 }
 # The PyTorch-like catalogue: spec module -> class (same constructor arguments as torch.optim).
 CATALOGUE = {
@@ -66,10 +67,24 @@ for _spec, _cls in CATALOGUE.items():
     OPTFORGE[_spec] = lambda ps, _cls=_cls, _spec=_spec: getattr(optforge.optim, _cls)(
         ps, lr=LR, **EXTRA.get(_spec, {})
     )
-TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam"}
+TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam", "adafactor": "Adafactor"}
 TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 DEEPSPEED = {"adam", "adam_torch"}  # L2 (coupled) Adam, as DeepSpeedCPUAdam(adamw_mode=False)
+
+
+# Optimizers whose kernels depend on the tensors' rank: their tensors are matrices of
+# MATRIX_COLS columns (or one row, for a size it does not divide), so the factored
+# kernels run, as they do for a model's weights.
+MATRICES = {"adafactor"}
+MATRIX_COLS = 1000
+
+
+def shape_of(name: str, n: int) -> tuple[int, ...]:
+    if name not in MATRICES:
+        return (n,)
+    cols = MATRIX_COLS if n % MATRIX_COLS == 0 else n
+    return (n // cols, cols)
 
 
 def mixed_sizes(total: int, tensors: int, rng) -> list[int]:
@@ -85,15 +100,17 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
     optforge's step moves). What cannot run is added to `notes`. Without `others`, only
     optforge and the same-traffic limit."""
     steps = {}
+    shapes = [shape_of(name, n) for n in sizes]
     params = [
-        optforge.Parameter(rng.standard_normal(n).astype(np.float32), f"w{i}") for i, n in enumerate(sizes)
+        optforge.Parameter(rng.standard_normal(s).astype(np.float32), f"w{i}") for i, s in enumerate(shapes)
     ]
-    grads = tuple(rng.standard_normal(n).astype(np.float32) * 0.01 for n in sizes)
+    grads = tuple(rng.standard_normal(s).astype(np.float32) * 0.01 for s in shapes)
     opt = OPTFORGE[name](params)
     steps["optforge"] = lambda: opt(grads)
 
     branch = steady_branch(opt)
-    loads, stores, write_only = accesses(name, branch=branch)
+    flags = {"factored": True} if name in MATRICES else None
+    loads, stores, write_only = accesses(name, flags, branch=branch)
     total = sum(sizes)
     chunk = 1 << 16
     starts = np.arange(0, total, chunk, dtype=np.int64)
@@ -115,7 +132,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
             if torch_name in TORCH_FUSED:
                 modes["torch fused"] = {"fused": True}
             for label, kwargs in modes.items():
-                tp = [torch.zeros(n, requires_grad=True) for n in sizes]
+                tp = [torch.zeros(s, requires_grad=True) for s in shapes]
                 for p, g in zip(tp, grads):
                     p.grad = torch.from_numpy(g)
                 topt = getattr(torch.optim, torch_name)(tp, lr=LR, **EXTRA.get(name, {}), **kwargs)
@@ -124,7 +141,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
         step = _deepspeed_adam(sizes, grads, notes)
         if step is not None:
             steps["DeepSpeed CPUAdam"] = step
-    return steps, bytes_per_element(name, branch=branch)
+    return steps, bytes_per_element(name, flags=flags, branch=branch)
 
 
 def _deepspeed_adam(sizes, grads, notes: set[str]):

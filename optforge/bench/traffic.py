@@ -29,8 +29,9 @@ def accesses(spec_name: str, flags: dict | None = None, branch: tuple | None = N
             continue
         loads = rw = wo = 0
         for stage in kernel.stages:
-            loaded = {load.array.name for load in stage.loads}
-            stored = {store.array.name for store in stage.stores}
+            # A factored kernel's row and column state (one value per row or column) is noise.
+            loaded = {load.array.name for load in stage.loads if load.array.shape == "element"}
+            stored = {store.array.name for store in stage.stores if store.array.shape == "element"}
             loads, rw, wo = loads + len(loaded), rw + len(stored & loaded), wo + len(stored - loaded)
         counts.append((loads, rw, wo))
     return max(counts, key=sum)

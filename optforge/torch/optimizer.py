@@ -20,6 +20,7 @@ fused kernel cannot leave some of its tensors out.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +28,16 @@ import torch
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
+from optforge.runtime.factored import STATE_SHAPES
 from optforge.runtime.finite import all_finite
-from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value
+from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 
 
-def check_value(cls: str, name: str, value, domain: Interval | None) -> None:
-    """torch.optim's checks: a value outside its domain is a ValueError (`Invalid lr: -1`)."""
+def check_value(cls: str, name: str, value, domain: Interval | None, none_ok: bool = False) -> None:
+    """torch.optim's checks: a value outside its domain is a ValueError (`Invalid lr: -1`).
+    With `none_ok`, None passes (Adafactor's eps1: the dtype's machine epsilon)."""
+    if none_ok and value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer, torch.Tensor)):
         raise TypeError(f"{cls}: '{name}' must be a real number, but got {type(value).__name__}: {value!r}.")
     if isinstance(value, torch.Tensor) and value.numel() != 1:
@@ -128,7 +133,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._cohorts: list[_Cohort] = []
         self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
         super().__init__(params, defaults)
-        self.hypers = dict(zip(self._HYPERS, (float(h) for h in self._group_hypers(self.defaults))))
+        self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
 
     def _state_init(self) -> dict:
         """Each state's initial value (generated: a number, "lr", or a hyperparameter)."""
@@ -250,7 +255,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         for pos, i in enumerate(engine.members):
             state = self.state[params[i]]
             for name, arrays in engine.state.items():
-                state[self._STATE_KEYS[name]] = _as_tensor(arrays[pos], params[i])
+                if arrays[pos] is not None:  # Adafactor: row/col factors for matrices, else variance
+                    state[self._STATE_KEYS[name]] = _as_tensor(arrays[pos], params[i])
         self._link_steps(engine)
 
     def _link_steps(self, engine: _Engine) -> None:
@@ -301,7 +307,6 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{cls}: the state dict's param group {g} has {key}={saved[key]}, this optimizer "
                         f"{key}={self.defaults[key]}."
                     )
-        names = self._state_names()
         steps: dict[int, int] = {}
         for saved, state in saved_state.items():
             if saved not in index_of:
@@ -309,7 +314,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                     f"{cls}: the state dict has state for parameter {saved!r}, which no group holds."
                 )
             i = index_of[saved]
-            for name in names:
+            for name, shape in self._state_shapes(params[i]):
                 key = self._STATE_KEYS[name]
                 value = state.get(key)
                 if value is None:
@@ -319,10 +324,10 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{cls}: the state of parameter {i} has no '{key}' (keys: {sorted(state)}); "
                         "is it a state dict of another optimizer?"
                     )
-                if tuple(value.shape) != tuple(params[i].shape):
+                if tuple(value.shape) != shape:
                     raise ValueError(
-                        f"{cls}: '{key}' of parameter {i} has shape {tuple(value.shape)}, but the "
-                        f"parameter's is {tuple(params[i].shape)}."
+                        f"{cls}: '{key}' of parameter {i} has shape {tuple(value.shape)}, not {shape} "
+                        f"(the parameter's is {tuple(params[i].shape)})."
                     )
             step = state.get("step", 1)  # torch's SGD keeps no step: it has stepped once at least
             steps[i] = int(float(step))
@@ -341,16 +346,21 @@ class TorchOptimizer(torch.optim.Optimizer):
             for pos, i in enumerate(engine.members):
                 for name, arrays in engine.state.items():
                     value = loaded[i].get(self._STATE_KEYS[name])
-                    if value is not None:
+                    if value is not None and arrays[pos] is not None:
                         _as_tensor(arrays[pos], params[i]).copy_(value)
             self._register(cohort)
 
-    def _state_names(self) -> list[str]:
-        """The state names of this optimizer's kernel variant."""
-        import importlib
-
-        variants = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}").VARIANTS
-        return list(variants[self._variant_key()].state)
+    def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
+        """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
+        Adafactor: row and column factors for a matrix, a full variance for a vector)."""
+        module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
+        key = self._variant_key()
+        if getattr(module, "RANK_FLAG", None) is not None:
+            index, rank = module.RANK_FLAG
+            key = (*key[:index], p.dim() >= rank, *key[index + 1 :])
+        variant = module.VARIANTS[key]
+        kinds = variant.shapes or ("element",) * len(variant.state)
+        return [(name, STATE_SHAPES[kind](tuple(p.shape))) for name, kind in zip(variant.state, kinds)]
 
 
 def _view(p: torch.Tensor, name: str) -> Parameter:
