@@ -54,6 +54,7 @@ class Reduction:
     symbol: sp.Symbol
     expr: sp.Expr
     mean: bool = False
+    squared: bool = False  # `expr` is already the square (see passes/reductions.summand)
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,4 @@ class FactoredKernel(Kernel):
     col_stage: LineStage = LineStage((), (), (), ())
     matrix_means: tuple[Mean, ...] = ()
     matrix_reads: tuple[tuple[sp.Symbol, ...], ...] = ()  # per pass: the matrix means it reads
+    row_lines: tuple[tuple[Assignment, ...], ...] = ()  # per pass: once per row, before its columns

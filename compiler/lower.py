@@ -15,7 +15,7 @@ from optforge.compiler.passes.branches import branches, choose_branch, find_guar
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune
 from optforge.compiler.passes.hoist import hoist
 from optforge.compiler.passes.levels import Level, assign_levels
-from optforge.compiler.passes.reductions import extract_reductions
+from optforge.compiler.passes.reductions import extract_reductions, summands
 from optforge.compiler.passes.specialize import specialize
 from optforge.compiler.passes.ssa import to_ssa
 from optforge.compiler.passes.stages import depends_on, split_stages
@@ -47,7 +47,7 @@ def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
     assignments, reductions = extract_reductions(assignments)
     # Each reduction is summed over a per-element value: give it a name so the
     # passes treat it like any other element-level result.
-    squares = [Assignment(sp.Symbol(f"{r.symbol}_of"), r.expr) for r in reductions]
+    squares, reductions = summands(assignments, reductions)
     assignments += squares
     levels = input_levels(spec) | {r.symbol: Level.TENSOR for r in reductions}
     levels = assign_levels(assignments, levels)
@@ -73,7 +73,9 @@ def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squar
         late.add(outputs[S.w])
     split = split_stages(hoisted.element, stores, arrays, late, spec.where)
     # Stage 1 sums the squares of each `norm<k>_of`.
-    partial_sums = tuple(Reduction(r.symbol, s.target, r.mean) for r, s in zip(reductions, squares))
+    partial_sums = tuple(
+        Reduction(r.symbol, s.target, r.mean, r.squared) for r, s in zip(reductions, squares)
+    )
     prologue = [a for a in hoisted.tensor if a not in finalize]
     levels = hoisted.levels
 

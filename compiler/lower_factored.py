@@ -36,10 +36,11 @@ from optforge.compiler.passes.factored import (
     Space,
     assign_passes,
     extract_means,
+    hoist_rows,
 )
 from optforge.compiler.passes.hoist import hoist
 from optforge.compiler.passes.levels import Level, assign_levels
-from optforge.compiler.passes.reductions import extract_reductions
+from optforge.compiler.passes.reductions import extract_reductions, summands
 from optforge.compiler.passes.specialize import specialize
 from optforge.compiler.passes.ssa import to_ssa
 from optforge.compiler.passes.stages import depends_on
@@ -54,7 +55,7 @@ def lower_factored(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Factore
     assignments, outputs = to_ssa(specialize(spec, variant), {a.symbol for a in arrays})
     assignments, means = extract_means(assignments)
     assignments, reductions = extract_reductions(assignments)
-    squares = [Assignment(sp.Symbol(f"{r.symbol}_of"), r.expr) for r in reductions]
+    squares, reductions = summands(assignments, reductions)
     assignments += squares
     # To the hoister, per-row, per-column and per-matrix values vary like elements do.
     levels = input_levels(spec) | {a.symbol: Level.ELEMENT for a in arrays}
@@ -94,7 +95,7 @@ class _Plan:
         self.defined = {a.target: a for a in hoisted.element}
         self.reductions = {
             k: tuple(
-                Reduction(r.symbol, s.target, r.mean)
+                Reduction(r.symbol, s.target, r.mean, r.squared)
                 for r, s in zip(reductions, squares)
                 if self.passes[s.target] == k
             )
@@ -147,16 +148,27 @@ class _Plan:
             need(root)
         return schedule(body), loads, sorted(matrix, key=str)
 
-    def element_pass(self, at: int, roots: list[sp.Symbol], stores: list[Store]) -> tuple[Stage, tuple]:
+    def element_pass(self, at: int, roots: list[sp.Symbol], stores: list[Store]):
+        """(the pass as a Stage, the matrix means it reads, its per-row lines)."""
         body, loads, matrix = self.gather(roots, at)
         per_matrix = [a for a in body if self.spaces.get(a.target) == Space.MATRIX]
-        element = [a for a in body if a not in per_matrix]
+        per_row = [a for a in body if self.spaces.get(a.target) == Space.ROW]
+        element = [a for a in body if a not in per_matrix and a not in per_row]
+        hoisted_rows, element = hoist_rows(element, self.spaces)
         element = prune(eliminate_common_subexpressions(element, "x"), roots)
+        row_lines = prune(schedule(per_row + hoisted_rows), _free(element) | set(roots))
         tensor = self.prologue + per_matrix
-        tensor = prune(eliminate_common_subexpressions(tensor, "y"), _free(element) | set(roots))
-        read = _free(element) | _free(tensor) | set(roots)
+        tensor = prune(
+            eliminate_common_subexpressions(tensor, "y"), _free(element) | _free(row_lines) | set(roots)
+        )
+        read = _free(element) | _free(tensor) | _free(row_lines) | set(roots)
         loads = [load for load in loads if load.value in read]
-        return self._stage(tensor, loads, element, stores, self.reductions.get(at, ())), tuple(matrix)
+        stage = self._stage(tensor, loads, element + row_lines, stores, self.reductions.get(at, ()))
+        # `_stage` looked for per-tensor inputs in the row lines too; they are printed apart.
+        stage = Stage(
+            stage.per_tensor, stage.tensor, stage.loads, tuple(element), stage.stores, stage.reductions
+        )
+        return stage, tuple(matrix), tuple(row_lines)
 
     def _stage(self, tensor, loads, element, stores, reductions) -> Stage:
         defined = {a.target for a in tensor}
@@ -189,9 +201,9 @@ class _Plan:
             k: [s.value for s in stores[k]] + [r.expr for r in self.reductions.get(k, ())] for k in stores
         }
         roots[PASS1] += [m.expr for m in self.means[S.row_mean] + self.means[S.col_mean]]
-        first, m1 = self.element_pass(PASS1, roots[PASS1], stores[PASS1])
-        second, m2 = self.element_pass(PASS2, roots[PASS2], stores[PASS2])
-        third, m3 = self.element_pass(PASS3, roots[PASS3], stores[PASS3])
+        first, m1, r1 = self.element_pass(PASS1, roots[PASS1], stores[PASS1])
+        second, m2, r2 = self.element_pass(PASS2, roots[PASS2], stores[PASS2])
+        third, m3, r3 = self.element_pass(PASS3, roots[PASS3], stores[PASS3])
         late = self.late
         finalize_outputs = tuple(s for s in third.per_tensor if s in late)
         finalize = (
@@ -200,7 +212,7 @@ class _Plan:
         stages = (first, second, third)
         row_stage = self.line_stage(Space.ROW, S.row_mean)
         col_stage = self.line_stage(Space.COL, S.col_mean)
-        used = _free(finalize) | _free(row_stage.lines) | _free(col_stage.lines)
+        used = _free(finalize) | _free(row_stage.lines) | _free(col_stage.lines) | _free(r1 + r2 + r3)
         for stage in stages:
             used |= _free(stage.element) | _free(stage.tensor)
         scalars = tuple(
@@ -225,6 +237,7 @@ class _Plan:
             col_stage=col_stage,
             matrix_means=tuple(self.means[S.matrix_mean]),
             matrix_reads=(m1, m2, m3),
+            row_lines=(r1, r2, r3),
         )
 
 

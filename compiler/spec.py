@@ -54,7 +54,7 @@ RESERVED = {
     "THREADS", "SLOTS", "size", "sizes", "matrix", "col", "cols", "first", "table",
 }  # fmt: skip
 RESERVED_PATTERN = re.compile(
-    r"(s|u|x|y|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
+    r"(s|u|x|y|z|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
     r"|.*_(c|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
 )
 

@@ -14,6 +14,7 @@ from optforge.compiler.passes.factored import (
     Space,
     assign_passes,
     extract_means,
+    hoist_rows,
     join,
     space_of,
 )
@@ -115,6 +116,11 @@ def test_adafactors_factored_variant_in_three_passes():
     # Pass 2 reads g and the new factors for RMS(U); pass 3 writes w and only w.
     assert {load.array.name for load in second.loads} == {"grad", "row_var", "col_var"}
     assert [r.symbol.name for r in second.reductions] == ["rms1"]
+    # Once per row: R/max(eps1, mean of R); per element, the square of U without a square root.
+    assert [str(a) for a in kernel.row_lines[1]] == ["z0 = R_new/Max(eps1, matrix_mean0)"]
+    assert second.reductions[0].squared
+    assert "rms1_of = g_eff**2/Max(s1, v_hat)" in [str(a) for a in second.element]
+    assert "v_hat = C_new*z0" in [str(a) for a in second.element]
     assert [s.array.name for s in third.stores] == ["param"]
     assert kernel.matrix_reads == ((), (matrix_mean0,), (matrix_mean0,))
     assert [str(a) for a in kernel.finalize] == ["alpha = rho*Max(eps2, rms0)", "u1 = -alpha/Max(1, rms1*s3)"]
@@ -170,3 +176,26 @@ def test_a_rank_flag_is_not_an_argument_and_not_exported_to_nn():
         _spec(exports=[Export("optim", "Tiny", (("lr", 0.1), "factored"))])
     with pytest.raises(SpecError, match="exports to optim and torch only"):
         _spec(exports=[Export("nn", "Tiny", (("learning_rate", 0.1),))])
+
+
+def test_what_does_not_vary_along_a_row_is_computed_once_per_row():
+    spaces = {C: Space.COL, R: Space.ROW, matrix_mean0: Space.MATRIX, e: Space.ELEMENT, u: Space.ELEMENT}
+    rows, rewritten = hoist_rows(
+        [Assignment(e, C * R / matrix_mean0 + lr * R), Assignment(u, C * g + R)],
+        spaces | {g: Space.ELEMENT},
+    )
+    assert [str(a) for a in rows] == ["z0 = R/matrix_mean0", "z1 = R*lr"]
+    assert [str(a) for a in rewritten] == ["e = C*z0 + z1", "u = C*g + R"]
+
+
+def test_a_norm_of_a_quotient_by_a_square_root_sums_the_square():
+    from optforge.compiler.ir import Reduction
+    from optforge.compiler.passes.reductions import summands
+
+    rms0, rms1 = sp.symbols("rms0 rms1")
+    values, marked = summands(
+        [Assignment(u, g / sp.sqrt(v + 1)), Assignment(e, g + sp.sqrt(v))],
+        [Reduction(rms0, u, True), Reduction(rms1, e, True)],
+    )
+    assert [str(a) for a in values] == ["rms0_of = g**2/(v + 1)", "rms1_of = e"]
+    assert [r.squared for r in marked] == [True, False]

@@ -103,6 +103,7 @@ def stage_context(stage: Stage, printer: ElementPrinter) -> dict:
         "lines": _lines(printer, stage.element),
         "stores": [(s.array.symbol.name, s.value.name) for s in stage.stores],
         "reductions": [r.expr.name for r in stage.reductions],
+        "squared": [r.squared for r in stage.reductions],
         "views": {load.array.symbol.name for load in stage.loads}
         | {s.array.symbol.name for s in stage.stores},
     }
@@ -130,6 +131,7 @@ def factored_context(kernel: FactoredKernel, context: dict, printer: ElementPrin
         ctx["row_loads"] = _loads(stage.loads, "row")
         ctx["col_loads"] = _loads(stage.loads, "col")
         ctx["matrix_reads"] = [s.name for s in kernel.matrix_reads[n]]
+        ctx["row_lines"] = _lines(printer, kernel.row_lines[n])
         ctx["reduction_slots"] = list(range(offset, offset + len(stage.reductions)))
         offset += len(stage.reductions)
         ctx["row_sums"] = [m.expr.name for m in kernel.row_stage.means] if n == 0 else []

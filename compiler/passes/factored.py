@@ -110,3 +110,49 @@ def assign_passes(
             raise SpecError(f"{where}: the argument of a matrix_mean must be per row")
         spaces[a.target], passes[a.target] = space, at
     return spaces, passes
+
+
+# What does not vary along a row: hoisted out of the loop over its columns.
+_ALONG_ROW = (Space.SCALAR, Space.MATRIX, Space.ROW)
+
+
+def hoist_rows(
+    assignments: list[Assignment], spaces: Mapping[sp.Symbol, Space]
+) -> tuple[list[Assignment], list[Assignment]]:
+    """(per-row lines, the assignments rewritten): the arguments of each Add or Mul that do
+    not vary along a row, when they include a per-row value and are more than one symbol,
+    become one value per row (`z0, z1, ...`).
+
+    Adafactor's `C*R/max(eps1, matrix_mean(R))` becomes `C*z0` with one
+    `z0 = R/max(eps1, matrix_mean(R))` per row: a division per row, not per element.
+    """
+    table: dict[sp.Expr, sp.Symbol] = {}
+
+    def space(expr) -> Space:
+        return space_of(expr, spaces)
+
+    def per_row(expr: sp.Expr) -> sp.Symbol:
+        if expr not in table:
+            table[expr] = sp.Symbol(f"z{len(table)}")
+        return table[expr]
+
+    def visit(expr):
+        if not isinstance(expr, sp.Expr) or expr.is_Atom:
+            return expr.func(*[visit(a) for a in expr.args]) if expr.args else expr
+        if isinstance(expr, (sp.Add, sp.Mul)):
+            along = [a for a in expr.args if space(a) in _ALONG_ROW]
+            varying = [visit(a) for a in expr.args if space(a) not in _ALONG_ROW]
+            if (
+                varying
+                and any(space(a) == Space.ROW for a in along)
+                and (len(along) > 1 or not along[0].is_Atom)
+            ):
+                along = [per_row(expr.func(*along))]
+            return expr.func(*along, *varying)
+        return expr.func(*[visit(a) for a in expr.args])
+
+    rewritten = [
+        Assignment(a.target, visit(a.expr)) if spaces.get(a.target) == Space.ELEMENT else a
+        for a in assignments
+    ]
+    return [Assignment(symbol, expr) for expr, symbol in table.items()], rewritten

@@ -68,13 +68,14 @@ def adafactor_stage1_f32(
             g = g_c[elem]
             v = v_c[elem]
             g_eff = g
-            v_new = v + s0 * ((g_eff * g_eff) - v)
+            x0 = g_eff * g_eff
+            v_new = v + s0 * (x0 - v)
             v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
+            x1 = max(s1, v_hat)
             rms0_of = w
-            rms1_of = U
+            rms1_of = x0 / x1
             sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of) * f64(rms1_of)
+            sum1 += f64(rms1_of)
             v_c[elem] = v_new
 
         # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
@@ -227,13 +228,14 @@ def adafactor_stage1_f64(
             g = g_c[elem]
             v = v_c[elem]
             g_eff = g
-            v_new = v + s0 * ((g_eff * g_eff) - v)
+            x0 = g_eff * g_eff
+            v_new = v + s0 * (x0 - v)
             v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
+            x1 = max(s1, v_hat)
             rms0_of = w
-            rms1_of = U
+            rms1_of = x0 / x1
             sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of) * f64(rms1_of)
+            sum1 += f64(rms1_of)
             v_c[elem] = v_new
 
         # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
@@ -551,14 +553,14 @@ def adafactor_factored_pass2_f32(
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                rms1_of = U
-                sum0 += f64(rms1_of) * f64(rms1_of)
+                v_hat = C_new * z0
+                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
         width = THREADS // 2
@@ -651,12 +653,13 @@ def adafactor_factored_pass3_f32(
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
                 g_eff = g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = U * u1 + u0 * w
                 w_c[col] = w_new
@@ -912,14 +915,14 @@ def adafactor_factored_pass2_f64(
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                rms1_of = U
-                sum0 += f64(rms1_of) * f64(rms1_of)
+                v_hat = C_new * z0
+                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
         width = THREADS // 2
@@ -1012,12 +1015,13 @@ def adafactor_factored_pass3_f64(
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
                 g_eff = g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = U * u1 + u0 * w
                 w_c[col] = w_new
@@ -1108,13 +1112,14 @@ def adafactor_maximize_stage1_f32(
             g = g_c[elem]
             v = v_c[elem]
             g_eff = -g
-            v_new = v + s0 * ((g_eff * g_eff) - v)
+            x0 = g_eff * g_eff
+            v_new = v + s0 * (x0 - v)
             v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
+            x1 = max(s1, v_hat)
             rms0_of = w
-            rms1_of = U
+            rms1_of = x0 / x1
             sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of) * f64(rms1_of)
+            sum1 += f64(rms1_of)
             v_c[elem] = v_new
 
         # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
@@ -1271,13 +1276,14 @@ def adafactor_maximize_stage1_f64(
             g = g_c[elem]
             v = v_c[elem]
             g_eff = -g
-            v_new = v + s0 * ((g_eff * g_eff) - v)
+            x0 = g_eff * g_eff
+            v_new = v + s0 * (x0 - v)
             v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
+            x1 = max(s1, v_hat)
             rms0_of = w
-            rms1_of = U
+            rms1_of = x0 / x1
             sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of) * f64(rms1_of)
+            sum1 += f64(rms1_of)
             v_c[elem] = v_new
 
         # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
@@ -1599,14 +1605,14 @@ def adafactor_maximize__factored_pass2_f32(
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                rms1_of = U
-                sum0 += f64(rms1_of) * f64(rms1_of)
+                v_hat = C_new * z0
+                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
         width = THREADS // 2
@@ -1699,12 +1705,13 @@ def adafactor_maximize__factored_pass3_f32(
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = U * u1 + u0 * w
                 w_c[col] = w_new
@@ -1960,14 +1967,14 @@ def adafactor_maximize__factored_pass2_f64(
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                rms1_of = U
-                sum0 += f64(rms1_of) * f64(rms1_of)
+                v_hat = C_new * z0
+                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
         width = THREADS // 2
@@ -2060,12 +2067,13 @@ def adafactor_maximize__factored_pass3_f64(
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
+            z0 = R_new / max(eps1, matrix_mean0)
             for col in range(thread, cols, cuda.blockDim.x):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
-                v_hat = C_new * R_new / max(eps1, matrix_mean0)
+                v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = U * u1 + u0 * w
                 w_c[col] = w_new
