@@ -4,10 +4,11 @@
     python benchmarks/gpu.py --sizes 1e7 1e8 --repeat 20
 
 For each size: the device's copy bandwidth (a device-to-device copy, bytes read plus
-written); optforge Adam, RAdam and Lamb with the parameter on the device (step time,
-effective GB/s from the bytes the compiled kernels load and store per element, and the
-ratio to the copy bandwidth); torch.optim.Adam(fused=True) on the same GPU when torch
-with CUDA is installed; and AdamOffload's step against the plain transfer time of the
+written); optforge Adam, RAdam, Lamb and Adafactor (a matrix of 1000 columns: the
+factored kernels) with the parameter on the device (step time, effective GB/s from the
+bytes the compiled kernels load and store per element, and the ratio to the copy
+bandwidth); torch.optim.Adam(fused=True) and torch.optim.Adafactor(foreach=True) on the
+same GPU when torch with CUDA is installed; and AdamOffload's step against the plain transfer time of the
 gradient down and the delta up through pinned memory. Writes a JSON file into
 benchmarks/results/ and prints a table.
 """
@@ -57,15 +58,43 @@ def optforge_step(name: str, n: int, repeat: int) -> dict:
         "Adam": lambda p: optforge.nn.Adam(p, learning_rate=1e-3),
         "RAdam": lambda p: optforge.optim.RAdam(p, lr=1e-3),
         "Lamb": lambda p: optforge.nn.Lamb(p, learning_rate=1e-3),
+        "Adafactor": lambda p: optforge.optim.Adafactor(p, lr=1e-3),
     }[name]
-    spec = {"Adam": "adam", "RAdam": "radam", "Lamb": "lamb"}[name]
-    p = optforge.Parameter(cuda.to_device(np.full(n, 0.5, np.float32)), "w")
-    g = cuda.to_device(np.full(n, 0.01, np.float32))
+    spec = {"Adam": "adam", "RAdam": "radam", "Lamb": "lamb", "Adafactor": "adafactor"}[name]
+    shape = matrix_shape(n) if name == "Adafactor" else (n,)
+    flags = {"factored": len(shape) == 2} if name == "Adafactor" else None
+    p = optforge.Parameter(cuda.to_device(np.full(shape, 0.5, np.float32)), "w")
+    g = cuda.to_device(np.full(shape, 0.01, np.float32))
     opt = make([p])
     seconds = timed(lambda: opt((g,)), repeat)
-    moved = bytes_per_element(spec) * n
+    moved = bytes_per_element(spec, flags=flags) * n
     return {
         "optimizer": f"optforge {name}",
+        "seconds": seconds,
+        "bytes": moved,
+        "GB/s": moved / seconds / 1e9,
+    }
+
+
+def matrix_shape(n: int) -> tuple[int, ...]:
+    """Adafactor's parameter: rows of 1000 columns (a vector where 1000 does not divide n)."""
+    return (n // 1000, 1000) if n % 1000 == 0 else (n,)
+
+
+def torch_adafactor(n: int, repeat: int) -> dict | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    p = torch.full(matrix_shape(n), 0.5, device="cuda", requires_grad=True)
+    p.grad = torch.full(matrix_shape(n), 0.01, device="cuda")
+    opt = torch.optim.Adafactor([p], lr=1e-3, foreach=True)
+    seconds = timed(opt.step, repeat)
+    moved = bytes_per_element("adafactor", flags={"factored": p.dim() == 2}) * n
+    return {
+        "optimizer": "torch Adafactor foreach",
         "seconds": seconds,
         "bytes": moved,
         "GB/s": moved / seconds / 1e9,
@@ -124,9 +153,14 @@ def main(argv=None) -> int:
         n = int(size)
         bandwidth = copy_bandwidth(n, args.repeat)
         rows.append({"size": n, "optimizer": "copy (same bytes, no arithmetic)", "GB/s": bandwidth})
-        for name in ("Adam", "RAdam", "Lamb"):
+        for name in ("Adam", "RAdam", "Lamb", "Adafactor"):
             row = optforge_step(name, n, args.repeat)
             rows.append({"size": n, **row, "ratio_to_copy": row["GB/s"] / bandwidth})
+        theirs = torch_adafactor(n, args.repeat)
+        if theirs is not None:
+            rows.append({"size": n, **theirs, "ratio_to_copy": theirs["GB/s"] / bandwidth})
+            ours = next(r for r in rows if r.get("optimizer") == "optforge Adafactor" and r["size"] == n)
+            ours["time_ratio_to_torch_foreach"] = ours["seconds"] / theirs["seconds"]
         fused = torch_fused_adam(n, args.repeat)
         if fused is None:
             rows.append(

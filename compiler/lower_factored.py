@@ -239,6 +239,3 @@ class _Plan:
             matrix_reads=(m1, m2, m3),
             row_lines=(r1, r2, r3),
         )
-
-
-__all__ = ["lower_factored", "Mean"]

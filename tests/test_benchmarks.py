@@ -21,7 +21,7 @@ def test_gpu_benchmark_runs_end_to_end(tmp_path):
             sys.executable,
             str(ROOT / "benchmarks" / "gpu.py"),
             "--sizes",
-            "64",
+            "2000",
             "--repeat",
             "1",
             "--out",
@@ -36,7 +36,9 @@ def test_gpu_benchmark_runs_end_to_end(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     names = {r["optimizer"] for r in rows}
     assert {"optforge Adam", "optforge RAdam", "optforge Lamb", "optforge AdamOffload"} <= names
-    assert next(r for r in rows if r["optimizer"] == "optforge Adam")["bytes"] == 28 * 64
+    assert next(r for r in rows if r["optimizer"] == "optforge Adam")["bytes"] == 28 * 2000
+    # Adafactor on a 2 x 1000 matrix: the factored kernels, 24 bytes per element
+    assert next(r for r in rows if r["optimizer"] == "optforge Adafactor")["bytes"] == 24 * 2000
 
 
 def test_bytes_per_element_come_from_the_compiled_stages():
@@ -48,6 +50,10 @@ def test_bytes_per_element_come_from_the_compiled_stages():
     assert bytes_per_element("adam", dtype="float64") == 56
     # SGD's later steps read the buffer its first step only writes: the most traffic is counted
     assert bytes_per_element("sgd") == 20
+    # Adafactor: a matrix reads w and g, then g, then g and w, and writes w (its per-row and
+    # per-column state is not per element); a vector keeps a full variance, in two stages
+    assert bytes_per_element("adafactor", flags={"factored": True}) == 24
+    assert bytes_per_element("adafactor") == 16 + 16
 
 
 def test_write_only_stores_are_counted_apart():
