@@ -19,7 +19,6 @@ from optforge.compiler.ir import (
     FactoredKernel,
     LineStage,
     Load,
-    Mean,
     Reduction,
     Stage,
     Store,
