@@ -51,7 +51,8 @@ RESERVED = {
     "chunk", "tensor", "elem", "row", "rows", "row_len", "start", "stop", "partials", "sums",
     "chunks", "arrays", "scalars", "math", "np", "numba", "f32", "f64", "Variant", "Branch",
     "cuda", "config", "float64", "launch", "grid", "chunk_slot", "thread", "width", "block_sums",
-    "THREADS", "SLOTS", "size", "sizes", "matrix", "col", "cols", "first", "table",
+    "THREADS", "SLOTS", "size", "sizes", "matrix", "col", "cols", "first", "table", "scratch", "base",
+    "part", "shaped", "tables", "matrices", "tensors",
 }  # fmt: skip
 RESERVED_PATTERN = re.compile(
     r"(s|u|x|y|z|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"

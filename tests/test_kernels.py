@@ -13,7 +13,7 @@ from numba.typed import List
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
 from optforge.compiler.spec import REQUIRED, is_factored
-from optforge.runtime.factored import STATE_SHAPES, factored_table
+from optforge.runtime.factored import STATE_SHAPES, Scratch, factored_table
 from optforge.runtime.kernels import chunk_table
 
 CASES = [
@@ -140,7 +140,7 @@ def test_factored_kernel_matches_spec_reference_over_several_steps(case, rng):
     for n in names[2:]:
         arrays[n] = [np.zeros(STATE_SHAPES[shapes[n]](s), dtype=dtype) for s in FACTORED_SHAPES]
     weight_decay = rng.uniform(0, 0.2, len(FACTORED_SHAPES))
-    table = factored_table(FACTORED_SHAPES, FACTORED_CHUNK)
+    table, scratch = factored_table(FACTORED_SHAPES, FACTORED_CHUNK), Scratch()
     assert table.chunk_tensor.size > len(FACTORED_SHAPES)  # the large matrix has several chunks
     scalar = np.dtype(dtype).type
     for t in range(1, 6):
@@ -158,6 +158,7 @@ def test_factored_kernel_matches_spec_reference_over_several_steps(case, rng):
         ]
         branch.kernels[dtype](
             table,
+            scratch,
             *(List([a.reshape(-1) for a in arrays[n]]) for n in names),
             weight_decay.astype(dtype),
             np.ones(len(FACTORED_SHAPES), dtype=dtype),

@@ -400,11 +400,14 @@ def adafactor_factored_lines_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
+        base = table.chunk_cols[table.matrix_chunk0[matrix]]
+        for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
+            part = table.chunk_cols[chunk]
+            for col in range(cols):
+                col_sums0[base + col] += col_sums0[part + col]
         for col in range(cols):
-            col_sum0 = 0.0
-            for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-            col_mean0 = f32(col_sum0 / rows)
+            col_mean0 = f32(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
@@ -541,6 +544,7 @@ def adafactor_factored_pass3_f32(
 
 def adafactor_factored_f32(
     table,
+    scratch,
     w_tensors,
     g_tensors,
     R_tensors,
@@ -556,7 +560,8 @@ def adafactor_factored_f32(
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float32: the passes in order. `table` is an
-    optforge.runtime.factored.FactoredTable."""
+    optforge.runtime.factored.FactoredTable, `scratch` an optforge.runtime.factored.Scratch:
+    the sums between the passes, kept from step to step."""
     arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
     shaped = (
         R_tensors,
@@ -568,10 +573,10 @@ def adafactor_factored_f32(
         table.matrix_tensor.shape[0],
         len(w_tensors),
     )
-    partials = np.zeros((chunks, 2))
-    row_sums0 = np.empty(table.total_rows)
-    col_sums0 = np.empty(table.total_cols)
-    matrix_mean0_per_matrix = np.empty(matrices, f32)
+    partials = scratch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = scratch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = scratch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = scratch.buffer("matrix_mean0", (matrices,), f32)
     sums = (
         row_sums0,
         col_sums0,
@@ -579,7 +584,7 @@ def adafactor_factored_f32(
     adafactor_factored_pass1_f32(table, *arrays, *sums, partials, *scalars)
     adafactor_factored_lines_f32(table, *shaped, *sums, matrix_mean0_per_matrix, *scalars)
     adafactor_factored_pass2_f32(table, *arrays, matrix_mean0_per_matrix, partials, *scalars)
-    u1_per_tensor = np.empty(tensors, f32)
+    u1_per_tensor = scratch.buffer("u1", (tensors,), f32)
     adafactor_factored_finalize_f32(table, partials, *scalars, u1_per_tensor)
     adafactor_factored_pass3_f32(
         table, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
@@ -661,11 +666,14 @@ def adafactor_factored_lines_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
+        base = table.chunk_cols[table.matrix_chunk0[matrix]]
+        for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
+            part = table.chunk_cols[chunk]
+            for col in range(cols):
+                col_sums0[base + col] += col_sums0[part + col]
         for col in range(cols):
-            col_sum0 = 0.0
-            for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-            col_mean0 = f64(col_sum0 / rows)
+            col_mean0 = f64(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
@@ -802,6 +810,7 @@ def adafactor_factored_pass3_f64(
 
 def adafactor_factored_f64(
     table,
+    scratch,
     w_tensors,
     g_tensors,
     R_tensors,
@@ -817,7 +826,8 @@ def adafactor_factored_f64(
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float64: the passes in order. `table` is an
-    optforge.runtime.factored.FactoredTable."""
+    optforge.runtime.factored.FactoredTable, `scratch` an optforge.runtime.factored.Scratch:
+    the sums between the passes, kept from step to step."""
     arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
     shaped = (
         R_tensors,
@@ -829,10 +839,10 @@ def adafactor_factored_f64(
         table.matrix_tensor.shape[0],
         len(w_tensors),
     )
-    partials = np.zeros((chunks, 2))
-    row_sums0 = np.empty(table.total_rows)
-    col_sums0 = np.empty(table.total_cols)
-    matrix_mean0_per_matrix = np.empty(matrices, f64)
+    partials = scratch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = scratch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = scratch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = scratch.buffer("matrix_mean0", (matrices,), f64)
     sums = (
         row_sums0,
         col_sums0,
@@ -840,7 +850,7 @@ def adafactor_factored_f64(
     adafactor_factored_pass1_f64(table, *arrays, *sums, partials, *scalars)
     adafactor_factored_lines_f64(table, *shaped, *sums, matrix_mean0_per_matrix, *scalars)
     adafactor_factored_pass2_f64(table, *arrays, matrix_mean0_per_matrix, partials, *scalars)
-    u1_per_tensor = np.empty(tensors, f64)
+    u1_per_tensor = scratch.buffer("u1", (tensors,), f64)
     adafactor_factored_finalize_f64(table, partials, *scalars, u1_per_tensor)
     adafactor_factored_pass3_f64(
         table, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
@@ -1212,11 +1222,14 @@ def adafactor_maximize__factored_lines_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
+        base = table.chunk_cols[table.matrix_chunk0[matrix]]
+        for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
+            part = table.chunk_cols[chunk]
+            for col in range(cols):
+                col_sums0[base + col] += col_sums0[part + col]
         for col in range(cols):
-            col_sum0 = 0.0
-            for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-            col_mean0 = f32(col_sum0 / rows)
+            col_mean0 = f32(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
@@ -1353,6 +1366,7 @@ def adafactor_maximize__factored_pass3_f32(
 
 def adafactor_maximize__factored_f32(
     table,
+    scratch,
     w_tensors,
     g_tensors,
     R_tensors,
@@ -1368,7 +1382,8 @@ def adafactor_maximize__factored_f32(
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float32: the passes in order. `table` is an
-    optforge.runtime.factored.FactoredTable."""
+    optforge.runtime.factored.FactoredTable, `scratch` an optforge.runtime.factored.Scratch:
+    the sums between the passes, kept from step to step."""
     arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
     shaped = (
         R_tensors,
@@ -1380,10 +1395,10 @@ def adafactor_maximize__factored_f32(
         table.matrix_tensor.shape[0],
         len(w_tensors),
     )
-    partials = np.zeros((chunks, 2))
-    row_sums0 = np.empty(table.total_rows)
-    col_sums0 = np.empty(table.total_cols)
-    matrix_mean0_per_matrix = np.empty(matrices, f32)
+    partials = scratch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = scratch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = scratch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = scratch.buffer("matrix_mean0", (matrices,), f32)
     sums = (
         row_sums0,
         col_sums0,
@@ -1393,7 +1408,7 @@ def adafactor_maximize__factored_f32(
     adafactor_maximize__factored_pass2_f32(
         table, *arrays, matrix_mean0_per_matrix, partials, *scalars
     )
-    u1_per_tensor = np.empty(tensors, f32)
+    u1_per_tensor = scratch.buffer("u1", (tensors,), f32)
     adafactor_maximize__factored_finalize_f32(table, partials, *scalars, u1_per_tensor)
     adafactor_maximize__factored_pass3_f32(
         table, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
@@ -1475,11 +1490,14 @@ def adafactor_maximize__factored_lines_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
+        base = table.chunk_cols[table.matrix_chunk0[matrix]]
+        for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
+            part = table.chunk_cols[chunk]
+            for col in range(cols):
+                col_sums0[base + col] += col_sums0[part + col]
         for col in range(cols):
-            col_sum0 = 0.0
-            for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-            col_mean0 = f64(col_sum0 / rows)
+            col_mean0 = f64(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
@@ -1616,6 +1634,7 @@ def adafactor_maximize__factored_pass3_f64(
 
 def adafactor_maximize__factored_f64(
     table,
+    scratch,
     w_tensors,
     g_tensors,
     R_tensors,
@@ -1631,7 +1650,8 @@ def adafactor_maximize__factored_f64(
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float64: the passes in order. `table` is an
-    optforge.runtime.factored.FactoredTable."""
+    optforge.runtime.factored.FactoredTable, `scratch` an optforge.runtime.factored.Scratch:
+    the sums between the passes, kept from step to step."""
     arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
     shaped = (
         R_tensors,
@@ -1643,10 +1663,10 @@ def adafactor_maximize__factored_f64(
         table.matrix_tensor.shape[0],
         len(w_tensors),
     )
-    partials = np.zeros((chunks, 2))
-    row_sums0 = np.empty(table.total_rows)
-    col_sums0 = np.empty(table.total_cols)
-    matrix_mean0_per_matrix = np.empty(matrices, f64)
+    partials = scratch.buffer("partials", (chunks, 2), f64)
+    row_sums0 = scratch.buffer("row_sums0", (table.total_rows,), f64)
+    col_sums0 = scratch.buffer("col_sums0", (table.total_cols,), f64)
+    matrix_mean0_per_matrix = scratch.buffer("matrix_mean0", (matrices,), f64)
     sums = (
         row_sums0,
         col_sums0,
@@ -1656,7 +1676,7 @@ def adafactor_maximize__factored_f64(
     adafactor_maximize__factored_pass2_f64(
         table, *arrays, matrix_mean0_per_matrix, partials, *scalars
     )
-    u1_per_tensor = np.empty(tensors, f64)
+    u1_per_tensor = scratch.buffer("u1", (tensors,), f64)
     adafactor_maximize__factored_finalize_f64(table, partials, *scalars, u1_per_tensor)
     adafactor_maximize__factored_pass3_f64(
         table, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars

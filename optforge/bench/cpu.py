@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -73,18 +74,21 @@ TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 DEEPSPEED = {"adam", "adam_torch"}  # L2 (coupled) Adam, as DeepSpeedCPUAdam(adamw_mode=False)
 
 
-# Optimizers whose kernels depend on the tensors' rank: their tensors are matrices of
-# MATRIX_COLS columns (or one row, for a size it does not divide), so the factored
-# kernels run, as they do for a model's weights.
+# Optimizers whose kernels depend on the tensors' rank: their tensors are square matrices
+# (each size rounded down to a square: 1e8 is 10,000 x 10,000), so the factored kernels
+# run, as they do for a model's weights.
 MATRICES = {"adafactor"}
-MATRIX_COLS = 1000
+
+
+def tensor_sizes(name: str, sizes: list[int]) -> list[int]:
+    return [max(1, math.isqrt(n)) ** 2 for n in sizes] if name in MATRICES else sizes
 
 
 def shape_of(name: str, n: int) -> tuple[int, ...]:
     if name not in MATRICES:
         return (n,)
-    cols = MATRIX_COLS if n % MATRIX_COLS == 0 else n
-    return (n // cols, cols)
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else (1, n)
 
 
 def mixed_sizes(total: int, tensors: int, rng) -> list[int]:
@@ -190,8 +194,9 @@ def run(
     rows, notes = [], set()
     for name in names:
         for size in sizes:
-            total = int(size)
-            split = [total] if tensors == 1 else mixed_sizes(total, tensors, rng)
+            split = [int(size)] if tensors == 1 else mixed_sizes(int(size), tensors, rng)
+            split = tensor_sizes(name, split)
+            total = sum(split)
             steps, per_element = contenders(name, split, rng, notes, others)
             times = measure(steps, repeat)
             moved = per_element * total

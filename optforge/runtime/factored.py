@@ -3,11 +3,13 @@
 A tensor of shape (..., rows, cols) is `prod(...)` matrices of rows x cols
 (a 2-D one is one matrix). Its row-shaped state holds `matrices * rows`
 values (row `r` of matrix `b` at `b * rows + r`), its column-shaped state
-`matrices * cols`. A chunk is a range of rows of one matrix, at most about
-`chunk` elements (at least one row), so threads share large matrices; the
-columns' sums of a chunk go to its own slice of a scratch buffer
-(`chunk_cols`), added per matrix in chunk order, so a step's bits do not
-depend on the thread count.
+`matrices * cols`. A chunk is a range of rows of one matrix, about `chunk`
+elements but at least `chunk // 1024` rows (64 by default), so threads share
+large matrices; the columns' sums of a chunk go to its own slice of a
+scratch buffer (`chunk_cols`), added per matrix in chunk order, so a step's
+bits do not depend on the thread count. The row minimum keeps that buffer
+small for wide matrices: 8 bytes per column and chunk is at most 1/8 byte
+per element (a 10,000-column matrix in chunks of 6 rows would need 1.3).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
     total_rows = total_cols = 0
     for tensor, shape in enumerate(shapes):
         count, rows, cols = factored_shape(shape)
-        step = max(1, chunk // max(cols, 1))
+        step = max(1, chunk // max(cols, 1), chunk // 1024)
         for index in range(count):
             first = len(chunks)
             for row in range(0, rows, step):
@@ -83,3 +85,19 @@ def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
         total_rows,
         total_cols,
     )
+
+
+class Scratch:
+    """The buffers a factored kernel's passes hand each other (column sums, row sums, matrix
+    means, per-tensor partial sums), allocated at the first step and reused: a fresh
+    buffer every step would fault in its pages every step (80 MB of column sums for
+    10M elements in one-row matrices). Every buffer is written before it is read."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        key = (name, tuple(shape), np.dtype(dtype).str)
+        if key not in self._buffers:
+            self._buffers[key] = np.empty(shape, dtype=dtype)
+        return self._buffers[key]

@@ -19,7 +19,7 @@ from numba.typed import List
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.factored import STATE_SHAPES, factored_table
+from optforge.runtime.factored import STATE_SHAPES, Scratch, factored_table
 from optforge.runtime.finite import all_finite
 from optforge.runtime.kernels import Variant, chunk_table
 from optforge.runtime.row_tensor import RowTensor
@@ -121,7 +121,7 @@ class FusedOptimizer:
                 params = [self.parameters[i] for i in members]
                 v = module.VARIANTS[key]
                 if v.factored:
-                    chunks = (factored_table([p.shape for p in params], v.chunk),)
+                    chunks = (factored_table([p.shape for p in params], v.chunk), Scratch())
                 else:
                     chunks = chunk_table([p.size for p in params], v.chunk)
                 self._batches.append(
@@ -335,13 +335,9 @@ class FusedOptimizer:
 
         batch_grads = [grads[i] for i in batch.indices]
         simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
-        seen = tuple(map(id, batch_grads))
         sparse = []
-        if simple and seen == batch.grads_seen:
-            flat = batch.grads_list  # the same arrays as last step: reuse their typed list
-        elif simple:
-            flat = List([g.reshape(-1) for g in batch_grads])
-            batch.grads_seen, batch.grads_list, batch.grads_refs = seen, flat, batch_grads
+        if simple:
+            flat = _flat_gradients(batch, batch_grads)
         else:
             flat = List(
                 self._effective_gradients(
@@ -377,7 +373,7 @@ class FusedOptimizer:
         grad_scale = np.ones(len(batch.indices), dtype=batch.dtype)
         branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
         scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
-        flat = List([grads[i].reshape(-1) for i in batch.indices])
+        flat = _flat_gradients(batch, [grads[i] for i in batch.indices])
         kernel = branch.kernels[batch.dtype.name]
         kernel(*batch.chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
 
@@ -445,6 +441,16 @@ def check_parameter_list(params, what: str, cls: str) -> list:
     if not items:
         raise ValueError(f"For '{cls}', the argument {what} must not be empty.")
     return items
+
+
+def _flat_gradients(batch: _Batch, grads: list) -> List:
+    """The gradients as a typed list of flat arrays; the same arrays as at the last step
+    reuse their list (building one costs about 1.5 us per tensor)."""
+    seen = tuple(map(id, grads))
+    if seen != batch.grads_seen:
+        batch.grads_seen, batch.grads_refs = seen, grads
+        batch.grads_list = List([g.reshape(-1) for g in grads])
+    return batch.grads_list
 
 
 def _tensor_variant_key(module, variant_key: tuple, p: Parameter) -> tuple:
