@@ -98,10 +98,22 @@ def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squar
     used = _free(finalize)
     for stage in stages:
         used |= _free(stage.element) | _free(stage.tensor)
+    return Kernel(
+        **step_fields(spec, variant, guards, values, hoisted, used),
+        arrays=tuple(arrays),
+        stages=tuple(stages),
+        finalize=tuple(finalize),
+        finalize_outputs=finalize_outputs,
+    )
+
+
+def step_fields(spec: S.Spec, variant, guards, values, hoisted, used: set[sp.Symbol]) -> dict:
+    """The fields every kernel has: its variant and branch, and the host code computing
+    the step-level scalars (of those in `used`) and the guards."""
     scalars = tuple(sorted((s for s in used if hoisted.levels.get(s) == Level.STEP), key=_order(spec)))
     host = eliminate_common_subexpressions(hoisted.step, "h")
     guard_symbols = set().union(*(g.free_symbols for g in guards)) if guards else set()
-    return Kernel(
+    return dict(
         spec_name=spec.name,
         variant=tuple((flag.name, variant[flag.symbol]) for flag in spec.flags),
         guards=tuple(guards),
@@ -110,10 +122,6 @@ def _lower_branch(spec, variant, arrays, outputs, assignments, reductions, squar
         host=tuple(prune(host, scalars)),
         guard_host=tuple(prune(host, guard_symbols)),
         scalars=scalars,
-        arrays=tuple(arrays),
-        stages=tuple(stages),
-        finalize=tuple(finalize),
-        finalize_outputs=finalize_outputs,
     )
 
 

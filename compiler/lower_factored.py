@@ -23,7 +23,7 @@ from optforge.compiler.ir import (
     Stage,
     Store,
 )
-from optforge.compiler.lower import _free, _order, input_levels
+from optforge.compiler.lower import _free, input_levels, step_fields
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
 from optforge.compiler.passes.factored import (
@@ -214,20 +214,8 @@ class _Plan:
         used = _free(finalize) | _free(row_stage.lines) | _free(col_stage.lines) | _free(r1 + r2 + r3)
         for stage in stages:
             used |= _free(stage.element) | _free(stage.tensor)
-        scalars = tuple(
-            sorted((s for s in used if self.hoisted.levels.get(s) == Level.STEP), key=_order(spec))
-        )
-        host = eliminate_common_subexpressions(self.hoisted.step, "h")
-        guard_symbols = set().union(*(g.free_symbols for g in guards)) if guards else set()
         return FactoredKernel(
-            spec_name=spec.name,
-            variant=tuple((flag.name, variant[flag.symbol]) for flag in spec.flags),
-            guards=tuple(guards),
-            branch=tuple(values),
-            host_inputs=(S.t, S.lr, *(h.symbol for h in spec.hypers)),
-            host=tuple(prune(host, scalars)),
-            guard_host=tuple(prune(host, guard_symbols)),
-            scalars=scalars,
+            **step_fields(spec, variant, guards, values, self.hoisted, used),
             arrays=tuple(self.arrays),
             stages=stages,
             finalize=tuple(finalize),
