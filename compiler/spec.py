@@ -56,7 +56,7 @@ RESERVED = {
 }  # fmt: skip
 RESERVED_PATTERN = re.compile(
     r"(s|u|x|y|z|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
-    r"|.*_(c|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
+    r"|.*_(c|m|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
 )
 
 

@@ -350,13 +350,15 @@ def adafactor_factored_pass1_f32(
         rows = table.tensor_rows[tensor]
         cols = table.tensor_cols[tensor]
         first = table.matrix_index[matrix] * rows
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             row_sum0 = 0.0
             for col in range(cols):
                 w = w_c[col]
@@ -450,11 +452,12 @@ def adafactor_factored_pass2_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -521,14 +524,16 @@ def adafactor_factored_pass3_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -616,13 +621,15 @@ def adafactor_factored_pass1_f64(
         rows = table.tensor_rows[tensor]
         cols = table.tensor_cols[tensor]
         first = table.matrix_index[matrix] * rows
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             row_sum0 = 0.0
             for col in range(cols):
                 w = w_c[col]
@@ -716,11 +723,12 @@ def adafactor_factored_pass2_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -787,14 +795,16 @@ def adafactor_factored_pass3_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -1172,13 +1182,15 @@ def adafactor_maximize__factored_pass1_f32(
         rows = table.tensor_rows[tensor]
         cols = table.tensor_cols[tensor]
         first = table.matrix_index[matrix] * rows
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             row_sum0 = 0.0
             for col in range(cols):
                 w = w_c[col]
@@ -1272,11 +1284,12 @@ def adafactor_maximize__factored_pass2_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -1343,14 +1356,16 @@ def adafactor_maximize__factored_pass3_f32(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -1440,13 +1455,15 @@ def adafactor_maximize__factored_pass1_f64(
         rows = table.tensor_rows[tensor]
         cols = table.tensor_cols[tensor]
         first = table.matrix_index[matrix] * rows
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             row_sum0 = 0.0
             for col in range(cols):
                 w = w_c[col]
@@ -1540,11 +1557,12 @@ def adafactor_maximize__factored_pass2_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
@@ -1611,14 +1629,16 @@ def adafactor_maximize__factored_pass3_f64(
         C_cols = C_tensors[tensor][
             table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
         ]
+        w_m = w_tensors[tensor]
+        g_m = g_tensors[tensor]
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
         for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
             start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
+            w_c = w_m[start : start + cols]
+            g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
             for col in range(cols):
