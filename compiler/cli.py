@@ -24,9 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("name", help="spec name, e.g. adam")
     show.add_argument(
         "--part",
-        choices=("cpu", "host", "nn"),
+        choices=("cpu", "cuda", "host", "nn", "optim", "torch"),
         default="cpu",
-        help="cpu: the Numba kernels (default); host: step-level scalars; nn: the class",
+        help="cpu: the Numba kernels (default); cuda: the CUDA kernels; host: step-level scalars; "
+        "nn, optim, torch: the class in that dialect",
     )
 
     docs = commands.add_parser("docs", help="write docs/ (one page per optimizer class) from specs/")

@@ -43,6 +43,11 @@ def test_show_prints_the_generated_kernel(capsys):
     assert "def adam_f32(" in out and "numba.prange" in out
     assert main(["show", "Adam", "--part", "host"]) == 0
     assert "s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)" in capsys.readouterr().out
+    assert main(["show", "adafactor", "--part", "cuda"]) == 0
+    assert "def adafactor_factored_pass1_f32(" in capsys.readouterr().out
+    assert main(["show", "adafactor", "--part", "torch"]) == 0
+    assert "class Adafactor(TorchOptimizer):" in capsys.readouterr().out
+    assert main(["show", "adafactor", "--part", "nn"]) == 2  # no nn export
 
 
 def test_generated_code_is_lint_clean():
