@@ -1,7 +1,12 @@
-"""Unit tests of the factored passes (passes/factored.py, lower_factored.py) and their spec checks."""
+"""Unit tests of the factored passes (passes/factored.py, lower_factored.py), their spec checks and
+the run-time's factored chunk table."""
+
+import math
 
 import pytest
 import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optforge.compiler.ir import Assignment, FactoredKernel, Mean
 from optforge.compiler.lower import lower
@@ -33,6 +38,7 @@ from optforge.compiler.spec import (
     row_mean,
     w,
 )
+from optforge.runtime.factored import factored_table
 from optforge.specs.adafactor import SPEC as ADAFACTOR
 from optforge.specs.adafactor import factored, maximize
 
@@ -199,3 +205,45 @@ def test_a_norm_of_a_quotient_by_a_square_root_sums_the_square():
     )
     assert [str(a) for a in values] == ["rms0_of = g**2/(v + 1)", "rms1_of = e"]
     assert [r.squared for r in marked] == [True, False]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 9), min_size=2, max_size=4).map(tuple), min_size=1, max_size=5),
+    chunk=st.integers(1, 200),
+)
+def test_the_factored_table_covers_every_row_once_and_gives_chunks_their_own_column_sums(shapes, chunk):
+    table = factored_table(shapes, chunk)
+    covered = {}
+    for c in range(table.chunk_tensor.size):
+        m = table.chunk_matrix[c]
+        assert table.matrix_tensor[m] == table.chunk_tensor[c]
+        assert table.matrix_chunk0[m] <= c < table.matrix_chunk1[m]  # a matrix's chunks are consecutive
+        for row in range(table.chunk_row0[c], table.chunk_row1[c]):
+            covered[m, row] = covered.get((m, row), 0) + 1
+    expected = {}
+    for t, shape in enumerate(shapes):
+        count, rows, cols = math.prod(shape[:-2]), shape[-2], shape[-1]
+        assert (table.tensor_rows[t], table.tensor_cols[t], table.tensor_sizes[t]) == (
+            rows,
+            cols,
+            math.prod(shape),
+        )
+        for index in range(count):
+            m = next(
+                m
+                for m in range(table.matrix_tensor.size)
+                if (table.matrix_tensor[m], table.matrix_index[m]) == (t, index)
+            )
+            expected |= {(m, row): 1 for row in range(rows)}
+    assert covered == expected
+    # Column sums: each chunk its own `cols` slots, none shared; row sums: each matrix its own rows.
+    slots = [
+        (table.chunk_cols[c], table.tensor_cols[table.chunk_tensor[c]])
+        for c in range(table.chunk_tensor.size)
+    ]
+    assert sum(n for _, n in slots) == table.total_cols
+    assert sorted(slots) == [
+        (sum(n for _, n in sorted(slots)[:i]), n) for i, (_, n) in enumerate(sorted(slots))
+    ]
+    assert table.total_rows == sum(math.prod(s[:-1]) for s in shapes)
