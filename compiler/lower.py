@@ -132,19 +132,24 @@ def _stage(element, stores, prologue, arrays, levels, keep, reductions, loads=No
         read = _free(element)
         loads = [Load(a, a.symbol) for a in arrays if a.symbol in read]
     tensor = prune(eliminate_common_subexpressions(prologue, "y"), _free(element))
-    # Per-tensor inputs: the built-in ones, then those computed between the stages.
-    defined = {a.target for a in tensor}
-    inputs = {s for s in _free(element) | _free(tensor) if levels.get(s) == Level.TENSOR} - defined
-    builtin = [s for s in S.BUILTIN_TENSOR if s in inputs]
-    handed = sorted(inputs - set(builtin), key=str)
     return Stage(
-        per_tensor=tuple(builtin + handed),
+        per_tensor=per_tensor_inputs(_free(element), tensor, levels),
         tensor=tuple(tensor),
         loads=tuple(loads),
         element=tuple(element),
         stores=tuple(stores),
         reductions=tuple(reductions),
     )
+
+
+def per_tensor_inputs(read: set[sp.Symbol], tensor: list[Assignment], levels) -> tuple[sp.Symbol, ...]:
+    """The per-tensor values a stage takes as arguments: of those its element code reads
+    (`read`) and its tensor lines read, the ones no tensor line defines; the built-in ones
+    (weight_decay, grad_scale) first, then those computed between the stages."""
+    defined = {a.target for a in tensor}
+    inputs = {s for s in read | _free(tensor) if levels.get(s) == Level.TENSOR} - defined
+    builtin = [s for s in S.BUILTIN_TENSOR if s in inputs]
+    return tuple(builtin + sorted(inputs - set(builtin), key=str))
 
 
 def _free(assignments) -> set[sp.Symbol]:

@@ -23,7 +23,7 @@ from optforge.compiler.ir import (
     Stage,
     Store,
 )
-from optforge.compiler.lower import _free, input_levels, step_fields
+from optforge.compiler.lower import _free, input_levels, per_tensor_inputs, step_fields
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
 from optforge.compiler.passes.factored import (
@@ -162,22 +162,15 @@ class _Plan:
         )
         read = _free(element) | _free(tensor) | _free(row_lines) | set(roots)
         loads = [load for load in loads if load.value in read]
-        stage = self._stage(tensor, loads, element + row_lines, stores, self.reductions.get(at, ()))
-        # `_stage` looked for per-tensor inputs in the row lines too; they are printed apart.
         stage = Stage(
-            stage.per_tensor, stage.tensor, stage.loads, tuple(element), stage.stores, stage.reductions
+            per_tensor=per_tensor_inputs(_free(element) | _free(row_lines), tensor, self.hoisted.levels),
+            tensor=tuple(tensor),
+            loads=tuple(loads),
+            element=tuple(element),
+            stores=tuple(stores),
+            reductions=self.reductions.get(at, ()),
         )
         return stage, tuple(matrix), tuple(row_lines)
-
-    def _stage(self, tensor, loads, element, stores, reductions) -> Stage:
-        defined = {a.target for a in tensor}
-        inputs = {s for s in _free(element) | _free(tensor) if self.hoisted.levels.get(s) == Level.TENSOR}
-        inputs -= defined
-        builtin = [s for s in S.BUILTIN_TENSOR if s in inputs]
-        handed = sorted(inputs - set(builtin), key=str)
-        return Stage(
-            tuple(builtin + handed), tuple(tensor), tuple(loads), tuple(element), tuple(stores), reductions
-        )
 
     def line_stage(self, space: Space, kind) -> LineStage:
         stores = [Store(a, v) for v, a in self.stores.items() if SHAPE_SPACE[a.shape] == space]

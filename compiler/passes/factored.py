@@ -32,6 +32,8 @@ class Space(IntEnum):
 
 
 PASS1, LINES, PASS2, FINALIZE, PASS3 = 1, 2, 3, 4, 5
+# The earliest pass a value of each space can be computed in (matrix values need the line stage).
+_FIRST_PASS = {Space.SCALAR: 0, Space.MATRIX: PASS2, Space.ROW: LINES, Space.COL: LINES, Space.ELEMENT: PASS1}
 PREFIXES = {row_mean: "row_mean", col_mean: "col_mean", matrix_mean: "matrix_mean"}
 
 
@@ -93,8 +95,7 @@ def assign_passes(
     sums = {m.expr: kind for kind, ms in means.items() for m in ms}
     for a in assignments:
         space = space_of(a.expr, spaces)
-        first = {Space.SCALAR: 0, Space.MATRIX: PASS2, Space.ROW: LINES, Space.COL: LINES}
-        at = max([first.get(space, PASS1)] + [passes.get(s, 0) for s in a.expr.free_symbols])
+        at = max([_FIRST_PASS[space]] + [passes.get(s, 0) for s in a.expr.free_symbols])
         if space in (Space.ROW, Space.COL) and at > LINES:
             raise SpecError(
                 f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass"

@@ -116,8 +116,7 @@ class DeviceStepper:
         if self.offload is not None:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
-        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
-        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
         kernel = branch.kernels[batch.dtype.name]
         skip = {pos for pos, _, _ in sparse}
         for lg in batch.launch_groups:
@@ -162,8 +161,7 @@ class DeviceStepper:
         opt = self.opt
         dtype = batch.dtype
         scalar = dtype.type
-        host_branch = opt._variant.branches[opt._variant.branch(t, lr, *hypers)]
-        scalars = [scalar(s) for s in host_branch.scalars(t, lr, *hypers)]
+        _, scalars = opt._variant.step(t, lr, hypers, dtype)
         cpu = importlib.import_module(f"optforge.generated.cpu.{opt._SPEC}")
         host_update = cpu.HOST_STAGE[self.variant_key][dtype.name]
         effective_gradient, apply = self.offload[dtype.name]

@@ -38,6 +38,28 @@ class Variant(NamedTuple):
     shapes: tuple[str, ...] = ()
     factored: bool = False
 
+    def state_shapes(self, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
+        """(name, shape) of each state of a parameter of `shape`."""
+        from optforge.runtime.factored import STATE_SHAPES
+
+        kinds = self.shapes or ("element",) * len(self.state)
+        return [(name, STATE_SHAPES[kind](tuple(shape))) for name, kind in zip(self.state, kinds)]
+
+    def step(self, t: int, lr: float, hypers: tuple, dtype: np.dtype) -> tuple[Branch, list]:
+        """The branch this step takes and its step-level scalars, cast to `dtype`."""
+        branch = self.branches[self.branch(t, lr, *hypers)]
+        return branch, [dtype.type(s) for s in branch.scalars(t, lr, *hypers)]
+
+
+def tensor_variant_key(module, variant_key: tuple, ndim: int) -> tuple:
+    """The variant that steps a tensor of `ndim` dimensions: `variant_key` with the module's
+    rank flag (if it has one: Adafactor's `factored`) set by `ndim`."""
+    rank = getattr(module, "RANK_FLAG", None)
+    if rank is None:
+        return variant_key
+    index, min_ndim = rank
+    return (*variant_key[:index], ndim >= min_ndim, *variant_key[index + 1 :])
+
 
 def chunk_table(sizes: list[int], chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(tensor index, start, stop) of every chunk of at most `chunk` elements."""

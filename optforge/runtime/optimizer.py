@@ -19,9 +19,9 @@ from numba.typed import List
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.factored import STATE_SHAPES, Scratch, factored_table
+from optforge.runtime.factored import Scratch, factored_table
 from optforge.runtime.finite import all_finite
-from optforge.runtime.kernels import Variant, chunk_table
+from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -88,18 +88,19 @@ class FusedOptimizer:
         on_device = [p.on_device and not self._OFFLOAD for p in self.parameters]
         # A spec with a rank flag (Adafactor's `factored`) steps each tensor with the variant
         # its number of dimensions selects; the others have one variant for all.
-        keys = [_tensor_variant_key(module, variant_key, p) for p in self.parameters]
-        self._variants = [module.VARIANTS[key] for key in keys]
+        keys = [tensor_variant_key(module, variant_key, p.ndim) for p in self.parameters]
 
         def initial(name: str, i: int) -> float:
             value = state_init[name]
             return self._initial_lr(self._group_of[i]) if value == "lr" else value
 
-        names = list(dict.fromkeys(name for v in self._variants for name in v.state))
+        # Each parameter's own states; None for a state its variant does not have.
+        own = [dict(module.VARIANTS[key].state_shapes(p.shape)) for key, p in zip(keys, self.parameters)]
+        names = list(dict.fromkeys(name for shapes in own for name in shapes))
         self.state = {
             name: tuple(
-                _filled(p, initial(name, i), dev, _state_shape(v, name, p.shape)) if name in v.state else None
-                for i, (p, dev, v) in enumerate(zip(self.parameters, on_device, self._variants))
+                _filled(shapes[name], p.dtype, initial(name, i), dev) if name in shapes else None
+                for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
             )
             for name in names
         }
@@ -330,8 +331,7 @@ class FusedOptimizer:
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
         weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
         grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
-        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
-        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
 
         batch_grads = [grads[i] for i in batch.indices]
         simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
@@ -368,11 +368,9 @@ class FusedOptimizer:
     def _launch_factored(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, hypers):
         """One step of a batch of tensors of two or more dimensions (a factored variant):
         no row-sparse or centralized gradients, no loss scale (the optim dialect's case)."""
-        scalar = batch.dtype.type
         weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
         grad_scale = np.ones(len(batch.indices), dtype=batch.dtype)
-        branch = batch.variant.branches[batch.variant.branch(t, lr, *hypers)]
-        scalars = [scalar(s) for s in branch.scalars(t, lr, *hypers)]
+        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
         flat = _flat_gradients(batch, [grads[i] for i in batch.indices])
         kernel = branch.kernels[batch.dtype.name]
         kernel(*batch.chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
@@ -453,23 +451,9 @@ def _flat_gradients(batch: _Batch, grads: list) -> List:
     return batch.grads_list
 
 
-def _tensor_variant_key(module, variant_key: tuple, p: Parameter) -> tuple:
-    """The variant that steps `p`: `variant_key` with the rank flag (if any) set by p's rank."""
-    rank = getattr(module, "RANK_FLAG", None)
-    if rank is None:
-        return variant_key
-    index, min_ndim = rank
-    return (*variant_key[:index], p.ndim >= min_ndim, *variant_key[index + 1 :])
-
-
-def _state_shape(variant: Variant, name: str, shape: tuple) -> tuple:
-    kind = variant.shapes[variant.state.index(name)] if variant.shapes else "element"
-    return STATE_SHAPES[kind](shape)
-
-
-def _filled(p: Parameter, value: float, on_device: bool, shape: tuple | None = None):
-    """A state array like `p` (or of `shape`), filled with `value`, on the device or in host memory."""
-    array = np.full(p.shape if shape is None else shape, value, dtype=p.dtype)
+def _filled(shape: tuple, dtype: np.dtype, value: float, on_device: bool):
+    """A state array filled with `value`, on the device or in host memory."""
+    array = np.full(shape, value, dtype=dtype)
     if on_device:
         from optforge.runtime.cuda import to_device
 

@@ -28,8 +28,8 @@ import torch
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
-from optforge.runtime.factored import STATE_SHAPES
 from optforge.runtime.finite import all_finite
+from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 
 
@@ -354,13 +354,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
         Adafactor: row and column factors for a matrix, a full variance for a vector)."""
         module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
-        key = self._variant_key()
-        if getattr(module, "RANK_FLAG", None) is not None:
-            index, rank = module.RANK_FLAG
-            key = (*key[:index], p.dim() >= rank, *key[index + 1 :])
-        variant = module.VARIANTS[key]
-        kinds = variant.shapes or ("element",) * len(variant.state)
-        return [(name, STATE_SHAPES[kind](tuple(p.shape))) for name, kind in zip(variant.state, kinds)]
+        return module.VARIANTS[tensor_variant_key(module, self._variant_key(), p.dim())].state_shapes(p.shape)
 
 
 def _view(p: torch.Tensor, name: str) -> Parameter:
