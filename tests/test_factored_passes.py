@@ -210,7 +210,7 @@ def test_a_norm_of_a_quotient_by_a_square_root_sums_the_square():
 @settings(max_examples=60, deadline=None)
 @given(
     shapes=st.lists(st.lists(st.integers(1, 9), min_size=2, max_size=4).map(tuple), min_size=1, max_size=5),
-    chunk=st.integers(1, 200),
+    chunk=st.sampled_from([1, 7, 64, 200, 2048, 5000]),
 )
 def test_the_factored_table_covers_every_row_once_and_gives_chunks_their_own_column_sums(shapes, chunk):
     table = factored_table(shapes, chunk)
@@ -247,3 +247,15 @@ def test_the_factored_table_covers_every_row_once_and_gives_chunks_their_own_col
         (sum(n for _, n in sorted(slots)[:i]), n) for i, (_, n) in enumerate(sorted(slots))
     ]
     assert table.total_rows == sum(math.prod(s[:-1]) for s in shapes)
+    # A chunk short of its matrix's end has about `chunk` elements and at least chunk // 1024
+    # rows, so wide matrices do not need a column sum per few rows.
+    for c in range(table.chunk_tensor.size):
+        if c + 1 < table.matrix_chunk1[table.chunk_matrix[c]]:
+            cols = table.tensor_cols[table.chunk_tensor[c]]
+            assert table.chunk_row1[c] - table.chunk_row0[c] == max(1, chunk // cols, chunk // 1024)
+
+
+def test_a_wide_matrix_is_cut_into_chunks_of_at_least_chunk_over_1024_rows():
+    table = factored_table([(300, 5000)], 1 << 16)  # 13 rows would make a chunk of 65,536 elements
+    assert list(table.chunk_row1 - table.chunk_row0) == [64, 64, 64, 64, 44]
+    assert table.total_cols == 5 * 5000  # one column sum per chunk and column, not 23 chunks' worth
