@@ -62,7 +62,9 @@ def adabelief_f32(
         s_c = s_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], s_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -108,7 +110,9 @@ def adabelief_f64(
         s_c = s_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], s_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

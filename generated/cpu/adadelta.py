@@ -59,7 +59,9 @@ def adadelta_f32(
         acc_delta_c = acc_delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], acc_delta_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -103,7 +105,9 @@ def adadelta_f64(
         acc_delta_c = acc_delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], acc_delta_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -148,7 +152,9 @@ def adadelta_maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], acc_delta_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -193,7 +199,9 @@ def adadelta_maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], acc_delta_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]

@@ -67,7 +67,9 @@ def adafactor_stage1_f32(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -144,7 +146,9 @@ def adafactor_stage2_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f32(1.0) + s2 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -210,7 +214,9 @@ def adafactor_stage1_f64(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -287,7 +293,9 @@ def adafactor_stage2_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f64(1.0) + s2 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -355,12 +363,14 @@ def adafactor_factored_pass1_f32(
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = table.chunk_row1[chunk]
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             row_sum0 = 0.0
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -455,12 +465,14 @@ def adafactor_factored_pass2_f32(
         g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
@@ -530,13 +542,15 @@ def adafactor_factored_pass3_f32(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -626,12 +640,14 @@ def adafactor_factored_pass1_f64(
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = table.chunk_row1[chunk]
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             row_sum0 = 0.0
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -726,12 +742,14 @@ def adafactor_factored_pass2_f64(
         g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
@@ -801,13 +819,15 @@ def adafactor_factored_pass3_f64(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -895,7 +915,9 @@ def adafactor_maximize_stage1_f32(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -972,7 +994,9 @@ def adafactor_maximize_stage2_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f32(1.0) + s2 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -1040,7 +1064,9 @@ def adafactor_maximize_stage1_f64(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -1117,7 +1143,9 @@ def adafactor_maximize_stage2_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f64(1.0) + s2 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -1187,12 +1215,14 @@ def adafactor_maximize__factored_pass1_f32(
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = table.chunk_row1[chunk]
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             row_sum0 = 0.0
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -1287,12 +1317,14 @@ def adafactor_maximize__factored_pass2_f32(
         g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
@@ -1362,13 +1394,15 @@ def adafactor_maximize__factored_pass3_f32(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -1460,12 +1494,14 @@ def adafactor_maximize__factored_pass1_f64(
         sum0 = 0.0
         col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
         col_sum0[:] = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = table.chunk_row1[chunk]
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             row_sum0 = 0.0
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -1560,12 +1596,14 @@ def adafactor_maximize__factored_pass2_f64(
         g_m = g_tensors[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
@@ -1635,13 +1673,15 @@ def adafactor_maximize__factored_pass3_f64(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
-        for row in range(table.chunk_row0[chunk], table.chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+        for row in range(table.chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_m[start : start + cols]
             g_c = g_m[start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(cols):
+            for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]

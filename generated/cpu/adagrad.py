@@ -55,7 +55,9 @@ def adagrad_f32(
         acc_c = acc_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -91,7 +93,9 @@ def adagrad_f64(
         acc_c = acc_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -128,7 +132,9 @@ def adagrad_maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -165,7 +171,9 @@ def adagrad_maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]

@@ -59,7 +59,9 @@ def adagrad_nn_f32(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -93,7 +95,9 @@ def adagrad_nn_f64(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -127,7 +131,9 @@ def adagrad_nn_update_slots_f32(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -162,7 +168,9 @@ def adagrad_nn_update_slots_f64(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]

@@ -68,7 +68,9 @@ def adam_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -111,7 +113,9 @@ def adam_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -156,7 +160,11 @@ def adam_use_amsgrad_f32(
         vhat_c = vhat_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -204,7 +212,11 @@ def adam_use_amsgrad_f64(
         vhat_c = vhat_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -251,7 +263,9 @@ def adam_use_nesterov_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -295,7 +309,9 @@ def adam_use_nesterov_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -340,7 +356,11 @@ def adam_use_nesterov__use_amsgrad_f32(
         vhat_c = vhat_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -388,7 +408,11 @@ def adam_use_nesterov__use_amsgrad_f64(
         vhat_c = vhat_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

@@ -68,7 +68,11 @@ def adam_offload_stage1_f32(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -108,7 +112,9 @@ def adam_offload_stage2_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(elems):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -176,7 +182,11 @@ def adam_offload_stage1_f64(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -216,7 +226,9 @@ def adam_offload_stage2_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(elems):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -284,7 +296,11 @@ def adam_offload_use_nesterov_stage1_f32(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -325,7 +341,9 @@ def adam_offload_use_nesterov_stage2_f32(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(elems):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -393,7 +411,11 @@ def adam_offload_use_nesterov_stage1_f64(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -434,7 +456,9 @@ def adam_offload_use_nesterov_stage2_f64(
         # vectorise the loop; indexing from `start` keeps it scalar.
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(elems):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w

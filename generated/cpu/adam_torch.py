@@ -70,7 +70,9 @@ def adam_torch_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -115,7 +117,9 @@ def adam_torch_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -161,7 +165,9 @@ def adam_torch_maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -207,7 +213,9 @@ def adam_torch_maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -254,7 +262,11 @@ def adam_torch_amsgrad_f32(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -304,7 +316,11 @@ def adam_torch_amsgrad_f64(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -355,7 +371,11 @@ def adam_torch_amsgrad__maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -406,7 +426,11 @@ def adam_torch_amsgrad__maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

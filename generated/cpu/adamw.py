@@ -71,7 +71,9 @@ def adamw_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -118,7 +120,9 @@ def adamw_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -165,7 +169,9 @@ def adamw_maximize_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -212,7 +218,9 @@ def adamw_maximize_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -261,7 +269,11 @@ def adamw_amsgrad_f32(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -313,7 +325,11 @@ def adamw_amsgrad_f64(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -365,7 +381,11 @@ def adamw_amsgrad__maximize_f32(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -417,7 +437,11 @@ def adamw_amsgrad__maximize_f64(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

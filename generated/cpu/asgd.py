@@ -62,7 +62,9 @@ def asgd_mu_eq_1_f32(
         ax_c = ax_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -97,7 +99,9 @@ def asgd_mu_eq_1_f64(
         ax_c = ax_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -133,7 +137,9 @@ def asgd_not_mu_eq_1_f32(
         ax_c = ax_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
@@ -170,7 +176,9 @@ def asgd_not_mu_eq_1_f64(
         ax_c = ax_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
@@ -207,7 +215,9 @@ def asgd_maximize__mu_eq_1_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -243,7 +253,9 @@ def asgd_maximize__mu_eq_1_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -280,7 +292,9 @@ def asgd_maximize__not_mu_eq_1_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
@@ -318,7 +332,9 @@ def asgd_maximize__not_mu_eq_1_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]

@@ -60,7 +60,9 @@ def ftrl_f32(
         linear_c = linear_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0], linear_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
@@ -121,7 +123,9 @@ def ftrl_f64(
         linear_c = linear_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0], linear_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]

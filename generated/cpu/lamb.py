@@ -64,7 +64,9 @@ def lamb_stage1_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -141,7 +143,9 @@ def lamb_stage2_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = u0_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -214,7 +218,9 @@ def lamb_stage1_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -291,7 +297,9 @@ def lamb_stage2_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = u0_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]

@@ -58,7 +58,9 @@ def lion_f32(
         m_c = m_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s1 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -97,7 +99,9 @@ def lion_f64(
         m_c = m_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s1 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

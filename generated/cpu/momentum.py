@@ -60,7 +60,9 @@ def momentum_f32(
         accum_c = accum_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
@@ -96,7 +98,9 @@ def momentum_f64(
         accum_c = accum_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
@@ -132,7 +136,9 @@ def momentum_use_nesterov_f32(
         accum_c = accum_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
@@ -168,7 +174,9 @@ def momentum_use_nesterov_f64(
         accum_c = accum_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]

@@ -71,7 +71,9 @@ def nadam_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -120,7 +122,9 @@ def nadam_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -170,7 +174,9 @@ def nadam_maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -220,7 +226,9 @@ def nadam_maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -271,7 +279,9 @@ def nadam_decoupled_weight_decay_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -322,7 +332,9 @@ def nadam_decoupled_weight_decay_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -374,7 +386,9 @@ def nadam_decoupled_weight_decay__maximize_f32(
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         u1 = f32(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -426,7 +440,9 @@ def nadam_decoupled_weight_decay__maximize_f64(
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         u1 = f64(1.0) + s0 * weight_decay
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

@@ -56,7 +56,9 @@ def proximal_adagrad_l1_gt_0_f32(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -93,10 +95,13 @@ def proximal_adagrad_l1_gt_0_rows_f32(
     for row in numba.prange(rows.shape[0]):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(row_len):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -139,7 +144,9 @@ def proximal_adagrad_l1_gt_0_f64(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -176,10 +183,13 @@ def proximal_adagrad_l1_gt_0_rows_f64(
     for row in numba.prange(rows.shape[0]):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(row_len):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -221,7 +231,9 @@ def proximal_adagrad_not_l1_gt_0_f32(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -253,10 +265,13 @@ def proximal_adagrad_not_l1_gt_0_rows_f32(
     for row in numba.prange(rows.shape[0]):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(row_len):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -294,7 +309,9 @@ def proximal_adagrad_not_l1_gt_0_f64(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -326,10 +343,13 @@ def proximal_adagrad_not_l1_gt_0_rows_f64(
     for row in numba.prange(rows.shape[0]):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(row_len):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]

@@ -73,7 +73,9 @@ def rmsprop_momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -118,7 +120,9 @@ def rmsprop_momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -161,7 +165,9 @@ def rmsprop_not_momentum_gt_0_f32(
         sq_c = sq_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -201,7 +207,9 @@ def rmsprop_not_momentum_gt_0_f64(
         sq_c = sq_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -244,7 +252,9 @@ def rmsprop_maximize__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -290,7 +300,9 @@ def rmsprop_maximize__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -334,7 +346,9 @@ def rmsprop_maximize__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -375,7 +389,9 @@ def rmsprop_maximize__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -419,7 +435,16 @@ def rmsprop_centered__momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            sq_c.shape[0],
+            g_avg_c.shape[0],
+            buf_c.shape[0],
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -469,7 +494,16 @@ def rmsprop_centered__momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            sq_c.shape[0],
+            g_avg_c.shape[0],
+            buf_c.shape[0],
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -517,7 +551,9 @@ def rmsprop_centered__not_momentum_gt_0_f32(
         g_avg_c = g_avg_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -562,7 +598,9 @@ def rmsprop_centered__not_momentum_gt_0_f64(
         g_avg_c = g_avg_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -610,7 +648,16 @@ def rmsprop_centered__maximize__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            sq_c.shape[0],
+            g_avg_c.shape[0],
+            buf_c.shape[0],
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -661,7 +708,16 @@ def rmsprop_centered__maximize__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            sq_c.shape[0],
+            g_avg_c.shape[0],
+            buf_c.shape[0],
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -710,7 +766,9 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
@@ -756,7 +814,9 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]

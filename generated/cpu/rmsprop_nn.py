@@ -60,7 +60,9 @@ def rmsprop_nn_f32(
         mom_c = mom_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ms = ms_c[elem]
@@ -104,7 +106,9 @@ def rmsprop_nn_f64(
         mom_c = mom_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ms = ms_c[elem]
@@ -150,7 +154,11 @@ def rmsprop_nn_centered_f32(
         mom_c = mom_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mg_c.shape[0], mom_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ms = ms_c[elem]
@@ -199,7 +207,11 @@ def rmsprop_nn_centered_f64(
         mom_c = mom_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mg_c.shape[0], mom_c.shape[0]
+        )
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             ms = ms_c[elem]

@@ -59,7 +59,9 @@ def rprop_f32(
         step_size_c = step_size_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
@@ -114,7 +116,9 @@ def rprop_f64(
         step_size_c = step_size_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
@@ -170,7 +174,9 @@ def rprop_maximize_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]
@@ -226,7 +232,9 @@ def rprop_maximize_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             prev = prev_c[elem]

@@ -76,7 +76,9 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -112,7 +114,9 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -148,7 +152,9 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -184,7 +190,9 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -222,7 +230,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -261,7 +271,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -297,7 +309,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         g_c = g_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -330,7 +344,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         g_c = g_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -365,7 +381,9 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -402,7 +420,9 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -439,7 +459,9 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -476,7 +498,9 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -515,7 +539,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -555,7 +581,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -592,7 +620,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -626,7 +656,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -661,7 +693,9 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -698,7 +732,9 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -734,7 +770,9 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -770,7 +808,9 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -808,7 +848,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -847,7 +889,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         buf_c = buf_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -883,7 +927,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         g_c = g_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -916,7 +962,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         g_c = g_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * grad_scale + w * weight_decay
@@ -952,7 +1000,9 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -990,7 +1040,9 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -1027,7 +1079,9 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -1064,7 +1118,9 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -1103,7 +1159,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -1143,7 +1201,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
@@ -1180,7 +1240,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay
@@ -1214,7 +1276,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(stop - start):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+        for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
             g_eff = g * u0 + w * weight_decay

@@ -63,7 +63,9 @@ def adafactor_stage1_f32(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -155,7 +157,9 @@ def adafactor_stage2_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f32(1.0) + s2 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -223,7 +227,9 @@ def adafactor_stage1_f64(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -315,7 +321,9 @@ def adafactor_stage2_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f64(1.0) + s2 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -398,12 +406,14 @@ def adafactor_factored_pass1_f32(
         col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
         for col in range(thread, cols, cuda.blockDim.x):
             col_sum0[col] = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = chunk_row1[chunk]
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             row_sum0 = 0.0
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -549,12 +559,14 @@ def adafactor_factored_pass2_f32(
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
@@ -648,13 +660,17 @@ def adafactor_factored_pass3_f32(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(
+                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+            ):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -760,12 +776,14 @@ def adafactor_factored_pass1_f64(
         col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
         for col in range(thread, cols, cuda.blockDim.x):
             col_sum0[col] = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = chunk_row1[chunk]
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             row_sum0 = 0.0
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -911,12 +929,14 @@ def adafactor_factored_pass2_f64(
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = g
@@ -1010,13 +1030,17 @@ def adafactor_factored_pass3_f64(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(
+                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+            ):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -1107,7 +1131,9 @@ def adafactor_maximize_stage1_f32(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -1199,7 +1225,9 @@ def adafactor_maximize_stage2_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f32(1.0) + s2 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -1271,7 +1299,9 @@ def adafactor_maximize_stage1_f64(
         v_c = v_tensors[tensor][start:stop]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             v = v_c[elem]
@@ -1363,7 +1393,9 @@ def adafactor_maximize_stage2_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         u1 = u1_per_tensor[tensor]
         u0 = f64(1.0) + s2 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             g = g_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -1450,12 +1482,14 @@ def adafactor_maximize__factored_pass1_f32(
         col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
         for col in range(thread, cols, cuda.blockDim.x):
             col_sum0[col] = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = chunk_row1[chunk]
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             row_sum0 = 0.0
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -1601,12 +1635,14 @@ def adafactor_maximize__factored_pass2_f32(
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
@@ -1700,13 +1736,17 @@ def adafactor_maximize__factored_pass3_f32(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f32(1.0) + s2 * weight_decay
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(
+                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+            ):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]
@@ -1812,12 +1852,14 @@ def adafactor_maximize__factored_pass1_f64(
         col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
         for col in range(thread, cols, cuda.blockDim.x):
             col_sum0[col] = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = chunk_row1[chunk]
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             row_sum0 = 0.0
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                 w = w_c[col]
                 g = g_c[col]
                 rms0_of = w
@@ -1963,12 +2005,14 @@ def adafactor_maximize__factored_pass2_f64(
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         sum0 = 0.0
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
                 g = g_c[col]
                 C_new = C_cols[col]
                 g_eff = -g
@@ -2062,13 +2106,17 @@ def adafactor_maximize__factored_pass3_f64(
         u1 = u1_per_tensor[tensor]
         matrix_mean0 = matrix_mean0_per_matrix[matrix]
         u0 = f64(1.0) + s2 * weight_decay
-        for row in range(chunk_row0[chunk], chunk_row1[chunk]):
+        # Loops end at the shortest view: no index outside an array, whatever the table says.
+        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+        for row in range(chunk_row0[chunk], row_stop):
             start = (first + row) * cols
             w_c = w_tensors[tensor][start : start + cols]
             g_c = g_tensors[tensor][start : start + cols]
             R_new = R_rows[row]
             z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, cols, cuda.blockDim.x):
+            for col in range(
+                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+            ):
                 g = g_c[col]
                 w = w_c[col]
                 C_new = C_cols[col]

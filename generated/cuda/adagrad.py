@@ -46,7 +46,9 @@ def adagrad_f32_kernel(
         acc_c = acc_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -108,7 +110,9 @@ def adagrad_f64_kernel(
         acc_c = acc_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -171,7 +175,9 @@ def adagrad_maximize_f32_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
@@ -234,7 +240,9 @@ def adagrad_maximize_f64_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]

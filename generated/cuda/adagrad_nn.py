@@ -50,7 +50,9 @@ def adagrad_nn_f32_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -108,7 +110,9 @@ def adagrad_nn_f64_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -166,7 +170,9 @@ def adagrad_nn_update_slots_f32_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -225,7 +231,9 @@ def adagrad_nn_update_slots_f64_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]

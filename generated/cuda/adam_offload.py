@@ -61,7 +61,11 @@ def adam_offload_stage1_f32(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -99,7 +103,9 @@ def adam_offload_stage2_f32(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -193,7 +199,11 @@ def adam_offload_stage1_f64(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -231,7 +241,9 @@ def adam_offload_stage2_f64(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -325,7 +337,11 @@ def adam_offload_use_nesterov_stage1_f32(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -364,7 +380,9 @@ def adam_offload_use_nesterov_stage2_f32(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
@@ -458,7 +476,11 @@ def adam_offload_use_nesterov_stage1_f64(
         delta_c = delta_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -497,7 +519,9 @@ def adam_offload_use_nesterov_stage2_f64(
         stop = chunk_stop[chunk]
         w_c = w_tensors[tensor][start:stop]
         delta_c = delta_tensors[tensor][start:stop]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w

@@ -62,7 +62,9 @@ def adamw_f32_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -147,7 +149,9 @@ def adamw_f64_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -232,7 +236,9 @@ def adamw_maximize_f32_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -317,7 +323,9 @@ def adamw_maximize_f64_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -404,7 +412,11 @@ def adamw_amsgrad_f32_kernel(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -496,7 +508,11 @@ def adamw_amsgrad_f64_kernel(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -588,7 +604,11 @@ def adamw_amsgrad__maximize_f32_kernel(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -680,7 +700,11 @@ def adamw_amsgrad__maximize_f64_kernel(
         v_max_c = v_max_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

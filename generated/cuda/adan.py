@@ -63,7 +63,17 @@ def adan_t_eq_1_f32_kernel(
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            m_c.shape[0],
+            d_c.shape[0],
+            n_c.shape[0],
+            g_prev_c.shape[0],
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -178,7 +188,17 @@ def adan_t_eq_1_f64_kernel(
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            m_c.shape[0],
+            d_c.shape[0],
+            n_c.shape[0],
+            g_prev_c.shape[0],
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -292,7 +312,17 @@ def adan_not_t_eq_1_f32_kernel(
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            m_c.shape[0],
+            d_c.shape[0],
+            n_c.shape[0],
+            g_prev_c.shape[0],
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -406,7 +436,17 @@ def adan_not_t_eq_1_f64_kernel(
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start,
+            w_c.shape[0],
+            g_c.shape[0],
+            m_c.shape[0],
+            d_c.shape[0],
+            n_c.shape[0],
+            g_prev_c.shape[0],
+        )
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

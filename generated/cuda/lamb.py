@@ -57,7 +57,9 @@ def lamb_stage1_f32(
         weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -149,7 +151,9 @@ def lamb_stage2_f32(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = u0_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
@@ -224,7 +228,9 @@ def lamb_stage1_f64(
         weight_decay = weight_decay_per_tensor[tensor]
         sum0 = 0.0
         sum1 = 0.0
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -316,7 +322,9 @@ def lamb_stage2_f64(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         u0 = u0_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]

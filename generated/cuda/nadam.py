@@ -62,7 +62,9 @@ def nadam_f32_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -149,7 +151,9 @@ def nadam_f64_kernel(
         v_c = v_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -237,7 +241,9 @@ def nadam_maximize_f32_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -325,7 +331,9 @@ def nadam_maximize_f64_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -414,7 +422,9 @@ def nadam_decoupled_weight_decay_f32_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -505,7 +515,9 @@ def nadam_decoupled_weight_decay_f64_kernel(
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -597,7 +609,9 @@ def nadam_decoupled_weight_decay__maximize_f32_kernel(
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         u1 = f32(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
@@ -689,7 +703,9 @@ def nadam_decoupled_weight_decay__maximize_f64_kernel(
         grad_scale = grad_scale_per_tensor[tensor]
         u0 = -grad_scale
         u1 = f64(1.0) + s0 * weight_decay
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]

@@ -47,7 +47,9 @@ def proximal_adagrad_l1_gt_0_f32_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -111,10 +113,13 @@ def proximal_adagrad_l1_gt_0_rows_f32_kernel(
     for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(cuda.threadIdx.x, row_len, cuda.blockDim.x):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -174,7 +179,9 @@ def proximal_adagrad_l1_gt_0_f64_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -238,10 +245,13 @@ def proximal_adagrad_l1_gt_0_rows_f64_kernel(
     for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(cuda.threadIdx.x, row_len, cuda.blockDim.x):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -300,7 +310,9 @@ def proximal_adagrad_not_l1_gt_0_f32_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -357,10 +369,13 @@ def proximal_adagrad_not_l1_gt_0_rows_f32_kernel(
     for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(cuda.threadIdx.x, row_len, cuda.blockDim.x):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -414,7 +429,9 @@ def proximal_adagrad_not_l1_gt_0_f64_kernel(
         a_c = a_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
         grad_scale = grad_scale_per_tensor[tensor]
-        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
@@ -471,10 +488,13 @@ def proximal_adagrad_not_l1_gt_0_rows_f64_kernel(
     for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
         start = rows[row] * row_len
         stop = start + row_len
+        if start < 0:
+            continue  # a negative slice start would wrap around: never step such a row
         w_c = w_tensor[start:stop]
         g_c = g_tensor[row * row_len : (row + 1) * row_len]
         a_c = a_tensor[start:stop]
-        for elem in range(cuda.threadIdx.x, row_len, cuda.blockDim.x):
+        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]

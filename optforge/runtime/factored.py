@@ -7,7 +7,8 @@ values (row `r` of matrix `b` at `b * rows + r`), its column-shaped state
 elements but at least `chunk // 1024` rows (64 by default), so threads share
 large matrices; the columns' sums of a chunk go to its own slice of a
 scratch buffer (`chunk_cols`), added per matrix in chunk order, so a step's
-bits do not depend on the thread count. The row minimum keeps that buffer
+bits do not depend on the thread count. An empty tensor gets no matrix and
+no chunk: it is not stepped and its state keeps its initial value. The row minimum keeps that buffer
 small for wide matrices: 8 bytes per column and chunk is at most 1/8 byte
 per element (a 10,000-column matrix in chunks of 6 rows would need 1.3).
 """
@@ -62,6 +63,10 @@ def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
     total_rows = total_cols = 0
     for tensor, shape in enumerate(shapes):
         count, rows, cols = factored_shape(shape)
+        if count * rows * cols == 0:
+            # An empty tensor has no matrix at all: a matrix without rows (or chunks) would
+            # have its column means divided by zero and its chunk range read past the table.
+            continue
         step = max(1, chunk // max(cols, 1), chunk // 1024)
         for index in range(count):
             first = len(chunks)
