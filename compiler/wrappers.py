@@ -176,6 +176,7 @@ def class_context(spec: Spec, export: Export) -> dict:
         "hypers": [(h.name, types_of[h.name], repr(domains.get(h.name))) for h in hypers],
         "bools": bools,
         "flags": [f.name for f in spec.flags if f.name in names],
+        "flag_attributes": _tuple_source([repr(f.name) for f in spec.flags if f.name in names]),
         "state_docs": state_docs(spec, "``"),
         "loss_scale": "loss_scale" if "loss_scale" in names else "1.0",
         "use_locking": "use_locking" if "use_locking" in names else "False",
@@ -289,6 +290,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools),
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
+        # Re-checked on every group: at construction, add, load and (when changed) each step.
+        "group_checks": [(label, *hyper_keys[name], types, domain) for label, name, types, domain in checks],
+        "flag_attributes": _tuple_source([repr(n) for n in bools]),
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": state_docs(spec, "`"),

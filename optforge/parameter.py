@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -16,22 +18,69 @@ class Parameter:
     copy); optimizers update it in place, so other references to the same
     memory see each step. Anything else array-like is converted to a new
     array (float32 for integers).
+
+    ``data`` may be replaced (``p.data = new``, MindSpore's ``set_data``): the
+    new array is checked as in the constructor, and the optimizers that step
+    this parameter are told, so their next step updates the new array (or,
+    if its shape, dtype or place differs from what their state was made
+    for, refuses the step before changing anything).
     """
 
-    __slots__ = ("data", "name", "requires_grad", "on_device")
+    __slots__ = ("_data", "name", "requires_grad", "on_device", "_watchers", "_lock", "__weakref__")
 
     def __init__(self, data, name: str, requires_grad: bool = True):
         if not isinstance(name, str) or not name:
             raise TypeError(f"For 'Parameter', the 'name' must be a non-empty str, but got {name!r}.")
-        self.on_device = _is_device(data)
-        if self.on_device:
-            self._init_device(data, name, requires_grad)
+        self.name = name
+        self.requires_grad = requires_grad
+        self._watchers = weakref.WeakSet()
+        self._lock = None
+        self._set(data, convert=True)
+
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, data) -> None:
+        self._set(data, convert=False)
+        for optimizer in list(self._watchers):
+            optimizer._parameter_rebound()
+
+    def _set(self, data, convert: bool) -> None:
+        name = self.name
+        if _is_device(data):
+            from optforge.runtime.cuda import as_device_array
+
+            data = as_device_array(data)
+            if np.dtype(data.dtype) not in FLOAT_DTYPES:
+                raise TypeError(
+                    f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} "
+                    f"for '{name}'."
+                )
+            if not data.is_c_contiguous():
+                raise ValueError(f"For 'Parameter', the device data of '{name}' must be C-contiguous.")
+            self._data, self.on_device = data, True
             return
         if not isinstance(data, np.ndarray):
+            if not convert:
+                raise TypeError(
+                    f"For 'Parameter', new data for '{name}' must be a numpy.ndarray or a device array, "
+                    f"but got {type(data)}."
+                )
             data = np.asarray(data)
             if data.dtype not in FLOAT_DTYPES:
                 data = data.astype(np.float32)
             data = np.ascontiguousarray(data)
+        if type(data) is not np.ndarray:
+            # A subclass (np.matrix, a masked array) behaves differently under reshape and
+            # indexing; the kernels need the plain array over the same memory.
+            if isinstance(data, np.ma.MaskedArray):
+                raise TypeError(
+                    f"For 'Parameter', the data of '{name}' is a masked array; its mask would be "
+                    "ignored. Pass data.filled(value) or data.data."
+                )
+            data = data.view(np.ndarray)
         if data.dtype not in FLOAT_DTYPES:
             raise TypeError(
                 f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} for '{name}'."
@@ -43,23 +92,22 @@ class Parameter:
             )
         if not data.flags.writeable:
             raise ValueError(f"For 'Parameter', the data of '{name}' must be writeable.")
-        self.data = data
-        self.name = name
-        self.requires_grad = requires_grad
+        self._data, self.on_device = data, False
 
-    def _init_device(self, data, name: str, requires_grad: bool) -> None:
-        from optforge.runtime.cuda import as_device_array
+    def _watch(self, optimizer) -> None:
+        """`optimizer` steps this parameter: tell it when `data` is replaced."""
+        self._watchers.add(optimizer)
 
-        data = as_device_array(data)
-        if np.dtype(data.dtype) not in FLOAT_DTYPES:
-            raise TypeError(
-                f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} for '{name}'."
-            )
-        if not data.is_c_contiguous():
-            raise ValueError(f"For 'Parameter', the device data of '{name}' must be C-contiguous.")
-        self.data = data
-        self.name = name
-        self.requires_grad = requires_grad
+    def __getstate__(self):
+        # Optimizers are not pickled with their parameters; a copy starts unwatched.
+        return {"data": self._data, "name": self.name, "requires_grad": self.requires_grad}
+
+    def __setstate__(self, state) -> None:
+        self.name = state["name"]
+        self.requires_grad = state["requires_grad"]
+        self._watchers = weakref.WeakSet()
+        self._lock = None
+        self._set(state["data"], convert=True)
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -88,6 +88,7 @@ class Adadelta(NNOptimizer):
     _SPEC = "adadelta_nn"
     _HYPERS = ("rho", "epsilon")
     _DECAY = "coupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

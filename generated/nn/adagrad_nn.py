@@ -84,6 +84,7 @@ class Adagrad(NNOptimizer):
     _SPEC = "adagrad_nn"
     _HYPERS = ("accum",)
     _DECAY = "coupled"
+    _FLAGS = ("update_slots",)
     _SPARSE = None
     _OFFLOAD = False
 

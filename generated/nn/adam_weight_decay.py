@@ -87,6 +87,7 @@ class AdamWeightDecay(NNOptimizer):
     _SPEC = "adam_weight_decay"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "decoupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

@@ -94,6 +94,7 @@ class AdaMax(NNOptimizer):
     _SPEC = "adamax_nn"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

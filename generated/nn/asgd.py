@@ -83,6 +83,7 @@ class ASGD(NNOptimizer):
     _SPEC = "asgd"
     _HYPERS = ("lambd", "alpha", "t0")
     _DECAY = "coupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

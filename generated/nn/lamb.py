@@ -87,6 +87,7 @@ class Lamb(NNOptimizer):
     _SPEC = "lamb"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "decoupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

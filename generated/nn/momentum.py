@@ -84,6 +84,7 @@ class Momentum(NNOptimizer):
     _SPEC = "momentum"
     _HYPERS = ("momentum",)
     _DECAY = "coupled"
+    _FLAGS = ("use_nesterov",)
     _SPARSE = None
     _OFFLOAD = False
 

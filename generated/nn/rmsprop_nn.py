@@ -104,6 +104,7 @@ class RMSProp(NNOptimizer):
     _SPEC = "rmsprop_nn"
     _HYPERS = ("decay", "momentum", "epsilon")
     _DECAY = "coupled"
+    _FLAGS = ("centered",)
     _SPARSE = None
     _OFFLOAD = False
 

@@ -96,6 +96,7 @@ class Rprop(NNOptimizer):
     _SPEC = "rprop"
     _HYPERS = ("etaminus", "etaplus", "step_size_min", "step_size_max")
     _DECAY = "coupled"
+    _FLAGS = ()
     _SPARSE = None
     _OFFLOAD = False
 

@@ -92,6 +92,7 @@ class SGD(NNOptimizer):
     _SPEC = "sgd"
     _HYPERS = ("momentum", "dampening")
     _DECAY = "coupled"
+    _FLAGS = ("nesterov",)
     _SPARSE = None
     _OFFLOAD = False
 

@@ -85,6 +85,23 @@ class Adadelta(OptimOptimizer):
     _SPEC = "adadelta"
     _HYPERS = ("rho", "eps")
     _HYPER_KEYS = (("rho", None), ("eps", None))
+    _GROUP_CHECKS = (
+        (
+            "rho",
+            "rho",
+            None,
+            ("float", "int"),
+            Interval(0.0, 1.0, left_open=False, right_open=False),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("maximize",)
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

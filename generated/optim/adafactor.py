@@ -101,6 +101,31 @@ class Adafactor(OptimOptimizer):
     _SPEC = "adafactor"
     _HYPERS = ("beta2_decay", "eps1", "eps2", "d")
     _HYPER_KEYS = (("beta2_decay", None), ("eps", 0), ("eps", 1), ("d", None))
+    _GROUP_CHECKS = (
+        (
+            "beta2_decay",
+            "beta2_decay",
+            None,
+            ("float", "int"),
+            Interval(-math.inf, 0.0, left_open=True, right_open=False),
+        ),
+        (
+            "eps[0]",
+            "eps",
+            0,
+            ("float", "None"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        ("eps[1]", "eps", 1, ("float",), Interval(0.0, math.inf, left_open=False, right_open=True)),
+        (
+            "d",
+            "d",
+            None,
+            ("float", "int"),
+            Interval(1.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("maximize",)
     _DECAY = "decoupled"
     _SPARSE = None
     _OFFLOAD = False

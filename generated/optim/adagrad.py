@@ -90,6 +90,30 @@ class Adagrad(OptimOptimizer):
     _SPEC = "adagrad"
     _HYPERS = ("lr_decay", "initial_accumulator_value", "eps")
     _HYPER_KEYS = (("lr_decay", None), ("initial_accumulator_value", None), ("eps", None))
+    _GROUP_CHECKS = (
+        (
+            "lr_decay",
+            "lr_decay",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "initial_accumulator_value",
+            "initial_accumulator_value",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("maximize",)
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

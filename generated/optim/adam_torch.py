@@ -96,6 +96,30 @@ class Adam(OptimOptimizer):
     _SPEC = "adam_torch"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
+    _GROUP_CHECKS = (
+        (
+            "betas[0]",
+            "betas",
+            0,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "betas[1]",
+            "betas",
+            1,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=True, right_open=True),
+        ),
+    )
+    _FLAGS = ("amsgrad", "maximize")
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

@@ -95,6 +95,37 @@ class Adan(OptimOptimizer):
     _SPEC = "adan"
     _HYPERS = ("beta1", "beta2", "beta3", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("betas", 2), ("eps", None))
+    _GROUP_CHECKS = (
+        (
+            "betas[0]",
+            "betas",
+            0,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "betas[1]",
+            "betas",
+            1,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "betas[2]",
+            "betas",
+            2,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=True, right_open=True),
+        ),
+    )
+    _FLAGS = ()
     _DECAY = "decoupled"
     _SPARSE = None
     _OFFLOAD = False

@@ -87,6 +87,24 @@ class ASGD(OptimOptimizer):
     _SPEC = "asgd"
     _HYPERS = ("lambd", "alpha", "t0")
     _HYPER_KEYS = (("lambd", None), ("alpha", None), ("t0", None))
+    _GROUP_CHECKS = (
+        (
+            "lambd",
+            "lambd",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        ("alpha", "alpha", None, ("float", "int"), None),
+        (
+            "t0",
+            "t0",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("maximize",)
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

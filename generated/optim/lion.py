@@ -78,6 +78,11 @@ class Lion(OptimOptimizer):
     _SPEC = "lion"
     _HYPERS = ("beta1", "beta2")
     _HYPER_KEYS = (("betas", 0), ("betas", 1))
+    _GROUP_CHECKS = (
+        ("betas[0]", "betas", 0, ("float",), Interval(0.0, 1.0, left_open=False, right_open=True)),
+        ("betas[1]", "betas", 1, ("float",), Interval(0.0, 1.0, left_open=False, right_open=True)),
+    )
+    _FLAGS = ()
     _DECAY = "decoupled"
     _SPARSE = None
     _OFFLOAD = False

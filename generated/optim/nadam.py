@@ -102,6 +102,37 @@ class NAdam(OptimOptimizer):
     _SPEC = "nadam"
     _HYPERS = ("beta1", "beta2", "eps", "momentum_decay")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None), ("momentum_decay", None))
+    _GROUP_CHECKS = (
+        (
+            "betas[0]",
+            "betas",
+            0,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "betas[1]",
+            "betas",
+            1,
+            ("float", "numpy.floating"),
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "momentum_decay",
+            "momentum_decay",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("decoupled_weight_decay", "maximize")
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

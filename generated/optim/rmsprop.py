@@ -99,6 +99,30 @@ class RMSprop(OptimOptimizer):
     _SPEC = "rmsprop"
     _HYPERS = ("alpha", "eps", "momentum")
     _HYPER_KEYS = (("alpha", None), ("eps", None), ("momentum", None))
+    _GROUP_CHECKS = (
+        (
+            "alpha",
+            "alpha",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "eps",
+            "eps",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "momentum",
+            "momentum",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("centered", "maximize")
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

@@ -89,6 +89,25 @@ class Rprop(OptimOptimizer):
     _SPEC = "rprop"
     _HYPERS = ("etaminus", "etaplus", "step_size_min", "step_size_max")
     _HYPER_KEYS = (("etas", 0), ("etas", 1), ("step_sizes", 0), ("step_sizes", 1))
+    _GROUP_CHECKS = (
+        (
+            "etas[0]",
+            "etas",
+            0,
+            ("float", "int"),
+            Interval(0.0, 1.0, left_open=True, right_open=True),
+        ),
+        (
+            "etas[1]",
+            "etas",
+            1,
+            ("float", "int"),
+            Interval(1.0, math.inf, left_open=True, right_open=True),
+        ),
+        ("step_sizes[0]", "step_sizes", 0, ("float", "int"), None),
+        ("step_sizes[1]", "step_sizes", 1, ("float", "int"), None),
+    )
+    _FLAGS = ("maximize",)
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

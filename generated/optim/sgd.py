@@ -89,6 +89,23 @@ class SGD(OptimOptimizer):
     _SPEC = "sgd"
     _HYPERS = ("momentum", "dampening")
     _HYPER_KEYS = (("momentum", None), ("dampening", None))
+    _GROUP_CHECKS = (
+        (
+            "momentum",
+            "momentum",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+        (
+            "dampening",
+            "dampening",
+            None,
+            ("float", "int"),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+        ),
+    )
+    _FLAGS = ("nesterov", "maximize")
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False

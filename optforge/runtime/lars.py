@@ -127,7 +127,7 @@ class LARS:
                 )
         k = inner.global_step
         groups = inner.groups
-        wds = [group.weight_decay.at(k) for group in groups]
+        wds = [group.weight_decay.at(k, "LARS") for group in groups]
         lrs = [group.lr.at(k, "LARS") for group in groups] if self.use_clip else None
         inv_scale = 1.0 / self.loss_scale
         new = []

@@ -17,8 +17,9 @@ class LearningRateSchedule:
     def construct(self, global_step: int) -> float:
         raise NotImplementedError
 
-    def __call__(self, global_step: int) -> float:
-        return float(self.construct(global_step))
+    def __call__(self, global_step: int):
+        # Converted and range-checked where the step uses it (LearningRate.at).
+        return self.construct(global_step)
 
 
 class ExponentialDecayLR(LearningRateSchedule):
@@ -58,13 +59,31 @@ class LearningRate:
         if self.value is not None:
             return self.value
         if self.schedule is not None:
-            return float(self.schedule(k))
+            # A schedule's value is known only now: checked before the step changes anything.
+            return _checked_step_value(self.schedule(k), "learning rate", k, cls_name)
         if k >= len(self.values):
             raise RuntimeError(
                 f"For '{cls_name}', the dynamic learning rate has {len(self.values)} values, "
                 f"so there is no learning rate for step {k + 1}; the step was not taken."
             )
         return float(self.values[k])
+
+
+def _checked_step_value(value, what: str, k: int, cls_name: str) -> float:
+    """A schedule's value at step `k`: a finite number >= 0, or a ValueError (nothing stepped)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"For '{cls_name}', the {what} schedule returned {value!r} at step {k}, not a number; "
+            "the step was not taken."
+        ) from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(
+            f"For '{cls_name}', the {what} schedule returned {number} at step {k}; it must be finite "
+            "and >= 0. The step was not taken."
+        )
+    return number
 
 
 def preprocess_learning_rate(learning_rate, cls_name: str) -> LearningRate:
@@ -100,17 +119,28 @@ def preprocess_learning_rate(learning_rate, cls_name: str) -> LearningRate:
 
 
 def _from_array(array: np.ndarray, cls_name: str) -> LearningRate:
-    # A 0-d array is a constant and, as a MindSpore 0-d Tensor, is not range-checked.
+    if array.ndim > 1:
+        raise ValueError(
+            f"For '{cls_name}', if 'learning_rate' is an ndarray, then the dimension of it should be "
+            f"0 or 1, but got {array.ndim}."
+        )
+    if array.dtype.kind not in "fiub":
+        raise ValueError(f"For '{cls_name}', the 'learning_rate' array must hold numbers, not {array.dtype}.")
+    values = array.astype(np.float64)
+    # MindSpore does not range-check an array learning rate; a NaN, infinite or negative one
+    # would step the parameters into NaN, so every value is checked here, as a number is.
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        index = int(np.flatnonzero(bad.reshape(-1))[0])
+        raise ValueError(
+            f"For '{cls_name}', the 'learning rate' must be finite and >= 0 at every step, but "
+            f"value {index} is {values.reshape(-1)[index]}."
+        )
     if array.ndim == 0:
-        return LearningRate(value=float(array))
-    if array.ndim == 1:
-        if array.size == 0:
-            raise ValueError(f"For '{cls_name}', the dynamic 'learning_rate' must not be empty.")
-        return LearningRate(values=array.astype(np.float64))
-    raise ValueError(
-        f"For '{cls_name}', if 'learning_rate' is an ndarray, then the dimension of it should be "
-        f"0 or 1, but got {array.ndim}."
-    )
+        return LearningRate(value=float(values))
+    if array.size == 0:
+        raise ValueError(f"For '{cls_name}', the dynamic 'learning_rate' must not be empty.")
+    return LearningRate(values=values)
 
 
 class WeightDecay:
@@ -129,8 +159,10 @@ class WeightDecay:
         """Whether parameters of the group are decayed at all (MindSpore: wd > 0 or a Cell)."""
         return self.is_dynamic or self.value > 0
 
-    def at(self, k: int) -> float:
-        return self.value if self.schedule is None else float(self.schedule(k))
+    def at(self, k: int, cls_name: str = "") -> float:
+        if self.schedule is None:
+            return self.value
+        return _checked_step_value(self.schedule(k), "weight decay", k, cls_name)
 
 
 def preprocess_weight_decay(weight_decay, cls_name: str) -> WeightDecay:

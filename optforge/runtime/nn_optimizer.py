@@ -99,7 +99,7 @@ class NNOptimizer(FusedOptimizer):
         cls = type(self).__name__
         k = self.global_step
         lrs = [group.lr.at(k, cls) for group in self.groups]
-        wds = [group.weight_decay.at(k) for group in self.groups]
+        wds = [group.weight_decay.at(k, cls) for group in self.groups]
         hypers = tuple(self.hypers[name] for name in self._HYPERS)
         # Every check has passed: from here on the step changes parameters and state.
         for batch in self._batches:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from optforge.parameter import Parameter
+from optforge.runtime.checks import check_hyper
 from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
 
 
@@ -62,6 +63,7 @@ class OptimOptimizer(FusedOptimizer):
         group["lr"] = _check_group_lr(group["lr"], cls)
         if "weight_decay" in group:
             group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
+        self._check_group(group, len(self.param_groups), cls)
         self.param_groups.append(group)
 
     def _finish_init(self, variant_key: tuple, state_init: dict[str, float]):
@@ -73,66 +75,134 @@ class OptimOptimizer(FusedOptimizer):
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 
-    # Checkpoints also hold each group's options (a scheduler may have changed lr).
+    # Checkpoints also hold each group's options (a scheduler may have changed lr). None
+    # (Adafactor's eps1: the dtype's epsilon) is saved as NaN with a mask beside it.
     def _extra_state(self) -> dict:
         result = {}
         for g, group in enumerate(self.param_groups):
             for key, value in group.items():
-                if key != "params":
-                    result[f"group/{g}/{key}"] = np.array(value, dtype=np.float64)
+                if key == "params":
+                    continue
+                items = value if isinstance(value, tuple) else (value,)
+                result[f"group/{g}/{key}"] = np.array(
+                    tuple(math.nan if x is None else x for x in items) if isinstance(value, tuple) else value,
+                    dtype=np.float64,
+                )
+                if any(x is None for x in items):
+                    result[f"group/{g}/{key}/none"] = np.array([x is None for x in items])
         return result
 
-    def _check_extra_state(self, sd: dict) -> None:
+    def _parse_extra_state(self, sd: dict) -> list[dict]:
+        """Each group's options from the state dict, converted to this optimizer's types and
+        checked like the constructor's arguments (ValueError), not yet applied."""
         cls = type(self).__name__
-        groups = {int(key.split("/")[1]) for key in sd if key.startswith("group/")}
+        groups = {key.split("/")[1] for key in sd if key.startswith("group/")}
         if len(groups) != len(self.param_groups):
             raise ValueError(
                 f"For '{cls}', the state dict holds {len(groups)} param groups, but this optimizer has "
                 f"{len(self.param_groups)}."
             )
+        parsed = []
         for g, group in enumerate(self.param_groups):
+            options = {}
             for key, value in group.items():
+                if key == "params":
+                    continue
                 saved = f"group/{g}/{key}"
-                if key != "params" and (saved not in sd or np.shape(sd[saved]) != np.shape(value)):
+                if saved not in sd or np.shape(sd[saved]) != np.shape(value):
                     raise ValueError(
                         f"For '{cls}', the state dict's param group {g} has no '{key}' like this one's."
                     )
+                options[key] = _parse_option(
+                    cls, g, key, value, np.asarray(sd[saved]), sd.get(f"{saved}/none")
+                )
+            self._check_group({**group, **options}, g, cls)
+            parsed.append(options)
+        return parsed
 
-    def _load_extra_state(self, sd: dict) -> None:
+    def _load_extra_state(self, parsed: list[dict]) -> None:
+        for group, options in zip(self.param_groups, parsed):
+            group.update(options)
+        self._checked_options = None
+
+    # -- every group's options, checked before a step changes anything --
+
+    # (label, group key, index or None, types, domain) of each hyperparameter (generated)
+    _GROUP_CHECKS: tuple = ()
+    _checked_options = None  # the options the last step checked: unchanged ones are not re-checked
+
+    def _check_group(self, group: dict, g: int, cls: str) -> None:
+        """A group's options as the constructor checks its arguments: lr and weight decay
+        (numbers, finite, >= 0) and each hyperparameter's type and domain."""
+        _lr_value(group["lr"], cls)
+        if "weight_decay" in group:
+            _check_group_weight_decay(group["weight_decay"], cls)
+        for label, key, index, types, domain in self._GROUP_CHECKS:
+            value = group[key]
+            if index is not None:
+                if not isinstance(value, (tuple, list)) or len(value) <= index:
+                    raise ValueError(
+                        f"For '{cls}', param group {g}'s '{key}' is {value!r}; it must be a tuple like "
+                        f"the argument '{key}'."
+                    )
+                value = value[index]
+            check_hyper(cls, label, value, types, domain)
+
+    def _check_groups(self, cls: str) -> None:
+        options = [tuple((k, v) for k, v in group.items() if k != "params") for group in self.param_groups]
+        if options == self._checked_options:
+            return
         for g, group in enumerate(self.param_groups):
-            for key, value in list(group.items()):
-                if key == "params":
-                    continue
-                saved = np.asarray(sd[f"group/{g}/{key}"])
-                if isinstance(value, tuple):  # NaN is a None saved (eps=(None, 1e-3)): eps is never NaN
-                    group[key] = tuple(None if math.isnan(x) else float(x) for x in saved)
-                elif isinstance(value, bool):
-                    group[key] = bool(saved)
-                elif isinstance(value, np.ndarray):
-                    group[key] = saved.astype(value.dtype)
-                else:
-                    group[key] = type(value)(saved)
+            self._check_group(group, g, cls)
+        self._checked_options = options
 
     def _apply(self, grads: list) -> bool:
         cls = type(self).__name__
+        self._check_groups(cls)
         lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
+        wds = [float(group.get("weight_decay", 0.0)) for group in self.param_groups]
         hypers = [hyper_values(self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1
         # Every check has passed: from here on the step changes parameters and state.
         for batch in self._batches:
-            group = self.param_groups[batch.group]
             self._launch(
                 batch,
                 grads,
                 t=t,
                 lr=lrs[batch.group],
-                wd=float(group.get("weight_decay", 0.0)),
+                wd=wds[batch.group],
                 decays=[True] * len(batch.indices),
                 gc=[False] * len(batch.indices),
                 hypers=hypers[batch.group],
             )
         self.global_step = t
         return True
+
+
+def _parse_option(cls: str, g: int, key: str, current, saved: np.ndarray, none_mask):
+    """A saved group option as the type of the current one. NaN is only None where the mask
+    (or, for state dicts saved before the mask, the current value) says so; a NaN
+    anywhere else is refused, never reinterpreted."""
+    if saved.dtype.kind not in "fiub":
+        raise ValueError(f"For '{cls}', the state dict's param group {g} '{key}' is not numeric: {saved!r}.")
+    if isinstance(current, tuple):
+        mask = (
+            [bool(x) for x in np.asarray(none_mask).reshape(-1)]
+            if none_mask is not None
+            else [x is None for x in current]
+        )
+        values = []
+        for index, x in enumerate(saved.reshape(-1)):
+            if index < len(mask) and mask[index] and math.isnan(x):
+                values.append(None)
+            else:
+                values.append(float(x))
+        return tuple(values)
+    if isinstance(current, bool):
+        return bool(saved)
+    if isinstance(current, np.ndarray):
+        return saved.astype(current.dtype)
+    return type(current)(saved)
 
 
 def hyper_values(values) -> tuple:

@@ -10,6 +10,7 @@ gradients. The dialect bases (nn, optim) add their arguments' semantics.
 from __future__ import annotations
 
 import importlib
+import math
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class FusedOptimizer:
     _DECAY = "coupled"  # how weight decay enters the spec: "coupled" or "decoupled"
     _SPARSE: str | None = None  # row-sparse gradients: "rows", "dense" or None
     _OFFLOAD = False  # state always in host memory, update computed on the host (AdamOffload)
+    _FLAGS: tuple[str, ...] = ()  # the flags the class takes (attributes), saved in state dicts
 
     parameters: tuple[Parameter, ...]
     _group_of: list[int]  # group index of each parameter
@@ -84,7 +86,13 @@ class FusedOptimizer:
         module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
         variant = module.VARIANTS[variant_key]
         self._variant = variant
-        self._lock = threading.Lock() if use_locking else None
+        self._variant_key = variant_key
+        self._lock = ParameterLocks(self.parameters) if use_locking else None
+        # What the state was made for: a parameter whose `data` is replaced must still match it.
+        self._layout = [(p.shape, p.dtype, p.on_device) for p in self.parameters]
+        self._rebound = False
+        for p in self.parameters:
+            p._watch(self)
         on_device = [p.on_device and not self._OFFLOAD for p in self.parameters]
         # A spec with a rank flag (Adafactor's `factored`) steps each tensor with the variant
         # its number of dimensions selects; the others have one variant for all.
@@ -149,6 +157,8 @@ class FusedOptimizer:
 
     def _step(self, gradients) -> bool:
         """Check every gradient, skip a non-finite step if asked, then apply the step."""
+        if self._rebound:
+            self._rebind()
         grads = self._check_gradients(gradients)
         if self.skip_nonfinite and not all_finite(grads):
             self.skipped_steps += 1
@@ -159,18 +169,58 @@ class FusedOptimizer:
         """The dialect's step over checked gradients: from here on, state changes."""
         raise NotImplementedError
 
+    # -- parameters whose data was replaced --
+
+    def _parameter_rebound(self) -> None:
+        """Called by a Parameter whose `data` was replaced: the next step re-binds the kernels."""
+        self._rebound = True
+
+    def _rebind(self) -> None:
+        """Point the kernels' tables at the parameters' current arrays.
+
+        The kernels hold the arrays they were given; a replaced `data` of the same
+        shape, dtype and place is followed, anything else refuses the step (the
+        state was made for the old shape) before anything changes.
+        """
+        cls = type(self).__name__
+        for p, (shape, dtype, on_device) in zip(self.parameters, self._layout):
+            if (p.shape, p.dtype, p.on_device) != (shape, dtype, on_device):
+                where = {True: "device", False: "host"}
+                raise ValueError(
+                    f"For '{cls}', the data of parameter '{p.name}' was replaced by a "
+                    f"{p.dtype.name}{list(p.shape)} {where[p.on_device]} array, but its state is for a "
+                    f"{dtype.name}{list(shape)} {where[on_device]} array; the step was not taken. "
+                    "Give it data of the old shape and dtype, or create a new optimizer."
+                )
+        for batch in self._batches:
+            members = [self.parameters[i] for i in batch.indices]
+            if isinstance(batch, _Batch):
+                batch.params = List([p.data.reshape(-1) for p in members])
+            else:
+                batch.params = [p.data.reshape(p.size) for p in members]
+        self._rebound = False
+
     # -- checkpoints --
 
     def state_dict(self) -> dict:
         """The optimizer's state as a flat dict of NumPy arrays, strings and numbers.
 
-        Keys: ``optimizer`` (the class), ``step``, ``param/<i>/{name,shape,dtype}``,
-        ``state/<i>/<state name>`` (host copies, also of device state) and what the
-        dialect adds (the optim dialect: ``group/<g>/<key>``). It pickles, and
-        ``np.savez(path, **opt.state_dict())`` saves it; ``load_state_dict`` takes
-        the dict back or what ``np.load(path)`` returns.
+        Keys: ``optimizer`` (the class), ``step``, ``flag/<name>`` (the kernel
+        variant's flags), ``param/<i>/{name,shape,dtype}``, ``state/<i>/<state name>``
+        (host copies, also of device state) and what the dialect adds (the optim
+        dialect: ``group/<g>/<key>``). It pickles, and ``np.savez(path, **opt.state_dict())``
+        saves it; ``load_state_dict`` takes the dict back or what ``np.load(path)`` returns.
+        With ``use_locking=True`` it is taken under the step's lock, so it never mixes steps.
         """
+        if self._lock is None:
+            return self._state_dict()
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict:
         result = {"optimizer": self._checkpoint_name(), "step": int(self.global_step)}
+        for name in self._FLAGS:
+            result[f"flag/{name}"] = bool(getattr(self, name))
         for i, p in enumerate(self.parameters):
             result[f"param/{i}/name"] = p.name
             result[f"param/{i}/shape"] = np.array(p.shape, dtype=np.int64)
@@ -183,11 +233,31 @@ class FusedOptimizer:
         return result
 
     def load_state_dict(self, state_dict) -> None:
-        """Continue from `state_dict` (from `state_dict()` of the same class over parameters of
-        the same count, shapes and dtypes): the next steps are bit-identical to those of the
-        optimizer it came from. Everything is checked before anything is copied."""
+        """Continue from `state_dict` (from `state_dict()` of the same class, flags and
+        parameters of the same count, shapes and dtypes): the next steps are bit-identical
+        to those of the optimizer it came from.
+
+        The whole dict is parsed and checked first (every key, every value converted to
+        what it will become); only then is anything copied, so a refused dict
+        (ValueError) leaves the optimizer exactly as it was."""
+        if self._lock is None:
+            self._load_state_dict(state_dict)
+            return
+        with self._lock:
+            self._load_state_dict(state_dict)
+
+    def _load_state_dict(self, state_dict) -> None:
         cls = type(self).__name__
-        sd = {key: state_dict[key] for key in state_dict}  # also an NpzFile
+        try:
+            sd = {key: state_dict[key] for key in state_dict}  # also an NpzFile
+        except Exception as error:
+            raise ValueError(f"For '{cls}', the state dict cannot be read as a mapping: {error}") from None
+
+        def entry(key: str):
+            if key not in sd:
+                raise ValueError(f"For '{cls}', the state dict has no '{key}'.")
+            return sd[key]
+
         if "optimizer" not in sd or "step" not in sd:
             raise ValueError(
                 f"For '{cls}', the state dict has no 'optimizer' and 'step': not an optforge one."
@@ -195,41 +265,65 @@ class FusedOptimizer:
         source = str(sd["optimizer"])
         if source != self._checkpoint_name():
             raise ValueError(f"For '{cls}', the state dict is from {source}, not {self._checkpoint_name()}.")
+        for name in self._FLAGS:
+            saved = sd.get(f"flag/{name}")
+            if saved is not None and bool(saved) != bool(getattr(self, name)):
+                raise ValueError(
+                    f"For '{cls}', the state dict was saved with {name}={bool(saved)}, but this optimizer "
+                    f"has {name}={getattr(self, name)}; flags select the compiled kernel and are not loaded. "
+                    f"Create the optimizer with {name}={bool(saved)}."
+                )
         count = sum(1 for key in sd if key.startswith("param/") and key.endswith("/shape"))
         if count != len(self.parameters):
             raise ValueError(
                 f"For '{cls}', the state dict holds {count} parameters, but this optimizer has "
                 f"{len(self.parameters)}."
             )
+        known = {
+            f"state/{i}/{name}"
+            for name, arrays in self.state.items()
+            for i, a in enumerate(arrays)
+            if a is not None
+        }
+        stray = sorted(key for key in sd if key.startswith("state/") and key not in known)
+        if stray:
+            raise ValueError(
+                f"For '{cls}', the state dict holds state this optimizer does not keep ({stray[0]}"
+                f"{' and more' if len(stray) > 1 else ''}): was it saved with other flags?"
+            )
+        staged = []  # (array, values): every value already converted, so the copies cannot fail
         for i, p in enumerate(self.parameters):
-            shape, dtype = tuple(int(n) for n in sd[f"param/{i}/shape"]), str(sd[f"param/{i}/dtype"])
+            try:
+                shape = tuple(int(n) for n in np.asarray(entry(f"param/{i}/shape")).reshape(-1))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"For '{cls}', 'param/{i}/shape' is not a shape: {error}") from None
+            dtype = str(entry(f"param/{i}/dtype"))
             if shape != p.shape or dtype != p.dtype.name:
                 raise ValueError(
                     f"For '{cls}', parameter {i} ('{p.name}') is {p.dtype.name}{list(p.shape)}, but the "
                     f"state dict's is {dtype}{list(shape)}."
                 )
             for name, arrays in self.state.items():
-                key = f"state/{i}/{name}"
                 if arrays[i] is None:
                     continue
-                if key not in sd:
-                    raise ValueError(f"For '{cls}', the state dict has no '{key}'.")
-                if np.shape(sd[key]) != arrays[i].shape:
+                key = f"state/{i}/{name}"
+                value = np.asarray(entry(key))
+                if value.shape != arrays[i].shape:
                     raise ValueError(
-                        f"For '{cls}', '{key}' has shape {list(np.shape(sd[key]))}, "
-                        f"not {list(arrays[i].shape)}."
+                        f"For '{cls}', '{key}' has shape {list(value.shape)}, not {list(arrays[i].shape)}."
                     )
-        step = int(sd["step"])
-        if step < 0:
-            raise ValueError(f"For '{cls}', the state dict's step is {step}.")
-        self._check_extra_state(sd)
-        # Every check has passed: copy into the existing arrays (the kernels hold them).
-        for name, arrays in self.state.items():
-            for i, array in enumerate(arrays):
-                if array is not None:
-                    _copy_into(array, np.asarray(sd[f"state/{i}/{name}"], dtype=self.parameters[i].dtype))
+                if value.dtype != p.dtype:
+                    raise ValueError(
+                        f"For '{cls}', '{key}' is {value.dtype}, not {p.dtype.name} like its parameter."
+                    )
+                staged.append((arrays[i], np.array(value, dtype=p.dtype)))
+        step = _step_count(cls, entry("step"))
+        extra = self._parse_extra_state(sd)
+        # Everything is parsed and checked: copy into the existing arrays (the kernels hold them).
+        for array, values in staged:
+            _copy_into(array, values)
         self.global_step = step
-        self._load_extra_state(sd)
+        self._load_extra_state(extra)
 
     def _checkpoint_name(self) -> str:
         return f"{type(self).__module__}.{type(self).__qualname__}"
@@ -237,11 +331,12 @@ class FusedOptimizer:
     def _extra_state(self) -> dict:
         return {}
 
-    def _check_extra_state(self, sd: dict) -> None:
-        pass
+    def _parse_extra_state(self, sd: dict):
+        """The dialect's part of a state dict, parsed and checked (ValueError), not yet applied."""
+        return None
 
-    def _load_extra_state(self, sd: dict) -> None:
-        pass
+    def _load_extra_state(self, parsed) -> None:
+        """Apply what `_parse_extra_state` returned; it cannot fail."""
 
     # -- checks --
 
@@ -259,18 +354,23 @@ class FusedOptimizer:
                 f"'parameters' order), but got {len(gradients)}."
             )
         expected = self._expected_gradients()
-        for i, g in enumerate(gradients):
-            # One comparison per gradient in the common case; the details only on failure.
+        grads = list(gradients)
+        for i, g in enumerate(grads):
+            # One comparison per gradient in the common case; the details (and the conversion
+            # of array subclasses) only otherwise. Layouts are handled where arrays are
+            # flattened (`_flat_gradients`): a non-contiguous gradient is copied there.
             if type(g) is not np.ndarray or (g.dtype, g.shape) != expected[i]:
-                self._check_gradient(i, g, cls)
-        return list(gradients)
+                grads[i] = self._check_gradient(i, g, cls)
+        return grads
 
     def _expected_gradients(self) -> list[tuple]:
         if not hasattr(self, "_expected"):
             self._expected = [(p.dtype, p.shape) for p in self.parameters]
         return self._expected
 
-    def _check_gradient(self, i: int, g, cls: str) -> None:
+    def _check_gradient(self, i: int, g, cls: str):
+        """Refuse a gradient the step cannot take (TypeError/ValueError); return it as the
+        kernels take it (a plain ndarray for an ndarray subclass)."""
         p = self.parameters[i]
         what = f"For '{cls}', gradient {i} (of parameter '{p.name}')"
         if isinstance(g, RowTensor):
@@ -280,7 +380,7 @@ class FusedOptimizer:
                     f"but gradient {i} (of parameter '{p.name}') is one."
                 )
             self._check_row_tensor(g, p, what)
-            return
+            return g
         if not isinstance(g, np.ndarray) and not (p.on_device and _on_device(g)):
             where = (
                 "a numpy.ndarray, a device array or a RowTensor"
@@ -288,10 +388,20 @@ class FusedOptimizer:
                 else ("a numpy.ndarray or a RowTensor (the parameter is in host memory)")
             )
             raise TypeError(f"{what} must be {where}, but got {type(g)}.")
+        if isinstance(g, np.ma.MaskedArray):
+            raise TypeError(
+                f"{what} is a masked array; the kernels would ignore its mask. Pass g.filled(0) "
+                "(masked entries as zero gradient) or np.asarray(g)."
+            )
+        if isinstance(g, np.ndarray) and type(g) is not np.ndarray:
+            g = g.view(np.ndarray)  # np.matrix, np.memmap, ...: the same memory as a plain array
         if np.dtype(g.dtype) != p.dtype:
             raise TypeError(f"{what} must have dtype {p.dtype} like its parameter, but got {g.dtype}.")
         if tuple(g.shape) != p.shape:
             raise ValueError(f"{what} must have shape {p.shape} like its parameter, but got {g.shape}.")
+        if not isinstance(g, np.ndarray) and not _device_c_contiguous(g):
+            raise ValueError(f"{what} is a device array that is not C-contiguous; pass a contiguous copy.")
+        return g
 
     @staticmethod
     def _check_row_tensor(g: RowTensor, p: Parameter, what: str) -> None:
@@ -398,7 +508,7 @@ class FusedOptimizer:
                 grad_scale[pos] = 1
                 if self._DECAY == "coupled":
                     weight_decay[pos] = 0
-            flat.append(g.reshape(-1))
+            flat.append(flat_view(g))
         return flat
 
     def _effective_rows(self, g: RowTensor, w: np.ndarray, inv_scale, wd):
@@ -442,13 +552,69 @@ def check_parameter_list(params, what: str, cls: str) -> list:
 
 
 def _flat_gradients(batch: _Batch, grads: list) -> List:
-    """The gradients as a typed list of flat arrays; the same arrays as at the last step
-    reuse their list (building one costs about 1.5 us per tensor)."""
+    """The gradients as a typed list of flat C-contiguous arrays.
+
+    The same arrays as at the last step reuse their list (building one costs about
+    1.5 us per tensor), which is sound only while the list holds views of them: a
+    gradient that is not C-contiguous (Fortran order, a transpose, a strided slice) is
+    copied into a flat array here, and a list holding such a copy is never reused, or
+    a buffer refilled in place would be stepped with its first values forever.
+    """
     seen = tuple(map(id, grads))
     if seen != batch.grads_seen:
-        batch.grads_seen, batch.grads_refs = seen, grads
-        batch.grads_list = List([g.reshape(-1) for g in grads])
+        batch.grads_list = List([flat_view(g) for g in grads])
+        views = all(g.flags.c_contiguous for g in grads)
+        batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
     return batch.grads_list
+
+
+def flat_view(g: np.ndarray) -> np.ndarray:
+    """`g` as a flat C-contiguous array: a view when it is C-contiguous, else a copy."""
+    return g.reshape(-1) if g.flags.c_contiguous else np.ascontiguousarray(g).reshape(-1)
+
+
+def _device_c_contiguous(g) -> bool:
+    from optforge.runtime.cuda import as_device_array
+
+    return as_device_array(g).is_c_contiguous()
+
+
+def _step_count(cls: str, value) -> int:
+    """A saved step counter: a non-negative integer (2.0 is 2; 2.5, NaN, True are refused)."""
+    array = np.asarray(value)
+    if array.shape != () or array.dtype.kind not in "fiu":
+        raise ValueError(f"For '{cls}', the state dict's step is {value!r}, not a count.")
+    number = float(array)
+    if not math.isfinite(number) or number < 0 or number != int(number):
+        raise ValueError(f"For '{cls}', the state dict's step is {number}, not a count.")
+    return int(number)
+
+
+class ParameterLocks:
+    """The lock of `use_locking=True`: it protects the parameters, not the optimizer.
+
+    Every Parameter stepped by a locking optimizer is given one lock for good, shared with
+    the other parameters of the first locking optimizer to see it; a step (or a state dict
+    taken or loaded) holds the locks of all its parameters, acquired in one global order,
+    so two locking optimizers over the same parameters never interleave their updates, and
+    never deadlock.
+    """
+
+    def __init__(self, parameters):
+        shared = next((p._lock for p in parameters if p._lock is not None), None) or threading.RLock()
+        for p in parameters:
+            if p._lock is None:
+                p._lock = shared
+        self.locks = sorted({id(p._lock): p._lock for p in parameters}.values(), key=id)
+
+    def __enter__(self):
+        for lock in self.locks:
+            lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 def _filled(shape: tuple, dtype: np.dtype, value: float, on_device: bool):
