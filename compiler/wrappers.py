@@ -40,7 +40,8 @@ NN_ARGUMENTS = {
     ),
     "use_locking": (
         "bool",
-        "Serialise concurrent steps on this optimizer with a lock.",
+        "Lock the parameters: steps, state_dict() and load_state_dict() of every locking "
+        "optimizer over the same parameters are serialised, from any thread.",
     ),
 }
 

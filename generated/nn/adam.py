@@ -29,7 +29,9 @@ class Adam(NNOptimizer):
     eps : float, default 1e-08
         Added to the denominator for numerical stability.
     use_locking : bool, default False
-        Serialise concurrent steps on this optimizer with a lock.
+        Lock the parameters: steps, state_dict() and load_state_dict() of
+        every locking optimizer over the same parameters are serialised,
+        from any thread.
     use_nesterov : bool, default False
         Use Nesterov's accelerated gradient in the update (ignored with
         use_amsgrad).

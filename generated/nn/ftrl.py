@@ -31,7 +31,9 @@ class FTRL(NNOptimizer):
     l2 : float, default 0.0
         l2 regularization strength (>= 0).
     use_locking : bool, default False
-        Serialise concurrent steps on this optimizer with a lock.
+        Lock the parameters: steps, state_dict() and load_state_dict() of
+        every locking optimizer over the same parameters are serialised,
+        from any thread.
     loss_scale : float or int, default 1.0
         The gradients are divided by it before the update (> 0; an int is
         converted).

@@ -29,7 +29,9 @@ class RMSProp(NNOptimizer):
     epsilon : float, default 1e-10
         Added inside the square root (> 0).
     use_locking : bool, default False
-        Serialise concurrent steps on this optimizer with a lock.
+        Lock the parameters: steps, state_dict() and load_state_dict() of
+        every locking optimizer over the same parameters are serialised,
+        from any thread.
     centered : bool, default False
         Normalize by an estimate of the variance (ApplyCenteredRMSProp).
     loss_scale : float or int, default 1.0
