@@ -60,7 +60,32 @@ RESERVED_PATTERN = re.compile(
 )
 
 
-class norm(sp.Function):
+class _Reduction(sp.Function):
+    """A value computed from all elements of a tensor (or of a row, column or matrix).
+
+    `LATEX` is its notation, with `%s` for the argument. A reduction of a number folds
+    where its value does not depend on the tensor's size (`MEAN`: the mean of c is c, its
+    RMS |c|); any other reduction of an expression that does not vary over the tensor is
+    refused by the spec checks.
+    """
+
+    nargs = 1
+    LATEX = "%s"
+    MEAN = False
+
+    @classmethod
+    def eval(cls, arg):
+        if cls.MEAN and arg.is_number:
+            return sp.Abs(arg) if cls is rms else arg
+        return None
+
+    def _latex(self, printer, exp=None):
+        # Under a power SymPy passes the exponent: `norm(e)**2` prints as ||e||^2.
+        text = self.LATEX % printer._print(self.args[0])
+        return text if exp is None else r"{%s}^{%s}" % (text, exp)
+
+
+class norm(_Reduction):
     """The L2 norm over one tensor of an element-level expression, e.g. `norm(w)`.
 
     The compiler computes it in a reduction stage (per-chunk partial sums of
@@ -68,13 +93,10 @@ class norm(sp.Function):
     that use it.
     """
 
-    nargs = 1
-
-    def _latex(self, printer):
-        return r"\left\| %s \right\|" % printer._print(self.args[0])
+    LATEX = r"\left\| %s \right\|"
 
 
-class rms(sp.Function):
+class rms(_Reduction):
     """The root mean square over one tensor of an element-level expression: `norm(e)/sqrt(size)`.
 
     Computed like `norm` (float64 partial sums per chunk), divided by the
@@ -82,13 +104,11 @@ class rms(sp.Function):
     parameter and clips the RMS of its update.
     """
 
-    nargs = 1
-
-    def _latex(self, printer):
-        return r"\operatorname{RMS}\left(%s\right)" % printer._print(self.args[0])
+    LATEX = r"\operatorname{RMS}\left(%s\right)"
+    MEAN = True
 
 
-class row_mean(sp.Function):
+class row_mean(_Reduction):
     """The mean of an element-level expression along the last axis: one value per row.
 
     Only in the variants of a rank flag (see `Flag.rank`): a tensor of shape
@@ -97,33 +117,36 @@ class row_mean(sp.Function):
     scalars) updates a row-shaped state.
     """
 
-    nargs = 1
-
-    def _latex(self, printer):
-        return r"\overline{%s}^{\,\mathrm{row}}" % printer._print(self.args[0])
+    LATEX = r"\overline{%s}^{\,\mathrm{row}}"
+    MEAN = True
 
 
-class col_mean(sp.Function):
+class col_mean(_Reduction):
     """The mean of an element-level expression along the second-to-last axis: one value per column."""
 
-    nargs = 1
-
-    def _latex(self, printer):
-        return r"\overline{%s}^{\,\mathrm{col}}" % printer._print(self.args[0])
+    LATEX = r"\overline{%s}^{\,\mathrm{col}}"
+    MEAN = True
 
 
-class matrix_mean(sp.Function):
+class matrix_mean(_Reduction):
     """The mean of a per-row value over the rows of its matrix: one value per matrix.
 
     A tensor of shape (..., rows, cols) is a stack of matrices; Adafactor
     normalises the outer product of its factors by the mean of the row factor.
     """
 
-    nargs = 1
+    LATEX = r"\overline{%s}^{\,\mathrm{matrix}}"
+    MEAN = True
 
-    def _latex(self, printer):
-        return r"\overline{%s}^{\,\mathrm{matrix}}" % printer._print(self.args[0])
 
+REDUCTIONS = (norm, rms, row_mean, col_mean, matrix_mean)
+# Functions the kernel printers turn into code Numba compiles on the CPU and CUDA
+# (SymPy's names; `math.*` in the kernels), besides the reductions and Piecewise.
+KERNEL_FUNCTIONS = (
+    "Abs", "sign", "Max", "Min", "exp", "expm1", "log", "log1p", "log2", "log10", "sin", "cos",
+    "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
+    "erf", "erfc", "gamma", "loggamma", "floor", "ceiling", "hypot",
+)  # fmt: skip
 
 # Reductions whose value is per row, per column or per matrix: only a factored
 # (rank-flagged) kernel computes them.
@@ -457,6 +480,7 @@ def check_spec(spec: Spec) -> None:
 def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> None:
     states = {s.symbol for s in spec.state if active(s.when, variant)}
     readable = set(BUILTINS) | hyper_syms | flag_syms | states
+    varying = set(BUILTIN_ELEMENT) | states  # what may differ from element to element (or row to row)
     assigned: set[sp.Symbol] = set()
     label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
     flag_values = {flag: sp.true if on else sp.false for flag, on in variant.items()}
@@ -465,6 +489,16 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             continue
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
+        _check_functions(expr, where, fail)
+        for reduction in expr.atoms(*REDUCTIONS):
+            if not _reads(reduction.args[0], varying):
+                fail(
+                    where,
+                    f"{reduction} reduces an expression that does not vary over the tensor (it reads no "
+                    "parameter, gradient or state): its value needs no reduction; write it directly",
+                )
+        if _reads(expr, varying):
+            varying.add(rule.target)
         if not is_factored(spec, variant):
             shaped = [c for c in expr.atoms(sp.Function) if isinstance(c, FACTORED_REDUCTIONS)]
             if shaped:
@@ -485,3 +519,28 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             fail(f"state '{s.name}'", f"is never written (when {label})")
     if w not in assigned:
         fail("rules", f"never update the parameter 'w' (when {label})")
+
+
+def _reads(expr, varying: set) -> bool:
+    """Does `expr` vary over a tensor? Per-tensor reductions (norm, rms, matrix_mean) are one
+    value per tensor or matrix; row and column means vary with the row or column."""
+    expr = sp.sympify(expr)
+    per_tensor = {r: sp.Dummy() for r in expr.atoms(norm, rms, matrix_mean)}
+    plain = expr.xreplace(per_tensor)
+    return bool(plain.free_symbols & varying) or bool(plain.atoms(row_mean, col_mean))
+
+
+def _check_functions(expr, where: str, fail) -> None:
+    """Refuse a function the kernel printers cannot print (an undefined `sp.Function('f')`,
+    `factorial`, ...) here, naming the rule, not deep in the printer."""
+    for call in sorted(expr.atoms(sp.Function), key=str):
+        if isinstance(call, REDUCTIONS) or isinstance(call, sp.Piecewise):
+            continue
+        if type(call).__name__ in KERNEL_FUNCTIONS:
+            continue
+        fail(
+            where,
+            f"{call.func} is not something the kernels can compute. Reductions: "
+            f"{', '.join(r.__name__ for r in REDUCTIONS)}; functions: {', '.join(KERNEL_FUNCTIONS)}, "
+            "Piecewise and arithmetic (sqrt is a power: x**0.5 or sympy.sqrt(x))",
+        )

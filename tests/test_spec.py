@@ -129,3 +129,52 @@ def test_runtime_domains_print_and_check_both_infinite_ends():
     assert eval(repr(at_most_zero), {"Interval": Interval, "math": math}) == at_most_zero
     assert -0.5 in at_most_zero and 0.0 in at_most_zero and 0.1 not in at_most_zero
     assert at_most_zero.describe() == "<= 0"
+
+
+# -- reductions and functions the kernels can compute --
+
+
+def test_a_reduction_under_a_power_prints_in_latex():
+    """`norm(e)**2` used to crash `optforge docs` (SymPy passes the exponent to _latex)."""
+    from optforge.compiler.docs import algorithm
+    from optforge.compiler.spec import norm, rms
+
+    assert sp.latex(norm(m) ** 2) == r"{\left\| m \right\|}^{2}"
+    assert sp.latex(rms(m) ** 3) == r"{\operatorname{RMS}\left(m\right)}^{3}"
+    spec = make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m / (rms(m) ** 2 + norm(w) ** 2 + 1))])
+    assert r"{\left\| w \right\|}^{2}" in algorithm(spec, "optim")
+
+
+def test_a_mean_of_a_number_folds_to_the_number():
+    """`rms(1)` used to build and then fail at the first step (`name 'rms0_of' is not defined`)."""
+    from optforge.compiler.spec import col_mean, rms, row_mean
+
+    assert rms(1) == 1 and rms(-2.5) == 2.5 and row_mean(3) == 3
+    assert col_mean(sp.Rational(1, 2)) == sp.Rational(1, 2)
+    spec = make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m * rms(1))])
+    assert not spec.rules[1].expr.atoms(rms)
+
+
+@pytest.mark.parametrize("reduced", ["norm(2)", "norm(lr)", "rms(a*lr)", "rms(norm(w))"])
+def test_a_reduction_of_what_does_not_vary_over_the_tensor_is_refused(reduced):
+    from optforge.compiler.spec import norm, rms
+
+    expr = eval(reduced, {"norm": norm, "rms": rms, "lr": lr, "a": a, "w": w})
+    with pytest.raises(SpecError, match=r"specs/tiny.py: rule 2 .*does not vary over the tensor"):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m * expr)])
+
+
+def test_an_unsupported_function_is_refused_naming_the_rule_and_what_is_supported():
+    f = sp.Function("f")
+    with pytest.raises(
+        SpecError,
+        match=r"specs/tiny.py: rule 2 \(.*\): f is not something the kernels can compute\. "
+        r"Reductions: norm, rms, row_mean, col_mean, matrix_mean; functions: Abs, sign",
+    ):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - lr * f(m))])
+    with pytest.raises(SpecError, match="factorial is not something the kernels can compute"):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m * sp.factorial(a))])
+
+
+def test_supported_functions_pass_the_checks():
+    make(rules=[Rule(m, a * m + g), Rule(w, w - lr * sp.tanh(m) * sp.exp(-abs(m)) * sp.sign(g))])
