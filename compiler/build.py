@@ -23,6 +23,7 @@ PACKAGE_DOCS = {
     "cuda": "Fused Numba CUDA kernels (import them only with numba-cuda installed).",
 }
 DIALECTS = ("nn", "optim", "torch")
+PACKAGE = "optforge.generated"  # the package of the built-in specs' modules
 
 
 def load_specs(names: list[str] | None = None) -> list[Spec]:
@@ -31,8 +32,33 @@ def load_specs(names: list[str] | None = None) -> list[Spec]:
     return [importlib.import_module(f"optforge.specs.{name}").SPEC for name in names]
 
 
-def build_files(specs: list[Spec]) -> dict[str, str]:
-    """Relative path under generated/ -> file text, for every file the specs give."""
+def load_spec_files(folder: Path) -> list[Spec]:
+    """The specs of a user's folder: every ``*.py`` file there (not ``test_*``) that defines SPEC,
+    in name order; each file is run as a module of its own."""
+    import importlib.util
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no specs folder at {folder}")
+    specs = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith(("test_", "_")):
+            continue
+        module_spec = importlib.util.spec_from_file_location(f"_optforge_user_spec_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if hasattr(module, "SPEC"):
+            specs.append(module.SPEC)
+    if not specs:
+        raise FileNotFoundError(f"no spec in {folder}: no .py file there defines SPEC")
+    return specs
+
+
+def build_files(specs: list[Spec], package: str = PACKAGE) -> dict[str, str]:
+    """Relative path under generated/ -> file text, for every file the specs give.
+
+    `package` is the import name of the folder they are written to: the modules import
+    each other (and the run-time imports the kernels) under it."""
     files = {
         f"{folder}/__init__.py" if folder else "__init__.py": f'"""{doc}"""\n'
         for folder, doc in PACKAGE_DOCS.items()
@@ -41,13 +67,13 @@ def build_files(specs: list[Spec]) -> dict[str, str]:
     for spec in specs:
         kernels = [kernel for variant in spec.variants() for kernel in lower(spec, variant)]
         files[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
-        files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels)
-        files[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels)
+        files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels, package)
+        files[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels, package)
         for export in spec.exports:
-            files[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export)
+            files[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export, package)
             exported[export.dialect].append((spec.name, export.class_name))
     for dialect, classes in exported.items():
-        files[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes)
+        files[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes, package)
     return dict(sorted(files.items()))
 
 

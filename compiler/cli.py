@@ -18,7 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument(
         "--check", action="store_true", help="exit 1 if generated/ is stale; write nothing"
     )
-    build_cmd.add_argument("--out", type=Path, help="folder to write (default: the installed generated/)")
+    build_cmd.add_argument("--out", type=Path, help="folder to write (default: the checkout's generated/)")
+    build_cmd.add_argument(
+        "--specs",
+        type=Path,
+        help="your own specs: every .py file in this folder that defines SPEC (needs --out); "
+        "the output is a package of its own that imports optforge's run-time only",
+    )
+    build_cmd.add_argument("--package", help="its import name (default: the name of the --out folder)")
 
     show = commands.add_parser("show", help="print what a spec compiles to")
     show.add_argument("name", help="spec name, e.g. adam")
@@ -33,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     docs = commands.add_parser("docs", help="write docs/ (one page per optimizer class) from specs/")
     docs.add_argument("--check", action="store_true", help="exit 1 if docs/ is stale; write nothing")
     docs.add_argument("--out", type=Path, help="docs folder (default: docs/ beside generated/)")
+    docs.add_argument("--specs", type=Path, help="your own specs' folder (needs --out)")
 
     site = commands.add_parser("site", help="build the static HTML site (MkDocs, math rendered offline)")
     site.add_argument("--out", type=Path, help="site folder (default: site/ beside docs/)")
@@ -40,6 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     new = commands.add_parser("new", help="write a spec skeleton and its test skeleton")
     new.add_argument("name", help="module name of the new spec, e.g. lion")
     new.add_argument("--title", help="class name (default: the name in CamelCase)")
+    new.add_argument(
+        "--dir",
+        type=Path,
+        help="your project's folder for the spec and its test (default: the current folder; "
+        "inside optforge's own checkout: its specs/ and tests/)",
+    )
 
     bench = commands.add_parser(
         "bench", help="time optimizer steps against the bandwidth limit, torch.optim and DeepSpeed"
@@ -62,6 +76,33 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"optforge: spec error: {error}", file=sys.stderr)
         return 2
+    except (UsageError, FileNotFoundError) as error:
+        print(f"optforge: {error}", file=sys.stderr)
+        return 2
+
+
+class UsageError(Exception):
+    """A command that cannot run as asked: one line saying why and what to do instead."""
+
+
+def in_checkout() -> bool:
+    """Is this optforge a source checkout (specs/, tests/ beside generated/), not an install?"""
+    root = build.generated_dir().parent
+    return (root / "specs").is_dir() and (root / "tests").is_dir()
+
+
+def _user_specs(args, command: str) -> list | None:
+    """The specs of `--specs DIR` (which needs `--out`), or None for optforge's own."""
+    if args.specs is None:
+        if not in_checkout() and (args.out is None or command == "docs"):
+            raise UsageError(
+                f"this optforge is installed, not a checkout: `optforge {command}` works on its own "
+                f"specs only in a checkout; for yours run `optforge {command} --specs DIR --out DIR`"
+            )
+        return None
+    if args.out is None:
+        raise UsageError(f"`optforge {command} --specs` needs --out DIR (where to write)")
+    return build.load_spec_files(args.specs)
 
 
 def _bench(args) -> int:
@@ -89,15 +130,26 @@ def _check_or_write(args, files: dict[str, str], root: Path, stale, write, what:
 
 
 def _build(args) -> int:
-    files = build.build_files(build.load_specs())
-    root = args.out or build.generated_dir()
-    return _check_or_write(args, files, root, build.stale_files, build.write_files, "files", "optforge build")
+    specs = _user_specs(args, "build")
+    if specs is None:
+        files = build.build_files(build.load_specs())
+        root = args.out or build.generated_dir()
+        rebuild = "optforge build"
+    else:
+        package = args.package or args.out.resolve().name
+        if not package.isidentifier():
+            raise UsageError(f"'{package}' is not an import name; pass --package NAME")
+        files = build.build_files(specs, package=package)
+        root = args.out
+        rebuild = f"optforge build --specs {args.specs} --out {args.out}"
+    return _check_or_write(args, files, root, build.stale_files, build.write_files, "files", rebuild)
 
 
 def _docs(args) -> int:
     from optforge.compiler import docs
 
-    files = docs.docs_files(build.load_specs())
+    specs = _user_specs(args, "docs")
+    files = docs.docs_files(build.load_specs() if specs is None else specs)
     root = args.out or build.generated_dir().parent / "docs"
     return _check_or_write(
         args, files, root, docs.stale_pages, docs.write_pages, "generated pages", "optforge docs"
@@ -108,7 +160,12 @@ def _site(args) -> int:
     from optforge.compiler import site
 
     root = build.generated_dir().parent
-    if _docs(argparse.Namespace(check=False, out=None)) != 0:
+    if not in_checkout():
+        raise UsageError(
+            "this optforge is installed, not a checkout: `optforge site` builds the checkout's site; "
+            "for your own specs' pages run `optforge docs --specs DIR --out DIR`"
+        )
+    if _docs(argparse.Namespace(check=False, out=None, specs=None)) != 0:
         return 1
     return site.build_site(root, args.out or root / "site")
 
@@ -121,19 +178,31 @@ def _new(args) -> int:
         print(f"optforge: '{args.name}' is not a valid module name", file=sys.stderr)
         return 2
     title = args.title or "".join(part.capitalize() for part in name.split("_"))
-    root = build.generated_dir().parent
-    targets = {
-        root / "specs" / f"{name}.py": "new_spec.py.j2",
-        root / "tests" / f"test_{name}.py": "new_test.py.j2",
-    }
-    for path in targets:
+    own = args.dir is None and in_checkout()  # optforge's own checkout: specs/ and tests/
+    if own:
+        root = build.generated_dir().parent
+        spec_path, test_path = root / "specs" / f"{name}.py", root / "tests" / f"test_{name}.py"
+    else:
+        folder = args.dir or Path.cwd()
+        if not folder.is_dir():
+            raise UsageError(f"{folder} is not a folder; create it or pass --dir FOLDER")
+        spec_path, test_path = folder / f"{name}.py", folder / f"test_{name}.py"
+    for path in (spec_path, test_path):
         if path.exists():
             print(f"optforge: {path} exists; not overwriting it", file=sys.stderr)
             return 1
-    for path, template in targets.items():
-        path.write_text(environment.get_template(template).render(name=name, title=title))
+    context = dict(name=name, title=title, own=own)
+    texts = {  # both rendered before either is written: never a half-written pair
+        spec_path: environment.get_template("new_spec.py.j2").render(**context),
+        test_path: environment.get_template("new_test.py.j2").render(**context),
+    }
+    for path, text in texts.items():
+        path.write_text(text)
         print(f"wrote {path}")
-    print(f'next: fill in the spec, add "{name}" to ALL in specs/__init__.py, run `optforge build`')
+    if own:
+        print(f'next: fill in the spec, add "{name}" to ALL in specs/__init__.py, run `optforge build`')
+    else:
+        print(f"next: fill in the spec and the test's reference, then `python -m pytest {test_path}`")
     return 0
 
 

@@ -393,10 +393,11 @@ def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:
     return [(printer.doprint(c.condition), c.error, f"For '{cls}', {c.message}") for c in spec.constraints]
 
 
-def render_class_module(spec: Spec, export: Export) -> str:
-    return render(f"{export.dialect}_class.py.j2", **CONTEXTS[export.dialect](spec, export))
+def render_class_module(spec: Spec, export: Export, package: str) -> str:
+    context = CONTEXTS[export.dialect](spec, export)
+    return render(f"{export.dialect}_class.py.j2", package=package, **context)
 
 
-def render_dialect_init(dialect: str, classes: list[tuple[str, str]]) -> str:
+def render_dialect_init(dialect: str, classes: list[tuple[str, str]], package: str) -> str:
     """`classes`: (module name, class name) pairs, in order."""
-    return render("dialect_init.py.j2", source="specs/", dialect=dialect, classes=classes)
+    return render("dialect_init.py.j2", source="specs/", dialect=dialect, classes=classes, package=package)

@@ -9,6 +9,7 @@ so `optforge build` can run (and repair) even when generated/ is stale.
     optforge.optim              the PyTorch-like dialect: RAdam, and optim.lr_scheduler
     optforge.Adam, AdamOffload, Lamb, ProximalAdagrad   = optforge.nn.*
     optforge.RAdam              = optforge.optim.RAdam
+    optforge.compile_spec       your own spec file, compiled into a per-user cache
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ __version__ = "0.1.0"
 _SUBMODULES = ("nn", "optim")
 _REEXPORTS = {"Adam": "nn", "AdamOffload": "nn", "Lamb": "nn", "ProximalAdagrad": "nn", "RAdam": "optim"}
 
-__all__ = ["Parameter", "RowTensor", *_SUBMODULES, *_REEXPORTS]
+__all__ = ["Parameter", "RowTensor", "compile_spec", *_SUBMODULES, *_REEXPORTS]
 
 
 def __getattr__(name: str):
+    if name == "compile_spec":
+        from optforge.user_specs import compile_spec
+
+        return compile_spec
     if name in _SUBMODULES:
         return importlib.import_module(f"optforge.{name}")
     if name in _REEXPORTS:

@@ -259,9 +259,10 @@ def rank_flag_source(spec: Spec) -> str | None:
     return None if flag is None else repr((spec.flags.index(flag), flag.rank))
 
 
-def render_cpu_module(spec: Spec, kernels: list[Kernel]) -> str:
+def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     return render(
         "cpu_kernels.py.j2",
+        package=package,
         source=spec.where,
         spec=spec,
         rank_flag=rank_flag_source(spec),

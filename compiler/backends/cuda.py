@@ -38,9 +38,10 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
     return context
 
 
-def render_cuda_module(spec: Spec, kernels: list[Kernel]) -> str:
+def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     return render(
         "cuda_kernels.py.j2",
+        package=package,
         source=spec.where,
         spec=spec,
         rank_flag=rank_flag_source(spec),

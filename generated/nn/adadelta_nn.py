@@ -86,6 +86,7 @@ class Adadelta(NNOptimizer):
     """
 
     _SPEC = "adadelta_nn"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("rho", "epsilon")
     _DECAY = "coupled"
     _FLAGS = ()

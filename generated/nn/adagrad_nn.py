@@ -82,6 +82,7 @@ class Adagrad(NNOptimizer):
     """
 
     _SPEC = "adagrad_nn"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("accum",)
     _DECAY = "coupled"
     _FLAGS = ("update_slots",)

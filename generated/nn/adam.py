@@ -109,6 +109,7 @@ class Adam(NNOptimizer):
     """
 
     _SPEC = "adam"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
     _FLAGS = ("use_nesterov", "use_amsgrad")

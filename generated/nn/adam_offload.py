@@ -104,6 +104,7 @@ class AdamOffload(NNOptimizer):
     """
 
     _SPEC = "adam_offload"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
     _FLAGS = ("use_nesterov",)

@@ -85,6 +85,7 @@ class AdamWeightDecay(NNOptimizer):
     """
 
     _SPEC = "adam_weight_decay"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "decoupled"
     _FLAGS = ()

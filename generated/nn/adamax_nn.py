@@ -92,6 +92,7 @@ class AdaMax(NNOptimizer):
     """
 
     _SPEC = "adamax_nn"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "coupled"
     _FLAGS = ()

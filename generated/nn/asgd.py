@@ -81,6 +81,7 @@ class ASGD(NNOptimizer):
     """
 
     _SPEC = "asgd"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("lambd", "alpha", "t0")
     _DECAY = "coupled"
     _FLAGS = ()

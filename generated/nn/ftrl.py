@@ -104,6 +104,7 @@ class FTRL(NNOptimizer):
     """
 
     _SPEC = "ftrl"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("initial_accum", "lr_power", "l1", "l2")
     _DECAY = "coupled"
     _FLAGS = ()

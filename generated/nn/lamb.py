@@ -85,6 +85,7 @@ class Lamb(NNOptimizer):
     """
 
     _SPEC = "lamb"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _DECAY = "decoupled"
     _FLAGS = ()

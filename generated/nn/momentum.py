@@ -82,6 +82,7 @@ class Momentum(NNOptimizer):
     """
 
     _SPEC = "momentum"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("momentum",)
     _DECAY = "coupled"
     _FLAGS = ("use_nesterov",)

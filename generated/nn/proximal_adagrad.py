@@ -96,6 +96,7 @@ class ProximalAdagrad(NNOptimizer):
     """
 
     _SPEC = "proximal_adagrad"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("accum", "l1", "l2")
     _DECAY = "coupled"
     _FLAGS = ()

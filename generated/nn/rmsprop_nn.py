@@ -104,6 +104,7 @@ class RMSProp(NNOptimizer):
     """
 
     _SPEC = "rmsprop_nn"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("decay", "momentum", "epsilon")
     _DECAY = "coupled"
     _FLAGS = ("centered",)

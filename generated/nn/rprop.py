@@ -94,6 +94,7 @@ class Rprop(NNOptimizer):
     """
 
     _SPEC = "rprop"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("etaminus", "etaplus", "step_size_min", "step_size_max")
     _DECAY = "coupled"
     _FLAGS = ()

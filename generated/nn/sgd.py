@@ -90,6 +90,7 @@ class SGD(NNOptimizer):
     """
 
     _SPEC = "sgd"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("momentum", "dampening")
     _DECAY = "coupled"
     _FLAGS = ("nesterov",)

@@ -83,6 +83,7 @@ class Adadelta(OptimOptimizer):
     """
 
     _SPEC = "adadelta"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("rho", "eps")
     _HYPER_KEYS = (("rho", None), ("eps", None))
     _GROUP_CHECKS = (

@@ -88,6 +88,7 @@ class Adagrad(OptimOptimizer):
     """
 
     _SPEC = "adagrad"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("lr_decay", "initial_accumulator_value", "eps")
     _HYPER_KEYS = (("lr_decay", None), ("initial_accumulator_value", None), ("eps", None))
     _GROUP_CHECKS = (

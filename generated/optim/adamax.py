@@ -88,6 +88,7 @@ class Adamax(OptimOptimizer):
     """
 
     _SPEC = "adamax"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _GROUP_CHECKS = (

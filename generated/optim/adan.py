@@ -93,6 +93,7 @@ class Adan(OptimOptimizer):
     """
 
     _SPEC = "adan"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "beta3", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("betas", 2), ("eps", None))
     _GROUP_CHECKS = (

@@ -85,6 +85,7 @@ class ASGD(OptimOptimizer):
     """
 
     _SPEC = "asgd"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("lambd", "alpha", "t0")
     _HYPER_KEYS = (("lambd", None), ("alpha", None), ("t0", None))
     _GROUP_CHECKS = (

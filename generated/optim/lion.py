@@ -76,6 +76,7 @@ class Lion(OptimOptimizer):
     """
 
     _SPEC = "lion"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2")
     _HYPER_KEYS = (("betas", 0), ("betas", 1))
     _GROUP_CHECKS = (

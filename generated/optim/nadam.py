@@ -100,6 +100,7 @@ class NAdam(OptimOptimizer):
     """
 
     _SPEC = "nadam"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps", "momentum_decay")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None), ("momentum_decay", None))
     _GROUP_CHECKS = (

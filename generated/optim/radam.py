@@ -84,6 +84,7 @@ class RAdam(OptimOptimizer):
     """
 
     _SPEC = "radam"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _GROUP_CHECKS = (

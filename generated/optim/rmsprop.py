@@ -97,6 +97,7 @@ class RMSprop(OptimOptimizer):
     """
 
     _SPEC = "rmsprop"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("alpha", "eps", "momentum")
     _HYPER_KEYS = (("alpha", None), ("eps", None), ("momentum", None))
     _GROUP_CHECKS = (

@@ -87,6 +87,7 @@ class Rprop(OptimOptimizer):
     """
 
     _SPEC = "rprop"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("etaminus", "etaplus", "step_size_min", "step_size_max")
     _HYPER_KEYS = (("etas", 0), ("etas", 1), ("step_sizes", 0), ("step_sizes", 1))
     _GROUP_CHECKS = (

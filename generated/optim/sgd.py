@@ -87,6 +87,7 @@ class SGD(OptimOptimizer):
     """
 
     _SPEC = "sgd"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("momentum", "dampening")
     _HYPER_KEYS = (("momentum", None), ("dampening", None))
     _GROUP_CHECKS = (

@@ -79,6 +79,7 @@ class AdaBelief(TorchOptimizer):
     """
 
     _SPEC = "adabelief"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _FLAGS = ()

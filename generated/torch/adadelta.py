@@ -78,6 +78,7 @@ class Adadelta(TorchOptimizer):
     """
 
     _SPEC = "adadelta"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("rho", "eps")
     _HYPER_KEYS = (("rho", None), ("eps", None))
     _FLAGS = ("maximize",)

@@ -94,6 +94,7 @@ class Adafactor(TorchOptimizer):
     """
 
     _SPEC = "adafactor"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta2_decay", "eps1", "eps2", "d")
     _HYPER_KEYS = (("beta2_decay", None), ("eps", 0), ("eps", 1), ("d", None))
     _FLAGS = ("maximize",)

@@ -89,6 +89,7 @@ class Adam(TorchOptimizer):
     """
 
     _SPEC = "adam_torch"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _FLAGS = ("amsgrad", "maximize")

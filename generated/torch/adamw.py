@@ -89,6 +89,7 @@ class AdamW(TorchOptimizer):
     """
 
     _SPEC = "adamw"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _FLAGS = ("amsgrad", "maximize")

@@ -71,6 +71,7 @@ class Lion(TorchOptimizer):
     """
 
     _SPEC = "lion"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2")
     _HYPER_KEYS = (("betas", 0), ("betas", 1))
     _FLAGS = ()

@@ -97,6 +97,7 @@ class NAdam(TorchOptimizer):
     """
 
     _SPEC = "nadam"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps", "momentum_decay")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None), ("momentum_decay", None))
     _FLAGS = ("decoupled_weight_decay", "maximize")

@@ -92,6 +92,7 @@ class RMSprop(TorchOptimizer):
     """
 
     _SPEC = "rmsprop"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("alpha", "eps", "momentum")
     _HYPER_KEYS = (("alpha", None), ("eps", None), ("momentum", None))
     _FLAGS = ("centered", "maximize")

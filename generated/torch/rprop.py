@@ -82,6 +82,7 @@ class Rprop(TorchOptimizer):
     """
 
     _SPEC = "rprop"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("etaminus", "etaplus", "step_size_min", "step_size_max")
     _HYPER_KEYS = (("etas", 0), ("etas", 1), ("step_sizes", 0), ("step_sizes", 1))
     _FLAGS = ("maximize",)

@@ -82,6 +82,7 @@ class SGD(TorchOptimizer):
     """
 
     _SPEC = "sgd"
+    _KERNELS = "optforge.generated"
     _HYPERS = ("momentum", "dampening")
     _HYPER_KEYS = (("momentum", None), ("dampening", None))
     _FLAGS = ("nesterov", "maximize")

@@ -45,7 +45,7 @@ class DeviceStepper:
 
     def __init__(self, optimizer, variant_key: tuple):
         self.opt = optimizer
-        self.module = importlib.import_module(f"optforge.generated.cuda.{optimizer._SPEC}")
+        self.module = importlib.import_module(f"{optimizer._KERNELS}.cuda.{optimizer._SPEC}")
         self.variant = self.module.VARIANTS[variant_key]
         self.launch_config = Launch()
         self.offload = self.module.OFFLOAD[variant_key] if optimizer._OFFLOAD else None
@@ -162,7 +162,7 @@ class DeviceStepper:
         dtype = batch.dtype
         scalar = dtype.type
         _, scalars = opt._variant.step(t, lr, hypers, dtype)
-        cpu = importlib.import_module(f"optforge.generated.cpu.{opt._SPEC}")
+        cpu = importlib.import_module(f"{opt._KERNELS}.cpu.{opt._SPEC}")
         host_update = cpu.HOST_STAGE[self.variant_key][dtype.name]
         effective_gradient, apply = self.offload[dtype.name]
         slots = self._transfer_slots(dtype)

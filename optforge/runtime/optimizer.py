@@ -47,7 +47,8 @@ class _Batch:
 class FusedOptimizer:
     """Base of the generated classes; subclasses set the class attributes below."""
 
-    _SPEC = ""  # the spec's module name: optforge.generated.{cpu,cuda}.<_SPEC>
+    _SPEC = ""  # the spec's module name: <_KERNELS>.{cpu,cuda}.<_SPEC>
+    _KERNELS = "optforge.generated"  # the package its kernel modules were built into
     _HYPERS: tuple[str, ...] = ()  # the spec's hyperparameters, in spec order
     _DECAY = "coupled"  # how weight decay enters the spec: "coupled" or "decoupled"
     _SPARSE: str | None = None  # row-sparse gradients: "rows", "dense" or None
@@ -83,7 +84,7 @@ class FusedOptimizer:
                     f"For '{cls}', parameter group {g} mixes device arrays ('{on}') and host arrays "
                     f"('{off}'); a group's parameters must all live in one place."
                 )
-        module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
+        module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
         variant = module.VARIANTS[variant_key]
         self._variant = variant
         self._variant_key = variant_key
@@ -326,7 +327,12 @@ class FusedOptimizer:
         self._load_extra_state(extra)
 
     def _checkpoint_name(self) -> str:
-        return f"{type(self).__module__}.{type(self).__qualname__}"
+        """The class by its dialect path (optforge.generated.optim.adam_torch.Adam), also for a
+        spec compiled into a cache folder, whose package name changes with every edit."""
+        module = type(self).__module__
+        if module.startswith(self._KERNELS + "."):
+            module = "optforge.generated" + module[len(self._KERNELS) :]
+        return f"{module}.{type(self).__qualname__}"
 
     def _extra_state(self) -> dict:
         return {}

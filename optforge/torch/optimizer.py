@@ -107,7 +107,8 @@ class _Cohort:
 class TorchOptimizer(torch.optim.Optimizer):
     """Base of the generated `optforge.torch` classes; they set the class attributes below."""
 
-    _SPEC = ""  # optforge.generated.{cpu,cuda}.<_SPEC>
+    _SPEC = ""  # <_KERNELS>.{cpu,cuda}.<_SPEC>
+    _KERNELS = "optforge.generated"
     _HYPERS: tuple[str, ...] = ()
     _HYPER_KEYS: tuple = ()  # (group key, index or None) of each hyperparameter
     _FLAGS: tuple[str, ...] = ()  # the flags this class exposes (group keys)
@@ -120,6 +121,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         super().__init_subclass__(**kwargs)
         engine_attributes = {
             "_SPEC": cls._SPEC,
+            "_KERNELS": cls._KERNELS,
             "_HYPERS": cls._HYPERS,
             "_HYPER_KEYS": cls._HYPER_KEYS,
             "_DECAY": cls._DECAY,
@@ -353,7 +355,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
         Adafactor: row and column factors for a matrix, a full variance for a vector)."""
-        module = importlib.import_module(f"optforge.generated.cpu.{self._SPEC}")
+        module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
         return module.VARIANTS[tensor_variant_key(module, self._variant_key(), p.dim())].state_shapes(p.shape)
 
 
