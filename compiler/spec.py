@@ -140,6 +140,9 @@ class matrix_mean(_Reduction):
 
 
 REDUCTIONS = (norm, rms, row_mean, col_mean, matrix_mean)
+# Functions a state's initial value may apply to the parameter (printed as NumPy calls).
+_NUMPY_INIT = (sp.Abs, sp.sign, sp.exp, sp.log, sp.tanh)
+_INIT_NAMES = ("Abs", "sign", "exp", "log", "tanh", "powers")
 # Functions the kernel printers turn into code Numba compiles on the CPU and CUDA
 # (SymPy's names; `math.*` in the kernels), besides the reductions and Piecewise.
 KERNEL_FUNCTIONS = (
@@ -204,7 +207,10 @@ class State:
     """
 
     symbol: sp.Symbol
-    init: object  # a number, a hyperparameter's symbol, or lr (the group's initial learning rate)
+    # A number, a hyperparameter's symbol, lr (the group's initial learning rate), or an
+    # expression of the parameter `w` (and numbers, hyperparameters): `State(z, w)` starts z as
+    # a copy of the parameter (Schedule-Free's z, Prodigy's p0), evaluated when the state is made.
+    init: object
     name: str  # the public name (MindSpore's attribute, e.g. "moment1")
     doc: str
     when: sp.Expr | None = None  # a flag or its negation (~flag): the state exists only then
@@ -407,10 +413,16 @@ def check_spec(spec: Spec) -> None:
         if s.shape != "element" and (not ranked or s.when != ranked[0].symbol):
             fail(f"state '{s.name}'", f"a {s.shape}-shaped state needs when=<the rank flag>")
         if not (isinstance(s.init, (int, float)) or s.init in hyper_syms or s.init == lr):
-            fail(
-                f"state '{s.name}'",
-                f"initial value must be a number, a hyperparameter or lr, got {s.init!r}",
-            )
+            init = sp.sympify(s.init)
+            if init.free_symbols - hyper_syms - {w} or init.atoms(sp.Function) - init.atoms(*_NUMPY_INIT):
+                fail(
+                    f"state '{s.name}'",
+                    "initial value must be a number, a hyperparameter, lr, or an expression of the "
+                    f"parameter w, numbers and hyperparameters (with {', '.join(_INIT_NAMES)}), "
+                    f"got {s.init!r}",
+                )
+            if w in init.free_symbols and s.shape != "element":
+                fail(f"state '{s.name}'", f"a {s.shape}-shaped state cannot start from the parameter w")
 
     for i, rule in enumerate(spec.rules, 1):
         where = f"rule {i} ({rule})"

@@ -186,14 +186,21 @@ def class_context(spec: Spec, export: Export) -> dict:
 
 
 def _state_init_source(spec: Spec) -> str:
-    """The dict display of each state's initial value: a number or a hyperparameter."""
+    """The dict display of each state's initial value: a number, a hyperparameter, or a
+    function of the parameter's array (`lambda w: ...`, NumPy, evaluated when the state is made)."""
+    from sympy.printing.numpy import NumPyPrinter
+
+    hypers = {h.symbol: sp.Symbol(f'self.hypers["{h.name}"]') for h in spec.hypers}
 
     def source(init) -> str:
         if isinstance(init, (int, float)):
             return repr(float(init))
-        if init.name == "lr":
+        if getattr(init, "name", None) == "lr":
             return '"lr"'  # resolved per parameter: its group's initial learning rate
-        return f'self.hypers["{init.name}"]'
+        if init in hypers:
+            return f'self.hypers["{init.name}"]'
+        printer = NumPyPrinter({"fully_qualified_modules": True})
+        return f"lambda w: {printer.doprint(sp.sympify(init).xreplace(hypers))}"
 
     values = {s.name: source(s.init) for s in spec.state}
     return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"

@@ -279,3 +279,92 @@ def test_build_specs_writes_a_package_of_the_user_s_own(installed, user_project,
     docs = tmp_path / "docs"
     assert main(["docs", "--specs", str(user_project), "--out", str(docs)]) == 0
     assert any(p.name.endswith(".md") and "QHAdam" in p.read_text() for p in docs.rglob("*.md"))
+
+
+# -- state that starts from the parameter --
+
+FROM_PARAMETER = textwrap.dedent(
+    '''
+    """Averaging toward an iterate that starts at the parameter (Schedule-Free's z)."""
+
+    import sympy as sp
+
+    from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, lr, w
+
+    c = sp.Symbol("c")
+    z, d = sp.symbols("z d")
+    SIGNATURE = (("lr", 1e-2), "c")
+
+    SPEC = Spec(
+        name="toward_z",
+        title="TowardZ",
+        source=__file__,
+        summary="w moves toward z, an SGD iterate that starts at w.",
+        hypers=[Hyper(c, ("float",), 0.5, "Weight of z.")],
+        domains={c: sp.Interval(0, 1)},
+        flags=[],
+        state=[State(z, w, "z", "The SGD iterate."), State(d, 2 * abs(w) + c, "d", "A running max.")],
+        rules=[
+            Rule(z, z - lr * g),
+            Rule(d, sp.Max(d, abs(g))),
+            Rule(w, (1 - c) * w + c * z - lr * g / (d + 1)),
+        ],
+        decay="decoupled",
+        exports=[Export("optim", "TowardZ", SIGNATURE), Export("torch", "TowardZ", SIGNATURE)],
+    )
+    '''
+)
+
+
+def toward_z_reference(w, grads, lr, c):
+    z, d = w.copy(), 2 * np.abs(w) + c
+    for g in grads:
+        z = z - lr * g
+        d = np.maximum(d, np.abs(g))
+        w = (1 - c) * w + c * z - lr * g / (d + 1)
+    return w, z, d
+
+
+def test_a_state_may_start_from_the_parameter(user_project):
+    (user_project / "toward_z.py").write_text(FROM_PARAMETER)
+    compiled = optforge.compile_spec(user_project / "toward_z.py")
+    rng = np.random.default_rng(2)
+    values = [rng.standard_normal(s) for s in SHAPES]
+    grads = [[rng.standard_normal(s) for s in SHAPES] for _ in range(5)]
+    opt = compiled.optim.TowardZ([optforge.Parameter(x.copy(), f"p{i}") for i, x in enumerate(values)], c=0.3)
+    np.testing.assert_array_equal(opt.z[1], values[1])  # a copy of the parameter, not its memory
+    assert not np.shares_memory(opt.z[1], opt.parameters[1].data)
+    for step in grads:
+        opt(tuple(step))
+    for i, p in enumerate(opt.parameters):
+        w, z, d = toward_z_reference(values[i], [g[i] for g in grads], lr=1e-2, c=0.3)
+        np.testing.assert_allclose(p.data, w, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(opt.z[i], z, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(opt.d[i], d, atol=1e-12, rtol=1e-10)
+
+    torch = pytest.importorskip("torch")
+    params = [torch.nn.Parameter(torch.tensor(x)) for x in values]
+    topt = compiled.torch.TowardZ(params, c=0.3)
+    with torch.no_grad():
+        params[0].mul_(2)  # torch's state starts at the first step: from the value then
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = torch.tensor(g)
+        topt.step()
+    start = [values[0] * 2, *values[1:]]
+    for i, p in enumerate(params):
+        w, z, _ = toward_z_reference(start[i], [g[i] for g in grads], lr=1e-2, c=0.3)
+        np.testing.assert_allclose(p.detach().numpy(), w, atol=1e-12, rtol=1e-10)
+        np.testing.assert_allclose(topt.state[p]["z"].numpy(), z, atol=1e-12, rtol=1e-10)
+
+
+def test_a_state_from_anything_but_the_parameter_and_hyperparameters_is_refused(user_project):
+    from optforge.compiler.spec import SpecError
+
+    (user_project / "bad_init.py").write_text(
+        FROM_PARAMETER.replace('State(z, w, "z"', 'State(z, w + g, "z"')
+    )
+    with pytest.raises(
+        SpecError, match="state 'z': initial value must be a number, a hyperparameter, lr, or an"
+    ):
+        optforge.compile_spec(user_project / "bad_init.py")

@@ -108,7 +108,7 @@ class FusedOptimizer:
         names = list(dict.fromkeys(name for shapes in own for name in shapes))
         self.state = {
             name: tuple(
-                _filled(shapes[name], p.dtype, initial(name, i), dev) if name in shapes else None
+                _filled(shapes[name], p.dtype, initial(name, i), dev, p) if name in shapes else None
                 for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
             )
             for name in names
@@ -623,9 +623,14 @@ class ParameterLocks:
             lock.release()
 
 
-def _filled(shape: tuple, dtype: np.dtype, value: float, on_device: bool):
-    """A state array filled with `value`, on the device or in host memory."""
-    array = np.full(shape, value, dtype=dtype)
+def _filled(shape: tuple, dtype: np.dtype, value, on_device: bool, parameter: Parameter | None = None):
+    """A state array filled with `value` (a number, or a function of the parameter's values:
+    `State(z, w)` starts as a copy), on the device or in host memory."""
+    if callable(value):
+        values = np.asarray(value(parameter.asnumpy()), dtype=dtype)
+        array = np.array(np.broadcast_to(values, shape), dtype=dtype)
+    else:
+        array = np.full(shape, value, dtype=dtype)
     if on_device:
         from optforge.runtime.cuda import to_device
 
