@@ -149,7 +149,7 @@ def _docs(args) -> int:
     from optforge.compiler import docs
 
     specs = _user_specs(args, "docs")
-    files = docs.docs_files(build.load_specs() if specs is None else specs)
+    files = docs.docs_files(build.load_specs()) if specs is None else docs.docs_files(specs, user=True)
     root = args.out or build.generated_dir().parent / "docs"
     return _check_or_write(
         args, files, root, docs.stale_pages, docs.write_pages, "generated pages", "optforge docs"

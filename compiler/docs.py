@@ -23,6 +23,20 @@ DIALECTS = {
     "optim": ("optforge.optim", "the PyTorch-like dialect of `mindspore.experimental.optim`"),
     "torch": ("optforge.torch", "the torch.optim front end (a `torch.optim.Optimizer` over tensors)"),
 }
+# A user's spec (`optforge docs --specs`): described by its own exports, reached through compile_spec.
+USER_DIALECTS = {
+    "nn": "the nn dialect (MindSpore-style arguments; `opt(grads)` steps optforge Parameters)",
+    "optim": "the optim dialect (torch.optim-style arguments; `opt(grads)` steps optforge Parameters)",
+    "torch": "the torch dialect (a `torch.optim.Optimizer` over tensors)",
+}
+
+
+def dialect_module(spec: S.Spec, dialect: str, user: bool) -> tuple[str, str]:
+    """(where the class is imported from, the dialect in words) on a spec's page."""
+    if user:
+        return f'optforge.compile_spec("{Path(spec.source).name}").{dialect}', USER_DIALECTS[dialect]
+    return DIALECTS[dialect]
+
 
 # LaTeX of the built-in symbols, and the legend that explains them.
 BUILTIN_LATEX = {
@@ -62,7 +76,9 @@ DIALECT_NOTES = {
     ),
     "optim": (
         "One step counter serves all parameter groups; each group may override lr, betas, eps and "
-        "weight_decay. Group betas and eps are not validated, as in MindSpore's code.",
+        "weight_decay. A group's options are validated like the constructor's arguments, when the "
+        "group is made and, if they changed, at the next step (MindSpore's code validates none of "
+        "betas and eps), before anything is stepped.",
     ),
     "torch": (
         "Parameters that get their first gradient at the same step share one step count and one fused "
@@ -161,12 +177,11 @@ def legend(spec: S.Spec, dialect: str, state_names: dict | None = None) -> list[
     return items
 
 
-def example(spec: S.Spec, export) -> str:
-    module, _ = DIALECTS[export.dialect]
+def example(spec: S.Spec, export, module: str) -> str:
     if export.dialect == "torch":
         return (
             "import torch\n"
-            "import optforge.torch\n\n"
+            f"import {'optforge' if module.startswith('optforge.compile_spec') else 'optforge.torch'}\n\n"
             "model = torch.nn.Linear(3, 2)\n"
             f"opt = {module}.{export.class_name}(model.parameters())\n"
             "x, y = torch.randn(8, 3), torch.randn(8, 2)\n"
@@ -191,9 +206,9 @@ def example(spec: S.Spec, export) -> str:
     )
 
 
-def page(spec: S.Spec, export) -> str:
+def page(spec: S.Spec, export, user: bool = False) -> str:
     context = CONTEXTS[export.dialect](spec, export)
-    module, dialect_words = DIALECTS[export.dialect]
+    module, dialect_words = dialect_module(spec, export.dialect, user)
     domains = {sym.name: runtime_domain(dom).describe() for sym, dom in spec.domains.items()}
     arguments = []
     for a in context["arguments"]:
@@ -233,7 +248,7 @@ def page(spec: S.Spec, export) -> str:
             for s in spec.state
         ],
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
-        example=example(spec, export),
+        example=example(spec, export, module),
     )
 
 
@@ -305,8 +320,9 @@ def page_path(export) -> str:
     return f"optimizers/{export.dialect}.{export.class_name}.md"
 
 
-def docs_files(specs: list[S.Spec]) -> dict[str, str]:
-    """Relative path under docs/ -> Markdown, for every page the specs give.
+def docs_files(specs: list[S.Spec], user: bool = False) -> dict[str, str]:
+    """Relative path under docs/ -> Markdown, for every page the specs give (`user`: a user's
+    own specs, whose pages name them by their exports and compile_spec).
 
     The hand-written pages (docs/guide/) are not among them.
     """
@@ -314,13 +330,13 @@ def docs_files(specs: list[S.Spec]) -> dict[str, str]:
     rows = []
     for spec in specs:
         for export in spec.exports:
-            files[page_path(export)] = page(spec, export)
-            module, _ = DIALECTS[export.dialect]
+            files[page_path(export)] = page(spec, export, user)
+            module, _ = dialect_module(spec, export.dialect, user)
             rows.append((f"{module}.{export.class_name}", page_path(export), spec.summary, spec.where))
-    for path, (name, text, summary, source) in wrapper_pages().items():
+    for path, (name, text, summary, source) in ({} if user else wrapper_pages()).items():
         files[path] = text
         rows.append((name, path, summary, source))
-    files["index.md"] = environment.get_template("docs_index.md.j2").render(rows=sorted(rows))
+    files["index.md"] = environment.get_template("docs_index.md.j2").render(rows=sorted(rows), user=user)
     return files
 
 
