@@ -237,3 +237,27 @@ def test_adafactor_factored_and_full_tensors_on_the_device_match_the_cpu_backend
             assert (a is None) == (b is None)
             if a is not None:
                 np.testing.assert_allclose(b.copy_to_host(), a, **TOL[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize("cls, kwargs", CASES[:1] + CASES[3:5], ids=["Adam", "AdamOffload", "Lamb"])
+def test_replaced_device_data_is_followed_or_refused(cls, kwargs):
+    """`p.data = new` on the device: the same shape is followed, another shape refused."""
+    on_host, on_device, rng = pair(cls, kwargs, np.float32)
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in SHAPES] for _ in range(3)]
+    on_host(tuple(grads[0]))
+    on_device(tuple(grads[0]))
+    old = on_device.parameters[1].data
+    on_device.parameters[1].data = cuda.to_device(old.copy_to_host())
+    kept = old.copy_to_host()
+    for g in grads[1:]:
+        on_host(tuple(g))
+        on_device(tuple(g))
+    for a, b in zip(on_host.parameters, on_device.parameters):
+        np.testing.assert_allclose(b.asnumpy(), a.data, **TOL[np.float32])
+    np.testing.assert_array_equal(old.copy_to_host(), kept)  # the orphaned array is left alone
+    on_device.parameters[2].data = cuda.to_device(np.zeros(5, np.float32))
+    before = on_device.state_dict()
+    with pytest.raises(ValueError, match="was replaced by a float32\\[5\\] device array"):
+        on_device(tuple(grads[0]))
+    for key, value in on_device.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(before[key]), err_msg=key)
