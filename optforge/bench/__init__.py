@@ -31,3 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
     )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="instead: whole steps on many small tensors (optforge.torch.AdamW vs torch fused and "
+        "foreach; optforge.nn.Adam vs its bare kernel call), interleaved",
+    )

@@ -255,6 +255,11 @@ def table(result: dict) -> str:
 
 
 def run_from_arguments(args) -> int:
+    if args.overhead:
+        from optforge.bench.overhead import run_overhead
+
+        run_overhead(args.out_dir)
+        return 0
     if args.startup:
         from optforge.bench.startup import run_startup
 
