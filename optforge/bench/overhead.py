@@ -113,7 +113,7 @@ def nn_contenders(count: int = 200, size: int = 100) -> dict[str, Callable[[], N
 def run_overhead(out_dir: Path, rounds: int = 15, steps: int = 50) -> dict:
     results = {}
     try:
-        import torch
+        import torch  # noqa: F401  (only to know whether the torch contenders can run)
 
         suites = {"300 tensors of 64-4096": small_shapes(), "ResNet-18 (62 tensors)": RESNET18}
         for suite, shapes in suites.items():
