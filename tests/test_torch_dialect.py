@@ -325,7 +325,7 @@ def test_a_state_dict_of_another_optimizer_or_shape_is_refused_before_anything_c
     other, _, _ = mlp()
     sgd = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
     train(other, x, y, sgd, 1)
-    with pytest.raises(ValueError, match="no 'exp_avg'"):
+    with pytest.raises(ValueError, match="is it a state dict of another optimizer"):
         opt.load_state_dict(sgd.state_dict())
     wide = torch.nn.Sequential(torch.nn.Linear(7, 14), torch.nn.Tanh(), torch.nn.Linear(14, 3))
     wide_opt = ot.Adam(wide.parameters())

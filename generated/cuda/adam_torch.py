@@ -15,12 +15,20 @@ from numba import config, cuda, float64  # noqa: F401
 from optforge.generated.host.adam_torch import (
     branch,
     branch_amsgrad,
+    branch_amsgrad__decoupled_weight_decay,
     branch_amsgrad__maximize,
+    branch_amsgrad__maximize__decoupled_weight_decay,
+    branch_decoupled_weight_decay,
     branch_maximize,
+    branch_maximize__decoupled_weight_decay,
     scalars,
     scalars_amsgrad,
+    scalars_amsgrad__decoupled_weight_decay,
     scalars_amsgrad__maximize,
+    scalars_amsgrad__maximize__decoupled_weight_decay,
+    scalars_decoupled_weight_decay,
     scalars_maximize,
+    scalars_maximize__decoupled_weight_decay,
 )
 from optforge.runtime.kernels import Branch, Variant
 
@@ -50,7 +58,7 @@ def adam_torch_f32_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=False, float32."""
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float32."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -67,9 +75,10 @@ def adam_torch_f32_kernel(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -131,7 +140,7 @@ def adam_torch_f64_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=False, float64."""
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float64."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -148,9 +157,10 @@ def adam_torch_f64_kernel(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -195,6 +205,178 @@ def adam_torch_f64(
 
 
 @cuda.jit(cache=True)
+def adam_torch_decoupled_weight_decay_f32_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float32."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f32(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+def adam_torch_decoupled_weight_decay_f32(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_decoupled_weight_decay_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
+def adam_torch_decoupled_weight_decay_f64_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float64."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f64(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+def adam_torch_decoupled_weight_decay_f64(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_decoupled_weight_decay_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
 def adam_torch_maximize_f32_kernel(
     chunk_slot,
     chunk_start,
@@ -212,7 +394,7 @@ def adam_torch_maximize_f32_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=True, float32."""
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float32."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -230,9 +412,10 @@ def adam_torch_maximize_f32_kernel(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -294,7 +477,7 @@ def adam_torch_maximize_f64_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=True, float64."""
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float64."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -312,9 +495,10 @@ def adam_torch_maximize_f64_kernel(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -359,6 +543,184 @@ def adam_torch_maximize_f64(
 
 
 @cuda.jit(cache=True)
+def adam_torch_maximize__decoupled_weight_decay_f32_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float32."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f32(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+def adam_torch_maximize__decoupled_weight_decay_f32(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_maximize__decoupled_weight_decay_f32_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
+def adam_torch_maximize__decoupled_weight_decay_f64_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float64."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f64(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+def adam_torch_maximize__decoupled_weight_decay_f64(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_maximize__decoupled_weight_decay_f64_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
 def adam_torch_amsgrad_f32_kernel(
     chunk_slot,
     chunk_start,
@@ -377,7 +739,7 @@ def adam_torch_amsgrad_f32_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=False, float32."""
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float32."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -396,10 +758,11 @@ def adam_torch_amsgrad_f32_kernel(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -465,7 +828,7 @@ def adam_torch_amsgrad_f64_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=False, float64."""
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float64."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -484,10 +847,11 @@ def adam_torch_amsgrad_f64_kernel(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -535,6 +899,196 @@ def adam_torch_amsgrad_f64(
 
 
 @cuda.jit(cache=True)
+def adam_torch_amsgrad__decoupled_weight_decay_f32_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float32."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f32(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+def adam_torch_amsgrad__decoupled_weight_decay_f32(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_amsgrad__decoupled_weight_decay_f32_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        v_max_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
+def adam_torch_amsgrad__decoupled_weight_decay_f64_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float64."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f64(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+def adam_torch_amsgrad__decoupled_weight_decay_f64(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_amsgrad__decoupled_weight_decay_f64_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        v_max_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
 def adam_torch_amsgrad__maximize_f32_kernel(
     chunk_slot,
     chunk_start,
@@ -553,7 +1107,7 @@ def adam_torch_amsgrad__maximize_f32_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=True, float32."""
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float32."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -573,10 +1127,11 @@ def adam_torch_amsgrad__maximize_f32_kernel(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -642,7 +1197,7 @@ def adam_torch_amsgrad__maximize_f64_kernel(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=True, float64."""
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float64."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
         tensor = chunk_slot[chunk]
         start = chunk_start[chunk]
@@ -662,10 +1217,11 @@ def adam_torch_amsgrad__maximize_f64_kernel(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -712,9 +1268,201 @@ def adam_torch_amsgrad__maximize_f64(
     )
 
 
+@cuda.jit(cache=True)
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float32."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f32(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_amsgrad__maximize__decoupled_weight_decay_f32_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        v_max_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
+@cuda.jit(cache=True)
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64_kernel(
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float64."""
+    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+        tensor = chunk_slot[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f64(1.0) + s0 * weight_decay
+        for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64(
+    launch,
+    chunk_slot,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Launch the kernel above on `launch`'s grid and stream."""
+    adam_torch_amsgrad__maximize__decoupled_weight_decay_f64_kernel[
+        launch.grid(chunk_slot.shape[0], THREADS)
+    ](
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        v_max_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    )
+
+
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
-    (False, False): Variant(
+    (False, False, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=branch,
         branches={
@@ -726,7 +1474,22 @@ VARIANTS = {
         },
         chunk=1 << 16,
     ),
-    (False, True): Variant(
+    (False, False, True): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=branch_decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_decoupled_weight_decay_f32,
+                    "float64": adam_torch_decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=1 << 16,
+    ),
+    (False, True, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=branch_maximize,
         branches={
@@ -738,7 +1501,22 @@ VARIANTS = {
         },
         chunk=1 << 16,
     ),
-    (True, False): Variant(
+    (False, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=branch_maximize__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_maximize__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_maximize__decoupled_weight_decay_f32,
+                    "float64": adam_torch_maximize__decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=1 << 16,
+    ),
+    (True, False, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=branch_amsgrad,
         branches={
@@ -750,7 +1528,22 @@ VARIANTS = {
         },
         chunk=1 << 16,
     ),
-    (True, True): Variant(
+    (True, False, True): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=branch_amsgrad__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_amsgrad__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_amsgrad__decoupled_weight_decay_f32,
+                    "float64": adam_torch_amsgrad__decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=1 << 16,
+    ),
+    (True, True, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=branch_amsgrad__maximize,
         branches={
@@ -759,6 +1552,21 @@ VARIANTS = {
                 kernels={
                     "float32": adam_torch_amsgrad__maximize_f32,
                     "float64": adam_torch_amsgrad__maximize_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=1 << 16,
+    ),
+    (True, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=branch_amsgrad__maximize__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_amsgrad__maximize__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_amsgrad__maximize__decoupled_weight_decay_f32,
+                    "float64": adam_torch_amsgrad__maximize__decoupled_weight_decay_f64,
                 },
                 rows={},
             ),
