@@ -51,14 +51,15 @@ def check_option(cls: str, name: str, value, where: str = "") -> None:
 
 
 def check_implementation(cls: str, **given) -> None:
-    """The constructor's implementation options, with torch's own refusals of `fused=True`."""
+    """The constructor's implementation options: torch's own refusals of `fused=True` first
+    (torch's exception and words), then each value."""
+    if given.get("fused") is True:
+        if given.get("differentiable") is True:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if given.get("foreach") is True:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
     for name, value in given.items():
         check_option(cls, name, value)
-    if given.get("fused"):
-        if given.get("differentiable"):
-            raise RuntimeError("`fused` does not support `differentiable`")
-        if given.get("foreach"):
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
 
 def tensor_hypers(cls: str, defaults: dict) -> None:
