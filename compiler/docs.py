@@ -194,7 +194,8 @@ def example(spec: S.Spec, export) -> str:
 def page(spec: S.Spec, export) -> str:
     context = CONTEXTS[export.dialect](spec, export)
     module, dialect_words = DIALECTS[export.dialect]
-    domains = {sym.name: runtime_domain(dom).describe() for sym, dom in spec.domains.items()}
+    own = {**spec.domains, **export.domains}  # a dialect's own domains (torch's Adam: eps >= 0)
+    domains = {sym.name: runtime_domain(dom).describe() for sym, dom in own.items()}
     arguments = []
     for a in context["arguments"]:
         domain = domains.get(a.name, "")

@@ -244,7 +244,8 @@ class Export:
     a condition on the hyperparameters under which torch keeps it (SGD's buffer:
     ``momentum > 0``); where a group's values make it false, the state is neither
     allocated nor shown. `step_state=False`: torch keeps no ``step`` per
-    parameter (SGD).
+    parameter (SGD). `domains` overrides a hyperparameter's domain in this
+    dialect (torch.optim.Adam takes eps = 0, mindspore.experimental.optim's does not).
     """
 
     dialect: str
@@ -259,6 +260,7 @@ class Export:
     checks: tuple = ()  # names of torch's cross-argument checks (optforge.torch.options)
     kept_when: dict = field(default_factory=dict)  # state name -> condition on hypers
     step_state: bool = True  # torch keeps state[p]["step"]
+    domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
 
 
 @dataclass(frozen=True)

@@ -387,6 +387,8 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
 
     impl = [e for e in export.signature if isinstance(e, str) and e in TORCH_IMPL_OPTIONS]
     core = tuple(e for e in export.signature if e != KEYWORD_ONLY and e not in impl)
+    # The spec's domains, with this dialect's own where torch's differ (Adam's eps >= 0).
+    spec = replace(spec, domains={**spec.domains, **export.domains})
     context = optim_class_context(spec, replace(export, signature=core))
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(TORCH_RAISES)

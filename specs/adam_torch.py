@@ -96,6 +96,12 @@ SPEC = Spec(
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}", w_decayed: r"\bar{w}"},
     exports=[
         Export("optim", "Adam", SIGNATURE),
-        Export("torch", "Adam", TORCH_SIGNATURE, checks=("tensor_hypers",)),
+        Export(
+            "torch",
+            "Adam",
+            TORCH_SIGNATURE,
+            checks=("tensor_hypers",),
+            domains={eps: sp.Interval(0, sp.oo)},  # torch: `0.0 <= eps`
+        ),
     ],
 )

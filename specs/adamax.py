@@ -53,5 +53,13 @@ SPEC = Spec(
         Rule(w, w - lr / (1 - beta1**t) * m / u),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}"},
-    exports=[Export("optim", "Adamax", SIGNATURE), Export("torch", "Adamax", TORCH_SIGNATURE)],
+    exports=[
+        Export("optim", "Adamax", SIGNATURE),
+        Export(
+            "torch",
+            "Adamax",
+            TORCH_SIGNATURE,
+            domains={eps: sp.Interval(0, sp.oo)},  # torch: `0.0 <= eps`
+        ),
+    ],
 )

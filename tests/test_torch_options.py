@@ -286,3 +286,10 @@ def test_a_group_without_momentum_beside_one_with_it_keeps_torchs_layout():
     assert ours_params[1] not in ours.state
     for a, b in zip(ours_params, torch_params):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n not in ("Adafactor", "Rprop", "SGD")])
+def test_eps_zero_is_accepted_where_torch_accepts_it(name):
+    """Every class with a scalar eps (Adafactor's is a pair; Rprop and SGD have none)."""
+    getattr(torch.optim, name)(_params(), eps=0.0)  # torch: `0.0 <= eps` in every class
+    getattr(optforge.torch, name)(_params(), eps=0.0)

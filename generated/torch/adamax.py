@@ -90,7 +90,7 @@ class Adamax(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     ValueError
-        If `eps` is not > 0.
+        If `eps` is not >= 0.
     TypeError
         If `eps` is not a real number.
     TypeError
@@ -162,7 +162,7 @@ class Adamax(TorchOptimizer):
             "Adamax",
             "eps",
             eps,
-            Interval(0.0, math.inf, left_open=True, right_open=True),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
             f"Invalid epsilon value: {eps}",
         )
         check_flag("Adamax", "maximize", maximize)

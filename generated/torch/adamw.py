@@ -98,7 +98,7 @@ class AdamW(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     ValueError
-        If `eps` is not > 0.
+        If `eps` is not >= 0.
     TypeError
         If `eps` is not a real number.
     TypeError
@@ -180,7 +180,7 @@ class AdamW(TorchOptimizer):
             "AdamW",
             "eps",
             eps,
-            Interval(0.0, math.inf, left_open=True, right_open=True),
+            Interval(0.0, math.inf, left_open=False, right_open=True),
             f"Invalid epsilon value: {eps}",
         )
         check_flag("AdamW", "amsgrad", amsgrad)
