@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 
 import numpy as np
 import pytest
@@ -293,3 +294,50 @@ def test_eps_zero_is_accepted_where_torch_accepts_it(name):
     """Every class with a scalar eps (Adafactor's is a pair; Rprop and SGD have none)."""
     getattr(torch.optim, name)(_params(), eps=0.0)  # torch: `0.0 <= eps` in every class
     getattr(optforge.torch, name)(_params(), eps=0.0)
+
+
+VALUES = (-1.0, 0.0, 0.5, 1.0, 1.5, 100.0, math.inf, math.nan)
+
+
+def _stricter_on_purpose(name: str, label: str, value) -> bool:
+    """Where optforge refuses what torch.optim accepts (README's list): a value that is not
+    finite; SGD's negative dampening (torch does not check it); Rprop's step sizes, which
+    must be finite, >= 0 apart from the minimum and ordered (torch does not check them)."""
+    scalars = value if isinstance(value, tuple) else (value,)
+    if any(s is not None and not math.isfinite(s) for s in scalars):
+        return True
+    return (name, label) == ("SGD", "dampening") or (name == "Rprop" and label.startswith("step_sizes"))
+
+
+def _numeric_arguments(name: str):
+    for key, parameter in inspect.signature(getattr(torch.optim, name)).parameters.items():
+        default = parameter.default
+        if key == "params" or isinstance(default, bool) or default is None:
+            continue
+        if isinstance(default, tuple):
+            for i in range(len(default)):
+                for v in VALUES:
+                    yield f"{key}[{i}]", key, (*default[:i], v, *default[i + 1 :])
+        else:
+            for v in VALUES:
+                yield key, key, v
+
+
+def _outcome(cls, key, value) -> str:
+    try:
+        cls([torch.zeros(2, requires_grad=True)], **{key: value})
+    except Exception as raised:  # noqa: BLE001  (the type is the outcome)
+        return type(raised).__name__
+    return "accepted"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_values_are_refused_as_torch_refuses_them(name):
+    """Over a grid of values for every numeric argument: what torch.optim refuses, optforge
+    refuses with the same exception; what torch accepts, optforge accepts unless listed."""
+    for label, key, value in _numeric_arguments(name):
+        want = _outcome(getattr(torch.optim, name), key, value)
+        got = _outcome(getattr(optforge.torch, name), key, value)
+        if want == "accepted" and got == "ValueError" and _stricter_on_purpose(name, label, value):
+            continue
+        assert got == want, f"{name}({key}={value!r})"
