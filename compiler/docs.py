@@ -68,9 +68,11 @@ DIALECT_NOTES = {
         "Parameters that get their first gradient at the same step share one step count and one fused "
         "kernel call; at a later step they must all have a gradient or none (then they are skipped, as "
         "torch skips them). Each param group may override the numeric options; flags must be the same in "
-        "every group.",
-        "`state_dict()` is in torch's layout (`state[i]['step']`, the state tensors under torch's names); "
-        "a state dict of torch's optimizer of the same name loads, and ours loads into it.",
+        "every group, and a group key that is an option of a torch.optim optimizer but not of this class "
+        "is refused (ValueError), given or loaded, rather than ignored.",
+        "`state_dict()` is in torch's layout (`state[i]['step']` where torch keeps one, the state tensors "
+        "under torch's names, only those torch keeps); a state dict of torch's optimizer of the same name "
+        "loads, and ours loads into it.",
     ),
 }
 

@@ -301,8 +301,8 @@ VALUES = (-1.0, 0.0, 0.5, 1.0, 1.5, 100.0, math.inf, math.nan)
 
 def _stricter_on_purpose(name: str, label: str, value) -> bool:
     """Where optforge refuses what torch.optim accepts (README's list): a value that is not
-    finite; SGD's negative dampening (torch does not check it); Rprop's step sizes, which
-    must be finite, >= 0 apart from the minimum and ordered (torch does not check them)."""
+    finite; SGD's negative dampening (torch does not check it); Rprop's step sizes, whose
+    minimum must not exceed the maximum (torch does not check them)."""
     scalars = value if isinstance(value, tuple) else (value,)
     if any(s is not None and not math.isfinite(s) for s in scalars):
         return True
@@ -341,3 +341,24 @@ def test_values_are_refused_as_torch_refuses_them(name):
         if want == "accepted" and got == "ValueError" and _stricter_on_purpose(name, label, value):
             continue
         assert got == want, f"{name}({key}={value!r})"
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_checkpoints_move_between_torch_and_optforge(momentum):
+    """torch's SGD keeps no step, and nothing at all without momentum: its checkpoints load
+    into optforge's, and optforge's into torch's, and both continue as one run would."""
+    run = _params()
+    reference = torch.optim.SGD(run, lr=0.1, momentum=momentum)
+    for seed in (1, 2):
+        _step(reference, run, seed)
+    ours_params = [p.detach().clone().requires_grad_() for p in run]
+    ours = optforge.torch.SGD(ours_params, lr=0.1, momentum=momentum)
+    # A copy: torch's load_state_dict keeps the given tensors (same dtype and device).
+    ours.load_state_dict(copy.deepcopy(reference.state_dict()))  # torch -> optforge
+    _step(ours, ours_params, 3)
+    _step(reference, run, 3)
+    again = torch.optim.SGD([p.detach().clone().requires_grad_() for p in ours_params], lr=0.1)
+    again.load_state_dict(ours.state_dict())  # optforge -> torch
+    assert again.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
+    for a, b in zip(ours_params, run):
+        torch.testing.assert_close(a, b)

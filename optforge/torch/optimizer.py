@@ -269,7 +269,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{cls}: the state dict's param group {g} has no '{key}' (keys: {sorted(saved)}); "
                         "is it a state dict of another optimizer?"
                     )
-                group[key] = signature[key].default
+                # A user's subclass may take it under another signature: then the optimizer's own.
+                group[key] = signature[key].default if key in signature else self.defaults[key]
             self._check_group_options(group, f"the state dict's param group {g}")
             completed.append(group)
         return completed
