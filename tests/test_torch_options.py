@@ -9,13 +9,16 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import sympy
 import torch
 
 import optforge.optim
 import optforge.torch
+from optforge.compiler.spec import Export
 from optforge.generated.host import radam as radam_mindspore
 from optforge.generated.host import radam_torch
 from tests.test_torch_optim_db import CASES, SHARED
@@ -362,3 +365,26 @@ def test_sgd_checkpoints_move_between_torch_and_optforge(momentum):
     assert again.state_dict()["state"].keys() == reference.state_dict()["state"].keys()
     for a, b in zip(ours_params, run):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("betas", [(0, 0.99), (0.9, 0), (np.float32(0.9), 0.99), (0.9, torch.tensor(0.99))])
+def test_adam_betas_are_both_floats_or_both_tensors_as_in_torch(betas):
+    for module in (torch.optim, optforge.torch):
+        with pytest.raises(ValueError, match="betas must be either both floats or both Tensors"):
+            module.Adam(_params(), betas=betas)
+
+
+def test_the_torch_export_options_are_checked_when_a_spec_is_built():
+    from optforge.compiler.spec import SpecError
+    from optforge.specs import sgd
+
+    spec = sgd.SPEC
+    with pytest.raises(SpecError, match="only a torch signature has keyword-only arguments"):
+        replace(spec, exports=[Export("optim", "SGD", ("momentum", "*", "nesterov"))])
+    with pytest.raises(SpecError, match="kept_when names unknown state 'buffer'"):
+        replace(spec, exports=[Export("torch", "SGD", ("momentum",), kept_when={"buffer": True})])
+    with pytest.raises(SpecError, match=r"kept_when of 'momentum_buffer' names \['t'\]"):
+        torch_export = Export(
+            "torch", "SGD", ("momentum",), kept_when={"momentum_buffer": sympy.Symbol("t") > 1}
+        )
+        replace(spec, exports=[torch_export])

@@ -74,7 +74,8 @@ def tensor_hypers(cls: str, defaults: dict) -> None:
     if isinstance(lr, torch.Tensor) and foreach and not capturable:
         raise ValueError("lr as a Tensor is not supported for capturable=False and foreach=True")
     tensors = [isinstance(b, torch.Tensor) for b in betas]
-    if any(tensors) and not all(tensors):
+    # torch's test, to the letter: an int beta is neither (Adam(betas=(0, 0.9)) is refused).
+    if not (all(isinstance(b, float) for b in betas) or all(tensors)):
         raise ValueError("betas must be either both floats or both Tensors")
     for index, is_tensor in enumerate(tensors):
         if is_tensor and foreach and not capturable:
