@@ -233,7 +233,9 @@ def page(spec: S.Spec, export) -> str:
                 state_names.get(s.name, s.name),
                 latex(s.init, symbol_latex(spec)),
                 s.doc,
-                S.when_phrase(spec, s.when),
+                S.when_phrase(spec, s.when)
+                # the torch dialect keeps some states only where torch does (SGD's buffer)
+                or (f"for a group with {export.kept_when[s.name]}" if s.name in export.kept_when else None),
             )
             for s in spec.state
         ],

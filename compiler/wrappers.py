@@ -456,7 +456,14 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "optional_state": repr(tuple(export.optional_state)),
         "step_arguments": step_arguments,
         "extra_state": extra_state,
-        "state_docs": [(keys[name], doc, when) for name, doc, when in context["state_docs"]],
+        "state_docs": [
+            (
+                keys[name],
+                doc,
+                when or (f"for a group with {export.kept_when[name]}" if name in kept_when else None),
+            )
+            for name, doc, when in context["state_docs"]
+        ],
     }
 
 

@@ -62,7 +62,7 @@ class RMSprop(TorchOptimizer):
     grad_avg
         Running average of gradients. Only with `centered=True`.
     momentum_buffer
-        Momentum buffer (unused when momentum is 0).
+        Momentum buffer (unused when momentum is 0). Only for a group with momentum > 0.
 
     Raises
     ------

@@ -55,7 +55,7 @@ class SGD(TorchOptimizer):
     -----
     ``state[p]`` holds ``step`` and, as torch.Tensor views of the kernels' arrays:
     momentum_buffer
-        Momentum buffer (unused when momentum is 0).
+        Momentum buffer (unused when momentum is 0). Only for a group with momentum > 0.
 
     Raises
     ------
