@@ -22,9 +22,14 @@ from __future__ import annotations
 import re
 import warnings
 
+import numba
 import pytest
 import torch
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db
+from torch.testing._internal.common_optimizers import (
+    OptimizerErrorEnum,
+    _get_optim_inputs_including_global_cliquey_kwargs,
+    optim_db,
+)
 
 import optforge.torch
 
@@ -61,6 +66,17 @@ FLOAT32_TENSOR_HYPERS = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_numba_thread():
+    """Tiny tensors: a parallel launch's thread wake-ups cost more than the work (10 ms a step
+    on a busy 2-core machine, against 0.2 ms on one thread); the kernels' results do not
+    depend on the thread count (chunks are independent, reductions have a fixed order)."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
+
+
 def configs(info) -> list:
     """(desc, kwargs) of every config: the CPU ones, then the CUDA-only ones without
     `capturable` (optforge's step is not capturable; what remains is a CPU config)."""
@@ -75,6 +91,15 @@ def configs(info) -> list:
 
 
 CASES = [(info.name, desc, kwargs) for info in SHARED for desc, kwargs in configs(info)]
+
+
+# torch's tests also run each CPU config with its "global cliquey" switches: all False, then
+# each of `differentiable` and (where torch fuses on the CPU) `fused` True in turn.
+CLIQUEY = [
+    (info.name, oi.desc, oi.kwargs)
+    for info in SHARED
+    for oi in _get_optim_inputs_including_global_cliquey_kwargs("cpu", torch.float32, info)
+]
 
 
 def error_inputs(dtype) -> list:
@@ -99,11 +124,11 @@ def _has_tensor(kwargs: dict) -> bool:
     return any(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in values)
 
 
-def _run(cls, kwargs: dict, dtype) -> tuple[list, dict]:
-    """Parameters after each of STEPS steps, and the final state_dict's state."""
+def _run(cls, kwargs: dict, dtype, steps: int = STEPS) -> tuple[list, dict]:
+    """Parameters after each of `steps` steps, and the final state_dict's state."""
     generator = torch.Generator().manual_seed(0)
     params = [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in SHAPES]
-    grads = [[torch.randn(s, generator=generator, dtype=dtype) for s in SHAPES] for _ in range(STEPS)]
+    grads = [[torch.randn(s, generator=generator, dtype=dtype) for s in SHAPES] for _ in range(steps)]
     opt = cls(params, **kwargs)
     history = []
     for step_grads in grads:
@@ -201,3 +226,19 @@ def test_every_shared_class_and_config_is_run():
         + ["Rprop", "SGD"]
     )
     assert len(CASES) >= sum(len(info.optim_inputs_func(device="cpu")) for info in SHARED)
+
+
+@pytest.mark.parametrize(("name", "desc", "kwargs"), CLIQUEY, ids=[f"{n}-{d}" for n, d, _ in CLIQUEY])
+def test_cliquey_switches_change_nothing_or_are_refused(name, desc, kwargs):
+    """`differentiable=True` is refused (the step is not recorded by autograd); the other
+    switches leave the arithmetic as it is: the same bits as the config without them."""
+    cls = getattr(optforge.torch, name)
+    if kwargs.get("differentiable"):
+        with pytest.raises(ValueError, match="differentiable=True is not supported"):
+            cls([torch.zeros(3, requires_grad=True)], **kwargs)
+        return
+    plain = {k: v for k, v in kwargs.items() if k not in ("foreach", "fused", "differentiable")}
+    got, _ = _run(cls, kwargs, torch.float32, steps=3)
+    want, _ = _run(cls, plain, torch.float32, steps=3)
+    for g, w in zip(got[-1], want[-1]):
+        assert torch.equal(g, w)

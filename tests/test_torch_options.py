@@ -21,7 +21,7 @@ import optforge.torch
 from optforge.compiler.spec import Export
 from optforge.generated.host import radam as radam_mindspore
 from optforge.generated.host import radam_torch
-from tests.test_torch_optim_db import CASES, SHARED
+from tests.test_torch_optim_db import CASES, SHARED, one_numba_thread  # noqa: F401 (autouse)
 
 NAMES = [info.name for info in SHARED]
 
