@@ -84,9 +84,11 @@ DIALECT_NOTES = {
         "Parameters that get their first gradient at the same step share one step count and one fused "
         "kernel call; at a later step they must all have a gradient or none (then they are skipped, as "
         "torch skips them). Each param group may override the numeric options; flags must be the same in "
-        "every group.",
-        "`state_dict()` is in torch's layout (`state[i]['step']`, the state tensors under torch's names); "
-        "a state dict of torch's optimizer of the same name loads, and ours loads into it.",
+        "every group, and a group key that is an option of a torch.optim optimizer but not of this class "
+        "is refused (ValueError), given or loaded, rather than ignored.",
+        "`state_dict()` is in torch's layout (`state[i]['step']` where torch keeps one, the state tensors "
+        "under torch's names, only those torch keeps); a state dict of torch's optimizer of the same name "
+        "loads, and ours loads into it.",
     ),
 }
 
@@ -209,7 +211,8 @@ def example(spec: S.Spec, export, module: str) -> str:
 def page(spec: S.Spec, export, user: bool = False) -> str:
     context = CONTEXTS[export.dialect](spec, export)
     module, dialect_words = dialect_module(spec, export.dialect, user)
-    domains = {sym.name: runtime_domain(dom).describe() for sym, dom in spec.domains.items()}
+    own = {**spec.domains, **export.domains}  # a dialect's own domains (torch's Adam: eps >= 0)
+    domains = {sym.name: runtime_domain(dom).describe() for sym, dom in own.items()}
     arguments = []
     for a in context["arguments"]:
         domain = domains.get(a.name, "")
@@ -221,10 +224,12 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
     skip_doc = context["skip_nonfinite_doc"]
     state_names = context.get("state_key_map", {})  # the torch dialect's names (Lamb's exp_avg)
     arguments.append((Argument("skip_nonfinite", "False", "bool (keyword only)", skip_doc), ""))
-    parts = ["params"] + [
-        a.name if a.default is None else f"{a.name}={a.default}" for a in context["arguments"]
-    ]
-    parts += ["*", "skip_nonfinite=False"]
+    parts = ["params"]
+    for a in context["arguments"]:
+        if a.keyword_only and "*" not in parts:  # torch's keyword-only arguments
+            parts.append("*")
+        parts.append(a.name if a.default is None else f"{a.name}={a.default}")
+    parts += [*(["*"] if "*" not in parts else []), "skip_nonfinite=False"]
     signature = ", ".join(parts)
     if len(signature) > 60:  # one argument per line, as a formatter would
         signature = "\n" + "".join(f"    {p},\n" for p in parts)
@@ -243,7 +248,9 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
                 state_names.get(s.name, s.name),
                 latex(s.init, symbol_latex(spec)),
                 s.doc,
-                S.when_phrase(spec, s.when),
+                S.when_phrase(spec, s.when)
+                # the torch dialect keeps some states only where torch does (SGD's buffer)
+                or (f"for a group with {export.kept_when[s.name]}" if s.name in export.kept_when else None),
             )
             for s in spec.state
         ],

@@ -40,8 +40,11 @@ BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
 DIALECT_ARGUMENTS = {
     "nn": ("learning_rate", "weight_decay", "loss_scale", "use_locking"),
     "optim": ("lr", "betas", "weight_decay"),
-    "torch": ("lr", "betas", "weight_decay"),
+    # torch.optim's implementation switches (optforge.torch accepts the values that mean
+    # "do what you do anyway": its fused kernels are neither foreach, capturable nor differentiable).
+    "torch": ("lr", "betas", "weight_decay", "foreach", "fused", "capturable", "differentiable"),
 }
+KEYWORD_ONLY = "*"  # in a torch signature: the arguments after it are keyword-only, as in torch
 
 REQUIRED = object()  # marks a signature argument without a default
 
@@ -260,6 +263,18 @@ class Export:
     loading they start at their initial value), and `extra_state` gives
     step-level values torch keeps per parameter, as expressions of t and the
     hyperparameters (NAdam's `mu_product`), so its own optimizer can load ours.
+    A torch signature marks torch's keyword-only arguments with "*" and may name
+    torch's implementation options (`foreach`, `fused`, `capturable`,
+    `differentiable`). `messages` gives torch's wording of the ValueError for an
+    argument outside its domain, keyed by the argument's label (``"etas[0]"``;
+    ``{value}`` is the value given), where torch's differs from
+    ``Invalid <name> value: <value>``; `checks` names torch's own cross-argument
+    checks (optforge.torch.options) the class runs. `kept_when` gives, per state,
+    a condition on the hyperparameters under which torch keeps it (SGD's buffer:
+    ``momentum > 0``); where a group's values make it false, the state is neither
+    allocated nor shown. `step_state=False`: torch keeps no ``step`` per
+    parameter (SGD). `domains` overrides a hyperparameter's domain in this
+    dialect (torch.optim.Adam takes eps = 0, mindspore.experimental.optim's does not).
     """
 
     dialect: str
@@ -270,6 +285,11 @@ class Export:
     state_keys: dict = field(default_factory=dict)  # state name -> torch's key
     optional_state: tuple = ()  # torch keys that may be missing or None
     extra_state: dict = field(default_factory=dict)  # torch key -> expression of t and hypers
+    messages: dict = field(default_factory=dict)  # argument label -> torch's error message
+    checks: tuple = ()  # names of torch's cross-argument checks (optforge.torch.options)
+    kept_when: dict = field(default_factory=dict)  # state name -> condition on hypers
+    step_state: bool = True  # torch keeps state[p]["step"]
+    domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
 
 
 @dataclass(frozen=True)
@@ -462,7 +482,11 @@ def check_spec(spec: Spec) -> None:
             # The nn base's loss scale, gradient centralization and row-sparse gradients are
             # element-wise transforms the factored launch does not apply.
             fail(f"export {export.class_name}", "a spec with a rank flag exports to optim and torch only")
+        if KEYWORD_ONLY in export.signature and export.dialect != "torch":
+            fail(f"export {export.class_name}", "only a torch signature has keyword-only arguments ('*')")
         for entry in export.signature:
+            if entry == KEYWORD_ONLY:
+                continue
             arg = entry if isinstance(entry, str) else entry[0]
             if ranked and arg == ranked[0].name:
                 fail(
@@ -481,6 +505,12 @@ def check_spec(spec: Spec) -> None:
         for name in export.state_keys:
             if name not in {s.name for s in spec.state}:
                 fail(f"export {export.class_name}", f"state_keys renames unknown state '{name}'")
+        for name, condition in export.kept_when.items():
+            if name not in {s.name for s in spec.state}:
+                fail(f"export {export.class_name}", f"kept_when names unknown state '{name}'")
+            unknown = sorted(str(s) for s in sp.sympify(condition).free_symbols - hyper_syms)
+            if unknown:
+                fail(f"export {export.class_name}", f"kept_when of '{name}' names {unknown}, not hypers")
         step_level = {t} | hyper_syms
         for key, expr in export.extra_state.items():
             unknown = sorted(str(s) for s in sp.sympify(expr).free_symbols - step_level)

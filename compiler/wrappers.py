@@ -8,12 +8,12 @@ documentation says it validates come from the same declarations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sympy as sp
 
 from optforge.compiler.render import render
-from optforge.compiler.spec import REQUIRED, Export, Spec, when_phrase
+from optforge.compiler.spec import KEYWORD_ONLY, REQUIRED, Export, Spec, when_phrase
 from optforge.runtime.checks import Interval
 
 DECAY_WORDS = {
@@ -83,6 +83,7 @@ class Argument:
     default: str | None  # Python source of the default, None when required
     types: str
     doc: str
+    keyword_only: bool = False
 
 
 def runtime_domain(domain: sp.Interval) -> Interval:
@@ -327,24 +328,80 @@ TORCH_SKIP_NONFINITE_DOC = (
 
 TORCH_RAISES = (
     ("ValueError", "`lr` is negative (torch's check: `Invalid learning rate`)."),
+    ("ValueError", "`lr` is a Tensor of more than one element (`Tensor lr must be 1-element`)."),
     ("ValueError", "`weight_decay` is negative."),
     ("TypeError", "`lr` or `weight_decay` is not a real number."),
     ("TypeError", "a parameter is not float32 or float64 (the kernels are compiled for those)."),
     ("ValueError", "a parameter is not contiguous (it is stepped through a zero-copy view)."),
     ("ValueError", "param groups set a flag differently (one kernel variant serves an optimizer)."),
+    (
+        "ValueError",
+        "a param group (given, or in a loaded state dict) sets an option of a torch.optim optimizer "
+        "that this class does not have, or an unsupported value of one it has.",
+    ),
 )
+
+# torch.optim's implementation switches: (types, default, doc). optforge runs its own fused
+# kernels whatever `foreach` and `fused` say; capture and autograd through the step are not
+# supported, so `capturable` and `differentiable` accept only False.
+TORCH_IMPL_OPTIONS = {
+    "foreach": (
+        "bool or None",
+        None,
+        "Accepted for torch.optim compatibility (any bool or None): optforge always steps with "
+        "its fused kernels.",
+    ),
+    "fused": (
+        "bool or None",
+        None,
+        "Accepted for torch.optim compatibility (any bool or None): optforge always steps with "
+        "its fused kernels. As in torch, `fused=True` with `foreach=True` or `differentiable=True` "
+        "is a RuntimeError.",
+    ),
+    "capturable": (
+        "bool",
+        False,
+        "Only False: the step runs on the host's schedule and cannot be captured in a CUDA graph "
+        "(True is a ValueError).",
+    ),
+    "differentiable": (
+        "bool",
+        False,
+        "Only False: the step is not recorded by autograd (True is a ValueError).",
+    ),
+}
+
+
+def torch_message(label: str) -> str:
+    """torch.optim's ValueError for an argument outside its domain (`{value}`: the value)."""
+    if label == "lr":
+        return "Invalid learning rate: {value}"
+    if label == "eps":
+        return "Invalid epsilon value: {value}"
+    if label.startswith("betas["):
+        return f"Invalid beta parameter at index {label[6:-1]}: {{value}}"
+    return f"Invalid {label} value: {{value}}"
+
+
+def _f_string(message: str, variable: str) -> str:
+    """The Python source of an f-string that formats a torch message for `variable`."""
+    return "f" + repr(message.replace("{value}", "{" + variable + "}"))
 
 
 def torch_class_context(spec: Spec, export: Export) -> dict:
-    """The optim dialect's signature and hyperparameters, with torch's checks and state layout.
+    """The optim dialect's hyperparameters in torch's signature, with torch's checks and state layout.
 
     torch.optim validates values, not types: an out-of-domain value is a
-    ValueError (`Invalid beta parameter at index 0: 1.0`), something that is
-    not a number a TypeError.
+    ValueError in torch's words (`Invalid beta parameter at index 0: 1.0`),
+    something that is not a number a TypeError.
     """
     from optforge.compiler.printers import HostPrinter
 
-    context = optim_class_context(spec, export)
+    impl = [e for e in export.signature if isinstance(e, str) and e in TORCH_IMPL_OPTIONS]
+    core = tuple(e for e in export.signature if e != KEYWORD_ONLY and e not in impl)
+    # The spec's domains, with this dialect's own where torch's differ (Adam's eps >= 0).
+    spec = replace(spec, domains={**spec.domains, **export.domains})
+    context = optim_class_context(spec, replace(export, signature=core))
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(TORCH_RAISES)
     for label, name, _, _ in context["checks"]:
@@ -353,27 +410,53 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{label}` is not a real number."))
     raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    if impl:
+        raises.append(("TypeError", f"{_words(impl)} is not of the type its description gives."))
+        raises.append(("ValueError", "`capturable` or `differentiable` is True."))
+    if "fused" in impl:
+        raises.append(("RuntimeError", "`fused=True` comes with `foreach=True` or `differentiable=True`."))
     raises.append(SKIP_NONFINITE_RAISES)
     keys = {s.name: export.state_keys.get(s.name, s.name) for s in spec.state}
-    arguments = [
-        Argument(a.name, a.default, TORCH_ARGUMENTS[a.name][0], TORCH_ARGUMENTS[a.name][1])
-        if a.name in TORCH_ARGUMENTS
-        else a
-        for a in context["arguments"]
-    ]
+    core_arguments = iter(context["arguments"])
+    arguments, keyword_only = [], False
+    for entry in export.signature:  # torch's order: positional arguments, then keyword-only ones
+        if entry == KEYWORD_ONLY:
+            keyword_only = True
+            continue
+        if entry in impl:
+            types, default, doc = TORCH_IMPL_OPTIONS[entry]
+            arguments.append(Argument(entry, repr(default), types, doc, keyword_only))
+            continue
+        a = next(core_arguments)
+        if a.name in TORCH_ARGUMENTS:
+            a = Argument(a.name, a.default, *TORCH_ARGUMENTS[a.name])
+        if a.types in ("float or int", "int or float"):
+            a = Argument(a.name, a.default, "float", a.doc)
+        arguments.append(replace(a, keyword_only=keyword_only))
     names = [a.name for a in arguments]
-    arguments = [
-        Argument(a.name, a.default, "float", a.doc) if a.types in ("float or int", "int or float") else a
-        for a in arguments
-    ]
+    messages = {label: export.messages.get(label, torch_message(label)) for label in ("lr", "weight_decay")}
+    checks = []
+    for label, variable, types, domain in context["checks"]:
+        message = _f_string(export.messages.get(label, torch_message(label)), variable)
+        checks.append((label, variable, types, domain, message))
     printer = HostPrinter()
     step_arguments = ", ".join(["t", *(h.name for h in spec.hypers)])
     extra_state = {key: printer.doprint(sp.sympify(expr)) for key, expr in export.extra_state.items()}
+    kept_when = {name: printer.doprint(sp.sympify(c)) for name, c in export.kept_when.items()}
     return {
         **context,
+        "kept_when": kept_when,
+        "hyper_arguments": ", ".join(h.name for h in spec.hypers),
+        "step_state": repr(export.step_state),
         "skip_nonfinite_doc": TORCH_SKIP_NONFINITE_DOC,
         "state_key_map": keys,
         "arguments": arguments,
+        "checks": checks,
+        "lr_message": _f_string(messages["lr"], "lr"),
+        "weight_decay_message": _f_string(messages["weight_decay"], "weight_decay"),
+        "impl_options": impl,
+        "impl_names": repr(tuple(impl)),
+        "torch_checks": export.checks,
         "raises": raises,
         "flag_names": _tuple_source([repr(n) for n in context["bools"]]),
         # Each spec flag: the group key it is read from, or the value this class pins it to.
@@ -385,8 +468,20 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "optional_state": repr(tuple(export.optional_state)),
         "step_arguments": step_arguments,
         "extra_state": extra_state,
-        "state_docs": [(keys[name], doc, when) for name, doc, when in context["state_docs"]],
+        "state_docs": [
+            (
+                keys[name],
+                doc,
+                when or (f"for a group with {export.kept_when[name]}" if name in kept_when else None),
+            )
+            for name, doc, when in context["state_docs"]
+        ],
     }
+
+
+def _words(names: list[str]) -> str:
+    quoted = [f"`{n}`" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 CONTEXTS = {"nn": class_context, "optim": optim_class_context, "torch": torch_class_context}

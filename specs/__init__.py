@@ -21,6 +21,7 @@ ALL = (
     "ftrl",
     # the PyTorch-like dialect (torch.optim's semantics)
     "adam_torch",
+    "radam_torch",
     "adamw",
     "adamax",
     "adagrad",

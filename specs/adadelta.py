@@ -10,6 +10,8 @@ sq, acc_delta, g_eff, delta = sp.symbols("sq acc_delta g_eff delta")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1.0), "rho", "eps", ("weight_decay", 0.0), "maximize")
+# torch.optim.Adadelta's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "foreach", "*", "capturable", "maximize", "differentiable")
 
 SPEC = Spec(
     name="adadelta",
@@ -37,5 +39,5 @@ SPEC = Spec(
         Rule(w, w - lr * delta),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", acc_delta: "u", delta: r"\Delta"},
-    exports=[Export("optim", "Adadelta", SIGNATURE), Export("torch", "Adadelta", SIGNATURE)],
+    exports=[Export("optim", "Adadelta", SIGNATURE), Export("torch", "Adadelta", TORCH_SIGNATURE)],
 )

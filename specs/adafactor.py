@@ -44,6 +44,8 @@ SIGNATURE = (
     ("weight_decay", 0.0),
     "maximize",
 )
+# torch.optim.Adafactor's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "foreach", "maximize")
 
 SPEC = Spec(
     name="adafactor",
@@ -119,5 +121,21 @@ SPEC = Spec(
         "(torch.optim.Adafactor).",
         "The update is g / sqrt(max(v_hat, eps1^2)); torch writes rsqrt(clamp(v_hat, eps1^2)) * g.",
     ),
-    exports=[Export("optim", "Adafactor", SIGNATURE), Export("torch", "Adafactor", SIGNATURE)],
+    exports=[
+        Export("optim", "Adafactor", SIGNATURE),
+        Export(
+            "torch",
+            "Adafactor",
+            TORCH_SIGNATURE,
+            # torch.optim.Adafactor's own wording of its checks
+            messages={
+                "lr": "Learning rate should be >= 0 but is: {value}",
+                "beta2_decay": "beta2_decay should be <= 0 but is: {value}",
+                "eps[0]": "epsilon1 should be >= 0 but is: {value}",
+                "eps[1]": "epsilon2 should be >= 0 but is: {value}",
+                "d": "Clipping threshold d should be >= 1 but is: {value}",
+                "weight_decay": "weight_decay should be >= 0 but is: {value}",
+            },
+        ),
+    ],
 )

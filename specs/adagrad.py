@@ -23,6 +23,8 @@ acc, g_eff = sp.symbols("acc g_eff")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-2), "lr_decay", ("weight_decay", 0.0), "initial_accumulator_value", "eps", "maximize")
+# torch.optim.Adagrad's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "foreach", "*", "maximize", "differentiable", "fused")
 
 SPEC = Spec(
     name="adagrad",
@@ -47,5 +49,5 @@ SPEC = Spec(
         Rule(w, w - lr / (1 + (t - 1) * lr_decay) * g_eff / (sp.sqrt(acc) + eps)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", init: r"a_0", acc: "a"},
-    exports=[Export("optim", "Adagrad", SIGNATURE), Export("torch", "Adagrad", SIGNATURE)],
+    exports=[Export("optim", "Adagrad", SIGNATURE), Export("torch", "Adagrad", TORCH_SIGNATURE)],
 )

@@ -22,8 +22,8 @@ from optforge.compiler.spec import (
 )
 
 beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
-amsgrad, maximize = sp.symbols("amsgrad maximize")
-m, v, vmax, g_eff = sp.symbols("m v v_max g_eff")
+amsgrad, maximize, decoupled = sp.symbols("amsgrad maximize decoupled_weight_decay")
+m, v, vmax, g_eff, w_decayed = sp.symbols("m v v_max g_eff w_decayed")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (
@@ -33,6 +33,18 @@ SIGNATURE = (
     ("weight_decay", 0.0),
     "amsgrad",
     "maximize",
+)
+# torch.optim.Adam's: the same names, keyword-only arguments marked by "*", and
+# decoupled_weight_decay (AdamW's arithmetic), which mindspore.experimental.optim.Adam lacks.
+TORCH_SIGNATURE = (
+    *SIGNATURE[:-1],
+    "*",
+    "foreach",
+    "maximize",
+    "capturable",
+    "differentiable",
+    "fused",
+    "decoupled_weight_decay",
 )
 
 SPEC = Spec(
@@ -55,6 +67,7 @@ SPEC = Spec(
     flags=[
         Flag(amsgrad, "Divide by the running maximum of the second moment (AMSGrad)."),
         Flag(maximize, "Maximize the objective: step along the gradient."),
+        Flag(decoupled, "Decay the weights directly (AdamW's arithmetic) instead of adding to the gradient."),
     ],
     state=[
         State(m, 0, "exp_avg", "First moment (running mean of gradients)."),
@@ -62,19 +75,33 @@ SPEC = Spec(
         State(vmax, 0, "max_exp_avg_sq", "Running maximum of the second moment.", when=amsgrad),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        Rule(
+            g_eff,
+            sp.Piecewise((-g, maximize), (g, True)) * grad_scale
+            + sp.Piecewise((0, decoupled), (weight_decay * w, True)),
+        ),
+        Rule(w_decayed, sp.Piecewise((w * (1 - lr * weight_decay), decoupled), (w, True))),
         Rule(m, m + (g_eff - m) * (1 - beta1)),
         Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
         Rule(vmax, sp.Max(vmax, v), when=amsgrad),
         Rule(
             w,
-            w
+            w_decayed
             - lr
             / (1 - beta1**t)
             * m
             / (sp.sqrt(sp.Piecewise((vmax, amsgrad), (v, True))) / sp.sqrt(1 - beta2**t) + eps),
         ),
     ],
-    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}"},
-    exports=[Export("optim", "Adam", SIGNATURE), Export("torch", "Adam", SIGNATURE)],
+    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}", w_decayed: r"\bar{w}"},
+    exports=[
+        Export("optim", "Adam", SIGNATURE),
+        Export(
+            "torch",
+            "Adam",
+            TORCH_SIGNATURE,
+            checks=("tensor_hypers",),
+            domains={eps: sp.Interval(0, sp.oo)},  # torch: `0.0 <= eps`
+        ),
+    ],
 )

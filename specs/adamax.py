@@ -23,6 +23,8 @@ m, u, g_eff = sp.symbols("m u g_eff")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 2e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0), "maximize")
+# torch.optim.Adamax's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "foreach", "*", "maximize", "differentiable", "capturable")
 
 SPEC = Spec(
     name="adamax",
@@ -51,5 +53,13 @@ SPEC = Spec(
         Rule(w, w - lr / (1 - beta1**t) * m / u),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}"},
-    exports=[Export("optim", "Adamax", SIGNATURE), Export("torch", "Adamax", SIGNATURE)],
+    exports=[
+        Export("optim", "Adamax", SIGNATURE),
+        Export(
+            "torch",
+            "Adamax",
+            TORCH_SIGNATURE,
+            domains={eps: sp.Interval(0, sp.oo)},  # torch: `0.0 <= eps`
+        ),
+    ],
 )

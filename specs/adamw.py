@@ -17,6 +17,8 @@ SIGNATURE = (
     "amsgrad",
     "maximize",
 )
+# torch.optim.AdamW's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "maximize", "foreach", "capturable", "differentiable", "fused")
 
 SPEC = Spec(
     name="adamw",
@@ -61,5 +63,14 @@ SPEC = Spec(
     ],
     decay="decoupled",
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}", w_decayed: r"\bar{w}"},
-    exports=[Export("optim", "AdamW", SIGNATURE), Export("torch", "AdamW", SIGNATURE)],
+    exports=[
+        Export("optim", "AdamW", SIGNATURE),
+        Export(
+            "torch",
+            "AdamW",
+            TORCH_SIGNATURE,
+            checks=("tensor_hypers",),
+            domains={eps: sp.Interval(0, sp.oo)},  # torch: `0.0 <= eps`
+        ),
+    ],
 )

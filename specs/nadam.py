@@ -43,6 +43,8 @@ SIGNATURE = (
     "decoupled_weight_decay",
     "maximize",
 )
+# torch.optim.NAdam's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "foreach", "maximize", "capturable", "differentiable")
 
 SPEC = Spec(
     name="nadam",
@@ -95,6 +97,6 @@ SPEC = Spec(
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", psi: r"\psi", w_decayed: r"\bar{w}", denom: "d"},
     exports=[
         Export("optim", "NAdam", SIGNATURE),
-        Export("torch", "NAdam", SIGNATURE, extra_state={"mu_product": mu_product}),
+        Export("torch", "NAdam", TORCH_SIGNATURE, extra_state={"mu_product": mu_product}),
     ],
 )

@@ -15,7 +15,8 @@ beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 m, v = sp.symbols("m v")
 g_eff, m_hat, rho_inf, rho_t, rect = sp.symbols("g_eff m_hat rho_inf rho_t r_t")
 
-# The optim and torch dialects share torch.optim's signature.
+# mindspore.experimental.optim.RAdam's signature (torch.optim's, without maximize and
+# decoupled_weight_decay); optforge.torch.RAdam is specs/radam_torch.py, with torch's arithmetic.
 SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0))
 
 SPEC = Spec(
@@ -77,5 +78,5 @@ SPEC = Spec(
         "rho_t and the rectification term are computed in float32, as MindSpore does; rectification "
         "starts at t = 6 with the default betas.",
     ),
-    exports=[Export("optim", "RAdam", SIGNATURE), Export("torch", "RAdam", SIGNATURE)],
+    exports=[Export("optim", "RAdam", SIGNATURE)],
 )

@@ -10,6 +10,8 @@ sq, g_avg, buf, g_eff, denom = sp.symbols("sq g_avg buf g_eff denom")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-2), "alpha", "eps", ("weight_decay", 0.0), "momentum", "centered", "maximize")
+# torch.optim.RMSprop's: the same names, in its order (all positional).
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "capturable", "foreach", "maximize", "differentiable")
 
 SPEC = Spec(
     name="rmsprop",
@@ -47,6 +49,12 @@ SPEC = Spec(
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", g_avg: r"\bar{g}", buf: "b", denom: "d"},
     exports=[
         Export("optim", "RMSprop", SIGNATURE),
-        Export("torch", "RMSprop", SIGNATURE, optional_state=("momentum_buffer", "grad_avg")),
+        Export(
+            "torch",
+            "RMSprop",
+            TORCH_SIGNATURE,
+            optional_state=("momentum_buffer", "grad_avg"),
+            kept_when={"momentum_buffer": momentum > 0},  # torch: `if group["momentum"] > 0`
+        ),
     ],
 )

@@ -34,6 +34,8 @@ SIGNATURE = (
     ("step_sizes", ("step_size_min", "step_size_max")),
     "maximize",
 )
+# torch.optim.Rprop's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "capturable", "foreach", "maximize", "differentiable")
 
 SPEC = Spec(
     name="rprop",
@@ -92,7 +94,15 @@ SPEC = Spec(
     ),
     exports=[
         Export("optim", "Rprop", SIGNATURE),
-        Export("torch", "Rprop", SIGNATURE),
+        Export(
+            "torch",
+            "Rprop",
+            TORCH_SIGNATURE,
+            messages={  # torch checks 0 < etas[0] < 1 < etas[1] at once
+                "etas[0]": "Invalid eta values: {etas[0]}, {etas[1]}",
+                "etas[1]": "Invalid eta values: {etas[0]}, {etas[1]}",
+            },
+        ),
         Export(
             "nn",
             "Rprop",

@@ -28,6 +28,8 @@ buf, g_eff, direction = sp.symbols("buf g_eff d")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize")
+# torch.optim.SGD's: the same names, keyword-only arguments marked by "*".
+TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "maximize", "foreach", "differentiable", "fused")
 
 SPEC = Spec(
     name="sgd",
@@ -80,7 +82,14 @@ SPEC = Spec(
     ),
     exports=[
         Export("optim", "SGD", SIGNATURE),
-        Export("torch", "SGD", SIGNATURE, optional_state=("momentum_buffer",)),
+        Export(
+            "torch",
+            "SGD",
+            TORCH_SIGNATURE,
+            optional_state=("momentum_buffer",),
+            kept_when={"momentum_buffer": momentum > 0},  # torch: `if momentum != 0` (momentum >= 0)
+            step_state=False,
+        ),
         Export(
             "nn",
             "SGD",

@@ -183,12 +183,13 @@ def _optim_and_torch_hypers_with_domains():
         for export in spec.exports:
             if export.dialect not in ("optim", "torch"):
                 continue
+            domains = {**spec.domains, **export.domains}  # a dialect's own (torch's Adam: eps >= 0)
             for entry in export.signature:
                 name = entry if isinstance(entry, str) else entry[0]
                 members = entry[1] if isinstance(entry, tuple) and isinstance(entry[1], tuple) else (name,)
                 for index, member in enumerate(members):
                     symbol = next((h.symbol for h in spec.hypers if h.name == member), None)
-                    if symbol not in spec.domains or "float" not in spec.hyper(member).types:
+                    if symbol not in domains or "float" not in spec.hyper(member).types:
                         continue
                     position = index if len(members) > 1 or members[0] != name else None
                     label = f"{export.dialect}.{export.class_name}.{name}" + (
@@ -197,7 +198,7 @@ def _optim_and_torch_hypers_with_domains():
                     cases.append(
                         pytest.param(
                             export.dialect, export.class_name, name, position,
-                            runtime_domain(spec.domains[symbol]), spec, id=label,
+                            runtime_domain(domains[symbol]), spec, id=label,
                         )
                     )  # fmt: skip
     return cases

@@ -18,12 +18,20 @@ import numpy as np
 from optforge.generated.host.adam_torch import (
     branch,
     branch_amsgrad,
+    branch_amsgrad__decoupled_weight_decay,
     branch_amsgrad__maximize,
+    branch_amsgrad__maximize__decoupled_weight_decay,
+    branch_decoupled_weight_decay,
     branch_maximize,
+    branch_maximize__decoupled_weight_decay,
     scalars,
     scalars_amsgrad,
+    scalars_amsgrad__decoupled_weight_decay,
     scalars_amsgrad__maximize,
+    scalars_amsgrad__maximize__decoupled_weight_decay,
+    scalars_decoupled_weight_decay,
     scalars_maximize,
+    scalars_maximize__decoupled_weight_decay,
 )
 from optforge.runtime.kernels import Branch, Variant
 
@@ -57,7 +65,7 @@ def adam_torch_f32(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=False, float32."""
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float32."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -78,9 +86,10 @@ def adam_torch_f32(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -104,7 +113,7 @@ def adam_torch_f64(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=False, float64."""
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float64."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -125,9 +134,110 @@ def adam_torch_f64(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_decoupled_weight_decay_f32(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float32."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f32(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_decoupled_weight_decay_f64(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float64."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f64(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -151,7 +261,7 @@ def adam_torch_maximize_f32(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=True, float32."""
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float32."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -173,9 +283,10 @@ def adam_torch_maximize_f32(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -199,7 +310,7 @@ def adam_torch_maximize_f64(
     s2,
     s3,
 ):
-    """Adam, amsgrad=False, maximize=True, float64."""
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float64."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -221,9 +332,112 @@ def adam_torch_maximize_f64(
             m = m_c[elem]
             v = v_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_maximize__decoupled_weight_decay_f32(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float32."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f32(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_maximize__decoupled_weight_decay_f64(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float64."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f64(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -248,7 +462,7 @@ def adam_torch_amsgrad_f32(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=False, float32."""
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float32."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -273,10 +487,11 @@ def adam_torch_amsgrad_f32(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -302,7 +517,7 @@ def adam_torch_amsgrad_f64(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=False, float64."""
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float64."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -327,10 +542,125 @@ def adam_torch_amsgrad_f64(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * grad_scale + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_amsgrad__decoupled_weight_decay_f32(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float32."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f32(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_amsgrad__decoupled_weight_decay_f64(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float64."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = f64(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * grad_scale
+            w_decayed = u0 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -356,7 +686,7 @@ def adam_torch_amsgrad__maximize_f32(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=True, float32."""
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float32."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -382,10 +712,11 @@ def adam_torch_amsgrad__maximize_f32(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -411,7 +742,7 @@ def adam_torch_amsgrad__maximize_f64(
     s2,
     s3,
 ):
-    """Adam, amsgrad=True, maximize=True, float64."""
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float64."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
         tensor = chunk_tensor[chunk]
         start = chunk_start[chunk]
@@ -437,10 +768,127 @@ def adam_torch_amsgrad__maximize_f64(
             v = v_c[elem]
             v_max = v_max_c[elem]
             g_eff = g * u0 + w * weight_decay
+            w_decayed = w
             m_new = m + s0 * (g_eff - m)
             v_new = beta2 * v + s1 * (g_eff * g_eff)
             v_max_new = max(v_max, v_new)
-            w_new = w + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float32."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f32(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_c[elem] = w_new
+            m_c[elem] = m_new
+            v_c[elem] = v_new
+            v_max_c[elem] = v_max_new
+
+
+@numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64(
+    chunk_tensor,
+    chunk_start,
+    chunk_stop,
+    w_tensors,
+    g_tensors,
+    m_tensors,
+    v_tensors,
+    v_max_tensors,
+    weight_decay_per_tensor,
+    grad_scale_per_tensor,
+    beta2,
+    eps,
+    s0,
+    s1,
+    s2,
+    s3,
+    s4,
+):
+    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float64."""
+    for chunk in numba.prange(chunk_tensor.shape[0]):
+        tensor = chunk_tensor[chunk]
+        start = chunk_start[chunk]
+        stop = chunk_stop[chunk]
+        # Chunk views indexed from 0 let LLVM see every index is in range and
+        # vectorise the loop; indexing from `start` keeps it scalar.
+        w_c = w_tensors[tensor][start:stop]
+        g_c = g_tensors[tensor][start:stop]
+        m_c = m_tensors[tensor][start:stop]
+        v_c = v_tensors[tensor][start:stop]
+        v_max_c = v_max_tensors[tensor][start:stop]
+        weight_decay = weight_decay_per_tensor[tensor]
+        grad_scale = grad_scale_per_tensor[tensor]
+        u0 = -grad_scale
+        u1 = f64(1.0) + s0 * weight_decay
+        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+        elems = min(
+            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
+        )
+        for elem in range(elems):
+            w = w_c[elem]
+            g = g_c[elem]
+            m = m_c[elem]
+            v = v_c[elem]
+            v_max = v_max_c[elem]
+            g_eff = g * u0
+            w_decayed = u1 * w
+            m_new = m + s1 * (g_eff - m)
+            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            v_max_new = max(v_max, v_new)
+            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -450,7 +898,7 @@ def adam_torch_amsgrad__maximize_f64(
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function says which of its branches (host-side conditions) runs this step.
 VARIANTS = {
-    (False, False): Variant(
+    (False, False, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=branch,
         branches={
@@ -462,7 +910,22 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (False, True): Variant(
+    (False, False, True): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=branch_decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_decoupled_weight_decay_f32,
+                    "float64": adam_torch_decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=65536,
+    ),
+    (False, True, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=branch_maximize,
         branches={
@@ -474,7 +937,22 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (True, False): Variant(
+    (False, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=branch_maximize__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_maximize__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_maximize__decoupled_weight_decay_f32,
+                    "float64": adam_torch_maximize__decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, False, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=branch_amsgrad,
         branches={
@@ -486,7 +964,22 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (True, True): Variant(
+    (True, False, True): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=branch_amsgrad__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_amsgrad__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_amsgrad__decoupled_weight_decay_f32,
+                    "float64": adam_torch_amsgrad__decoupled_weight_decay_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, True, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=branch_amsgrad__maximize,
         branches={
@@ -495,6 +988,21 @@ VARIANTS = {
                 kernels={
                     "float32": adam_torch_amsgrad__maximize_f32,
                     "float64": adam_torch_amsgrad__maximize_f64,
+                },
+                rows={},
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=branch_amsgrad__maximize__decoupled_weight_decay,
+        branches={
+            (): Branch(
+                scalars=scalars_amsgrad__maximize__decoupled_weight_decay,
+                kernels={
+                    "float32": adam_torch_amsgrad__maximize__decoupled_weight_decay_f32,
+                    "float64": adam_torch_amsgrad__maximize__decoupled_weight_decay_f64,
                 },
                 rows={},
             ),

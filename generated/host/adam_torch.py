@@ -15,56 +15,125 @@ f32 = np.float32
 
 
 def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=False: ()."""
+    """The host-side branch for amsgrad=False, maximize=False, decoupled_weight_decay=False:
+    ()."""
+    return ()
+
+
+def branch_decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """The host-side branch for amsgrad=False, maximize=False, decoupled_weight_decay=True: ()."""
     return ()
 
 
 def branch_maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=True: ()."""
+    """The host-side branch for amsgrad=False, maximize=True, decoupled_weight_decay=False: ()."""
+    return ()
+
+
+def branch_maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """The host-side branch for amsgrad=False, maximize=True, decoupled_weight_decay=True: ()."""
     return ()
 
 
 def branch_amsgrad(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=False: ()."""
+    """The host-side branch for amsgrad=True, maximize=False, decoupled_weight_decay=False: ()."""
+    return ()
+
+
+def branch_amsgrad__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """The host-side branch for amsgrad=True, maximize=False, decoupled_weight_decay=True: ()."""
     return ()
 
 
 def branch_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=True: ()."""
+    """The host-side branch for amsgrad=True, maximize=True, decoupled_weight_decay=False: ()."""
+    return ()
+
+
+def branch_amsgrad__maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """The host-side branch for amsgrad=True, maximize=True, decoupled_weight_decay=True: ()."""
     return ()
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=False: (beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars for amsgrad=False, maximize=False, decoupled_weight_decay=False: (beta2,
+    eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 / math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
+
+
+def scalars_decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """Kernel scalars for amsgrad=False, maximize=False, decoupled_weight_decay=True: (beta2,
+    eps, s0, s1, s2, s3, s4)."""
+    s0 = -lr
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    s3 = 1 / math.sqrt(1 - beta2**t)
+    s4 = -lr / (1 - beta1**t)
+    return (beta2, eps, s0, s1, s2, s3, s4)
 
 
 def scalars_maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=True: (beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars for amsgrad=False, maximize=True, decoupled_weight_decay=False: (beta2,
+    eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 / math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
+
+
+def scalars_maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """Kernel scalars for amsgrad=False, maximize=True, decoupled_weight_decay=True: (beta2,
+    eps, s0, s1, s2, s3, s4)."""
+    s0 = -lr
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    s3 = 1 / math.sqrt(1 - beta2**t)
+    s4 = -lr / (1 - beta1**t)
+    return (beta2, eps, s0, s1, s2, s3, s4)
 
 
 def scalars_amsgrad(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=False: (beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars for amsgrad=True, maximize=False, decoupled_weight_decay=False: (beta2,
+    eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 / math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
+
+
+def scalars_amsgrad__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """Kernel scalars for amsgrad=True, maximize=False, decoupled_weight_decay=True: (beta2,
+    eps, s0, s1, s2, s3, s4)."""
+    s0 = -lr
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    s3 = 1 / math.sqrt(1 - beta2**t)
+    s4 = -lr / (1 - beta1**t)
+    return (beta2, eps, s0, s1, s2, s3, s4)
 
 
 def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=True: (beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars for amsgrad=True, maximize=True, decoupled_weight_decay=False: (beta2,
+    eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 / math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
+
+
+def scalars_amsgrad__maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
+    """Kernel scalars for amsgrad=True, maximize=True, decoupled_weight_decay=True: (beta2,
+    eps, s0, s1, s2, s3, s4)."""
+    s0 = -lr
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    s3 = 1 / math.sqrt(1 - beta2**t)
+    s4 = -lr / (1 - beta1**t)
+    return (beta2, eps, s0, s1, s2, s3, s4)

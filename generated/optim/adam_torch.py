@@ -172,5 +172,5 @@ class Adam(OptimOptimizer):
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
-            (amsgrad, maximize), {"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0}
+            (amsgrad, maximize, False), {"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0}
         )

@@ -2,8 +2,8 @@
 """The generated classes of the torch dialect."""
 
 from optforge.generated.torch.lamb import Lamb
-from optforge.generated.torch.radam import RAdam
 from optforge.generated.torch.adam_torch import Adam
+from optforge.generated.torch.radam_torch import RAdam
 from optforge.generated.torch.adamw import AdamW
 from optforge.generated.torch.adamax import Adamax
 from optforge.generated.torch.adagrad import Adagrad
@@ -19,8 +19,8 @@ from optforge.generated.torch.adafactor import Adafactor
 
 __all__ = [
     "Lamb",
-    "RAdam",
     "Adam",
+    "RAdam",
     "AdamW",
     "Adamax",
     "Adagrad",

@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -30,8 +31,17 @@ class Adadelta(TorchOptimizer):
     weight_decay : float, default 0.0
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0).
-    maximize : bool, default False
+    foreach : bool or None, default None
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -51,6 +61,9 @@ class Adadelta(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -64,6 +77,10 @@ class Adadelta(TorchOptimizer):
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
     ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
+    ValueError
         If `rho` is not in range of [0.0, 1.0].
     TypeError
         If `rho` is not a real number.
@@ -73,6 +90,11 @@ class Adadelta(TorchOptimizer):
         If `eps` is not a real number.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `foreach`, `capturable` or `differentiable` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
     TypeError
         If `skip_nonfinite` is not a bool.
     """
@@ -86,6 +108,8 @@ class Adadelta(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"square_avg": "square_avg", "acc_delta": "acc_delta"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "capturable", "differentiable")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -94,25 +118,57 @@ class Adadelta(TorchOptimizer):
         rho=0.9,
         eps=1e-06,
         weight_decay=0.0,
-        maximize=False,
+        foreach=None,
         *,
+        capturable=False,
+        maximize=False,
+        differentiable=False,
         skip_nonfinite=False,
     ):
-        check_value("Adadelta", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Adadelta",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Adadelta",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
-        check_value("Adadelta", "rho", rho, Interval(0.0, 1.0, left_open=False, right_open=False))
         check_value(
-            "Adadelta", "eps", eps, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "Adadelta",
+            "rho",
+            rho,
+            Interval(0.0, 1.0, left_open=False, right_open=False),
+            f"Invalid rho value: {rho}",
+        )
+        check_value(
+            "Adadelta",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
         )
         check_flag("Adadelta", "maximize", maximize)
+        options.check_implementation(
+            "Adadelta", foreach=foreach, capturable=capturable, differentiable=differentiable
+        )
         super().__init__(
             params,
-            {"lr": lr, "rho": rho, "eps": eps, "weight_decay": weight_decay, "maximize": maximize},
+            {
+                "lr": lr,
+                "rho": rho,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "foreach": foreach,
+                "capturable": capturable,
+                "maximize": maximize,
+                "differentiable": differentiable,
+            },
             skip_nonfinite=skip_nonfinite,
         )
 

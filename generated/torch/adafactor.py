@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -36,7 +37,10 @@ class Adafactor(TorchOptimizer):
     weight_decay : float, default 0.0
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0).
-    maximize : bool, default False
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
@@ -59,6 +63,9 @@ class Adafactor(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -71,6 +78,10 @@ class Adafactor(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `beta2_decay` is not <= 0.
     TypeError
@@ -90,6 +101,10 @@ class Adafactor(TorchOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `foreach` is not of the type its description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -102,6 +117,8 @@ class Adafactor(TorchOptimizer):
     _DECAY = "decoupled"
     _STATE_KEYS = {"row_var": "row_var", "col_var": "col_var", "variance": "variance"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach",)
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -111,18 +128,24 @@ class Adafactor(TorchOptimizer):
         eps=(None, 0.001),
         d=1.0,
         weight_decay=0.0,
-        maximize=False,
         *,
+        foreach=None,
+        maximize=False,
         skip_nonfinite=False,
     ):
         check_value(
-            "Adafactor", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "Adafactor",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Learning rate should be >= 0 but is: {lr}",
         )
         check_value(
             "Adafactor",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"weight_decay should be >= 0 but is: {weight_decay}",
         )
         eps1, eps2 = unpack_betas("Adafactor", "eps", eps, 2)
         check_value(
@@ -130,19 +153,32 @@ class Adafactor(TorchOptimizer):
             "beta2_decay",
             beta2_decay,
             Interval(-math.inf, 0.0, left_open=True, right_open=False),
+            f"beta2_decay should be <= 0 but is: {beta2_decay}",
         )
         check_value(
             "Adafactor",
             "eps[0]",
             eps1,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"epsilon1 should be >= 0 but is: {eps1}",
             none_ok=True,
         )
         check_value(
-            "Adafactor", "eps[1]", eps2, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "Adafactor",
+            "eps[1]",
+            eps2,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"epsilon2 should be >= 0 but is: {eps2}",
         )
-        check_value("Adafactor", "d", d, Interval(1.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Adafactor",
+            "d",
+            d,
+            Interval(1.0, math.inf, left_open=False, right_open=True),
+            f"Clipping threshold d should be >= 1 but is: {d}",
+        )
         check_flag("Adafactor", "maximize", maximize)
+        options.check_implementation("Adafactor", foreach=foreach)
         super().__init__(
             params,
             {
@@ -151,6 +187,7 @@ class Adafactor(TorchOptimizer):
                 "eps": eps,
                 "d": d,
                 "weight_decay": weight_decay,
+                "foreach": foreach,
                 "maximize": maximize,
             },
             skip_nonfinite=skip_nonfinite,

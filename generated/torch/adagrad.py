@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -33,8 +34,18 @@ class Adagrad(TorchOptimizer):
         Initial value of the accumulator.
     eps : float, default 1e-10
         Added to the denominator for numerical stability.
-    maximize : bool, default False
+    foreach : bool or None, default None
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
+    fused : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels. As in torch, `fused=True` with
+        `foreach=True` or `differentiable=True` is a RuntimeError.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -52,6 +63,9 @@ class Adagrad(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -64,6 +78,10 @@ class Adagrad(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `lr_decay` is not >= 0.
     TypeError
@@ -79,6 +97,13 @@ class Adagrad(TorchOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `foreach`, `differentiable` or `fused` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    RuntimeError
+        If `fused=True` comes with `foreach=True` or `differentiable=True`.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -91,6 +116,8 @@ class Adagrad(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"sum": "sum"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "differentiable", "fused")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -100,33 +127,52 @@ class Adagrad(TorchOptimizer):
         weight_decay=0.0,
         initial_accumulator_value=0.0,
         eps=1e-10,
-        maximize=False,
+        foreach=None,
         *,
+        maximize=False,
+        differentiable=False,
+        fused=None,
         skip_nonfinite=False,
     ):
-        check_value("Adagrad", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Adagrad",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Adagrad",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         check_value(
             "Adagrad",
             "lr_decay",
             lr_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid lr_decay value: {lr_decay}",
         )
         check_value(
             "Adagrad",
             "initial_accumulator_value",
             initial_accumulator_value,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid initial_accumulator_value value: {initial_accumulator_value}",
         )
         check_value(
-            "Adagrad", "eps", eps, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "Adagrad",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
         )
         check_flag("Adagrad", "maximize", maximize)
+        options.check_implementation(
+            "Adagrad", foreach=foreach, differentiable=differentiable, fused=fused
+        )
         super().__init__(
             params,
             {
@@ -135,7 +181,10 @@ class Adagrad(TorchOptimizer):
                 "weight_decay": weight_decay,
                 "initial_accumulator_value": initial_accumulator_value,
                 "eps": eps,
+                "foreach": foreach,
                 "maximize": maximize,
+                "differentiable": differentiable,
+                "fused": fused,
             },
             skip_nonfinite=skip_nonfinite,
         )

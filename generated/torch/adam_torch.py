@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -33,8 +34,24 @@ class Adam(TorchOptimizer):
         (>= 0).
     amsgrad : bool, default False
         Divide by the running maximum of the second moment (AMSGrad).
-    maximize : bool, default False
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
+    fused : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels. As in torch, `fused=True` with
+        `foreach=True` or `differentiable=True` is a RuntimeError.
+    decoupled_weight_decay : bool, default False (keyword only)
+        Decay the weights directly (AdamW's arithmetic) instead of adding to
+        the gradient.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -56,6 +73,9 @@ class Adam(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -69,6 +89,10 @@ class Adam(TorchOptimizer):
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
     ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
+    ValueError
         If `betas[0]` is not in range of [0.0, 1.0).
     TypeError
         If `betas[0]` is not a real number.
@@ -77,13 +101,22 @@ class Adam(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     ValueError
-        If `eps` is not > 0.
+        If `eps` is not >= 0.
     TypeError
         If `eps` is not a real number.
     TypeError
         If `amsgrad` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `decoupled_weight_decay` is not a bool.
+    TypeError
+        If `foreach`, `capturable`, `differentiable` or `fused` is not of the
+        type its description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    RuntimeError
+        If `fused=True` comes with `foreach=True` or `differentiable=True`.
     TypeError
         If `skip_nonfinite` is not a bool.
     """
@@ -92,8 +125,8 @@ class Adam(TorchOptimizer):
     _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
-    _FLAGS = ("amsgrad", "maximize")
-    _VARIANT_KEY = ("amsgrad", "maximize")
+    _FLAGS = ("amsgrad", "maximize", "decoupled_weight_decay")
+    _VARIANT_KEY = ("amsgrad", "maximize", "decoupled_weight_decay")
     _DECAY = "coupled"
     _STATE_KEYS = {
         "exp_avg": "exp_avg",
@@ -101,6 +134,8 @@ class Adam(TorchOptimizer):
         "max_exp_avg_sq": "max_exp_avg_sq",
     }
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "capturable", "differentiable", "fused")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -110,23 +145,77 @@ class Adam(TorchOptimizer):
         eps=1e-08,
         weight_decay=0.0,
         amsgrad=False,
-        maximize=False,
         *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
+        fused=None,
+        decoupled_weight_decay=False,
         skip_nonfinite=False,
     ):
-        check_value("Adam", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Adam",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Adam",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("Adam", "betas", betas, 2)
-        check_value("Adam", "betas[0]", beta1, Interval(0.0, 1.0, left_open=False, right_open=True))
-        check_value("Adam", "betas[1]", beta2, Interval(0.0, 1.0, left_open=False, right_open=True))
-        check_value("Adam", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
+        check_value(
+            "Adam",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
+        )
+        check_value(
+            "Adam",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
+        )
+        check_value(
+            "Adam",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
+        )
         check_flag("Adam", "amsgrad", amsgrad)
         check_flag("Adam", "maximize", maximize)
+        check_flag("Adam", "decoupled_weight_decay", decoupled_weight_decay)
+        options.check_implementation(
+            "Adam",
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        options.tensor_hypers(
+            "Adam",
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "foreach": foreach,
+                "maximize": maximize,
+                "capturable": capturable,
+                "differentiable": differentiable,
+                "fused": fused,
+                "decoupled_weight_decay": decoupled_weight_decay,
+            },
+        )
         super().__init__(
             params,
             {
@@ -135,7 +224,12 @@ class Adam(TorchOptimizer):
                 "eps": eps,
                 "weight_decay": weight_decay,
                 "amsgrad": amsgrad,
+                "foreach": foreach,
                 "maximize": maximize,
+                "capturable": capturable,
+                "differentiable": differentiable,
+                "fused": fused,
+                "decoupled_weight_decay": decoupled_weight_decay,
             },
             skip_nonfinite=skip_nonfinite,
         )

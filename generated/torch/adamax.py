@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -31,8 +32,17 @@ class Adamax(TorchOptimizer):
     weight_decay : float, default 0.0
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0).
-    maximize : bool, default False
+    foreach : bool or None, default None
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -52,6 +62,9 @@ class Adamax(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -65,6 +78,10 @@ class Adamax(TorchOptimizer):
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
     ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
+    ValueError
         If `betas[0]` is not in range of [0.0, 1.0).
     TypeError
         If `betas[0]` is not a real number.
@@ -73,11 +90,16 @@ class Adamax(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     ValueError
-        If `eps` is not > 0.
+        If `eps` is not >= 0.
     TypeError
         If `eps` is not a real number.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `foreach`, `differentiable` or `capturable` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
     TypeError
         If `skip_nonfinite` is not a bool.
     """
@@ -91,6 +113,8 @@ class Adamax(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"exp_avg": "exp_avg", "exp_inf": "exp_inf"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "differentiable", "capturable")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -99,26 +123,53 @@ class Adamax(TorchOptimizer):
         betas=(0.9, 0.999),
         eps=1e-08,
         weight_decay=0.0,
-        maximize=False,
+        foreach=None,
         *,
+        maximize=False,
+        differentiable=False,
+        capturable=False,
         skip_nonfinite=False,
     ):
-        check_value("Adamax", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Adamax",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Adamax",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("Adamax", "betas", betas, 2)
         check_value(
-            "Adamax", "betas[0]", beta1, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "Adamax",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
         )
         check_value(
-            "Adamax", "betas[1]", beta2, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "Adamax",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
         )
-        check_value("Adamax", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
+        check_value(
+            "Adamax",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
+        )
         check_flag("Adamax", "maximize", maximize)
+        options.check_implementation(
+            "Adamax", foreach=foreach, differentiable=differentiable, capturable=capturable
+        )
         super().__init__(
             params,
             {
@@ -126,7 +177,10 @@ class Adamax(TorchOptimizer):
                 "betas": betas,
                 "eps": eps,
                 "weight_decay": weight_decay,
+                "foreach": foreach,
                 "maximize": maximize,
+                "differentiable": differentiable,
+                "capturable": capturable,
             },
             skip_nonfinite=skip_nonfinite,
         )

@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -33,8 +34,21 @@ class AdamW(TorchOptimizer):
         gradient. Weight decay (>= 0).
     amsgrad : bool, default False
         Divide by the running maximum of the second moment (AMSGrad).
-    maximize : bool, default False
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
+    fused : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels. As in torch, `fused=True` with
+        `foreach=True` or `differentiable=True` is a RuntimeError.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -56,6 +70,9 @@ class AdamW(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -69,6 +86,10 @@ class AdamW(TorchOptimizer):
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
     ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
+    ValueError
         If `betas[0]` is not in range of [0.0, 1.0).
     TypeError
         If `betas[0]` is not a real number.
@@ -77,13 +98,20 @@ class AdamW(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     ValueError
-        If `eps` is not > 0.
+        If `eps` is not >= 0.
     TypeError
         If `eps` is not a real number.
     TypeError
         If `amsgrad` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    TypeError
+        If `foreach`, `capturable`, `differentiable` or `fused` is not of the
+        type its description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    RuntimeError
+        If `fused=True` comes with `foreach=True` or `differentiable=True`.
     TypeError
         If `skip_nonfinite` is not a bool.
     """
@@ -101,6 +129,8 @@ class AdamW(TorchOptimizer):
         "max_exp_avg_sq": "max_exp_avg_sq",
     }
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "capturable", "differentiable", "fused")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -110,27 +140,74 @@ class AdamW(TorchOptimizer):
         eps=1e-08,
         weight_decay=0.01,
         amsgrad=False,
-        maximize=False,
         *,
+        maximize=False,
+        foreach=None,
+        capturable=False,
+        differentiable=False,
+        fused=None,
         skip_nonfinite=False,
     ):
-        check_value("AdamW", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "AdamW",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "AdamW",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("AdamW", "betas", betas, 2)
         check_value(
-            "AdamW", "betas[0]", beta1, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "AdamW",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
         )
         check_value(
-            "AdamW", "betas[1]", beta2, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "AdamW",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
         )
-        check_value("AdamW", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
+        check_value(
+            "AdamW",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
+        )
         check_flag("AdamW", "amsgrad", amsgrad)
         check_flag("AdamW", "maximize", maximize)
+        options.check_implementation(
+            "AdamW",
+            foreach=foreach,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+        )
+        options.tensor_hypers(
+            "AdamW",
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+                "foreach": foreach,
+                "capturable": capturable,
+                "differentiable": differentiable,
+                "fused": fused,
+            },
+        )
         super().__init__(
             params,
             {
@@ -140,6 +217,10 @@ class AdamW(TorchOptimizer):
                 "weight_decay": weight_decay,
                 "amsgrad": amsgrad,
                 "maximize": maximize,
+                "foreach": foreach,
+                "capturable": capturable,
+                "differentiable": differentiable,
+                "fused": fused,
             },
             skip_nonfinite=skip_nonfinite,
         )

@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -50,6 +51,9 @@ class Lamb(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -62,6 +66,10 @@ class Lamb(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `betas[0]` is not in range of (0.0, 1.0).
     TypeError
@@ -87,6 +95,8 @@ class Lamb(TorchOptimizer):
     _DECAY = "decoupled"
     _STATE_KEYS = {"moments1": "exp_avg", "moments2": "exp_avg_sq"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ()
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -98,17 +108,42 @@ class Lamb(TorchOptimizer):
         *,
         skip_nonfinite=False,
     ):
-        check_value("Lamb", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Lamb",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Lamb",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("Lamb", "betas", betas, 2)
-        check_value("Lamb", "betas[0]", beta1, Interval(0.0, 1.0, left_open=True, right_open=True))
-        check_value("Lamb", "betas[1]", beta2, Interval(0.0, 1.0, left_open=True, right_open=True))
-        check_value("Lamb", "eps", eps, Interval(0.0, math.inf, left_open=True, right_open=True))
+        check_value(
+            "Lamb",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=True, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
+        )
+        check_value(
+            "Lamb",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=True, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
+        )
+        check_value(
+            "Lamb",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=True, right_open=True),
+            f"Invalid epsilon value: {eps}",
+        )
         super().__init__(
             params,
             {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay},

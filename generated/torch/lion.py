@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -46,6 +47,9 @@ class Lion(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -58,6 +62,10 @@ class Lion(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `betas[0]` is not in range of [0.0, 1.0).
     TypeError
@@ -79,6 +87,8 @@ class Lion(TorchOptimizer):
     _DECAY = "decoupled"
     _STATE_KEYS = {"exp_avg": "exp_avg"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ()
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -89,16 +99,35 @@ class Lion(TorchOptimizer):
         *,
         skip_nonfinite=False,
     ):
-        check_value("Lion", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Lion",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "Lion",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("Lion", "betas", betas, 2)
-        check_value("Lion", "betas[0]", beta1, Interval(0.0, 1.0, left_open=False, right_open=True))
-        check_value("Lion", "betas[1]", beta2, Interval(0.0, 1.0, left_open=False, right_open=True))
+        check_value(
+            "Lion",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
+        )
+        check_value(
+            "Lion",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
+        )
         super().__init__(
             params,
             {"lr": lr, "betas": betas, "weight_decay": weight_decay},

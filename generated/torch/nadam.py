@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -37,8 +38,17 @@ class NAdam(TorchOptimizer):
     decoupled_weight_decay : bool, default False
         Decay the weights directly (AdamW-style) instead of adding to the
         gradient.
-    maximize : bool, default False
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -60,6 +70,9 @@ class NAdam(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -72,6 +85,10 @@ class NAdam(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `betas[0]` is not in range of [0.0, 1.0).
     TypeError
@@ -93,6 +110,11 @@ class NAdam(TorchOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `foreach`, `capturable` or `differentiable` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -105,6 +127,8 @@ class NAdam(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("foreach", "capturable", "differentiable")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -115,33 +139,61 @@ class NAdam(TorchOptimizer):
         weight_decay=0.0,
         momentum_decay=0.004,
         decoupled_weight_decay=False,
-        maximize=False,
         *,
+        foreach=None,
+        maximize=False,
+        capturable=False,
+        differentiable=False,
         skip_nonfinite=False,
     ):
-        check_value("NAdam", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "NAdam",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "NAdam",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         beta1, beta2 = unpack_betas("NAdam", "betas", betas, 2)
         check_value(
-            "NAdam", "betas[0]", beta1, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "NAdam",
+            "betas[0]",
+            beta1,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 0: {beta1}",
         )
         check_value(
-            "NAdam", "betas[1]", beta2, Interval(0.0, 1.0, left_open=False, right_open=True)
+            "NAdam",
+            "betas[1]",
+            beta2,
+            Interval(0.0, 1.0, left_open=False, right_open=True),
+            f"Invalid beta parameter at index 1: {beta2}",
         )
-        check_value("NAdam", "eps", eps, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "NAdam",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
+        )
         check_value(
             "NAdam",
             "momentum_decay",
             momentum_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid momentum_decay value: {momentum_decay}",
         )
         check_flag("NAdam", "decoupled_weight_decay", decoupled_weight_decay)
         check_flag("NAdam", "maximize", maximize)
+        options.check_implementation(
+            "NAdam", foreach=foreach, capturable=capturable, differentiable=differentiable
+        )
         super().__init__(
             params,
             {
@@ -151,7 +203,10 @@ class NAdam(TorchOptimizer):
                 "weight_decay": weight_decay,
                 "momentum_decay": momentum_decay,
                 "decoupled_weight_decay": decoupled_weight_decay,
+                "foreach": foreach,
                 "maximize": maximize,
+                "capturable": capturable,
+                "differentiable": differentiable,
             },
             skip_nonfinite=skip_nonfinite,
         )

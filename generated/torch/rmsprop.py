@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -36,8 +37,17 @@ class RMSprop(TorchOptimizer):
     centered : bool, default False
         Normalize by an estimate of the gradient's variance instead of its
         second moment.
+    capturable : bool, default False
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    foreach : bool or None, default None
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    differentiable : bool, default False
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -52,12 +62,15 @@ class RMSprop(TorchOptimizer):
     grad_avg
         Running average of gradients. Only with `centered=True`.
     momentum_buffer
-        Momentum buffer (unused when momentum is 0).
+        Momentum buffer (unused when momentum is 0). Only for a group with momentum > 0.
 
     Raises
     ------
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
+    ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
     ValueError
         If `weight_decay` is negative.
     TypeError
@@ -71,6 +84,10 @@ class RMSprop(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `alpha` is not >= 0.
     TypeError
@@ -88,6 +105,11 @@ class RMSprop(TorchOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `capturable`, `foreach` or `differentiable` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -104,6 +126,8 @@ class RMSprop(TorchOptimizer):
         "momentum_buffer": "momentum_buffer",
     }
     _OPTIONAL_STATE = ("momentum_buffer", "grad_avg")
+    _IMPL_OPTIONS = ("capturable", "foreach", "differentiable")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -114,31 +138,53 @@ class RMSprop(TorchOptimizer):
         weight_decay=0.0,
         momentum=0.0,
         centered=False,
+        capturable=False,
+        foreach=None,
         maximize=False,
+        differentiable=False,
         *,
         skip_nonfinite=False,
     ):
-        check_value("RMSprop", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "RMSprop",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "RMSprop",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         check_value(
-            "RMSprop", "alpha", alpha, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "RMSprop",
+            "alpha",
+            alpha,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid alpha value: {alpha}",
         )
         check_value(
-            "RMSprop", "eps", eps, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "RMSprop",
+            "eps",
+            eps,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid epsilon value: {eps}",
         )
         check_value(
             "RMSprop",
             "momentum",
             momentum,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid momentum value: {momentum}",
         )
         check_flag("RMSprop", "centered", centered)
         check_flag("RMSprop", "maximize", maximize)
+        options.check_implementation(
+            "RMSprop", capturable=capturable, foreach=foreach, differentiable=differentiable
+        )
         super().__init__(
             params,
             {
@@ -148,10 +194,20 @@ class RMSprop(TorchOptimizer):
                 "weight_decay": weight_decay,
                 "momentum": momentum,
                 "centered": centered,
+                "capturable": capturable,
+                "foreach": foreach,
                 "maximize": maximize,
+                "differentiable": differentiable,
             },
             skip_nonfinite=skip_nonfinite,
         )
 
     def _state_init(self) -> dict:
         return {"square_avg": 0.0, "grad_avg": 0.0, "momentum_buffer": 0.0}
+
+    @staticmethod
+    def _kept_state(alpha, eps, momentum) -> dict:
+        """Whether torch keeps each of these states for a group with these hyperparameters."""
+        return {
+            "momentum_buffer": bool((momentum > 0)),
+        }

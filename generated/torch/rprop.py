@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -28,8 +29,17 @@ class Rprop(TorchOptimizer):
         step size grows by while the sign holds.
     step_sizes : tuple of 2 floats, default (1e-06, 50.0)
         Smallest step size and largest step size.
-    maximize : bool, default False
+    capturable : bool, default False (keyword only)
+        Only False: the step runs on the host's schedule and cannot be
+        captured in a CUDA graph (True is a ValueError).
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -49,6 +59,9 @@ class Rprop(TorchOptimizer):
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
     ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
+    ValueError
         If `weight_decay` is negative.
     TypeError
         If `lr` or `weight_decay` is not a real number.
@@ -61,6 +74,10 @@ class Rprop(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `etas[0]` is not in range of (0.0, 1.0).
     TypeError
@@ -78,6 +95,11 @@ class Rprop(TorchOptimizer):
     ValueError
         If step_sizes[0] must not exceed step_sizes[1].
     TypeError
+        If `capturable`, `foreach` or `differentiable` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -90,6 +112,8 @@ class Rprop(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"prev": "prev", "step_size": "step_size"}
     _OPTIONAL_STATE = ()
+    _IMPL_OPTIONS = ("capturable", "foreach", "differentiable")
+    _STEP_STATE = True
 
     def __init__(
         self,
@@ -97,27 +121,67 @@ class Rprop(TorchOptimizer):
         lr=0.01,
         etas=(0.5, 1.2),
         step_sizes=(1e-06, 50.0),
-        maximize=False,
         *,
+        capturable=False,
+        foreach=None,
+        maximize=False,
+        differentiable=False,
         skip_nonfinite=False,
     ):
-        check_value("Rprop", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "Rprop",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         etaminus, etaplus = unpack_betas("Rprop", "etas", etas, 2)
         step_size_min, step_size_max = unpack_betas("Rprop", "step_sizes", step_sizes, 2)
         check_value(
-            "Rprop", "etas[0]", etaminus, Interval(0.0, 1.0, left_open=True, right_open=True)
+            "Rprop",
+            "etas[0]",
+            etaminus,
+            Interval(0.0, 1.0, left_open=True, right_open=True),
+            f"Invalid eta values: {etas[0]}, {etas[1]}",
         )
         check_value(
-            "Rprop", "etas[1]", etaplus, Interval(1.0, math.inf, left_open=True, right_open=True)
+            "Rprop",
+            "etas[1]",
+            etaplus,
+            Interval(1.0, math.inf, left_open=True, right_open=True),
+            f"Invalid eta values: {etas[0]}, {etas[1]}",
         )
-        check_value("Rprop", "step_sizes[0]", step_size_min, None)
-        check_value("Rprop", "step_sizes[1]", step_size_max, None)
+        check_value(
+            "Rprop",
+            "step_sizes[0]",
+            step_size_min,
+            None,
+            f"Invalid step_sizes[0] value: {step_size_min}",
+        )
+        check_value(
+            "Rprop",
+            "step_sizes[1]",
+            step_size_max,
+            None,
+            f"Invalid step_sizes[1] value: {step_size_max}",
+        )
         check_flag("Rprop", "maximize", maximize)
+        options.check_implementation(
+            "Rprop", capturable=capturable, foreach=foreach, differentiable=differentiable
+        )
         if not (step_size_min <= step_size_max):
             raise ValueError("For 'Rprop', step_sizes[0] must not exceed step_sizes[1].")
         super().__init__(
             params,
-            {"lr": lr, "etas": etas, "step_sizes": step_sizes, "maximize": maximize},
+            {
+                "lr": lr,
+                "etas": etas,
+                "step_sizes": step_sizes,
+                "capturable": capturable,
+                "foreach": foreach,
+                "maximize": maximize,
+                "differentiable": differentiable,
+            },
             skip_nonfinite=skip_nonfinite,
         )
 

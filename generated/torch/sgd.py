@@ -4,6 +4,7 @@
 import math  # noqa: F401
 
 from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
@@ -32,8 +33,18 @@ class SGD(TorchOptimizer):
         (>= 0).
     nesterov : bool, default False
         Use Nesterov momentum.
-    maximize : bool, default False
+    maximize : bool, default False (keyword only)
         Maximize the objective: step along the gradient.
+    foreach : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels.
+    differentiable : bool, default False (keyword only)
+        Only False: the step is not recorded by autograd (True is a
+        ValueError).
+    fused : bool or None, default None (keyword only)
+        Accepted for torch.optim compatibility (any bool or None): optforge
+        always steps with its fused kernels. As in torch, `fused=True` with
+        `foreach=True` or `differentiable=True` is a RuntimeError.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -44,12 +55,15 @@ class SGD(TorchOptimizer):
     -----
     ``state[p]`` holds ``step`` and, as torch.Tensor views of the kernels' arrays:
     momentum_buffer
-        Momentum buffer (unused when momentum is 0).
+        Momentum buffer (unused when momentum is 0). Only for a group with momentum > 0.
 
     Raises
     ------
     ValueError
         If `lr` is negative (torch's check: `Invalid learning rate`).
+    ValueError
+        If `lr` is a Tensor of more than one element (`Tensor lr must be
+        1-element`).
     ValueError
         If `weight_decay` is negative.
     TypeError
@@ -63,6 +77,10 @@ class SGD(TorchOptimizer):
     ValueError
         If param groups set a flag differently (one kernel variant serves an
         optimizer).
+    ValueError
+        If a param group (given, or in a loaded state dict) sets an option of a
+        torch.optim optimizer that this class does not have, or an
+        unsupported value of one it has.
     ValueError
         If `momentum` is not >= 0.
     TypeError
@@ -78,6 +96,13 @@ class SGD(TorchOptimizer):
     ValueError
         If nesterov momentum requires a momentum and zero dampening.
     TypeError
+        If `foreach`, `differentiable` or `fused` is not of the type its
+        description gives.
+    ValueError
+        If `capturable` or `differentiable` is True.
+    RuntimeError
+        If `fused=True` comes with `foreach=True` or `differentiable=True`.
+    TypeError
         If `skip_nonfinite` is not a bool.
     """
 
@@ -90,6 +115,8 @@ class SGD(TorchOptimizer):
     _DECAY = "coupled"
     _STATE_KEYS = {"momentum_buffer": "momentum_buffer"}
     _OPTIONAL_STATE = ("momentum_buffer",)
+    _IMPL_OPTIONS = ("foreach", "differentiable", "fused")
+    _STEP_STATE = False
 
     def __init__(
         self,
@@ -99,25 +126,46 @@ class SGD(TorchOptimizer):
         dampening=0.0,
         weight_decay=0.0,
         nesterov=False,
-        maximize=False,
         *,
+        maximize=False,
+        foreach=None,
+        differentiable=False,
+        fused=None,
         skip_nonfinite=False,
     ):
-        check_value("SGD", "lr", lr, Interval(0.0, math.inf, left_open=False, right_open=True))
+        check_value(
+            "SGD",
+            "lr",
+            lr,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid learning rate: {lr}",
+        )
         check_value(
             "SGD",
             "weight_decay",
             weight_decay,
             Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid weight_decay value: {weight_decay}",
         )
         check_value(
-            "SGD", "momentum", momentum, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "SGD",
+            "momentum",
+            momentum,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid momentum value: {momentum}",
         )
         check_value(
-            "SGD", "dampening", dampening, Interval(0.0, math.inf, left_open=False, right_open=True)
+            "SGD",
+            "dampening",
+            dampening,
+            Interval(0.0, math.inf, left_open=False, right_open=True),
+            f"Invalid dampening value: {dampening}",
         )
         check_flag("SGD", "nesterov", nesterov)
         check_flag("SGD", "maximize", maximize)
+        options.check_implementation(
+            "SGD", foreach=foreach, differentiable=differentiable, fused=fused
+        )
         if not ((dampening == 0) and (momentum > 0) or not nesterov):
             raise ValueError("For 'SGD', Nesterov momentum requires a momentum and zero dampening.")
         super().__init__(
@@ -129,9 +177,19 @@ class SGD(TorchOptimizer):
                 "weight_decay": weight_decay,
                 "nesterov": nesterov,
                 "maximize": maximize,
+                "foreach": foreach,
+                "differentiable": differentiable,
+                "fused": fused,
             },
             skip_nonfinite=skip_nonfinite,
         )
 
     def _state_init(self) -> dict:
         return {"momentum_buffer": 0.0}
+
+    @staticmethod
+    def _kept_state(momentum, dampening) -> dict:
+        """Whether torch keeps each of these states for a group with these hyperparameters."""
+        return {
+            "momentum_buffer": bool((momentum > 0)),
+        }

@@ -21,6 +21,7 @@ fused kernel cannot leave some of its tensors out.
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,21 +32,25 @@ from optforge.runtime.checks import Interval
 from optforge.runtime.finite import all_finite
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
+from optforge.runtime.optimizer import _Batch
+from optforge.torch import options
 
 
-def check_value(cls: str, name: str, value, domain: Interval | None, none_ok: bool = False) -> None:
-    """torch.optim's checks: a value outside its domain is a ValueError (`Invalid lr: -1`).
-    With `none_ok`, None passes (Adafactor's eps1: the dtype's machine epsilon)."""
+def check_value(
+    cls: str, name: str, value, domain: Interval | None, message: str = "", none_ok: bool = False
+) -> None:
+    """torch.optim's checks: a value outside its domain is a ValueError with torch's `message`
+    (`Invalid learning rate: -1`), a Tensor of more than one element too (`Tensor lr must be
+    1-element`). With `none_ok`, None passes (Adafactor's eps1: the dtype's machine epsilon)."""
     if none_ok and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer, torch.Tensor)):
         raise TypeError(f"{cls}: '{name}' must be a real number, but got {type(value).__name__}: {value!r}.")
     if isinstance(value, torch.Tensor) and value.numel() != 1:
-        raise ValueError(
-            f"{cls}: a Tensor '{name}' must hold one value, but it has shape {tuple(value.shape)}."
-        )
+        raise ValueError(f"Tensor {name} must be 1-element (it has shape {tuple(value.shape)}).")
     if domain is not None and float(value) not in domain:
-        raise ValueError(f"Invalid {name} value: {float(value)} (it must be {domain.describe()}).")
+        message = message or f"Invalid {name} value: {value}"
+        raise ValueError(f"{message} (it must be {domain.describe()}).")
 
 
 def check_flag(cls: str, name: str, value) -> None:
@@ -89,6 +94,47 @@ class _Engine(OptimOptimizer):
         self.global_step = 0
         self.sync(owner)
         self._finish_init(owner._variant_key(), owner._state_init())
+        self._drop_unkept(owner)
+
+    def _kept(self, owner: TorchOptimizer, g: int) -> dict[str, bool]:
+        """Which states torch keeps for engine group `g` with its torch group's values now."""
+        group = owner.param_groups[self.torch_groups[g]]
+        return owner._kept_state(*hyper_values(owner._group_hypers(group)))
+
+    def _drop_unkept(self, owner: TorchOptimizer) -> None:
+        """States torch does not keep for a group (SGD's buffer without momentum) are neither
+        shown nor, on the host, allocated: None in `state`, an empty array in the kernels'
+        lists. The kernel such a group runs does not touch them (its host-side branch skips
+        the state), and `check_kept` refuses a step whose values would need them."""
+        self.dropped: set[tuple[str, int]] = set()  # (state name, engine group)
+        if getattr(owner, "_kept_state", None) is None:
+            return
+        for g in range(len(self.torch_groups)):
+            kept = self._kept(owner, g)
+            self.dropped |= {(name, g) for name, keep in kept.items() if not keep and name in self.state}
+        for name in {name for name, _ in self.dropped}:
+            arrays = zip(self.state[name], self._group_of)
+            self.state[name] = tuple(None if (name, g) in self.dropped else a for a, g in arrays)
+            setattr(self, name, self.state[name])
+        for batch in self._batches:
+            if not isinstance(batch, _Batch):  # a device batch keeps its arrays (not shown)
+                continue
+            for k, name in enumerate(batch.variant.state):
+                if (name, batch.group) in self.dropped:
+                    for j in range(len(batch.state[k])):
+                        batch.state[k][j] = np.empty(0, dtype=batch.dtype)
+
+    def check_kept(self, owner: TorchOptimizer) -> None:
+        """Refuse (RuntimeError, nothing changed) a step whose group values need a state
+        that was not kept for the group, e.g. SGD's momentum raised from 0 after step 1."""
+        for name, g in sorted(self.dropped):
+            if self._kept(owner, g)[name]:
+                raise RuntimeError(
+                    f"{type(owner).__name__}: param group {self.torch_groups[g]}'s options now need "
+                    f"'{owner._STATE_KEYS[name]}', which was not kept for its parameters (their options "
+                    "did not need it at their first step). Create the optimizer with the momentum it "
+                    "will use. Nothing was changed."
+                )
 
     def sync(self, owner: TorchOptimizer) -> None:
         """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
@@ -116,6 +162,9 @@ class TorchOptimizer(torch.optim.Optimizer):
     _DECAY = "coupled"
     _STATE_KEYS: dict[str, str] = {}  # spec state name -> torch's key
     _OPTIONAL_STATE: tuple[str, ...] = ()
+    _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
+    _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
+    _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -151,18 +200,13 @@ class TorchOptimizer(torch.optim.Optimizer):
     # -- parameters --
 
     def add_param_group(self, param_group: dict) -> None:
-        """torch's checks, then optforge's: float32/float64, contiguous, the same flags."""
+        """torch's checks, then optforge's: every option understood, the same flags,
+        float32/float64, contiguous."""
         cls = type(self).__name__
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
-            for key in self._FLAGS:
-                if group[key] != self.defaults[key]:
-                    raise ValueError(
-                        f"{cls}: param group {len(self.param_groups) - 1} sets {key}={group[key]}, but the "
-                        f"optimizer has {key}={self.defaults[key]}; optforge compiles one kernel variant per "
-                        "optimizer, so flags must be the same in every group."
-                    )
+            self._check_group_options(group, f"param group {len(self.param_groups) - 1}")
             for p in group["params"]:
                 if p.dtype not in (torch.float32, torch.float64):
                     raise TypeError(
@@ -180,6 +224,58 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._steps = np.zeros(len(self._flat_params()), dtype=np.float32)
         for cohort in self._cohorts:  # new arrays: the state's step tensors must view them
             self._link_steps(cohort.engine)
+
+    def _check_group_options(self, group: dict, where: str) -> None:
+        """Every key of a group (given, or loaded) is understood or refused (ValueError).
+
+        A flag must equal the optimizer's (one kernel variant per optimizer);
+        `foreach`/`fused` may be any bool or None, `capturable`/`differentiable`
+        only False; an option of any torch.optim optimizer that this class does
+        not have is refused, since it would be ignored. Other keys (an lr
+        scheduler's `initial_lr`, a user's own labels) are kept, as torch keeps them.
+        """
+        cls = type(self).__name__
+        for key, value in group.items():
+            if key in ("params", "param_names"):
+                continue
+            if key in self._IMPL_OPTIONS:
+                options.check_option(cls, key, value, f"{where} sets ")
+            elif key in self._FLAGS:
+                if not isinstance(value, bool) or value != self.defaults[key]:
+                    raise ValueError(
+                        f"{cls}: {where} sets {key}={value!r}, but the optimizer has "
+                        f"{key}={self.defaults[key]}; optforge compiles one kernel variant per "
+                        "optimizer, so flags must be the same in every group."
+                    )
+            elif key not in self.defaults and key in options.OPTIMIZER_OPTIONS:
+                raise ValueError(
+                    f"{cls}: {where} sets '{key}', an option of torch.optim optimizers that "
+                    f"optforge.torch.{cls} does not have (its options: {sorted(self.defaults)}); it "
+                    "would be ignored, so it is refused."
+                )
+
+    def _completed_groups(self, saved_groups: list[dict]) -> list[dict]:
+        """The saved groups, each with the flags and implementation options it lacks at their
+        constructor defaults (what a torch checkpoint from before the option existed meant, as
+        torch's own `__setstate__` assumes); a numeric option missing is refused."""
+        cls = type(self).__name__
+        signature = inspect.signature(type(self)).parameters
+        completed = []
+        for g, saved in enumerate(saved_groups):
+            group = dict(saved)
+            for key in self.defaults:
+                if key in group:
+                    continue
+                if key not in self._FLAGS and key not in self._IMPL_OPTIONS:
+                    raise ValueError(
+                        f"{cls}: the state dict's param group {g} has no '{key}' (keys: {sorted(saved)}); "
+                        "is it a state dict of another optimizer?"
+                    )
+                # A user's subclass may take it under another signature: then the optimizer's own.
+                group[key] = signature[key].default if key in signature else self.defaults[key]
+            self._check_group_options(group, f"the state dict's param group {g}")
+            completed.append(group)
+        return completed
 
     def _flat_params(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
@@ -210,6 +306,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
             checked.append((cohort, cohort.engine._check_gradients(grads)))
             cohort.engine.sync(self)
+            cohort.engine.check_kept(self)
             for group in cohort.engine.param_groups:
                 _lr_value(group["lr"], type(self).__name__)
         if self.skip_nonfinite and not all(all_finite(grads) for _, grads in checked):
@@ -220,6 +317,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         for cohort, grads in checked:
             cohort.engine._apply(grads)
             self._steps[cohort.engine.members] = cohort.engine.global_step
+            self._refresh_extra_state(cohort.engine)
         return loss
 
     def _cohort_has_grads(self, cohort: _Cohort, params: list, has_grad: list[bool]) -> bool:
@@ -255,15 +353,23 @@ class TorchOptimizer(torch.optim.Optimizer):
         params = self._flat_params()
         engine = cohort.engine
         for pos, i in enumerate(engine.members):
-            state = self.state[params[i]]
-            for name, arrays in engine.state.items():
-                if arrays[pos] is not None:  # Adafactor: row/col factors for matrices, else variance
-                    state[self._STATE_KEYS[name]] = _as_tensor(arrays[pos], params[i])
+            # None: a state this tensor's variant lacks (Adafactor: row/col factors for
+            # matrices, else variance) or torch does not keep (SGD's buffer without momentum).
+            views = {
+                self._STATE_KEYS[name]: _as_tensor(arrays[pos], params[i])
+                for name, arrays in engine.state.items()
+                if arrays[pos] is not None
+            }
+            if views:  # torch makes no entry for a parameter it keeps nothing for (SGD, momentum 0)
+                self.state[params[i]].update(views)
         self._link_steps(engine)
+        self._refresh_extra_state(engine)
 
     def _link_steps(self, engine: _Engine) -> None:
         params = self._flat_params()
         self._steps[engine.members] = engine.global_step
+        if not self._STEP_STATE:  # torch's SGD keeps no step per parameter
+            return
         for i in engine.members:
             self.state[params[i]]["step"] = torch.from_numpy(self._steps[i : i + 1].reshape(()))
 
@@ -273,24 +379,34 @@ class TorchOptimizer(torch.optim.Optimizer):
         """torch's `state_dict()`: ``state`` (per parameter index: ``step`` and the state
         tensors, under torch's names) and ``param_groups``; `torch.save` it, or load it into
         this class or into torch's own optimizer of the same name."""
-        extra = getattr(self, "_extra_state", None)
-        if extra is not None:
-            params, group_index = self._flat_params(), self._group_index
-            for cohort in self._cohorts:
-                engine = cohort.engine
-                for i in engine.members:
-                    group = self.param_groups[group_index[i]]
-                    hypers = (float(h) for h in self._group_hypers(group))
-                    for key, value in extra(engine.global_step, *hypers).items():
-                        self.state[params[i]][key] = torch.tensor(float(value), dtype=torch.float32)
+        for cohort in self._cohorts:  # a scheduler may have changed a group's hyperparameters
+            self._refresh_extra_state(cohort.engine)
         return super().state_dict()
+
+    def _refresh_extra_state(self, engine: _Engine) -> None:
+        """What torch keeps per parameter besides the arrays (NAdam's `mu_product`), from the
+        engine's step and each group's hyperparameters, in `state[p]` as torch has it."""
+        extra = getattr(self, "_extra_state", None)
+        if extra is None or engine.global_step == 0:
+            return
+        params, group_index = self._flat_params(), self._group_index
+        for i in engine.members:
+            hypers = (float(h) for h in self._group_hypers(self.param_groups[group_index[i]]))
+            state = self.state[params[i]]
+            for key, value in extra(engine.global_step, *hypers).items():
+                if isinstance(state.get(key), torch.Tensor):
+                    state[key].fill_(float(value))
+                else:
+                    state[key] = torch.tensor(float(value), dtype=torch.float32)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Continue from a state dict of this class, or of torch's optimizer of the same name.
 
         Everything is checked before anything changes: the groups' sizes (torch's check),
-        each state's keys and shapes, the flags. Parameters whose saved steps are equal
-        form one cohort (one fused engine) again.
+        each state's keys and shapes, every group option (`_check_group_options`: a flag
+        that differs from this optimizer's, or an option this class does not have, is
+        refused). Parameters whose saved steps are equal form one cohort (one fused engine)
+        again.
         """
         cls = type(self).__name__
         params = self._flat_params()
@@ -302,13 +418,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"{cls}: the state dict's param groups do not match this optimizer's in number or size."
             )
         index_of = {saved: i for i, saved in enumerate(s for g in saved_groups for s in g["params"])}
-        for g, saved in enumerate(saved_groups):
-            for key in self._FLAGS:
-                if saved.get(key, self.defaults[key]) != self.defaults[key]:
-                    raise ValueError(
-                        f"{cls}: the state dict's param group {g} has {key}={saved[key]}, this optimizer "
-                        f"{key}={self.defaults[key]}."
-                    )
+        state_dict = {**state_dict, "param_groups": self._completed_groups(saved_groups)}
         steps: dict[int, int] = {}
         for saved, state in saved_state.items():
             if saved not in index_of:
