@@ -156,17 +156,30 @@ def factored_context(kernel: FactoredKernel, context: dict, printer: ElementPrin
     }
 
 
+def invariant_symbols(kernel: Kernel) -> set[sp.Symbol]:
+    """The symbols of `kernel` that do not vary per element: step-level scalars, per-tensor
+    inputs and values, and a factored kernel's per-matrix means (products multiply them first)."""
+    invariant = set(kernel.scalars) | set(BUILTIN_TENSOR) | set(kernel.finalize_outputs)
+    for stage in kernel.stages:
+        invariant |= set(stage.per_tensor) | {a.target for a in stage.tensor}
+    invariant |= {a.target for a in kernel.finalize}
+    if isinstance(kernel, FactoredKernel):
+        invariant |= {m.symbol for m in kernel.matrix_means}
+    return invariant
+
+
 def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
     context = _kernel_context(spec, kernel, dtype)
     if isinstance(kernel, FactoredKernel):
-        return factored_context(kernel, context, ElementPrinter(dtype))
+        return factored_context(kernel, context, ElementPrinter(dtype, invariant_symbols(kernel)))
     return context | {"factored": False}
 
 
 def _kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
-    printer = ElementPrinter(dtype)
+    invariant = invariant_symbols(kernel)
+    printer = ElementPrinter(dtype, invariant)
     stages = [stage_context(s, printer) for s in kernel.stages]
-    finalize_printer = ElementPrinter("float64")  # per-tensor values from float64 sums
+    finalize_printer = ElementPrinter("float64", invariant)  # per-tensor values from float64 sums
     base = _name(kernel.spec_name, kernel.suffix)
     return {
         "name": step_name(kernel, dtype),

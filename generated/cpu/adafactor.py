@@ -49,10 +49,10 @@ def adafactor_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float32."""
@@ -93,10 +93,10 @@ def adafactor_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -110,7 +110,7 @@ def adafactor_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -125,10 +125,10 @@ def adafactor_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float32."""
@@ -151,7 +151,7 @@ def adafactor_stage2_f32(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -165,16 +165,16 @@ def adafactor_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float32: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_stage1_f32(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f32)
@@ -192,10 +192,10 @@ def adafactor_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float64."""
@@ -236,10 +236,10 @@ def adafactor_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -253,7 +253,7 @@ def adafactor_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -268,10 +268,10 @@ def adafactor_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float64."""
@@ -294,7 +294,7 @@ def adafactor_stage2_f64(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -308,16 +308,16 @@ def adafactor_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float64: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_stage1_f64(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f64)
@@ -337,10 +337,10 @@ def adafactor_factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float32."""
@@ -385,10 +385,10 @@ def adafactor_factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=False, factored=True,
@@ -435,10 +435,10 @@ def adafactor_factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float32."""
@@ -465,7 +465,7 @@ def adafactor_factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -476,10 +476,10 @@ def adafactor_factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -491,7 +491,7 @@ def adafactor_factored_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -507,10 +507,10 @@ def adafactor_factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float32."""
@@ -543,7 +543,7 @@ def adafactor_factored_pass3_f32(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -558,10 +558,10 @@ def adafactor_factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float32: the passes in order. `table` is an
@@ -572,7 +572,7 @@ def adafactor_factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -608,10 +608,10 @@ def adafactor_factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float64."""
@@ -656,10 +656,10 @@ def adafactor_factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=False, factored=True,
@@ -706,10 +706,10 @@ def adafactor_factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float64."""
@@ -736,7 +736,7 @@ def adafactor_factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -747,10 +747,10 @@ def adafactor_factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -762,7 +762,7 @@ def adafactor_factored_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -778,10 +778,10 @@ def adafactor_factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float64."""
@@ -814,7 +814,7 @@ def adafactor_factored_pass3_f64(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -829,10 +829,10 @@ def adafactor_factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float64: the passes in order. `table` is an
@@ -843,7 +843,7 @@ def adafactor_factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -877,10 +877,10 @@ def adafactor_maximize_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float32."""
@@ -921,10 +921,10 @@ def adafactor_maximize_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -938,7 +938,7 @@ def adafactor_maximize_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -953,10 +953,10 @@ def adafactor_maximize_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float32."""
@@ -979,7 +979,7 @@ def adafactor_maximize_stage2_f32(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -993,16 +993,16 @@ def adafactor_maximize_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float32: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_maximize_stage1_f32(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f32)
@@ -1022,10 +1022,10 @@ def adafactor_maximize_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float64."""
@@ -1066,10 +1066,10 @@ def adafactor_maximize_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1083,7 +1083,7 @@ def adafactor_maximize_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1098,10 +1098,10 @@ def adafactor_maximize_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float64."""
@@ -1124,7 +1124,7 @@ def adafactor_maximize_stage2_f64(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1138,16 +1138,16 @@ def adafactor_maximize_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float64: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_maximize_stage1_f64(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f64)
@@ -1169,10 +1169,10 @@ def adafactor_maximize__factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float32."""
@@ -1217,10 +1217,10 @@ def adafactor_maximize__factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=True, factored=True,
@@ -1267,10 +1267,10 @@ def adafactor_maximize__factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float32."""
@@ -1297,7 +1297,7 @@ def adafactor_maximize__factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -1308,10 +1308,10 @@ def adafactor_maximize__factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1323,7 +1323,7 @@ def adafactor_maximize__factored_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1339,10 +1339,10 @@ def adafactor_maximize__factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float32."""
@@ -1375,7 +1375,7 @@ def adafactor_maximize__factored_pass3_f32(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1390,10 +1390,10 @@ def adafactor_maximize__factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float32: the passes in order. `table` is an
@@ -1404,7 +1404,7 @@ def adafactor_maximize__factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -1442,10 +1442,10 @@ def adafactor_maximize__factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float64."""
@@ -1490,10 +1490,10 @@ def adafactor_maximize__factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=True, factored=True,
@@ -1540,10 +1540,10 @@ def adafactor_maximize__factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float64."""
@@ -1570,7 +1570,7 @@ def adafactor_maximize__factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -1581,10 +1581,10 @@ def adafactor_maximize__factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1596,7 +1596,7 @@ def adafactor_maximize__factored_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1612,10 +1612,10 @@ def adafactor_maximize__factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float64."""
@@ -1648,7 +1648,7 @@ def adafactor_maximize__factored_pass3_f64(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1663,10 +1663,10 @@ def adafactor_maximize__factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float64: the passes in order. `table` is an
@@ -1677,7 +1677,7 @@ def adafactor_maximize__factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],

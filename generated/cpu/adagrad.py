@@ -59,9 +59,9 @@ def adagrad_f32(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -95,9 +95,9 @@ def adagrad_f64(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -132,9 +132,9 @@ def adagrad_maximize_f32(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -169,9 +169,9 @@ def adagrad_maximize_f64(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 

@@ -65,8 +65,8 @@ def asgd_mu_eq_1_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -100,8 +100,8 @@ def asgd_mu_eq_1_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -137,8 +137,8 @@ def asgd_not_mu_eq_1_f32(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -174,8 +174,8 @@ def asgd_not_mu_eq_1_f64(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -210,8 +210,8 @@ def asgd_maximize__mu_eq_1_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -246,8 +246,8 @@ def asgd_maximize__mu_eq_1_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -284,8 +284,8 @@ def asgd_maximize__not_mu_eq_1_f32(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -322,8 +322,8 @@ def asgd_maximize__not_mu_eq_1_f64(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new

@@ -64,9 +64,9 @@ def momentum_f32(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -100,9 +100,9 @@ def momentum_f64(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -136,9 +136,9 @@ def momentum_use_nesterov_f32(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -172,9 +172,9 @@ def momentum_use_nesterov_f64(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 

@@ -60,14 +60,14 @@ def proximal_adagrad_l1_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -100,14 +100,14 @@ def proximal_adagrad_l1_gt_0_rows_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -143,14 +143,14 @@ def proximal_adagrad_l1_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -183,14 +183,14 @@ def proximal_adagrad_l1_gt_0_rows_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -225,11 +225,11 @@ def proximal_adagrad_not_l1_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -260,11 +260,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -298,11 +298,11 @@ def proximal_adagrad_not_l1_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -333,11 +333,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

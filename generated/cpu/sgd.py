@@ -79,10 +79,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -115,10 +115,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -151,10 +151,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -187,10 +187,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -226,10 +226,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = grad_scale * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
             d = buf_new
-            w_new = w + d * s1
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -265,10 +265,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = grad_scale * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
             d = buf_new
-            w_new = w + d * s1
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -300,9 +300,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -333,9 +333,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -368,10 +368,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -405,10 +405,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -442,10 +442,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -479,10 +479,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -519,10 +519,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = u0 * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
             d = buf_new
-            w_new = w + d * s1
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -559,10 +559,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = u0 * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
             d = buf_new
-            w_new = w + d * s1
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -595,9 +595,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -629,9 +629,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -664,10 +664,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = g_eff + momentum * buf_new
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -701,10 +701,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = g_eff + momentum * buf_new
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -737,10 +737,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -773,10 +773,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -812,10 +812,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = grad_scale * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
+            d = g_eff + momentum * buf_new
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -851,10 +851,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = grad_scale * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
+            d = g_eff + momentum * buf_new
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -886,9 +886,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -919,9 +919,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -955,10 +955,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = g_eff + momentum * buf_new
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -993,10 +993,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = g_eff + momentum * buf_new
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1030,10 +1030,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1067,10 +1067,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1107,10 +1107,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = u0 * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
+            d = g_eff + momentum * buf_new
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1147,10 +1147,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = u0 * g + weight_decay * w
+            buf_new = momentum * buf + s0 * g_eff
+            d = g_eff + momentum * buf_new
+            w_new = w + s1 * d
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1183,9 +1183,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 
@@ -1217,9 +1217,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             d = g_eff
-            w_new = w + d * s0
+            w_new = w + s0 * d
             w_c[elem] = w_new
 
 

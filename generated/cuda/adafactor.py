@@ -45,10 +45,10 @@ def adafactor_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float32."""
@@ -102,10 +102,10 @@ def adafactor_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -123,7 +123,7 @@ def adafactor_finalize_f32(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -138,10 +138,10 @@ def adafactor_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float32."""
@@ -162,7 +162,7 @@ def adafactor_stage2_f32(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -177,17 +177,17 @@ def adafactor_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float32: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
@@ -205,10 +205,10 @@ def adafactor_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float64."""
@@ -262,10 +262,10 @@ def adafactor_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -283,7 +283,7 @@ def adafactor_finalize_f64(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -298,10 +298,10 @@ def adafactor_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float64."""
@@ -322,7 +322,7 @@ def adafactor_stage2_f64(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -337,17 +337,17 @@ def adafactor_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float64: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
@@ -379,10 +379,10 @@ def adafactor_factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float32."""
@@ -461,10 +461,10 @@ def adafactor_factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
@@ -530,10 +530,10 @@ def adafactor_factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float32."""
@@ -559,7 +559,7 @@ def adafactor_factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -581,10 +581,10 @@ def adafactor_factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -600,7 +600,7 @@ def adafactor_factored_finalize_f32(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -628,10 +628,10 @@ def adafactor_factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float32."""
@@ -661,7 +661,7 @@ def adafactor_factored_pass3_f32(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -676,10 +676,10 @@ def adafactor_factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float32: the passes in order, on one stream.
@@ -692,7 +692,7 @@ def adafactor_factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -741,10 +741,10 @@ def adafactor_factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float64."""
@@ -823,10 +823,10 @@ def adafactor_factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
@@ -892,10 +892,10 @@ def adafactor_factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float64."""
@@ -921,7 +921,7 @@ def adafactor_factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -943,10 +943,10 @@ def adafactor_factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -962,7 +962,7 @@ def adafactor_factored_finalize_f64(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -990,10 +990,10 @@ def adafactor_factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float64."""
@@ -1023,7 +1023,7 @@ def adafactor_factored_pass3_f64(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1038,10 +1038,10 @@ def adafactor_factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float64: the passes in order, on one stream.
@@ -1054,7 +1054,7 @@ def adafactor_factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -1089,10 +1089,10 @@ def adafactor_maximize_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float32."""
@@ -1146,10 +1146,10 @@ def adafactor_maximize_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1167,7 +1167,7 @@ def adafactor_maximize_finalize_f32(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1182,10 +1182,10 @@ def adafactor_maximize_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float32."""
@@ -1206,7 +1206,7 @@ def adafactor_maximize_stage2_f32(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1221,17 +1221,17 @@ def adafactor_maximize_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float32: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_maximize_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
@@ -1253,10 +1253,10 @@ def adafactor_maximize_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float64."""
@@ -1310,10 +1310,10 @@ def adafactor_maximize_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1331,7 +1331,7 @@ def adafactor_maximize_finalize_f64(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1346,10 +1346,10 @@ def adafactor_maximize_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float64."""
@@ -1370,7 +1370,7 @@ def adafactor_maximize_stage2_f64(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1385,17 +1385,17 @@ def adafactor_maximize_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float64: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_maximize_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
@@ -1431,10 +1431,10 @@ def adafactor_maximize__factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float32."""
@@ -1513,10 +1513,10 @@ def adafactor_maximize__factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
@@ -1582,10 +1582,10 @@ def adafactor_maximize__factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float32."""
@@ -1611,7 +1611,7 @@ def adafactor_maximize__factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -1633,10 +1633,10 @@ def adafactor_maximize__factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1652,7 +1652,7 @@ def adafactor_maximize__factored_finalize_f32(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1680,10 +1680,10 @@ def adafactor_maximize__factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float32."""
@@ -1713,7 +1713,7 @@ def adafactor_maximize__factored_pass3_f32(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1728,10 +1728,10 @@ def adafactor_maximize__factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float32: the passes in order, on one stream.
@@ -1744,7 +1744,7 @@ def adafactor_maximize__factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -1793,10 +1793,10 @@ def adafactor_maximize__factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float64."""
@@ -1875,10 +1875,10 @@ def adafactor_maximize__factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
@@ -1944,10 +1944,10 @@ def adafactor_maximize__factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float64."""
@@ -1973,7 +1973,7 @@ def adafactor_maximize__factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -1995,10 +1995,10 @@ def adafactor_maximize__factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -2014,7 +2014,7 @@ def adafactor_maximize__factored_finalize_f64(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -2042,10 +2042,10 @@ def adafactor_maximize__factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float64."""
@@ -2075,7 +2075,7 @@ def adafactor_maximize__factored_pass3_f64(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -2090,10 +2090,10 @@ def adafactor_maximize__factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float64: the passes in order, on one stream.
@@ -2106,7 +2106,7 @@ def adafactor_maximize__factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)

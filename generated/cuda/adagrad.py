@@ -50,9 +50,9 @@ def adagrad_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -112,9 +112,9 @@ def adagrad_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -175,9 +175,9 @@ def adagrad_maximize_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -238,9 +238,9 @@ def adagrad_maximize_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 

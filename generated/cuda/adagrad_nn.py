@@ -54,9 +54,9 @@ def adagrad_nn_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -112,9 +112,9 @@ def adagrad_nn_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -170,9 +170,9 @@ def adagrad_nn_update_slots_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -229,9 +229,9 @@ def adagrad_nn_update_slots_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

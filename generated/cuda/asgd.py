@@ -56,8 +56,8 @@ def asgd_mu_eq_1_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -117,8 +117,8 @@ def asgd_mu_eq_1_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -180,8 +180,8 @@ def asgd_not_mu_eq_1_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -245,8 +245,8 @@ def asgd_not_mu_eq_1_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -309,8 +309,8 @@ def asgd_maximize__mu_eq_1_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -371,8 +371,8 @@ def asgd_maximize__mu_eq_1_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -435,8 +435,8 @@ def asgd_maximize__not_mu_eq_1_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -501,8 +501,8 @@ def asgd_maximize__not_mu_eq_1_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new

@@ -38,7 +38,7 @@ def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=False, maximize=False: (beta2, eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -47,7 +47,7 @@ def scalars_maximize(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=False, maximize=True: (beta2, eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -56,7 +56,7 @@ def scalars_amsgrad(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=True, maximize=False: (beta2, eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -65,6 +65,6 @@ def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=True, maximize=True: (beta2, eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
