@@ -31,10 +31,14 @@ class ElementPrinter(PythonCodePrinter):
     scalars and per-tensor values): a product multiplies them first.
     """
 
-    def __init__(self, dtype: str, invariant=frozenset()):
+    def __init__(self, dtype: str, invariant=frozenset(), fma: str = "fma"):
         super().__init__({"order": "none", "fully_qualified_modules": True})
         self.literal_type = LITERAL_TYPES[dtype]
         self.invariant = frozenset(invariant)
+        self.fma = fma  # the fused multiply-add's name: optforge.runtime.fma's, or cuda.fma
+
+    def _print_fma(self, expr):
+        return f"{self.fma}({', '.join(self._print(a) for a in expr.args)})"
 
     def is_invariant(self, expr: sp.Expr) -> bool:
         return expr.free_symbols <= self.invariant
@@ -161,6 +165,11 @@ class HostPrinter(PythonCodePrinter):
 
     def _print_Max(self, expr):
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_fma(self, expr):
+        # Step-level values are float64 (or float32 NumPy scalars): a*b + c, as torch's host code.
+        a, b, c = expr.args
+        return self._print(sp.Add(sp.Mul(a, b, evaluate=False), c, evaluate=False))
 
     def _print_Min(self, expr):
         return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"

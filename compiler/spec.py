@@ -125,6 +125,35 @@ class matrix_mean(sp.Function):
         return r"\overline{%s}^{\,\mathrm{matrix}}" % printer._print(self.args[0])
 
 
+class fma(sp.Function):
+    """`a*b + c` rounded once: the fused multiply-add torch's CPU kernels compute.
+
+    torch 2.13 on an FMA-capable CPU evaluates `x.lerp_(y, weight)` (weight < 0.5)
+    as `fma(weight, y - x, x)`, `x.addcmul_(a, b, value=s)` as `fma(s*a, b, x)` and
+    `x.add_(y, alpha=s)` as `fma(s, y, x)`. A spec that writes `fma` states where
+    its kernels fuse: its kernels are compiled without contraction, so every other
+    product is rounded before it is added, as torch's separate operations are.
+    """
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, a, b, c):
+        # A product a flag makes 0 (NAdam's coupled decay when decoupled) is no product at all.
+        if a.is_zero or b.is_zero:
+            return c
+        return None
+
+    def _latex(self, printer):
+        a, b, c = self.args
+        return printer._print(sp.Add(sp.Mul(a, b), c))
+
+
+def unfused(expr: sp.Expr) -> sp.Expr:
+    """`expr` with each `fma(a, b, c)` written `a*b + c`: its value, for the checks that compare values."""
+    return expr.replace(fma, lambda a, b, c: a * b + c)
+
+
 # Reductions whose value is per row, per column or per matrix: only a factored
 # (rank-flagged) kernel computes them.
 FACTORED_REDUCTIONS = (row_mean, col_mean, matrix_mean)
@@ -413,7 +442,7 @@ def check_spec(spec: Spec) -> None:
             fail(f"constraint {c.condition}", f"names {unknown}, which are not hyperparameters or flags")
     plain = {f.symbol: sp.false for f in spec.flags}
     if spec.decay == "coupled" and not any(
-        sp.expand(sp.sympify(r.expr).subs(plain) - (g * grad_scale + weight_decay * w)) == 0
+        sp.expand(unfused(sp.sympify(r.expr)).subs(plain) - (g * grad_scale + weight_decay * w)) == 0
         for r in spec.rules
     ):
         fail("decay", "'coupled' needs a rule `g*grad_scale + weight_decay*w` (the effective gradient)")

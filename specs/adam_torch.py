@@ -13,6 +13,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -62,9 +63,12 @@ SPEC = Spec(
         State(vmax, 0, "max_exp_avg_sq", "Running maximum of the second moment.", when=amsgrad),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
-        Rule(m, m + (g_eff - m) * (1 - beta1)),
-        Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+        # torch's kernels, fused where torch's are: grad.add(param, alpha=weight_decay),
+        # exp_avg.lerp_(grad, 1 - beta1) (weight < 0.5: beta1 > 0.5) and
+        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2).
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        Rule(m, fma(1 - beta1, g_eff - m, m)),
+        Rule(v, fma((1 - beta2) * g_eff, g_eff, beta2 * v)),
         Rule(vmax, sp.Max(vmax, v), when=amsgrad),
         Rule(
             w,

@@ -25,18 +25,20 @@ from optforge.generated.host.adam_torch import (
     scalars_amsgrad__maximize,
     scalars_maximize,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -75,9 +77,9 @@ def adam_torch_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -120,9 +122,9 @@ def adam_torch_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -166,9 +168,9 @@ def adam_torch_maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -212,9 +214,9 @@ def adam_torch_maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -260,9 +262,9 @@ def adam_torch_amsgrad_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
@@ -310,9 +312,9 @@ def adam_torch_amsgrad_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
@@ -361,9 +363,9 @@ def adam_torch_amsgrad__maximize_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
@@ -412,9 +414,9 @@ def adam_torch_amsgrad__maximize_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new

@@ -25,18 +25,20 @@ from optforge.generated.host.adamw import (
     scalars_amsgrad__maximize,
     scalars_maximize,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -78,8 +80,8 @@ def adamw_f32(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -125,8 +127,8 @@ def adamw_f64(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -172,8 +174,8 @@ def adamw_maximize_f32(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -219,8 +221,8 @@ def adamw_maximize_f64(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -269,8 +271,8 @@ def adamw_amsgrad_f32(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -321,8 +323,8 @@ def adamw_amsgrad_f64(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -373,8 +375,8 @@ def adamw_amsgrad__maximize_f32(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -425,8 +427,8 @@ def adamw_amsgrad__maximize_f64(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new

@@ -25,18 +25,20 @@ from optforge.generated.host.nadam import (
     scalars_decoupled_weight_decay__maximize,
     scalars_maximize,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -76,10 +78,10 @@ def nadam_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s2)
             w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
@@ -124,10 +126,10 @@ def nadam_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s2)
             w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
@@ -173,10 +175,10 @@ def nadam_maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s2)
             w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
@@ -222,10 +224,10 @@ def nadam_maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s2)
             w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
@@ -274,8 +276,8 @@ def nadam_decoupled_weight_decay_f32(
             v = v_c[elem]
             g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s3)
             w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
@@ -324,8 +326,8 @@ def nadam_decoupled_weight_decay_f64(
             v = v_c[elem]
             g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s3)
             w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
@@ -375,8 +377,8 @@ def nadam_decoupled_weight_decay__maximize_f32(
             v = v_c[elem]
             g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s3)
             w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
@@ -426,8 +428,8 @@ def nadam_decoupled_weight_decay__maximize_f64(
             v = v_c[elem]
             g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             denom = eps + math.sqrt(v_new / s3)
             w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new

@@ -29,18 +29,20 @@ from optforge.generated.host.rmsprop import (
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -78,11 +80,11 @@ def rmsprop_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -123,11 +125,11 @@ def rmsprop_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -165,8 +167,8 @@ def rmsprop_not_momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
@@ -205,8 +207,8 @@ def rmsprop_not_momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
@@ -249,11 +251,11 @@ def rmsprop_maximize__momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -295,11 +297,11 @@ def rmsprop_maximize__momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -338,8 +340,8 @@ def rmsprop_maximize__not_momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
@@ -379,8 +381,8 @@ def rmsprop_maximize__not_momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
@@ -425,12 +427,12 @@ def rmsprop_centered__momentum_gt_0_f32(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -475,12 +477,12 @@ def rmsprop_centered__momentum_gt_0_f64(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -522,10 +524,10 @@ def rmsprop_centered__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
@@ -567,10 +569,10 @@ def rmsprop_centered__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
@@ -616,12 +618,12 @@ def rmsprop_centered__maximize__momentum_gt_0_f32(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -667,12 +669,12 @@ def rmsprop_centered__maximize__momentum_gt_0_f64(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             buf_new = momentum * buf + g_eff / denom
-            w_new = w + s1 * buf_new
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -715,10 +717,10 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
@@ -761,10 +763,10 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            sq_new = alpha * sq + s0 * g_eff * g_eff
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - g_avg_new * g_avg_new)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
             w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new

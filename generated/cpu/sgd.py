@@ -37,18 +37,20 @@ from optforge.generated.host.sgd import (
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -79,10 +81,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -115,10 +117,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -151,10 +153,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -187,10 +189,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -226,10 +228,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -265,10 +267,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -300,9 +302,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -333,9 +335,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -368,10 +370,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -405,10 +407,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -442,10 +444,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -479,10 +481,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -519,10 +521,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -559,10 +561,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -595,9 +597,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -629,9 +631,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -664,10 +666,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -701,10 +703,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -737,10 +739,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -773,10 +775,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -812,10 +814,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -851,10 +853,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -886,9 +888,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -919,9 +921,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -955,10 +957,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -993,10 +995,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1030,10 +1032,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1067,10 +1069,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1107,10 +1109,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1147,10 +1149,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1183,9 +1185,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1217,9 +1219,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(stop - start):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 

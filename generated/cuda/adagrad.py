@@ -50,8 +50,8 @@ def adagrad_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            acc_new = acc + (g_eff * g_eff)
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
             w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
@@ -112,8 +112,8 @@ def adagrad_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            acc_new = acc + (g_eff * g_eff)
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
             w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
@@ -175,8 +175,8 @@ def adagrad_maximize_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            acc_new = acc + (g_eff * g_eff)
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
             w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
@@ -238,8 +238,8 @@ def adagrad_maximize_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            acc_new = acc + (g_eff * g_eff)
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
             w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new

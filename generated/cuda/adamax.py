@@ -55,8 +55,8 @@ def adamax_f32_kernel(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            m_new = cuda.fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
             w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
@@ -130,8 +130,8 @@ def adamax_f64_kernel(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            m_new = cuda.fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
             w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
@@ -206,8 +206,8 @@ def adamax_maximize_f32_kernel(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            m_new = cuda.fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
             w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
@@ -282,8 +282,8 @@ def adamax_maximize_f64_kernel(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            m_new = cuda.fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
             w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new

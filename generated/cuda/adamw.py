@@ -69,8 +69,8 @@ def adamw_f32_kernel(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -154,8 +154,8 @@ def adamw_f64_kernel(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -239,8 +239,8 @@ def adamw_maximize_f32_kernel(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -324,8 +324,8 @@ def adamw_maximize_f64_kernel(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -412,8 +412,8 @@ def adamw_amsgrad_f32_kernel(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -504,8 +504,8 @@ def adamw_amsgrad_f64_kernel(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -596,8 +596,8 @@ def adamw_amsgrad__maximize_f32_kernel(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
@@ -688,8 +688,8 @@ def adamw_amsgrad__maximize_f64_kernel(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
+            m_new = cuda.fma(s1, g_eff - m, m)
+            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
             w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new

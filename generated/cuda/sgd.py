@@ -70,10 +70,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -132,10 +132,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -194,10 +194,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -256,10 +256,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -321,10 +321,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -390,10 +390,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -455,9 +455,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -514,9 +514,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -575,10 +575,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -638,10 +638,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -701,10 +701,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -764,10 +764,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -830,10 +830,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -900,10 +900,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + s1 * d
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -966,9 +966,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1026,9 +1026,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1087,10 +1087,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1152,10 +1152,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1216,10 +1216,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1278,10 +1278,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1343,10 +1343,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1412,10 +1412,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1477,9 +1477,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1536,9 +1536,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1598,10 +1598,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1664,10 +1664,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s0 * d
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1729,10 +1729,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kern
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1792,10 +1792,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kern
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1858,10 +1858,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kern
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1928,10 +1928,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kern
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            buf_new = momentum * buf + s0 * g_eff
-            d = g_eff + momentum * buf_new
-            w_new = w + s1 * d
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1994,9 +1994,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -2054,9 +2054,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_
         for elem in range(cuda.threadIdx.x, stop - start, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + s0 * d
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
