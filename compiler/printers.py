@@ -5,8 +5,9 @@ Numba, as in NumPy, `float32 * 0.5` is float64, so one stray literal would
 silently turn a float32 kernel into a float64 one: every number is printed
 as a typed literal (`f32(0.5)`), and powers and square roots are printed as
 multiplications and `math.sqrt` so no float64 exponent or `1/` sneaks in.
-Arguments are printed in SymPy's order ("order": "none"): printing never
-reorders the operations the expression holds.
+Sums are printed in SymPy's order ("order": "none"); products in the order of
+passes/order.py (invariant factors first, then element factors, then the
+divisions), which the printer needs to know the invariant symbols for.
 
 `HostPrinter` prints the step-level code that runs once per step on the host
 in Python floats (float64).
@@ -18,15 +19,41 @@ import sympy as sp
 from sympy.printing.precedence import PRECEDENCE
 from sympy.printing.pycode import PythonCodePrinter
 
+from optforge.compiler.passes.order import product_order
+
 LITERAL_TYPES = {"float32": "f32", "float64": "f64"}
 
 
 class ElementPrinter(PythonCodePrinter):
-    """Element-level code for a `dtype` ("float32" or "float64") kernel."""
+    """Element-level code for a `dtype` ("float32" or "float64") kernel.
 
-    def __init__(self, dtype: str):
+    `invariant` names the symbols that do not vary per element (the kernel's
+    scalars and per-tensor values): a product multiplies them first.
+    """
+
+    def __init__(self, dtype: str, invariant=frozenset(), fma: str = "fma"):
         super().__init__({"order": "none", "fully_qualified_modules": True})
         self.literal_type = LITERAL_TYPES[dtype]
+        self.invariant = frozenset(invariant)
+        self.fma = fma  # the fused multiply-add's name: optforge.runtime.fma's, or cuda.fma
+
+    def _print_fma(self, expr):
+        return f"{self.fma}({', '.join(self._print(a) for a in expr.args)})"
+
+    def is_invariant(self, expr: sp.Expr) -> bool:
+        return expr.free_symbols <= self.invariant
+
+    def _print_Mul(self, expr):
+        product = product_order(expr, self.is_invariant)
+        level = PRECEDENCE["Mul"]
+        factors = [self.parenthesize(f, level) for f in product.invariant + product.factors]
+        coefficient = abs(product.coefficient)
+        if coefficient != 1 or not factors:
+            factors.insert(0, self.literal(coefficient))
+        text = "*".join(factors)
+        for divisor in product.divisors:
+            text += "/" + self.parenthesize(divisor, level, strict=True)
+        return f"-{text}" if product.coefficient < 0 else text
 
     def literal(self, value) -> str:
         return f"{self.literal_type}({float(value)!r})"
@@ -138,6 +165,11 @@ class HostPrinter(PythonCodePrinter):
 
     def _print_Max(self, expr):
         return "max(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_fma(self, expr):
+        # Step-level values are float64 (or float32 NumPy scalars): a*b + c, as torch's host code.
+        a, b, c = expr.args
+        return self._print(sp.Add(sp.Mul(a, b, evaluate=False), c, evaluate=False))
 
     def _print_Min(self, expr):
         return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"

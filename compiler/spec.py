@@ -151,8 +151,37 @@ _INIT_NAMES = ("Abs", "sign", "exp", "log", "tanh", "powers")
 KERNEL_FUNCTIONS = (
     "Abs", "sign", "Max", "Min", "exp", "expm1", "log", "log1p", "log2", "log10", "sin", "cos",
     "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
-    "erf", "erfc", "gamma", "loggamma", "floor", "ceiling", "hypot",
+    "erf", "erfc", "gamma", "loggamma", "floor", "ceiling", "hypot", "fma",
 )  # fmt: skip
+
+class fma(sp.Function):
+    """`a*b + c` rounded once: the fused multiply-add torch's CPU kernels compute.
+
+    torch 2.13 on an FMA-capable CPU evaluates `x.lerp_(y, weight)` (weight < 0.5)
+    as `fma(weight, y - x, x)`, `x.addcmul_(a, b, value=s)` as `fma(s*a, b, x)` and
+    `x.add_(y, alpha=s)` as `fma(s, y, x)`. A spec that writes `fma` states where
+    its kernels fuse: its kernels are compiled without contraction, so every other
+    product is rounded before it is added, as torch's separate operations are.
+    """
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, a, b, c):
+        # A product a flag makes 0 (NAdam's coupled decay when decoupled) is no product at all.
+        if a.is_zero or b.is_zero:
+            return c
+        return None
+
+    def _latex(self, printer):
+        a, b, c = self.args
+        return printer._print(sp.Add(sp.Mul(a, b), c))
+
+
+def unfused(expr: sp.Expr) -> sp.Expr:
+    """`expr` with each `fma(a, b, c)` written `a*b + c`: its value, for the checks that compare values."""
+    return expr.replace(fma, lambda a, b, c: a * b + c)
+
 
 # Reductions whose value is per row, per column or per matrix: only a factored
 # (rank-flagged) kernel computes them.
@@ -468,7 +497,7 @@ def check_spec(spec: Spec) -> None:
             fail(f"constraint {c.condition}", f"names {unknown}, which are not hyperparameters or flags")
     plain = {f.symbol: sp.false for f in spec.flags}
     if spec.decay == "coupled" and not any(
-        sp.expand(sp.sympify(r.expr).subs(plain) - (g * grad_scale + weight_decay * w)) == 0
+        sp.expand(unfused(sp.sympify(r.expr)).subs(plain) - (g * grad_scale + weight_decay * w)) == 0
         for r in spec.rules
     ):
         fail("decay", "'coupled' needs a rule `g*grad_scale + weight_decay*w` (the effective gradient)")

@@ -34,7 +34,9 @@ SPEC = Spec(
         Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(m, beta1 * m + (1 - beta1) * g_eff),
         Rule(s, beta2 * s + (1 - beta2) * (g_eff - m) ** 2 + eps),
-        Rule(w, w - lr * (m / (1 - beta1**t)) / (sp.sqrt(s / (1 - beta2**t)) + eps)),
+        # sqrt(s)/sqrt(1 - beta2^t), as the authors' code: s/(1 - beta2^t) is ~g^2 at t = 1 and
+        # overflows float32 for |g| > 1.8e19, where its square root does not.
+        Rule(w, w - lr * (m / (1 - beta1**t)) / (sp.sqrt(s) / sp.sqrt(1 - beta2**t) + eps)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}"},
     exports=[Export("optim", "AdaBelief", SIGNATURE), Export("torch", "AdaBelief", SIGNATURE)],

@@ -2,11 +2,24 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler.spec import (
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    fma,
+    g,
+    grad_scale,
+    lr,
+    w,
+    weight_decay,
+)
 
 rho, eps = sp.symbols("rho eps")
 maximize = sp.Symbol("maximize")
-sq, acc_delta, g_eff, delta = sp.symbols("sq acc_delta g_eff delta")
+sq, acc_delta, g_eff, ratio, delta = sp.symbols("sq acc_delta g_eff ratio delta")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1.0), "rho", "eps", ("weight_decay", 0.0), "maximize")
@@ -32,11 +45,15 @@ SPEC = Spec(
         State(acc_delta, 0, "acc_delta", "Running average of squared updates."),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
-        Rule(sq, rho * sq + (1 - rho) * g_eff**2),
-        Rule(delta, sp.sqrt(acc_delta + eps) / sp.sqrt(sq + eps) * g_eff),
-        Rule(acc_delta, rho * acc_delta + (1 - rho) * delta**2),
-        Rule(w, w - lr * delta),
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        Rule(sq, fma((1 - rho) * g_eff, g_eff, rho * sq)),
+        # delta.div_(std).mul_(grad): the ratio first, then the gradient.
+        Rule(ratio, sp.sqrt(acc_delta + eps) / sp.sqrt(sq + eps)),
+        Rule(delta, ratio * g_eff),
+        Rule(acc_delta, fma((1 - rho) * delta, delta, rho * acc_delta)),
+        Rule(w, fma(-lr, delta, w)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", acc_delta: "u", delta: r"\Delta"},
     exports=[Export("optim", "Adadelta", SIGNATURE), Export("torch", "Adadelta", TORCH_SIGNATURE)],

@@ -9,6 +9,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -44,8 +45,10 @@ SPEC = Spec(
     flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
     state=[State(acc, init, "sum", "Sum of squared gradients.")],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
-        Rule(acc, acc + g_eff**2),
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        Rule(acc, fma(g_eff, g_eff, acc)),
         Rule(w, w - lr / (1 + (t - 1) * lr_decay) * g_eff / (sp.sqrt(acc) + eps)),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", init: r"a_0", acc: "a"},

@@ -13,6 +13,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -75,14 +76,20 @@ SPEC = Spec(
         State(vmax, 0, "max_exp_avg_sq", "Running maximum of the second moment.", when=amsgrad),
     ],
     rules=[
+        # torch's kernels, fused where torch's are: grad.add(param, alpha=weight_decay),
+        # exp_avg.lerp_(grad, 1 - beta1) (weight < 0.5: beta1 > 0.5) and
+        # exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2); decoupled decay is
+        # AdamW's param.mul_(1 - lr*weight_decay).
         Rule(
             g_eff,
-            sp.Piecewise((-g, maximize), (g, True)) * grad_scale
-            + sp.Piecewise((0, decoupled), (weight_decay * w, True)),
+            sp.Piecewise(
+                (sp.Piecewise((-g, maximize), (g, True)) * grad_scale, decoupled),
+                (fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale), True),
+            ),
         ),
         Rule(w_decayed, sp.Piecewise((w * (1 - lr * weight_decay), decoupled), (w, True))),
-        Rule(m, m + (g_eff - m) * (1 - beta1)),
-        Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+        Rule(m, fma(1 - beta1, g_eff - m, m)),
+        Rule(v, fma((1 - beta2) * g_eff, g_eff, beta2 * v)),
         Rule(vmax, sp.Max(vmax, v), when=amsgrad),
         Rule(
             w,

@@ -9,6 +9,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -47,8 +48,10 @@ SPEC = Spec(
         State(u, 0, "exp_inf", "Decaying infinity norm of the gradients."),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
-        Rule(m, m + (g_eff - m) * (1 - beta1)),
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        Rule(m, fma(1 - beta1, g_eff - m, m)),
         Rule(u, sp.Max(beta2 * u, sp.Abs(g_eff) + eps)),
         Rule(w, w - lr / (1 - beta1**t) * m / u),
     ],

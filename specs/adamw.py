@@ -2,7 +2,7 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, lr, t, w, weight_decay
+from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, fma, g, lr, t, w, weight_decay
 
 beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 amsgrad, maximize = sp.symbols("amsgrad maximize")
@@ -47,10 +47,12 @@ SPEC = Spec(
         State(vmax, 0, "max_exp_avg_sq", "Running maximum of the second moment.", when=amsgrad),
     ],
     rules=[
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
         Rule(g_eff, sp.Piecewise((-g, maximize), (g, True))),
         Rule(w_decayed, w * (1 - lr * weight_decay)),
-        Rule(m, m + (g_eff - m) * (1 - beta1)),
-        Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+        Rule(m, fma(1 - beta1, g_eff - m, m)),
+        Rule(v, fma((1 - beta2) * g_eff, g_eff, beta2 * v)),
         Rule(vmax, sp.Max(vmax, v), when=amsgrad),
         Rule(
             w,

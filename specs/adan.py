@@ -49,9 +49,11 @@ SPEC = Spec(
         Rule(m, beta1 * m + (1 - beta1) * g),
         Rule(d, beta2 * d + (1 - beta2) * diff),
         Rule(n, beta3 * n + (1 - beta3) * (g + beta2 * diff) ** 2),
+        # sqrt(n)/sqrt(1 - beta3^t), as the authors' code: n/(1 - beta3^t) can overflow float32
+        # where its square root does not.
         Rule(
             update,
-            (m / (1 - beta1**t) + beta2 * d / (1 - beta2**t)) / (sp.sqrt(n / (1 - beta3**t)) + eps),
+            (m / (1 - beta1**t) + beta2 * d / (1 - beta2**t)) / (sp.sqrt(n) / sp.sqrt(1 - beta3**t) + eps),
         ),
         Rule(w, (w - lr * update) / (1 + lr * weight_decay)),
         Rule(g_prev, g),

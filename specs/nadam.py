@@ -13,6 +13,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -78,14 +79,19 @@ SPEC = Spec(
         State(v, 0, "exp_avg_sq", "Second moment (running mean of squared gradients)."),
     ],
     rules=[
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
         Rule(
             g_eff,
-            sp.Piecewise((-g, maximize), (g, True)) * grad_scale
-            + sp.Piecewise((0, decoupled), (weight_decay * w, True)),
+            fma(
+                sp.Piecewise((0, decoupled), (weight_decay, True)),
+                w,
+                sp.Piecewise((-g, maximize), (g, True)) * grad_scale,
+            ),
         ),
         Rule(w_decayed, sp.Piecewise((w * (1 - lr * weight_decay), decoupled), (w, True))),
-        Rule(m, m + (g_eff - m) * (1 - beta1)),
-        Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+        Rule(m, fma(1 - beta1, g_eff - m, m)),
+        Rule(v, fma((1 - beta2) * g_eff, g_eff, beta2 * v)),
         Rule(denom, sp.sqrt(v / (1 - beta2**t)) + eps),
         Rule(
             w,

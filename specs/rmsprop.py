@@ -2,7 +2,20 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler.spec import (
+    Export,
+    Flag,
+    Hyper,
+    Rule,
+    Spec,
+    State,
+    fma,
+    g,
+    grad_scale,
+    lr,
+    w,
+    weight_decay,
+)
 
 alpha, eps, momentum = sp.symbols("alpha eps momentum")
 centered, maximize = sp.symbols("centered maximize")
@@ -38,13 +51,15 @@ SPEC = Spec(
         State(buf, 0, "momentum_buffer", "Momentum buffer (unused when momentum is 0)."),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
-        Rule(sq, alpha * sq + (1 - alpha) * g_eff**2),
-        Rule(g_avg, g_avg + (g_eff - g_avg) * (1 - alpha), when=centered),
-        Rule(denom, sp.sqrt(sp.Piecewise((sq - g_avg**2, centered), (sq, True))) + eps),
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        Rule(sq, fma((1 - alpha) * g_eff, g_eff, alpha * sq)),
+        Rule(g_avg, fma(1 - alpha, g_eff - g_avg, g_avg), when=centered),
+        Rule(denom, sp.sqrt(sp.Piecewise((fma(-g_avg, g_avg, sq), centered), (sq, True))) + eps),
         # momentum > 0 is known per step: the host picks the kernel.
         Rule(buf, sp.Piecewise((momentum * buf + g_eff / denom, momentum > 0), (buf, True))),
-        Rule(w, sp.Piecewise((w - lr * buf, momentum > 0), (w - lr * g_eff / denom, True))),
+        Rule(w, sp.Piecewise((fma(-lr, buf, w), momentum > 0), (w - lr * g_eff / denom, True))),
     ],
     latex={eps: r"\epsilon", g_eff: r"\tilde{g}", sq: "v", g_avg: r"\bar{g}", buf: "b", denom: "d"},
     exports=[

@@ -14,6 +14,7 @@ from optforge.compiler.spec import (
     Rule,
     Spec,
     State,
+    fma,
     g,
     grad_scale,
     lr,
@@ -51,22 +52,24 @@ SPEC = Spec(
     ],
     state=[State(buf, 0, "momentum_buffer", "Momentum buffer (unused when momentum is 0).")],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
+        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
+        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
+        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
         Rule(
             buf,
             sp.Piecewise(
                 (g_eff, (momentum > 0) & sp.Eq(t, 1)),
-                (momentum * buf + (1 - dampening) * g_eff, momentum > 0),
+                (fma(1 - dampening, g_eff, momentum * buf), momentum > 0),
                 (buf, True),
             ),
         ),
         Rule(
             direction,
             sp.Piecewise(
-                (g_eff + momentum * buf, (momentum > 0) & nesterov), (buf, momentum > 0), (g_eff, True)
+                (fma(momentum, buf, g_eff), (momentum > 0) & nesterov), (buf, momentum > 0), (g_eff, True)
             ),
         ),
-        Rule(w, w - lr * direction),
+        Rule(w, fma(-lr, direction, w)),
     ],
     constraints=[
         Constraint(

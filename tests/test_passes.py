@@ -119,9 +119,9 @@ def test_hoist_moves_tensor_level_work_to_the_chunk_and_its_step_parts_to_the_ho
 def test_hoist_moves_whole_step_level_assignments_to_the_host():
     c = sp.Symbol("c")
     result = hoist([Assignment(c, 1 - b**t), Assignment(sp.Symbol("y"), m / c)], LEVELS)
-    # Dividing by a step-level value becomes a multiplication by its reciprocal.
-    assert [str(a) for a in result.step] == ["c = 1 - b**t", "s0 = 1/c"]
-    assert [str(a) for a in result.element] == ["y = m*s0"]
+    # Dividing by a step-level value stays a division (torch's `m.div(c)`), not m*(1/c).
+    assert [str(a) for a in result.step] == ["c = 1 - b**t"]
+    assert [str(a) for a in result.element] == ["y = m/c"]
 
 
 # -- cse and scheduling --
@@ -229,3 +229,47 @@ def test_rmsprop_without_momentum_neither_loads_nor_stores_its_buffer():
     without = {a.array.name for stage in kernels[(False,)].stages for a in stage.loads + stage.stores}
     with_momentum = {a.array.name for stage in kernels[(True,)].stages for a in stage.loads + stage.stores}
     assert "momentum_buffer" not in without and "momentum_buffer" in with_momentum
+
+
+# -- the order of products (passes/order.py, printed by ElementPrinter) --
+
+
+def test_a_step_level_weight_multiplies_a_square_before_it_is_squared():
+    from optforge.compiler.printers import ElementPrinter
+
+    # ((s1*g)*g), torch's addcmul(v, g, g, value=1 - beta2): finite where (g*g)*s1 overflows.
+    printer = ElementPrinter("float32", {s1, b})
+    assert printer.doprint(b * m + s1 * g**2) == "b*m + s1*g*g"
+    assert printer.doprint(s1 * (g - m) ** 2) == "s1*(g - m)*(g - m)"
+    # The invariant factor comes first whatever the names: SymPy's order puts m before s1.
+    assert ElementPrinter("float32", {s1}).doprint(w**2 * m * s1) == "s1*m*w*w"
+    assert ElementPrinter("float32").doprint(w**2 * m * s1) == "m*s1*w*w"
+
+
+def test_divisions_come_after_the_products_one_by_one():
+    from optforge.compiler.printers import ElementPrinter
+
+    printer = ElementPrinter("float32", {s0, s1})
+    assert printer.doprint(s0 * m / (g + w)) == "s0*m/(g + w)"
+    assert printer.doprint(m / s1 / (g + w)) == "m/s1/(g + w)"
+    assert printer.doprint(-m / (s1 * w)) == "-m/s1/w"
+    assert printer.doprint(m / w**2) == "m/(w*w)"
+    assert printer.doprint(m / sp.sqrt(w)) == "m/math.sqrt(w)"
+
+
+def test_hoist_keeps_a_division_by_a_step_level_value():
+    y = sp.Symbol("y")
+    result = hoist([Assignment(y, sp.sqrt(m) / sp.sqrt(1 - b**t) + w)], LEVELS)
+    assert [str(a) for a in result.step] == ["s0 = sqrt(1 - b**t)"]
+    assert [str(a) for a in result.element] == ["y = sqrt(m)/s0 + w"]
+    # A product with a step-level numerator still hoists the whole step size (torch's `value`).
+    result = hoist([Assignment(y, w - lr / (1 - b**t) * m / (sp.sqrt(g) + 1))], LEVELS)
+    assert [str(a) for a in result.step] == ["s0 = -lr/(1 - b**t)"]
+
+
+def test_cse_divides_twice_rather_than_multiplying_by_a_reciprocal():
+    y, z, d = sp.symbols("y z d")
+    out = eliminate_common_subexpressions([Assignment(y, w + s0 * g / d + s1 * m / d)], "x")
+    assert [str(a) for a in out] == ["y = w + g*s0/d + m*s1/d"]
+    out = eliminate_common_subexpressions([Assignment(y, g / (w + m)), Assignment(z, m / (w + m))], "x")
+    assert [str(a) for a in out] == ["x0 = m + w", "y = g/x0", "z = m/x0"]

@@ -57,3 +57,21 @@ def test_sign_is_a_conditional_with_zero_at_zero():
     f32 = __import__("numpy").float32
     for value, expected in [(2.5, 1), (-0.5, -1), (0.0, 0)]:
         assert eval(text, {"f32": f32, "x": f32(value)}) == expected
+
+
+def test_fma_is_a_call_in_element_code_and_a_sum_on_the_host():
+    from optforge.compiler.spec import fma
+
+    assert ElementPrinter("float32").doprint(fma(x, y, eps)) == "fma(x, y, eps)"
+    assert ElementPrinter("float32", fma="cuda.fma").doprint(fma(1 - b, y - x, x)) == (
+        "cuda.fma(f32(1.0) - b, y - x, x)"
+    )
+    assert HostPrinter().doprint(fma(x, y, eps)) == "x*y + eps"
+    assert fma(0, x, y) == y  # a product a flag makes 0 is not computed at all
+
+
+def test_kernels_of_a_spec_that_writes_fma_are_compiled_without_contraction():
+    from optforge.generated.cpu import adam, adam_torch
+
+    assert adam_torch.FASTMATH == set() and "contract" not in adam_torch.FASTMATH_REDUCTION
+    assert adam.FASTMATH == {"contract"}  # MindSpore's Adam states no fused operation

@@ -19,7 +19,7 @@ import sympy as sp
 from optforge.compiler.ir import FactoredKernel, Kernel, LineStage, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec, rank_flag
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec, fma, rank_flag
 
 DTYPES = ("float32", "float64")
 SHORT = {"float32": "f32", "float64": "f64"}
@@ -156,17 +156,37 @@ def factored_context(kernel: FactoredKernel, context: dict, printer: ElementPrin
     }
 
 
-def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
-    context = _kernel_context(spec, kernel, dtype)
+def invariant_symbols(kernel: Kernel) -> set[sp.Symbol]:
+    """The symbols of `kernel` that do not vary per element: step-level scalars, per-tensor
+    inputs and values, and a factored kernel's per-matrix means (products multiply them first)."""
+    invariant = set(kernel.scalars) | set(BUILTIN_TENSOR) | set(kernel.finalize_outputs)
+    for stage in kernel.stages:
+        invariant |= set(stage.per_tensor) | {a.target for a in stage.tensor}
+    invariant |= {a.target for a in kernel.finalize}
     if isinstance(kernel, FactoredKernel):
-        return factored_context(kernel, context, ElementPrinter(dtype))
+        invariant |= {m.symbol for m in kernel.matrix_means}
+    return invariant
+
+
+def states_fma(spec: Spec) -> bool:
+    """Whether a rule of `spec` writes `fma`: then its kernels fuse there and nowhere else."""
+    return any(sp.sympify(rule.expr).has(fma) for rule in spec.rules)
+
+
+def kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str = "fma") -> dict:
+    context = _kernel_context(spec, kernel, dtype, fma_name)
+    if isinstance(kernel, FactoredKernel):
+        printer = ElementPrinter(dtype, invariant_symbols(kernel), fma_name)
+        return factored_context(kernel, context, printer)
     return context | {"factored": False}
 
 
-def _kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
-    printer = ElementPrinter(dtype)
+def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> dict:
+    invariant = invariant_symbols(kernel)
+    printer = ElementPrinter(dtype, invariant, fma_name)
     stages = [stage_context(s, printer) for s in kernel.stages]
-    finalize_printer = ElementPrinter("float64")  # per-tensor values from float64 sums
+    # per-tensor values from float64 sums
+    finalize_printer = ElementPrinter("float64", invariant, fma_name)
     base = _name(kernel.spec_name, kernel.suffix)
     return {
         "name": step_name(kernel, dtype),
@@ -266,6 +286,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         source=spec.where,
         spec=spec,
         rank_flag=rank_flag_source(spec),
+        states_fma=states_fma(spec),
         chunk=CHUNK,
         host_names=host_names(kernels),
         kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],

@@ -31,7 +31,8 @@ THREADS = 256  # threads per block (the block reduction's shared array is this l
 
 
 def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
-    context = cpu_kernel_context(spec, kernel, dtype)
+    # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
+    context = cpu_kernel_context(spec, kernel, dtype, fma_name="cuda.fma")
     base = _name(kernel.spec_name, kernel.suffix)
     context["effective_gradient_name"] = _name(base, "effective_gradient", SHORT[dtype])
     context["apply_name"] = _name(base, "apply", SHORT[dtype])

@@ -19,9 +19,32 @@ def eliminate_common_subexpressions(assignments: list[Assignment], prefix: str) 
     taken = {s.name for a in assignments for s in a.expr.free_symbols | {a.target}}
     names = (sp.Symbol(f"{prefix}{i}") for i in range(10**6) if f"{prefix}{i}" not in taken)
     replacements, reduced = sp.cse([a.expr for a in assignments], symbols=names, order="none")
+    replacements, reduced = _keep_divisions(replacements, reduced)
     temporaries = [Assignment(s, e) for s, e in replacements]
     results = [Assignment(a.target, e) for a, e in zip(assignments, reduced)]
     return schedule(temporaries + results)
+
+
+def _keep_divisions(replacements, reduced):
+    """`sympy.cse`'s output with no reciprocal as a temporary.
+
+    For `a/d + b/d` cse computes `x0 = 1/d` and `a*x0 + b*x0`: two products with a
+    rounded reciprocal where the rules divide twice. A temporary `1/d` is put back as
+    the division by `d` (by a temporary holding `d`, when `d` is not a symbol).
+    """
+    kept, inline = [], {}
+    for symbol, expr in replacements:
+        expr = expr.xreplace(inline)
+        if expr.is_Pow and expr.exp.is_Number and expr.exp < 0:
+            divisor = expr.base if expr.exp == -1 else expr.base**-expr.exp
+            if divisor.is_Atom:
+                inline[symbol] = 1 / divisor
+                continue
+            kept.append((symbol, divisor))
+            inline[symbol] = 1 / symbol
+            continue
+        kept.append((symbol, expr))
+    return kept, [e.xreplace(inline) for e in reduced]
 
 
 def schedule(assignments: Iterable[Assignment]) -> list[Assignment]:

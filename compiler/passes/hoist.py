@@ -65,14 +65,29 @@ class _Hoister:
         if isinstance(expr, (sp.Add, sp.Mul)):
             invariant = [a for a in expr.args if self.level(a) < below]
             varying = [self.visit(a, below) for a in expr.args if self.level(a) >= below]
+            if isinstance(expr, sp.Mul) and _only_divisors(invariant):
+                # `x / c` stays a division by c (torch's `x.div(c)`), not a product with 1/c.
+                coefficient = [a for a in invariant if a.is_Number]
+                divisor = sp.Mul(*(1 / a for a in invariant if not a.is_Number))
+                return expr.func(*coefficient, *varying, 1 / self._hoisted(divisor))
             if len(invariant) > 1:
                 invariant = [self.scalar(expr.func(*invariant))]
-            elif invariant and not invariant[0].is_Atom:
-                invariant = [self.scalar(invariant[0])]
+            elif invariant:
+                invariant = [self._hoisted(invariant[0])]
             return expr.func(*invariant, *varying)
         if expr.args:
             return expr.func(*[self.visit(a, below) for a in expr.args])
         return expr
+
+    def _hoisted(self, invariant: sp.Expr) -> sp.Expr:
+        """An invariant value as the kernel reads it: itself if a symbol or number, else a scalar."""
+        return invariant if invariant.is_Atom else self.scalar(invariant)
+
+
+def _only_divisors(invariant: list[sp.Expr]) -> bool:
+    """Whether a product's invariant factors are divisors, numbers aside (`-x/c`, not `lr*x/c`)."""
+    divisors = [a for a in invariant if not a.is_Number]
+    return bool(divisors) and all(a.is_Pow and a.exp.is_negative for a in divisors)
 
 
 def _is_value(expr) -> bool:

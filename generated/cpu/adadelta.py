@@ -16,18 +16,20 @@ import numba
 import numpy as np
 
 from optforge.generated.host.adadelta import branch, branch_maximize, scalars, scalars_maximize
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -66,11 +68,12 @@ def adadelta_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             acc_delta = acc_delta_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = rho * sq + s0 * (g_eff * g_eff)
-            delta = g_eff * math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-            acc_delta_new = acc_delta * rho + s0 * (delta * delta)
-            w_new = w + delta * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+            ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+            delta = g_eff * ratio
+            acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+            w_new = fma(s1, delta, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             acc_delta_c[elem] = acc_delta_new
@@ -112,11 +115,12 @@ def adadelta_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             acc_delta = acc_delta_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = rho * sq + s0 * (g_eff * g_eff)
-            delta = g_eff * math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-            acc_delta_new = acc_delta * rho + s0 * (delta * delta)
-            w_new = w + delta * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+            ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+            delta = g_eff * ratio
+            acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+            w_new = fma(s1, delta, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             acc_delta_c[elem] = acc_delta_new
@@ -159,11 +163,12 @@ def adadelta_maximize_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             acc_delta = acc_delta_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = rho * sq + s0 * (g_eff * g_eff)
-            delta = g_eff * math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-            acc_delta_new = acc_delta * rho + s0 * (delta * delta)
-            w_new = w + delta * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+            ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+            delta = g_eff * ratio
+            acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+            w_new = fma(s1, delta, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             acc_delta_c[elem] = acc_delta_new
@@ -206,11 +211,12 @@ def adadelta_maximize_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             acc_delta = acc_delta_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = rho * sq + s0 * (g_eff * g_eff)
-            delta = g_eff * math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-            acc_delta_new = acc_delta * rho + s0 * (delta * delta)
-            w_new = w + delta * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+            ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+            delta = g_eff * ratio
+            acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+            w_new = fma(s1, delta, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             acc_delta_c[elem] = acc_delta_new

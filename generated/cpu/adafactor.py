@@ -49,10 +49,10 @@ def adafactor_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float32."""
@@ -95,10 +95,10 @@ def adafactor_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -112,7 +112,7 @@ def adafactor_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -127,10 +127,10 @@ def adafactor_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float32."""
@@ -155,7 +155,7 @@ def adafactor_stage2_f32(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -169,16 +169,16 @@ def adafactor_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float32: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_stage1_f32(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f32)
@@ -196,10 +196,10 @@ def adafactor_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float64."""
@@ -242,10 +242,10 @@ def adafactor_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -259,7 +259,7 @@ def adafactor_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -274,10 +274,10 @@ def adafactor_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float64."""
@@ -302,7 +302,7 @@ def adafactor_stage2_f64(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -316,16 +316,16 @@ def adafactor_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float64: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_stage1_f64(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f64)
@@ -345,10 +345,10 @@ def adafactor_factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float32."""
@@ -395,10 +395,10 @@ def adafactor_factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=False, factored=True,
@@ -445,10 +445,10 @@ def adafactor_factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float32."""
@@ -477,7 +477,7 @@ def adafactor_factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -488,10 +488,10 @@ def adafactor_factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -503,7 +503,7 @@ def adafactor_factored_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -519,10 +519,10 @@ def adafactor_factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float32."""
@@ -557,7 +557,7 @@ def adafactor_factored_pass3_f32(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -572,10 +572,10 @@ def adafactor_factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float32: the passes in order. `table` is an
@@ -586,7 +586,7 @@ def adafactor_factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -622,10 +622,10 @@ def adafactor_factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float64."""
@@ -672,10 +672,10 @@ def adafactor_factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=False, factored=True,
@@ -722,10 +722,10 @@ def adafactor_factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float64."""
@@ -754,7 +754,7 @@ def adafactor_factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -765,10 +765,10 @@ def adafactor_factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -780,7 +780,7 @@ def adafactor_factored_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -796,10 +796,10 @@ def adafactor_factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float64."""
@@ -834,7 +834,7 @@ def adafactor_factored_pass3_f64(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -849,10 +849,10 @@ def adafactor_factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float64: the passes in order. `table` is an
@@ -863,7 +863,7 @@ def adafactor_factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -897,10 +897,10 @@ def adafactor_maximize_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float32."""
@@ -943,10 +943,10 @@ def adafactor_maximize_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -960,7 +960,7 @@ def adafactor_maximize_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -975,10 +975,10 @@ def adafactor_maximize_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float32."""
@@ -1003,7 +1003,7 @@ def adafactor_maximize_stage2_f32(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1017,16 +1017,16 @@ def adafactor_maximize_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float32: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_maximize_stage1_f32(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f32)
@@ -1046,10 +1046,10 @@ def adafactor_maximize_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float64."""
@@ -1092,10 +1092,10 @@ def adafactor_maximize_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1109,7 +1109,7 @@ def adafactor_maximize_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1124,10 +1124,10 @@ def adafactor_maximize_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float64."""
@@ -1152,7 +1152,7 @@ def adafactor_maximize_stage2_f64(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1166,16 +1166,16 @@ def adafactor_maximize_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float64: the stages in order."""
     chunks = (chunk_tensor, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = np.zeros((chunk_tensor.shape[0], 2))
     adafactor_maximize_stage1_f64(*chunks, *arrays, partials, *scalars)
     u1_per_tensor = np.empty(len(w_tensors), f64)
@@ -1197,10 +1197,10 @@ def adafactor_maximize__factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float32."""
@@ -1247,10 +1247,10 @@ def adafactor_maximize__factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=True, factored=True,
@@ -1297,10 +1297,10 @@ def adafactor_maximize__factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float32."""
@@ -1329,7 +1329,7 @@ def adafactor_maximize__factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -1340,10 +1340,10 @@ def adafactor_maximize__factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1355,7 +1355,7 @@ def adafactor_maximize__factored_finalize_f32(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1371,10 +1371,10 @@ def adafactor_maximize__factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float32."""
@@ -1409,7 +1409,7 @@ def adafactor_maximize__factored_pass3_f32(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1424,10 +1424,10 @@ def adafactor_maximize__factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float32: the passes in order. `table` is an
@@ -1438,7 +1438,7 @@ def adafactor_maximize__factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],
@@ -1476,10 +1476,10 @@ def adafactor_maximize__factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float64."""
@@ -1526,10 +1526,10 @@ def adafactor_maximize__factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix, maximize=True, factored=True,
@@ -1576,10 +1576,10 @@ def adafactor_maximize__factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float64."""
@@ -1608,7 +1608,7 @@ def adafactor_maximize__factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         partials[chunk, 1] = sum0
 
@@ -1619,10 +1619,10 @@ def adafactor_maximize__factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1634,7 +1634,7 @@ def adafactor_maximize__factored_finalize_f64(
         rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1650,10 +1650,10 @@ def adafactor_maximize__factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float64."""
@@ -1688,7 +1688,7 @@ def adafactor_maximize__factored_pass3_f64(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1703,10 +1703,10 @@ def adafactor_maximize__factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float64: the passes in order. `table` is an
@@ -1717,7 +1717,7 @@ def adafactor_maximize__factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     chunks, matrices, tensors = (
         table.chunk_tensor.shape[0],
         table.matrix_tensor.shape[0],

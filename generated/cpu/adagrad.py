@@ -16,18 +16,20 @@ import numba
 import numpy as np
 
 from optforge.generated.host.adagrad import branch, branch_maximize, scalars, scalars_maximize
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -61,9 +63,9 @@ def adagrad_f32(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            acc_new = fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -99,9 +101,9 @@ def adagrad_f64(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            acc_new = fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -138,9 +140,9 @@ def adagrad_maximize_f32(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = fma(weight_decay, w, u0 * g)
+            acc_new = fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -177,9 +179,9 @@ def adagrad_maximize_f64(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = fma(weight_decay, w, u0 * g)
+            acc_new = fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 

@@ -65,9 +65,9 @@ def adagrad_nn_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -101,9 +101,9 @@ def adagrad_nn_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -137,9 +137,9 @@ def adagrad_nn_update_slots_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -174,9 +174,9 @@ def adagrad_nn_update_slots_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

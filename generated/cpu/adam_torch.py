@@ -33,18 +33,20 @@ from optforge.generated.host.adam_torch import (
     scalars_maximize,
     scalars_maximize__decoupled_weight_decay,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -85,11 +87,11 @@ def adam_torch_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -133,11 +135,11 @@ def adam_torch_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -183,11 +185,11 @@ def adam_torch_decoupled_weight_decay_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -233,11 +235,11 @@ def adam_torch_decoupled_weight_decay_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -282,11 +284,11 @@ def adam_torch_maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -331,11 +333,11 @@ def adam_torch_maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_new))
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -382,11 +384,11 @@ def adam_torch_maximize__decoupled_weight_decay_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -433,11 +435,11 @@ def adam_torch_maximize__decoupled_weight_decay_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -486,12 +488,12 @@ def adam_torch_amsgrad_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -541,12 +543,12 @@ def adam_torch_amsgrad_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -598,12 +600,12 @@ def adam_torch_amsgrad__decoupled_weight_decay_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -655,12 +657,12 @@ def adam_torch_amsgrad__decoupled_weight_decay_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -711,12 +713,12 @@ def adam_torch_amsgrad__maximize_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -767,12 +769,12 @@ def adam_torch_amsgrad__maximize_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s3 / (eps + s2 * math.sqrt(v_max_new))
+            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -825,12 +827,12 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -883,12 +885,12 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64(
             m = m_c[elem]
             v = v_c[elem]
             v_max = v_max_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new

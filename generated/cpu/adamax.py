@@ -16,18 +16,20 @@ import numba
 import numpy as np
 
 from optforge.generated.host.adamax import branch, branch_maximize, scalars, scalars_maximize
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -66,10 +68,10 @@ def adamax_f32(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            m_new = m + s0 * (g_eff - m)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + m_new * s1 / u_new
+            w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
             m_c[elem] = m_new
             u_c[elem] = u_new
@@ -111,10 +113,10 @@ def adamax_f64(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            m_new = m + s0 * (g_eff - m)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            m_new = fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + m_new * s1 / u_new
+            w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
             m_c[elem] = m_new
             u_c[elem] = u_new
@@ -157,10 +159,10 @@ def adamax_maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            m_new = m + s0 * (g_eff - m)
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + m_new * s1 / u_new
+            w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
             m_c[elem] = m_new
             u_c[elem] = u_new
@@ -203,10 +205,10 @@ def adamax_maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             u = u_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            m_new = m + s0 * (g_eff - m)
+            g_eff = fma(weight_decay, w, u0 * g)
+            m_new = fma(s0, g_eff - m, m)
             u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + m_new * s1 / u_new
+            w_new = w + s1 * m_new / u_new
             w_c[elem] = w_new
             m_c[elem] = m_new
             u_c[elem] = u_new

@@ -67,10 +67,10 @@ def adamax_nn_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            m_new = beta1 * m + g_eff * s0
+            g_eff = grad_scale * g + weight_decay * w
+            m_new = beta1 * m + s0 * g_eff
             v_new = max(abs(g_eff), beta2 * v)
-            w_new = w + m_new * s1 / (eps + v_new)
+            w_new = w + s1 * m_new / (eps + v_new)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -113,10 +113,10 @@ def adamax_nn_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            m_new = beta1 * m + g_eff * s0
+            g_eff = grad_scale * g + weight_decay * w
+            m_new = beta1 * m + s0 * g_eff
             v_new = max(abs(g_eff), beta2 * v)
-            w_new = w + m_new * s1 / (eps + v_new)
+            w_new = w + s1 * m_new / (eps + v_new)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new

@@ -25,18 +25,20 @@ from optforge.generated.host.adamw import (
     scalars_amsgrad__maximize,
     scalars_maximize,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -80,9 +82,9 @@ def adamw_f32(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -129,9 +131,9 @@ def adamw_f64(
             v = v_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -178,9 +180,9 @@ def adamw_maximize_f32(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -227,9 +229,9 @@ def adamw_maximize_f64(
             v = v_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_new))
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -281,10 +283,10 @@ def adamw_amsgrad_f32(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -337,10 +339,10 @@ def adamw_amsgrad_f64(
             v_max = v_max_c[elem]
             g_eff = g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -393,10 +395,10 @@ def adamw_amsgrad__maximize_f32(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -449,10 +451,10 @@ def adamw_amsgrad__maximize_f64(
             v_max = v_max_c[elem]
             g_eff = -g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
             v_max_new = max(v_max, v_new)
-            w_new = w_decayed + m_new * s4 / (eps + s3 * math.sqrt(v_max_new))
+            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new

@@ -71,7 +71,7 @@ def adan_t_eq_1_f32(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
+        u0 = f32(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -88,11 +88,11 @@ def adan_t_eq_1_f32(
             m = m_c[elem]
             d = d_c[elem]
             n = n_c[elem]
-            m_new = beta1 * m + g * s0
+            m_new = beta1 * m + s0 * g
             d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * ((g + s2) * (g + s2))
-            update = (d_new * s6 + m_new * s5) / (eps + math.sqrt(n_new * s4))
-            w_new = u0 * (w + s7 * update)
+            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+            w_new = (w + s7 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -142,7 +142,7 @@ def adan_t_eq_1_f64(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
+        u0 = f64(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -159,11 +159,11 @@ def adan_t_eq_1_f64(
             m = m_c[elem]
             d = d_c[elem]
             n = n_c[elem]
-            m_new = beta1 * m + g * s0
+            m_new = beta1 * m + s0 * g
             d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * ((g + s2) * (g + s2))
-            update = (d_new * s6 + m_new * s5) / (eps + math.sqrt(n_new * s4))
-            w_new = u0 * (w + s7 * update)
+            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+            w_new = (w + s7 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -212,7 +212,7 @@ def adan_not_t_eq_1_f32(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
+        u0 = f32(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -231,11 +231,11 @@ def adan_not_t_eq_1_f32(
             n = n_c[elem]
             g_prev = g_prev_c[elem]
             diff = g - g_prev
-            m_new = beta1 * m + g * s0
-            d_new = beta2 * d + diff * s1
-            n_new = beta3 * n + s2 * ((g + beta2 * diff) * (g + beta2 * diff))
-            update = (d_new * s5 + m_new * s4) / (eps + math.sqrt(n_new * s3))
-            w_new = u0 * (w + s6 * update)
+            m_new = beta1 * m + s0 * g
+            d_new = beta2 * d + s1 * diff
+            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+            w_new = (w + s6 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -284,7 +284,7 @@ def adan_not_t_eq_1_f64(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
+        u0 = f64(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -303,11 +303,11 @@ def adan_not_t_eq_1_f64(
             n = n_c[elem]
             g_prev = g_prev_c[elem]
             diff = g - g_prev
-            m_new = beta1 * m + g * s0
-            d_new = beta2 * d + diff * s1
-            n_new = beta3 * n + s2 * ((g + beta2 * diff) * (g + beta2 * diff))
-            update = (d_new * s5 + m_new * s4) / (eps + math.sqrt(n_new * s3))
-            w_new = u0 * (w + s6 * update)
+            m_new = beta1 * m + s0 * g
+            d_new = beta2 * d + s1 * diff
+            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+            w_new = (w + s6 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new

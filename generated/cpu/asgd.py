@@ -67,8 +67,8 @@ def asgd_mu_eq_1_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -104,8 +104,8 @@ def asgd_mu_eq_1_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -143,8 +143,8 @@ def asgd_not_mu_eq_1_f32(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -182,8 +182,8 @@ def asgd_not_mu_eq_1_f64(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -220,8 +220,8 @@ def asgd_maximize__mu_eq_1_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -258,8 +258,8 @@ def asgd_maximize__mu_eq_1_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -298,8 +298,8 @@ def asgd_maximize__not_mu_eq_1_f32(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -338,8 +338,8 @@ def asgd_maximize__not_mu_eq_1_f64(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new

@@ -42,10 +42,9 @@ def ftrl_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """FTRL, the only variant, float32."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
@@ -67,11 +66,11 @@ def ftrl_f32(
             g = g_c[elem]
             accum = accum_c[elem]
             linear = linear_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             pow_before = accum**s0
             accum_new = accum + (g_eff * g_eff)
             pow_after = accum_new**s0
-            linear_new = g_eff + linear + s1 * w * (pow_after - pow_before)
+            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
             w_new = (
                 (
                     (
@@ -83,7 +82,7 @@ def ftrl_f32(
                             else (-f32(1.0) if linear_new < f32(0.0) else linear_new)
                         )
                     )
-                    / (s3 + pow_after * s2)
+                    / (s1 + pow_after / lr)
                 )
                 if (l1 < abs(linear_new))
                 else (f32(0.0))
@@ -105,10 +104,9 @@ def ftrl_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """FTRL, the only variant, float64."""
     for chunk in numba.prange(chunk_tensor.shape[0]):
@@ -130,11 +128,11 @@ def ftrl_f64(
             g = g_c[elem]
             accum = accum_c[elem]
             linear = linear_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             pow_before = accum**s0
             accum_new = accum + (g_eff * g_eff)
             pow_after = accum_new**s0
-            linear_new = g_eff + linear + s1 * w * (pow_after - pow_before)
+            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
             w_new = (
                 (
                     (
@@ -146,7 +144,7 @@ def ftrl_f64(
                             else (-f64(1.0) if linear_new < f64(0.0) else linear_new)
                         )
                     )
-                    / (s3 + pow_after * s2)
+                    / (s1 + pow_after / lr)
                 )
                 if (l1 < abs(linear_new))
                 else (f64(0.0))

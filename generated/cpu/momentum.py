@@ -66,9 +66,9 @@ def momentum_f32(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -104,9 +104,9 @@ def momentum_f64(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -142,9 +142,9 @@ def momentum_use_nesterov_f32(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -180,9 +180,9 @@ def momentum_use_nesterov_f64(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 

@@ -25,18 +25,20 @@ from optforge.generated.host.nadam import (
     scalars_decoupled_weight_decay__maximize,
     scalars_maximize,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -78,13 +80,12 @@ def nadam_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s2 * v_new)
-            x0 = f32(1.0) / denom
-            w_new = w_decayed + g_eff * s3 * x0 + m_new * s4 * x0
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s2)
+            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -129,13 +130,12 @@ def nadam_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s2 * v_new)
-            x0 = f64(1.0) / denom
-            w_new = w_decayed + g_eff * s3 * x0 + m_new * s4 * x0
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s2)
+            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -181,13 +181,12 @@ def nadam_maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s2 * v_new)
-            x0 = f32(1.0) / denom
-            w_new = w_decayed + g_eff * s3 * x0 + m_new * s4 * x0
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s2)
+            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -233,13 +232,12 @@ def nadam_maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s2 * v_new)
-            x0 = f64(1.0) / denom
-            w_new = w_decayed + g_eff * s3 * x0 + m_new * s4 * x0
+            m_new = fma(s0, g_eff - m, m)
+            v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s2)
+            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -286,13 +284,12 @@ def nadam_decoupled_weight_decay_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s3 * v_new)
-            x0 = f32(1.0) / denom
-            w_new = w_decayed + g_eff * s4 * x0 + m_new * s5 * x0
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s3)
+            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -339,13 +336,12 @@ def nadam_decoupled_weight_decay_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * grad_scale
+            g_eff = grad_scale * g
             w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s3 * v_new)
-            x0 = f64(1.0) / denom
-            w_new = w_decayed + g_eff * s4 * x0 + m_new * s5 * x0
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s3)
+            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -393,13 +389,12 @@ def nadam_decoupled_weight_decay__maximize_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s3 * v_new)
-            x0 = f32(1.0) / denom
-            w_new = w_decayed + g_eff * s4 * x0 + m_new * s5 * x0
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s3)
+            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new
@@ -447,13 +442,12 @@ def nadam_decoupled_weight_decay__maximize_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            g_eff = g * u0
+            g_eff = u0 * g
             w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * (g_eff * g_eff)
-            denom = eps + math.sqrt(s3 * v_new)
-            x0 = f64(1.0) / denom
-            w_new = w_decayed + g_eff * s4 * x0 + m_new * s5 * x0
+            m_new = fma(s1, g_eff - m, m)
+            v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+            denom = eps + math.sqrt(v_new / s3)
+            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
             w_c[elem] = w_new
             m_c[elem] = m_new
             v_c[elem] = v_new

@@ -62,14 +62,14 @@ def proximal_adagrad_l1_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -105,14 +105,14 @@ def proximal_adagrad_l1_gt_0_rows_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -150,14 +150,14 @@ def proximal_adagrad_l1_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -193,14 +193,14 @@ def proximal_adagrad_l1_gt_0_rows_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -237,11 +237,11 @@ def proximal_adagrad_not_l1_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -275,11 +275,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f32(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -315,11 +315,11 @@ def proximal_adagrad_not_l1_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -353,11 +353,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f64(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

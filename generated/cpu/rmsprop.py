@@ -29,18 +29,20 @@ from optforge.generated.host.rmsprop import (
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -80,11 +82,11 @@ def rmsprop_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -127,11 +129,11 @@ def rmsprop_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -171,10 +173,10 @@ def rmsprop_not_momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            w_new = w + g_eff * s1 / denom
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
 
@@ -213,10 +215,10 @@ def rmsprop_not_momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            w_new = w + g_eff * s1 / denom
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
 
@@ -259,11 +261,11 @@ def rmsprop_maximize__momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -307,11 +309,11 @@ def rmsprop_maximize__momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             buf_c[elem] = buf_new
@@ -352,10 +354,10 @@ def rmsprop_maximize__not_momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            w_new = w + g_eff * s1 / denom
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
 
@@ -395,10 +397,10 @@ def rmsprop_maximize__not_momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             sq = sq_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
             denom = eps + math.sqrt(sq_new)
-            w_new = w + g_eff * s1 / denom
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
 
@@ -450,12 +452,12 @@ def rmsprop_centered__momentum_gt_0_f32(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -509,12 +511,12 @@ def rmsprop_centered__momentum_gt_0_f64(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -558,11 +560,11 @@ def rmsprop_centered__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            w_new = w + g_eff * s1 / denom
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -605,11 +607,11 @@ def rmsprop_centered__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            w_new = w + g_eff * s1 / denom
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -663,12 +665,12 @@ def rmsprop_centered__maximize__momentum_gt_0_f32(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -723,12 +725,12 @@ def rmsprop_centered__maximize__momentum_gt_0_f64(
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            buf_new = buf * momentum + g_eff / denom
-            w_new = w + buf_new * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            buf_new = momentum * buf + g_eff / denom
+            w_new = fma(s1, buf_new, w)
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -773,11 +775,11 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f32(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            w_new = w + g_eff * s1 / denom
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new
@@ -821,11 +823,11 @@ def rmsprop_centered__maximize__not_momentum_gt_0_f64(
             g = g_c[elem]
             sq = sq_c[elem]
             g_avg = g_avg_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            sq_new = alpha * sq + s0 * (g_eff * g_eff)
-            g_avg_new = g_avg + s0 * (g_eff - g_avg)
-            denom = eps + math.sqrt(sq_new - (g_avg_new * g_avg_new))
-            w_new = w + g_eff * s1 / denom
+            g_eff = fma(weight_decay, w, u0 * g)
+            sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+            g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+            denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+            w_new = w + s1 * g_eff / denom
             w_c[elem] = w_new
             sq_c[elem] = sq_new
             g_avg_c[elem] = g_avg_new

@@ -66,7 +66,7 @@ def rprop_f32(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -123,7 +123,7 @@ def rprop_f64(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(
@@ -181,7 +181,7 @@ def rprop_maximize_f32(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -239,7 +239,7 @@ def rprop_maximize_f64(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(

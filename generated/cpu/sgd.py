@@ -37,18 +37,20 @@ from optforge.generated.host.sgd import (
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
 )
+from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Variant
 
 f32 = np.float32
 f64 = np.float64
 
-# Contraction only: a*b + c may become one fused multiply-add. No
-# reassociation, so a step gives the same bits whatever the thread count.
-FASTMATH = {"contract"}
-# A stage that sums squares may also reassociate, so its per-chunk sums vectorise.
+# No contraction: the spec writes its fused multiply-adds (`fma`), torch's, and
+# every other product is rounded before it is added. No reassociation, so a step
+# gives the same bits whatever the thread count.
+FASTMATH = set()
+# A stage that sums squares may reassociate, so its per-chunk sums vectorise.
 # Each chunk is summed by one thread and chunks are added in a fixed order, so the
 # bits still do not change between runs or with the thread count.
-FASTMATH_REDUCTION = {"contract", "reassoc"}
+FASTMATH_REDUCTION = {"reassoc"}
 
 
 @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -81,10 +83,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -119,10 +121,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -157,10 +159,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -195,10 +197,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -236,10 +238,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -277,10 +279,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -314,9 +316,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -349,9 +351,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -386,10 +388,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -425,10 +427,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -464,10 +466,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -503,10 +505,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -545,10 +547,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -587,10 +589,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -625,9 +627,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -661,9 +663,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -698,10 +700,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -737,10 +739,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -775,10 +777,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -813,10 +815,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -854,10 +856,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -895,10 +897,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = fma(weight_decay, w, grad_scale * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -932,9 +934,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -967,9 +969,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1005,10 +1007,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1045,10 +1047,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1084,10 +1086,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1123,10 +1125,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1165,10 +1167,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1207,10 +1209,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = fma(weight_decay, w, u0 * g)
+            buf_new = fma(s0, g_eff, momentum * buf)
+            d = fma(momentum, buf_new, g_eff)
+            w_new = fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1245,9 +1247,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1281,9 +1283,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         for elem in range(elems):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = fma(s0, d, w)
             w_c[elem] = w_new
 
 

@@ -59,10 +59,10 @@ def adadelta_nn_f32_kernel(
             g = g_c[elem]
             accum = accum_c[elem]
             accum_update = accum_update_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = accum * rho + s0 * (g_eff * g_eff)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = rho * accum + s0 * g_eff * g_eff
             update = g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
-            accum_update_new = accum_update * rho + s0 * (update * update)
+            accum_update_new = rho * accum_update + s0 * update * update
             w_new = w + s1 * update
             w_c[elem] = w_new
             accum_c[elem] = accum_new
@@ -139,10 +139,10 @@ def adadelta_nn_f64_kernel(
             g = g_c[elem]
             accum = accum_c[elem]
             accum_update = accum_update_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = accum * rho + s0 * (g_eff * g_eff)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = rho * accum + s0 * g_eff * g_eff
             update = g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
-            accum_update_new = accum_update * rho + s0 * (update * update)
+            accum_update_new = rho * accum_update + s0 * update * update
             w_new = w + s1 * update
             w_c[elem] = w_new
             accum_c[elem] = accum_new

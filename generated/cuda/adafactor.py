@@ -45,10 +45,10 @@ def adafactor_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float32."""
@@ -104,10 +104,10 @@ def adafactor_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -125,7 +125,7 @@ def adafactor_finalize_f32(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -140,10 +140,10 @@ def adafactor_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float32."""
@@ -166,7 +166,7 @@ def adafactor_stage2_f32(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -181,17 +181,17 @@ def adafactor_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float32: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
@@ -209,10 +209,10 @@ def adafactor_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=False, factored=False, float64."""
@@ -268,10 +268,10 @@ def adafactor_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -289,7 +289,7 @@ def adafactor_finalize_f64(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -304,10 +304,10 @@ def adafactor_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=False, factored=False, float64."""
@@ -330,7 +330,7 @@ def adafactor_stage2_f64(
             g_eff = g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -345,17 +345,17 @@ def adafactor_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=False, float64: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
@@ -387,10 +387,10 @@ def adafactor_factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float32."""
@@ -471,10 +471,10 @@ def adafactor_factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
@@ -540,10 +540,10 @@ def adafactor_factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float32."""
@@ -571,7 +571,7 @@ def adafactor_factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -593,10 +593,10 @@ def adafactor_factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -612,7 +612,7 @@ def adafactor_factored_finalize_f32(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -640,10 +640,10 @@ def adafactor_factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float32."""
@@ -677,7 +677,7 @@ def adafactor_factored_pass3_f32(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -692,10 +692,10 @@ def adafactor_factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float32: the passes in order, on one stream.
@@ -708,7 +708,7 @@ def adafactor_factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -757,10 +757,10 @@ def adafactor_factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=False, factored=True, float64."""
@@ -841,10 +841,10 @@ def adafactor_factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
@@ -910,10 +910,10 @@ def adafactor_factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=False, factored=True, float64."""
@@ -941,7 +941,7 @@ def adafactor_factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -963,10 +963,10 @@ def adafactor_factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -982,7 +982,7 @@ def adafactor_factored_finalize_f64(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1010,10 +1010,10 @@ def adafactor_factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=False, factored=True, float64."""
@@ -1047,7 +1047,7 @@ def adafactor_factored_pass3_f64(
                 g_eff = g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1062,10 +1062,10 @@ def adafactor_factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=False, factored=True, float64: the passes in order, on one stream.
@@ -1078,7 +1078,7 @@ def adafactor_factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -1113,10 +1113,10 @@ def adafactor_maximize_stage1_f32(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float32."""
@@ -1172,10 +1172,10 @@ def adafactor_maximize_finalize_f32(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1193,7 +1193,7 @@ def adafactor_maximize_finalize_f32(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1208,10 +1208,10 @@ def adafactor_maximize_stage2_f32(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float32."""
@@ -1234,7 +1234,7 @@ def adafactor_maximize_stage2_f32(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1249,17 +1249,17 @@ def adafactor_maximize_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float32: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_maximize_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
@@ -1281,10 +1281,10 @@ def adafactor_maximize_stage1_f64(
     v_tensors,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 1, maximize=True, factored=False, float64."""
@@ -1340,10 +1340,10 @@ def adafactor_maximize_finalize_f64(
     chunk_stop,
     partials,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1361,7 +1361,7 @@ def adafactor_maximize_finalize_f64(
         rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
         rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1376,10 +1376,10 @@ def adafactor_maximize_stage2_f64(
     weight_decay_per_tensor,
     u1_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor stage 2, maximize=True, factored=False, float64."""
@@ -1402,7 +1402,7 @@ def adafactor_maximize_stage2_f64(
             g_eff = -g
             v_hat = v_new
             U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = U * u1 + u0 * w
+            w_new = u1 * U + u0 * w
             w_c[elem] = w_new
 
 
@@ -1417,17 +1417,17 @@ def adafactor_maximize_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=False, float64: the stages in order, on one stream."""
     grid = launch.grid(chunk_slot.shape[0], THREADS)
     chunks = (chunk_slot, chunk_start, chunk_stop)
     arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, s0, s1, s2, s3, rho)
+    scalars = (eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
     adafactor_maximize_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
     u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
@@ -1463,10 +1463,10 @@ def adafactor_maximize__factored_pass1_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float32."""
@@ -1547,10 +1547,10 @@ def adafactor_maximize__factored_lines_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
@@ -1616,10 +1616,10 @@ def adafactor_maximize__factored_pass2_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float32."""
@@ -1647,7 +1647,7 @@ def adafactor_maximize__factored_pass2_f32(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -1669,10 +1669,10 @@ def adafactor_maximize__factored_finalize_f32(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -1688,7 +1688,7 @@ def adafactor_maximize__factored_finalize_f32(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -1716,10 +1716,10 @@ def adafactor_maximize__factored_pass3_f32(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float32."""
@@ -1753,7 +1753,7 @@ def adafactor_maximize__factored_pass3_f32(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -1768,10 +1768,10 @@ def adafactor_maximize__factored_f32(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float32: the passes in order, on one stream.
@@ -1784,7 +1784,7 @@ def adafactor_maximize__factored_f32(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
@@ -1833,10 +1833,10 @@ def adafactor_maximize__factored_pass1_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 1, maximize=True, factored=True, float64."""
@@ -1917,10 +1917,10 @@ def adafactor_maximize__factored_lines_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
@@ -1986,10 +1986,10 @@ def adafactor_maximize__factored_pass2_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 2, maximize=True, factored=True, float64."""
@@ -2017,7 +2017,7 @@ def adafactor_maximize__factored_pass2_f64(
                 C_new = C_cols[col]
                 g_eff = -g
                 v_hat = C_new * z0
-                rms1_of = (g_eff * g_eff) / max(s1, v_hat)
+                rms1_of = g_eff * g_eff / max(s1, v_hat)
                 sum0 += f64(rms1_of)
         block_sums[thread, 0] = sum0
         cuda.syncthreads()
@@ -2039,10 +2039,10 @@ def adafactor_maximize__factored_finalize_f64(
     partials,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
     u1_per_tensor,
 ):
@@ -2058,7 +2058,7 @@ def adafactor_maximize__factored_finalize_f64(
         rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
         rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
         alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 * s3)
+        u1 = -alpha / max(f64(1.0), rms1 / d)
         u1_per_tensor[tensor] = u1
 
 
@@ -2086,10 +2086,10 @@ def adafactor_maximize__factored_pass3_f64(
     matrix_mean0_per_matrix,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor pass 3, maximize=True, factored=True, float64."""
@@ -2123,7 +2123,7 @@ def adafactor_maximize__factored_pass3_f64(
                 g_eff = -g
                 v_hat = C_new * z0
                 U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = U * u1 + u0 * w
+                w_new = u1 * U + u0 * w
                 w_c[col] = w_new
 
 
@@ -2138,10 +2138,10 @@ def adafactor_maximize__factored_f64(
     grad_scale_per_tensor,
     eps1,
     eps2,
+    d,
     s0,
     s1,
     s2,
-    s3,
     rho,
 ):
     """Adafactor, maximize=True, factored=True, float64: the passes in order, on one stream.
@@ -2154,7 +2154,7 @@ def adafactor_maximize__factored_f64(
         R_tensors,
         C_tensors,
     )
-    scalars = (eps1, eps2, s0, s1, s2, s3, rho)
+    scalars = (eps1, eps2, d, s0, s1, s2, rho)
     partials = launch.buffer("partials", (chunks, 2), f64)
     row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
     col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)

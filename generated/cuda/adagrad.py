@@ -52,9 +52,9 @@ def adagrad_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -116,9 +116,9 @@ def adagrad_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -181,9 +181,9 @@ def adagrad_maximize_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 
@@ -246,9 +246,9 @@ def adagrad_maximize_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             acc = acc_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            acc_new = acc + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / (eps + math.sqrt(acc_new))
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            acc_new = cuda.fma(g_eff, g_eff, acc)
+            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
             w_c[elem] = w_new
             acc_c[elem] = acc_new
 

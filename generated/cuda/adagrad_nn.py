@@ -56,9 +56,9 @@ def adagrad_nn_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -116,9 +116,9 @@ def adagrad_nn_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
 
 
@@ -176,9 +176,9 @@ def adagrad_nn_update_slots_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -237,9 +237,9 @@ def adagrad_nn_update_slots_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
-            w_new = w + g_eff * s0 / math.sqrt(a_new)
+            w_new = w + s0 * g_eff / math.sqrt(a_new)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

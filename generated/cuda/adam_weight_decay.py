@@ -58,9 +58,9 @@ def adam_weight_decay_f32_kernel(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            m_new = beta1 * m + g * s0
-            v_new = beta2 * v + s1 * (g * g)
-            update = m_new / (eps + math.sqrt(v_new)) + w * weight_decay
+            m_new = beta1 * m + s0 * g
+            v_new = beta2 * v + s1 * g * g
+            update = m_new / (eps + math.sqrt(v_new)) + weight_decay * w
             w_new = w + s2 * update
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -140,9 +140,9 @@ def adam_weight_decay_f64_kernel(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            m_new = beta1 * m + g * s0
-            v_new = beta2 * v + s1 * (g * g)
-            update = m_new / (eps + math.sqrt(v_new)) + w * weight_decay
+            m_new = beta1 * m + s0 * g
+            v_new = beta2 * v + s1 * g * g
+            update = m_new / (eps + math.sqrt(v_new)) + weight_decay * w
             w_new = w + s2 * update
             w_c[elem] = w_new
             m_c[elem] = m_new

@@ -62,7 +62,7 @@ def adan_t_eq_1_f32_kernel(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
+        u0 = f32(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -79,11 +79,11 @@ def adan_t_eq_1_f32_kernel(
             m = m_c[elem]
             d = d_c[elem]
             n = n_c[elem]
-            m_new = beta1 * m + g * s0
+            m_new = beta1 * m + s0 * g
             d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * ((g + s2) * (g + s2))
-            update = (d_new * s6 + m_new * s5) / (eps + math.sqrt(n_new * s4))
-            w_new = u0 * (w + s7 * update)
+            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+            w_new = (w + s7 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -187,7 +187,7 @@ def adan_t_eq_1_f64_kernel(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
+        u0 = f64(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -204,11 +204,11 @@ def adan_t_eq_1_f64_kernel(
             m = m_c[elem]
             d = d_c[elem]
             n = n_c[elem]
-            m_new = beta1 * m + g * s0
+            m_new = beta1 * m + s0 * g
             d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * ((g + s2) * (g + s2))
-            update = (d_new * s6 + m_new * s5) / (eps + math.sqrt(n_new * s4))
-            w_new = u0 * (w + s7 * update)
+            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+            w_new = (w + s7 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -311,7 +311,7 @@ def adan_not_t_eq_1_f32_kernel(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) / (f32(1.0) + lr * weight_decay)
+        u0 = f32(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -330,11 +330,11 @@ def adan_not_t_eq_1_f32_kernel(
             n = n_c[elem]
             g_prev = g_prev_c[elem]
             diff = g - g_prev
-            m_new = beta1 * m + g * s0
-            d_new = beta2 * d + diff * s1
-            n_new = beta3 * n + s2 * ((g + beta2 * diff) * (g + beta2 * diff))
-            update = (d_new * s5 + m_new * s4) / (eps + math.sqrt(n_new * s3))
-            w_new = u0 * (w + s6 * update)
+            m_new = beta1 * m + s0 * g
+            d_new = beta2 * d + s1 * diff
+            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+            w_new = (w + s6 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new
@@ -435,7 +435,7 @@ def adan_not_t_eq_1_f64_kernel(
         n_c = n_tensors[tensor][start:stop]
         g_prev_c = g_prev_tensors[tensor][start:stop]
         weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) / (f64(1.0) + lr * weight_decay)
+        u0 = f64(1.0) + lr * weight_decay
         # The shortest view bounds the loop: no index outside an array, whatever the tables say.
         elems = min(
             stop - start,
@@ -454,11 +454,11 @@ def adan_not_t_eq_1_f64_kernel(
             n = n_c[elem]
             g_prev = g_prev_c[elem]
             diff = g - g_prev
-            m_new = beta1 * m + g * s0
-            d_new = beta2 * d + diff * s1
-            n_new = beta3 * n + s2 * ((g + beta2 * diff) * (g + beta2 * diff))
-            update = (d_new * s5 + m_new * s4) / (eps + math.sqrt(n_new * s3))
-            w_new = u0 * (w + s6 * update)
+            m_new = beta1 * m + s0 * g
+            d_new = beta2 * d + s1 * diff
+            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+            w_new = (w + s6 * update) / u0
             g_prev_new = g
             w_c[elem] = w_new
             m_c[elem] = m_new

@@ -58,8 +58,8 @@ def asgd_mu_eq_1_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -121,8 +121,8 @@ def asgd_mu_eq_1_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -186,8 +186,8 @@ def asgd_not_mu_eq_1_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -253,8 +253,8 @@ def asgd_not_mu_eq_1_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = grad_scale * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -319,8 +319,8 @@ def asgd_maximize__mu_eq_1_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -383,8 +383,8 @@ def asgd_maximize__mu_eq_1_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = w_new
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -449,8 +449,8 @@ def asgd_maximize__not_mu_eq_1_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new
@@ -517,8 +517,8 @@ def asgd_maximize__not_mu_eq_1_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             ax = ax_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            w_new = g_eff * s1 + s0 * w
+            g_eff = u0 * g + weight_decay * w
+            w_new = s1 * g_eff + s0 * w
             ax_new = ax + mu * (w_new - ax)
             w_c[elem] = w_new
             ax_c[elem] = ax_new

@@ -35,10 +35,9 @@ def ftrl_f32_kernel(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """FTRL, the only variant, float32."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
@@ -58,11 +57,11 @@ def ftrl_f32_kernel(
             g = g_c[elem]
             accum = accum_c[elem]
             linear = linear_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             pow_before = accum**s0
             accum_new = accum + (g_eff * g_eff)
             pow_after = accum_new**s0
-            linear_new = g_eff + linear + s1 * w * (pow_after - pow_before)
+            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
             w_new = (
                 (
                     (
@@ -74,7 +73,7 @@ def ftrl_f32_kernel(
                             else (-f32(1.0) if linear_new < f32(0.0) else linear_new)
                         )
                     )
-                    / (s3 + pow_after * s2)
+                    / (s1 + pow_after / lr)
                 )
                 if (l1 < abs(linear_new))
                 else (f32(0.0))
@@ -96,10 +95,9 @@ def ftrl_f32(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """Launch the kernel above on `launch`'s grid and stream."""
     ftrl_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
@@ -113,10 +111,9 @@ def ftrl_f32(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         l1,
+        lr,
         s0,
         s1,
-        s2,
-        s3,
     )
 
 
@@ -132,10 +129,9 @@ def ftrl_f64_kernel(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """FTRL, the only variant, float64."""
     for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
@@ -155,11 +151,11 @@ def ftrl_f64_kernel(
             g = g_c[elem]
             accum = accum_c[elem]
             linear = linear_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             pow_before = accum**s0
             accum_new = accum + (g_eff * g_eff)
             pow_after = accum_new**s0
-            linear_new = g_eff + linear + s1 * w * (pow_after - pow_before)
+            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
             w_new = (
                 (
                     (
@@ -171,7 +167,7 @@ def ftrl_f64_kernel(
                             else (-f64(1.0) if linear_new < f64(0.0) else linear_new)
                         )
                     )
-                    / (s3 + pow_after * s2)
+                    / (s1 + pow_after / lr)
                 )
                 if (l1 < abs(linear_new))
                 else (f64(0.0))
@@ -193,10 +189,9 @@ def ftrl_f64(
     weight_decay_per_tensor,
     grad_scale_per_tensor,
     l1,
+    lr,
     s0,
     s1,
-    s2,
-    s3,
 ):
     """Launch the kernel above on `launch`'s grid and stream."""
     ftrl_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
@@ -210,10 +205,9 @@ def ftrl_f64(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         l1,
+        lr,
         s0,
         s1,
-        s2,
-        s3,
     )
 
 

@@ -64,9 +64,9 @@ def lamb_stage1_f32(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            m_new = beta1 * m + g * s0
-            v_new = beta2 * v + s1 * (g * g)
-            r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
+            m_new = beta1 * m + s0 * g
+            v_new = beta2 * v + s1 * g * g
+            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
             norm0_of = r
             norm1_of = w
             sum0 += f64(norm0_of) * f64(norm0_of)
@@ -157,8 +157,8 @@ def lamb_stage2_f32(
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
-            r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
-            w_new = w + r * u0
+            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
+            w_new = w + u0 * r
             w_c[elem] = w_new
 
 
@@ -235,9 +235,9 @@ def lamb_stage1_f64(
             g = g_c[elem]
             m = m_c[elem]
             v = v_c[elem]
-            m_new = beta1 * m + g * s0
-            v_new = beta2 * v + s1 * (g * g)
-            r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
+            m_new = beta1 * m + s0 * g
+            v_new = beta2 * v + s1 * g * g
+            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
             norm0_of = r
             norm1_of = w
             sum0 += f64(norm0_of) * f64(norm0_of)
@@ -328,8 +328,8 @@ def lamb_stage2_f64(
             m_new = m_c[elem]
             v_new = v_c[elem]
             w = w_c[elem]
-            r = w * weight_decay + m_new * s3 / (eps + math.sqrt(s2 * v_new))
-            w_new = w + r * u0
+            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
+            w_new = w + u0 * r
             w_c[elem] = w_new
 
 

@@ -55,9 +55,9 @@ def lion_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
-            c = beta1 * m + g * s0
+            c = beta1 * m + s0 * g
             w_new = s1 * (f32(1.0) if c > f32(0.0) else (-f32(1.0) if c < f32(0.0) else c)) + u0 * w
-            m_new = beta2 * m + g * s2
+            m_new = beta2 * m + s2 * g
             w_c[elem] = w_new
             m_c[elem] = m_new
 
@@ -128,9 +128,9 @@ def lion_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             m = m_c[elem]
-            c = beta1 * m + g * s0
+            c = beta1 * m + s0 * g
             w_new = s1 * (f64(1.0) if c > f64(0.0) else (-f64(1.0) if c < f64(0.0) else c)) + u0 * w
-            m_new = beta2 * m + g * s2
+            m_new = beta2 * m + s2 * g
             w_c[elem] = w_new
             m_c[elem] = m_new
 

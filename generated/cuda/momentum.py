@@ -57,9 +57,9 @@ def momentum_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -121,9 +121,9 @@ def momentum_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + accum_new * s0
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * accum_new
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -185,9 +185,9 @@ def momentum_use_nesterov_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 
@@ -249,9 +249,9 @@ def momentum_use_nesterov_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             accum = accum_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            accum_new = g_eff + accum * momentum
-            w_new = w + s0 * (g_eff + accum_new * momentum)
+            g_eff = grad_scale * g + weight_decay * w
+            accum_new = g_eff + momentum * accum
+            w_new = w + s0 * (g_eff + momentum * accum_new)
             w_c[elem] = w_new
             accum_c[elem] = accum_new
 

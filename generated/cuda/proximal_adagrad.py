@@ -53,14 +53,14 @@ def proximal_adagrad_l1_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -123,14 +123,14 @@ def proximal_adagrad_l1_gt_0_rows_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f32(0.0), eta * s0 + abs(prox))
+                max(f32(0.0), s0 * eta + abs(prox))
                 * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + eta * l2)
+                / (f32(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -185,14 +185,14 @@ def proximal_adagrad_l1_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -255,14 +255,14 @@ def proximal_adagrad_l1_gt_0_rows_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
             w_new = (
-                max(f64(0.0), eta * s0 + abs(prox))
+                max(f64(0.0), s0 * eta + abs(prox))
                 * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + eta * l2)
+                / (f64(1.0) + l2 * eta)
             )
             w_c[elem] = w_new
             a_c[elem] = a_new
@@ -316,11 +316,11 @@ def proximal_adagrad_not_l1_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -379,11 +379,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + eta * l2)
+            w_new = prox / (f32(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -435,11 +435,11 @@ def proximal_adagrad_not_l1_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 
@@ -498,11 +498,11 @@ def proximal_adagrad_not_l1_gt_0_rows_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             a = a_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             a_new = a + (g_eff * g_eff)
             eta = lr / math.sqrt(a_new)
             prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + eta * l2)
+            w_new = prox / (f64(1.0) + l2 * eta)
             w_c[elem] = w_new
             a_c[elem] = a_new
 

@@ -57,7 +57,7 @@ def rprop_f32_kernel(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -146,7 +146,7 @@ def rprop_f64_kernel(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = grad_scale * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(
@@ -236,7 +236,7 @@ def rprop_maximize_f32_kernel(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f32(0.0)
             step_size_new = min(
@@ -326,7 +326,7 @@ def rprop_maximize_f64_kernel(
             g = g_c[elem]
             prev = prev_c[elem]
             step_size = step_size_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = u0 * g + weight_decay * w
             agreement = g_eff * prev
             x0 = agreement < f64(0.0)
             step_size_new = min(

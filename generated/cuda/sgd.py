@@ -72,10 +72,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -136,10 +136,10 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -200,10 +200,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -264,10 +264,10 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -331,10 +331,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -402,10 +402,10 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -469,9 +469,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -530,9 +530,9 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -593,10 +593,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -658,10 +658,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = buf_new
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -723,10 +723,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -788,10 +788,10 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -856,10 +856,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -928,10 +928,10 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
             d = buf_new
-            w_new = w + d * s1
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -996,9 +996,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1058,9 +1058,9 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1121,10 +1121,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1188,10 +1188,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1254,10 +1254,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1318,10 +1318,10 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1385,10 +1385,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1456,10 +1456,10 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1523,9 +1523,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1584,9 +1584,9 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * grad_scale + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -1648,10 +1648,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1716,10 +1716,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s0
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1783,10 +1783,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kern
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1848,10 +1848,10 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kern
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             buf_new = g_eff
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1916,10 +1916,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kern
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -1988,10 +1988,10 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kern
             w = w_c[elem]
             g = g_c[elem]
             buf = buf_c[elem]
-            g_eff = g * u0 + w * weight_decay
-            buf_new = buf * momentum + g_eff * s0
-            d = g_eff + buf_new * momentum
-            w_new = w + d * s1
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
+            buf_new = cuda.fma(s0, g_eff, momentum * buf)
+            d = cuda.fma(momentum, buf_new, g_eff)
+            w_new = cuda.fma(s1, d, w)
             w_c[elem] = w_new
             buf_c[elem] = buf_new
 
@@ -2056,9 +2056,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 
@@ -2118,9 +2118,9 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_
         for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
             w = w_c[elem]
             g = g_c[elem]
-            g_eff = g * u0 + w * weight_decay
+            g_eff = cuda.fma(weight_decay, w, u0 * g)
             d = g_eff
-            w_new = w + d * s0
+            w_new = cuda.fma(s0, d, w)
             w_c[elem] = w_new
 
 

@@ -23,6 +23,6 @@ def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for the only variant: (beta1, beta2, eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / (1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta1, beta2, eps, s0, s1, s2, s3)

@@ -35,40 +35,36 @@ def branch_maximize__factored(t, lr, beta2_decay, eps1, eps2, d):
 
 
 def scalars(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=False, factored=False: (eps2, s0, s1, s2, s3, rho)."""
+    """Kernel scalars for maximize=False, factored=False: (eps2, d, s0, s1, s2, rho)."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2
     s2 = -lr
-    s3 = 1 / d
-    return (eps2, s0, s1, s2, s3, rho)
+    return (eps2, d, s0, s1, s2, rho)
 
 
 def scalars_factored(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=False, factored=True: (eps1, eps2, s0, s1, s2, s3, rho)."""
+    """Kernel scalars for maximize=False, factored=True: (eps1, eps2, d, s0, s1, s2, rho)."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2
     s2 = -lr
-    s3 = 1 / d
-    return (eps1, eps2, s0, s1, s2, s3, rho)
+    return (eps1, eps2, d, s0, s1, s2, rho)
 
 
 def scalars_maximize(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=True, factored=False: (eps2, s0, s1, s2, s3, rho)."""
+    """Kernel scalars for maximize=True, factored=False: (eps2, d, s0, s1, s2, rho)."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2
     s2 = -lr
-    s3 = 1 / d
-    return (eps2, s0, s1, s2, s3, rho)
+    return (eps2, d, s0, s1, s2, rho)
 
 
 def scalars_maximize__factored(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=True, factored=True: (eps1, eps2, s0, s1, s2, s3, rho)."""
+    """Kernel scalars for maximize=True, factored=True: (eps1, eps2, d, s0, s1, s2, rho)."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2
     s2 = -lr
-    s3 = 1 / d
-    return (eps1, eps2, s0, s1, s2, s3, rho)
+    return (eps1, eps2, d, s0, s1, s2, rho)

@@ -60,7 +60,7 @@ def scalars(t, lr, beta1, beta2, eps):
     eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -71,7 +71,7 @@ def scalars_decoupled_weight_decay(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -81,7 +81,7 @@ def scalars_maximize(t, lr, beta1, beta2, eps):
     eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -92,7 +92,7 @@ def scalars_maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -102,7 +102,7 @@ def scalars_amsgrad(t, lr, beta1, beta2, eps):
     eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -113,7 +113,7 @@ def scalars_amsgrad__decoupled_weight_decay(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -123,7 +123,7 @@ def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
     eps, s0, s1, s2, s3)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / math.sqrt(1 - beta2**t)
+    s2 = math.sqrt(1 - beta2**t)
     s3 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -134,6 +134,6 @@ def scalars_amsgrad__maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)

@@ -39,7 +39,7 @@ def scalars(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -49,7 +49,7 @@ def scalars_maximize(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -59,7 +59,7 @@ def scalars_amsgrad(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -69,6 +69,6 @@ def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / math.sqrt(1 - beta2**t)
+    s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1, s2, s3, s4)

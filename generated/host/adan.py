@@ -27,8 +27,8 @@ def scalars_t_eq_1(t, lr, beta1, beta2, beta3, eps):
     s1 = diff * (1 - beta2)
     s2 = beta2 * diff
     s3 = 1 - beta3
-    s4 = 1 / (1 - beta3**t)
-    s5 = 1 / (1 - beta1**t)
+    s4 = math.sqrt(1 - beta3**t)
+    s5 = 1 - beta1**t
     s6 = beta2 / (1 - beta2**t)
     s7 = -lr
     return (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4, s5, s6, s7)
@@ -40,8 +40,8 @@ def scalars_not_t_eq_1(t, lr, beta1, beta2, beta3, eps):
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 - beta3
-    s3 = 1 / (1 - beta3**t)
-    s4 = 1 / (1 - beta1**t)
+    s3 = math.sqrt(1 - beta3**t)
+    s4 = 1 - beta1**t
     s5 = beta2 / (1 - beta2**t)
     s6 = -lr
     return (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4, s5, s6)

@@ -20,10 +20,7 @@ def branch(t, lr, initial_accum, lr_power, l1, l2):
 
 
 def scalars(t, lr, initial_accum, lr_power, l1, l2):
-    """Kernel scalars for the only variant: (l1, s0, s1, s2, s3)."""
-    h0 = 1 / lr
+    """Kernel scalars for the only variant: (l1, lr, s0, s1)."""
     s0 = -lr_power
-    s1 = -h0
-    s2 = h0
-    s3 = 2 * l2
-    return (l1, s0, s1, s2, s3)
+    s1 = 2 * l2
+    return (l1, lr, s0, s1)

@@ -23,7 +23,7 @@ def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for the only variant: (beta1, beta2, eps, s0, s1, s2, s3, s4)."""
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / (1 - beta2**t)
-    s3 = 1 / (1 - beta1**t)
+    s2 = 1 - beta2**t
+    s3 = 1 - beta1**t
     s4 = -lr
     return (beta1, beta2, eps, s0, s1, s2, s3, s4)

@@ -41,7 +41,7 @@ def scalars(t, lr, beta1, beta2, eps, momentum_decay):
     h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / (1 - beta2**t)
+    s2 = 1 - beta2**t
     s3 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
     s4 = -h1 * lr / (1 - h0 * h1)
     return (beta2, eps, s0, s1, s2, s3, s4)
@@ -54,7 +54,7 @@ def scalars_maximize(t, lr, beta1, beta2, eps, momentum_decay):
     h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
     s0 = 1 - beta1
     s1 = 1 - beta2
-    s2 = 1 / (1 - beta2**t)
+    s2 = 1 - beta2**t
     s3 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
     s4 = -h1 * lr / (1 - h0 * h1)
     return (beta2, eps, s0, s1, s2, s3, s4)
@@ -68,7 +68,7 @@ def scalars_decoupled_weight_decay(t, lr, beta1, beta2, eps, momentum_decay):
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / (1 - beta2**t)
+    s3 = 1 - beta2**t
     s4 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
     s5 = -h1 * lr / (1 - h0 * h1)
     return (beta2, eps, s0, s1, s2, s3, s4, s5)
@@ -82,7 +82,7 @@ def scalars_decoupled_weight_decay__maximize(t, lr, beta1, beta2, eps, momentum_
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
-    s3 = 1 / (1 - beta2**t)
+    s3 = 1 - beta2**t
     s4 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
     s5 = -h1 * lr / (1 - h0 * h1)
     return (beta2, eps, s0, s1, s2, s3, s4, s5)

@@ -50,7 +50,7 @@ def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
     )
     s0 = f32(1.0) - beta1
     s1 = h0
-    s2 = f32(1.0) / (f32(1.0) - beta1**t)
+    s2 = f32(1.0) - beta1**t
     s3 = -lr * r_t * np.sqrt(h2)
     return (beta1, beta2, eps, s0, s1, s2, s3)
 
@@ -64,6 +64,6 @@ def scalars_not_rho_t_gt_5(t, lr, beta1, beta2, eps):
     h0 = f32(1.0) - beta2
     s0 = f32(1.0) - beta1
     s1 = h0
-    s2 = f32(1.0) / (f32(1.0) - beta1**t)
+    s2 = f32(1.0) - beta1**t
     s3 = -lr
     return (beta1, beta2, s0, s1, s2, s3)

@@ -67,7 +67,7 @@ def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
     )
     s0 = 1 - beta1
     s1 = h0
-    s2 = 1 / (1 - beta1**t)
+    s2 = 1 - beta1**t
     s3 = -lr * r_t * math.sqrt(h2)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -78,7 +78,7 @@ def scalars_not_rho_t_gt_5(t, lr, beta1, beta2, eps):
     h0 = 1 - beta2
     s0 = 1 - beta1
     s1 = h0
-    s2 = 1 / (1 - beta1**t)
+    s2 = 1 - beta1**t
     s3 = -lr
     return (beta2, s0, s1, s2, s3)
 
@@ -96,7 +96,7 @@ def scalars_maximize__rho_t_gt_5(t, lr, beta1, beta2, eps):
     )
     s0 = 1 - beta1
     s1 = h0
-    s2 = 1 / (1 - beta1**t)
+    s2 = 1 - beta1**t
     s3 = -lr * r_t * math.sqrt(h2)
     return (beta2, eps, s0, s1, s2, s3)
 
@@ -107,7 +107,7 @@ def scalars_maximize__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
     h0 = 1 - beta2
     s0 = 1 - beta1
     s1 = h0
-    s2 = 1 / (1 - beta1**t)
+    s2 = 1 - beta1**t
     s3 = -lr
     return (beta2, s0, s1, s2, s3)
 
@@ -126,7 +126,7 @@ def scalars_decoupled_weight_decay__rho_t_gt_5(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = h0
-    s3 = 1 / (1 - beta1**t)
+    s3 = 1 - beta1**t
     s4 = -lr * r_t * math.sqrt(h2)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -138,7 +138,7 @@ def scalars_decoupled_weight_decay__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
     s0 = -lr
     s1 = 1 - beta1
     s2 = h0
-    s3 = 1 / (1 - beta1**t)
+    s3 = 1 - beta1**t
     return (beta2, s0, s1, s2, s3)
 
 
@@ -156,7 +156,7 @@ def scalars_decoupled_weight_decay__maximize__rho_t_gt_5(t, lr, beta1, beta2, ep
     s0 = -lr
     s1 = 1 - beta1
     s2 = h0
-    s3 = 1 / (1 - beta1**t)
+    s3 = 1 - beta1**t
     s4 = -lr * r_t * math.sqrt(h2)
     return (beta2, eps, s0, s1, s2, s3, s4)
 
@@ -168,5 +168,5 @@ def scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5(t, lr, beta1, beta2
     s0 = -lr
     s1 = 1 - beta1
     s2 = h0
-    s3 = 1 / (1 - beta1**t)
+    s3 = 1 - beta1**t
     return (beta2, s0, s1, s2, s3)
