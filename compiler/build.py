@@ -7,7 +7,10 @@ so `optforge build --check` fails exactly when a rebuild would change a byte.
 
 from __future__ import annotations
 
+import ast
 import importlib
+import json
+import sys
 from pathlib import Path
 
 from optforge.compiler.backends.cpu import render_cpu_module, render_host_module
@@ -32,26 +35,97 @@ def load_specs(names: list[str] | None = None) -> list[Spec]:
     return [importlib.import_module(f"optforge.specs.{name}").SPEC for name in names]
 
 
-def load_spec_files(folder: Path) -> list[Spec]:
-    """The specs of a user's folder: every ``*.py`` file there (not ``test_*``) that defines SPEC,
-    in name order; each file is run as a module of its own."""
+def defines_spec(path: Path) -> bool:
+    """Does the file assign SPEC at its top level? Read, not run: a training script or a
+    setup.py beside the specs is never executed."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (SyntaxError, UnicodeDecodeError):
+        return False
+    targets = [
+        target
+        for node in tree.body
+        if isinstance(node, (ast.Assign, ast.AnnAssign))
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+    ]
+    return any(isinstance(t, ast.Name) and t.id == "SPEC" for t in targets)
+
+
+def load_spec_file(path: Path, module_name: str):
+    """Run a spec file as a module of its own (`module_name`, not importable by name), with its
+    folder on sys.path while it runs, so it may import a sibling module of the user's."""
     import importlib.util
 
+    folder = str(Path(path).parent)
+    before = set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+        # The user's modules it imported are forgotten: an edit to one is seen by the next load.
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if Path(file).parent == Path(folder):
+                del sys.modules[name]
+    return module
+
+
+def load_spec_files(folder: Path) -> list[Spec]:
+    """The specs of a user's folder: every ``*.py`` file there that assigns SPEC at its top
+    level (see `defines_spec`), in name order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no specs folder at {folder}")
-    specs = []
-    for path in sorted(folder.glob("*.py")):
-        if path.name.startswith(("test_", "_")):
-            continue
-        module_spec = importlib.util.spec_from_file_location(f"_optforge_user_spec_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if hasattr(module, "SPEC"):
-            specs.append(module.SPEC)
-    if not specs:
-        raise FileNotFoundError(f"no spec in {folder}: no .py file there defines SPEC")
-    return specs
+    paths = [p for p in sorted(folder.glob("*.py")) if defines_spec(p)]
+    if not paths:
+        raise FileNotFoundError(f"no spec in {folder}: no .py file there assigns SPEC")
+    return [load_spec_file(p, f"_optforge_user_spec_{p.stem}").SPEC for p in paths]
+
+
+# A folder written for a user (`build --specs`, `docs --specs`) lists the files it holds here:
+# only those are ever replaced or removed, and a folder without it that holds anything is refused.
+OWNED = ".optforge-owned.json"
+
+
+def _owned(root: Path) -> set[str] | None:
+    path = root / OWNED
+    return set(json.loads(path.read_text(encoding="utf-8"))["files"]) if path.exists() else None
+
+
+def stale_owned(files: dict[str, str], root: Path) -> list[str]:
+    """`stale_files` for a user's folder: the extras are the owned files no longer given."""
+    problems = [
+        f"{'missing' if not (root / rel).exists() else 'changed'}: {rel}"
+        for rel, text in files.items()
+        if not (root / rel).exists() or (root / rel).read_text(encoding="utf-8") != text
+    ]
+    return problems + [f"extra: {rel}" for rel in sorted((_owned(root) or set()) - set(files))]
+
+
+def write_owned(files: dict[str, str], root: Path) -> list[str]:
+    """Write `files` under a user's `root`, removing only owned files no longer given.
+
+    A `root` that holds anything and was not written this way is refused (FileExistsError):
+    the user's own files are never overwritten or removed."""
+    owned = _owned(root)
+    if owned is None and root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty and was not written by optforge; choose a new folder for --out "
+            "(optforge replaces only what it wrote there)"
+        )
+    changed = stale_owned(files, root)
+    for rel in sorted((owned or set()) - set(files)):
+        (root / rel).unlink(missing_ok=True)
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+    (root / OWNED).write_text(json.dumps({"files": sorted(files)}, indent=1) + "\n", encoding="utf-8")
+    return changed
 
 
 def build_files(specs: list[Spec], package: str = PACKAGE) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import keyword
 import sys
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as error:
         print(f"optforge: spec error: {error}", file=sys.stderr)
         return 2
-    except (UsageError, FileNotFoundError) as error:
+    except (UsageError, FileNotFoundError, FileExistsError) as error:
         print(f"optforge: {error}", file=sys.stderr)
         return 2
 
@@ -92,7 +93,8 @@ def in_checkout() -> bool:
 
 
 def _user_specs(args, command: str) -> list | None:
-    """The specs of `--specs DIR` (which needs `--out`), or None for optforge's own."""
+    """The specs of `--specs DIR` (which needs `--out`, not DIR itself nor a folder holding
+    it), or None for optforge's own."""
     if args.specs is None:
         if not in_checkout() and (args.out is None or command == "docs"):
             raise UsageError(
@@ -102,6 +104,9 @@ def _user_specs(args, command: str) -> list | None:
         return None
     if args.out is None:
         raise UsageError(f"`optforge {command} --specs` needs --out DIR (where to write)")
+    specs, out = args.specs.resolve(), args.out.resolve()
+    if specs == out or out in specs.parents:
+        raise UsageError(f"--out {args.out} holds the specs folder; write the output to a folder of its own")
     return build.load_spec_files(args.specs)
 
 
@@ -137,11 +142,11 @@ def _build(args) -> int:
         rebuild = "optforge build"
     else:
         package = args.package or args.out.resolve().name
-        if not package.isidentifier():
-            raise UsageError(f"'{package}' is not an import name; pass --package NAME")
+        if not package.isidentifier() or keyword.iskeyword(package) or package == "optforge":
+            raise UsageError(f"'{package}' cannot be the package's import name; pass --package NAME")
         files = build.build_files(specs, package=package)
-        root = args.out
         rebuild = f"optforge build --specs {args.specs} --out {args.out}"
+        return _check_or_write(args, files, args.out, build.stale_owned, build.write_owned, "files", rebuild)
     return _check_or_write(args, files, root, build.stale_files, build.write_files, "files", rebuild)
 
 
@@ -149,7 +154,11 @@ def _docs(args) -> int:
     from optforge.compiler import docs
 
     specs = _user_specs(args, "docs")
-    files = docs.docs_files(build.load_specs()) if specs is None else docs.docs_files(specs, user=True)
+    if specs is not None:
+        files = docs.docs_files(specs, user=True)
+        rebuild = f"optforge docs --specs {args.specs} --out {args.out}"
+        return _check_or_write(args, files, args.out, build.stale_owned, build.write_owned, "pages", rebuild)
+    files = docs.docs_files(build.load_specs())
     root = args.out or build.generated_dir().parent / "docs"
     return _check_or_write(
         args, files, root, docs.stale_pages, docs.write_pages, "generated pages", "optforge docs"

@@ -323,8 +323,9 @@ def wrapper_pages() -> dict[str, tuple[str, str, str]]:
     return {"optimizers/nn.LARS.md": ("optforge.nn.LARS", text, summary, source)}
 
 
-def page_path(export) -> str:
-    return f"optimizers/{export.dialect}.{export.class_name}.md"
+def page_path(export, user: bool = False) -> str:
+    """Where a class's page goes under docs/ (a user's: directly in their --out folder)."""
+    return f"{'' if user else 'optimizers/'}{export.dialect}.{export.class_name}.md"
 
 
 def docs_files(specs: list[S.Spec], user: bool = False) -> dict[str, str]:
@@ -337,9 +338,9 @@ def docs_files(specs: list[S.Spec], user: bool = False) -> dict[str, str]:
     rows = []
     for spec in specs:
         for export in spec.exports:
-            files[page_path(export)] = page(spec, export, user)
+            files[page_path(export, user)] = page(spec, export, user)
             module, _ = dialect_module(spec, export.dialect, user)
-            rows.append((f"{module}.{export.class_name}", page_path(export), spec.summary, spec.where))
+            rows.append((f"{module}.{export.class_name}", page_path(export, user), spec.summary, spec.where))
     for path, (name, text, summary, source) in ({} if user else wrapper_pages()).items():
         files[path] = text
         rows.append((name, path, summary, source))

@@ -154,6 +154,7 @@ KERNEL_FUNCTIONS = (
     "erf", "erfc", "gamma", "loggamma", "floor", "ceiling", "hypot", "fma",
 )  # fmt: skip
 
+
 class fma(sp.Function):
     """`a*b + c` rounded once: the fused multiply-add torch's CPU kernels compute.
 

@@ -43,6 +43,13 @@ class Parameter:
 
     @data.setter
     def data(self, data) -> None:
+        if self._lock is None:
+            self._replace(data)
+            return
+        with self._lock:  # a locking optimizer's step never sees half a replacement
+            self._replace(data)
+
+    def _replace(self, data) -> None:
         self._set(data, convert=False)
         for optimizer in list(self._watchers):
             optimizer._parameter_rebound()
@@ -103,6 +110,8 @@ class Parameter:
         return {"data": self._data, "name": self.name, "requires_grad": self.requires_grad}
 
     def __setstate__(self, state) -> None:
+        if isinstance(state, tuple):  # pickled before optforge 0.1's `data` property: (None, slots)
+            state = state[1]
         self.name = state["name"]
         self.requires_grad = state["requires_grad"]
         self._watchers = weakref.WeakSet()

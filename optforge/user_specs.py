@@ -4,8 +4,9 @@ The generated modules of a spec outside optforge (a user's own optimizer) are wr
 to a cache folder, never into site-packages: `$OPTFORGE_CACHE_DIR` if set, else the
 platform's user cache folder (`~/.cache/optforge` or `$XDG_CACHE_HOME/optforge` on
 Linux, `~/Library/Caches/optforge` on macOS, `%LOCALAPPDATA%\\optforge\\Cache` on
-Windows). Each compile is keyed by the spec file's bytes, optforge's version and the
-compiler's own source, so an edit recompiles and an unchanged spec does not: a second
+Windows). Each compile is keyed by the spec file's bytes (and those of the other .py
+files beside it, which it may import), optforge's version and the compiler's own
+source, so an edit recompiles and an unchanged spec does not: a second
 process finds the modules (and Numba's cache of their kernels beside them) and imports
 them without SymPy or jinja2, which are imported only when a compile is needed.
 """
@@ -33,7 +34,7 @@ def cache_root() -> Path:
     """Where compiled specs go: `$OPTFORGE_CACHE_DIR`, else the platform's user cache folder."""
     configured = os.environ.get(CACHE_ENV)
     if configured:
-        return Path(configured).expanduser()
+        return Path(configured).expanduser().resolve()
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Caches" / "optforge"
     if os.name == "nt":
@@ -79,8 +80,11 @@ def compile_spec(source) -> CompiledSpec:
     the rule. The result is cached (see the module's doc); the same file compiles once.
     """
     path = _source_path(source)
-    text = path.read_bytes()
-    digest = hashlib.sha256(b"\0".join([text, _version().encode(), _compiler_fingerprint().encode()]))
+    digest = hashlib.sha256(b"\0".join([_version().encode(), _compiler_fingerprint().encode()]))
+    # The spec's file, and the other .py files beside it, which it may import (its helpers):
+    # editing any of them compiles anew.
+    for file in [path, *sorted(p for p in path.parent.glob("*.py") if p != path)]:
+        digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
     key = digest.hexdigest()[:20]
     root = cache_root()
     folder_name = f"{_stem(path)}_{key}"
@@ -134,7 +138,7 @@ def _compile_into(root: Path, package: str, path: Path, source) -> None:
         from optforge.compiler import build
     except ImportError as error:  # pragma: no cover - sympy/jinja2 are dependencies
         raise ImportError(f"compiling a spec needs optforge's build dependencies: {error}") from None
-    module = source if isinstance(source, ModuleType) else _load(path, package)
+    module = source if isinstance(source, ModuleType) else build.load_spec_file(path, f"{package}__spec")
     spec = getattr(module, "SPEC", None)
     if spec is None:
         raise ValueError(f"compile_spec: {path} defines no SPEC")
@@ -156,14 +160,6 @@ def _compile_into(root: Path, package: str, path: Path, source) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     importlib.invalidate_caches()
-
-
-def _load(path: Path, package: str) -> ModuleType:
-    """Execute the spec file as a module of its own (not importable by name)."""
-    spec = importlib.util.spec_from_file_location(f"{package}__spec", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _version() -> str:

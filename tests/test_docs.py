@@ -145,5 +145,5 @@ def test_guide_own_project_section_runs(tmp_path, monkeypatch):
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
         # The skeleton's test runs and fails until its reference is written; the rest succeed.
         assert result.returncode == (1 if "pytest" in line else 0), (line, result.stdout, result.stderr)
-    assert (tmp_path / "vendor" / "my_optimizers" / "optim" / "lion.py").exists()
+    assert (tmp_path / "my_optimizers" / "optim" / "lion.py").exists()
     assert (tmp_path / "docs" / "optimizers" / "optim.Qhadam.md").exists()

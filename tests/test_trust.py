@@ -441,3 +441,35 @@ def test_a_flat_kernel_stops_at_its_arrays_whatever_the_chunk_table_says():
                               np.zeros(1, np.float32), np.ones(1, np.float32), *scalars)  # fmt: skip
     np.testing.assert_array_equal(buffer[10:], 7.0)
     assert np.all(w != 7.0) and np.all(m != 0)
+
+
+def test_an_option_changed_in_place_is_seen_and_lists_become_tuples():
+    a, b, c = parameters()
+    betas = [0.9, 0.999]
+    opt = optforge.optim.Adam([{"params": [a]}, {"params": [b, c], "betas": betas}])
+    assert opt.param_groups[1]["betas"] == (0.9, 0.999)  # a copy: the caller's list is not held
+    betas[0] = 5.0
+    opt(tuple(gradients(1)[0]))
+    opt.param_groups[1]["betas"] = [0.9, 0.999]
+    opt(tuple(gradients(1)[0]))
+    opt.param_groups[1]["betas"][0] = 5.0  # in place: the snapshot of the last check is a copy
+    before = everything(opt)
+    with pytest.raises(ValueError, match="betas\\[0\\]"):
+        opt(tuple(gradients(1)[0]))
+    assert_unchanged(before, opt)
+
+
+def test_step_level_values_of_every_group_are_computed_before_any_kernel_runs():
+    a, b, c = parameters()
+    opt = optforge.optim.Adam([{"params": [a]}, {"params": [b, c], "lr": 0.01}])
+    opt(tuple(gradients(1)[0]))
+    before = everything(opt)
+    second = opt._batches[1]
+
+    def broken(*args):
+        raise ZeroDivisionError("float division by zero")
+
+    second.variant = second.variant._replace(branch=broken)  # group 1's host values fail
+    with pytest.raises(ValueError, match="step-level values of param group 1 cannot be computed"):
+        opt(tuple(gradients(1)[0]))
+    assert_unchanged(before, opt)  # group 0 was not stepped either

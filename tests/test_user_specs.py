@@ -278,7 +278,7 @@ def test_build_specs_writes_a_package_of_the_user_s_own(installed, user_project,
     assert main(["build", "--specs", str(user_project), "--out", str(out), "--check"]) == 1
     docs = tmp_path / "docs"
     assert main(["docs", "--specs", str(user_project), "--out", str(docs)]) == 0
-    page = (docs / "optimizers" / "optim.QHAdam.md").read_text()
+    page = (docs / "optim.QHAdam.md").read_text()
     assert 'optforge.compile_spec("qhadam.py").optim.QHAdam' in page and "mindspore.experimental" not in page
     assert "nn.LARS" not in (docs / "index.md").read_text()
 
@@ -370,3 +370,49 @@ def test_a_state_from_anything_but_the_parameter_and_hyperparameters_is_refused(
         SpecError, match="state 'z': initial value must be a number, a hyperparameter, lr, or an"
     ):
         optforge.compile_spec(user_project / "bad_init.py")
+
+
+def test_build_and_docs_never_touch_the_user_s_own_files(installed, user_project, tmp_path, capsys):
+    """Only .py files that assign SPEC are run; --out must be a folder of optforge's own."""
+    from optforge.compiler.cli import main
+
+    (user_project / "train.py").write_text("open('TRAIN_RAN', 'w').close()\n")
+    (user_project / "helpers.py").write_text("BETA = 0.5\n")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("my notes")
+    (mine / "model.py").write_text("x = 1")
+    for command in (["build", "--specs", str(user_project), "--out", str(mine)],
+                    ["docs", "--specs", str(user_project), "--out", str(mine)],
+                    ["build", "--specs", str(user_project), "--out", str(user_project)],
+                    ["build", "--specs", str(user_project), "--out", str(tmp_path)]):  # fmt: skip
+        assert main(command) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    assert sorted(p.name for p in mine.iterdir()) == ["model.py", "notes.md"]
+    assert not (user_project / "TRAIN_RAN").exists() and not (tmp_path / "TRAIN_RAN").exists()
+    out = tmp_path / "pkg"
+    assert main(["build", "--specs", str(user_project), "--out", str(out)]) == 0
+    (out / "mine.py").write_text("x = 1")  # the user's file in optforge's folder: kept
+    (user_project / "qhadam.py").write_text(
+        QHADAM.replace('name="qhadam"', 'name="qh"')
+    )  # renamed: old files go
+    assert main(["build", "--specs", str(user_project), "--out", str(out)]) == 0
+    assert (out / "mine.py").exists() and (out / "cpu" / "qh.py").exists()
+    assert not (out / "cpu" / "qhadam.py").exists()
+    assert not (user_project / "TRAIN_RAN").exists()
+
+
+def test_a_spec_may_import_a_sibling_module_and_its_edits_recompile(user_project):
+    (user_project / "qh_defaults.py").write_text("NU1 = 0.6\n")
+    spec = QHADAM.replace("import sympy as sp\n", "import sympy as sp\n\nfrom qh_defaults import NU1\n", 1)
+    (user_project / "qhadam.py").write_text(
+        spec.replace('Hyper(nu1, ("float",), 0.7,', 'Hyper(nu1, ("float",), NU1,')
+    )
+    params = [optforge.Parameter(np.ones(3, np.float32), "w")]
+    assert (
+        optforge.compile_spec(user_project / "qhadam.py").optim.QHAdam(params).param_groups[0]["nus"][0]
+        == 0.6
+    )
+    (user_project / "qh_defaults.py").write_text("NU1 = 0.4\n")
+    again = optforge.compile_spec(user_project / "qhadam.py").optim.QHAdam(params)
+    assert again.param_groups[0]["nus"][0] == 0.4

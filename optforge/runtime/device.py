@@ -83,7 +83,8 @@ class DeviceStepper:
 
     # -- one step --
 
-    def launch(self, batch: DeviceBatch, grads, t, lr, wd, decays, gc, hypers) -> None:
+    def launch(self, batch: DeviceBatch, grads, t, lr, wd, decays, gc, hypers, step) -> None:
+        """One step of `batch`; `step` is its (branch, step-level scalars), computed on the host."""
         opt = self.opt
         scalar = batch.dtype.type
         n = len(batch.indices)
@@ -116,7 +117,7 @@ class DeviceStepper:
         if self.offload is not None:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
-        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
+        branch, scalars = step
         kernel = branch.kernels[batch.dtype.name]
         skip = {pos for pos, _, _ in sparse}
         for lg in batch.launch_groups:

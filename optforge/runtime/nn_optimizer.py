@@ -101,8 +101,9 @@ class NNOptimizer(FusedOptimizer):
         lrs = [group.lr.at(k, cls) for group in self.groups]
         wds = [group.weight_decay.at(k, cls) for group in self.groups]
         hypers = tuple(self.hypers[name] for name in self._HYPERS)
+        steps = self._host_steps(k + 1, lrs, [hypers] * len(self.groups))
         # Every check has passed: from here on the step changes parameters and state.
-        for batch in self._batches:
+        for batch, step in zip(self._batches, steps):
             self._launch(
                 batch,
                 grads,
@@ -111,7 +112,7 @@ class NNOptimizer(FusedOptimizer):
                 wd=wds[batch.group],
                 decays=[self._decays[i] for i in batch.indices],
                 gc=[self._centralize[i] for i in batch.indices],
-                hypers=hypers,
+                step=step,
             )
         self.global_step = k + 1
         return True

@@ -60,6 +60,9 @@ class OptimOptimizer(FusedOptimizer):
         if any(id(p) in seen for p in params) or len({id(p) for p in params}) != len(params):
             raise ValueError(f"For '{cls}', some parameters appear in more than one parameter group.")
         group = {**self.defaults, **group, "params": params}
+        # A list option (betas=[0.9, 0.999], eps=[None, 1e-3]) is kept as a tuple: the group then
+        # holds no object the caller can change behind its checks, and saves like the default.
+        group.update({k: tuple(v) for k, v in group.items() if k != "params" and isinstance(v, list)})
         group["lr"] = _check_group_lr(group["lr"], cls)
         if "weight_decay" in group:
             group["weight_decay"] = _check_group_weight_decay(group["weight_decay"], cls)
@@ -149,7 +152,10 @@ class OptimOptimizer(FusedOptimizer):
             check_hyper(cls, label, value, types, domain)
 
     def _check_groups(self, cls: str) -> None:
-        options = [tuple((k, v) for k, v in group.items() if k != "params") for group in self.param_groups]
+        """Every group's options, re-checked when any changed since the last step. The
+        snapshot copies sequences (a user may change `betas[0]` in place); lr, which a
+        scheduler changes every step, is checked by `_lr_value` at every step instead."""
+        options = [_snapshot(group) for group in self.param_groups]
         if options == self._checked_options:
             return
         for g, group in enumerate(self.param_groups):
@@ -163,8 +169,9 @@ class OptimOptimizer(FusedOptimizer):
         wds = [float(group.get("weight_decay", 0.0)) for group in self.param_groups]
         hypers = [hyper_values(self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1
+        steps = self._host_steps(t, lrs, hypers)
         # Every check has passed: from here on the step changes parameters and state.
-        for batch in self._batches:
+        for batch, step in zip(self._batches, steps):
             self._launch(
                 batch,
                 grads,
@@ -173,7 +180,7 @@ class OptimOptimizer(FusedOptimizer):
                 wd=wds[batch.group],
                 decays=[True] * len(batch.indices),
                 gc=[False] * len(batch.indices),
-                hypers=hypers[batch.group],
+                step=step,
             )
         self.global_step = t
         return True
@@ -237,8 +244,27 @@ def _check_group_weight_decay(wd, cls: str) -> float:
     return float(wd)
 
 
+def _snapshot(group: dict) -> tuple:
+    """A group's options but lr and params, by value: sequences copied into tuples."""
+    return tuple(
+        (key, tuple(value) if isinstance(value, (list, tuple)) else value)
+        for key, value in group.items()
+        if key not in ("params", "lr")
+    )
+
+
 def _lr_value(lr, cls: str) -> float:
-    """A group's lr at step time: whatever a scheduler or the user left in `group['lr']`."""
+    """A group's lr at step time: whatever a scheduler or the user left in `group['lr']`:
+    a real number or a 0-d array, finite and >= 0 (a string or a bool is refused, as the
+    constructor refuses them)."""
+    if isinstance(lr, (str, bytes, bool)) or not isinstance(lr, (int, float, np.ndarray, np.number)):
+        if type(lr).__name__ != "Tensor":  # the torch dialect's engines get floats; a user's Tensor lr
+            raise TypeError(
+                f"For '{cls}', the learning rate of a param group is {lr!r} ({type(lr).__name__}); it "
+                "must be a number. The step was not taken."
+            )
+    if isinstance(lr, np.ndarray) and lr.ndim != 0:
+        raise ValueError(f"For '{cls}', the learning rate of a param group must be a scalar, not {lr!r}.")
     value = float(lr)
     if not math.isfinite(value) or value < 0:
         raise ValueError(

@@ -184,8 +184,12 @@ class FusedOptimizer:
         state was made for the old shape) before anything changes.
         """
         cls = type(self).__name__
+        # Cleared before the arrays are read: a replacement landing while this runs sets it
+        # again, and the next step binds that one too (never an orphaned array stepped).
+        self._rebound = False
         for p, (shape, dtype, on_device) in zip(self.parameters, self._layout):
             if (p.shape, p.dtype, p.on_device) != (shape, dtype, on_device):
+                self._rebound = True
                 where = {True: "device", False: "host"}
                 raise ValueError(
                     f"For '{cls}', the data of parameter '{p.name}' was replaced by a "
@@ -199,7 +203,6 @@ class FusedOptimizer:
                 batch.params = List([p.data.reshape(-1) for p in members])
             else:
                 batch.params = [p.data.reshape(p.size) for p in members]
-        self._rebound = False
 
     # -- checkpoints --
 
@@ -426,19 +429,36 @@ class FusedOptimizer:
 
     # -- running the kernels --
 
-    def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, hypers: tuple):
+    def _host_steps(self, t: int, lrs: list, hypers: list) -> list[tuple]:
+        """Each batch's branch and step-level scalars (group `g` has `lrs[g]`, `hypers[g]`),
+        all computed before any kernel runs: values that break them (a square root of a
+        negative number) refuse the whole step, never half of it."""
+        steps = []
+        for batch in self._batches:
+            # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1).
+            values = tuple(float(np.finfo(batch.dtype).eps) if h is None else h for h in hypers[batch.group])
+            try:
+                steps.append((values, *batch.variant.step(t, lrs[batch.group], values, batch.dtype)))
+            except (ArithmeticError, ValueError, TypeError) as error:
+                raise ValueError(
+                    f"For '{type(self).__name__}', the step-level values of param group {batch.group} "
+                    f"cannot be computed at step {t} ({error}); the step was not taken."
+                ) from None
+        return steps
+
+    def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, step: tuple):
         """One step of `batch`: its dense tensors in one call, row-sparse ones row by row.
 
         `decays[pos]` says whether the weight decay applies to the tensor at
-        `pos`; `gc[pos]` whether its gradient is centralized.
+        `pos`; `gc[pos]` whether its gradient is centralized; `step` is the batch's
+        entry of `_host_steps`: (hyperparameters, branch, step-level scalars).
         """
-        # A hyperparameter left at None stands for the machine epsilon of the dtype (Adafactor's eps1).
-        hypers = tuple(float(np.finfo(batch.dtype).eps) if h is None else h for h in hypers)
+        hypers, branch, scalars = step
         if not isinstance(batch, _Batch):  # a device batch
-            self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers)
+            self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers, (branch, scalars))
             return
         if batch.variant.factored:
-            self._launch_factored(batch, grads, t, lr, wd, decays, hypers)
+            self._launch_factored(batch, grads, wd, decays, branch, scalars)
             return
         if batch.chunks[0].size == 0:
             return
@@ -447,7 +467,6 @@ class FusedOptimizer:
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
         weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
         grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
-        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
 
         batch_grads = [grads[i] for i in batch.indices]
         simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
@@ -481,12 +500,11 @@ class FusedOptimizer:
                 *scalars,
             )
 
-    def _launch_factored(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, hypers):
+    def _launch_factored(self, batch: _Batch, grads: list, wd: float, decays, branch, scalars):
         """One step of a batch of tensors of two or more dimensions (a factored variant):
         no row-sparse or centralized gradients, no loss scale (the optim dialect's case)."""
         weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
         grad_scale = np.ones(len(batch.indices), dtype=batch.dtype)
-        branch, scalars = batch.variant.step(t, lr, hypers, batch.dtype)
         flat = _flat_gradients(batch, [grads[i] for i in batch.indices])
         kernel = branch.kernels[batch.dtype.name]
         kernel(*batch.chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)

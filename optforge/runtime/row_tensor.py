@@ -14,6 +14,11 @@ class RowTensor:
     __slots__ = ("indices", "values", "dense_shape")
 
     def __init__(self, indices, values, dense_shape):
+        if isinstance(values, np.ma.MaskedArray) or isinstance(indices, np.ma.MaskedArray):
+            raise TypeError(
+                "For 'RowTensor', the indices and values must not be masked arrays: the mask would be "
+                "ignored. Pass values.filled(0) or only the rows that have a gradient."
+            )
         indices = np.asarray(indices)
         values = np.asarray(values)
         dense_shape = tuple(int(d) for d in dense_shape)

@@ -136,6 +136,11 @@ class _Engine(OptimOptimizer):
                     "will use. Nothing was changed."
                 )
 
+    def _check_groups(self, cls: str) -> None:
+        """torch's checks have run on these values (its constructor, add_param_group and
+        load_state_dict); the optim dialect's types (weight_decay an int or float) are not
+        torch's, which takes np.float32 too. Step-time values are checked by `_lr_value`."""
+
     def sync(self, owner: TorchOptimizer) -> None:
         """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
         for group, tg in zip(self.param_groups, self.torch_groups):
