@@ -64,11 +64,22 @@ class FusedOptimizer:
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
 
-    def _allocate(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool, n_groups: int):
+    def _allocate(
+        self,
+        variant_key: tuple,
+        state_init: dict[str, float],
+        use_locking: bool,
+        n_groups: int,
+        state: dict[str, tuple] | None = None,
+    ):
         """Allocate the state and the per-group, per-dtype kernel batches.
 
         A group's parameters must all live in host memory or all on the
-        device; that is checked before anything is allocated.
+        device; that is checked before anything is allocated. `state`, when
+        given, holds each parameter's existing arrays (per state name, one per
+        parameter, None where its variant has no such state): the batches step
+        those in place instead of new ones (optforge.torch's cohorts, which
+        split and merge over the same arrays).
         """
         cls = type(self).__name__
         for g in range(n_groups):
@@ -97,13 +108,16 @@ class FusedOptimizer:
         # Each parameter's own states; None for a state its variant does not have.
         own = [dict(module.VARIANTS[key].state_shapes(p.shape)) for key, p in zip(keys, self.parameters)]
         names = list(dict.fromkeys(name for shapes in own for name in shapes))
-        self.state = {
-            name: tuple(
-                _filled(shapes[name], p.dtype, initial(name, i), dev) if name in shapes else None
-                for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
-            )
-            for name in names
-        }
+        if state is not None:
+            self.state = {name: tuple(state[name]) for name in names}
+        else:
+            self.state = {
+                name: tuple(
+                    _filled(shapes[name], p.dtype, initial(name, i), dev) if name in shapes else None
+                    for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
+                )
+                for name in names
+            }
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
         self._batches = []

@@ -10,12 +10,17 @@ is torch's own, in torch's layout.
 
 torch counts steps per parameter and skips parameters without a gradient.
 A fused step has one step count for all the tensors it updates, so the
-parameters that get their first gradient at the same step form a *cohort*
-(usually one: all of them), with its own engine and step count. At a step,
-a cohort whose parameters all have gradients is stepped, one whose
-parameters have none is skipped, as torch would; one with gradients for only
-some of them is refused (RuntimeError) before anything changes, because the
-fused kernel cannot leave some of its tensors out.
+parameters with one step count form a *cohort* (usually one: all of them),
+with its own engine. At a step, a cohort whose parameters all have gradients
+is stepped as it is (no table, list or engine is built: the full-group path
+costs what it did before cohorts could split); one whose parameters have none
+is skipped, as torch would; one with gradients for only some of them (a frozen
+layer, an unrouted expert) splits in two: the part with gradients steps to
+t+1, the rest stays at t, each with its own engine and chunk table over the
+same state arrays, so the tensors in ``state[p]`` stay valid. When a step
+leaves cohorts with equal step counts, they merge (members in parameter
+order, cohorts in ascending step order): there is always one cohort per
+distinct step, as `load_state_dict` builds them from the saved steps.
 """
 
 from __future__ import annotations
@@ -74,7 +79,15 @@ class _Engine(OptimOptimizer):
     _SPARSE = None
     _OFFLOAD = False
 
-    def __init__(self, owner: TorchOptimizer, members: list[int], views: dict[int, Parameter]):
+    def __init__(
+        self,
+        owner: TorchOptimizer,
+        members: list[int],
+        views: dict[int, Parameter],
+        state: dict[str, dict[int, object]] | None = None,
+    ):
+        """An engine over `views` of the `members` (torch parameter indices); with `state`
+        (per state name, each member's existing array) it steps those arrays, else new ones."""
         group_index = owner._group_index
         self.torch_groups = sorted({group_index[i] for i in members})
         self.param_groups = []
@@ -88,7 +101,16 @@ class _Engine(OptimOptimizer):
         self.parameters = tuple(views[i] for i in self.members)
         self.global_step = 0
         self.sync(owner)
-        self._finish_init(owner._variant_key(), owner._state_init())
+        shared = None
+        if state is not None:
+            shared = {name: tuple(arrays.get(i) for i in self.members) for name, arrays in state.items()}
+        self._allocate(
+            owner._variant_key(),
+            owner._state_init(),
+            use_locking=False,
+            n_groups=len(self.param_groups),
+            state=shared,
+        )
 
     def sync(self, owner: TorchOptimizer) -> None:
         """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
@@ -197,14 +219,35 @@ class TorchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         params = self._flat_params()
         has_grad = [p.grad is not None for p in params]
-        work = [c for c in self._cohorts if self._cohort_has_grads(c, params, has_grad)]
+        work = []  # the cohorts that step
+        pieces = []  # every cohort once the step is taken, with its step count then
+        for cohort in self._cohorts:
+            engine = cohort.engine
+            count = sum(has_grad[i] for i in engine.members)
+            if count == len(engine.members):
+                work.append(cohort)
+                pieces.append((cohort, engine.global_step + 1))
+            elif count == 0:
+                pieces.append((cohort, engine.global_step))
+            else:  # the part with gradients steps, the rest keeps its step count
+                step = engine.global_step
+                part = self._cohort_over([i for i in engine.members if has_grad[i]], [cohort], step)
+                rest = self._cohort_over([i for i in engine.members if not has_grad[i]], [cohort], step)
+                work.append(part)
+                pieces += [(part, engine.global_step + 1), (rest, engine.global_step)]
         stepped = {i for c in self._cohorts for i in c.engine.members}
         new = [i for i, has in enumerate(has_grad) if has and i not in stepped]
         if new:
             work.append(self._new_cohort(new, params))  # registered only once the step is taken
-        # Every check before any change: gradients, lr values, finiteness.
+            pieces.append((work[-1], 1))
+        # When every cohort steps whole, their distinct step counts stay distinct: the cohorts
+        # stay as they are. Otherwise they are regrouped by step now, before anything changes
+        # (building an engine may refuse), and take over once the step is taken.
+        regrouped = self._by_step(pieces) if new or len(pieces) != len(work) else None
+        # Every check before any change: memory, gradients, lr values, finiteness.
         checked = []
         for cohort in work:
+            self._check_memory(cohort, params)
             grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
             checked.append((cohort, cohort.engine._check_gradients(grads)))
             cohort.engine.sync(self)
@@ -218,30 +261,45 @@ class TorchOptimizer(torch.optim.Optimizer):
         for cohort, grads in checked:
             cohort.engine._apply(grads)
             self._steps[cohort.engine.members] = cohort.engine.global_step
+        if regrouped is not None:
+            self._cohorts = regrouped
         return loss
 
-    def _cohort_has_grads(self, cohort: _Cohort, params: list, has_grad: list[bool]) -> bool:
-        members = cohort.engine.members
-        count = sum(has_grad[i] for i in members)
-        if count == 0:
-            return False
-        cls = type(self).__name__
-        if count < len(members):
-            missing = next(i for i in members if not has_grad[i])
-            raise RuntimeError(
-                f"{cls}: parameter {missing} (shape {tuple(params[missing].shape)}) has no gradient, but "
-                f"{count} of the {len(members)} parameters stepped with it since step 1 have one; a fused "
-                "step updates them together. Give it a gradient (e.g. zero_grad(set_to_none=False)) or "
-                "set requires_grad=False on it before its first step. Nothing was changed."
-            )
-        for i, pointer in zip(members, cohort.pointers):
+    def _check_memory(self, cohort: _Cohort, params: list) -> None:
+        for i, pointer in zip(cohort.engine.members, cohort.pointers):
             if params[i].data_ptr() != pointer:
                 raise RuntimeError(
-                    f"{cls}: parameter {i}'s memory moved (its .data was replaced, or the model was moved) "
-                    "after its first step; optforge steps the memory it saw then. Create the optimizer "
-                    "after moving the model. Nothing was changed."
+                    f"{type(self).__name__}: parameter {i}'s memory moved (its .data was replaced, or the "
+                    "model was moved) after its first step; optforge steps the memory it saw then. Create "
+                    "the optimizer after moving the model. Nothing was changed."
                 )
-        return True
+
+    def _cohort_over(self, members: list[int], sources: list[_Cohort], step: int) -> _Cohort:
+        """A cohort of `members` at `step`, over the views and state arrays that `sources` (the
+        cohorts holding them now) step: no state is allocated or copied."""
+        views, pointers, state = {}, {}, {}
+        for source in sources:
+            engine = source.engine
+            for pos, i in enumerate(engine.members):
+                views[i], pointers[i] = engine.parameters[pos], source.pointers[pos]
+            for name, arrays in engine.state.items():
+                state.setdefault(name, {}).update(zip(engine.members, arrays))
+        engine = self._ENGINE(self, members, views, state)
+        engine.global_step = step
+        return _Cohort(engine, [pointers[i] for i in engine.members])
+
+    def _by_step(self, pieces: list[tuple[_Cohort, int]]) -> list[_Cohort]:
+        """One cohort per step count, in ascending order: cohorts that will have the same count
+        are merged into one at that count (members in parameter order)."""
+        by_step: dict[int, list[_Cohort]] = {}
+        for cohort, step in pieces:
+            by_step.setdefault(step, []).append(cohort)
+        return [
+            group[0]
+            if len(group) == 1
+            else self._cohort_over(sorted(i for c in group for i in c.engine.members), group, step)
+            for step, group in sorted(by_step.items())
+        ]
 
     def _new_cohort(self, members: list[int], params: list) -> _Cohort:
         views = {i: _view(params[i], f"param{i}") for i in members}
@@ -249,7 +307,6 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _register(self, cohort: _Cohort) -> None:
         """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
-        self._cohorts.append(cohort)
         params = self._flat_params()
         engine = cohort.engine
         for pos, i in enumerate(engine.members):
@@ -349,6 +406,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                     if value is not None and arrays[pos] is not None:
                         _as_tensor(arrays[pos], params[i]).copy_(value)
             self._register(cohort)
+            self._cohorts.append(cohort)
 
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
