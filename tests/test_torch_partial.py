@@ -7,11 +7,14 @@ shared a step count splits, and cohorts whose counts meet again merge. Checked
 against torch.optim (and, for Lamb, a float64 loop of the paper's algorithm)
 step by step, with per-parameter steps, state dicts taken mid-run and loaded
 both ways, lr schedulers, refused steps, and the full-group path building
-nothing.
+nothing. Then `copy.deepcopy`, pickle and `torch.save` of the optimizer object
+for every class: the copy steps its own parameters, bit for bit like the
+original, which it leaves alone.
 """
 
 import copy
 import io
+import pickle
 
 import numpy as np
 import pytest
@@ -351,3 +354,82 @@ def test_skip_nonfinite_skips_a_partial_step_whole():
     params[5].grad[0, 1] = 0.5  # and the same step, finite, is taken
     opt.step()
     assert cohorts(opt) != snapshot[2]
+
+
+# -- copies of the optimizer object --
+
+ALL = [name for name in ot.__all__ if name != "TorchOptimizer"]
+COPY_KWARGS = {"SGD": {"lr": 0.05, "momentum": 0.9}}
+
+
+def _with_parameters(model, params):
+    """A copy of `model` whose parameters are `params` (the objects themselves)."""
+    twin = copy.deepcopy(model)
+    for key, param in zip([n for n, _ in model.named_parameters()], params):
+        module, attr = key.rsplit(".", 1)
+        setattr(twin.get_submodule(module), attr, param)
+    return twin
+
+
+COPIES = {
+    "deepcopy": lambda model, opt: copy.deepcopy((model, opt)),
+    "pickle": lambda model, opt: pickle.loads(pickle.dumps((model, opt))),
+    # The optimizer object alone: its parameters become the copy's own.
+    "torch.save": lambda model, opt: (
+        lambda alone: (_with_parameters(model, [p for g in alone.param_groups for p in g["params"]]), alone)
+    )(save_and_load(opt)),
+}
+
+
+def _train(model, opt, x, y, steps, drop=None):
+    for _ in range(steps):
+        opt.zero_grad()
+        backward(model, x, y)
+        if drop is not None:
+            drop(model).grad = None
+        opt.step()
+
+
+def _assert_same(model_a, opt_a, model_b, opt_b):
+    for a, b in zip(model_a.parameters(), model_b.parameters()):
+        assert torch.equal(a, b)
+    sa, sb = opt_a.state_dict(), opt_b.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    assert sorted(sa["state"]) == sorted(sb["state"])
+    for i, state in sa["state"].items():
+        assert set(state) == set(sb["state"][i])
+        for key, value in state.items():
+            assert torch.equal(value, sb["state"][i][key]), (i, key)
+    assert cohorts(opt_a) == cohorts(opt_b)
+    assert opt_a.skipped_steps == opt_b.skipped_steps
+
+
+@pytest.mark.parametrize("how", list(COPIES))
+@pytest.mark.parametrize("name", ALL)
+def test_a_copy_steps_its_own_parameters_bit_for_bit_and_leaves_the_original_alone(name, how):
+    model, x, y = mlp()
+    opt = getattr(ot, name)(model.parameters(), skip_nonfinite=True, **COPY_KWARGS.get(name, {}))
+    _train(model, opt, x, y, 2)
+    _train(model, opt, x, y, 1, drop=lambda m: m[0].bias)  # two cohorts
+    opt.zero_grad()
+    backward(model, x, y)
+    model[2].weight.grad[0, 0] = float("nan")
+    opt.step()  # skipped, and counted
+    assert opt.skipped_steps == 1 and len(opt._cohorts) == 2
+    copied_model, copied = COPIES[how](model, opt)
+    # Every attribute travels, but those that torch's own optimizers lose in a copy.
+    plain = torch.optim.SGD(model.parameters())
+    torch_loses = set(vars(plain)) - set(vars(copy.deepcopy(plain)))
+    assert type(copied) is type(opt) and set(vars(copied)) == set(vars(opt)) - torch_loses
+    assert copied.skip_nonfinite and copied.skipped_steps == 1 and copied.hypers == opt.hypers
+    own = [p for g in copied.param_groups for p in g["params"]]
+    assert all(a is b for a, b in zip(own, copied_model.parameters()))
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(own, model.parameters()))
+    _assert_same(copied_model, copied, model, opt)
+    original = _snapshot(list(model.parameters()), opt)
+    _train(copied_model, copied, x, y, 2, drop=lambda m: m[2].bias)  # splits, then merges
+    _train(copied_model, copied, x, y, 1)
+    _assert_unchanged(list(model.parameters()), opt, original)
+    _train(model, opt, x, y, 2, drop=lambda m: m[2].bias)
+    _train(model, opt, x, y, 1)
+    _assert_same(copied_model, copied, model, opt)

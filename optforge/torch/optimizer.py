@@ -408,6 +408,43 @@ class TorchOptimizer(torch.optim.Optimizer):
             self._register(cohort)
             self._cohorts.append(cohort)
 
+    # -- copies: copy.deepcopy, pickle, torch.save of the optimizer object --
+
+    # The attributes this class sets besides torch's own; a copy keeps them as they are.
+    # (torch's __getstate__ keeps only defaults, state and param_groups.)
+    _COPIED_ATTRIBUTES = ("skip_nonfinite", "skipped_steps", "hypers")
+
+    def __getstate__(self) -> dict:
+        """torch's (defaults, state, param_groups), optforge's options and counters, and each
+        cohort as its members and step; not the engines, whose views and typed lists point at
+        this optimizer's memory: `__setstate__` builds new ones over the copy's tensors."""
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._COPIED_ATTRIBUTES})
+        state["_cohort_steps"] = [(list(c.engine.members), int(c.engine.global_step)) for c in self._cohorts]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if "_cohort_steps" not in state:  # torch's load_state_dict sets state and param_groups so
+            super().__setstate__(state)
+            return
+        state = dict(state)
+        cohorts = state.pop("_cohort_steps")
+        super().__setstate__(state)
+        params = self._flat_params()
+        self._steps = np.zeros(len(params), dtype=np.float32)
+        self._cohorts = []
+        for members, step in cohorts:  # engines over the copy's parameters and state tensors
+            arrays: dict[str, dict[int, object]] = {}
+            for i in members:
+                for name, _ in self._state_shapes(params[i]):
+                    tensor = self.state[params[i]][self._STATE_KEYS[name]]
+                    arrays.setdefault(name, {})[i] = _as_array(tensor)
+            views = {i: _view(params[i], f"param{i}") for i in members}
+            engine = self._ENGINE(self, members, views, arrays)
+            engine.global_step = step
+            self._cohorts.append(_Cohort(engine, [params[i].data_ptr() for i in engine.members]))
+            self._link_steps(engine)
+
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
         Adafactor: row and column factors for a matrix, a full variance for a vector)."""
@@ -434,6 +471,15 @@ def _grad_view(g: torch.Tensor, cls: str):
             f"{cls}: a gradient is {g.dtype}; its parameter's dtype (float32 or float64) is needed."
         )
     return g.numpy()
+
+
+def _as_array(tensor: torch.Tensor):
+    """The kernels' view of a state tensor's own memory (no copy): NumPy or device array."""
+    if tensor.is_cuda:
+        from optforge.runtime.cuda import as_device_array
+
+        return as_device_array(tensor)
+    return tensor.numpy()
 
 
 def _as_tensor(array, like: torch.Tensor) -> torch.Tensor:
