@@ -93,6 +93,19 @@ def cohorts(opt):
     return [(list(c.engine.members), c.engine.global_step) for c in opt._cohorts]
 
 
+def assert_one_cohort_per_step(opt, params):
+    """After every step: one cohort per distinct step count, ascending, holding exactly the
+    parameters with that count (and every parameter that has state)."""
+    steps = [c.engine.global_step for c in opt._cohorts]
+    assert steps == sorted(set(steps)), steps
+    for cohort in opt._cohorts:
+        assert {float(opt.state[params[i]]["step"]) for i in cohort.engine.members} == {
+            cohort.engine.global_step
+        }
+    members = sorted(i for c in opt._cohorts for i in c.engine.members)
+    assert members == [i for i, p in enumerate(params) if p in opt.state]
+
+
 def save_and_load(obj):
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -137,6 +150,7 @@ def test_a_layer_frozen_mid_run_then_unfrozen_steps_like_torch_optim(name, dtype
             assert torch_steps(ours, list(model.parameters())) == torch_steps(
                 theirs, list(reference.parameters())
             )
+        assert_one_cohort_per_step(ours, list(model.parameters()))
     assert cohorts(ours) == [([0, 1], 6), ([2, 3], 10)]
 
 
@@ -155,6 +169,7 @@ def test_experts_with_random_gradients_step_like_torch_optim(name, dtype):
         assert_params_close(ours_params, theirs_params, name, dtype, f"step {step}")
         if name != "SGD":
             assert torch_steps(ours, ours_params) == torch_steps(theirs, theirs_params)
+        assert_one_cohort_per_step(ours, ours_params)
     counts = masks.sum(axis=0)
     # One cohort per distinct step count, ascending; members in parameter order.
     expected = [([i for i in range(len(SHAPES)) if counts[i] == c], int(c)) for c in sorted(set(counts)) if c]

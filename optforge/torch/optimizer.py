@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -126,6 +127,15 @@ class _Cohort:
     pointers: list[int]  # each tensor's data_ptr() when the views were made
 
 
+class _Piece(NamedTuple):
+    """Parameters that will share a step count once a step is taken."""
+
+    members: list[int]
+    sources: list[_Cohort]  # the cohorts that hold their views and state arrays now
+    step: int  # their count after the step
+    cohort: _Cohort | None  # the cohort that is theirs alone, if there is one
+
+
 class TorchOptimizer(torch.optim.Optimizer):
     """Base of the generated `optforge.torch` classes; they set the class attributes below."""
 
@@ -219,31 +229,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         params = self._flat_params()
         has_grad = [p.grad is not None for p in params]
-        work = []  # the cohorts that step
-        pieces = []  # every cohort once the step is taken, with its step count then
-        for cohort in self._cohorts:
-            engine = cohort.engine
-            count = sum(has_grad[i] for i in engine.members)
-            if count == len(engine.members):
-                work.append(cohort)
-                pieces.append((cohort, engine.global_step + 1))
-            elif count == 0:
-                pieces.append((cohort, engine.global_step))
-            else:  # the part with gradients steps, the rest keeps its step count
-                step = engine.global_step
-                part = self._cohort_over([i for i in engine.members if has_grad[i]], [cohort], step)
-                rest = self._cohort_over([i for i in engine.members if not has_grad[i]], [cohort], step)
-                work.append(part)
-                pieces += [(part, engine.global_step + 1), (rest, engine.global_step)]
-        stepped = {i for c in self._cohorts for i in c.engine.members}
-        new = [i for i, has in enumerate(has_grad) if has and i not in stepped]
-        if new:
-            work.append(self._new_cohort(new, params))  # registered only once the step is taken
-            pieces.append((work[-1], 1))
+        work, pieces, new = self._plan(params, has_grad)
         # When every cohort steps whole, their distinct step counts stay distinct: the cohorts
         # stay as they are. Otherwise they are regrouped by step now, before anything changes
         # (building an engine may refuse), and take over once the step is taken.
-        regrouped = self._by_step(pieces) if new or len(pieces) != len(work) else None
+        regrouped = self._by_step(pieces) if new is not None or len(pieces) != len(work) else None
         # Every check before any change: memory, gradients, lr values, finiteness.
         checked = []
         for cohort in work:
@@ -256,8 +246,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         if self.skip_nonfinite and not all(all_finite(grads) for _, grads in checked):
             self.skipped_steps += 1
             return loss
-        if new:
-            self._register(work[-1])
+        if new is not None:
+            self._register(new)
         for cohort, grads in checked:
             cohort.engine._apply(grads)
             self._steps[cohort.engine.members] = cohort.engine.global_step
@@ -274,6 +264,33 @@ class TorchOptimizer(torch.optim.Optimizer):
                     "the optimizer after moving the model. Nothing was changed."
                 )
 
+    def _plan(self, params: list, has_grad: list[bool]) -> tuple[list[_Cohort], list[_Piece], _Cohort | None]:
+        """The cohorts that step (the whole ones, the parts with gradients of the others, and a
+        new one for the parameters' first gradients), the pieces the cohorts will be in once the
+        step is taken, and the new cohort (or None)."""
+        work, pieces = [], []
+        for cohort in self._cohorts:
+            members, step = cohort.engine.members, cohort.engine.global_step
+            count = sum(has_grad[i] for i in members)
+            if count == len(members):
+                work.append(cohort)
+                pieces.append(_Piece(members, [cohort], step + 1, cohort))
+            elif count == 0:
+                pieces.append(_Piece(members, [cohort], step, cohort))
+            else:  # the part with gradients steps; the rest keeps its count (and gets an engine if alone)
+                part = self._cohort_over([i for i in members if has_grad[i]], [cohort], step)
+                work.append(part)
+                pieces.append(_Piece(part.engine.members, [cohort], step + 1, part))
+                pieces.append(_Piece([i for i in members if not has_grad[i]], [cohort], step, None))
+        stepped = {i for c in self._cohorts for i in c.engine.members}
+        first = [i for i, has in enumerate(has_grad) if has and i not in stepped]
+        new = None
+        if first:
+            new = self._new_cohort(first, params)  # registered only once the step is taken
+            work.append(new)
+            pieces.append(_Piece(new.engine.members, [new], 1, new))
+        return work, pieces, new
+
     def _cohort_over(self, members: list[int], sources: list[_Cohort], step: int) -> _Cohort:
         """A cohort of `members` at `step`, over the views and state arrays that `sources` (the
         cohorts holding them now) step: no state is allocated or copied."""
@@ -288,18 +305,22 @@ class TorchOptimizer(torch.optim.Optimizer):
         engine.global_step = step
         return _Cohort(engine, [pointers[i] for i in engine.members])
 
-    def _by_step(self, pieces: list[tuple[_Cohort, int]]) -> list[_Cohort]:
-        """One cohort per step count, in ascending order: cohorts that will have the same count
-        are merged into one at that count (members in parameter order)."""
-        by_step: dict[int, list[_Cohort]] = {}
-        for cohort, step in pieces:
-            by_step.setdefault(step, []).append(cohort)
-        return [
-            group[0]
-            if len(group) == 1
-            else self._cohort_over(sorted(i for c in group for i in c.engine.members), group, step)
-            for step, group in sorted(by_step.items())
-        ]
+    def _by_step(self, pieces: list[_Piece]) -> list[_Cohort]:
+        """One cohort per step count, in ascending order: pieces with the same count merge into
+        one new cohort (members in parameter order); a piece alone keeps its cohort if it has one."""
+        by_step: dict[int, list[_Piece]] = {}
+        for piece in pieces:
+            by_step.setdefault(piece.step, []).append(piece)
+        cohorts = []
+        for step, group in sorted(by_step.items()):
+            if len(group) == 1 and group[0].cohort is not None:
+                cohorts.append(group[0].cohort)
+            else:
+                members = sorted(i for piece in group for i in piece.members)
+                cohorts.append(
+                    self._cohort_over(members, [c for piece in group for c in piece.sources], step)
+                )
+        return cohorts
 
     def _new_cohort(self, members: list[int], params: list) -> _Cohort:
         views = {i: _view(params[i], f"param{i}") for i in members}
