@@ -286,23 +286,29 @@ def test_state_tensors_stay_the_kernels_arrays_through_splits_and_merges():
 
 
 def test_a_full_group_step_builds_no_engine_and_keeps_its_cohorts(monkeypatch):
-    """The full-group path: every cohort steps as it is, nothing is split, merged or built."""
+    """The full-group path: every cohort steps as it is; nothing is split, merged or built
+    (a cohort merged at a partial step builds its tables at its first step, once)."""
     masks, grads = routing()
     params = experts(torch.float32)
     opt = ot.AdamW(params)
-    for mask, g in zip(masks[:2], grads[:2]):  # two cohorts at different steps
+    for mask, g in zip(masks[:2], grads[:2]):  # two cohorts at different steps, one merged
         set_grads(params, mask, g)
         opt.step()
+    set_grads(params, [True] * len(SHAPES), grads[3])
+    opt.step()
     before = list(opt._cohorts)
     assert len(before) > 1
     built = []
-    monkeypatch.setattr(type(opt), "_cohort_over", lambda *args: built.append(args))
-    monkeypatch.setattr(type(opt), "_by_step", lambda *args: built.append(args))
+    record = lambda *args: built.append(args)  # noqa: E731
+    monkeypatch.setattr(type(opt), "_cohort_over", record)
+    monkeypatch.setattr(type(opt), "_by_step", record)
+    monkeypatch.setattr(type(opt)._ENGINE, "_allocate", record)
     for g in grads[4:7]:
         set_grads(params, [True] * len(SHAPES), g)
         opt.step()
     assert built == []
     assert opt._cohorts == before and all(a is b for a, b in zip(opt._cohorts, before))
+    assert [c.engine.global_step for c in opt._cohorts] == [c + 3 for c in (2, 3)]
 
 
 def _snapshot(params, opt):

@@ -87,8 +87,10 @@ class _Engine(OptimOptimizer):
         views: dict[int, Parameter],
         state: dict[str, dict[int, object]] | None = None,
     ):
-        """An engine over `views` of the `members` (torch parameter indices); with `state`
-        (per state name, each member's existing array) it steps those arrays, else new ones."""
+        """An engine over `views` of the `members` (torch parameter indices). Without `state`
+        it allocates the state; with it (per state name, each member's existing array) it steps
+        those arrays, and its chunk tables and typed lists wait for `ready` (a cohort merged
+        after a step may split again before it ever steps whole)."""
         group_index = owner._group_index
         self.torch_groups = sorted({group_index[i] for i in members})
         self.param_groups = []
@@ -102,16 +104,23 @@ class _Engine(OptimOptimizer):
         self.parameters = tuple(views[i] for i in self.members)
         self.global_step = 0
         self.sync(owner)
-        shared = None
-        if state is not None:
-            shared = {name: tuple(arrays.get(i) for i in self.members) for name, arrays in state.items()}
-        self._allocate(
-            owner._variant_key(),
-            owner._state_init(),
-            use_locking=False,
-            n_groups=len(self.param_groups),
-            state=shared,
-        )
+        self._batches = None
+        if state is None:
+            self.ready(owner)
+        else:
+            self.state = {name: tuple(arrays.get(i) for i in self.members) for name, arrays in state.items()}
+
+    def ready(self, owner: TorchOptimizer) -> None:
+        """Build the batches (and, for a new engine, the state) unless built: before a step's
+        checks are done, since building refuses some groups (device and host tensors mixed)."""
+        if self._batches is None:
+            self._allocate(
+                owner._variant_key(),
+                owner._state_init(),
+                use_locking=False,
+                n_groups=len(self.param_groups),
+                state=getattr(self, "state", None),
+            )
 
     def sync(self, owner: TorchOptimizer) -> None:
         """Copy each torch group's options (a scheduler may have changed lr) into the engine's."""
@@ -238,6 +247,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         checked = []
         for cohort in work:
             self._check_memory(cohort, params)
+            cohort.engine.ready(self)
             grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
             checked.append((cohort, cohort.engine._check_gradients(grads)))
             cohort.engine.sync(self)
