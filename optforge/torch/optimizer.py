@@ -12,15 +12,16 @@ torch counts steps per parameter and skips parameters without a gradient.
 A fused step has one step count for all the tensors it updates, so the
 parameters with one step count form a *cohort* (usually one: all of them),
 with its own engine. At a step, a cohort whose parameters all have gradients
-is stepped as it is (no table, list or engine is built: the full-group path
-costs what it did before cohorts could split); one whose parameters have none
-is skipped, as torch would; one with gradients for only some of them (a frozen
-layer, an unrouted expert) splits in two: the part with gradients steps to
-t+1, the rest stays at t, each with its own engine and chunk table over the
-same state arrays, so the tensors in ``state[p]`` stay valid. When a step
-leaves cohorts with equal step counts, they merge (members in parameter
-order, cohorts in ascending step order): there is always one cohort per
-distinct step, as `load_state_dict` builds them from the saved steps.
+is stepped as it is (nothing is built: the full-group path costs what it did
+before cohorts could split); one whose parameters have none is skipped, as
+torch would; one with gradients for only some of them (a frozen layer, an
+unrouted expert) splits in two: the part with gradients steps to t+1, the rest
+stays at t, each with its own engine over the same state arrays, so the
+tensors in ``state[p]`` stay valid. When a step leaves cohorts with equal step
+counts, they merge (members in parameter order, cohorts in ascending step
+order): there is always one cohort per distinct step, as `load_state_dict`
+builds them from the saved steps. An engine over existing arrays builds its
+chunk tables and typed lists when it first steps.
 """
 
 from __future__ import annotations
