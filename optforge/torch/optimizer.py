@@ -241,8 +241,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         has_grad = [p.grad is not None for p in params]
         work, pieces, new = self._plan(params, has_grad)
         # When every cohort steps whole, their distinct step counts stay distinct: the cohorts
-        # stay as they are. Otherwise they are regrouped by step now, before anything changes
-        # (building an engine may refuse), and take over once the step is taken.
+        # stay as they are. Otherwise they are regrouped by step now (engine objects only: their
+        # tables wait until they step), and take over once the step is taken.
         regrouped = self._by_step(pieces) if new is not None or len(pieces) != len(work) else None
         # Every check before any change: memory, gradients, lr values, finiteness.
         checked = []
