@@ -197,8 +197,9 @@ def test_lamb_with_random_gradients_matches_the_papers_algorithm_per_tensor(dtyp
 @pytest.mark.parametrize("name", [*NAMES, "Lamb"])
 def test_a_state_dict_taken_mid_run_resumes_in_optforge_and_in_torch_optim(name):
     """5 steps of random routing, a state dict (through torch.save) into a fresh optforge
-    optimizer and into torch.optim, 5 more steps each: optforge resumes bit for bit with the
-    same cohorts, torch.optim within tolerance of a run that never stopped."""
+    optimizer and into torch.optim, and torch.optim's into optforge, 5 more steps each:
+    optforge resumes bit for bit with the same cohorts, the others within tolerance of a
+    torch.optim run that never stopped."""
     kwargs = KWARGS.get(name, {"lr": 0.01})
     masks, grads = routing()
     straight_params, resumed_params = experts(torch.float32), experts(torch.float32)
@@ -224,7 +225,16 @@ def test_a_state_dict_taken_mid_run_resumes_in_optforge_and_in_torch_optim(name)
                 p.copy_(q)
         theirs = getattr(torch.optim, name)(groups(torch_params, name), **kwargs)
         theirs.load_state_dict(save_and_load(first.state_dict()))
-        runs += [(reference_params, reference), (torch_params, theirs)]
+        # and the other way: torch.optim's state dict, per-parameter steps, into optforge
+        from_torch_params = experts(torch.float32)
+        with torch.no_grad():
+            for p, q in zip(from_torch_params, reference_params):
+                p.copy_(q)
+        from_torch = getattr(ot, name)(groups(from_torch_params, name), **kwargs)
+        from_torch.load_state_dict(save_and_load(reference.state_dict()))
+        if name != "SGD":  # torch's SGD keeps no step: its parameters come back at step 1
+            assert cohorts(from_torch) == cohorts(first)
+        runs += [(reference_params, reference), (torch_params, theirs), (from_torch_params, from_torch)]
     for mask, g in zip(masks[5:], grads[5:]):
         for params, opt in runs:
             set_grads(params, mask, g)
@@ -235,6 +245,7 @@ def test_a_state_dict_taken_mid_run_resumes_in_optforge_and_in_torch_optim(name)
     if name != "Lamb":
         assert_params_close(straight_params, reference_params, name, torch.float32)
         assert_params_close(torch_params, reference_params, name, torch.float32)
+        assert_params_close(from_torch_params, reference_params, name, torch.float32)
         if name != "SGD":
             assert torch_steps(resumed, resumed_params) == torch_steps(theirs, torch_params)
 
