@@ -67,11 +67,22 @@ class FusedOptimizer:
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
 
-    def _allocate(self, variant_key: tuple, state_init: dict[str, float], use_locking: bool, n_groups: int):
+    def _allocate(
+        self,
+        variant_key: tuple,
+        state_init: dict[str, float],
+        use_locking: bool,
+        n_groups: int,
+        state: dict[str, tuple] | None = None,
+    ):
         """Allocate the state and the per-group, per-dtype kernel batches.
 
         A group's parameters must all live in host memory or all on the
-        device; that is checked before anything is allocated.
+        device; that is checked before anything is allocated. `state`, when
+        given, holds each parameter's existing arrays (per state name, one per
+        parameter, None where its variant has no such state): the batches step
+        those in place instead of new ones (optforge.torch's cohorts, which
+        split and merge over the same arrays).
         """
         cls = type(self).__name__
         for g in range(n_groups):
@@ -106,13 +117,16 @@ class FusedOptimizer:
         # Each parameter's own states; None for a state its variant does not have.
         own = [dict(module.VARIANTS[key].state_shapes(p.shape)) for key, p in zip(keys, self.parameters)]
         names = list(dict.fromkeys(name for shapes in own for name in shapes))
-        self.state = {
-            name: tuple(
-                _filled(shapes[name], p.dtype, initial(name, i), dev, p) if name in shapes else None
-                for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
-            )
-            for name in names
-        }
+        if state is not None:
+            self.state = {name: tuple(state[name]) for name in names}
+        else:
+            self.state = {
+                name: tuple(
+                    _filled(shapes[name], p.dtype, initial(name, i), dev, p) if name in shapes else None
+                    for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
+                )
+                for name in names
+            }
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
         self._batches = []
@@ -141,7 +155,11 @@ class FusedOptimizer:
                         indices=members,
                         chunks=chunks,
                         params=List([p.data.reshape(-1) for p in params]),
-                        state=[List([self.state[n][i].reshape(-1) for i in members]) for n in v.state],
+                        # A state the dialect does not keep for a tensor (torch's SGD without
+                        # momentum) is None: an empty array the kernel's branch never touches.
+                        state=[
+                            List([_kernel_view(self.state[n][i], dtype) for i in members]) for n in v.state
+                        ],
                         variant=v,
                     )
                 )
@@ -590,6 +608,10 @@ def _flat_gradients(batch: _Batch, grads: list) -> List:
         views = all(g.flags.c_contiguous for g in grads)
         batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
     return batch.grads_list
+
+
+def _kernel_view(array, dtype) -> np.ndarray:
+    return np.empty(0, dtype=dtype) if array is None else array.reshape(-1)
 
 
 def flat_view(g: np.ndarray) -> np.ndarray:

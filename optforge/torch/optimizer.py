@@ -10,12 +10,18 @@ is torch's own, in torch's layout.
 
 torch counts steps per parameter and skips parameters without a gradient.
 A fused step has one step count for all the tensors it updates, so the
-parameters that get their first gradient at the same step form a *cohort*
-(usually one: all of them), with its own engine and step count. At a step,
-a cohort whose parameters all have gradients is stepped, one whose
-parameters have none is skipped, as torch would; one with gradients for only
-some of them is refused (RuntimeError) before anything changes, because the
-fused kernel cannot leave some of its tensors out.
+parameters with one step count form a *cohort* (usually one: all of them),
+with its own engine. At a step, a cohort whose parameters all have gradients
+is stepped as it is (nothing is built: the full-group path costs what it did
+before cohorts could split); one whose parameters have none is skipped, as
+torch would; one with gradients for only some of them (a frozen layer, an
+unrouted expert) splits in two: the part with gradients steps to t+1, the rest
+stays at t, each with its own engine over the same state arrays, so the
+tensors in ``state[p]`` stay valid. When a step leaves cohorts with equal step
+counts, they merge (members in parameter order, cohorts in ascending step
+order): there is always one cohort per distinct step, as `load_state_dict`
+builds them from the saved steps. An engine over existing arrays builds its
+chunk tables and typed lists when it first steps.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -79,7 +86,17 @@ class _Engine(OptimOptimizer):
     _SPARSE = None
     _OFFLOAD = False
 
-    def __init__(self, owner: TorchOptimizer, members: list[int], views: dict[int, Parameter]):
+    def __init__(
+        self,
+        owner: TorchOptimizer,
+        members: list[int],
+        views: dict[int, Parameter],
+        state: dict[str, dict[int, object]] | None = None,
+    ):
+        """An engine over `views` of the `members` (torch parameter indices). Without `state`
+        it allocates the state; with it (per state name, each member's existing array) it steps
+        those arrays, and its chunk tables and typed lists wait for `ready` (a cohort merged
+        after a step may split again before it ever steps whole)."""
         group_index = owner._group_index
         self.torch_groups = sorted({group_index[i] for i in members})
         self.param_groups = []
@@ -93,8 +110,24 @@ class _Engine(OptimOptimizer):
         self.parameters = tuple(views[i] for i in self.members)
         self.global_step = 0
         self.sync(owner)
-        self._finish_init(owner._variant_key(), owner._state_init())
-        self._drop_unkept(owner)
+        self._batches = None
+        if state is None:
+            self.ready(owner)
+        else:
+            self.state = {name: tuple(arrays.get(i) for i in self.members) for name, arrays in state.items()}
+
+    def ready(self, owner: TorchOptimizer) -> None:
+        """Build the batches (and, for a new engine, the state) unless built: before a step's
+        checks are done, since building refuses some groups (device and host tensors mixed)."""
+        if self._batches is None:
+            self._allocate(
+                owner._variant_key(),
+                owner._state_init(),
+                use_locking=False,
+                n_groups=len(self.param_groups),
+                state=getattr(self, "state", None),
+            )
+            self._drop_unkept(owner)
 
     def _kept(self, owner: TorchOptimizer, g: int) -> dict[str, bool]:
         """Which states torch keeps for engine group `g` with its torch group's values now."""
@@ -153,6 +186,15 @@ class _Engine(OptimOptimizer):
 class _Cohort:
     engine: _Engine
     pointers: list[int]  # each tensor's data_ptr() when the views were made
+
+
+class _Piece(NamedTuple):
+    """Parameters that will share a step count once a step is taken."""
+
+    members: list[int]
+    sources: list[_Cohort]  # the cohorts that hold their views and state arrays now
+    step: int  # their count after the step
+    cohort: _Cohort | None  # the cohort that is theirs alone, if there is one
 
 
 class TorchOptimizer(torch.optim.Optimizer):
@@ -300,14 +342,16 @@ class TorchOptimizer(torch.optim.Optimizer):
                 loss = closure()
         params = self._flat_params()
         has_grad = [p.grad is not None for p in params]
-        work = [c for c in self._cohorts if self._cohort_has_grads(c, params, has_grad)]
-        stepped = {i for c in self._cohorts for i in c.engine.members}
-        new = [i for i, has in enumerate(has_grad) if has and i not in stepped]
-        if new:
-            work.append(self._new_cohort(new, params))  # registered only once the step is taken
-        # Every check before any change: gradients, lr values, finiteness.
+        work, pieces, new = self._plan(params, has_grad)
+        # When every cohort steps whole, their distinct step counts stay distinct: the cohorts
+        # stay as they are. Otherwise they are regrouped by step now (engine objects only: their
+        # tables wait until they step), and take over once the step is taken.
+        regrouped = self._by_step(pieces) if new is not None or len(pieces) != len(work) else None
+        # Every check before any change: memory, gradients, lr values, finiteness.
         checked = []
         for cohort in work:
+            self._check_memory(cohort, params)
+            cohort.engine.ready(self)
             grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
             checked.append((cohort, cohort.engine._check_gradients(grads)))
             cohort.engine.sync(self)
@@ -317,36 +361,82 @@ class TorchOptimizer(torch.optim.Optimizer):
         if self.skip_nonfinite and not all(all_finite(grads) for _, grads in checked):
             self.skipped_steps += 1
             return loss
-        if new:
-            self._register(work[-1])
+        if new is not None:
+            self._register(new)
         for cohort, grads in checked:
             cohort.engine._apply(grads)
             self._steps[cohort.engine.members] = cohort.engine.global_step
             self._refresh_extra_state(cohort.engine)
+        if regrouped is not None:
+            self._cohorts = regrouped
         return loss
 
-    def _cohort_has_grads(self, cohort: _Cohort, params: list, has_grad: list[bool]) -> bool:
-        members = cohort.engine.members
-        count = sum(has_grad[i] for i in members)
-        if count == 0:
-            return False
-        cls = type(self).__name__
-        if count < len(members):
-            missing = next(i for i in members if not has_grad[i])
-            raise RuntimeError(
-                f"{cls}: parameter {missing} (shape {tuple(params[missing].shape)}) has no gradient, but "
-                f"{count} of the {len(members)} parameters stepped with it since step 1 have one; a fused "
-                "step updates them together. Give it a gradient (e.g. zero_grad(set_to_none=False)) or "
-                "set requires_grad=False on it before its first step. Nothing was changed."
-            )
-        for i, pointer in zip(members, cohort.pointers):
+    def _check_memory(self, cohort: _Cohort, params: list) -> None:
+        for i, pointer in zip(cohort.engine.members, cohort.pointers):
             if params[i].data_ptr() != pointer:
                 raise RuntimeError(
-                    f"{cls}: parameter {i}'s memory moved (its .data was replaced, or the model was moved) "
-                    "after its first step; optforge steps the memory it saw then. Create the optimizer "
-                    "after moving the model. Nothing was changed."
+                    f"{type(self).__name__}: parameter {i}'s memory moved (its .data was replaced, or the "
+                    "model was moved) after its first step; optforge steps the memory it saw then. Create "
+                    "the optimizer after moving the model. Nothing was changed."
                 )
-        return True
+
+    def _plan(self, params: list, has_grad: list[bool]) -> tuple[list[_Cohort], list[_Piece], _Cohort | None]:
+        """The cohorts that step (the whole ones, the parts with gradients of the others, and a
+        new one for the parameters' first gradients), the pieces the cohorts will be in once the
+        step is taken, and the new cohort (or None)."""
+        work, pieces = [], []
+        for cohort in self._cohorts:
+            members, step = cohort.engine.members, cohort.engine.global_step
+            count = sum(has_grad[i] for i in members)
+            if count == len(members):
+                work.append(cohort)
+                pieces.append(_Piece(members, [cohort], step + 1, cohort))
+            elif count == 0:
+                pieces.append(_Piece(members, [cohort], step, cohort))
+            else:  # the part with gradients steps; the rest keeps its count (and gets an engine if alone)
+                part = self._cohort_over([i for i in members if has_grad[i]], [cohort], step)
+                work.append(part)
+                pieces.append(_Piece(part.engine.members, [cohort], step + 1, part))
+                pieces.append(_Piece([i for i in members if not has_grad[i]], [cohort], step, None))
+        stepped = {i for c in self._cohorts for i in c.engine.members}
+        first = [i for i, has in enumerate(has_grad) if has and i not in stepped]
+        new = None
+        if first:
+            new = self._new_cohort(first, params)  # registered only once the step is taken
+            work.append(new)
+            pieces.append(_Piece(new.engine.members, [new], 1, new))
+        return work, pieces, new
+
+    def _cohort_over(self, members: list[int], sources: list[_Cohort], step: int) -> _Cohort:
+        """A cohort of `members` at `step`, over the views and state arrays that `sources` (the
+        cohorts holding them now) step: no state is allocated or copied."""
+        views, pointers, state = {}, {}, {}
+        for source in sources:
+            engine = source.engine
+            for pos, i in enumerate(engine.members):
+                views[i], pointers[i] = engine.parameters[pos], source.pointers[pos]
+            for name, arrays in engine.state.items():
+                state.setdefault(name, {}).update(zip(engine.members, arrays))
+        engine = self._ENGINE(self, members, views, state)
+        engine.global_step = step
+        return _Cohort(engine, [pointers[i] for i in engine.members])
+
+    def _by_step(self, pieces: list[_Piece]) -> list[_Cohort]:
+        """One cohort per step count, in ascending order: pieces with the same count merge into
+        one new cohort (members in parameter order); a piece alone keeps its cohort if it has one."""
+        by_step: dict[int, list[_Piece]] = {}
+        for piece in pieces:
+            by_step.setdefault(piece.step, []).append(piece)
+        cohorts = []
+        for step, group in sorted(by_step.items()):
+            if len(group) == 1 and group[0].cohort is not None:
+                cohorts.append(group[0].cohort)
+            else:
+                members = sorted(i for piece in group for i in piece.members)
+                cohorts.append(
+                    self._cohort_over(members, [c for piece in group for c in piece.sources], step)
+                )
+        return cohorts
 
     def _new_cohort(self, members: list[int], params: list) -> _Cohort:
         views = {i: _view(params[i], f"param{i}") for i in members}
@@ -354,7 +444,6 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _register(self, cohort: _Cohort) -> None:
         """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
-        self._cohorts.append(cohort)
         params = self._flat_params()
         engine = cohort.engine
         for pos, i in enumerate(engine.members):
@@ -466,6 +555,44 @@ class TorchOptimizer(torch.optim.Optimizer):
                     if value is not None and arrays[pos] is not None:
                         _as_tensor(arrays[pos], params[i]).copy_(value)
             self._register(cohort)
+            self._cohorts.append(cohort)
+
+    # -- copies: copy.deepcopy, pickle, torch.save of the optimizer object --
+
+    # The attributes this class sets besides torch's own; a copy keeps them as they are.
+    # (torch's __getstate__ keeps only defaults, state and param_groups.)
+    _COPIED_ATTRIBUTES = ("skip_nonfinite", "skipped_steps", "hypers")
+
+    def __getstate__(self) -> dict:
+        """torch's (defaults, state, param_groups), optforge's options and counters, and each
+        cohort as its members and step; not the engines, whose views and typed lists point at
+        this optimizer's memory: `__setstate__` builds new ones over the copy's tensors."""
+        state = super().__getstate__()
+        state.update({key: getattr(self, key) for key in self._COPIED_ATTRIBUTES})
+        state["_cohort_steps"] = [(list(c.engine.members), int(c.engine.global_step)) for c in self._cohorts]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if "_cohort_steps" not in state:  # torch's load_state_dict sets state and param_groups so
+            super().__setstate__(state)
+            return
+        state = dict(state)
+        cohorts = state.pop("_cohort_steps")
+        super().__setstate__(state)
+        params = self._flat_params()
+        self._steps = np.zeros(len(params), dtype=np.float32)
+        self._cohorts = []
+        for members, step in cohorts:  # engines over the copy's parameters and state tensors
+            arrays: dict[str, dict[int, object]] = {}
+            for i in members:
+                for name, _ in self._state_shapes(params[i]):
+                    tensor = self.state[params[i]][self._STATE_KEYS[name]]
+                    arrays.setdefault(name, {})[i] = _as_array(tensor)
+            views = {i: _view(params[i], f"param{i}") for i in members}
+            engine = self._ENGINE(self, members, views, arrays)
+            engine.global_step = step
+            self._cohorts.append(_Cohort(engine, [params[i].data_ptr() for i in engine.members]))
+            self._link_steps(engine)
 
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
@@ -493,6 +620,15 @@ def _grad_view(g: torch.Tensor, cls: str):
             f"{cls}: a gradient is {g.dtype}; its parameter's dtype (float32 or float64) is needed."
         )
     return g.numpy()
+
+
+def _as_array(tensor: torch.Tensor):
+    """The kernels' view of a state tensor's own memory (no copy): NumPy or device array."""
+    if tensor.is_cuda:
+        from optforge.runtime.cuda import as_device_array
+
+        return as_device_array(tensor)
+    return tensor.numpy()
 
 
 def _as_tensor(array, like: torch.Tensor) -> torch.Tensor:
