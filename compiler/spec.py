@@ -146,13 +146,19 @@ REDUCTIONS = (norm, rms, row_mean, col_mean, matrix_mean)
 # Functions a state's initial value may apply to the parameter (printed as NumPy calls).
 _NUMPY_INIT = (sp.Abs, sp.sign, sp.exp, sp.log, sp.tanh)
 _INIT_NAMES = ("Abs", "sign", "exp", "log", "tanh", "powers")
-# Functions the kernel printers turn into code Numba compiles on the CPU and CUDA
-# (SymPy's names; `math.*` in the kernels), besides the reductions and Piecewise.
-KERNEL_FUNCTIONS = (
-    "Abs", "sign", "Max", "Min", "exp", "expm1", "log", "log1p", "log2", "log10", "sin", "cos",
-    "tan", "asin", "acos", "atan", "atan2", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
-    "erf", "erfc", "gamma", "loggamma", "floor", "ceiling", "hypot", "fma",
-)  # fmt: skip
+
+
+# Functions the kernel printers turn into code Numba compiles on the CPU and CUDA, as float
+# functions of floats (`math.*` in the kernels), besides the reductions and Piecewise. Checked
+# by class: an undefined `sp.Function("gamma")` is not `sp.gamma`.
+def _kernel_functions() -> tuple:
+    from sympy.codegen.cfunctions import expm1, log1p, log2, log10
+
+    return (
+        sp.Abs, sp.sign, sp.exp, expm1, sp.log, log1p, log2, log10, sp.sin, sp.cos, sp.tan,
+        sp.asin, sp.acos, sp.atan, sp.atan2, sp.sinh, sp.cosh, sp.tanh, sp.asinh, sp.acosh,
+        sp.atanh, sp.erf, sp.erfc, sp.gamma, sp.loggamma,
+    )  # fmt: skip
 
 
 class fma(sp.Function):
@@ -561,7 +567,7 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             continue
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
-        _check_functions(expr, where, fail)
+        _check_functions(expr, where, fail, varying)
         for reduction in expr.atoms(*REDUCTIONS):
             if not _reads(reduction.args[0], varying):
                 fail(
@@ -602,17 +608,40 @@ def _reads(expr, varying: set) -> bool:
     return bool(plain.free_symbols & varying) or bool(plain.atoms(row_mean, col_mean))
 
 
-def _check_functions(expr, where: str, fail) -> None:
-    """Refuse a function the kernel printers cannot print (an undefined `sp.Function('f')`,
-    `factorial`, ...) here, naming the rule, not deep in the printer."""
-    for call in sorted(expr.atoms(sp.Function), key=str):
-        if isinstance(call, REDUCTIONS) or isinstance(call, sp.Piecewise):
+# The expression nodes a rule may hold besides symbols, real numbers and the functions above:
+# arithmetic, Max/Min, Piecewise with its conditions (comparisons, and/or/not).
+_NODES = (
+    sp.Add, sp.Mul, sp.Pow, sp.Max, sp.Min, sp.Piecewise, sp.core.relational.Relational, sp.And,
+    sp.Or, sp.Not, sp.logic.boolalg.BooleanAtom,
+)  # fmt: skip
+
+
+def _check_functions(expr, where: str, fail, varying: set = frozenset()) -> None:
+    """Refuse, naming the rule, what the kernel printers cannot print or Numba cannot compile
+    in float arithmetic: an undefined `sp.Function('f')`, `factorial`, a derivative or a
+    sum, a complex or infinite constant (`I`, `zoo`, `oo`), a constant such as `pi` (write
+    a number). A product (`sp.Product`) is a step-level value only (NAdam's mu_product)."""
+    functions = _kernel_functions()
+    supported = (
+        f"Reductions: {', '.join(r.__name__ for r in REDUCTIONS)}; functions: "
+        f"{', '.join(f.__name__ for f in functions)}, fma, Max, Min, Piecewise and arithmetic "
+        "(sqrt is a power: x**0.5 or sympy.sqrt(x)); numbers real and finite"
+    )
+    nodes = sp.preorder_traversal(expr)
+    for node in nodes:
+        if (
+            isinstance(node, sp.Symbol)
+            or isinstance(node, (sp.Integer, sp.Rational, sp.Float))
+            and (node.is_finite)
+        ):
             continue
-        if type(call).__name__ in KERNEL_FUNCTIONS:
+        if (
+            isinstance(node, _NODES + REDUCTIONS + functions + (fma,))
+            or type(node).__name__ == "ExprCondPair"
+        ):
             continue
-        fail(
-            where,
-            f"{call.func} is not something the kernels can compute. Reductions: "
-            f"{', '.join(r.__name__ for r in REDUCTIONS)}; functions: {', '.join(KERNEL_FUNCTIONS)}, "
-            "Piecewise and arithmetic (sqrt is a power: x**0.5 or sympy.sqrt(x))",
-        )
+        if isinstance(node, sp.Product) and not _reads(node, varying) and node.is_finite is not False:
+            nodes.skip()  # printed on the host (math.prod); its index is bound
+            continue
+        what = getattr(node.func, "__name__", node.func) if node.args else node
+        fail(where, f"{what} is not something the kernels can compute. {supported}")

@@ -191,17 +191,16 @@ def _state_init_source(spec: Spec) -> str:
     function of the parameter's array (`lambda w: ...`, NumPy, evaluated when the state is made)."""
     from sympy.printing.numpy import NumPyPrinter
 
-    hypers = {h.symbol: sp.Symbol(f'self.hypers["{h.name}"]') for h in spec.hypers}
+    # Evaluated per parameter with its group's hyperparameters (a group may override them).
+    hypers = {h.symbol: sp.Symbol(f'hypers["{h.name}"]') for h in spec.hypers}
 
     def source(init) -> str:
         if isinstance(init, (int, float)):
             return repr(float(init))
         if getattr(init, "name", None) == "lr":
             return '"lr"'  # resolved per parameter: its group's initial learning rate
-        if init in hypers:
-            return f'self.hypers["{init.name}"]'
         printer = NumPyPrinter({"fully_qualified_modules": True})
-        return f"lambda w: {printer.doprint(sp.sympify(init).xreplace(hypers))}"
+        return f"lambda w, hypers: {printer.doprint(sp.sympify(init).xreplace(hypers))}"
 
     values = {s.name: source(s.init) for s in spec.state}
     return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"

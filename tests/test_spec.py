@@ -178,3 +178,27 @@ def test_an_unsupported_function_is_refused_naming_the_rule_and_what_is_supporte
 
 def test_supported_functions_pass_the_checks():
     make(rules=[Rule(m, a * m + g), Rule(w, w - lr * sp.tanh(m) * sp.exp(-abs(m)) * sp.sign(g))])
+
+
+@pytest.mark.parametrize(
+    "construct, shown",
+    [
+        (lambda: sp.Derivative(m, a), "Derivative"),
+        (lambda: sp.Sum(m, (sp.Symbol("k"), 1, 3)), "Sum"),
+        (lambda: sp.I * m, "I"),
+        (lambda: sp.zoo * m, "zoo"),
+        (lambda: sp.oo * m, "oo"),
+        (lambda: sp.pi * m, "pi"),
+        (lambda: sp.Function("gamma")(m, m), "gamma"),  # an undefined function of a known name
+    ],
+)
+def test_what_the_kernels_cannot_compute_is_refused_naming_the_rule(construct, shown):
+    with pytest.raises(SpecError, match=rf"specs/tiny.py: rule 2 .*{shown} is not something the kernels"):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - lr * construct())])
+
+
+def test_a_step_level_product_passes_and_an_element_level_one_is_refused():
+    k = sp.Symbol("k", integer=True, positive=True)
+    make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m * sp.Product(a, (k, 1, sp.Symbol("t"))))])
+    with pytest.raises(SpecError, match="Product"):
+        make(rules=[Rule(m, a * m + g), Rule(w, w - lr * sp.Product(m, (k, 1, 3)))])

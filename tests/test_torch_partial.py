@@ -98,10 +98,8 @@ def assert_one_cohort_per_step(opt, params):
     parameters with that count (and every parameter that has state)."""
     steps = [c.engine.global_step for c in opt._cohorts]
     assert steps == sorted(set(steps)), steps
-    for cohort in opt._cohorts:
-        assert {float(opt.state[params[i]]["step"]) for i in cohort.engine.members} == {
-            cohort.engine.global_step
-        }
+    for cohort in opt._cohorts:  # torch's SGD keeps no step in its state: optforge's count, then
+        assert {float(opt._steps[i]) for i in cohort.engine.members} == {cohort.engine.global_step}
     members = sorted(i for c in opt._cohorts for i in c.engine.members)
     assert members == [i for i, p in enumerate(params) if p in opt.state]
 
@@ -212,7 +210,8 @@ def test_a_state_dict_taken_mid_run_resumes_in_optforge_and_in_torch_optim(name)
     saved = save_and_load(first.state_dict())
     resumed = getattr(ot, name)(groups(resumed_params, name), **kwargs)
     resumed.load_state_dict(saved)
-    assert cohorts(resumed) == cohorts(first)
+    if name != "SGD":  # torch's (and so optforge's) SGD saves no step: all come back at step 1,
+        assert cohorts(resumed) == cohorts(first)  # which SGD's arithmetic cannot tell from later
     runs = [(straight_params, straight), (resumed_params, resumed)]
     if name != "Lamb":
         reference_params, torch_params = experts(torch.float32), experts(torch.float32)
@@ -241,7 +240,8 @@ def test_a_state_dict_taken_mid_run_resumes_in_optforge_and_in_torch_optim(name)
             opt.step()
     for a, b in zip(resumed_params, straight_params):
         assert torch.equal(a, b)
-    assert cohorts(resumed) == cohorts(straight)
+    if name != "SGD":  # (SGD's counts restart at 1 on loading: the same bits, other counts)
+        assert cohorts(resumed) == cohorts(straight)
     if name != "Lamb":
         assert_params_close(straight_params, reference_params, name, torch.float32)
         assert_params_close(torch_params, reference_params, name, torch.float32)

@@ -416,3 +416,22 @@ def test_a_spec_may_import_a_sibling_module_and_its_edits_recompile(user_project
     (user_project / "qh_defaults.py").write_text("NU1 = 0.4\n")
     again = optforge.compile_spec(user_project / "qhadam.py").optim.QHAdam(params)
     assert again.param_groups[0]["nus"][0] == 0.4
+
+
+def test_a_state_starts_from_its_own_group_s_hyperparameters(user_project):
+    (user_project / "toward_z.py").write_text(FROM_PARAMETER)
+    compiled = optforge.compile_spec(user_project / "toward_z.py")
+    a, b = optforge.Parameter(np.ones(3), "a"), optforge.Parameter(np.ones(3), "b")
+    opt = compiled.optim.TowardZ([{"params": [a]}, {"params": [b], "c": 0.25}], c=0.5)
+    np.testing.assert_array_equal(opt.d[0], 2.5)  # 2|w| + c, with each group's c
+    np.testing.assert_array_equal(opt.d[1], 2.25)
+
+
+def test_a_user_spec_s_checkpoints_never_pass_for_a_built_in_s(user_project):
+    compiled = optforge.compile_spec(user_project / "qhadam.py")
+    opt = compiled.optim.QHAdam([optforge.Parameter(np.ones(3, np.float32), "w")])
+    sd = opt.state_dict()
+    assert sd["optimizer"] == "user-spec.optim.qhadam.QHAdam"
+    builtin = optforge.optim.Adam([optforge.Parameter(np.ones(3, np.float32), "w")])
+    with pytest.raises(ValueError, match="the state dict is from"):
+        builtin.load_state_dict(sd)

@@ -418,13 +418,13 @@ def adafactor_factored_lines_f32(
             part = table.chunk_cols[chunk]
             for col in range(cols):
                 col_sums0[base + col] += col_sums0[part + col]
-        for col in range(cols):
+        for col in range(min(cols, C_cols.shape[0])):
             col_mean0 = f32(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(rows):
+        for row in range(min(rows, R_rows.shape[0])):
             row_mean0 = f32(row_sums0[table.matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -695,13 +695,13 @@ def adafactor_factored_lines_f64(
             part = table.chunk_cols[chunk]
             for col in range(cols):
                 col_sums0[base + col] += col_sums0[part + col]
-        for col in range(cols):
+        for col in range(min(cols, C_cols.shape[0])):
             col_mean0 = f64(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(rows):
+        for row in range(min(rows, R_rows.shape[0])):
             row_mean0 = f64(row_sums0[table.matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -1270,13 +1270,13 @@ def adafactor_maximize__factored_lines_f32(
             part = table.chunk_cols[chunk]
             for col in range(cols):
                 col_sums0[base + col] += col_sums0[part + col]
-        for col in range(cols):
+        for col in range(min(cols, C_cols.shape[0])):
             col_mean0 = f32(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(rows):
+        for row in range(min(rows, R_rows.shape[0])):
             row_mean0 = f32(row_sums0[table.matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -1549,13 +1549,13 @@ def adafactor_maximize__factored_lines_f64(
             part = table.chunk_cols[chunk]
             for col in range(cols):
                 col_sums0[base + col] += col_sums0[part + col]
-        for col in range(cols):
+        for col in range(min(cols, C_cols.shape[0])):
             col_mean0 = f64(col_sums0[base + col] / rows)
             C = C_cols[col]
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(rows):
+        for row in range(min(rows, R_rows.shape[0])):
             row_mean0 = f64(row_sums0[table.matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)

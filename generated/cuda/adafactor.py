@@ -488,7 +488,7 @@ def adafactor_factored_lines_f32(
         first = matrix_index[matrix] * rows
         R_rows = R_tensors[tensor][first : first + rows]
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, cols, cuda.blockDim.x):
+        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
             col_sum0 = 0.0
             for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
                 col_sum0 += col_sums0[chunk_cols[chunk] + col]
@@ -497,7 +497,7 @@ def adafactor_factored_lines_f32(
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(thread, rows, cuda.blockDim.x):
+        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
             row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -858,7 +858,7 @@ def adafactor_factored_lines_f64(
         first = matrix_index[matrix] * rows
         R_rows = R_tensors[tensor][first : first + rows]
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, cols, cuda.blockDim.x):
+        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
             col_sum0 = 0.0
             for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
                 col_sum0 += col_sums0[chunk_cols[chunk] + col]
@@ -867,7 +867,7 @@ def adafactor_factored_lines_f64(
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(thread, rows, cuda.blockDim.x):
+        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
             row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -1564,7 +1564,7 @@ def adafactor_maximize__factored_lines_f32(
         first = matrix_index[matrix] * rows
         R_rows = R_tensors[tensor][first : first + rows]
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, cols, cuda.blockDim.x):
+        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
             col_sum0 = 0.0
             for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
                 col_sum0 += col_sums0[chunk_cols[chunk] + col]
@@ -1573,7 +1573,7 @@ def adafactor_maximize__factored_lines_f32(
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(thread, rows, cuda.blockDim.x):
+        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
             row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)
@@ -1934,7 +1934,7 @@ def adafactor_maximize__factored_lines_f64(
         first = matrix_index[matrix] * rows
         R_rows = R_tensors[tensor][first : first + rows]
         C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, cols, cuda.blockDim.x):
+        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
             col_sum0 = 0.0
             for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
                 col_sum0 += col_sums0[chunk_cols[chunk] + col]
@@ -1943,7 +1943,7 @@ def adafactor_maximize__factored_lines_f64(
             C_new = C + s0 * (col_mean0 - C)
             C_cols[col] = C_new
         matrix_sum0 = 0.0
-        for row in range(thread, rows, cuda.blockDim.x):
+        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
             row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
             R = R_rows[row]
             R_new = R + s0 * (row_mean0 - R)

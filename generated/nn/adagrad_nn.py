@@ -111,6 +111,6 @@ class Adagrad(NNOptimizer):
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (update_slots,),
-            {"accum": self.hypers["accum"]},
+            {"accum": lambda w, hypers: hypers["accum"]},
             False,
         )

@@ -151,6 +151,6 @@ class FTRL(NNOptimizer):
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
-            {"moments": self.hypers["initial_accum"], "linear": 0.0},
+            {"moments": lambda w, hypers: hypers["initial_accum"], "linear": 0.0},
             use_locking,
         )

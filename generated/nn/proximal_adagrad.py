@@ -137,6 +137,6 @@ class ProximalAdagrad(NNOptimizer):
         self._set_skip_nonfinite(skip_nonfinite)
         self._finish_init(
             (),
-            {"accum": self.hypers["accum"]},
+            {"accum": lambda w, hypers: hypers["accum"]},
             use_locking,
         )

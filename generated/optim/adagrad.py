@@ -169,4 +169,6 @@ class Adagrad(OptimOptimizer):
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
-        self._finish_init((maximize,), {"sum": self.hypers["initial_accumulator_value"]})
+        self._finish_init(
+            (maximize,), {"sum": lambda w, hypers: hypers["initial_accumulator_value"]}
+        )

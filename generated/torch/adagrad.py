@@ -190,4 +190,4 @@ class Adagrad(TorchOptimizer):
         )
 
     def _state_init(self) -> dict:
-        return {"sum": self.hypers["initial_accumulator_value"]}
+        return {"sum": lambda w, hypers: hypers["initial_accumulator_value"]}

@@ -75,6 +75,9 @@ class OptimOptimizer(FusedOptimizer):
     def _initial_lr(self, group: int) -> float:
         return float(self.param_groups[group]["lr"])
 
+    def _state_hypers(self, group: int) -> dict:
+        return dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.param_groups[group]))))
+
     def _group_hypers(self, group: dict) -> tuple:
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 

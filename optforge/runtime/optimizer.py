@@ -122,7 +122,11 @@ class FusedOptimizer:
         else:
             self.state = {
                 name: tuple(
-                    _filled(shapes[name], p.dtype, initial(name, i), dev, p) if name in shapes else None
+                    _filled(
+                        shapes[name], p.dtype, initial(name, i), dev, p, self._state_hypers(self._group_of[i])
+                    )
+                    if name in shapes
+                    else None
                     for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
                 )
                 for name in names
@@ -167,6 +171,10 @@ class FusedOptimizer:
     def _initial_lr(self, group: int) -> float:
         """A group's learning rate before the first step (for state that starts at lr)."""
         raise NotImplementedError
+
+    def _state_hypers(self, group: int) -> dict:
+        """The hyperparameters a state's initial value reads, for a parameter of `group`."""
+        return self.hypers
 
     def __call__(self, gradients) -> bool:
         if self._lock is None:
@@ -348,11 +356,12 @@ class FusedOptimizer:
         self._load_extra_state(extra)
 
     def _checkpoint_name(self) -> str:
-        """The class by its dialect path (optforge.generated.optim.adam_torch.Adam), also for a
-        spec compiled into a cache folder, whose package name changes with every edit."""
+        """The class by its dialect path (optforge.generated.optim.adam_torch.Adam); for a spec
+        compiled into a cache folder, whose package name changes with every edit, without the
+        package (user-spec.optim.qhadam.QHAdam), so its checkpoints survive an edit."""
         module = type(self).__module__
-        if module.startswith(self._KERNELS + "."):
-            module = "optforge.generated" + module[len(self._KERNELS) :]
+        if self._KERNELS != "optforge.generated" and module.startswith(self._KERNELS + "."):
+            module = "user-spec" + module[len(self._KERNELS) :]  # never a built-in's name
         return f"{module}.{type(self).__qualname__}"
 
     def _extra_state(self) -> dict:
@@ -663,11 +672,13 @@ class ParameterLocks:
             lock.release()
 
 
-def _filled(shape: tuple, dtype: np.dtype, value, on_device: bool, parameter: Parameter | None = None):
-    """A state array filled with `value` (a number, or a function of the parameter's values:
-    `State(z, w)` starts as a copy), on the device or in host memory."""
+def _filled(shape: tuple, dtype: np.dtype, value, on_device: bool, parameter: Parameter, hypers: dict):
+    """A state array filled with `value`: a number, or a function of the parameter's values
+    and its group's hyperparameters (`State(z, w)` starts as a copy), on the device or in
+    host memory."""
     if callable(value):
-        values = np.asarray(value(parameter.asnumpy()), dtype=dtype)
+        w = parameter.asnumpy() if parameter.on_device else parameter.data
+        values = np.asarray(value(w, hypers), dtype=dtype)
         array = np.array(np.broadcast_to(values, shape), dtype=dtype)
     else:
         array = np.full(shape, value, dtype=dtype)

@@ -294,6 +294,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{key}={self.defaults[key]}; optforge compiles one kernel variant per "
                         "optimizer, so flags must be the same in every group."
                     )
+            elif key == "decoupled_weight_decay" and value is (self._DECAY == "decoupled"):
+                continue  # what this class does anyway: torch's AdamW saves decoupled_weight_decay=True
             elif key not in self.defaults and key in options.OPTIMIZER_OPTIONS:
                 raise ValueError(
                     f"{cls}: {where} sets '{key}', an option of torch.optim optimizers that "
@@ -586,8 +588,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             arrays: dict[str, dict[int, object]] = {}
             for i in members:
                 for name, _ in self._state_shapes(params[i]):
-                    tensor = self.state[params[i]][self._STATE_KEYS[name]]
-                    arrays.setdefault(name, {})[i] = _as_array(tensor)
+                    # A state torch does not keep for the group (RMSprop's buffer without
+                    # momentum) is absent: None, as the engine it came from held it.
+                    tensor = self.state[params[i]].get(self._STATE_KEYS[name])
+                    arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(tensor)
             views = {i: _view(params[i], f"param{i}") for i in members}
             engine = self._ENGINE(self, members, views, arrays)
             engine.global_step = step
