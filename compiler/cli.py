@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import keyword
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, FileNotFoundError, FileExistsError) as error:
         print(f"optforge: {error}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as error:
+        extra = EXTRAS.get((error.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        print(
+            f"optforge: `optforge {args.command}` needs {error.name}: "
+            f'python -m pip install "optforge[{extra}]"{CPU_TORCH if extra in ("torch", "bench") else ""}',
+            file=sys.stderr,
+        )
+        return 2
+
+
+# The package a command may miss -> the extra that brings it.
+EXTRAS = {"torch": "torch", "mkdocs": "docs", "material": "docs", "matplotlib": "bench", "deepspeed": "bench"}
+CPU_TORCH = " (on a CPU-only machine, `pip install torch==2.13.0` first: the CPU wheel)"
 
 
 class UsageError(Exception):
@@ -174,6 +190,8 @@ def _site(args) -> int:
             "this optforge is installed, not a checkout: `optforge site` builds the checkout's site; "
             "for your own specs' pages run `optforge docs --specs DIR --out DIR`"
         )
+    if importlib.util.find_spec("mkdocs") is None:
+        raise ModuleNotFoundError("No module named 'mkdocs'", name="mkdocs")
     if _docs(argparse.Namespace(check=False, out=None, specs=None)) != 0:
         return 1
     return site.build_site(root, args.out or root / "site")

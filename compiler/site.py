@@ -22,7 +22,7 @@ def katex_assets(root: Path) -> Path:
     dist = prefix / "node_modules" / "katex" / "dist"
     if not (dist / "katex.min.js").exists():
         if shutil.which("npm") is None:
-            raise RuntimeError("building the site needs npm (for KaTeX); install Node.js")
+            raise FileNotFoundError("building the site needs npm (for KaTeX): install Node.js")
         prefix.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--silent", KATEX],

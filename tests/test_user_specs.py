@@ -435,3 +435,16 @@ def test_a_user_spec_s_checkpoints_never_pass_for_a_built_in_s(user_project):
     builtin = optforge.optim.Adam([optforge.Parameter(np.ones(3, np.float32), "w")])
     with pytest.raises(ValueError, match="the state dict is from"):
         builtin.load_state_dict(sd)
+
+
+def test_a_missing_extra_is_one_line_naming_its_pip_install(monkeypatch, capsys):
+    import optforge.bench.cpu as bench
+    from optforge.compiler.cli import main
+
+    def needs_torch(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(bench, "run_from_arguments", needs_torch)
+    assert main(["bench", "adam"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and 'pip install "optforge[torch]"' in err and "torch==2.13.0" in err
