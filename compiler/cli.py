@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     build_cmd.add_argument("--package", help="its import name (default: the name of the --out folder)")
 
     show = commands.add_parser("show", help="print what a spec compiles to")
-    show.add_argument("name", help="spec name, e.g. adam")
+    show.add_argument("name", help="a built-in spec's name (adam), or the path of your spec file (lion.py)")
     show.add_argument(
         "--part",
         choices=("cpu", "cuda", "host", "nn", "optim", "torch"),
@@ -234,7 +234,13 @@ def _new(args) -> int:
 
 
 def _show(args) -> int:
-    (spec,) = build.load_specs([args.name.lower()])
+    if args.name.endswith(".py"):  # a user's spec file
+        path = Path(args.name)
+        if not path.is_file():
+            raise FileNotFoundError(f"no spec file at {path}")
+        spec = build.load_spec_file(path, f"_optforge_show_{path.stem}").SPEC
+    else:
+        (spec,) = build.load_specs([args.name.lower()])
     files = build.build_files([spec])
     rel = f"{args.part}/{spec.name}.py"
     if rel not in files:

@@ -92,6 +92,20 @@ def test_guide_spec_compiles_to_the_code_the_guide_shows(tmp_path, monkeypatch):
     kernel_excerpt = next(b for b in blocks if "for elem in range" in b)
     assert host_excerpt in files["host/lion.py"]
     assert kernel_excerpt in files["cpu/lion.py"]
+    # Section 3's commands print those same files.
+    (commands,) = re.findall(r"```bash\n(.*?)```", text[text.index("## 3. Build") :], re.S)[:1]
+    for line, part in zip(commands.strip().splitlines(), ("cpu", "host")):
+        args = line.split("#")[0].split()[1:]
+        assert args[:2] == ["show", "lion.py"]
+        monkeypatch.chdir(tmp_path)
+        shown = subprocess.run(
+            [str(Path(sys.executable).with_name("optforge")), *args],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout == files[f"{part}/lion.py"]
 
     # Install the generated modules beside the real ones and run the guide's usage.
     import optforge.generated.cpu
