@@ -21,11 +21,12 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from optforge.compiler.passes.order import product_order
 
-LITERAL_TYPES = {"float32": "f32", "float64": "f64"}
+# "element": a kernel printed once for both float types, whose factory names the type `F`.
+LITERAL_TYPES = {"float32": "f32", "float64": "f64", "element": "F"}
 
 
 class ElementPrinter(PythonCodePrinter):
-    """Element-level code for a `dtype` ("float32" or "float64") kernel.
+    """Element-level code for a `dtype` ("float32", "float64", or "element": the type `F`) kernel.
 
     `invariant` names the symbols that do not vary per element (the kernel's
     scalars and per-tensor values): a product multiplies them first.

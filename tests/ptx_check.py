@@ -42,21 +42,49 @@ def argument_type(name: str, dtype, slots: int):
     return dtype
 
 
+def kernels_of(module):
+    """(name, dtype, CUDA dispatcher) of every kernel a generated module's factories make."""
+    seen = set()
+    factories = [b.stages for v in module.VARIANTS.values() for b in v.branches.values()]
+    factories += [b.rows for v in module.VARIANTS.values() for b in v.branches.values() if b.rows]
+    for made in factories:
+        for dtype in ("float32", "float64"):
+            kernels = made[dtype].kernels
+            for kernel in kernels:
+                if id(kernel) not in seen:
+                    seen.add(id(kernel))
+                    yield (
+                        f"{made.factory.__name__}.{kernel.py_func.__name__}_{dtype[0]}{dtype[-2:]}",
+                        dtype,
+                        kernel,
+                    )
+    for offload in getattr(module, "OFFLOAD", {}).values():
+        for dtype in ("float32", "float64"):
+            for kernel in offload[dtype]:
+                if id(kernel) not in seen:
+                    seen.add(id(kernel))
+                    yield (
+                        f"{offload.factory.__name__}.{kernel.py_func.__name__}_{dtype[0]}{dtype[-2:]}",
+                        dtype,
+                        kernel,
+                    )
+
+
 def main() -> int:
     for spec in load_specs():
         module = importlib.import_module(f"optforge.generated.cuda.{spec.name}")
-        for name, kernel in sorted(vars(module).items()):
+        for name, dtype_name, kernel in kernels_of(module):
             if not isinstance(kernel, CUDADispatcher):
                 continue
-            dtype = types.float64 if "_f64" in name else types.float32
+            dtype = types.float64 if dtype_name == "float64" else types.float32
             params = inspect.signature(kernel.py_func).parameters
             signature = tuple(argument_type(p, dtype, module.SLOTS) for p in params)
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             except Exception as error:  # noqa: BLE001 (report which kernel, then fail)
-                print(f"FAIL {name}: {type(error).__name__}: {error}")
+                print(f"FAIL {spec.name}.{name}: {type(error).__name__}: {error}")
                 return 1
-            print(f"OK {name} f64-ops={len(F64_OPS.findall(ptx))}")
+            print(f"OK {spec.name}.{name} f64-ops={len(F64_OPS.findall(ptx))}")
     return 0
 
 

@@ -8,13 +8,13 @@ import importlib
 
 import numpy as np
 import pytest
-from numba.typed import List
 
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_step
 from optforge.compiler.spec import REQUIRED, is_factored
-from optforge.runtime.factored import STATE_SHAPES, Scratch, factored_table
+from optforge.runtime.factored import STATE_SHAPES, factored_table
 from optforge.runtime.kernels import chunk_table
+from optforge.runtime.launch import step_arrays
 
 CASES = [
     (spec, variant, dtype)
@@ -85,7 +85,7 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
     for t in range(1, 8):
         lr = 0.01 * t
         hypers = hypers_for(spec, t)
-        key = compiled.branch(t, lr, *hypers.values())
+        key = compiled.branch_key(t, lr, *hypers.values())
         branches_seen.add(key)
         branch = compiled.branches[key]
         expected = [
@@ -97,12 +97,14 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
             )
             for i in range(len(SIZES))
         ]
-        branch.kernels[dtype](
-            *chunks,
-            *(List(arrays[n]) for n in names),
+        step_arrays(
+            branch,
+            dtype,
+            chunks,
+            [arrays[n] for n in names],
             per_tensor["weight_decay"].astype(dtype),
             per_tensor["grad_scale"].astype(dtype),
-            *(scalar(s) for s in branch.scalars(t, lr, *hypers.values())),
+            [scalar(s) for s in branch.scalars(t, lr, *hypers.values())],
         )
         # float32: a few ulp of O(1) values (sums of O(1) terms can cancel to small results).
         tol = dict(rtol=2e-6, atol=3e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
@@ -140,13 +142,13 @@ def test_factored_kernel_matches_spec_reference_over_several_steps(case, rng):
     for n in names[2:]:
         arrays[n] = [np.zeros(STATE_SHAPES[shapes[n]](s), dtype=dtype) for s in FACTORED_SHAPES]
     weight_decay = rng.uniform(0, 0.2, len(FACTORED_SHAPES))
-    table, scratch = factored_table(FACTORED_SHAPES, FACTORED_CHUNK), Scratch()
+    table = factored_table(FACTORED_SHAPES, FACTORED_CHUNK)
     assert table.chunk_tensor.size > len(FACTORED_SHAPES)  # the large matrix has several chunks
     scalar = np.dtype(dtype).type
     for t in range(1, 6):
         lr = 0.01 * t
         hypers = hypers_for(spec, t)
-        branch = compiled.branches[compiled.branch(t, lr, *hypers.values())]
+        branch = compiled.branches[compiled.branch_key(t, lr, *hypers.values())]
         expected = [
             reference_step(
                 spec,
@@ -156,13 +158,14 @@ def test_factored_kernel_matches_spec_reference_over_several_steps(case, rng):
             )
             for i in range(len(FACTORED_SHAPES))
         ]
-        branch.kernels[dtype](
+        step_arrays(
+            branch,
+            dtype,
             table,
-            scratch,
-            *(List([a.reshape(-1) for a in arrays[n]]) for n in names),
+            [arrays[n] for n in names],
             weight_decay.astype(dtype),
             np.ones(len(FACTORED_SHAPES), dtype=dtype),
-            *(scalar(s) for s in branch.scalars(t, lr, *hypers.values())),
+            [scalar(s) for s in branch.scalars(t, lr, *hypers.values())],
         )
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
         for i in range(len(FACTORED_SHAPES)):

@@ -116,8 +116,9 @@ def test_norms_come_from_the_generated_reduction_stage():
     from optforge.generated.cpu import lamb
     from optforge.runtime import nn_optimizer, optimizer
 
-    assert "partials" in inspect.getsource(lamb.lamb_stage1_f32.py_func)
-    assert "math.sqrt(sums[tensor, 0])" in inspect.getsource(lamb.lamb_finalize_f32.py_func)
+    stage1, finalize, _ = lamb.VARIANTS[()].branches[()].stages["float32"]
+    assert "partials" in inspect.getsource(stage1.py_func)
+    assert "math.sqrt(sums[tensor, 0])" in inspect.getsource(finalize.py_func)
     for module in (nn_optimizer, optimizer):
         assert "linalg.norm" not in inspect.getsource(module)
 

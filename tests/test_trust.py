@@ -425,9 +425,9 @@ def test_adafactor_over_an_empty_tensor_leaves_it_alone(empty):
 def test_a_flat_kernel_stops_at_its_arrays_whatever_the_chunk_table_says():
     """The kernels' loop bounds: a table claiming 15 elements of 10-element arrays writes
     only those 10 (memory past them, here the rest of one buffer, is never touched)."""
-    from numba.typed import List
-
     from optforge.generated.cpu import adam
+    from optforge.runtime.kernels import ChunkTable
+    from optforge.runtime.launch import step_arrays
 
     variant = adam.VARIANTS[(False, False)]
     hypers = tuple(
@@ -436,9 +436,9 @@ def test_a_flat_kernel_stops_at_its_arrays_whatever_the_chunk_table_says():
     branch, scalars = variant.step(1, 0.1, hypers, np.dtype(np.float32))
     buffer = np.full(20, 7.0, np.float32)
     w, g, m, v = buffer[:10], np.ones(10, np.float32), np.zeros(10, np.float32), np.zeros(10, np.float32)
-    table = tuple(np.array([x], np.int64) for x in (0, 0, 15))
-    branch.kernels["float32"](*table, List([w]), List([g]), List([m]), List([v]),
-                              np.zeros(1, np.float32), np.ones(1, np.float32), *scalars)  # fmt: skip
+    table = ChunkTable(*(np.array([x], np.int64) for x in (0, 0, 15)))
+    step_arrays(branch, np.float32, table, [[w], [g], [m], [v]],
+                np.zeros(1, np.float32), np.ones(1, np.float32), scalars)  # fmt: skip
     np.testing.assert_array_equal(buffer[10:], 7.0)
     assert np.all(w != 7.0) and np.all(m != 0)
 

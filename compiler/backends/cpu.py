@@ -1,13 +1,16 @@
 """The CPU backend: `ir.Kernel`s to a module of Numba kernels, and their host code.
 
-Calling convention of every step function (kernel or launcher):
+Each kernel is printed once, as a factory of its element type `F`, returning its
+stages; kernels whose printed code is the same (flag variants that compute the same
+thing) are printed once and shared. Calling convention of every stage:
 
-    step(chunk_tensor, chunk_start, chunk_stop, *arrays, weight_decay_per_tensor,
-         grad_scale_per_tensor, *scalars)
+    stage(chunks, arrays, per_tensor, scratch, *scalars)
 
-and of every row-sparse kernel (one tensor, only the rows a gradient names):
+(chunks: a ChunkTable or FactoredTable; arrays: a PointerTable; per_tensor:
+F[plan.per_tensor, tensors]; scratch: optforge.runtime.launch.Scratch), and of
+every row-sparse kernel (one tensor, only the rows a gradient names):
 
-    rows(rows, row_len, *arrays, weight_decay, grad_scale, *scalars)
+    rows(rows, row_len, arrays, per_tensor, *scalars)
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ import sympy as sp
 
 from optforge.compiler.ir import FactoredKernel, Kernel, LineStage, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
-from optforge.compiler.render import render
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec, fma, rank_flag
+from optforge.compiler.render import environment, render
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
 
 DTYPES = ("float32", "float64")
-SHORT = {"float32": "f32", "float64": "f64"}
+SHORT = {"float32": "f32", "float64": "f64", "element": ""}  # "element": printed for both
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
 CHUNK = 1 << 16
@@ -70,7 +73,7 @@ def host_contexts(spec: Spec, kernels: list[Kernel]) -> tuple[list[dict], list[d
     inputs = [s.name for s in kernels[0].host_inputs]
     branch_functions, seen = [], set()
     for k in kernels:
-        if branch_name(k) in seen:
+        if branch_name(k) in seen or not k.guards:  # one branch: nothing to choose each step
             continue
         seen.add(branch_name(k))
         branch_functions.append(
@@ -232,13 +235,90 @@ def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     )
 
 
-def variant_table(spec: Spec, kernels: list[Kernel]) -> list[dict]:
+def factory_name(kernel: Kernel) -> str:
+    return _name(kernel.spec_name, kernel.suffix)
+
+
+def plan_source(context: dict) -> str:
+    """The branch's `Plan` (optforge.runtime.kernels): the sizes of what its stages share."""
+    fields = {
+        "per_tensor": 2 + len(context["finalize_outputs"]),
+        "reductions": len(context["reductions"]),
+    }
+    if context["factored"]:
+        fields["row_sums"] = len(context["row_means"])
+        fields["col_sums"] = len(context["col_means"])
+        fields["matrix_means"] = len(context["matrix_means"])
+    return "Plan(" + ", ".join(f"{k}={v}" for k, v in fields.items() if v) + ")"
+
+
+def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
+    """The kernel's context for a template printing it once for both float types: where each
+    array is in the pointer table and each per-tensor value in the per-tensor table."""
+    context = kernel_context(spec, kernel, "element", fma_name)
+    names = [s.name for s in BUILTIN_TENSOR] + context["finalize_outputs"]
+    context["array_index"] = {a: i for i, a in enumerate(context["arrays"])}
+    context["per_tensor_row"] = {p: i for i, p in enumerate(names)}
+    if context["factored"]:
+        context["matrix_mean_index"] = {name: i for i, (name, _) in enumerate(context["matrix_means"])}
+    return context
+
+
+def unique_factories(
+    spec: Spec, kernels: list[Kernel], template: str, fma_name: str = "fma", **extra
+) -> tuple[list[str], list[str]]:
+    """(each distinct kernel's factory source, the factory of each kernel).
+
+    Kernels are compared by their printed code: flag variants and branches that compute
+    the same thing (Adam's Nesterov flag does nothing with AMSGrad's in some specs) share
+    one factory, named after the first."""
+    texts: dict[str, str] = {}  # printed code under a placeholder name -> factory name
+    users: dict[str, list[str]] = {}
+    contexts: dict[str, dict] = {}
+    factories = []
+    for kernel in kernels:
+        context = launch_context(spec, kernel, fma_name)
+        code = environment.get_template(template).render(
+            spec=spec, k=context, factory="KERNEL", doc="", **extra
+        )
+        if code not in texts:
+            texts[code] = factory_name(kernel)
+            contexts[texts[code]] = context
+        factories.append(texts[code])
+        users.setdefault(texts[code], []).append(describe(kernel))
+    sources = []
+    for name, context in contexts.items():
+        doc = (
+            f"{spec.title}: the stages of {'; '.join(users[name])}. `F` is the element type "
+            "(np.float32 or np.float64)."
+        )
+        template_of = environment.get_template(template)
+        sources.append(template_of.render(spec=spec, k=context, factory=name, doc=doc, **extra))
+    return sources, factories
+
+
+def host_output(spec: Spec, kernel: Kernel) -> str:
+    """For a spec that applies its update separately (on the device, after the host stage):
+    the one state its apply stage reads besides the parameter, which the host stage
+    writes and the run-time ships to the device (AdamOffload's delta)."""
+    apply = launch_context(spec, kernel)["stages"][-1]
+    name_of = {a.symbol.name: a.name for a in kernel.arrays}
+    read = {name_of[array] for array, _ in apply["loads"]} - {"param"}
+    if len(read) != 1:
+        raise SpecError(
+            f"{spec.where}: the separate apply stage must read the parameter and one state, "
+            f"but reads {sorted(read)}"
+        )
+    return read.pop()
+
+
+def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> list[dict]:
     """The VARIANTS table both backends print: per flag variant, its state, branch function and
-    branches (kernel names per dtype); the names are the same in the CPU and CUDA modules."""
+    branches (each with its scalars function, the factory of its kernels and their plan); the
+    names are the same in the CPU and CUDA modules."""
     variants: dict[tuple, dict] = {}
-    for k in kernels:
+    for k, factory in zip(kernels, factories):
         key = tuple(value for _, value in k.variant)
-        base = _name(k.spec_name, k.suffix)
         entry = variants.setdefault(
             key,
             {
@@ -246,31 +326,27 @@ def variant_table(spec: Spec, kernels: list[Kernel]) -> list[dict]:
                 "state": repr(tuple(a.name for a in k.arrays[2:])),
                 "factored": isinstance(k, FactoredKernel),
                 "shapes": repr(tuple(a.shape for a in k.arrays[2:])),
-                "branch": branch_name(k),
+                "branch": branch_name(k) if k.guards else None,
                 "branches": [],
-                # the offload path's pieces: the host stage (CPU) and the device ones (CUDA)
-                "host_stage": _dict_source({d: _name(base, "stage1", SHORT[d]) for d in DTYPES}),
-                "offload": {
-                    d: (_name(base, "effective_gradient", SHORT[d]), _name(base, "apply", SHORT[d]))
-                    for d in DTYPES
-                },
+                # the offload path's host stage: the first stage of the variant's kernels
+                "host_stage": factory,
+                "host_output": repr(host_output(spec, k)) if spec.separate_apply else None,
             },
         )
         entry["branches"].append(
             {
                 "key": repr(tuple(k.branch)),
                 "scalars": scalars_name(k),
-                "kernels": _dict_source({dtype: step_name(k, dtype) for dtype in DTYPES}),
-                "rows": _dict_source(
-                    {dtype: rows_name(k, dtype) for dtype in DTYPES} if spec.sparse == "rows" else {}
-                ),
+                "factory": factory,
+                "plan": plan_source(launch_context(spec, k)),
+                "rows": spec.sparse == "rows",
             }
         )
     return list(variants.values())
 
 
 def host_names(kernels: list[Kernel]) -> list[str]:
-    return sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels})
+    return sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels if k.guards})
 
 
 def rank_flag_source(spec: Spec) -> str | None:
@@ -280,6 +356,11 @@ def rank_flag_source(spec: Spec) -> str | None:
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
+    flat = [k for k in kernels if not isinstance(k, FactoredKernel)]
+    shaped = [k for k in kernels if isinstance(k, FactoredKernel)]
+    flat_sources, flat_factories = unique_factories(spec, flat, "cpu_flat.py.j2")
+    shaped_sources, shaped_factories = unique_factories(spec, shaped, "cpu_factored.py.j2")
+    factory_of = dict(zip(map(id, flat + shaped), flat_factories + shaped_factories))
     return render(
         "cpu_kernels.py.j2",
         package=package,
@@ -289,6 +370,6 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         states_fma=states_fma(spec),
         chunk=CHUNK,
         host_names=host_names(kernels),
-        kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
-        variants=variant_table(spec, kernels),
+        factories=flat_sources + shaped_sources,
+        variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
     )

@@ -9,9 +9,9 @@ deterministic: each thread sums its elements in order, each block adds its
 threads' sums in a fixed tree, and one thread per tensor adds the chunks'
 partials in chunk order; no atomics.
 
-Calling convention of a step launcher (generated for every kernel):
+Calling convention of a launcher (`stages[dtype].launch` of a branch):
 
-    step(launch, chunk_slot, chunk_start, chunk_stop, *arrays, weight_decay, grad_scale, *scalars)
+    launch(launch, chunk_slot, chunk_start, chunk_stop, *arrays, weight_decay, grad_scale, *scalars)
 
 `launch` (optforge.runtime.cuda.Launch) holds the grid, the stream and
 reusable scratch buffers; `arrays` are tuples of SLOTS device arrays;
@@ -20,26 +20,49 @@ reusable scratch buffers; `arrays` are tuples of SLOTS device arrays;
 
 from __future__ import annotations
 
-from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, rank_flag_source, variant_table
-from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
-from optforge.compiler.ir import Kernel
+import sympy as sp
+
+from optforge.compiler.backends.cpu import (
+    CHUNK,
+    host_names,
+    rank_flag_source,
+    unique_factories,
+    variant_table,
+)
+from optforge.compiler.ir import FactoredKernel, Kernel
+from optforge.compiler.printers import ElementPrinter
 from optforge.compiler.render import render
-from optforge.compiler.spec import Spec
+from optforge.compiler.spec import Spec, SpecError, g, grad_scale, unfused, w, weight_decay
 
 SLOTS = 8  # tensors per launch
 THREADS = 256  # threads per block (the block reduction's shared array is this long)
 
 
-def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
-    # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
-    context = cpu_kernel_context(spec, kernel, dtype, fma_name="cuda.fma")
-    base = _name(kernel.spec_name, kernel.suffix)
-    context["effective_gradient_name"] = _name(base, "effective_gradient", SHORT[dtype])
-    context["apply_name"] = _name(base, "apply", SHORT[dtype])
-    return context
+def effective_gradient(spec: Spec) -> str | None:
+    """The offload path's device-side piece, printed from the spec's coupled-decay rule
+    (`g*grad_scale + weight_decay*w`, which the spec checks require of a coupled spec): the
+    only part of the update that reads the parameter, formed before the gradient travels."""
+    if not spec.separate_apply:
+        return None
+    plain = {f.symbol: sp.false for f in spec.flags}
+    target = g * grad_scale + weight_decay * w
+    for rule in spec.rules:
+        expr = sp.sympify(rule.expr).subs(plain)
+        if sp.expand(unfused(expr) - target) == 0:
+            printer = ElementPrinter("element", {grad_scale, weight_decay}, "cuda.fma")
+            return printer.doprint(expr)
+    raise SpecError(f"{spec.where}: a spec that applies separately needs its effective gradient rule")
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
+    # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
+    flat = [k for k in kernels if not isinstance(k, FactoredKernel)]
+    shaped = [k for k in kernels if isinstance(k, FactoredKernel)]
+    flat_sources, flat_factories = unique_factories(
+        spec, flat, "cuda_flat.py.j2", "cuda.fma", effective_gradient=effective_gradient(spec)
+    )
+    shaped_sources, shaped_factories = unique_factories(spec, shaped, "cuda_factored.py.j2", "cuda.fma")
+    factory_of = dict(zip(map(id, flat + shaped), flat_factories + shaped_factories))
     return render(
         "cuda_kernels.py.j2",
         package=package,
@@ -47,8 +70,9 @@ def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         spec=spec,
         rank_flag=rank_flag_source(spec),
         slots=SLOTS,
+        chunk=CHUNK,
         threads=THREADS,
         host_names=host_names(kernels),
-        kernels=[kernel_context(spec, k, dtype) for k in kernels for dtype in DTYPES],
-        variants=variant_table(spec, kernels),
+        factories=flat_sources + shaped_sources,
+        variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
     )

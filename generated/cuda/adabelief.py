@@ -2,8 +2,10 @@
 """Fused CUDA kernels of AdaBelief.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adabelief), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adabelief import branch, scalars
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.adabelief import scalars
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,73 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adabelief_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    s_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """AdaBelief, the only variant, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        s_c = s_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], s_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            s = s_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
-            w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            s_c[elem] = s_new
+def adabelief(F):
+    """AdaBelief: the stages of the only variant. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adabelief_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    s_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adabelief_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -106,107 +46,50 @@ def adabelief_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            s_c = s_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], s_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                s = s_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = beta1 * m + s0 * g_eff
+                s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
+                w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                s_c[elem] = s_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adabelief_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    s_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """AdaBelief, the only variant, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        s_c = s_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], s_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            s = s_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
-            w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            s_c[elem] = s_new
-
-
-def adabelief_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    s_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adabelief_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        s_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (): Variant(
         state=("exp_avg", "exp_avg_var"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adabelief_f32, "float64": adabelief_f64},
-                rows={},
+                stages=per_dtype(adabelief),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

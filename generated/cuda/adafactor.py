@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adafactor.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adafactor), as for the CPU kernels.
 The factored kernels (tensors of two or more dimensions) take a
 FactoredTable instead: blocks stride over row ranges of one matrix, threads
@@ -16,18 +18,13 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adafactor import (
-    branch,
-    branch_factored,
-    branch_maximize,
-    branch_maximize__factored,
     scalars,
     scalars_factored,
     scalars_maximize,
     scalars_maximize__factored,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -35,397 +32,412 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adafactor_stage1_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 1, maximize=False, factored=False, float32."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            v = v_c[elem]
-            g_eff = g
-            x0 = g_eff * g_eff
-            v_new = v + s0 * (x0 - v)
-            v_hat = v_new
-            x1 = max(s1, v_hat)
-            rms0_of = w
-            rms1_of = x0 / x1
-            sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of)
-            v_c[elem] = v_new
+def adafactor(F):
+    """Adafactor: the stages of maximize=False, factored=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_finalize_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u1_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        size = 0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-                size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_stage2_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 2, maximize=False, factored=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        u0 = f32(1.0) + s2 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            g = g_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            g_eff = g
-            v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = u1 * U + u0 * w
-            w_c[elem] = w_new
-
-
-def adafactor_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=False, factored=False, float32: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    adafactor_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
-    adafactor_finalize_f32[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
-    adafactor_stage2_f32[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
-
-
-@cuda.jit(cache=True)
-def adafactor_stage1_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 1, maximize=False, factored=False, float64."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            v = v_c[elem]
-            g_eff = g
-            x0 = g_eff * g_eff
-            v_new = v + s0 * (x0 - v)
-            v_hat = v_new
-            x1 = max(s1, v_hat)
-            rms0_of = w
-            rms1_of = x0 / x1
-            sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of)
-            v_c[elem] = v_new
-
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_finalize_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u1_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        size = 0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-                size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_stage2_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 2, maximize=False, factored=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        u0 = f64(1.0) + s2 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            g = g_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            g_eff = g
-            v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = u1 * U + u0 * w
-            w_c[elem] = w_new
-
-
-def adafactor_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=False, factored=False, float64: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    adafactor_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
-    adafactor_finalize_f64[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
-    adafactor_stage2_f64[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass1_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 1, maximize=False, factored=True, float32."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        sum0 = 0.0
-        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
-        for col in range(thread, cols, cuda.blockDim.x):
-            col_sum0[col] = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = chunk_row1[chunk]
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            row_sum0 = 0.0
-            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
-                w = w_c[col]
-                g = g_c[col]
-                rms0_of = w
+    @cuda.jit(cache=True)
+    def stage1(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        partials,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            sum0 = 0.0
+            sum1 = 0.0
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                v = v_c[elem]
                 g_eff = g
                 x0 = g_eff * g_eff
-                row_mean0_of = x0
-                col_mean0_of = x0
-                row_sum0 += f64(row_mean0_of)
-                col_sum0[col] += f64(col_mean0_of)
+                v_new = v + s0 * (x0 - v)
+                v_hat = v_new
+                x1 = max(s1, v_hat)
+                rms0_of = w
+                rms1_of = x0 / x1
                 sum0 += f64(rms0_of) * f64(rms0_of)
-            # The row's sum: the threads' parts added in a fixed tree, no atomics.
-            block_sums[thread, 0] = row_sum0
+                sum1 += f64(rms1_of)
+                v_c[elem] = v_new
+            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
+            block_sums[thread, 0] = sum0
+            block_sums[thread, 1] = sum1
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                    block_sums[thread, 1] += block_sums[thread + width, 1]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 0] = block_sums[0, 0]
+                partials[chunk, 1] = block_sums[0, 1]
+            cuda.syncthreads()
+
+    @cuda.jit(cache=True)
+    def finalize(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        partials,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+        u1_per_tensor,
+    ):
+        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
+        tensor = cuda.grid(1)
+        if tensor < u1_per_tensor.shape[0]:
+            sum0 = 0.0
+            sum1 = 0.0
+            size = 0
+            for chunk in range(chunk_slot.shape[0]):
+                if chunk_slot[chunk] == tensor:
+                    sum0 += partials[chunk, 0]
+                    sum1 += partials[chunk, 1]
+                    size += chunk_stop[chunk] - chunk_start[chunk]
+            rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+            rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
+            alpha = rho * max(eps2, rms0)
+            u1 = -alpha / max(f64(1.0), rms1 / d)
+            u1_per_tensor[tensor] = u1
+
+    @cuda.jit(cache=True)
+    def stage2(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        u1_per_tensor,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u1 = u1_per_tensor[tensor]
+            u0 = F(1.0) + s2 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                g = g_c[elem]
+                v_new = v_c[elem]
+                w = w_c[elem]
+                g_eff = g
+                v_hat = v_new
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = u1 * U + u0 * w
+                w_c[elem] = w_new
+
+    def run(
+        launch,
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """The stages in order, on one stream."""
+        grid = launch.grid(chunk_slot.shape[0], THREADS)
+        chunks = (chunk_slot, chunk_start, chunk_stop)
+        arrays = (w_tensors, g_tensors, v_tensors)
+        scalars = (eps2, d, s0, s1, s2, rho)
+        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
+        stage1[grid](*chunks, *arrays, partials, *scalars)
+        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
+        finalize[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
+        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
+
+    return DeviceKernels(run, (stage1, finalize, stage2))
+
+
+def adafactor_maximize(F):
+    """Adafactor: the stages of maximize=True, factored=False. `F` is the element type
+    (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def stage1(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        partials,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            sum0 = 0.0
+            sum1 = 0.0
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                v = v_c[elem]
+                g_eff = -g
+                x0 = g_eff * g_eff
+                v_new = v + s0 * (x0 - v)
+                v_hat = v_new
+                x1 = max(s1, v_hat)
+                rms0_of = w
+                rms1_of = x0 / x1
+                sum0 += f64(rms0_of) * f64(rms0_of)
+                sum1 += f64(rms1_of)
+                v_c[elem] = v_new
+            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
+            block_sums[thread, 0] = sum0
+            block_sums[thread, 1] = sum1
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                    block_sums[thread, 1] += block_sums[thread + width, 1]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 0] = block_sums[0, 0]
+                partials[chunk, 1] = block_sums[0, 1]
+            cuda.syncthreads()
+
+    @cuda.jit(cache=True)
+    def finalize(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        partials,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+        u1_per_tensor,
+    ):
+        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
+        tensor = cuda.grid(1)
+        if tensor < u1_per_tensor.shape[0]:
+            sum0 = 0.0
+            sum1 = 0.0
+            size = 0
+            for chunk in range(chunk_slot.shape[0]):
+                if chunk_slot[chunk] == tensor:
+                    sum0 += partials[chunk, 0]
+                    sum1 += partials[chunk, 1]
+                    size += chunk_stop[chunk] - chunk_start[chunk]
+            rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
+            rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
+            alpha = rho * max(eps2, rms0)
+            u1 = -alpha / max(f64(1.0), rms1 / d)
+            u1_per_tensor[tensor] = u1
+
+    @cuda.jit(cache=True)
+    def stage2(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        u1_per_tensor,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u1 = u1_per_tensor[tensor]
+            u0 = F(1.0) + s2 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                g = g_c[elem]
+                v_new = v_c[elem]
+                w = w_c[elem]
+                g_eff = -g
+                v_hat = v_new
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = u1 * U + u0 * w
+                w_c[elem] = w_new
+
+    def run(
+        launch,
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """The stages in order, on one stream."""
+        grid = launch.grid(chunk_slot.shape[0], THREADS)
+        chunks = (chunk_slot, chunk_start, chunk_stop)
+        arrays = (w_tensors, g_tensors, v_tensors)
+        scalars = (eps2, d, s0, s1, s2, rho)
+        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
+        stage1[grid](*chunks, *arrays, partials, *scalars)
+        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
+        finalize[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
+        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
+
+    return DeviceKernels(run, (stage1, finalize, stage2))
+
+
+def adafactor_factored(F):
+    """Adafactor: the stages of maximize=False, factored=True. `F` is the element type
+    (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def pass1(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
+        row_sums0,
+        col_sums0,
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 1."""
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            sum0 = 0.0
+            col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+            for col in range(thread, cols, cuda.blockDim.x):
+                col_sum0[col] = 0.0
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = chunk_row1[chunk]
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                w_c = w_tensors[tensor][start : start + cols]
+                g_c = g_tensors[tensor][start : start + cols]
+                row_sum0 = 0.0
+                for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
+                    w = w_c[col]
+                    g = g_c[col]
+                    rms0_of = w
+                    g_eff = g
+                    x0 = g_eff * g_eff
+                    row_mean0_of = x0
+                    col_mean0_of = x0
+                    row_sum0 += f64(row_mean0_of)
+                    col_sum0[col] += f64(col_mean0_of)
+                    sum0 += f64(rms0_of) * f64(rms0_of)
+                # The row's sum: the threads' parts added in a fixed tree, no atomics.
+                block_sums[thread, 0] = row_sum0
+                cuda.syncthreads()
+                width = THREADS // 2
+                while width > 0:
+                    if thread < width:
+                        block_sums[thread, 0] += block_sums[thread + width, 0]
+                    cuda.syncthreads()
+                    width //= 2
+                if thread == 0:
+                    row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                cuda.syncthreads()
+            block_sums[thread, 0] = sum0
             cuda.syncthreads()
             width = THREADS // 2
             while width > 0:
@@ -434,368 +446,67 @@ def adafactor_factored_pass1_f32(
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                partials[chunk, 0] = block_sums[0, 0]
             cuda.syncthreads()
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-        cuda.syncthreads()
 
-
-@cuda.jit(cache=True)
-def adafactor_factored_lines_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
-    factored=True, float32. A column adds its chunks' sums in chunk order."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-        tensor = matrix_tensor[matrix]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
-            col_sum0 = 0.0
-            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[chunk_cols[chunk] + col]
-            col_mean0 = f32(col_sum0 / rows)
-            C = C_cols[col]
-            C_new = C + s0 * (col_mean0 - C)
-            C_cols[col] = C_new
-        matrix_sum0 = 0.0
-        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-            row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
-            R = R_rows[row]
-            R_new = R + s0 * (row_mean0 - R)
-            matrix_mean0_of = R_new
-            R_rows[row] = R_new
-            matrix_sum0 += f64(matrix_mean0_of)
-        block_sums[thread, 0] = matrix_sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass2_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    matrix_mean0_per_matrix,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 2, maximize=False, factored=True, float32."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        sum0 = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
-                g = g_c[col]
-                C_new = C_cols[col]
-                g_eff = g
-                v_hat = C_new * z0
-                rms1_of = g_eff * g_eff / max(s1, v_hat)
-                sum0 += f64(rms1_of)
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 1] = block_sums[0, 0]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_finalize_f32(
-    chunk_tensor,
-    tensor_sizes,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < tensor_sizes.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_tensor.shape[0]):
-            if chunk_tensor[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass3_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 3, maximize=False, factored=True, float32."""
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        u0 = f32(1.0) + s2 * weight_decay
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(
-                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
-            ):
-                g = g_c[col]
-                w = w_c[col]
-                C_new = C_cols[col]
-                g_eff = g
-                v_hat = C_new * z0
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[col] = w_new
-
-
-def adafactor_factored_f32(
-    launch,
-    table,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=False, factored=True, float32: the passes in order, on one stream.
-    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
-    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-    grid = launch.grid(chunks, THREADS)
-    tables = table[:13]
-    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-    shaped = (
+    @cuda.jit(cache=True)
+    def lines(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
         R_tensors,
         C_tensors,
-    )
-    scalars = (eps1, eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunks, 2), f64)
-    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f32)
-    sums = (
         row_sums0,
         col_sums0,
-    )
-    adafactor_factored_pass1_f32[grid](*tables, *arrays, *sums, partials, *scalars)
-    adafactor_factored_lines_f32[launch.grid(matrices, THREADS)](
-        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-    )
-    adafactor_factored_pass2_f32[grid](
-        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
-    )
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
-    adafactor_factored_finalize_f32[launch.grid(1, SLOTS)](
-        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-    )
-    adafactor_factored_pass3_f32[grid](
-        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
-    )
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass1_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 1, maximize=False, factored=True, float64."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        sum0 = 0.0
-        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
-        for col in range(thread, cols, cuda.blockDim.x):
-            col_sum0[col] = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = chunk_row1[chunk]
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            row_sum0 = 0.0
-            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
-                w = w_c[col]
-                g = g_c[col]
-                rms0_of = w
-                g_eff = g
-                x0 = g_eff * g_eff
-                row_mean0_of = x0
-                col_mean0_of = x0
-                row_sum0 += f64(row_mean0_of)
-                col_sum0[col] += f64(col_mean0_of)
-                sum0 += f64(rms0_of) * f64(rms0_of)
-            # The row's sum: the threads' parts added in a fixed tree, no atomics.
-            block_sums[thread, 0] = row_sum0
+        matrix_mean0_per_matrix,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor: per column, then per row, of each matrix (a block each). A column adds
+        its chunks' sums in chunk order."""
+        block_sums = cuda.shared.array((THREADS, 1), float64)
+        thread = cuda.threadIdx.x
+        for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+            tensor = matrix_tensor[matrix]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
+                col_sum0 = 0.0
+                for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                    col_sum0 += col_sums0[chunk_cols[chunk] + col]
+                col_mean0 = F(col_sum0 / rows)
+                C = C_cols[col]
+                C_new = C + s0 * (col_mean0 - C)
+                C_cols[col] = C_new
+            matrix_sum0 = 0.0
+            for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
+                row_mean0 = F(row_sums0[matrix_rows[matrix] + row] / cols)
+                R = R_rows[row]
+                R_new = R + s0 * (row_mean0 - R)
+                matrix_mean0_of = R_new
+                R_rows[row] = R_new
+                matrix_sum0 += f64(matrix_mean0_of)
+            block_sums[thread, 0] = matrix_sum0
             cuda.syncthreads()
             width = THREADS // 2
             while width > 0:
@@ -804,704 +515,68 @@ def adafactor_factored_pass1_f64(
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
             cuda.syncthreads()
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-        cuda.syncthreads()
 
-
-@cuda.jit(cache=True)
-def adafactor_factored_lines_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor: per column, then per row, of each matrix (a block each), maximize=False,
-    factored=True, float64. A column adds its chunks' sums in chunk order."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-        tensor = matrix_tensor[matrix]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
-            col_sum0 = 0.0
-            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[chunk_cols[chunk] + col]
-            col_mean0 = f64(col_sum0 / rows)
-            C = C_cols[col]
-            C_new = C + s0 * (col_mean0 - C)
-            C_cols[col] = C_new
-        matrix_sum0 = 0.0
-        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-            row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
-            R = R_rows[row]
-            R_new = R + s0 * (row_mean0 - R)
-            matrix_mean0_of = R_new
-            R_rows[row] = R_new
-            matrix_sum0 += f64(matrix_mean0_of)
-        block_sums[thread, 0] = matrix_sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass2_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    matrix_mean0_per_matrix,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 2, maximize=False, factored=True, float64."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        sum0 = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
-                g = g_c[col]
-                C_new = C_cols[col]
-                g_eff = g
-                v_hat = C_new * z0
-                rms1_of = g_eff * g_eff / max(s1, v_hat)
-                sum0 += f64(rms1_of)
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 1] = block_sums[0, 0]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_finalize_f64(
-    chunk_tensor,
-    tensor_sizes,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < tensor_sizes.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_tensor.shape[0]):
-            if chunk_tensor[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_factored_pass3_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 3, maximize=False, factored=True, float64."""
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        u0 = f64(1.0) + s2 * weight_decay
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(
-                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
-            ):
-                g = g_c[col]
-                w = w_c[col]
-                C_new = C_cols[col]
-                g_eff = g
-                v_hat = C_new * z0
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[col] = w_new
-
-
-def adafactor_factored_f64(
-    launch,
-    table,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=False, factored=True, float64: the passes in order, on one stream.
-    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
-    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-    grid = launch.grid(chunks, THREADS)
-    tables = table[:13]
-    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-    shaped = (
+    @cuda.jit(cache=True)
+    def pass2(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
         R_tensors,
         C_tensors,
-    )
-    scalars = (eps1, eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunks, 2), f64)
-    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f64)
-    sums = (
-        row_sums0,
-        col_sums0,
-    )
-    adafactor_factored_pass1_f64[grid](*tables, *arrays, *sums, partials, *scalars)
-    adafactor_factored_lines_f64[launch.grid(matrices, THREADS)](
-        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-    )
-    adafactor_factored_pass2_f64[grid](
-        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
-    )
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
-    adafactor_factored_finalize_f64[launch.grid(1, SLOTS)](
-        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-    )
-    adafactor_factored_pass3_f64[grid](
-        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
-    )
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_stage1_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 1, maximize=True, factored=False, float32."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            v = v_c[elem]
-            g_eff = -g
-            x0 = g_eff * g_eff
-            v_new = v + s0 * (x0 - v)
-            v_hat = v_new
-            x1 = max(s1, v_hat)
-            rms0_of = w
-            rms1_of = x0 / x1
-            sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of)
-            v_c[elem] = v_new
-
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_finalize_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u1_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        size = 0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-                size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_stage2_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 2, maximize=True, factored=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        u0 = f32(1.0) + s2 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            g = g_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            g_eff = -g
-            v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = u1 * U + u0 * w
-            w_c[elem] = w_new
-
-
-def adafactor_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=True, factored=False, float32: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    adafactor_maximize_stage1_f32[grid](*chunks, *arrays, partials, *scalars)
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
-    adafactor_maximize_finalize_f32[launch.grid(1, SLOTS)](
-        *chunks, partials, *scalars, u1_per_tensor
-    )
-    adafactor_maximize_stage2_f32[grid](
-        *chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars
-    )
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_stage1_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 1, maximize=True, factored=False, float64."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            v = v_c[elem]
-            g_eff = -g
-            x0 = g_eff * g_eff
-            v_new = v + s0 * (x0 - v)
-            v_hat = v_new
-            x1 = max(s1, v_hat)
-            rms0_of = w
-            rms1_of = x0 / x1
-            sum0 += f64(rms0_of) * f64(rms0_of)
-            sum1 += f64(rms1_of)
-            v_c[elem] = v_new
-
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_finalize_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    partials,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u1_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        size = 0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-                size += chunk_stop[chunk] - chunk_start[chunk]
-        rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-        rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize_stage2_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor stage 2, maximize=True, factored=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        u0 = f64(1.0) + s2 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            g = g_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            g_eff = -g
-            v_hat = v_new
-            U = g_eff / math.sqrt(max(s1, v_hat))
-            w_new = u1 * U + u0 * w
-            w_c[elem] = w_new
-
-
-def adafactor_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=True, factored=False, float64: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, v_tensors)
-    scalars = (eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    adafactor_maximize_stage1_f64[grid](*chunks, *arrays, partials, *scalars)
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
-    adafactor_maximize_finalize_f64[launch.grid(1, SLOTS)](
-        *chunks, partials, *scalars, u1_per_tensor
-    )
-    adafactor_maximize_stage2_f64[grid](
-        *chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars
-    )
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass1_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 1, maximize=True, factored=True, float32."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        sum0 = 0.0
-        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
-        for col in range(thread, cols, cuda.blockDim.x):
-            col_sum0[col] = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = chunk_row1[chunk]
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            row_sum0 = 0.0
-            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
-                w = w_c[col]
-                g = g_c[col]
-                rms0_of = w
-                g_eff = -g
-                x0 = g_eff * g_eff
-                row_mean0_of = x0
-                col_mean0_of = x0
-                row_sum0 += f64(row_mean0_of)
-                col_sum0[col] += f64(col_mean0_of)
-                sum0 += f64(rms0_of) * f64(rms0_of)
-            # The row's sum: the threads' parts added in a fixed tree, no atomics.
-            block_sums[thread, 0] = row_sum0
+        matrix_mean0_per_matrix,
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 2."""
+        block_sums = cuda.shared.array((THREADS, 1), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            sum0 = 0.0
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                g_c = g_tensors[tensor][start : start + cols]
+                R_new = R_rows[row]
+                z0 = R_new / max(eps1, matrix_mean0)
+                for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
+                    g = g_c[col]
+                    C_new = C_cols[col]
+                    g_eff = g
+                    v_hat = C_new * z0
+                    rms1_of = g_eff * g_eff / max(s1, v_hat)
+                    sum0 += f64(rms1_of)
+            block_sums[thread, 0] = sum0
             cuda.syncthreads()
             width = THREADS // 2
             while width > 0:
@@ -1510,368 +585,239 @@ def adafactor_maximize__factored_pass1_f32(
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                partials[chunk, 1] = block_sums[0, 0]
             cuda.syncthreads()
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-        cuda.syncthreads()
 
+    @cuda.jit(cache=True)
+    def finalize(
+        chunk_tensor,
+        tensor_sizes,
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+        u1_per_tensor,
+    ):
+        """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+        tensor = cuda.grid(1)
+        if tensor < tensor_sizes.shape[0]:
+            sum0 = 0.0
+            sum1 = 0.0
+            for chunk in range(chunk_tensor.shape[0]):
+                if chunk_tensor[chunk] == tensor:
+                    sum0 += partials[chunk, 0]
+                    sum1 += partials[chunk, 1]
+            rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+            rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+            alpha = rho * max(eps2, rms0)
+            u1 = -alpha / max(f64(1.0), rms1 / d)
+            u1_per_tensor[tensor] = u1
 
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_lines_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
-    factored=True, float32. A column adds its chunks' sums in chunk order."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-        tensor = matrix_tensor[matrix]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
-            col_sum0 = 0.0
-            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[chunk_cols[chunk] + col]
-            col_mean0 = f32(col_sum0 / rows)
-            C = C_cols[col]
-            C_new = C + s0 * (col_mean0 - C)
-            C_cols[col] = C_new
-        matrix_sum0 = 0.0
-        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-            row_mean0 = f32(row_sums0[matrix_rows[matrix] + row] / cols)
-            R = R_rows[row]
-            R_new = R + s0 * (row_mean0 - R)
-            matrix_mean0_of = R_new
-            R_rows[row] = R_new
-            matrix_sum0 += f64(matrix_mean0_of)
-        block_sums[thread, 0] = matrix_sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass2_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    matrix_mean0_per_matrix,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 2, maximize=True, factored=True, float32."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        sum0 = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
-                g = g_c[col]
-                C_new = C_cols[col]
-                g_eff = -g
-                v_hat = C_new * z0
-                rms1_of = g_eff * g_eff / max(s1, v_hat)
-                sum0 += f64(rms1_of)
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 1] = block_sums[0, 0]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_finalize_f32(
-    chunk_tensor,
-    tensor_sizes,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < tensor_sizes.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_tensor.shape[0]):
-            if chunk_tensor[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass3_f32(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 3, maximize=True, factored=True, float32."""
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        u0 = f32(1.0) + s2 * weight_decay
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(
-                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
-            ):
-                g = g_c[col]
-                w = w_c[col]
-                C_new = C_cols[col]
-                g_eff = -g
-                v_hat = C_new * z0
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[col] = w_new
-
-
-def adafactor_maximize__factored_f32(
-    launch,
-    table,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=True, factored=True, float32: the passes in order, on one stream.
-    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
-    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-    grid = launch.grid(chunks, THREADS)
-    tables = table[:13]
-    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-    shaped = (
+    @cuda.jit(cache=True)
+    def pass3(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
         R_tensors,
         C_tensors,
-    )
-    scalars = (eps1, eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunks, 2), f64)
-    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f32)
-    sums = (
+        weight_decay_per_tensor,
+        u1_per_tensor,
+        matrix_mean0_per_matrix,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 3."""
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u1 = u1_per_tensor[tensor]
+            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            u0 = F(1.0) + s2 * weight_decay
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                w_c = w_tensors[tensor][start : start + cols]
+                g_c = g_tensors[tensor][start : start + cols]
+                R_new = R_rows[row]
+                z0 = R_new / max(eps1, matrix_mean0)
+                for col in range(
+                    thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+                ):
+                    g = g_c[col]
+                    w = w_c[col]
+                    C_new = C_cols[col]
+                    g_eff = g
+                    v_hat = C_new * z0
+                    U = g_eff / math.sqrt(max(s1, v_hat))
+                    w_new = u1 * U + u0 * w
+                    w_c[col] = w_new
+
+    def run(
+        launch,
+        table,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor: the passes in order, on one stream. `table` is an
+        optforge.runtime.factored.FactoredTable of device arrays."""
+        chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+        grid = launch.grid(chunks, THREADS)
+        tables = table[:13]
+        arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+        shaped = (
+            R_tensors,
+            C_tensors,
+        )
+        scalars = (eps1, eps2, d, s0, s1, s2, rho)
+        partials = launch.buffer("partials", (chunks, 2), f64)
+        row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+        col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+        matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), F)
+        sums = (
+            row_sums0,
+            col_sums0,
+        )
+        pass1[grid](*tables, *arrays, *sums, partials, *scalars)
+        lines[launch.grid(matrices, THREADS)](
+            *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+        )
+        pass2[grid](*tables, *arrays, matrix_mean0_per_matrix, partials, *scalars)
+        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
+        finalize[launch.grid(1, SLOTS)](
+            table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+        )
+        pass3[grid](
+            *tables,
+            *arrays,
+            weight_decay_per_tensor,
+            u1_per_tensor,
+            matrix_mean0_per_matrix,
+            *scalars,
+        )
+
+    return DeviceKernels(run, (pass1, lines, pass2, finalize, pass3))
+
+
+def adafactor_maximize__factored(F):
+    """Adafactor: the stages of maximize=True, factored=True. `F` is the element type
+    (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def pass1(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
         row_sums0,
         col_sums0,
-    )
-    adafactor_maximize__factored_pass1_f32[grid](*tables, *arrays, *sums, partials, *scalars)
-    adafactor_maximize__factored_lines_f32[launch.grid(matrices, THREADS)](
-        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-    )
-    adafactor_maximize__factored_pass2_f32[grid](
-        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
-    )
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f32)
-    adafactor_maximize__factored_finalize_f32[launch.grid(1, SLOTS)](
-        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-    )
-    adafactor_maximize__factored_pass3_f32[grid](
-        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
-    )
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass1_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 1, maximize=True, factored=True, float64."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        sum0 = 0.0
-        col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
-        for col in range(thread, cols, cuda.blockDim.x):
-            col_sum0[col] = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = chunk_row1[chunk]
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            row_sum0 = 0.0
-            for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
-                w = w_c[col]
-                g = g_c[col]
-                rms0_of = w
-                g_eff = -g
-                x0 = g_eff * g_eff
-                row_mean0_of = x0
-                col_mean0_of = x0
-                row_sum0 += f64(row_mean0_of)
-                col_sum0[col] += f64(col_mean0_of)
-                sum0 += f64(rms0_of) * f64(rms0_of)
-            # The row's sum: the threads' parts added in a fixed tree, no atomics.
-            block_sums[thread, 0] = row_sum0
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 1."""
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            sum0 = 0.0
+            col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+            for col in range(thread, cols, cuda.blockDim.x):
+                col_sum0[col] = 0.0
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = chunk_row1[chunk]
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                w_c = w_tensors[tensor][start : start + cols]
+                g_c = g_tensors[tensor][start : start + cols]
+                row_sum0 = 0.0
+                for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
+                    w = w_c[col]
+                    g = g_c[col]
+                    rms0_of = w
+                    g_eff = -g
+                    x0 = g_eff * g_eff
+                    row_mean0_of = x0
+                    col_mean0_of = x0
+                    row_sum0 += f64(row_mean0_of)
+                    col_sum0[col] += f64(col_mean0_of)
+                    sum0 += f64(rms0_of) * f64(rms0_of)
+                # The row's sum: the threads' parts added in a fixed tree, no atomics.
+                block_sums[thread, 0] = row_sum0
+                cuda.syncthreads()
+                width = THREADS // 2
+                while width > 0:
+                    if thread < width:
+                        block_sums[thread, 0] += block_sums[thread + width, 0]
+                    cuda.syncthreads()
+                    width //= 2
+                if thread == 0:
+                    row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                cuda.syncthreads()
+            block_sums[thread, 0] = sum0
             cuda.syncthreads()
             width = THREADS // 2
             while width > 0:
@@ -1880,303 +826,298 @@ def adafactor_maximize__factored_pass1_f64(
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                partials[chunk, 0] = block_sums[0, 0]
             cuda.syncthreads()
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-        cuda.syncthreads()
 
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_lines_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    R_tensors,
-    C_tensors,
-    row_sums0,
-    col_sums0,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor: per column, then per row, of each matrix (a block each), maximize=True,
-    factored=True, float64. A column adds its chunks' sums in chunk order."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-        tensor = matrix_tensor[matrix]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
-            col_sum0 = 0.0
-            for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                col_sum0 += col_sums0[chunk_cols[chunk] + col]
-            col_mean0 = f64(col_sum0 / rows)
-            C = C_cols[col]
-            C_new = C + s0 * (col_mean0 - C)
-            C_cols[col] = C_new
-        matrix_sum0 = 0.0
-        for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-            row_mean0 = f64(row_sums0[matrix_rows[matrix] + row] / cols)
-            R = R_rows[row]
-            R_new = R + s0 * (row_mean0 - R)
-            matrix_mean0_of = R_new
-            R_rows[row] = R_new
-            matrix_sum0 += f64(matrix_mean0_of)
-        block_sums[thread, 0] = matrix_sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass2_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    matrix_mean0_per_matrix,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 2, maximize=True, factored=True, float64."""
-    block_sums = cuda.shared.array((THREADS, 1), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        sum0 = 0.0
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
-                g = g_c[col]
-                C_new = C_cols[col]
-                g_eff = -g
-                v_hat = C_new * z0
-                rms1_of = g_eff * g_eff / max(s1, v_hat)
-                sum0 += f64(rms1_of)
-        block_sums[thread, 0] = sum0
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-            cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 1] = block_sums[0, 0]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_finalize_f64(
-    chunk_tensor,
-    tensor_sizes,
-    partials,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-    u1_per_tensor,
-):
-    """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < tensor_sizes.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_tensor.shape[0]):
-            if chunk_tensor[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-        rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
-        alpha = rho * max(eps2, rms0)
-        u1 = -alpha / max(f64(1.0), rms1 / d)
-        u1_per_tensor[tensor] = u1
-
-
-@cuda.jit(cache=True)
-def adafactor_maximize__factored_pass3_f64(
-    chunk_tensor,
-    chunk_matrix,
-    chunk_row0,
-    chunk_row1,
-    chunk_cols,
-    matrix_tensor,
-    matrix_index,
-    matrix_chunk0,
-    matrix_chunk1,
-    matrix_rows,
-    tensor_rows,
-    tensor_cols,
-    tensor_sizes,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    u1_per_tensor,
-    matrix_mean0_per_matrix,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor pass 3, maximize=True, factored=True, float64."""
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-        tensor = chunk_tensor[chunk]
-        matrix = chunk_matrix[chunk]
-        rows = tensor_rows[tensor]
-        cols = tensor_cols[tensor]
-        first = matrix_index[matrix] * rows
-        R_rows = R_tensors[tensor][first : first + rows]
-        C_cols = C_tensors[tensor][matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u1 = u1_per_tensor[tensor]
-        matrix_mean0 = matrix_mean0_per_matrix[matrix]
-        u0 = f64(1.0) + s2 * weight_decay
-        # Loops end at the shortest view: no index outside an array, whatever the table says.
-        row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-        for row in range(chunk_row0[chunk], row_stop):
-            start = (first + row) * cols
-            w_c = w_tensors[tensor][start : start + cols]
-            g_c = g_tensors[tensor][start : start + cols]
-            R_new = R_rows[row]
-            z0 = R_new / max(eps1, matrix_mean0)
-            for col in range(
-                thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
-            ):
-                g = g_c[col]
-                w = w_c[col]
-                C_new = C_cols[col]
-                g_eff = -g
-                v_hat = C_new * z0
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[col] = w_new
-
-
-def adafactor_maximize__factored_f64(
-    launch,
-    table,
-    w_tensors,
-    g_tensors,
-    R_tensors,
-    C_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps1,
-    eps2,
-    d,
-    s0,
-    s1,
-    s2,
-    rho,
-):
-    """Adafactor, maximize=True, factored=True, float64: the passes in order, on one stream.
-    `table` is an optforge.runtime.factored.FactoredTable of device arrays."""
-    chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-    grid = launch.grid(chunks, THREADS)
-    tables = table[:13]
-    arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-    shaped = (
+    @cuda.jit(cache=True)
+    def lines(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
         R_tensors,
         C_tensors,
-    )
-    scalars = (eps1, eps2, d, s0, s1, s2, rho)
-    partials = launch.buffer("partials", (chunks, 2), f64)
-    row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-    col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-    matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), f64)
-    sums = (
         row_sums0,
         col_sums0,
-    )
-    adafactor_maximize__factored_pass1_f64[grid](*tables, *arrays, *sums, partials, *scalars)
-    adafactor_maximize__factored_lines_f64[launch.grid(matrices, THREADS)](
-        *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-    )
-    adafactor_maximize__factored_pass2_f64[grid](
-        *tables, *arrays, matrix_mean0_per_matrix, partials, *scalars
-    )
-    u1_per_tensor = launch.buffer("u1", (SLOTS,), f64)
-    adafactor_maximize__factored_finalize_f64[launch.grid(1, SLOTS)](
-        table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-    )
-    adafactor_maximize__factored_pass3_f64[grid](
-        *tables, *arrays, weight_decay_per_tensor, u1_per_tensor, matrix_mean0_per_matrix, *scalars
-    )
+        matrix_mean0_per_matrix,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor: per column, then per row, of each matrix (a block each). A column adds
+        its chunks' sums in chunk order."""
+        block_sums = cuda.shared.array((THREADS, 1), float64)
+        thread = cuda.threadIdx.x
+        for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
+            tensor = matrix_tensor[matrix]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
+                col_sum0 = 0.0
+                for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
+                    col_sum0 += col_sums0[chunk_cols[chunk] + col]
+                col_mean0 = F(col_sum0 / rows)
+                C = C_cols[col]
+                C_new = C + s0 * (col_mean0 - C)
+                C_cols[col] = C_new
+            matrix_sum0 = 0.0
+            for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
+                row_mean0 = F(row_sums0[matrix_rows[matrix] + row] / cols)
+                R = R_rows[row]
+                R_new = R + s0 * (row_mean0 - R)
+                matrix_mean0_of = R_new
+                R_rows[row] = R_new
+                matrix_sum0 += f64(matrix_mean0_of)
+            block_sums[thread, 0] = matrix_sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+            cuda.syncthreads()
+
+    @cuda.jit(cache=True)
+    def pass2(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
+        matrix_mean0_per_matrix,
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 2."""
+        block_sums = cuda.shared.array((THREADS, 1), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            sum0 = 0.0
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                g_c = g_tensors[tensor][start : start + cols]
+                R_new = R_rows[row]
+                z0 = R_new / max(eps1, matrix_mean0)
+                for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
+                    g = g_c[col]
+                    C_new = C_cols[col]
+                    g_eff = -g
+                    v_hat = C_new * z0
+                    rms1_of = g_eff * g_eff / max(s1, v_hat)
+                    sum0 += f64(rms1_of)
+            block_sums[thread, 0] = sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 1] = block_sums[0, 0]
+            cuda.syncthreads()
+
+    @cuda.jit(cache=True)
+    def finalize(
+        chunk_tensor,
+        tensor_sizes,
+        partials,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+        u1_per_tensor,
+    ):
+        """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+        tensor = cuda.grid(1)
+        if tensor < tensor_sizes.shape[0]:
+            sum0 = 0.0
+            sum1 = 0.0
+            for chunk in range(chunk_tensor.shape[0]):
+                if chunk_tensor[chunk] == tensor:
+                    sum0 += partials[chunk, 0]
+                    sum1 += partials[chunk, 1]
+            rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
+            rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+            alpha = rho * max(eps2, rms0)
+            u1 = -alpha / max(f64(1.0), rms1 / d)
+            u1_per_tensor[tensor] = u1
+
+    @cuda.jit(cache=True)
+    def pass3(
+        chunk_tensor,
+        chunk_matrix,
+        chunk_row0,
+        chunk_row1,
+        chunk_cols,
+        matrix_tensor,
+        matrix_index,
+        matrix_chunk0,
+        matrix_chunk1,
+        matrix_rows,
+        tensor_rows,
+        tensor_cols,
+        tensor_sizes,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
+        weight_decay_per_tensor,
+        u1_per_tensor,
+        matrix_mean0_per_matrix,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor pass 3."""
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = chunk_tensor[chunk]
+            matrix = chunk_matrix[chunk]
+            rows = tensor_rows[tensor]
+            cols = tensor_cols[tensor]
+            first = matrix_index[matrix] * rows
+            R_rows = R_tensors[tensor][first : first + rows]
+            C_cols = C_tensors[tensor][
+                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+            ]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u1 = u1_per_tensor[tensor]
+            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            u0 = F(1.0) + s2 * weight_decay
+            # Loops end at the shortest view: no index outside an array, whatever the table says.
+            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
+            for row in range(chunk_row0[chunk], row_stop):
+                start = (first + row) * cols
+                w_c = w_tensors[tensor][start : start + cols]
+                g_c = g_tensors[tensor][start : start + cols]
+                R_new = R_rows[row]
+                z0 = R_new / max(eps1, matrix_mean0)
+                for col in range(
+                    thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+                ):
+                    g = g_c[col]
+                    w = w_c[col]
+                    C_new = C_cols[col]
+                    g_eff = -g
+                    v_hat = C_new * z0
+                    U = g_eff / math.sqrt(max(s1, v_hat))
+                    w_new = u1 * U + u0 * w
+                    w_c[col] = w_new
+
+    def run(
+        launch,
+        table,
+        w_tensors,
+        g_tensors,
+        R_tensors,
+        C_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        eps1,
+        eps2,
+        d,
+        s0,
+        s1,
+        s2,
+        rho,
+    ):
+        """Adafactor: the passes in order, on one stream. `table` is an
+        optforge.runtime.factored.FactoredTable of device arrays."""
+        chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
+        grid = launch.grid(chunks, THREADS)
+        tables = table[:13]
+        arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
+        shaped = (
+            R_tensors,
+            C_tensors,
+        )
+        scalars = (eps1, eps2, d, s0, s1, s2, rho)
+        partials = launch.buffer("partials", (chunks, 2), f64)
+        row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
+        col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
+        matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), F)
+        sums = (
+            row_sums0,
+            col_sums0,
+        )
+        pass1[grid](*tables, *arrays, *sums, partials, *scalars)
+        lines[launch.grid(matrices, THREADS)](
+            *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
+        )
+        pass2[grid](*tables, *arrays, matrix_mean0_per_matrix, partials, *scalars)
+        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
+        finalize[launch.grid(1, SLOTS)](
+            table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
+        )
+        pass3[grid](
+            *tables,
+            *arrays,
+            weight_decay_per_tensor,
+            u1_per_tensor,
+            matrix_mean0_per_matrix,
+            *scalars,
+        )
+
+    return DeviceKernels(run, (pass1, lines, pass2, finalize, pass3))
 
 
 RANK_FLAG = (1, 2)  # as in the CPU module
@@ -2185,57 +1126,54 @@ RANK_FLAG = (1, 2)  # as in the CPU module
 VARIANTS = {
     (False, False): Variant(
         state=("variance",),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adafactor_f32, "float64": adafactor_f64},
-                rows={},
+                stages=per_dtype(adafactor),
+                plan=Plan(per_tensor=3, reductions=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("row_var", "col_var"),
-        branch=branch_factored,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_factored,
-                kernels={"float32": adafactor_factored_f32, "float64": adafactor_factored_f64},
-                rows={},
+                stages=per_dtype(adafactor_factored),
+                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),
         },
         shapes=("row", "col"),
         factored=True,
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("variance",),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": adafactor_maximize_f32, "float64": adafactor_maximize_f64},
-                rows={},
+                stages=per_dtype(adafactor_maximize),
+                plan=Plan(per_tensor=3, reductions=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("row_var", "col_var"),
-        branch=branch_maximize__factored,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize__factored,
-                kernels={
-                    "float32": adafactor_maximize__factored_f32,
-                    "float64": adafactor_maximize__factored_f64,
-                },
-                rows={},
+                stages=per_dtype(adafactor_maximize__factored),
+                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),
         },
         shapes=("row", "col"),
         factored=True,
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

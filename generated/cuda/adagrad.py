@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adagrad.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adagrad), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adagrad import branch, branch_maximize, scalars, scalars_maximize
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.adagrad import scalars, scalars_maximize
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,57 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adagrad_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Adagrad, maximize=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        acc_c = acc_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            acc = acc_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            acc_new = cuda.fma(g_eff, g_eff, acc)
-            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-            w_c[elem] = w_new
-            acc_c[elem] = acc_new
+def adagrad(F):
+    """Adagrad: the stages of maximize=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adagrad_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -84,60 +40,40 @@ def adagrad_f32(
         grad_scale_per_tensor,
         eps,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            acc_c = acc_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                acc = acc_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                acc_new = cuda.fma(g_eff, g_eff, acc)
+                w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
+                w_c[elem] = w_new
+                acc_c[elem] = acc_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adagrad_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Adagrad, maximize=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        acc_c = acc_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            acc = acc_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            acc_new = cuda.fma(g_eff, g_eff, acc)
-            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-            w_c[elem] = w_new
-            acc_c[elem] = acc_new
+def adagrad_maximize(F):
+    """Adagrad: the stages of maximize=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adagrad_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -148,163 +84,59 @@ def adagrad_f64(
         grad_scale_per_tensor,
         eps,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            acc_c = acc_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                acc = acc_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                acc_new = cuda.fma(g_eff, g_eff, acc)
+                w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
+                w_c[elem] = w_new
+                acc_c[elem] = acc_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adagrad_maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Adagrad, maximize=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        acc_c = acc_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            acc = acc_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            acc_new = cuda.fma(g_eff, g_eff, acc)
-            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-            w_c[elem] = w_new
-            acc_c[elem] = acc_new
-
-
-def adagrad_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        acc_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def adagrad_maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Adagrad, maximize=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        acc_c = acc_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], acc_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            acc = acc_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            acc_new = cuda.fma(g_eff, g_eff, acc)
-            w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-            w_c[elem] = w_new
-            acc_c[elem] = acc_new
-
-
-def adagrad_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    acc_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        acc_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("sum",),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adagrad_f32, "float64": adagrad_f64},
-                rows={},
+                stages=per_dtype(adagrad),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("sum",),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": adagrad_maximize_f32, "float64": adagrad_maximize_f64},
-                rows={},
+                stages=per_dtype(adagrad_maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

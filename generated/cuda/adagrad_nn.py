@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adagrad.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adagrad_nn), as for the CPU kernels.
 """
 
@@ -12,15 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adagrad_nn import (
-    branch,
-    branch_update_slots,
-    scalars,
-    scalars_update_slots,
-)
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.adagrad_nn import scalars, scalars_update_slots
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -28,54 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adagrad_nn_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Adagrad, update_slots=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a
-            w_new = w + s0 * g_eff / math.sqrt(a_new)
-            w_c[elem] = w_new
+def adagrad_nn(F):
+    """Adagrad: the stages of update_slots=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adagrad_nn_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_nn_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -85,57 +39,39 @@ def adagrad_nn_f32(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            a_c = a_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a
+                w_new = w + s0 * g_eff / math.sqrt(a_new)
+                w_c[elem] = w_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adagrad_nn_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Adagrad, update_slots=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a
-            w_new = w + s0 * g_eff / math.sqrt(a_new)
-            w_c[elem] = w_new
+def adagrad_nn_update_slots(F):
+    """Adagrad: the stages of update_slots=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adagrad_nn_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_nn_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -145,158 +81,58 @@ def adagrad_nn_f64(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            a_c = a_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a + (g_eff * g_eff)
+                w_new = w + s0 * g_eff / math.sqrt(a_new)
+                w_c[elem] = w_new
+                a_c[elem] = a_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adagrad_nn_update_slots_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Adagrad, update_slots=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            w_new = w + s0 * g_eff / math.sqrt(a_new)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def adagrad_nn_update_slots_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_nn_update_slots_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def adagrad_nn_update_slots_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Adagrad, update_slots=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            w_new = w + s0 * g_eff / math.sqrt(a_new)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def adagrad_nn_update_slots_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adagrad_nn_update_slots_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("accum",),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adagrad_nn_f32, "float64": adagrad_nn_f64},
-                rows={},
+                stages=per_dtype(adagrad_nn),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("accum",),
-        branch=branch_update_slots,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_update_slots,
-                kernels={
-                    "float32": adagrad_nn_update_slots_f32,
-                    "float64": adagrad_nn_update_slots_f64,
-                },
-                rows={},
+                stages=per_dtype(adagrad_nn_update_slots),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adam.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam), as for the CPU kernels.
 """
 
@@ -13,18 +15,13 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam import (
-    branch,
-    branch_use_amsgrad,
-    branch_use_nesterov,
-    branch_use_nesterov__use_amsgrad,
     scalars,
     scalars_use_amsgrad,
     scalars_use_nesterov,
     scalars_use_nesterov__use_amsgrad,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -32,67 +29,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adam_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=False, use_amsgrad=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            w_new = w + s2 * m_new / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam(F):
+    """Adam: the stages of use_nesterov=False, use_amsgrad=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
-
-def adam_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -106,155 +48,44 @@ def adam_f32(
         s0,
         s1,
         s2,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = m + s0 * (g_eff - m)
+                v_new = v + s1 * ((g_eff * g_eff) - v)
+                w_new = w + s2 * m_new / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=False, use_amsgrad=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            w_new = w + s2 * m_new / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam_use_amsgrad(F):
+    """Adam: the stages of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
+    use_amsgrad=True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def adam_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-        s1,
-        s2,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_use_amsgrad_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=False, use_amsgrad=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        vhat_c = vhat_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            vhat = vhat_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            vhat_new = max(v_new, vhat)
-            w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            vhat_c[elem] = vhat_new
-
-
-def adam_use_amsgrad_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_amsgrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -269,158 +100,55 @@ def adam_use_amsgrad_f32(
         s0,
         s1,
         s2,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            vhat_c = vhat_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                vhat_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                vhat = vhat_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = m + s0 * (g_eff - m)
+                v_new = v + s1 * ((g_eff * g_eff) - v)
+                vhat_new = max(v_new, vhat)
+                w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                vhat_c[elem] = vhat_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_use_amsgrad_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=False, use_amsgrad=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        vhat_c = vhat_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            vhat = vhat_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            vhat_new = max(v_new, vhat)
-            w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            vhat_c[elem] = vhat_new
+def adam_use_nesterov(F):
+    """Adam: the stages of use_nesterov=True, use_amsgrad=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
-
-def adam_use_amsgrad_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_amsgrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        vhat_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-        s1,
-        s2,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_use_nesterov_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=True, use_amsgrad=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            w_new = w + s2 * (beta1 * m_new + s0 * g_eff) / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_use_nesterov_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_nesterov_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -435,312 +163,86 @@ def adam_use_nesterov_f32(
         s0,
         s1,
         s2,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = m + s0 * (g_eff - m)
+                v_new = v + s1 * ((g_eff * g_eff) - v)
+                w_new = w + s2 * (beta1 * m_new + s0 * g_eff) / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adam_use_nesterov_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=True, use_amsgrad=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            w_new = w + s2 * (beta1 * m_new + s0 * g_eff) / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_use_nesterov_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_nesterov_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        eps,
-        s0,
-        s1,
-        s2,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_use_nesterov__use_amsgrad_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=True, use_amsgrad=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        vhat_c = vhat_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            vhat = vhat_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            vhat_new = max(v_new, vhat)
-            w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            vhat_c[elem] = vhat_new
-
-
-def adam_use_nesterov__use_amsgrad_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_nesterov__use_amsgrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        vhat_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-        s1,
-        s2,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_use_nesterov__use_amsgrad_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Adam, use_nesterov=True, use_amsgrad=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        vhat_c = vhat_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], vhat_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            vhat = vhat_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = m + s0 * (g_eff - m)
-            v_new = v + s1 * ((g_eff * g_eff) - v)
-            vhat_new = max(v_new, vhat)
-            w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            vhat_c[elem] = vhat_new
-
-
-def adam_use_nesterov__use_amsgrad_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    vhat_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_use_nesterov__use_amsgrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        vhat_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps,
-        s0,
-        s1,
-        s2,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False, False): Variant(
         state=("moment1", "moment2"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adam_f32, "float64": adam_f64},
-                rows={},
+                stages=per_dtype(adam),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("moment1", "moment2", "vhat"),
-        branch=branch_use_amsgrad,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_use_amsgrad,
-                kernels={"float32": adam_use_amsgrad_f32, "float64": adam_use_amsgrad_f64},
-                rows={},
+                stages=per_dtype(adam_use_amsgrad),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("moment1", "moment2"),
-        branch=branch_use_nesterov,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_use_nesterov,
-                kernels={"float32": adam_use_nesterov_f32, "float64": adam_use_nesterov_f64},
-                rows={},
+                stages=per_dtype(adam_use_nesterov),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("moment1", "moment2", "vhat"),
-        branch=branch_use_nesterov__use_amsgrad,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_use_nesterov__use_amsgrad,
-                kernels={
-                    "float32": adam_use_nesterov__use_amsgrad_f32,
-                    "float64": adam_use_nesterov__use_amsgrad_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_use_amsgrad),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,10 +2,12 @@
 """Fused CUDA kernels of AdamOffload.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam_offload), as for the CPU kernels.
-The `*_apply_*` kernels are the only ones that write the parameter; the
+The `apply` kernels (in the `*_offload` factories) are the only ones that write the parameter; the
 update itself is computed on the host (see optforge.runtime.offload).
 """
 
@@ -14,15 +16,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adam_offload import (
-    branch,
-    branch_use_nesterov,
-    scalars,
-    scalars_use_nesterov,
-)
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.adam_offload import scalars, scalars_use_nesterov
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -30,605 +26,337 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adam_offload_stage1_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 1, use_nesterov=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
+def adam_offload(F):
+    """AdamOffload: the stages of use_nesterov=False. `F` is the element type (np.float32 or
+    np.float64)."""
+
+    @cuda.jit(cache=True)
+    def stage1(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            delta_c = delta_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                delta_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = beta1 * m + s0 * g_eff
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                delta_new = s2 * m_new / (eps + math.sqrt(v_new))
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                delta_c[elem] = delta_new
+
+    @cuda.jit(cache=True)
+    def stage2(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            delta_c = delta_tensors[tensor][start:stop]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                delta_new = delta_c[elem]
+                w = w_c[elem]
+                w_new = delta_new + w
+                w_c[elem] = w_new
+
+    def run(
+        launch,
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        """The stages in order, on one stream."""
+        grid = launch.grid(chunk_slot.shape[0], THREADS)
+        chunks = (chunk_slot, chunk_start, chunk_stop)
+        arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
+        scalars = (beta1, beta2, eps, s0, s1, s2)
+        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars)
+        stage2[grid](*chunks, *arrays, *scalars)
+
+    return DeviceKernels(run, (stage1, stage2))
+
+
+def adam_offload_offload(F):
+    """AdamOffload: the device-side pieces of the offload path (the update itself runs on the
+    host)."""
+
+    @cuda.jit(cache=True)
+    def effective_gradient(g_c, w_c, weight_decay, grad_scale, out):
+        # The spec's effective gradient: the part of the update that reads the parameter.
+        for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
             g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            delta_new = s2 * m_new / (eps + math.sqrt(v_new))
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            delta_c[elem] = delta_new
+            w = w_c[elem]
+            out[elem] = grad_scale * g + weight_decay * w
 
-
-@cuda.jit(cache=True)
-def adam_offload_stage2_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 2, use_nesterov=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+    @cuda.jit(cache=True)
+    def apply(
+        w_c,
+        delta_c,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        # The apply stage on one contiguous piece of one tensor: the only write to the parameter.
+        for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
             w_c[elem] = w_new
 
-
-def adam_offload_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload, use_nesterov=False, float32: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2)
-    adam_offload_stage1_f32[grid](
-        *chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars
-    )
-    adam_offload_stage2_f32[grid](*chunks, *arrays, *scalars)
+    return (effective_gradient, apply)
 
 
-@cuda.jit(cache=True)
-def adam_offload_effective_gradient_f32(g, w, weight_decay, grad_scale, out):
-    """g*grad_scale + weight_decay*w: the part of the update that reads the parameter."""
-    for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[elem] = g[elem] * grad_scale + weight_decay * w[elem]
+def adam_offload_use_nesterov(F):
+    """AdamOffload: the stages of use_nesterov=True. `F` is the element type (np.float32 or
+    np.float64)."""
+
+    @cuda.jit(cache=True)
+    def stage1(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            delta_c = delta_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                delta_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                x0 = s0 * g_eff
+                m_new = x0 + beta1 * m
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                delta_c[elem] = delta_new
+
+    @cuda.jit(cache=True)
+    def stage2(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            delta_c = delta_tensors[tensor][start:stop]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                delta_new = delta_c[elem]
+                w = w_c[elem]
+                w_new = delta_new + w
+                w_c[elem] = w_new
+
+    def run(
+        launch,
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        delta_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        """The stages in order, on one stream."""
+        grid = launch.grid(chunk_slot.shape[0], THREADS)
+        chunks = (chunk_slot, chunk_start, chunk_stop)
+        arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
+        scalars = (beta1, beta2, eps, s0, s1, s2)
+        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars)
+        stage2[grid](*chunks, *arrays, *scalars)
+
+    return DeviceKernels(run, (stage1, stage2))
 
 
-@cuda.jit(cache=True)
-def adam_offload_apply_f32(
-    w_c,
-    delta_c,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """The apply stage on one contiguous piece of one tensor: the only write to the parameter."""
-    for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-        delta_new = delta_c[elem]
-        w = w_c[elem]
-        w_new = delta_new + w
-        w_c[elem] = w_new
+def adam_offload_use_nesterov_offload(F):
+    """AdamOffload: the device-side pieces of the offload path (the update itself runs on the
+    host)."""
 
-
-@cuda.jit(cache=True)
-def adam_offload_stage1_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 1, use_nesterov=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
+    @cuda.jit(cache=True)
+    def effective_gradient(g_c, w_c, weight_decay, grad_scale, out):
+        # The spec's effective gradient: the part of the update that reads the parameter.
+        for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
             g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            delta_new = s2 * m_new / (eps + math.sqrt(v_new))
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            delta_c[elem] = delta_new
+            w = w_c[elem]
+            out[elem] = grad_scale * g + weight_decay * w
 
-
-@cuda.jit(cache=True)
-def adam_offload_stage2_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 2, use_nesterov=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+    @cuda.jit(cache=True)
+    def apply(
+        w_c,
+        delta_c,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+    ):
+        # The apply stage on one contiguous piece of one tensor: the only write to the parameter.
+        for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
             delta_new = delta_c[elem]
             w = w_c[elem]
             w_new = delta_new + w
             w_c[elem] = w_new
 
-
-def adam_offload_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload, use_nesterov=False, float64: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2)
-    adam_offload_stage1_f64[grid](
-        *chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars
-    )
-    adam_offload_stage2_f64[grid](*chunks, *arrays, *scalars)
-
-
-@cuda.jit(cache=True)
-def adam_offload_effective_gradient_f64(g, w, weight_decay, grad_scale, out):
-    """g*grad_scale + weight_decay*w: the part of the update that reads the parameter."""
-    for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[elem] = g[elem] * grad_scale + weight_decay * w[elem]
-
-
-@cuda.jit(cache=True)
-def adam_offload_apply_f64(
-    w_c,
-    delta_c,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """The apply stage on one contiguous piece of one tensor: the only write to the parameter."""
-    for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-        delta_new = delta_c[elem]
-        w = w_c[elem]
-        w_new = delta_new + w
-        w_c[elem] = w_new
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_stage1_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 1, use_nesterov=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            x0 = s0 * g_eff
-            m_new = x0 + beta1 * m
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            delta_c[elem] = delta_new
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_stage2_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 2, use_nesterov=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            delta_new = delta_c[elem]
-            w = w_c[elem]
-            w_new = delta_new + w
-            w_c[elem] = w_new
-
-
-def adam_offload_use_nesterov_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload, use_nesterov=True, float32: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2)
-    adam_offload_use_nesterov_stage1_f32[grid](
-        *chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars
-    )
-    adam_offload_use_nesterov_stage2_f32[grid](*chunks, *arrays, *scalars)
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_effective_gradient_f32(g, w, weight_decay, grad_scale, out):
-    """g*grad_scale + weight_decay*w: the part of the update that reads the parameter."""
-    for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[elem] = g[elem] * grad_scale + weight_decay * w[elem]
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_apply_f32(
-    w_c,
-    delta_c,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """The apply stage on one contiguous piece of one tensor: the only write to the parameter."""
-    for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-        delta_new = delta_c[elem]
-        w = w_c[elem]
-        w_new = delta_new + w
-        w_c[elem] = w_new
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_stage1_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 1, use_nesterov=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], delta_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            x0 = s0 * g_eff
-            m_new = x0 + beta1 * m
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            delta_c[elem] = delta_new
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_stage2_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload stage 2, use_nesterov=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        delta_c = delta_tensors[tensor][start:stop]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            delta_new = delta_c[elem]
-            w = w_c[elem]
-            w_new = delta_new + w
-            w_c[elem] = w_new
-
-
-def adam_offload_use_nesterov_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    delta_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """AdamOffload, use_nesterov=True, float64: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2)
-    adam_offload_use_nesterov_stage1_f64[grid](
-        *chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars
-    )
-    adam_offload_use_nesterov_stage2_f64[grid](*chunks, *arrays, *scalars)
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_effective_gradient_f64(g, w, weight_decay, grad_scale, out):
-    """g*grad_scale + weight_decay*w: the part of the update that reads the parameter."""
-    for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-        out[elem] = g[elem] * grad_scale + weight_decay * w[elem]
-
-
-@cuda.jit(cache=True)
-def adam_offload_use_nesterov_apply_f64(
-    w_c,
-    delta_c,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-):
-    """The apply stage on one contiguous piece of one tensor: the only write to the parameter."""
-    for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-        delta_new = delta_c[elem]
-        w = w_c[elem]
-        w_new = delta_new + w
-        w_c[elem] = w_new
+    return (effective_gradient, apply)
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("moment1", "moment2", "delta"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adam_offload_f32, "float64": adam_offload_f64},
-                rows={},
+                stages=per_dtype(adam_offload),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("moment1", "moment2", "delta"),
-        branch=branch_use_nesterov,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_use_nesterov,
-                kernels={
-                    "float32": adam_offload_use_nesterov_f32,
-                    "float64": adam_offload_use_nesterov_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_offload_use_nesterov),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }
 
-# For the offload path: the device-side pieces of each variant, per dtype.
+# For the offload path: the device-side pieces of each variant (effective gradient, apply).
 OFFLOAD = {
-    (False,): {
-        "float32": (adam_offload_effective_gradient_f32, adam_offload_apply_f32),
-        "float64": (adam_offload_effective_gradient_f64, adam_offload_apply_f64),
-    },
-    (True,): {
-        "float32": (
-            adam_offload_use_nesterov_effective_gradient_f32,
-            adam_offload_use_nesterov_apply_f32,
-        ),
-        "float64": (
-            adam_offload_use_nesterov_effective_gradient_f64,
-            adam_offload_use_nesterov_apply_f64,
-        ),
-    },
+    (False,): per_dtype(adam_offload_offload),
+    (True,): per_dtype(adam_offload_use_nesterov_offload),
 }

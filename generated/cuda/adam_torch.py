@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adam.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam_torch), as for the CPU kernels.
 """
 
@@ -13,14 +15,6 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam_torch import (
-    branch,
-    branch_amsgrad,
-    branch_amsgrad__decoupled_weight_decay,
-    branch_amsgrad__maximize,
-    branch_amsgrad__maximize__decoupled_weight_decay,
-    branch_decoupled_weight_decay,
-    branch_maximize,
-    branch_maximize__decoupled_weight_decay,
     scalars,
     scalars_amsgrad,
     scalars_amsgrad__decoupled_weight_decay,
@@ -30,9 +24,8 @@ from optforge.generated.host.adam_torch import (
     scalars_maximize,
     scalars_maximize__decoupled_weight_decay,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -40,72 +33,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adam_torch_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam_torch(F):
+    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F` is
+    the element type (np.float32 or np.float64)."""
 
-
-def adam_torch_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -121,162 +54,45 @@ def adam_torch_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_torch_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam_torch_decoupled_weight_decay(F):
+    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F` is
+    the element type (np.float32 or np.float64)."""
 
-
-def adam_torch_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_decoupled_weight_decay_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_torch_decoupled_weight_decay_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_decoupled_weight_decay_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -293,78 +109,101 @@ def adam_torch_decoupled_weight_decay_f32(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_torch_decoupled_weight_decay_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=False, maximize=False, decoupled_weight_decay=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam_torch_maximize(F):
+    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F` is
+    the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def adam_torch_decoupled_weight_decay_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_decoupled_weight_decay_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def adam_torch_maximize__decoupled_weight_decay(F):
+    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F` is
+    the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -381,435 +220,47 @@ def adam_torch_decoupled_weight_decay_f64(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_torch_maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def adam_torch_amsgrad(F):
+    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F` is
+    the element type (np.float32 or np.float64)."""
 
-
-def adam_torch_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_torch_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_maximize__decoupled_weight_decay_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_torch_maximize__decoupled_weight_decay_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_maximize__decoupled_weight_decay_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_maximize__decoupled_weight_decay_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=False, maximize=True, decoupled_weight_decay=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def adam_torch_maximize__decoupled_weight_decay_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_maximize__decoupled_weight_decay_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_amsgrad_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -826,181 +277,56 @@ def adam_torch_amsgrad_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            v_max_c = v_max_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                v_max_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                v_max = v_max_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                v_max_c[elem] = v_max_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_torch_amsgrad_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
+def adam_torch_amsgrad__decoupled_weight_decay(F):
+    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F` is
+    the element type (np.float32 or np.float64)."""
 
-
-def adam_torch_amsgrad_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__decoupled_weight_decay_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad__decoupled_weight_decay_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__decoupled_weight_decay_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -1018,88 +344,124 @@ def adam_torch_amsgrad__decoupled_weight_decay_f32(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            v_max_c = v_max_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                v_max_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                v_max = v_max_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                v_max_c[elem] = v_max_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__decoupled_weight_decay_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=True, maximize=False, decoupled_weight_decay=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
+def adam_torch_amsgrad__maximize(F):
+    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F` is
+    the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        v_max_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            v_max_c = v_max_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                v_max_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                v_max = v_max_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                v_max_c[elem] = v_max_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def adam_torch_amsgrad__decoupled_weight_decay_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__decoupled_weight_decay_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
+    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is the
+    element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -1117,508 +479,148 @@ def adam_torch_amsgrad__decoupled_weight_decay_f64(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            v_max_c = v_max_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                v_c.shape[0],
+                v_max_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                v_max = v_max_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+                v_max_c[elem] = v_max_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad__maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad__maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad__maximize__decoupled_weight_decay_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__maximize__decoupled_weight_decay_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Adam, amsgrad=True, maximize=True, decoupled_weight_decay=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        v_max_c = v_max_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0], v_max_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            v_max = v_max_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            v_max_new = max(v_max, v_new)
-            w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-            v_max_c[elem] = v_max_new
-
-
-def adam_torch_amsgrad__maximize__decoupled_weight_decay_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    v_max_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adam_torch_amsgrad__maximize__decoupled_weight_decay_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False, False, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adam_torch_f32, "float64": adam_torch_f64},
-                rows={},
+                stages=per_dtype(adam_torch),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, False, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_decoupled_weight_decay,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_decoupled_weight_decay,
-                kernels={
-                    "float32": adam_torch_decoupled_weight_decay_f32,
-                    "float64": adam_torch_decoupled_weight_decay_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_torch_decoupled_weight_decay),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": adam_torch_maximize_f32, "float64": adam_torch_maximize_f64},
-                rows={},
+                stages=per_dtype(adam_torch_maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_maximize__decoupled_weight_decay,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize__decoupled_weight_decay,
-                kernels={
-                    "float32": adam_torch_maximize__decoupled_weight_decay_f32,
-                    "float64": adam_torch_maximize__decoupled_weight_decay_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_torch_maximize__decoupled_weight_decay),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-        branch=branch_amsgrad,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_amsgrad,
-                kernels={"float32": adam_torch_amsgrad_f32, "float64": adam_torch_amsgrad_f64},
-                rows={},
+                stages=per_dtype(adam_torch_amsgrad),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False, True): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-        branch=branch_amsgrad__decoupled_weight_decay,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_amsgrad__decoupled_weight_decay,
-                kernels={
-                    "float32": adam_torch_amsgrad__decoupled_weight_decay_f32,
-                    "float64": adam_torch_amsgrad__decoupled_weight_decay_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_torch_amsgrad__decoupled_weight_decay),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-        branch=branch_amsgrad__maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_amsgrad__maximize,
-                kernels={
-                    "float32": adam_torch_amsgrad__maximize_f32,
-                    "float64": adam_torch_amsgrad__maximize_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_torch_amsgrad__maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True, True): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-        branch=branch_amsgrad__maximize__decoupled_weight_decay,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_amsgrad__maximize__decoupled_weight_decay,
-                kernels={
-                    "float32": adam_torch_amsgrad__maximize__decoupled_weight_decay_f32,
-                    "float64": adam_torch_amsgrad__maximize__decoupled_weight_decay_f64,
-                },
-                rows={},
+                stages=per_dtype(adam_torch_amsgrad__maximize__decoupled_weight_decay),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adamax.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adamax), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adamax import branch, branch_maximize, scalars, scalars_maximize
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.adamax import scalars, scalars_maximize
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,67 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adamax_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Adamax, maximize=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        u_c = u_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            u = u_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            m_new = cuda.fma(s0, g_eff - m, m)
-            u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + s1 * m_new / u_new
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            u_c[elem] = u_new
+def adamax(F):
+    """Adamax: the stages of maximize=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adamax_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adamax_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -97,70 +43,43 @@ def adamax_f32(
         eps,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            u_c = u_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                u = u_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                m_new = cuda.fma(s0, g_eff - m, m)
+                u_new = max(beta2 * u, eps + abs(g_eff))
+                w_new = w + s1 * m_new / u_new
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                u_c[elem] = u_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adamax_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Adamax, maximize=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        u_c = u_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            u = u_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            m_new = cuda.fma(s0, g_eff - m, m)
-            u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + s1 * m_new / u_new
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            u_c[elem] = u_new
+def adamax_maximize(F):
+    """Adamax: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def adamax_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adamax_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -174,189 +93,63 @@ def adamax_f64(
         eps,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            u_c = u_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                u = u_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                m_new = cuda.fma(s0, g_eff - m, m)
+                u_new = max(beta2 * u, eps + abs(g_eff))
+                w_new = w + s1 * m_new / u_new
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                u_c[elem] = u_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adamax_maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Adamax, maximize=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        u_c = u_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            u = u_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            m_new = cuda.fma(s0, g_eff - m, m)
-            u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + s1 * m_new / u_new
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            u_c[elem] = u_new
-
-
-def adamax_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adamax_maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        u_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def adamax_maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Adamax, maximize=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        u_c = u_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            u = u_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            m_new = cuda.fma(s0, g_eff - m, m)
-            u_new = max(beta2 * u, eps + abs(g_eff))
-            w_new = w + s1 * m_new / u_new
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            u_c[elem] = u_new
-
-
-def adamax_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    u_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adamax_maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        u_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("exp_avg", "exp_inf"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": adamax_f32, "float64": adamax_f64},
-                rows={},
+                stages=per_dtype(adamax),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("exp_avg", "exp_inf"),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": adamax_maximize_f32, "float64": adamax_maximize_f64},
-                rows={},
+                stages=per_dtype(adamax_maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Adan.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adan), as for the CPU kernels.
 """
 
@@ -13,9 +15,8 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adan import branch, scalars_not_t_eq_1, scalars_t_eq_1
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,104 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def adan_t_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,
-):
-    """Adan, Eq(t, 1) is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        d_c = d_tensors[tensor][start:stop]
-        n_c = n_tensors[tensor][start:stop]
-        g_prev_c = g_prev_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) + lr * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            m_c.shape[0],
-            d_c.shape[0],
-            n_c.shape[0],
-            g_prev_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            d = d_c[elem]
-            n = n_c[elem]
-            m_new = beta1 * m + s0 * g
-            d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
-            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
-            w_new = (w + s7 * update) / u0
-            g_prev_new = g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            d_c[elem] = d_new
-            n_c[elem] = n_new
-            g_prev_c[elem] = g_prev_new
+def adan_t_eq_1(F):
+    """Adan: the stages of Eq(t, 1) is True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adan_t_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adan_t_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -145,107 +54,59 @@ def adan_t_eq_1_f32(
         s5,
         s6,
         s7,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            d_c = d_tensors[tensor][start:stop]
+            n_c = n_tensors[tensor][start:stop]
+            g_prev_c = g_prev_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u0 = F(1.0) + lr * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                d_c.shape[0],
+                n_c.shape[0],
+                g_prev_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                d = d_c[elem]
+                n = n_c[elem]
+                m_new = beta1 * m + s0 * g
+                d_new = s1 + beta2 * d
+                n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+                update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+                w_new = (w + s7 * update) / u0
+                g_prev_new = g
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                d_c[elem] = d_new
+                n_c[elem] = n_new
+                g_prev_c[elem] = g_prev_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def adan_t_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,
-):
-    """Adan, Eq(t, 1) is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        d_c = d_tensors[tensor][start:stop]
-        n_c = n_tensors[tensor][start:stop]
-        g_prev_c = g_prev_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) + lr * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            m_c.shape[0],
-            d_c.shape[0],
-            n_c.shape[0],
-            g_prev_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            d = d_c[elem]
-            n = n_c[elem]
-            m_new = beta1 * m + s0 * g
-            d_new = s1 + beta2 * d
-            n_new = beta3 * n + s3 * (g + s2) * (g + s2)
-            update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
-            w_new = (w + s7 * update) / u0
-            g_prev_new = g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            d_c[elem] = d_new
-            n_c[elem] = n_new
-            g_prev_c[elem] = g_prev_new
+def adan_not_t_eq_1(F):
+    """Adan: the stages of Eq(t, 1) is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def adan_t_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-    s7,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adan_t_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -269,256 +130,53 @@ def adan_t_eq_1_f64(
         s4,
         s5,
         s6,
-        s7,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            d_c = d_tensors[tensor][start:stop]
+            n_c = n_tensors[tensor][start:stop]
+            g_prev_c = g_prev_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u0 = F(1.0) + lr * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                m_c.shape[0],
+                d_c.shape[0],
+                n_c.shape[0],
+                g_prev_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                d = d_c[elem]
+                n = n_c[elem]
+                g_prev = g_prev_c[elem]
+                diff = g - g_prev
+                m_new = beta1 * m + s0 * g
+                d_new = beta2 * d + s1 * diff
+                n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+                update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+                w_new = (w + s6 * update) / u0
+                g_prev_new = g
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                d_c[elem] = d_new
+                n_c[elem] = n_new
+                g_prev_c[elem] = g_prev_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def adan_not_t_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-):
-    """Adan, Eq(t, 1) is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        d_c = d_tensors[tensor][start:stop]
-        n_c = n_tensors[tensor][start:stop]
-        g_prev_c = g_prev_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) + lr * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            m_c.shape[0],
-            d_c.shape[0],
-            n_c.shape[0],
-            g_prev_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            d = d_c[elem]
-            n = n_c[elem]
-            g_prev = g_prev_c[elem]
-            diff = g - g_prev
-            m_new = beta1 * m + s0 * g
-            d_new = beta2 * d + s1 * diff
-            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
-            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
-            w_new = (w + s6 * update) / u0
-            g_prev_new = g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            d_c[elem] = d_new
-            n_c[elem] = n_new
-            g_prev_c[elem] = g_prev_new
-
-
-def adan_not_t_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adan_not_t_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        d_tensors,
-        n_tensors,
-        g_prev_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        beta3,
-        eps,
-        lr,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-        s6,
-    )
-
-
-@cuda.jit(cache=True)
-def adan_not_t_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-):
-    """Adan, Eq(t, 1) is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        d_c = d_tensors[tensor][start:stop]
-        n_c = n_tensors[tensor][start:stop]
-        g_prev_c = g_prev_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) + lr * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            m_c.shape[0],
-            d_c.shape[0],
-            n_c.shape[0],
-            g_prev_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            d = d_c[elem]
-            n = n_c[elem]
-            g_prev = g_prev_c[elem]
-            diff = g - g_prev
-            m_new = beta1 * m + s0 * g
-            d_new = beta2 * d + s1 * diff
-            n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
-            update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
-            w_new = (w + s6 * update) / u0
-            g_prev_new = g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            d_c[elem] = d_new
-            n_c[elem] = n_new
-            g_prev_c[elem] = g_prev_new
-
-
-def adan_not_t_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    d_tensors,
-    n_tensors,
-    g_prev_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    beta3,
-    eps,
-    lr,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-    s6,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    adan_not_t_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        d_tensors,
-        n_tensors,
-        g_prev_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        beta3,
-        eps,
-        lr,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-        s6,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -529,15 +187,15 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_t_eq_1,
-                kernels={"float32": adan_t_eq_1_f32, "float64": adan_t_eq_1_f64},
-                rows={},
+                stages=per_dtype(adan_t_eq_1),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_not_t_eq_1,
-                kernels={"float32": adan_not_t_eq_1_f32, "float64": adan_not_t_eq_1_f64},
-                rows={},
+                stages=per_dtype(adan_not_t_eq_1),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

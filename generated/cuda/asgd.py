@@ -2,8 +2,10 @@
 """Fused CUDA kernels of ASGD.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.asgd), as for the CPU kernels.
 """
 
@@ -20,9 +22,8 @@ from optforge.generated.host.asgd import (
     scalars_mu_eq_1,
     scalars_not_mu_eq_1,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -30,56 +31,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def asgd_mu_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """ASGD, maximize=False, Eq(mu, 1) is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = w_new
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
+def asgd_mu_eq_1(F):
+    """ASGD: the stages of maximize=False, Eq(mu, 1) is True. `F` is the element type
+    (np.float32 or np.float64)."""
 
-
-def asgd_mu_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_mu_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -90,125 +47,39 @@ def asgd_mu_eq_1_f32(
         grad_scale_per_tensor,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ax_c = ax_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                w_new = s1 * g_eff + s0 * w
+                ax_new = w_new
+                w_c[elem] = w_new
+                ax_c[elem] = ax_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def asgd_mu_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """ASGD, maximize=False, Eq(mu, 1) is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = w_new
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
+def asgd_not_mu_eq_1(F):
+    """ASGD: the stages of maximize=False, Eq(mu, 1) is False. `F` is the element type
+    (np.float32 or np.float64)."""
 
-
-def asgd_mu_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_mu_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ax_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def asgd_not_mu_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """ASGD, maximize=False, Eq(mu, 1) is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ax = ax_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = ax + mu * (w_new - ax)
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
-
-
-def asgd_not_mu_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_not_mu_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -220,62 +91,84 @@ def asgd_not_mu_eq_1_f32(
         s0,
         s1,
         mu,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ax_c = ax_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                ax = ax_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                w_new = s1 * g_eff + s0 * w
+                ax_new = ax + mu * (w_new - ax)
+                w_c[elem] = w_new
+                ax_c[elem] = ax_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def asgd_not_mu_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """ASGD, maximize=False, Eq(mu, 1) is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ax = ax_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = ax + mu * (w_new - ax)
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
+def asgd_maximize__mu_eq_1(F):
+    """ASGD: the stages of maximize=True, Eq(mu, 1) is True. `F` is the element type
+    (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        ax_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        s0,
+        s1,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ax_c = ax_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = u0 * g + weight_decay * w
+                w_new = s1 * g_eff + s0 * w
+                ax_new = w_new
+                w_c[elem] = w_new
+                ax_c[elem] = ax_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def asgd_not_mu_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_not_mu_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def asgd_maximize__not_mu_eq_1(F):
+    """ASGD: the stages of maximize=True, Eq(mu, 1) is False. `F` is the element type
+    (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -287,271 +180,33 @@ def asgd_not_mu_eq_1_f64(
         s0,
         s1,
         mu,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ax_c = ax_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                ax = ax_c[elem]
+                g_eff = u0 * g + weight_decay * w
+                w_new = s1 * g_eff + s0 * w
+                ax_new = ax + mu * (w_new - ax)
+                w_c[elem] = w_new
+                ax_c[elem] = ax_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def asgd_maximize__mu_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """ASGD, maximize=True, Eq(mu, 1) is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = w_new
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
-
-
-def asgd_maximize__mu_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_maximize__mu_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ax_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def asgd_maximize__mu_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """ASGD, maximize=True, Eq(mu, 1) is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = w_new
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
-
-
-def asgd_maximize__mu_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_maximize__mu_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ax_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def asgd_maximize__not_mu_eq_1_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """ASGD, maximize=True, Eq(mu, 1) is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ax = ax_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = ax + mu * (w_new - ax)
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
-
-
-def asgd_maximize__not_mu_eq_1_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_maximize__not_mu_eq_1_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ax_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-        s1,
-        mu,
-    )
-
-
-@cuda.jit(cache=True)
-def asgd_maximize__not_mu_eq_1_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """ASGD, maximize=True, Eq(mu, 1) is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ax_c = ax_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ax = ax_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_new = s1 * g_eff + s0 * w
-            ax_new = ax + mu * (w_new - ax)
-            w_c[elem] = w_new
-            ax_c[elem] = ax_new
-
-
-def asgd_maximize__not_mu_eq_1_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ax_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-    s1,
-    mu,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    asgd_maximize__not_mu_eq_1_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ax_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-        s1,
-        mu,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -562,16 +217,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_mu_eq_1,
-                kernels={"float32": asgd_mu_eq_1_f32, "float64": asgd_mu_eq_1_f64},
-                rows={},
+                stages=per_dtype(asgd_mu_eq_1),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_not_mu_eq_1,
-                kernels={"float32": asgd_not_mu_eq_1_f32, "float64": asgd_not_mu_eq_1_f64},
-                rows={},
+                stages=per_dtype(asgd_not_mu_eq_1),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("ax",),
@@ -579,21 +234,15 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_maximize__mu_eq_1,
-                kernels={
-                    "float32": asgd_maximize__mu_eq_1_f32,
-                    "float64": asgd_maximize__mu_eq_1_f64,
-                },
-                rows={},
+                stages=per_dtype(asgd_maximize__mu_eq_1),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_maximize__not_mu_eq_1,
-                kernels={
-                    "float32": asgd_maximize__not_mu_eq_1_f32,
-                    "float64": asgd_maximize__not_mu_eq_1_f64,
-                },
-                rows={},
+                stages=per_dtype(asgd_maximize__not_mu_eq_1),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

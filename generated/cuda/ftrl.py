@@ -2,8 +2,10 @@
 """Fused CUDA kernels of FTRL.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.ftrl), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.ftrl import branch, scalars
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.ftrl import scalars
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,84 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def ftrl_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    accum_tensors,
-    linear_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l1,
-    lr,
-    s0,
-    s1,
-):
-    """FTRL, the only variant, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        accum_c = accum_tensors[tensor][start:stop]
-        linear_c = linear_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0], linear_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            accum = accum_c[elem]
-            linear = linear_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            pow_before = accum**s0
-            accum_new = accum + (g_eff * g_eff)
-            pow_after = accum_new**s0
-            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
-            w_new = (
-                (
-                    (
-                        -linear_new
-                        + l1
-                        * (
-                            f32(1.0)
-                            if linear_new > f32(0.0)
-                            else (-f32(1.0) if linear_new < f32(0.0) else linear_new)
-                        )
-                    )
-                    / (s1 + pow_after / lr)
-                )
-                if (l1 < abs(linear_new))
-                else (f32(0.0))
-            )
-            w_c[elem] = w_new
-            accum_c[elem] = accum_new
-            linear_c[elem] = linear_new
+def ftrl(F):
+    """FTRL: the stages of the only variant. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def ftrl_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    accum_tensors,
-    linear_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l1,
-    lr,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    ftrl_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -114,115 +43,69 @@ def ftrl_f32(
         lr,
         s0,
         s1,
-    )
-
-
-@cuda.jit(cache=True)
-def ftrl_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    accum_tensors,
-    linear_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l1,
-    lr,
-    s0,
-    s1,
-):
-    """FTRL, the only variant, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        accum_c = accum_tensors[tensor][start:stop]
-        linear_c = linear_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0], linear_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            accum = accum_c[elem]
-            linear = linear_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            pow_before = accum**s0
-            accum_new = accum + (g_eff * g_eff)
-            pow_after = accum_new**s0
-            linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
-            w_new = (
-                (
-                    (
-                        -linear_new
-                        + l1
-                        * (
-                            f64(1.0)
-                            if linear_new > f64(0.0)
-                            else (-f64(1.0) if linear_new < f64(0.0) else linear_new)
-                        )
-                    )
-                    / (s1 + pow_after / lr)
-                )
-                if (l1 < abs(linear_new))
-                else (f64(0.0))
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            accum_c = accum_tensors[tensor][start:stop]
+            linear_c = linear_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start, w_c.shape[0], g_c.shape[0], accum_c.shape[0], linear_c.shape[0]
             )
-            w_c[elem] = w_new
-            accum_c[elem] = accum_new
-            linear_c[elem] = linear_new
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                accum = accum_c[elem]
+                linear = linear_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                pow_before = accum**s0
+                accum_new = accum + (g_eff * g_eff)
+                pow_after = accum_new**s0
+                linear_new = g_eff + linear - w * (pow_after - pow_before) / lr
+                w_new = (
+                    (
+                        (
+                            -linear_new
+                            + l1
+                            * (
+                                F(1.0)
+                                if linear_new > F(0.0)
+                                else (-F(1.0) if linear_new < F(0.0) else linear_new)
+                            )
+                        )
+                        / (s1 + pow_after / lr)
+                    )
+                    if (l1 < abs(linear_new))
+                    else (F(0.0))
+                )
+                w_c[elem] = w_new
+                accum_c[elem] = accum_new
+                linear_c[elem] = linear_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-def ftrl_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    accum_tensors,
-    linear_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l1,
-    lr,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    ftrl_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        accum_tensors,
-        linear_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        l1,
-        lr,
-        s0,
-        s1,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (): Variant(
         state=("moments", "linear"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": ftrl_f32, "float64": ftrl_f64},
-                rows={},
+                stages=per_dtype(ftrl),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Lamb.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.lamb), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.lamb import branch, scalars
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.lamb import scalars
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,360 +24,191 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def lamb_stage1_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    partials,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb stage 1, the only variant, float32."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            m_new = beta1 * m + s0 * g
-            v_new = beta2 * v + s1 * g * g
-            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
-            norm0_of = r
-            norm1_of = w
-            sum0 += f64(norm0_of) * f64(norm0_of)
-            sum1 += f64(norm1_of) * f64(norm1_of)
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def lamb(F):
+    """Lamb: the stages of the only variant. `F` is the element type (np.float32 or
+    np.float64)."""
 
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
+    @cuda.jit(cache=True)
+    def stage1(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        partials,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    ):
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            sum0 = 0.0
+            sum1 = 0.0
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                m_new = beta1 * m + s0 * g
+                v_new = beta2 * v + s1 * g * g
+                r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
+                norm0_of = r
+                norm1_of = w
+                sum0 += f64(norm0_of) * f64(norm0_of)
+                sum1 += f64(norm1_of) * f64(norm1_of)
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
+            block_sums[thread, 0] = sum0
+            block_sums[thread, 1] = sum1
             cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
-
-
-@cuda.jit(cache=True)
-def lamb_finalize_f32(
-    chunk_slot,
-    partials,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    u0_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u0_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        norm0 = math.sqrt(sum0)
-        norm1 = math.sqrt(sum1)
-        trust_ratio = (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
-        u0 = s4 * trust_ratio
-        u0_per_tensor[tensor] = u0
-
-
-@cuda.jit(cache=True)
-def lamb_stage2_f32(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u0_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb stage 2, the only variant, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = u0_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            m_new = m_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
-            w_new = w + u0 * r
-            w_c[elem] = w_new
-
-
-def lamb_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb, the only variant, float32: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2, s3, s4)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    lamb_stage1_f32[grid](*chunks, *arrays, weight_decay_per_tensor, partials, *scalars)
-    u0_per_tensor = launch.buffer("u0", (SLOTS,), f32)
-    lamb_finalize_f32[launch.grid(1, SLOTS)](chunk_slot, partials, *scalars, u0_per_tensor)
-    lamb_stage2_f32[grid](*chunks, *arrays, weight_decay_per_tensor, u0_per_tensor, *scalars)
-
-
-@cuda.jit(cache=True)
-def lamb_stage1_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    partials,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb stage 1, the only variant, float64."""
-    block_sums = cuda.shared.array((THREADS, 2), float64)
-    thread = cuda.threadIdx.x
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        sum0 = 0.0
-        sum1 = 0.0
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            m_new = beta1 * m + s0 * g
-            v_new = beta2 * v + s1 * g * g
-            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
-            norm0_of = r
-            norm1_of = w
-            sum0 += f64(norm0_of) * f64(norm0_of)
-            sum1 += f64(norm1_of) * f64(norm1_of)
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-        # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
-        block_sums[thread, 0] = sum0
-        block_sums[thread, 1] = sum1
-        cuda.syncthreads()
-        width = THREADS // 2
-        while width > 0:
-            if thread < width:
-                block_sums[thread, 0] += block_sums[thread + width, 0]
-                block_sums[thread, 1] += block_sums[thread + width, 1]
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                    block_sums[thread, 1] += block_sums[thread + width, 1]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 0] = block_sums[0, 0]
+                partials[chunk, 1] = block_sums[0, 1]
             cuda.syncthreads()
-            width //= 2
-        if thread == 0:
-            partials[chunk, 0] = block_sums[0, 0]
-            partials[chunk, 1] = block_sums[0, 1]
-        cuda.syncthreads()
 
+    @cuda.jit(cache=True)
+    def finalize(
+        chunk_slot,
+        partials,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        u0_per_tensor,
+    ):
+        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
+        tensor = cuda.grid(1)
+        if tensor < u0_per_tensor.shape[0]:
+            sum0 = 0.0
+            sum1 = 0.0
+            for chunk in range(chunk_slot.shape[0]):
+                if chunk_slot[chunk] == tensor:
+                    sum0 += partials[chunk, 0]
+                    sum1 += partials[chunk, 1]
+            norm0 = math.sqrt(sum0)
+            norm1 = math.sqrt(sum1)
+            trust_ratio = (
+                (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
+            )
+            u0 = s4 * trust_ratio
+            u0_per_tensor[tensor] = u0
 
-@cuda.jit(cache=True)
-def lamb_finalize_f64(
-    chunk_slot,
-    partials,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    u0_per_tensor,
-):
-    """Per-tensor values between the stages: one thread per tensor adds its chunks in order."""
-    tensor = cuda.grid(1)
-    if tensor < u0_per_tensor.shape[0]:
-        sum0 = 0.0
-        sum1 = 0.0
-        for chunk in range(chunk_slot.shape[0]):
-            if chunk_slot[chunk] == tensor:
-                sum0 += partials[chunk, 0]
-                sum1 += partials[chunk, 1]
-        norm0 = math.sqrt(sum0)
-        norm1 = math.sqrt(sum1)
-        trust_ratio = (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
-        u0 = s4 * trust_ratio
-        u0_per_tensor[tensor] = u0
+    @cuda.jit(cache=True)
+    def stage2(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        u0_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u0 = u0_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                m_new = m_c[elem]
+                v_new = v_c[elem]
+                w = w_c[elem]
+                r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
+                w_new = w + u0 * r
+                w_c[elem] = w_new
 
+    def run(
+        launch,
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta1,
+        beta2,
+        eps,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+    ):
+        """The stages in order, on one stream."""
+        grid = launch.grid(chunk_slot.shape[0], THREADS)
+        chunks = (chunk_slot, chunk_start, chunk_stop)
+        arrays = (w_tensors, g_tensors, m_tensors, v_tensors)
+        scalars = (beta1, beta2, eps, s0, s1, s2, s3, s4)
+        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
+        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, partials, *scalars)
+        u0_per_tensor = launch.buffer("u0", (SLOTS,), F)
+        finalize[launch.grid(1, SLOTS)](chunk_slot, partials, *scalars, u0_per_tensor)
+        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u0_per_tensor, *scalars)
 
-@cuda.jit(cache=True)
-def lamb_stage2_f64(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    u0_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb stage 2, the only variant, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = u0_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            m_new = m_c[elem]
-            v_new = v_c[elem]
-            w = w_c[elem]
-            r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
-            w_new = w + u0 * r
-            w_c[elem] = w_new
-
-
-def lamb_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Lamb, the only variant, float64: the stages in order, on one stream."""
-    grid = launch.grid(chunk_slot.shape[0], THREADS)
-    chunks = (chunk_slot, chunk_start, chunk_stop)
-    arrays = (w_tensors, g_tensors, m_tensors, v_tensors)
-    scalars = (beta1, beta2, eps, s0, s1, s2, s3, s4)
-    partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-    lamb_stage1_f64[grid](*chunks, *arrays, weight_decay_per_tensor, partials, *scalars)
-    u0_per_tensor = launch.buffer("u0", (SLOTS,), f64)
-    lamb_finalize_f64[launch.grid(1, SLOTS)](chunk_slot, partials, *scalars, u0_per_tensor)
-    lamb_stage2_f64[grid](*chunks, *arrays, weight_decay_per_tensor, u0_per_tensor, *scalars)
+    return DeviceKernels(run, (stage1, finalize, stage2))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (): Variant(
         state=("moments1", "moments2"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": lamb_f32, "float64": lamb_f64},
-                rows={},
+                stages=per_dtype(lamb),
+                plan=Plan(per_tensor=3, reductions=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Lion.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.lion), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.lion import branch, scalars
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.lion import scalars
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,63 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def lion_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-):
-    """Lion, the only variant, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f32(1.0) + s1 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            c = beta1 * m + s0 * g
-            w_new = s1 * (f32(1.0) if c > f32(0.0) else (-f32(1.0) if c < f32(0.0) else c)) + u0 * w
-            m_new = beta2 * m + s2 * g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
+def lion(F):
+    """Lion: the stages of the only variant. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def lion_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    lion_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -93,94 +43,46 @@ def lion_f32(
         s0,
         s1,
         s2,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            u0 = F(1.0) + s1 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                c = beta1 * m + s0 * g
+                w_new = s1 * (F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)) + u0 * w
+                m_new = beta2 * m + s2 * g
+                w_c[elem] = w_new
+                m_c[elem] = m_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def lion_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-):
-    """Lion, the only variant, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        u0 = f64(1.0) + s1 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            c = beta1 * m + s0 * g
-            w_new = s1 * (f64(1.0) if c > f64(0.0) else (-f64(1.0) if c < f64(0.0) else c)) + u0 * w
-            m_new = beta2 * m + s2 * g
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-
-
-def lion_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    lion_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        s0,
-        s1,
-        s2,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (): Variant(
         state=("exp_avg",),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": lion_f32, "float64": lion_f64},
-                rows={},
+                stages=per_dtype(lion),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of NAdam.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.nadam), as for the CPU kernels.
 """
 
@@ -13,18 +15,13 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.nadam import (
-    branch,
-    branch_decoupled_weight_decay,
-    branch_decoupled_weight_decay__maximize,
-    branch_maximize,
     scalars,
     scalars_decoupled_weight_decay,
     scalars_decoupled_weight_decay__maximize,
     scalars_maximize,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -32,75 +29,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def nadam_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """NAdam, decoupled_weight_decay=False, maximize=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s2)
-            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def nadam(F):
+    """NAdam: the stages of decoupled_weight_decay=False, maximize=False. `F` is the element
+    type (np.float32 or np.float64)."""
 
-
-def nadam_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -117,78 +51,46 @@ def nadam_f32(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                denom = eps + math.sqrt(v_new / s2)
+                w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def nadam_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """NAdam, decoupled_weight_decay=False, maximize=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s2)
-            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def nadam_maximize(F):
+    """NAdam: the stages of decoupled_weight_decay=False, maximize=True. `F` is the element
+    type (np.float32 or np.float64)."""
 
-
-def nadam_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -205,259 +107,47 @@ def nadam_f64(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                w_decayed = w
+                m_new = cuda.fma(s0, g_eff - m, m)
+                v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
+                denom = eps + math.sqrt(v_new / s2)
+                w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def nadam_maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """NAdam, decoupled_weight_decay=False, maximize=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s2)
-            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def nadam_decoupled_weight_decay(F):
+    """NAdam: the stages of decoupled_weight_decay=True, maximize=False. `F` is the element
+    type (np.float32 or np.float64)."""
 
-
-def nadam_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def nadam_maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """NAdam, decoupled_weight_decay=False, maximize=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            w_decayed = w
-            m_new = cuda.fma(s0, g_eff - m, m)
-            v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s2)
-            w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def nadam_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def nadam_decoupled_weight_decay_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """NAdam, decoupled_weight_decay=True, maximize=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s3)
-            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def nadam_decoupled_weight_decay_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_decoupled_weight_decay_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -475,81 +165,47 @@ def nadam_decoupled_weight_decay_f32(
         s3,
         s4,
         s5,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                denom = eps + math.sqrt(v_new / s3)
+                w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def nadam_decoupled_weight_decay_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """NAdam, decoupled_weight_decay=True, maximize=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s3)
-            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def nadam_decoupled_weight_decay__maximize(F):
+    """NAdam: the stages of decoupled_weight_decay=True, maximize=True. `F` is the element type
+    (np.float32 or np.float64)."""
 
-
-def nadam_decoupled_weight_decay_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_decoupled_weight_decay_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -567,249 +223,90 @@ def nadam_decoupled_weight_decay_f64(
         s3,
         s4,
         s5,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = cuda.fma(s1, g_eff - m, m)
+                v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
+                denom = eps + math.sqrt(v_new / s3)
+                w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def nadam_decoupled_weight_decay__maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """NAdam, decoupled_weight_decay=True, maximize=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s3)
-            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def nadam_decoupled_weight_decay__maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_decoupled_weight_decay__maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-    )
-
-
-@cuda.jit(cache=True)
-def nadam_decoupled_weight_decay__maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """NAdam, decoupled_weight_decay=True, maximize=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = cuda.fma(s1, g_eff - m, m)
-            v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
-            denom = eps + math.sqrt(v_new / s3)
-            w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def nadam_decoupled_weight_decay__maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-    s5,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    nadam_decoupled_weight_decay__maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        s5,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": nadam_f32, "float64": nadam_f64},
-                rows={},
+                stages=per_dtype(nadam),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": nadam_maximize_f32, "float64": nadam_maximize_f64},
-                rows={},
+                stages=per_dtype(nadam_maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_decoupled_weight_decay,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_decoupled_weight_decay,
-                kernels={
-                    "float32": nadam_decoupled_weight_decay_f32,
-                    "float64": nadam_decoupled_weight_decay_f64,
-                },
-                rows={},
+                stages=per_dtype(nadam_decoupled_weight_decay),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
-        branch=branch_decoupled_weight_decay__maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_decoupled_weight_decay__maximize,
-                kernels={
-                    "float32": nadam_decoupled_weight_decay__maximize_f32,
-                    "float64": nadam_decoupled_weight_decay__maximize_f64,
-                },
-                rows={},
+                stages=per_dtype(nadam_decoupled_weight_decay__maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

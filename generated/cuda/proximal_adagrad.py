@@ -2,8 +2,10 @@
 """Fused CUDA kernels of ProximalAdagrad.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.proximal_adagrad), as for the CPU kernels.
 """
 
@@ -13,9 +15,8 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.proximal_adagrad import branch, scalars_l1_gt_0, scalars_not_l1_gt_0
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,65 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def proximal_adagrad_l1_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-    s0,
-):
-    """ProximalAdagrad, l1 > 0 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = (
-                max(f32(0.0), s0 * eta + abs(prox))
-                * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + l2 * eta)
-            )
-            w_c[elem] = w_new
-            a_c[elem] = a_new
+def proximal_adagrad_l1_gt_0(F):
+    """ProximalAdagrad: the stages of l1 > 0 is True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def proximal_adagrad_l1_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    proximal_adagrad_l1_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -93,253 +41,93 @@ def proximal_adagrad_l1_gt_0_f32(
         l2,
         lr,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            a_c = a_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a + (g_eff * g_eff)
+                eta = lr / math.sqrt(a_new)
+                prox = w - eta * g_eff
+                w_new = (
+                    max(F(0.0), s0 * eta + abs(prox))
+                    * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
+                    / (F(1.0) + l2 * eta)
+                )
+                w_c[elem] = w_new
+                a_c[elem] = a_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def proximal_adagrad_l1_gt_0_rows_f32_kernel(
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-    s0,
-):
-    """ProximalAdagrad on the rows a row-sparse gradient names, l1 > 0 is True, float32."""
-    for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
-        start = rows[row] * row_len
-        stop = start + row_len
-        if start < 0:
-            continue  # a negative slice start would wrap around: never step such a row
-        w_c = w_tensor[start:stop]
-        g_c = g_tensor[row * row_len : (row + 1) * row_len]
-        a_c = a_tensor[start:stop]
-        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = (
-                max(f32(0.0), s0 * eta + abs(prox))
-                * (f32(1.0) if prox > f32(0.0) else (-f32(1.0) if prox < f32(0.0) else prox))
-                / (f32(1.0) + l2 * eta)
-            )
-            w_c[elem] = w_new
-            a_c[elem] = a_new
+def proximal_adagrad_l1_gt_0_rows(F):
+    """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
 
-
-def proximal_adagrad_l1_gt_0_rows_f32(
-    launch,
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-    s0,
-):
-    """Launch the kernel above: blocks stride over the named rows."""
-    proximal_adagrad_l1_gt_0_rows_f32_kernel[launch.grid(rows.shape[0], THREADS)](
-        rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr, s0
-    )
-
-
-@cuda.jit(cache=True)
-def proximal_adagrad_l1_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-    s0,
-):
-    """ProximalAdagrad, l1 > 0 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = (
-                max(f64(0.0), s0 * eta + abs(prox))
-                * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + l2 * eta)
-            )
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def proximal_adagrad_l1_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    proximal_adagrad_l1_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
+    @cuda.jit(cache=True)
+    def rows_kernel(
+        rows,
+        row_len,
+        w_tensor,
+        g_tensor,
+        a_tensor,
+        weight_decay,
+        grad_scale,
         l2,
         lr,
         s0,
-    )
+    ):
+        for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+            start = rows[row] * row_len
+            stop = start + row_len
+            if start < 0:
+                continue  # a negative slice start would wrap around: never step such a row
+            w_c = w_tensor[start:stop]
+            g_c = g_tensor[row * row_len : (row + 1) * row_len]
+            a_c = a_tensor[start:stop]
+            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a + (g_eff * g_eff)
+                eta = lr / math.sqrt(a_new)
+                prox = w - eta * g_eff
+                w_new = (
+                    max(F(0.0), s0 * eta + abs(prox))
+                    * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
+                    / (F(1.0) + l2 * eta)
+                )
+                w_c[elem] = w_new
+                a_c[elem] = a_new
+
+    def run(launch, rows, *arguments):
+        rows_kernel[launch.grid(rows.shape[0], THREADS)](rows, *arguments)
+
+    return DeviceKernels(run, (rows_kernel,))
 
 
-@cuda.jit(cache=True)
-def proximal_adagrad_l1_gt_0_rows_f64_kernel(
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-    s0,
-):
-    """ProximalAdagrad on the rows a row-sparse gradient names, l1 > 0 is True, float64."""
-    for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
-        start = rows[row] * row_len
-        stop = start + row_len
-        if start < 0:
-            continue  # a negative slice start would wrap around: never step such a row
-        w_c = w_tensor[start:stop]
-        g_c = g_tensor[row * row_len : (row + 1) * row_len]
-        a_c = a_tensor[start:stop]
-        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = (
-                max(f64(0.0), s0 * eta + abs(prox))
-                * (f64(1.0) if prox > f64(0.0) else (-f64(1.0) if prox < f64(0.0) else prox))
-                / (f64(1.0) + l2 * eta)
-            )
-            w_c[elem] = w_new
-            a_c[elem] = a_new
+def proximal_adagrad_not_l1_gt_0(F):
+    """ProximalAdagrad: the stages of l1 > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def proximal_adagrad_l1_gt_0_rows_f64(
-    launch,
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-    s0,
-):
-    """Launch the kernel above: blocks stride over the named rows."""
-    proximal_adagrad_l1_gt_0_rows_f64_kernel[launch.grid(rows.shape[0], THREADS)](
-        rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr, s0
-    )
-
-
-@cuda.jit(cache=True)
-def proximal_adagrad_not_l1_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-):
-    """ProximalAdagrad, l1 > 0 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + l2 * eta)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def proximal_adagrad_not_l1_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    proximal_adagrad_not_l1_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -350,179 +138,76 @@ def proximal_adagrad_not_l1_gt_0_f32(
         grad_scale_per_tensor,
         l2,
         lr,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            a_c = a_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a + (g_eff * g_eff)
+                eta = lr / math.sqrt(a_new)
+                prox = w - eta * g_eff
+                w_new = prox / (F(1.0) + l2 * eta)
+                w_c[elem] = w_new
+                a_c[elem] = a_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def proximal_adagrad_not_l1_gt_0_rows_f32_kernel(
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-):
-    """ProximalAdagrad on the rows a row-sparse gradient names, l1 > 0 is False, float32."""
-    for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
-        start = rows[row] * row_len
-        stop = start + row_len
-        if start < 0:
-            continue  # a negative slice start would wrap around: never step such a row
-        w_c = w_tensor[start:stop]
-        g_c = g_tensor[row * row_len : (row + 1) * row_len]
-        a_c = a_tensor[start:stop]
-        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = prox / (f32(1.0) + l2 * eta)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
+def proximal_adagrad_not_l1_gt_0_rows(F):
+    """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
 
-
-def proximal_adagrad_not_l1_gt_0_rows_f32(
-    launch,
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-):
-    """Launch the kernel above: blocks stride over the named rows."""
-    proximal_adagrad_not_l1_gt_0_rows_f32_kernel[launch.grid(rows.shape[0], THREADS)](
-        rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr
-    )
-
-
-@cuda.jit(cache=True)
-def proximal_adagrad_not_l1_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-):
-    """ProximalAdagrad, l1 > 0 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        a_c = a_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + l2 * eta)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def proximal_adagrad_not_l1_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    a_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    l2,
-    lr,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    proximal_adagrad_not_l1_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
+    @cuda.jit(cache=True)
+    def rows_kernel(
+        rows,
+        row_len,
+        w_tensor,
+        g_tensor,
+        a_tensor,
+        weight_decay,
+        grad_scale,
         l2,
         lr,
-    )
+    ):
+        for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
+            start = rows[row] * row_len
+            stop = start + row_len
+            if start < 0:
+                continue  # a negative slice start would wrap around: never step such a row
+            w_c = w_tensor[start:stop]
+            g_c = g_tensor[row * row_len : (row + 1) * row_len]
+            a_c = a_tensor[start:stop]
+            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                a = a_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                a_new = a + (g_eff * g_eff)
+                eta = lr / math.sqrt(a_new)
+                prox = w - eta * g_eff
+                w_new = prox / (F(1.0) + l2 * eta)
+                w_c[elem] = w_new
+                a_c[elem] = a_new
 
+    def run(launch, rows, *arguments):
+        rows_kernel[launch.grid(rows.shape[0], THREADS)](rows, *arguments)
 
-@cuda.jit(cache=True)
-def proximal_adagrad_not_l1_gt_0_rows_f64_kernel(
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-):
-    """ProximalAdagrad on the rows a row-sparse gradient names, l1 > 0 is False, float64."""
-    for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
-        start = rows[row] * row_len
-        stop = start + row_len
-        if start < 0:
-            continue  # a negative slice start would wrap around: never step such a row
-        w_c = w_tensor[start:stop]
-        g_c = g_tensor[row * row_len : (row + 1) * row_len]
-        a_c = a_tensor[start:stop]
-        elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            a = a_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            a_new = a + (g_eff * g_eff)
-            eta = lr / math.sqrt(a_new)
-            prox = w - eta * g_eff
-            w_new = prox / (f64(1.0) + l2 * eta)
-            w_c[elem] = w_new
-            a_c[elem] = a_new
-
-
-def proximal_adagrad_not_l1_gt_0_rows_f64(
-    launch,
-    rows,
-    row_len,
-    w_tensor,
-    g_tensor,
-    a_tensor,
-    weight_decay,
-    grad_scale,
-    l2,
-    lr,
-):
-    """Launch the kernel above: blocks stride over the named rows."""
-    proximal_adagrad_not_l1_gt_0_rows_f64_kernel[launch.grid(rows.shape[0], THREADS)](
-        rows, row_len, w_tensor, g_tensor, a_tensor, weight_decay, grad_scale, l2, lr
-    )
+    return DeviceKernels(run, (rows_kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -533,27 +218,17 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_l1_gt_0,
-                kernels={
-                    "float32": proximal_adagrad_l1_gt_0_f32,
-                    "float64": proximal_adagrad_l1_gt_0_f64,
-                },
-                rows={
-                    "float32": proximal_adagrad_l1_gt_0_rows_f32,
-                    "float64": proximal_adagrad_l1_gt_0_rows_f64,
-                },
+                stages=per_dtype(proximal_adagrad_l1_gt_0),
+                plan=Plan(per_tensor=2),
+                rows=per_dtype(proximal_adagrad_l1_gt_0_rows),
             ),
             (False,): Branch(
                 scalars=scalars_not_l1_gt_0,
-                kernels={
-                    "float32": proximal_adagrad_not_l1_gt_0_f32,
-                    "float64": proximal_adagrad_not_l1_gt_0_f64,
-                },
-                rows={
-                    "float32": proximal_adagrad_not_l1_gt_0_rows_f32,
-                    "float64": proximal_adagrad_not_l1_gt_0_rows_f64,
-                },
+                stages=per_dtype(proximal_adagrad_not_l1_gt_0),
+                plan=Plan(per_tensor=2),
+                rows=per_dtype(proximal_adagrad_not_l1_gt_0_rows),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of RAdam.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.radam), as for the CPU kernels.
 """
 
@@ -13,9 +15,8 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.radam import branch, scalars_not_rho_t_gt_5, scalars_rho_t_gt_5
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,74 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def radam_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, rho_t > 5 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_rho_t_gt_5(F):
+    """RAdam: the stages of rho_t > 5 is True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def radam_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -107,162 +46,45 @@ def radam_rho_t_gt_5_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = beta1 * m + s0 * g_eff
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w + s3 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, rho_t > 5 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_not_rho_t_gt_5(F):
+    """RAdam: the stages of rho_t > 5 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def radam_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_not_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, rho_t > 5 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_not_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_not_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -278,91 +100,37 @@ def radam_not_rho_t_gt_5_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                m_new = beta1 * m + s0 * g_eff
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w + s3 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def radam_not_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, rho_t > 5 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            m_new = beta1 * m + s0 * g_eff
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_not_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta1,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_not_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -373,15 +141,15 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_rho_t_gt_5,
-                kernels={"float32": radam_rho_t_gt_5_f32, "float64": radam_rho_t_gt_5_f64},
-                rows={},
+                stages=per_dtype(radam_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_not_rho_t_gt_5,
-                kernels={"float32": radam_not_rho_t_gt_5_f32, "float64": radam_not_rho_t_gt_5_f64},
-                rows={},
+                stages=per_dtype(radam_not_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of RAdam.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.radam_torch), as for the CPU kernels.
 """
 
@@ -26,9 +28,8 @@ from optforge.generated.host.radam_torch import (
     scalars_not_rho_t_gt_5,
     scalars_rho_t_gt_5,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -36,73 +37,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def radam_torch_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=False, rho_t > 5 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
 
-
-def radam_torch_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -118,76 +58,100 @@ def radam_torch_rho_t_gt_5_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                w_decayed = w
+                m_new = m + s0 * (g_eff - m)
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_torch_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=False, rho_t > 5 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_not_rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is False.
+    `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        s0,
+        s1,
+        s2,
+        s3,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                w_decayed = w
+                m_new = m + s0 * (g_eff - m)
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w_decayed + s3 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def radam_torch_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def radam_torch_maximize__rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True. `F`
+    is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -203,74 +167,47 @@ def radam_torch_rho_t_gt_5_f64(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g + weight_decay * w
+                w_decayed = w
+                m_new = m + s0 * (g_eff - m)
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_torch_not_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=False, rho_t > 5 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_maximize__not_rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is False.
+    `F` is the element type (np.float32 or np.float64)."""
 
-
-def radam_torch_not_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_not_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -285,501 +222,47 @@ def radam_torch_not_rho_t_gt_5_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g + weight_decay * w
+                w_decayed = w
+                m_new = m + s0 * (g_eff - m)
+                v_new = beta2 * v + s1 * g_eff * g_eff
+                m_hat = m_new / s2
+                w_new = w_decayed + s3 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_torch_not_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=False, rho_t > 5 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True. `F`
+    is the element type (np.float32 or np.float64)."""
 
-
-def radam_torch_not_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_not_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_maximize__rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=True, rho_t > 5 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_maximize__rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_maximize__rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_maximize__rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=True, rho_t > 5 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_maximize__rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_maximize__rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_maximize__not_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=True, rho_t > 5 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_maximize__not_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_maximize__not_rho_t_gt_5_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_maximize__not_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=False, maximize=True, rho_t > 5 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            w_decayed = w
-            m_new = m + s0 * (g_eff - m)
-            v_new = beta2 * v + s1 * g_eff * g_eff
-            m_hat = m_new / s2
-            w_new = w_decayed + s3 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_maximize__not_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_maximize__not_rho_t_gt_5_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=False, rho_t > 5 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__rho_t_gt_5_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -796,81 +279,102 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5_f32(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=False, rho_t > 5 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is False.
+    `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        m_tensors,
+        v_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        beta2,
+        s0,
+        s1,
+        s2,
+        s3,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s0 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def radam_torch_decoupled_weight_decay__rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__rho_t_gt_5_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True. `F`
+    is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -887,77 +391,48 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5_f64(
         s2,
         s3,
         s4,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=False, rho_t > 5 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s0 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
+def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
+    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False. `F`
+    is the element type (np.float32 or np.float64)."""
 
-
-def radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -972,448 +447,40 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f32(
         s1,
         s2,
         s3,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            m_c = m_tensors[tensor][start:stop]
+            v_c = v_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s0 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=False, rho_t > 5 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = grad_scale * g
-            w_decayed = u0 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s0 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=True, rho_t > 5 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=True, rho_t > 5 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    eps,
-    s0,
-    s1,
-    s2,
-    s3,
-    s4,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=True, rho_t > 5 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f32(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s0 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
-
-
-@cuda.jit(cache=True)
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """RAdam, decoupled_weight_decay=True, maximize=True, rho_t > 5 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        m_c = m_tensors[tensor][start:stop]
-        v_c = v_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        u1 = f64(1.0) + s0 * weight_decay
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            m = m_c[elem]
-            v = v_c[elem]
-            g_eff = u0 * g
-            w_decayed = u1 * w
-            m_new = m + s1 * (g_eff - m)
-            v_new = beta2 * v + s2 * g_eff * g_eff
-            m_hat = m_new / s3
-            w_new = w_decayed + s0 * m_hat
-            w_c[elem] = w_new
-            m_c[elem] = m_new
-            v_c[elem] = v_new
-
-
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    m_tensors,
-    v_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    beta2,
-    s0,
-    s1,
-    s2,
-    s3,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -1424,22 +491,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_rho_t_gt_5_f32,
-                    "float64": radam_torch_rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_not_rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_not_rho_t_gt_5_f32,
-                    "float64": radam_torch_not_rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_not_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
@@ -1447,22 +508,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_maximize__rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_maximize__rho_t_gt_5_f32,
-                    "float64": radam_torch_maximize__rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_maximize__rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_maximize__not_rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_maximize__not_rho_t_gt_5_f32,
-                    "float64": radam_torch_maximize__not_rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_maximize__not_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
@@ -1470,22 +525,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_decoupled_weight_decay__rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_decoupled_weight_decay__rho_t_gt_5_f32,
-                    "float64": radam_torch_decoupled_weight_decay__rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_decoupled_weight_decay__rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_decoupled_weight_decay__not_rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f32,
-                    "float64": radam_torch_decoupled_weight_decay__not_rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_decoupled_weight_decay__not_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
@@ -1493,21 +542,15 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_decoupled_weight_decay__maximize__rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f32,
-                    "float64": radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5,
-                kernels={
-                    "float32": radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f32,
-                    "float64": radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5_f64,
-                },
-                rows={},
+                stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of RMSprop.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.rmsprop), as for the CPU kernels.
 """
 
@@ -26,9 +28,8 @@ from optforge.generated.host.rmsprop import (
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -36,70 +37,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def rmsprop_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=False, momentum > 0 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
+def rmsprop_momentum_gt_0(F):
+    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is True. `F` is the
+    element type (np.float32 or np.float64)."""
 
-
-def rmsprop_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -114,73 +57,93 @@ def rmsprop_momentum_gt_0_f32(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                denom = eps + math.sqrt(sq_new)
+                buf_new = momentum * buf + g_eff / denom
+                w_new = cuda.fma(s1, buf_new, w)
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=False, momentum > 0 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
+def rmsprop_not_momentum_gt_0(F):
+    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is False. `F` is the
+    element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        sq_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        alpha,
+        eps,
+        s0,
+        s1,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                denom = eps + math.sqrt(sq_new)
+                w_new = w + s1 * g_eff / denom
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def rmsprop_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def rmsprop_maximize__momentum_gt_0(F):
+    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is True. `F` is the
+    element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -195,67 +158,46 @@ def rmsprop_momentum_gt_0_f64(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                denom = eps + math.sqrt(sq_new)
+                buf_new = momentum * buf + g_eff / denom
+                w_new = cuda.fma(s1, buf_new, w)
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=False, momentum > 0 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
+def rmsprop_maximize__not_momentum_gt_0(F):
+    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is False. `F` is the
+    element type (np.float32 or np.float64)."""
 
-
-def rmsprop_not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_not_momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -269,474 +211,42 @@ def rmsprop_not_momentum_gt_0_f32(
         eps,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                denom = eps + math.sqrt(sq_new)
+                w_new = w + s1 * g_eff / denom
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=False, momentum > 0 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
+def rmsprop_centered__momentum_gt_0(F):
+    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is True. `F` is the
+    element type (np.float32 or np.float64)."""
 
-
-def rmsprop_not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_not_momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_maximize__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=True, momentum > 0 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
-
-
-def rmsprop_maximize__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_maximize__momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_maximize__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=True, momentum > 0 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            buf_c[elem] = buf_new
-
-
-def rmsprop_maximize__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_maximize__momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_maximize__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=True, momentum > 0 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-
-
-def rmsprop_maximize__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_maximize__not_momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_maximize__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=False, maximize=True, momentum > 0 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            denom = eps + math.sqrt(sq_new)
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-
-
-def rmsprop_maximize__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_maximize__not_momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_centered__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=False, momentum > 0 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            sq_c.shape[0],
-            g_avg_c.shape[0],
-            buf_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
-
-
-def rmsprop_centered__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -752,86 +262,109 @@ def rmsprop_centered__momentum_gt_0_f32(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            g_avg_c = g_avg_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                sq_c.shape[0],
+                g_avg_c.shape[0],
+                buf_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_avg = g_avg_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
+                denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
+                buf_new = momentum * buf + g_eff / denom
+                w_new = cuda.fma(s1, buf_new, w)
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                g_avg_c[elem] = g_avg_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_centered__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=False, momentum > 0 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            sq_c.shape[0],
-            g_avg_c.shape[0],
-            buf_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
+def rmsprop_centered__not_momentum_gt_0(F):
+    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is False. `F` is the
+    element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        sq_tensors,
+        g_avg_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        alpha,
+        eps,
+        s0,
+        s1,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            g_avg_c = g_avg_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_avg = g_avg_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
+                denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
+                w_new = w + s1 * g_eff / denom
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                g_avg_c[elem] = g_avg_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def rmsprop_centered__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def rmsprop_centered__maximize__momentum_gt_0(F):
+    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is True. `F` is the
+    element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -847,73 +380,57 @@ def rmsprop_centered__momentum_gt_0_f64(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            g_avg_c = g_avg_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                sq_c.shape[0],
+                g_avg_c.shape[0],
+                buf_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_avg = g_avg_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
+                denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
+                buf_new = momentum * buf + g_eff / denom
+                w_new = cuda.fma(s1, buf_new, w)
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                g_avg_c[elem] = g_avg_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_centered__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=False, momentum > 0 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
+def rmsprop_centered__maximize__not_momentum_gt_0(F):
+    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is False. `F` is the
+    element type (np.float32 or np.float64)."""
 
-
-def rmsprop_centered__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__not_momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -928,448 +445,38 @@ def rmsprop_centered__not_momentum_gt_0_f32(
         eps,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            sq_c = sq_tensors[tensor][start:stop]
+            g_avg_c = g_avg_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                sq = sq_c[elem]
+                g_avg = g_avg_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
+                g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
+                denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
+                w_new = w + s1 * g_eff / denom
+                w_c[elem] = w_new
+                sq_c[elem] = sq_new
+                g_avg_c[elem] = g_avg_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def rmsprop_centered__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=False, momentum > 0 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-
-
-def rmsprop_centered__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__not_momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_centered__maximize__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=True, momentum > 0 is True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            sq_c.shape[0],
-            g_avg_c.shape[0],
-            buf_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
-
-
-def rmsprop_centered__maximize__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__maximize__momentum_gt_0_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_centered__maximize__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=True, momentum > 0 is True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start,
-            w_c.shape[0],
-            g_c.shape[0],
-            sq_c.shape[0],
-            g_avg_c.shape[0],
-            buf_c.shape[0],
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            buf_new = momentum * buf + g_eff / denom
-            w_new = cuda.fma(s1, buf_new, w)
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-            buf_c[elem] = buf_new
-
-
-def rmsprop_centered__maximize__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__maximize__momentum_gt_0_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_centered__maximize__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=True, momentum > 0 is False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-
-
-def rmsprop_centered__maximize__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__maximize__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_centered__maximize__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """RMSprop, centered=True, maximize=True, momentum > 0 is False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        sq_c = sq_tensors[tensor][start:stop]
-        g_avg_c = g_avg_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            sq = sq_c[elem]
-            g_avg = g_avg_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
-            g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
-            denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
-            w_new = w + s1 * g_eff / denom
-            w_c[elem] = w_new
-            sq_c[elem] = sq_new
-            g_avg_c[elem] = g_avg_new
-
-
-def rmsprop_centered__maximize__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    sq_tensors,
-    g_avg_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    alpha,
-    eps,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_centered__maximize__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -1380,22 +487,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_momentum_gt_0_f32,
-                    "float64": rmsprop_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_not_momentum_gt_0_f32,
-                    "float64": rmsprop_not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("square_avg", "momentum_buffer"),
@@ -1403,22 +504,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_maximize__momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_maximize__momentum_gt_0_f32,
-                    "float64": rmsprop_maximize__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_maximize__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_maximize__not_momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_maximize__not_momentum_gt_0_f32,
-                    "float64": rmsprop_maximize__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_maximize__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("square_avg", "grad_avg", "momentum_buffer"),
@@ -1426,22 +521,16 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_centered__momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_centered__momentum_gt_0_f32,
-                    "float64": rmsprop_centered__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_centered__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_centered__not_momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_centered__not_momentum_gt_0_f32,
-                    "float64": rmsprop_centered__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_centered__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("square_avg", "grad_avg", "momentum_buffer"),
@@ -1449,21 +538,15 @@ VARIANTS = {
         branches={
             (True,): Branch(
                 scalars=scalars_centered__maximize__momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_centered__maximize__momentum_gt_0_f32,
-                    "float64": rmsprop_centered__maximize__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_centered__maximize__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
                 scalars=scalars_centered__maximize__not_momentum_gt_0,
-                kernels={
-                    "float32": rmsprop_centered__maximize__not_momentum_gt_0_f32,
-                    "float64": rmsprop_centered__maximize__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(rmsprop_centered__maximize__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of RMSProp.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.rmsprop_nn), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.rmsprop_nn import branch, branch_centered, scalars, scalars_centered
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.rmsprop_nn import scalars, scalars_centered
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,69 +24,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def rmsprop_nn_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """RMSProp, centered=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ms_c = ms_tensors[tensor][start:stop]
-        mom_c = mom_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ms = ms_c[elem]
-            mom = mom_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            ms_new = decay * ms + s0 * g_eff * g_eff
-            mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
-            w_new = w - mom_new
-            w_c[elem] = w_new
-            ms_c[elem] = ms_new
-            mom_c[elem] = mom_new
+def rmsprop_nn(F):
+    """RMSProp: the stages of centered=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def rmsprop_nn_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_nn_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -100,160 +44,44 @@ def rmsprop_nn_f32(
         epsilon,
         lr,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ms_c = ms_tensors[tensor][start:stop]
+            mom_c = mom_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                ms = ms_c[elem]
+                mom = mom_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                ms_new = decay * ms + s0 * g_eff * g_eff
+                mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
+                w_new = w - mom_new
+                w_c[elem] = w_new
+                ms_c[elem] = ms_new
+                mom_c[elem] = mom_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def rmsprop_nn_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """RMSProp, centered=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ms_c = ms_tensors[tensor][start:stop]
-        mom_c = mom_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ms = ms_c[elem]
-            mom = mom_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            ms_new = decay * ms + s0 * g_eff * g_eff
-            mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
-            w_new = w - mom_new
-            w_c[elem] = w_new
-            ms_c[elem] = ms_new
-            mom_c[elem] = mom_new
+def rmsprop_nn_centered(F):
+    """RMSProp: the stages of centered=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
-
-def rmsprop_nn_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_nn_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ms_tensors,
-        mom_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        decay,
-        momentum,
-        epsilon,
-        lr,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def rmsprop_nn_centered_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mg_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """RMSProp, centered=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ms_c = ms_tensors[tensor][start:stop]
-        mg_c = mg_tensors[tensor][start:stop]
-        mom_c = mom_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mg_c.shape[0], mom_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ms = ms_c[elem]
-            mg = mg_c[elem]
-            mom = mom_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            ms_new = decay * ms + s0 * g_eff * g_eff
-            mg_new = decay * mg + s0 * g_eff
-            mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new - mg_new * mg_new)
-            w_new = w - mom_new
-            w_c[elem] = w_new
-            ms_c[elem] = ms_new
-            mg_c[elem] = mg_new
-            mom_c[elem] = mom_new
-
-
-def rmsprop_nn_centered_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mg_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_nn_centered_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -269,122 +97,75 @@ def rmsprop_nn_centered_f32(
         epsilon,
         lr,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            ms_c = ms_tensors[tensor][start:stop]
+            mg_c = mg_tensors[tensor][start:stop]
+            mom_c = mom_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start,
+                w_c.shape[0],
+                g_c.shape[0],
+                ms_c.shape[0],
+                mg_c.shape[0],
+                mom_c.shape[0],
+            )
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                ms = ms_c[elem]
+                mg = mg_c[elem]
+                mom = mom_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                ms_new = decay * ms + s0 * g_eff * g_eff
+                mg_new = decay * mg + s0 * g_eff
+                mom_new = momentum * mom + lr * g_eff / math.sqrt(
+                    epsilon + ms_new - mg_new * mg_new
+                )
+                w_new = w - mom_new
+                w_c[elem] = w_new
+                ms_c[elem] = ms_new
+                mg_c[elem] = mg_new
+                mom_c[elem] = mom_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-@cuda.jit(cache=True)
-def rmsprop_nn_centered_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mg_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """RMSProp, centered=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        ms_c = ms_tensors[tensor][start:stop]
-        mg_c = mg_tensors[tensor][start:stop]
-        mom_c = mom_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(
-            stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mg_c.shape[0], mom_c.shape[0]
-        )
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            ms = ms_c[elem]
-            mg = mg_c[elem]
-            mom = mom_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            ms_new = decay * ms + s0 * g_eff * g_eff
-            mg_new = decay * mg + s0 * g_eff
-            mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new - mg_new * mg_new)
-            w_new = w - mom_new
-            w_c[elem] = w_new
-            ms_c[elem] = ms_new
-            mg_c[elem] = mg_new
-            mom_c[elem] = mom_new
-
-
-def rmsprop_nn_centered_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    ms_tensors,
-    mg_tensors,
-    mom_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    decay,
-    momentum,
-    epsilon,
-    lr,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rmsprop_nn_centered_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        ms_tensors,
-        mg_tensors,
-        mom_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        decay,
-        momentum,
-        epsilon,
-        lr,
-        s0,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("mean_square", "moment"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": rmsprop_nn_f32, "float64": rmsprop_nn_f64},
-                rows={},
+                stages=per_dtype(rmsprop_nn),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("mean_square", "mean_grad", "moment"),
-        branch=branch_centered,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_centered,
-                kernels={"float32": rmsprop_nn_centered_f32, "float64": rmsprop_nn_centered_f64},
-                rows={},
+                stages=per_dtype(rmsprop_nn_centered),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

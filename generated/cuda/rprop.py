@@ -2,8 +2,10 @@
 """Fused CUDA kernels of Rprop.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.rprop), as for the CPU kernels.
 """
 
@@ -12,10 +14,9 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.rprop import branch, branch_maximize, scalars, scalars_maximize
-from optforge.runtime.kernels import Branch, Variant
+from optforge.generated.host.rprop import scalars, scalars_maximize
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -23,79 +24,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def rprop_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Rprop, maximize=False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        prev_c = prev_tensors[tensor][start:stop]
-        step_size_c = step_size_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            prev = prev_c[elem]
-            step_size = step_size_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            agreement = g_eff * prev
-            x0 = agreement < f32(0.0)
-            step_size_new = min(
-                step_size_max,
-                max(
-                    step_size_min,
-                    step_size
-                    * ((etaplus) if (agreement > f32(0.0)) else (etaminus) if x0 else (f32(1.0))),
-                ),
-            )
-            g_kept = (f32(0.0)) if x0 else (g_eff)
-            w_new = w - step_size_new * (
-                f32(1.0) if g_kept > f32(0.0) else (-f32(1.0) if g_kept < f32(0.0) else g_kept)
-            )
-            prev_new = g_kept
-            w_c[elem] = w_new
-            prev_c[elem] = prev_new
-            step_size_c[elem] = step_size_new
+def rprop(F):
+    """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
 
-
-def rprop_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rprop_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -109,82 +42,57 @@ def rprop_f32(
         etaplus,
         step_size_min,
         step_size_max,
-    )
-
-
-@cuda.jit(cache=True)
-def rprop_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Rprop, maximize=False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        prev_c = prev_tensors[tensor][start:stop]
-        step_size_c = step_size_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            prev = prev_c[elem]
-            step_size = step_size_c[elem]
-            g_eff = grad_scale * g + weight_decay * w
-            agreement = g_eff * prev
-            x0 = agreement < f64(0.0)
-            step_size_new = min(
-                step_size_max,
-                max(
-                    step_size_min,
-                    step_size
-                    * ((etaplus) if (agreement > f64(0.0)) else (etaminus) if x0 else (f64(1.0))),
-                ),
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            prev_c = prev_tensors[tensor][start:stop]
+            step_size_c = step_size_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
             )
-            g_kept = (f64(0.0)) if x0 else (g_eff)
-            w_new = w - step_size_new * (
-                f64(1.0) if g_kept > f64(0.0) else (-f64(1.0) if g_kept < f64(0.0) else g_kept)
-            )
-            prev_new = g_kept
-            w_c[elem] = w_new
-            prev_c[elem] = prev_new
-            step_size_c[elem] = step_size_new
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                prev = prev_c[elem]
+                step_size = step_size_c[elem]
+                g_eff = grad_scale * g + weight_decay * w
+                agreement = g_eff * prev
+                x0 = agreement < F(0.0)
+                step_size_new = min(
+                    step_size_max,
+                    max(
+                        step_size_min,
+                        step_size
+                        * ((etaplus) if (agreement > F(0.0)) else (etaminus) if x0 else (F(1.0))),
+                    ),
+                )
+                g_kept = (F(0.0)) if x0 else (g_eff)
+                w_new = w - step_size_new * (
+                    F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
+                )
+                prev_new = g_kept
+                w_c[elem] = w_new
+                prev_c[elem] = prev_new
+                step_size_c[elem] = step_size_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def rprop_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rprop_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
+def rprop_maximize(F):
+    """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -198,213 +106,77 @@ def rprop_f64(
         etaplus,
         step_size_min,
         step_size_max,
-    )
-
-
-@cuda.jit(cache=True)
-def rprop_maximize_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Rprop, maximize=True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        prev_c = prev_tensors[tensor][start:stop]
-        step_size_c = step_size_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            prev = prev_c[elem]
-            step_size = step_size_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            agreement = g_eff * prev
-            x0 = agreement < f32(0.0)
-            step_size_new = min(
-                step_size_max,
-                max(
-                    step_size_min,
-                    step_size
-                    * ((etaplus) if (agreement > f32(0.0)) else (etaminus) if x0 else (f32(1.0))),
-                ),
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            prev_c = prev_tensors[tensor][start:stop]
+            step_size_c = step_size_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(
+                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
             )
-            g_kept = (f32(0.0)) if x0 else (g_eff)
-            w_new = w - step_size_new * (
-                f32(1.0) if g_kept > f32(0.0) else (-f32(1.0) if g_kept < f32(0.0) else g_kept)
-            )
-            prev_new = g_kept
-            w_c[elem] = w_new
-            prev_c[elem] = prev_new
-            step_size_c[elem] = step_size_new
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                prev = prev_c[elem]
+                step_size = step_size_c[elem]
+                g_eff = u0 * g + weight_decay * w
+                agreement = g_eff * prev
+                x0 = agreement < F(0.0)
+                step_size_new = min(
+                    step_size_max,
+                    max(
+                        step_size_min,
+                        step_size
+                        * ((etaplus) if (agreement > F(0.0)) else (etaminus) if x0 else (F(1.0))),
+                    ),
+                )
+                g_kept = (F(0.0)) if x0 else (g_eff)
+                w_new = w - step_size_new * (
+                    F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
+                )
+                prev_new = g_kept
+                w_c[elem] = w_new
+                prev_c[elem] = prev_new
+                step_size_c[elem] = step_size_new
 
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
 
-def rprop_maximize_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rprop_maximize_f32_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        prev_tensors,
-        step_size_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        etaminus,
-        etaplus,
-        step_size_min,
-        step_size_max,
-    )
-
-
-@cuda.jit(cache=True)
-def rprop_maximize_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Rprop, maximize=True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        prev_c = prev_tensors[tensor][start:stop]
-        step_size_c = step_size_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            prev = prev_c[elem]
-            step_size = step_size_c[elem]
-            g_eff = u0 * g + weight_decay * w
-            agreement = g_eff * prev
-            x0 = agreement < f64(0.0)
-            step_size_new = min(
-                step_size_max,
-                max(
-                    step_size_min,
-                    step_size
-                    * ((etaplus) if (agreement > f64(0.0)) else (etaminus) if x0 else (f64(1.0))),
-                ),
-            )
-            g_kept = (f64(0.0)) if x0 else (g_eff)
-            w_new = w - step_size_new * (
-                f64(1.0) if g_kept > f64(0.0) else (-f64(1.0) if g_kept < f64(0.0) else g_kept)
-            )
-            prev_new = g_kept
-            w_c[elem] = w_new
-            prev_c[elem] = prev_new
-            step_size_c[elem] = step_size_new
-
-
-def rprop_maximize_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    prev_tensors,
-    step_size_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    etaminus,
-    etaplus,
-    step_size_min,
-    step_size_max,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    rprop_maximize_f64_kernel[launch.grid(chunk_slot.shape[0], THREADS)](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        prev_tensors,
-        step_size_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        etaminus,
-        etaplus,
-        step_size_min,
-        step_size_max,
-    )
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
     (False,): Variant(
         state=("prev", "step_size"),
-        branch=branch,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars,
-                kernels={"float32": rprop_f32, "float64": rprop_f64},
-                rows={},
+                stages=per_dtype(rprop),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True,): Variant(
         state=("prev", "step_size"),
-        branch=branch_maximize,
+        branch=None,
         branches={
             (): Branch(
                 scalars=scalars_maximize,
-                kernels={"float32": rprop_maximize_f32, "float64": rprop_maximize_f64},
-                rows={},
+                stages=per_dtype(rprop_maximize),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

@@ -2,8 +2,10 @@
 """Fused CUDA kernels of SGD.
 
 A launch updates up to SLOTS tensors of a parameter group of one dtype,
-given as tuples of device arrays. Blocks stride over a chunk table (slot,
-start, stop), threads over a chunk's elements. Step-level scalars come from
+given as tuples of device arrays. Each kernel is printed once, as a function
+of its element type `F` (np.float32 or np.float64) that returns its launcher
+and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
+over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.sgd), as for the CPU kernels.
 """
 
@@ -34,9 +36,8 @@ from optforge.generated.host.sgd import (
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
 )
-from optforge.runtime.kernels import Branch, Variant
+from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
-f32 = np.float32
 f64 = np.float64
 
 SLOTS = 8
@@ -44,58 +45,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-@cuda.jit(cache=True)
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = buf_new
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -105,61 +60,41 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                buf_new = g_eff
+                d = buf_new
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = buf_new
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -169,194 +104,40 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                buf_new = g_eff
+                d = g_eff
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = buf_new
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -368,66 +149,171 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                buf_new = cuda.fma(s0, g_eff, momentum * buf)
+                d = buf_new
+                w_new = cuda.fma(s1, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = buf_new
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        s0,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                d = g_eff
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        s0,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                buf_new = g_eff
+                d = buf_new
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
+
+
+def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        s0,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                buf_new = g_eff
+                d = g_eff
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
+
+
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -439,58 +325,43 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                buf_new = cuda.fma(s0, g_eff, momentum * buf)
+                d = buf_new
+                w_new = cuda.fma(s1, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -500,58 +371,38 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
         weight_decay_per_tensor,
         grad_scale_per_tensor,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                d = g_eff
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
+def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -560,328 +411,42 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
         buf_tensors,
         weight_decay_per_tensor,
         grad_scale_per_tensor,
+        momentum,
         s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                buf_new = g_eff
+                d = cuda.fma(momentum, buf_new, g_eff)
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = buf_new
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
-
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = buf_new
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = buf_new
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -893,67 +458,86 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
         momentum,
         s0,
         s1,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, grad_scale * g)
+                buf_new = cuda.fma(s0, g_eff, momentum * buf)
+                d = cuda.fma(momentum, buf_new, g_eff)
+                w_new = cuda.fma(s1, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-@cuda.jit(cache=True)
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = buf_new
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
+def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
+        chunk_slot,
+        chunk_start,
+        chunk_stop,
+        w_tensors,
+        g_tensors,
+        buf_tensors,
+        weight_decay_per_tensor,
+        grad_scale_per_tensor,
+        momentum,
+        s0,
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                buf_new = g_eff
+                d = cuda.fma(momentum, buf_new, g_eff)
+                w_new = cuda.fma(s0, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
+def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def kernel(
         chunk_slot,
         chunk_start,
         chunk_stop,
@@ -965,1191 +549,34 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
         momentum,
         s0,
         s1,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, grad_scale * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = g_eff
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    True, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        buf_c = buf_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            buf = buf_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            buf_new = cuda.fma(s0, g_eff, momentum * buf)
-            d = cuda.fma(momentum, buf_new, g_eff)
-            w_new = cuda.fma(s1, d, w)
-            w_c[elem] = w_new
-            buf_c[elem] = buf_new
-
-
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    momentum,
-    s0,
-    s1,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float32."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
-
-
-@cuda.jit(cache=True)
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel(
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """SGD, nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False, momentum > 0 is
-    False, float64."""
-    for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-        tensor = chunk_slot[chunk]
-        start = chunk_start[chunk]
-        stop = chunk_stop[chunk]
-        w_c = w_tensors[tensor][start:stop]
-        g_c = g_tensors[tensor][start:stop]
-        weight_decay = weight_decay_per_tensor[tensor]
-        grad_scale = grad_scale_per_tensor[tensor]
-        u0 = -grad_scale
-        # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-        elems = min(stop - start, w_c.shape[0], g_c.shape[0])
-        for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-            w = w_c[elem]
-            g = g_c[elem]
-            g_eff = cuda.fma(weight_decay, w, u0 * g)
-            d = g_eff
-            w_new = cuda.fma(s0, d, w)
-            w_c[elem] = w_new
-
-
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64(
-    launch,
-    chunk_slot,
-    chunk_start,
-    chunk_stop,
-    w_tensors,
-    g_tensors,
-    buf_tensors,
-    weight_decay_per_tensor,
-    grad_scale_per_tensor,
-    s0,
-):
-    """Launch the kernel above on `launch`'s grid and stream."""
-    sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64_kernel[
-        launch.grid(chunk_slot.shape[0], THREADS)
-    ](
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    )
+    ):
+        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
+            tensor = chunk_slot[chunk]
+            start = chunk_start[chunk]
+            stop = chunk_stop[chunk]
+            w_c = w_tensors[tensor][start:stop]
+            g_c = g_tensors[tensor][start:stop]
+            buf_c = buf_tensors[tensor][start:stop]
+            weight_decay = weight_decay_per_tensor[tensor]
+            grad_scale = grad_scale_per_tensor[tensor]
+            u0 = -grad_scale
+            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
+            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                buf = buf_c[elem]
+                g_eff = cuda.fma(weight_decay, w, u0 * g)
+                buf_new = cuda.fma(s0, g_eff, momentum * buf)
+                d = cuda.fma(momentum, buf_new, g_eff)
+                w_new = cuda.fma(s1, d, w)
+                w_c[elem] = w_new
+                buf_c[elem] = buf_new
+
+    def run(launch, chunk_slot, *arguments):
+        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
+
+    return DeviceKernels(run, (kernel,))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -2160,38 +587,26 @@ VARIANTS = {
         branches={
             (True, True): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (False, True): Variant(
         state=("momentum_buffer",),
@@ -2199,38 +614,26 @@ VARIANTS = {
         branches={
             (True, True): Branch(
                 scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
                 scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
                 scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
                 scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, False): Variant(
         state=("momentum_buffer",),
@@ -2238,38 +641,26 @@ VARIANTS = {
         branches={
             (True, True): Branch(
                 scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
                 scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
                 scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
                 scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
     (True, True): Variant(
         state=("momentum_buffer",),
@@ -2277,37 +668,27 @@ VARIANTS = {
         branches={
             (True, True): Branch(
                 scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
                 scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
                 scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f32,
-                    "float64": sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(
+                    sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0
+                ),
+                plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
                 scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-                kernels={
-                    "float32": sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f32,
-                    "float64": sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0_f64,
-                },
-                rows={},
+                stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
+                plan=Plan(per_tensor=2),
             ),
         },
-        chunk=1 << 16,
+        chunk=65536,
     ),
 }

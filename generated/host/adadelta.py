@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, rho, eps):
-    """The host-side branch for maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, rho, eps):
-    """The host-side branch for maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, rho, eps):
     """Kernel scalars for maximize=False: (rho, eps, s0, s1)."""
     s0 = 1 - rho

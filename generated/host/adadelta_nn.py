@@ -14,11 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, rho, epsilon):
-    """The host-side branch for the only variant: ()."""
-    return ()
-
-
 def scalars(t, lr, rho, epsilon):
     """Kernel scalars for the only variant: (rho, epsilon, s0, s1)."""
     s0 = 1 - rho

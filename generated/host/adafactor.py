@@ -14,26 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta2_decay, eps1, eps2, d):
-    """The host-side branch for maximize=False, factored=False: ()."""
-    return ()
-
-
-def branch_factored(t, lr, beta2_decay, eps1, eps2, d):
-    """The host-side branch for maximize=False, factored=True: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, beta2_decay, eps1, eps2, d):
-    """The host-side branch for maximize=True, factored=False: ()."""
-    return ()
-
-
-def branch_maximize__factored(t, lr, beta2_decay, eps1, eps2, d):
-    """The host-side branch for maximize=True, factored=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta2_decay, eps1, eps2, d):
     """Kernel scalars for maximize=False, factored=False: (eps2, d, s0, s1, s2, rho)."""
     rho = min(lr, 1 / math.sqrt(t))

@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, lr_decay, initial_accumulator_value, eps):
-    """The host-side branch for maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, lr_decay, initial_accumulator_value, eps):
-    """The host-side branch for maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, lr_decay, initial_accumulator_value, eps):
     """Kernel scalars for maximize=False: (eps, s0)."""
     s0 = -lr / (1 + lr_decay * (-1 + t))

@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, accum):
-    """The host-side branch for update_slots=False: ()."""
-    return ()
-
-
-def branch_update_slots(t, lr, accum):
-    """The host-side branch for update_slots=True: ()."""
-    return ()
-
-
 def scalars(t, lr, accum):
     """Kernel scalars for update_slots=False: (s0)."""
     s0 = -lr

@@ -14,26 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=False, use_amsgrad=False: ()."""
-    return ()
-
-
-def branch_use_amsgrad(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=False, use_amsgrad=True: ()."""
-    return ()
-
-
-def branch_use_nesterov(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=True, use_amsgrad=False: ()."""
-    return ()
-
-
-def branch_use_nesterov__use_amsgrad(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=True, use_amsgrad=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for use_nesterov=False, use_amsgrad=False: (eps, s0, s1, s2)."""
     s0 = 1 - beta1

@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=False: ()."""
-    return ()
-
-
-def branch_use_nesterov(t, lr, beta1, beta2, eps):
-    """The host-side branch for use_nesterov=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for use_nesterov=False: (beta1, beta2, eps, s0, s1, s2)."""
     s0 = 1 - beta1

@@ -14,47 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=False, decoupled_weight_decay=False:
-    ()."""
-    return ()
-
-
-def branch_decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=False, decoupled_weight_decay=True: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=True, decoupled_weight_decay=False: ()."""
-    return ()
-
-
-def branch_maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=True, decoupled_weight_decay=True: ()."""
-    return ()
-
-
-def branch_amsgrad(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=False, decoupled_weight_decay=False: ()."""
-    return ()
-
-
-def branch_amsgrad__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=False, decoupled_weight_decay=True: ()."""
-    return ()
-
-
-def branch_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=True, decoupled_weight_decay=False: ()."""
-    return ()
-
-
-def branch_amsgrad__maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=True, decoupled_weight_decay=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=False, maximize=False, decoupled_weight_decay=False: (beta2,
     eps, s0, s1, s2, s3)."""

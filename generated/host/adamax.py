@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for maximize=False: (beta2, eps, s0, s1)."""
     s0 = 1 - beta1

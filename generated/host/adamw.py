@@ -14,26 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=False, maximize=True: ()."""
-    return ()
-
-
-def branch_amsgrad(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=False: ()."""
-    return ()
-
-
-def branch_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """The host-side branch for amsgrad=True, maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for amsgrad=False, maximize=False: (beta2, eps, s0, s1, s2, s3, s4)."""
     s0 = -lr

@@ -14,11 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, initial_accum, lr_power, l1, l2):
-    """The host-side branch for the only variant: ()."""
-    return ()
-
-
 def scalars(t, lr, initial_accum, lr_power, l1, l2):
     """Kernel scalars for the only variant: (l1, lr, s0, s1)."""
     s0 = -lr_power

@@ -14,11 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps):
-    """The host-side branch for the only variant: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps):
     """Kernel scalars for the only variant: (beta1, beta2, eps, s0, s1, s2, s3, s4)."""
     s0 = 1 - beta1

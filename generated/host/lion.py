@@ -14,11 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2):
-    """The host-side branch for the only variant: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2):
     """Kernel scalars for the only variant: (beta1, beta2, s0, s1, s2)."""
     s0 = 1 - beta1

@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, momentum):
-    """The host-side branch for use_nesterov=False: ()."""
-    return ()
-
-
-def branch_use_nesterov(t, lr, momentum):
-    """The host-side branch for use_nesterov=True: ()."""
-    return ()
-
-
 def scalars(t, lr, momentum):
     """Kernel scalars for use_nesterov=False: (momentum, s0)."""
     s0 = -lr

@@ -14,26 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, beta1, beta2, eps, momentum_decay):
-    """The host-side branch for decoupled_weight_decay=False, maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, beta1, beta2, eps, momentum_decay):
-    """The host-side branch for decoupled_weight_decay=False, maximize=True: ()."""
-    return ()
-
-
-def branch_decoupled_weight_decay(t, lr, beta1, beta2, eps, momentum_decay):
-    """The host-side branch for decoupled_weight_decay=True, maximize=False: ()."""
-    return ()
-
-
-def branch_decoupled_weight_decay__maximize(t, lr, beta1, beta2, eps, momentum_decay):
-    """The host-side branch for decoupled_weight_decay=True, maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, beta1, beta2, eps, momentum_decay):
     """Kernel scalars for decoupled_weight_decay=False, maximize=False: (beta2, eps, s0, s1,
     s2, s3, s4)."""

@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, decay, momentum, epsilon):
-    """The host-side branch for centered=False: ()."""
-    return ()
-
-
-def branch_centered(t, lr, decay, momentum, epsilon):
-    """The host-side branch for centered=True: ()."""
-    return ()
-
-
 def scalars(t, lr, decay, momentum, epsilon):
     """Kernel scalars for centered=False: (decay, momentum, epsilon, lr, s0)."""
     s0 = 1 - decay

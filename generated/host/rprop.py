@@ -14,16 +14,6 @@ import numpy as np  # noqa: F401
 f32 = np.float32
 
 
-def branch(t, lr, etaminus, etaplus, step_size_min, step_size_max):
-    """The host-side branch for maximize=False: ()."""
-    return ()
-
-
-def branch_maximize(t, lr, etaminus, etaplus, step_size_min, step_size_max):
-    """The host-side branch for maximize=True: ()."""
-    return ()
-
-
 def scalars(t, lr, etaminus, etaplus, step_size_min, step_size_max):
     """Kernel scalars for maximize=False: (etaminus, etaplus, step_size_min, step_size_max)."""
     return (etaminus, etaplus, step_size_min, step_size_max)

@@ -170,7 +170,7 @@ def _deepspeed_adam(sizes, grads, notes: set[str]):
 def steady_branch(opt) -> tuple:
     """The host-side branch the optimizer's kernels take at a late step (t = 1000)."""
     hypers = tuple(opt.hypers[name] for name in opt._HYPERS)
-    return tuple(bool(v) for v in opt._variant.branch(1000, LR, *hypers))
+    return tuple(bool(v) for v in opt._variant.branch_key(1000, LR, *hypers))
 
 
 def measure(steps: dict, repeat: int) -> dict:

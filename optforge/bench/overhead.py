@@ -90,23 +90,20 @@ def nn_contenders(count: int = 200, size: int = 100) -> dict[str, Callable[[], N
     bare(grads)
     batch = bare._batches[0]
     branch, scalars = batch.variant.step(2, 1e-3, tuple(bare.hypers[h] for h in bare._HYPERS), batch.dtype)
-    kernel = branch.kernels[batch.dtype.name]
-    from numba.typed import List
+    from optforge.runtime.launch import run_stages
 
-    args = (
-        *batch.chunks,
-        batch.params,
-        List([g for g in grads]),
-        *batch.state,
-        np.zeros(count, np.float32),
-        np.ones(count, np.float32),
-        *scalars,
-    )
+    weight_decay, grad_scale = np.zeros(count, np.float32), np.ones(count, np.float32)
+
+    def kernel():  # the stages over the batch's pointer table, as a step runs them
+        run_stages(
+            branch, batch.dtype, batch.chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
+        )
+
     return {
         "optforge.nn.Adam, new gradient arrays": lambda: fresh(tuple(g.copy() for g in grads)),
         "optforge.nn.Adam, the same arrays": lambda: same(grads),
         "copying the gradients alone": lambda: tuple(g.copy() for g in grads),
-        "the bare kernel call": lambda: kernel(*args),
+        "the bare kernel call": kernel,
     }
 
 

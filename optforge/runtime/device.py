@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numba import config, cuda
-from numba.typed import List
 
 from optforge.runtime.cuda import DeviceLaunchGroup, Launch, as_device_array, dense_from_rows, to_device
-from optforge.runtime.kernels import Variant, chunk_table
+from optforge.runtime.kernels import Plan, Variant, chunk_table
+from optforge.runtime.launch import StageBuffers
+from optforge.runtime.pointers import pointer_table
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -118,7 +119,7 @@ class DeviceStepper:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
         branch, scalars = step
-        kernel = branch.kernels[batch.dtype.name]
+        kernel = branch.stages[batch.dtype.name].launch
         skip = {pos for pos, _, _ in sparse}
         for lg in batch.launch_groups:
             chunks = lg.chunks
@@ -138,7 +139,7 @@ class DeviceStepper:
             )
         for pos, rows, values in sparse:
             p = opt.parameters[batch.indices[pos]]
-            branch.rows[batch.dtype.name](
+            branch.rows[batch.dtype.name].launch(
                 self.launch_config,
                 cuda.to_device(rows),
                 p.size // max(p.shape[0], 1),
@@ -164,11 +165,12 @@ class DeviceStepper:
         scalar = dtype.type
         _, scalars = opt._variant.step(t, lr, hypers, dtype)
         cpu = importlib.import_module(f"{opt._KERNELS}.cpu.{opt._SPEC}")
-        host_update = cpu.HOST_STAGE[self.variant_key][dtype.name]
+        host_update = cpu.HOST_STAGE[self.variant_key][dtype.name][0]  # its first stage
         effective_gradient, apply = self.offload[dtype.name]
         slots = self._transfer_slots(dtype)
-        # The host stage's state: all but the delta, which goes to the pinned buffers instead.
-        moments = [name for name in self.variant.state if name != "delta"]
+        scratch = StageBuffers(dtype, 1, chunk_table([1], 1)).get(Plan())
+        # The host stage's state; what it writes for the apply stage goes to the pinned buffers.
+        output = cpu.HOST_OUTPUT[self.variant_key]
         work = []  # (position, start, stop) in order
         for pos in range(len(batch.indices)):
             size = batch.params[pos].shape[0]
@@ -195,18 +197,18 @@ class DeviceStepper:
             slot = slots[k % 2]
             n = stop - start
             slot["stream"].synchronize()
-            table = chunk_table([n], n)
-            state = [List([batch.state[name][pos][start:stop]]) for name in moments]
-            host_update(
-                *table,
-                List([slot["zeros"][:n]]),  # w: its decay is already in the gradient
-                List([slot["host_g"][:n]]),
-                *state,
-                List([slot["host_delta"][:n]]),
-                np.zeros(1, dtype),
-                np.ones(1, dtype),
-                *scalars,
+            arrays = pointer_table(
+                [
+                    [slot["zeros"][:n]],  # w: its decay is already in the gradient
+                    [slot["host_g"][:n]],
+                    *(
+                        [slot["host_delta"][:n]] if name == output else [batch.state[name][pos][start:stop]]
+                        for name in self.variant.state
+                    ),
+                ]
             )
+            per_tensor = np.array([[0], [1]], dtype)
+            host_update(chunk_table([n], n), arrays, per_tensor, scratch, *scalars)
             slot["device_delta"][:n].copy_to_device(slot["host_delta"][:n], stream=slot["stream"])
             apply[self.launch_config_for(slot, n)](
                 batch.params[pos][start:stop], slot["device_delta"][:n], *scalars

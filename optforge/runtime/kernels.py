@@ -2,34 +2,80 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
 
 
+class Plan(NamedTuple):
+    """What a branch's stages hand each other, counted: the run-time allocates it once.
+
+    `per_tensor` rows of per-tensor values (weight_decay, grad_scale, then what a
+    finalize stage computes from the reductions); `reductions` partial sums per chunk;
+    a factored kernel's row sums, column sums and per-matrix means.
+    """
+
+    per_tensor: int = 2
+    reductions: int = 0
+    row_sums: int = 0
+    col_sums: int = 0
+    matrix_means: int = 0
+
+
 class Branch(NamedTuple):
     """The kernels of one host-side branch (e.g. RAdam rectified or not).
 
-    A step function is called as
-    ``step(chunk_tensor, chunk_start, chunk_stop, *arrays, weight_decay_per_tensor,
-    grad_scale_per_tensor, *scalars)`` where ``arrays`` are typed lists of flat
-    arrays (parameter, gradient, then the variant's state in order) and
-    ``scalars`` what ``scalars(t, lr, *hypers)`` returns, cast to the dtype.
-    A row-sparse kernel (``rows``) takes ``(rows, row_len, *arrays,
-    weight_decay, grad_scale, *scalars)`` for one tensor.
+    ``stages[dtype]`` are its stages in order, each called as
+    ``stage(chunks, arrays, per_tensor, scratch, *scalars)`` (see
+    optforge.runtime.launch), where ``scalars`` are what ``scalars(t, lr, *hypers)``
+    returns, cast to the dtype. A row-sparse kernel (``rows[dtype]``) takes
+    ``(rows, row_len, arrays, per_tensor, *scalars)`` for one tensor.
     """
 
     scalars: Callable[..., tuple]
-    kernels: dict[str, Callable]
-    rows: dict[str, Callable]
+    stages: Mapping[str, tuple[Callable, ...]]
+    plan: Plan = Plan()
+    rows: Mapping[str, Callable] | None = None
+
+
+class DeviceKernels(NamedTuple):
+    """A CUDA kernel's launcher (called with a optforge.runtime.cuda.Launch first) and the
+    CUDA kernels it launches, in order."""
+
+    launch: Callable
+    kernels: tuple
+
+
+class per_dtype(Mapping):
+    """dtype name -> what `factory(np.float32)` or `factory(np.float64)` returns, made on
+    first use and once per factory: a kernel is printed once for both element types, and
+    branches with the same kernel share its compiled code."""
+
+    _made: dict = {}
+    DTYPES = {"float32": np.float32, "float64": np.float64}
+
+    def __init__(self, factory: Callable):
+        self.factory = factory
+
+    def __getitem__(self, dtype: str):
+        key = (self.factory, dtype)
+        if key not in self._made:
+            self._made[key] = self.factory(self.DTYPES[dtype])
+        return self._made[key]
+
+    def __iter__(self):
+        return iter(self.DTYPES)
+
+    def __len__(self) -> int:
+        return len(self.DTYPES)
 
 
 class Variant(NamedTuple):
     """One flag combination of a spec, compiled."""
 
     state: tuple[str, ...]
-    branch: Callable[..., tuple]  # (t, lr, *hypers) -> the key of the branch to run
+    branch: Callable[..., tuple] | None  # (t, lr, *hypers) -> the key of the branch to run
     branches: dict[tuple, Branch]
     chunk: int  # elements per chunk-table entry
     # Per state: "element" (shaped like the parameter), "row" or "col" (a factored kernel's
@@ -45,9 +91,13 @@ class Variant(NamedTuple):
         kinds = self.shapes or ("element",) * len(self.state)
         return [(name, STATE_SHAPES[kind](tuple(shape))) for name, kind in zip(self.state, kinds)]
 
+    def branch_key(self, t: int, lr: float, *hypers) -> tuple:
+        """The key of the branch that runs at step `t` (its host-side conditions' values)."""
+        return () if self.branch is None else self.branch(t, lr, *hypers)
+
     def step(self, t: int, lr: float, hypers: tuple, dtype: np.dtype) -> tuple[Branch, list]:
         """The branch this step takes and its step-level scalars, cast to `dtype`."""
-        branch = self.branches[self.branch(t, lr, *hypers)]
+        branch = self.branches[self.branch_key(t, lr, *hypers)]
         return branch, [dtype.type(s) for s in branch.scalars(t, lr, *hypers)]
 
 
@@ -61,7 +111,15 @@ def tensor_variant_key(module, variant_key: tuple, ndim: int) -> tuple:
     return (*variant_key[:index], ndim >= min_ndim, *variant_key[index + 1 :])
 
 
-def chunk_table(sizes: list[int], chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+class ChunkTable(NamedTuple):
+    """Per chunk of a flat kernel's batch: its tensor, and its elements' range in it."""
+
+    tensor: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+
+
+def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
     """(tensor index, start, stop) of every chunk of at most `chunk` elements."""
     tensor, start, stop = [], [], []
     for i, size in enumerate(sizes):
@@ -69,4 +127,4 @@ def chunk_table(sizes: list[int], chunk: int) -> tuple[np.ndarray, np.ndarray, n
             tensor.append(i)
             start.append(first)
             stop.append(min(first + chunk, size))
-    return tuple(np.array(xs, dtype=np.int64) for xs in (tensor, start, stop))
+    return ChunkTable(*(np.array(xs, dtype=np.int64) for xs in (tensor, start, stop)))

@@ -16,32 +16,67 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from numba.typed import List
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import check_type
-from optforge.runtime.factored import Scratch, factored_table
-from optforge.runtime.finite import all_finite
+from optforge.runtime.factored import factored_table
+from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
+from optforge.runtime.launch import StageBuffers, run_stages
+from optforge.runtime.pointers import PointerTable, pointer_table, set_row
 from optforge.runtime.row_tensor import RowTensor
 
 
 @dataclass
 class _Batch:
-    """The tensors of one group with one dtype: one kernel call per step."""
+    """The tensors of one group with one dtype: one kernel call per step.
+
+    `arrays` is the kernels' pointer table (parameters, gradients, then the variant's
+    state, one column per tensor), built once; each step refreshes only the gradients'
+    row. `held` keeps every array the table points at alive (a parameter's replaced data
+    among them, until the next step rebinds the table to the new one).
+    """
 
     group: int
     dtype: np.dtype
     indices: list[int]  # into `parameters`
-    chunks: tuple[np.ndarray, np.ndarray, np.ndarray]
-    params: List
-    state: list[List]
-    # The last step's gradients as a typed list, kept (with the arrays, so their ids stay
-    # theirs) for callers that pass the same gradient arrays every step.
+    chunks: object  # a ChunkTable, or a FactoredTable for a factored variant
+    arrays: PointerTable
+    held: list
+    buffers: StageBuffers
+    # The last step's gradients, kept (so their ids stay theirs) for callers that pass the
+    # same gradient arrays every step: their addresses are already in the table.
     grads_seen: tuple = ()
-    grads_list: List | None = None
     grads_refs: list | None = None
     variant: Variant | None = None  # the compiled variant its kernels come from
+    _flat_chunks: object = None
+
+    @classmethod
+    def over(cls, group, dtype, indices, chunks, params: list, state: list[list], variant) -> _Batch:
+        flat = [p.reshape(-1) for p in params]
+        rows = [flat, flat] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
+        buffers = StageBuffers(dtype, len(indices), chunks)
+        return cls(group, dtype, indices, chunks, pointer_table(rows), rows, buffers, variant=variant)
+
+    def set_array(self, k: int, tensor: int, array: np.ndarray) -> None:
+        """Point row `k` of the table at `array` for one tensor (C-contiguous; kept alive)."""
+        self.held[k] = list(self.held[k])
+        self.held[k][tensor] = array
+        self.arrays.addresses[k, tensor] = array.ctypes.data
+        self.arrays.sizes[k, tensor] = array.size
+
+    def flat_chunks(self):
+        """A flat chunk table over the batch's tensors (a factored batch's is by rows)."""
+        if hasattr(self.chunks, "tensor"):
+            return self.chunks
+        if self._flat_chunks is None:
+            self._flat_chunks = chunk_table(list(self.arrays.sizes[0]), 1 << 16)
+        return self._flat_chunks
+
+    def set_params(self, params: list[np.ndarray]) -> None:
+        flat = [p.reshape(-1) for p in params]
+        set_row(self.arrays, 0, flat)
+        self.held[0] = flat
 
 
 class FusedOptimizer:
@@ -149,22 +184,20 @@ class FusedOptimizer:
                 params = [self.parameters[i] for i in members]
                 v = module.VARIANTS[key]
                 if v.factored:
-                    chunks = (factored_table([p.shape for p in params], v.chunk), Scratch())
+                    chunks = factored_table([p.shape for p in params], v.chunk)
                 else:
                     chunks = chunk_table([p.size for p in params], v.chunk)
                 self._batches.append(
-                    _Batch(
-                        group=g,
-                        dtype=dtype,
-                        indices=members,
-                        chunks=chunks,
-                        params=List([p.data.reshape(-1) for p in params]),
+                    _Batch.over(
+                        g,
+                        dtype,
+                        members,
+                        chunks,
+                        [p.data for p in params],
                         # A state the dialect does not keep for a tensor (torch's SGD without
                         # momentum) is None: an empty array the kernel's branch never touches.
-                        state=[
-                            List([_kernel_view(self.state[n][i], dtype) for i in members]) for n in v.state
-                        ],
-                        variant=v,
+                        [[self.state[n][i] for i in members] for n in v.state],
+                        v,
                     )
                 )
 
@@ -187,10 +220,24 @@ class FusedOptimizer:
         if self._rebound:
             self._rebind()
         grads = self._check_gradients(gradients)
-        if self.skip_nonfinite and not all_finite(grads):
+        if self.skip_nonfinite and not self._all_finite(grads):
             self.skipped_steps += 1
             return False
         return self._apply(grads)
+
+    def _all_finite(self, grads: list) -> bool:
+        """Whether every checked gradient is finite: one call per host batch whose gradients
+        are plain arrays (its table then already points at them for the step), the others
+        (row-sparse, device) one by one."""
+        for batch in self._batches:
+            batch_grads = [grads[i] for i in batch.indices]
+            if isinstance(batch, _Batch) and all(type(g) is np.ndarray for g in batch_grads):
+                _point_at_gradients(batch, batch_grads)
+                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
+                    return False
+            elif not all_finite(batch_grads):
+                return False
+        return True
 
     def _apply(self, grads: list) -> bool:
         """The dialect's step over checked gradients: from here on, state changes."""
@@ -226,7 +273,7 @@ class FusedOptimizer:
         for batch in self._batches:
             members = [self.parameters[i] for i in batch.indices]
             if isinstance(batch, _Batch):
-                batch.params = List([p.data.reshape(-1) for p in members])
+                batch.set_params([p.data for p in members])
             else:
                 batch.params = [p.data.reshape(p.size) for p in members]
 
@@ -484,9 +531,6 @@ class FusedOptimizer:
         if not isinstance(batch, _Batch):  # a device batch
             self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers, (branch, scalars))
             return
-        if batch.variant.factored:
-            self._launch_factored(batch, grads, wd, decays, branch, scalars)
-            return
         if batch.chunks[0].size == 0:
             return
         scalar = batch.dtype.type
@@ -499,42 +543,34 @@ class FusedOptimizer:
         simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
         sparse = []
         if simple:
-            flat = _flat_gradients(batch, batch_grads)
+            held = _point_at_gradients(batch, batch_grads)
         else:
-            flat = List(
-                self._effective_gradients(
-                    batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
-                )
+            # Row-sparse and centralized gradients (not a factored variant's: the optim dialect
+            # has neither): their effective values are formed here, the table points at those.
+            held = self._effective_gradients(
+                batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
             )
+            _point_at(batch, held)
         chunks = batch.chunks
         if sparse:
             keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
-            chunks = tuple(a[keep] for a in chunks)
+            chunks = type(chunks)(*(a[keep] for a in chunks))
         if chunks[0].size:
-            kernel = branch.kernels[batch.dtype.name]
-            kernel(*chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
+            run_stages(
+                branch, batch.dtype, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
+            )
         for pos, i, rows, values in sparse:
             w = self.parameters[i].data
             row_len = w.size // max(w.shape[0], 1)
+            state = [[self.state[name][i].reshape(-1)] for name in batch.variant.state]
             branch.rows[batch.dtype.name](
                 rows,
                 row_len,
-                w.reshape(-1),
-                values.reshape(-1),
-                *(self.state[name][i].reshape(-1) for name in batch.variant.state),
-                scalar(0),
-                scalar(1),
+                pointer_table([[w.reshape(-1)], [values.reshape(-1)], *state]),
+                np.array([[0], [1]], dtype=batch.dtype),  # decay and scale are in `values`
                 *scalars,
             )
-
-    def _launch_factored(self, batch: _Batch, grads: list, wd: float, decays, branch, scalars):
-        """One step of a batch of tensors of two or more dimensions (a factored variant):
-        no row-sparse or centralized gradients, no loss scale (the optim dialect's case)."""
-        weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
-        grad_scale = np.ones(len(batch.indices), dtype=batch.dtype)
-        flat = _flat_gradients(batch, [grads[i] for i in batch.indices])
-        kernel = branch.kernels[batch.dtype.name]
-        kernel(*batch.chunks, batch.params, flat, *batch.state, weight_decay, grad_scale, *scalars)
+        del held  # the gradients the table pointed at may go once the kernels have run
 
     def _effective_gradients(
         self, batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
@@ -602,21 +638,30 @@ def check_parameter_list(params, what: str, cls: str) -> list:
     return items
 
 
-def _flat_gradients(batch: _Batch, grads: list) -> List:
-    """The gradients as a typed list of flat C-contiguous arrays.
+def _point_at_gradients(batch: _Batch, grads: list) -> list:
+    """Point the batch's gradient row at `grads` (checked: each its parameter's dtype and
+    shape); returns the arrays it points at, which must live until the kernels have run.
 
-    The same arrays as at the last step reuse their list (building one costs about
-    1.5 us per tensor), which is sound only while the list holds views of them: a
-    gradient that is not C-contiguous (Fortran order, a transpose, a strided slice) is
-    copied into a flat array here, and a list holding such a copy is never reused, or
-    a buffer refilled in place would be stepped with its first values forever.
+    The same arrays as at the last step are already there: sound only while the table
+    points at them, not at copies. A gradient that is not C-contiguous (Fortran order, a
+    transpose, a strided slice) is copied into a flat array, and a table holding such a
+    copy is never reused, or a buffer refilled in place would be stepped with its first
+    values forever.
     """
     seen = tuple(map(id, grads))
-    if seen != batch.grads_seen:
-        batch.grads_list = List([flat_view(g) for g in grads])
-        views = all(g.flags.c_contiguous for g in grads)
-        batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
-    return batch.grads_list
+    if seen == batch.grads_seen:
+        return batch.grads_refs
+    flat = [flat_view(g) for g in grads]
+    _point_at(batch, flat)
+    views = all(g.flags.c_contiguous for g in grads)
+    batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
+    return flat
+
+
+def _point_at(batch: _Batch, flat: list) -> None:
+    """The gradient row of the batch's table: addresses of `flat`, sizes their own."""
+    batch.grads_seen, batch.grads_refs = (), None
+    set_row(batch.arrays, 1, flat)
 
 
 def _kernel_view(array, dtype) -> np.ndarray:

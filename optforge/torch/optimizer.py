@@ -36,7 +36,6 @@ import torch
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
-from optforge.runtime.finite import all_finite
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 from optforge.runtime.optimizer import _Batch
@@ -154,8 +153,8 @@ class _Engine(OptimOptimizer):
                 continue
             for k, name in enumerate(batch.variant.state):
                 if (name, batch.group) in self.dropped:
-                    for j in range(len(batch.state[k])):
-                        batch.state[k][j] = np.empty(0, dtype=batch.dtype)
+                    for j in range(len(batch.indices)):
+                        batch.set_array(2 + k, j, np.empty(0, dtype=batch.dtype))
 
     def check_kept(self, owner: TorchOptimizer) -> None:
         """Refuse (RuntimeError, nothing changed) a step whose group values need a state
@@ -360,7 +359,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             cohort.engine.check_kept(self)
             for group in cohort.engine.param_groups:
                 _lr_value(group["lr"], type(self).__name__)
-        if self.skip_nonfinite and not all(all_finite(grads) for _, grads in checked):
+        if self.skip_nonfinite and not all(cohort.engine._all_finite(grads) for cohort, grads in checked):
             self.skipped_steps += 1
             return loss
         if new is not None:
