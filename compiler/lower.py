@@ -23,6 +23,7 @@ from optforge.compiler.ir import (
     PASS2,
     Array,
     Assignment,
+    DType,
     Kernel,
     Mean,
     Reduction,
@@ -162,10 +163,15 @@ def step_fields(spec: S.Spec, variant, guards, values, hoisted, used: set[sp.Sym
         guards=tuple(guards),
         branch=tuple(values),
         host_inputs=(S.t, S.lr, *(h.symbol for h in spec.hypers)),
-        host=tuple(prune(host, scalars)),
-        guard_host=tuple(prune(host, guard_symbols)),
+        host=_on_host(prune(host, scalars)),
+        guard_host=_on_host(prune(host, guard_symbols)),
         scalars=scalars,
     )
+
+
+def _on_host(assignments: list[Assignment]) -> tuple[Assignment, ...]:
+    """Step-level code, typed: once per step, in the spec's host dtype."""
+    return tuple(Assignment(a.target, a.expr, Space.SCALAR, DType.HOST) for a in assignments)
 
 
 def _free_in(found: list[Region]) -> set[sp.Symbol]:

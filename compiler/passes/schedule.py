@@ -53,7 +53,7 @@ class Placed:
     # of phase FINALIZE (reading a sum) computed once between the passes
     tensor: tuple[Assignment, ...]
     phases: Mapping[sp.Symbol, int]  # of every element target and every input that has one
-    spaces: Mapping[sp.Symbol, Space]  # of every input that is not a step-level scalar
+    spaces: Mapping[sp.Symbol, Space]  # of every value and input that is not a step-level scalar
     arrays: tuple[Array, ...]  # the argument arrays
     stores: Mapping[sp.Symbol, Array]  # the final value of each array that changes -> the array
     reductions: tuple[Reduction, ...]  # norms (TENSOR) and means (ROW, COL, MATRIX); expr: the summand
@@ -149,15 +149,15 @@ def element_pass(placed: Placed, at: int) -> list[Region]:
     if at == PASS1:
         sums += _means(placed, Space.ROW) + _means(placed, Space.COL)
     roots = [s.value for s in stores] + [r.expr for r in sums]
-    body, loads, matrix = gather(placed, roots, at)
-    if at == PASS1:
-        # Nothing comes before pass 1: it loads the inputs it reads in argument order. Outside a
-        # factored kernel it computes its whole phase in program order, and CSE sees all of it
-        # before the pruning. These are the orders the two former schedulers printed, kept so
-        # that no generated kernel changes; the set of values computed is the same.
+    if at == PASS1 and not placed.matrices:
+        # Outside a factored kernel pass 1 computes its whole phase in program order, and CSE
+        # sees all of it before the pruning: the order the former two-stage scheduler printed,
+        # kept so that no generated kernel changes (the values computed are the same).
+        body, matrix = [a for a in placed.element if placed.phases[a.target] == PASS1], []
+    else:
+        body, loads, matrix = gather(placed, roots, at)
+    if at == PASS1:  # nothing comes before it: it loads the inputs it reads in argument order
         loads = [Load(a, a.symbol) for a in placed.arrays]
-        if not placed.matrices:
-            body = [a for a in placed.element if placed.phases[a.target] == PASS1]
     spaces = dict(placed.spaces) | {a.target: a.space for a in placed.element}
     per_matrix = [a for a in body if a.space == Space.MATRIX]
     per_row = [a for a in body if a.space == Space.ROW]
