@@ -210,24 +210,23 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str = "fma"
     return context | {"factored": False}
 
 
-def _printer(dtype: str, statement_dtype: DType, invariant, fma_name: str) -> ElementPrinter:
-    """The printer of statements of `statement_dtype` in a kernel compiled for `dtype`."""
-    return ElementPrinter(
-        dtype if statement_dtype == DType.KERNEL else statement_dtype.value, invariant, fma_name
-    )
+def _typed_lines(assignments, dtype: str, invariant, fma_name: str) -> list[Line]:
+    """Each statement printed in its own dtype: the kernel's (`dtype`), or float64 for the
+    per-tensor values a finalize computes from float64 sums."""
+    lines = []
+    for a in assignments:
+        printer = ElementPrinter(dtype if a.dtype == DType.KERNEL else a.dtype.value, invariant, fma_name)
+        lines += _lines(printer, [a])
+    return lines
 
 
 def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> dict:
     invariant = invariant_symbols(kernel)
-    printer = _printer(dtype, DType.KERNEL, invariant, fma_name)
+    printer = ElementPrinter(dtype, invariant, fma_name)
     phases = kernel.phases(Space.ELEMENT)
     stages = [stage_context(*_pass(kernel, p), printer) for p in phases]
     first = _sums(kernel.region(Space.ELEMENT, phases[0]))
     finalize = kernel.region(Space.TENSOR, FINALIZE)
-    # per-tensor values from float64 sums
-    finalize_printer = _printer(
-        dtype, finalize.body[0].dtype if finalize.body else DType.KERNEL, invariant, fma_name
-    )
     base = _name(kernel.spec_name, kernel.suffix)
     return {
         "name": step_name(kernel, dtype),
@@ -247,7 +246,7 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         "means": [r.mean for r in first],
         "counts": any(r.mean for r in first),
         "finalize_reads": [load.value.name for load in finalize.loads],
-        "finalize_lines": _lines(finalize_printer, finalize.body),
+        "finalize_lines": _typed_lines(finalize.body, dtype, invariant, fma_name),
         "finalize_outputs": [s.value.name for s in finalize.stores],
     }
 
