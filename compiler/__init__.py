@@ -8,9 +8,11 @@ Pipeline, one module each:
       ssa.py             sequential rules -> single assignments
       levels.py          binding-time level of every expression
       hoist.py           step- and tensor-level work out of the element loop
+      factored.py        every value's index space and phase (pass)
+      schedule.py        the regions: what each computes, reloads and recomputes
       cse.py             common subexpressions, then a dependency order
-    lower.py           runs the passes: spec + variant -> ir.Kernel
-    ir.py              the small IR the backends print
+    lower.py           runs the passes: spec + variant -> ir.Kernel, for every kind of kernel
+    ir.py              regions over index spaces in ordered phases, which the backends print
     printers.py        SymPy printers: typed element code, float64 host code
     backends/cpu.py    ir.Kernel -> Numba CPU module (templates/cpu_kernels.py.j2)
     wrappers.py        spec -> dialect classes (templates/nn_class.py.j2)

@@ -1,25 +1,66 @@
-"""The small IR between the passes and the backends.
+"""The IR between the passes and the backends: regions over index spaces.
 
-A `Kernel` is one flag variant and one host-side branch of one spec, split by
-binding time: host code (once per step), per-tensor code, and one or two
-element stages (the fused loop bodies). A second stage appears when the
-update needs a per-tensor reduction of the first (LAMB's norms) or when the
-spec applies the parameter update separately (AdamOffload). Backends print
-the IR; they make no decisions about the math.
+A `Kernel` is one flag variant and one host-side branch of one spec: the host
+code that runs once per step, and an ordered list of `Region`s. A region is a
+loop over one index space (once per tensor or chunk, per row, per column, per
+element) in one phase; it loads arrays, computes its body, stores arrays and
+accumulates reductions. Phases are ordered: a region reads only what earlier
+phases stored or reduced, or what it computes itself (passes/schedule.py).
+
+    flat kernel        PASS1 (chunk prologue, elements)
+    two-stage kernel   PASS1, FINALIZE (per tensor, from PASS1's sums), PASS3
+    offload            PASS1, APPLY (the parameter update on its own)
+    factored kernel    PASS1, LINES (rows, columns), PASS2, FINALIZE, PASS3
+
+Backends print the regions; they make no decisions about the math.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum, IntEnum
 
 import sympy as sp
 
 
+class Space(IntEnum):
+    """Where a value varies. A value computed from others lives in the largest of their
+    spaces, except that a row value times a column value is per element (passes/factored.py)."""
+
+    SCALAR = 0  # once per step, on the host
+    TENSOR = 1  # once per tensor
+    MATRIX = 2  # once per matrix of a factored tensor (a stack of matrices)
+    ROW = 3
+    COL = 4
+    ELEMENT = 5
+
+
+# Phases, in the order they run. A value's phase is the first one that can compute it.
+PASS1 = 1  # the inputs; sums the norms' and the row and column means' arguments
+LINES = 2  # per row and per column: the means of PASS1, row and column state; sums matrix means
+PASS2 = 3  # element values reading row or column values; the matrix means are ready
+FINALIZE = 4  # per tensor, from the sums of the passes before
+PASS3 = 5  # element values reading the finalize's values
+APPLY = 6  # a spec's separate parameter update (AdamOffload's `w += delta`)
+
+
+class DType(Enum):
+    """The float type a statement computes in."""
+
+    HOST = "host"  # the spec's host dtype (spec.host_dtype), once per step
+    KERNEL = "kernel"  # the dtype the kernel is compiled for (float32 or float64)
+    FLOAT64 = "float64"  # per-tensor values from float64 sums (a finalize)
+
+
 @dataclass(frozen=True)
 class Assignment:
+    """`target = expr`; once scheduled into a region, typed with its space and dtype."""
+
     target: sp.Symbol
     expr: sp.Expr
+    space: Space | None = None  # None until the scheduler places it
+    dtype: DType | None = None
 
     def __str__(self) -> str:
         return f"{self.target} = {self.expr}"
@@ -27,44 +68,51 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Array:
-    """A per-element array argument: the parameter, its gradient, or a state."""
+    """An array a region loads or stores: an argument (the parameter, its gradient, a state)
+    or a per-tensor or per-matrix buffer between phases."""
 
     symbol: sp.Symbol  # the element value inside the loop, e.g. m
     name: str  # the public name, e.g. "moment1"; "param" and "grad" for w and g
-    shape: str = "element"  # "row" or "col" for a factored kernel's row- and column-shaped state
+    # "element", or "row"/"col" for a factored kernel's row- and column-shaped state;
+    # "tensor" and "matrix" for the values handed between phases (u0, matrix_mean0)
+    shape: str = "element"
 
 
 @dataclass(frozen=True)
 class Load:
     array: Array
-    value: sp.Symbol  # the symbol the loaded element is bound to (m, or m_new in a later stage)
+    value: sp.Symbol  # the symbol the loaded element is bound to (m, or m_new in a later phase)
 
 
 @dataclass(frozen=True)
 class Store:
     array: Array
-    value: sp.Symbol  # the element-level symbol holding the array's new value
+    value: sp.Symbol  # the symbol holding the array's new value
 
 
 @dataclass(frozen=True)
 class Reduction:
-    """A per-tensor L2 norm, `symbol = sqrt(sum(expr**2))`, summed in float64; with `mean`,
-    the root mean square `sqrt(sum(expr**2) / size)`."""
+    """A sum over a region's loop, in float64. Per tensor (`space` TENSOR), the L2 norm
+    `symbol = sqrt(sum(expr**2))`, with `mean` the root mean square `sqrt(sum(expr**2) / size)`;
+    per row, column or matrix (ROW, COL, MATRIX), the mean `symbol = sum(expr) / count`."""
 
     symbol: sp.Symbol
     expr: sp.Expr
     mean: bool = False
     squared: bool = False  # `expr` is already the square (see passes/reductions.summand)
+    space: Space = Space.TENSOR  # the space of the result
 
 
 @dataclass(frozen=True)
-class Stage:
-    per_tensor: tuple[sp.Symbol, ...]  # per-tensor values read (one array entry per tensor)
-    tensor: tuple[Assignment, ...]  # once per chunk, before the loop
-    loads: tuple[Load, ...]
-    element: tuple[Assignment, ...]  # the fused loop body
-    stores: tuple[Store, ...]  # only arrays whose value changes
-    reductions: tuple[Reduction, ...] = ()  # partial sums of squares per chunk
+class Region:
+    """One loop over `space` in `phase`: load, compute `body` in order, store, reduce."""
+
+    space: Space
+    phase: int
+    loads: tuple[Load, ...] = ()
+    body: tuple[Assignment, ...] = ()
+    stores: tuple[Store, ...] = ()  # only arrays whose value changes
+    reductions: tuple[Reduction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,19 +125,20 @@ class Kernel:
     host: tuple[Assignment, ...]  # once per step, on the host
     guard_host: tuple[Assignment, ...]  # what the host computes to choose the branch
     scalars: tuple[sp.Symbol, ...]  # step-level values the kernels take as arguments
-    arrays: tuple[Array, ...]  # per-element arrays in argument order
-    stages: tuple[Stage, ...]
-    finalize: tuple[Assignment, ...] = ()  # per tensor, between the stages
-    finalize_outputs: tuple[sp.Symbol, ...] = ()  # per-tensor values it hands to stage 2
+    arrays: tuple[Array, ...]  # the argument arrays, in argument order
+    regions: tuple[Region, ...]  # in phase order; within a phase, outer loops first
+    matrices: bool = False  # a factored variant: tensors seen as stacks of matrices
 
-    @property
-    def tensor_inputs(self) -> tuple[sp.Symbol, ...]:
-        """The built-in per-tensor inputs (weight_decay, grad_scale) any stage reads."""
-        from optforge.compiler.spec import BUILTIN_TENSOR
+    def region(self, space: Space, phase: int) -> Region:
+        """The region over `space` in `phase`, or an empty one."""
+        for r in self.regions:
+            if (r.space, r.phase) == (space, phase):
+                return r
+        return Region(space, phase)
 
-        used = set().union(*(s.per_tensor for s in self.stages))
-        used |= set().union(*(a.expr.free_symbols for a in self.finalize)) if self.finalize else set()
-        return tuple(s for s in BUILTIN_TENSOR if s in used)
+    def phases(self, space: Space) -> tuple[int, ...]:
+        """The phases that have a region over `space`, in order."""
+        return tuple(r.phase for r in self.regions if r.space == space)
 
     @property
     def suffix(self) -> str:
@@ -122,34 +171,3 @@ class Mean:
 
     symbol: sp.Symbol
     expr: sp.Symbol  # the value summed: per element, or per row for a matrix mean
-
-
-@dataclass(frozen=True)
-class LineStage:
-    """Per-row (or per-column) code between a factored kernel's first and second pass."""
-
-    means: tuple[Mean, ...]  # the row (column) means it reads, from pass 1's sums
-    loads: tuple[Load, ...]
-    lines: tuple[Assignment, ...]
-    stores: tuple[Store, ...]
-
-
-@dataclass(frozen=True)
-class FactoredKernel(Kernel):
-    """A kernel over tensors seen as stacks of matrices (..., rows, cols), in three passes.
-
-    Pass 1 (`stages[0]`) sums the row and column means' arguments (and
-    per-tensor reductions of what it computes); the line stages update the
-    per-row and per-column values and sum the matrix means; pass 2
-    (`stages[1]`) computes what reads them and its own reductions; after the
-    per-tensor `finalize`, pass 3 (`stages[2]`) the rest. Element-level
-    values a later pass needs are reloaded if stored and recomputed if local.
-    A pass's loads of row- and column-shaped arrays read the element's row
-    and column; its matrix-level lines run once per chunk, as tensor lines do.
-    """
-
-    row_stage: LineStage = LineStage((), (), (), ())
-    col_stage: LineStage = LineStage((), (), (), ())
-    matrix_means: tuple[Mean, ...] = ()
-    matrix_reads: tuple[tuple[sp.Symbol, ...], ...] = ()  # per pass: the matrix means it reads
-    row_lines: tuple[tuple[Assignment, ...], ...] = ()  # per pass: once per row, before its columns

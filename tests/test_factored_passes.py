@@ -1,4 +1,4 @@
-"""Unit tests of the factored passes (passes/factored.py, lower_factored.py), their spec checks and
+"""Unit tests of the factored passes (passes/factored.py, passes/schedule.py), their spec checks and
 the run-time's factored chunk table."""
 
 import math
@@ -8,7 +8,7 @@ import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from optforge.compiler.ir import Assignment, FactoredKernel, Mean
+from optforge.compiler.ir import Assignment, Mean
 from optforge.compiler.lower import lower
 from optforge.compiler.passes.factored import (
     FINALIZE,
@@ -106,37 +106,45 @@ def test_a_row_value_reading_a_reduction_is_refused():
 
 def test_adafactors_factored_variant_in_three_passes():
     (kernel,) = lower(ADAFACTOR, {maximize: False, factored: True})
-    assert isinstance(kernel, FactoredKernel)
-    first, second, third = kernel.stages
+    assert kernel.matrices
+    first, second, third = [kernel.region(Space.ELEMENT, p) for p in (PASS1, PASS2, PASS3)]
+    row_stage, col_stage = kernel.region(Space.ROW, LINES), kernel.region(Space.COL, LINES)
+    matrix_reads = tuple(
+        tuple(ld.value for ld in kernel.region(Space.MATRIX, p).loads if ld.array.shape == "matrix")
+        for p in (PASS1, PASS2, PASS3)
+    )
     # Pass 1 reads w (for RMS(w), before the decay) and g; it stores nothing.
     assert [load.array.name for load in first.loads] == ["param", "grad"]
-    assert [r.symbol.name for r in first.reductions] == ["rms0"] and first.reductions[0].mean
+    norms = [r for r in first.reductions if r.space == Space.TENSOR]  # the per-tensor sums
+    assert [r.symbol.name for r in norms] == ["rms0"] and norms[0].mean
     assert not first.stores
     # The line stages update the factors from the means of g^2.
-    assert [str(a) for a in kernel.row_stage.lines] == [
+    assert [str(a) for a in row_stage.body] == [
         "R_new = R + s0*(-R + row_mean0)",
         "matrix_mean0_of = R_new",
     ]
-    assert [str(a) for a in kernel.col_stage.lines] == ["C_new = C + s0*(-C + col_mean0)"]
-    assert [s.array.name for s in kernel.row_stage.stores + kernel.col_stage.stores] == ["row_var", "col_var"]
+    assert [str(a) for a in col_stage.body] == ["C_new = C + s0*(-C + col_mean0)"]
+    assert [s.array.name for s in row_stage.stores + col_stage.stores] == ["row_var", "col_var"]
     # Pass 2 reads g and the new factors for RMS(U); pass 3 writes w and only w.
     assert {load.array.name for load in second.loads} == {"grad", "row_var", "col_var"}
     assert [r.symbol.name for r in second.reductions] == ["rms1"]
     # Once per row: R/max(eps1, mean of R); per element, the square of U without a square root.
-    assert [str(a) for a in kernel.row_lines[1]] == ["z0 = R_new/Max(eps1, matrix_mean0)"]
+    assert [str(a) for a in kernel.region(Space.ROW, PASS2).body] == ["z0 = R_new/Max(eps1, matrix_mean0)"]
     assert second.reductions[0].squared
-    assert "rms1_of = g_eff**2/Max(s1, v_hat)" in [str(a) for a in second.element]
-    assert "v_hat = C_new*z0" in [str(a) for a in second.element]
+    assert "rms1_of = g_eff**2/Max(s1, v_hat)" in [str(a) for a in second.body]
+    assert "v_hat = C_new*z0" in [str(a) for a in second.body]
     assert [s.array.name for s in third.stores] == ["param"]
-    assert kernel.matrix_reads == ((), (matrix_mean0,), (matrix_mean0,))
-    assert [str(a) for a in kernel.finalize] == ["alpha = rho*Max(eps2, rms0)", "u1 = -alpha/Max(1, rms1/d)"]
+    assert matrix_reads == ((), (matrix_mean0,), (matrix_mean0,))
+    finalize = kernel.region(Space.TENSOR, FINALIZE)
+    assert [str(a) for a in finalize.body] == ["alpha = rho*Max(eps2, rms0)", "u1 = -alpha/Max(1, rms1/d)"]
 
 
 def test_the_vector_variant_is_an_ordinary_two_stage_kernel():
     (kernel,) = lower(ADAFACTOR, {maximize: True, factored: False})
-    assert not isinstance(kernel, FactoredKernel)
+    assert not kernel.matrices
     assert [a.name for a in kernel.arrays] == ["param", "grad", "variance"]
-    assert [(r.symbol.name, r.mean) for r in kernel.stages[0].reductions] == [("rms0", True), ("rms1", True)]
+    first = kernel.region(Space.ELEMENT, PASS1)
+    assert [(r.symbol.name, r.mean) for r in first.reductions] == [("rms0", True), ("rms1", True)]
 
 
 def _spec(**overrides):
@@ -259,3 +267,31 @@ def test_a_wide_matrix_is_cut_into_chunks_of_at_least_chunk_over_1024_rows():
     table = factored_table([(300, 5000)], 1 << 16)  # 13 rows would make a chunk of 65,536 elements
     assert list(table.chunk_row1 - table.chunk_row0) == [64, 64, 64, 64, 44]
     assert table.total_cols == 5 * 5000  # one column sum per chunk and column, not 23 chunks' worth
+
+
+def test_a_row_means_argument_is_summed_in_pass_1_and_read_by_the_row_lines():
+    from optforge.compiler.ir import Reduction
+
+    (kernel,) = lower(_spec(), {factored: True})
+    first = kernel.region(Space.ELEMENT, PASS1)
+    of = sp.Symbol("row_mean0_of")
+    assert "row_mean0_of = g**2" in [str(a) for a in first.body]
+    assert Reduction(row_mean0, of, True, False, Space.ROW) in first.reductions
+    rows = kernel.region(Space.ROW, LINES)
+    assert [str(a) for a in rows.body] == ["R_new = row_mean0"] and [s.array.name for s in rows.stores] == [
+        "row"
+    ]
+    # The update reads rms(g), a per-tensor sum of pass 1: it waits for pass 3, after the finalize.
+    assert [s.array.name for s in kernel.region(Space.ELEMENT, PASS3).stores] == ["param"]
+    assert not kernel.region(Space.ELEMENT, PASS2).body
+
+
+def test_a_row_mean_read_per_element_is_refused():
+    rules = [
+        Rule(R, g, when=factored),
+        Rule(v, g**2, when=~factored),
+        Rule(w, w - g * row_mean(g**2), when=factored),  # per element: only the line stage has it
+        Rule(w, w - g, when=~factored),
+    ]
+    with pytest.raises(SpecError, match=r"'row_mean0' \(row_mean\) is read in a later pass"):
+        lower(_spec(rules=rules), {factored: True})

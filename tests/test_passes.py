@@ -2,7 +2,7 @@
 
 import sympy as sp
 
-from optforge.compiler.ir import Assignment
+from optforge.compiler.ir import FINALIZE, Assignment, Space
 from optforge.compiler.lower import lower
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
 from optforge.compiler.passes.hoist import hoist
@@ -16,6 +16,11 @@ b, m, flag = sp.symbols("b m flag")
 s0, s1, u0, x0 = sp.symbols("s0 s1 u0 x0")
 E, S, T = Level.ELEMENT, Level.STEP, Level.TENSOR
 LEVELS = {w: E, g: E, m: E, b: S, lr: S, t: S, weight_decay: T}
+
+
+def element_regions(kernel):
+    """A kernel's element loops (its stages), in phase order."""
+    return [r for r in kernel.regions if r.space == Space.ELEMENT]
 
 
 def tiny(rules, state=(State(m, 0, "m", "m"),)):
@@ -154,8 +159,8 @@ def test_adam_kernels_compute_no_power_and_no_step_level_value():
     beta1, beta2 = sp.symbols("beta1 beta2")
     for variant in ADAM.variants():
         (kernel,) = lower(ADAM, variant)
-        (stage,) = kernel.stages
-        for a in stage.element:
+        (stage,) = element_regions(kernel)
+        for a in stage.body:
             assert not a.expr.free_symbols & {beta2, t, lr}, a
             for power in a.expr.atoms(sp.Pow):
                 assert power.exp in (2, sp.S.Half, -1), f"{a}: {power}"
@@ -164,7 +169,7 @@ def test_adam_kernels_compute_no_power_and_no_step_level_value():
 
 
 def test_adam_stores_only_the_arrays_that_change():
-    ((stage,),) = [k.stages for k in lower(ADAM, ADAM.variants()[0])]
+    ((stage,),) = [element_regions(k) for k in lower(ADAM, ADAM.variants()[0])]
     assert [s.array.name for s in stage.stores] == ["param", "moment1", "moment2"]
     assert [load.array.name for load in stage.loads] == ["param", "grad", "moment1", "moment2"]
 
@@ -174,23 +179,24 @@ def test_adam_offload_touches_the_parameter_only_in_its_apply_stage():
 
     for variant in OFFLOAD.variants():
         (kernel,) = lower(OFFLOAD, variant)
-        host_stage, apply_stage = kernel.stages
+        host_stage, apply_stage = element_regions(kernel)
         assert [s.array.name for s in host_stage.stores] == ["moment1", "moment2", "delta"]
         assert [s.array.name for s in apply_stage.stores] == ["param"]
         assert sorted(load.array.name for load in apply_stage.loads) == ["delta", "param"]
-        assert [str(a) for a in apply_stage.element] == ["w_new = delta_new + w"]
+        assert [str(a) for a in apply_stage.body] == ["w_new = delta_new + w"]
 
 
 def test_lamb_splits_at_its_reductions():
     from optforge.specs.lamb import SPEC as LAMB
 
     (kernel,) = lower(LAMB, {})
-    first, second = kernel.stages
+    first, second = element_regions(kernel)
+    finalize = kernel.region(Space.TENSOR, FINALIZE)
     assert [r.symbol.name for r in first.reductions] == ["norm0", "norm1"]
     assert "param" not in [s.array.name for s in first.stores]
     assert [s.array.name for s in second.stores] == ["param"]
-    assert kernel.finalize_outputs == (sp.Symbol("u0"),)
-    assert "trust_ratio" in [a.target.name for a in kernel.finalize]
+    assert tuple(s.value for s in finalize.stores) == (sp.Symbol("u0"),)
+    assert "trust_ratio" in [a.target.name for a in finalize.body]
 
 
 def test_radam_rectification_is_a_host_side_branch():
@@ -200,8 +206,8 @@ def test_radam_rectification_is_a_host_side_branch():
     assert [k.branch for k in kernels] == [(True,), (False,)]
     assert [str(g) for g in kernels[0].guards] == ["rho_t > 5"]
     for k in kernels:
-        (stage,) = k.stages
-        assert not any(a.expr.atoms(sp.Piecewise) for a in stage.element)
+        (stage,) = element_regions(k)
+        assert not any(a.expr.atoms(sp.Piecewise) for a in stage.body)
 
 
 def test_changed_outputs_drops_arrays_a_branch_leaves_as_they_were():
@@ -226,8 +232,10 @@ def test_rmsprop_without_momentum_neither_loads_nor_stores_its_buffer():
     (spec,) = load_specs(["rmsprop"])
     variant = {f.symbol: False for f in spec.flags}
     kernels = {k.branch: k for k in lower(spec, variant)}
-    without = {a.array.name for stage in kernels[(False,)].stages for a in stage.loads + stage.stores}
-    with_momentum = {a.array.name for stage in kernels[(True,)].stages for a in stage.loads + stage.stores}
+    without, with_momentum = (
+        {a.array.name for stage in element_regions(kernels[branch]) for a in stage.loads + stage.stores}
+        for branch in ((False,), (True,))
+    )
     assert "momentum_buffer" not in without and "momentum_buffer" in with_momentum
 
 
@@ -273,3 +281,131 @@ def test_cse_divides_twice_rather_than_multiplying_by_a_reciprocal():
     assert [str(a) for a in out] == ["y = w + g*s0/d + m*s1/d"]
     out = eliminate_common_subexpressions([Assignment(y, g / (w + m)), Assignment(z, m / (w + m))], "x")
     assert [str(a) for a in out] == ["x0 = m + w", "y = g/x0", "z = m/x0"]
+
+
+# -- the scheduler (passes/schedule.py) on tiny placed kernels --
+
+
+def _placed(element, phases, stores, reductions=(), tensor=(), spaces=None):
+    from optforge.compiler.ir import Array
+    from optforge.compiler.passes.schedule import Placed
+
+    arrays = (Array(w, "param"), Array(g, "grad"), Array(m, "m"))
+    by_symbol = {a.symbol: a for a in arrays}
+    return Placed(
+        element=tuple(Assignment(t_, e, Space.ELEMENT) for t_, e in element),
+        tensor=tuple(Assignment(t_, e) for t_, e in tensor),
+        phases={w: 1, g: 1, m: 1} | phases,
+        spaces={w: Space.ELEMENT, g: Space.ELEMENT, m: Space.ELEMENT, weight_decay: Space.TENSOR}
+        | (spaces or {}),
+        arrays=arrays,
+        stores={value: by_symbol[array] for value, array in stores.items()},
+        reductions=tuple(reductions),
+        per_tensor_arrays=(weight_decay,),
+        matrices=False,
+        where="specs/tiny.py",
+    )
+
+
+D, M_NEW, W_NEW, NORM0, NORM0_OF, U = sp.symbols("d m_new w_new norm0 norm0_of u")
+
+
+def _two_stage(update):
+    """Pass 1 stores m_new and sums norm0; the finalize makes u of it; pass 3 stores `update`."""
+    from optforge.compiler.ir import PASS1, PASS3, Reduction
+
+    element = [(D, 2 * g), (M_NEW, b * m + D), (NORM0_OF, g), (W_NEW, update)]
+    phases = {D: PASS1, M_NEW: PASS1, NORM0_OF: PASS1, W_NEW: PASS3, NORM0: FINALIZE, U: FINALIZE}
+    return _placed(
+        element,
+        phases,
+        {M_NEW: m, W_NEW: w},
+        [Reduction(NORM0, NORM0_OF)],
+        tensor=[(U, weight_decay * NORM0)],
+        spaces={NORM0: Space.TENSOR, U: Space.TENSOR},
+    )
+
+
+def test_a_later_pass_reloads_what_an_earlier_one_stored_and_recomputes_its_locals():
+    from optforge.compiler.ir import PASS1, PASS3
+    from optforge.compiler.passes.schedule import regions
+
+    found = {(r.space, r.phase): r for r in regions(_two_stage(w - U * (M_NEW + D)))}
+    assert [(r.space, r.phase) for r in regions(_two_stage(w - U * (M_NEW + D)))] == [
+        (Space.TENSOR, PASS1),
+        (Space.ELEMENT, PASS1),
+        (Space.TENSOR, FINALIZE),
+        (Space.TENSOR, PASS3),
+        (Space.ELEMENT, PASS3),
+    ]
+    last = found[Space.ELEMENT, PASS3]
+    # m_new is stored by pass 1: reloaded from m's array; d is a local of pass 1: recomputed from g.
+    assert sorted((ld.array.name, ld.value.name) for ld in last.loads) == [
+        ("grad", "g"),
+        ("m", "m_new"),
+        ("param", "w"),
+    ]
+    assert [str(a) for a in last.body] == ["d = 2*g", "w_new = -u*(d + m_new) + w"]
+    assert [s.array.name for s in last.stores] == ["param"]
+    # The finalize hands u to pass 3, whose prologue takes it as a per-tensor value.
+    finalize = found[Space.TENSOR, FINALIZE]
+    assert [s.value for s in finalize.stores] == [U] and [ld.value for ld in finalize.loads] == [weight_decay]
+    assert [ld.value for ld in found[Space.TENSOR, PASS3].loads] == [U]
+    assert [r.symbol for r in found[Space.ELEMENT, PASS1].reductions] == [NORM0]
+
+
+def test_statements_are_typed_with_their_space_and_dtype():
+    from optforge.compiler.ir import PASS3, DType
+    from optforge.compiler.passes.schedule import regions
+
+    found = {(r.space, r.phase): r for r in regions(_two_stage(w - U * M_NEW))}
+    assert {(a.space, a.dtype) for a in found[Space.ELEMENT, PASS3].body} == {(Space.ELEMENT, DType.KERNEL)}
+    # The finalize computes from float64 sums: its values are float64 whatever the kernel's dtype.
+    assert [(a.space, a.dtype) for a in found[Space.TENSOR, FINALIZE].body] == [(Space.TENSOR, DType.FLOAT64)]
+
+
+def test_a_later_pass_cannot_read_an_input_an_earlier_pass_overwrote():
+    import pytest
+
+    from optforge.compiler.passes.schedule import regions
+    from optforge.compiler.spec import SpecError
+
+    with pytest.raises(SpecError, match="a later pass reads the old value of 'm', which an earlier pass"):
+        regions(_two_stage(w - U * m))
+
+
+def test_a_norm_of_a_value_of_the_last_pass_is_refused():
+    import pytest
+
+    from optforge.compiler.ir import PASS3, Reduction
+    from optforge.compiler.passes.schedule import regions
+    from optforge.compiler.spec import SpecError
+
+    placed = _placed(
+        [(W_NEW, w - g), (NORM0_OF, W_NEW)],
+        {W_NEW: PASS3, NORM0_OF: PASS3, NORM0: FINALIZE},
+        {W_NEW: w},
+        [Reduction(NORM0, NORM0_OF)],
+    )
+    with pytest.raises(SpecError, match=r"a norm or rms reads a value of the last pass \(norm0_of\)"):
+        regions(placed)
+
+
+def test_a_row_mean_read_outside_the_line_stage_is_refused():
+    import pytest
+
+    from optforge.compiler.ir import LINES, PASS1, PASS2, Reduction
+    from optforge.compiler.passes.schedule import gather
+    from optforge.compiler.spec import SpecError
+
+    row_mean0, of = sp.symbols("row_mean0 row_mean0_of")
+    placed = _placed(
+        [(of, g * g), (W_NEW, w - row_mean0 * g)],
+        {of: PASS1, W_NEW: PASS2, row_mean0: LINES},
+        {W_NEW: w},
+        [Reduction(row_mean0, of, True, space=Space.ROW)],
+        spaces={row_mean0: Space.ROW},
+    )
+    assert gather(placed, [row_mean0], LINES) == ([], [], [])  # the line stage reads it
+    with pytest.raises(SpecError, match=r"'row_mean0' \(row_mean\) is read in a later pass"):
+        gather(placed, [W_NEW], PASS2)

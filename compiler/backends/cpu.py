@@ -1,8 +1,11 @@
 """The CPU backend: `ir.Kernel`s to a module of Numba kernels, and their host code.
 
-Each kernel is printed once, as a factory of its element type `F`, returning its
-stages; kernels whose printed code is the same (flag variants that compute the same
-thing) are printed once and shared. Calling convention of every stage:
+The functions below derive the templates' dicts from a kernel's regions (one
+element pass per stage, its prologue and per-row lines; the line stages; the
+finalize): the only place that knows both. Each kernel is printed once, as a
+factory of its element type `F`, returning its stages; kernels whose printed
+code is the same (flag variants that compute the same thing) are printed once
+and shared. Calling convention of every stage:
 
     stage(chunks, arrays, per_tensor, scratch, *scalars)
 
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from optforge.compiler.ir import FactoredKernel, Kernel, LineStage, Stage
+from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import environment, render
 from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
@@ -98,17 +101,33 @@ def host_contexts(spec: Spec, kernels: list[Kernel]) -> tuple[list[dict], list[d
     return branch_functions, scalar_functions
 
 
-def stage_context(stage: Stage, printer: ElementPrinter) -> dict:
+def _pass(kernel: Kernel, phase: int) -> tuple[Region, Region]:
+    """(the prologue, the element loop) of the element pass in `phase`."""
+    prologue = kernel.region(Space.MATRIX if kernel.matrices else Space.TENSOR, phase)
+    return prologue, kernel.region(Space.ELEMENT, phase)
+
+
+def _sums(region: Region, space: Space = Space.TENSOR) -> list[Reduction]:
+    return [r for r in region.reductions if r.space == space]
+
+
+def _scratch(region: Region, shape: str) -> list[sp.Symbol]:
+    """The per-tensor ("tensor") or per-matrix ("matrix") values a region loads."""
+    return [load.value for load in region.loads if load.array.shape == shape]
+
+
+def stage_context(prologue: Region, element: Region, printer: ElementPrinter) -> dict:
+    sums = _sums(element)
     return {
-        "per_tensor": [s.name for s in stage.per_tensor],
-        "tensor_lines": _lines(printer, stage.tensor),
-        "loads": [(load.array.symbol.name, load.value.name) for load in stage.loads],
-        "lines": _lines(printer, stage.element),
-        "stores": [(s.array.symbol.name, s.value.name) for s in stage.stores],
-        "reductions": [r.expr.name for r in stage.reductions],
-        "squared": [r.squared for r in stage.reductions],
-        "views": {load.array.symbol.name for load in stage.loads}
-        | {s.array.symbol.name for s in stage.stores},
+        "per_tensor": [s.name for s in _scratch(prologue, "tensor")],
+        "tensor_lines": _lines(printer, prologue.body),
+        "loads": [(load.array.symbol.name, load.value.name) for load in element.loads],
+        "lines": _lines(printer, element.body),
+        "stores": [(s.array.symbol.name, s.value.name) for s in element.stores],
+        "reductions": [r.expr.name for r in sums],
+        "squared": [r.squared for r in sums],
+        "views": {load.array.symbol.name for load in element.loads}
+        | {s.array.symbol.name for s in element.stores},
     }
 
 
@@ -116,58 +135,67 @@ def _loads(loads, shape: str) -> list[tuple[str, str]]:
     return [(load.array.symbol.name, load.value.name) for load in loads if load.array.shape == shape]
 
 
-def line_stage_context(stage: LineStage, printer: ElementPrinter) -> dict:
+def line_stage_context(kernel: Kernel, space: Space, printer: ElementPrinter) -> dict:
+    """The per-row (ROW) or per-column (COL) lines between the first and second pass."""
+    region = kernel.region(space, LINES)
+    read = set().union(*(a.expr.free_symbols for a in region.body))
+    means = [m for m in _sums(kernel.region(Space.ELEMENT, PASS1), space) if m.symbol in read]
     return {
-        "means": [(m.symbol.name, m.expr.name) for m in stage.means],
-        "loads": [(load.array.symbol.name, load.value.name) for load in stage.loads],
-        "lines": _lines(printer, stage.lines),
-        "stores": [(s.array.symbol.name, s.value.name) for s in stage.stores],
+        "means": [(m.symbol.name, m.expr.name) for m in means],
+        "loads": [(load.array.symbol.name, load.value.name) for load in region.loads],
+        "lines": _lines(printer, region.body),
+        "stores": [(s.array.symbol.name, s.value.name) for s in region.stores],
     }
 
 
-def factored_context(kernel: FactoredKernel, context: dict, printer: ElementPrinter) -> dict:
+def factored_context(kernel: Kernel, context: dict, printer: ElementPrinter) -> dict:
     """What the factored templates add: each pass's loads by shape, its matrix means and sums,
     the line stages, and the index of each reduction in the partials (over all passes)."""
     offset = 0
-    for n, (stage, ctx) in enumerate(zip(kernel.stages, context["stages"])):
-        ctx["element_loads"] = _loads(stage.loads, "element")
-        ctx["row_loads"] = _loads(stage.loads, "row")
-        ctx["col_loads"] = _loads(stage.loads, "col")
-        ctx["matrix_reads"] = [s.name for s in kernel.matrix_reads[n]]
-        ctx["row_lines"] = _lines(printer, kernel.row_lines[n])
-        ctx["reduction_slots"] = list(range(offset, offset + len(stage.reductions)))
-        offset += len(stage.reductions)
-        ctx["row_sums"] = [m.expr.name for m in kernel.row_stage.means] if n == 0 else []
-        ctx["col_sums"] = [m.expr.name for m in kernel.col_stage.means] if n == 0 else []
-    reductions = [r for stage in kernel.stages for r in stage.reductions]
+    for n, (phase, ctx) in enumerate(zip(kernel.phases(Space.ELEMENT), context["stages"])):
+        prologue, element = _pass(kernel, phase)
+        ctx["element_loads"] = _loads(element.loads, "element")
+        ctx["row_loads"] = _loads(element.loads, "row")
+        ctx["col_loads"] = _loads(element.loads, "col")
+        ctx["matrix_reads"] = [s.name for s in _scratch(prologue, "matrix")]
+        ctx["row_lines"] = _lines(printer, kernel.region(Space.ROW, phase).body)
+        ctx["reduction_slots"] = list(range(offset, offset + len(_sums(element))))
+        offset += len(_sums(element))
+        ctx["row_sums"] = [m.expr.name for m in _sums(element, Space.ROW)]
+        ctx["col_sums"] = [m.expr.name for m in _sums(element, Space.COL)]
+    reductions = [r for region in kernel.regions for r in _sums(region)]
     base = _name(kernel.spec_name, kernel.suffix)
     shaped = [a for a in kernel.arrays if a.shape != "element"]
+    rows = line_stage_context(kernel, Space.ROW, printer)
+    cols = line_stage_context(kernel, Space.COL, printer)
     return context | {
         "factored": True,
         "fused": False,
         "pass_names": [_name(base, f"pass{n}", context["short"]) for n in (1, 2, 3)],
         "lines_name": _name(base, "lines", context["short"]),
-        "rows": line_stage_context(kernel.row_stage, printer),
-        "cols": line_stage_context(kernel.col_stage, printer),
+        "rows": rows,
+        "cols": cols,
         "row_arrays": [a.symbol.name for a in shaped if a.shape == "row"],
         "col_arrays": [a.symbol.name for a in shaped if a.shape == "col"],
-        "matrix_means": [(m.symbol.name, m.expr.name) for m in kernel.matrix_means],
+        "matrix_means": [
+            (m.symbol.name, m.expr.name) for m in _sums(kernel.region(Space.ROW, LINES), Space.MATRIX)
+        ],
         "reductions": [r.symbol.name for r in reductions],
         "means": [r.mean for r in reductions],
-        "row_means": [m.symbol.name for m in kernel.row_stage.means],
-        "col_means": [m.symbol.name for m in kernel.col_stage.means],
+        "row_means": [name for name, _ in rows["means"]],
+        "col_means": [name for name, _ in cols["means"]],
     }
 
 
 def invariant_symbols(kernel: Kernel) -> set[sp.Symbol]:
     """The symbols of `kernel` that do not vary per element: step-level scalars, per-tensor
     inputs and values, and a factored kernel's per-matrix means (products multiply them first)."""
-    invariant = set(kernel.scalars) | set(BUILTIN_TENSOR) | set(kernel.finalize_outputs)
-    for stage in kernel.stages:
-        invariant |= set(stage.per_tensor) | {a.target for a in stage.tensor}
-    invariant |= {a.target for a in kernel.finalize}
-    if isinstance(kernel, FactoredKernel):
-        invariant |= {m.symbol for m in kernel.matrix_means}
+    invariant = set(kernel.scalars) | set(BUILTIN_TENSOR)
+    for region in kernel.regions:
+        if region.space <= Space.MATRIX:  # the prologues and the finalize
+            invariant |= {a.target for a in region.body} | {load.value for load in region.loads}
+            invariant |= {s.value for s in region.stores}
+        invariant |= {r.symbol for r in _sums(region, Space.MATRIX)}
     return invariant
 
 
@@ -178,18 +206,29 @@ def states_fma(spec: Spec) -> bool:
 
 def kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str = "fma") -> dict:
     context = _kernel_context(spec, kernel, dtype, fma_name)
-    if isinstance(kernel, FactoredKernel):
+    if kernel.matrices:
         printer = ElementPrinter(dtype, invariant_symbols(kernel), fma_name)
         return factored_context(kernel, context, printer)
     return context | {"factored": False}
 
 
+def _typed_lines(assignments, dtype: str, invariant, fma_name: str) -> list[Line]:
+    """Each statement printed in its own dtype: the kernel's (`dtype`), or float64 for the
+    per-tensor values a finalize computes from float64 sums."""
+    lines = []
+    for a in assignments:
+        printer = ElementPrinter(dtype if a.dtype == DType.KERNEL else a.dtype.value, invariant, fma_name)
+        lines += _lines(printer, [a])
+    return lines
+
+
 def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> dict:
     invariant = invariant_symbols(kernel)
     printer = ElementPrinter(dtype, invariant, fma_name)
-    stages = [stage_context(s, printer) for s in kernel.stages]
-    # per-tensor values from float64 sums
-    finalize_printer = ElementPrinter("float64", invariant, fma_name)
+    phases = kernel.phases(Space.ELEMENT)
+    stages = [stage_context(*_pass(kernel, p), printer) for p in phases]
+    first = _sums(kernel.region(Space.ELEMENT, phases[0]))
+    finalize = kernel.region(Space.TENSOR, FINALIZE)
     base = _name(kernel.spec_name, kernel.suffix)
     return {
         "name": step_name(kernel, dtype),
@@ -204,19 +243,14 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         "scalars": [s.name for s in kernel.scalars],
         "stages": stages,
         "fused": len(stages) == 1 and not stages[0]["reductions"],
-        "reductions": [r.symbol.name for r in kernel.stages[0].reductions],
+        "reductions": [r.symbol.name for r in first],
         # a root mean square divides its sum by the tensor's size, which the chunk table gives
-        "means": [r.mean for r in kernel.stages[0].reductions],
-        "counts": any(r.mean for r in kernel.stages[0].reductions),
-        "finalize_reads": [s.name for s in _tensor_inputs(kernel.finalize)],
-        "finalize_lines": _lines(finalize_printer, kernel.finalize),
-        "finalize_outputs": [s.name for s in kernel.finalize_outputs],
+        "means": [r.mean for r in first],
+        "counts": any(r.mean for r in first),
+        "finalize_reads": [load.value.name for load in finalize.loads],
+        "finalize_lines": _typed_lines(finalize.body, dtype, invariant, fma_name),
+        "finalize_outputs": [s.value.name for s in finalize.stores],
     }
-
-
-def _tensor_inputs(assignments) -> list[sp.Symbol]:
-    used = set().union(*(a.expr.free_symbols for a in assignments)) if assignments else set()
-    return [s for s in BUILTIN_TENSOR if s in used]
 
 
 def _dict_source(mapping: dict[str, str]) -> str:
@@ -324,7 +358,7 @@ def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> li
             {
                 "key": repr(key),
                 "state": repr(tuple(a.name for a in k.arrays[2:])),
-                "factored": isinstance(k, FactoredKernel),
+                "factored": k.matrices,
                 "shapes": repr(tuple(a.shape for a in k.arrays[2:])),
                 "branch": branch_name(k) if k.guards else None,
                 "branches": [],
@@ -356,8 +390,8 @@ def rank_flag_source(spec: Spec) -> str | None:
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
-    flat = [k for k in kernels if not isinstance(k, FactoredKernel)]
-    shaped = [k for k in kernels if isinstance(k, FactoredKernel)]
+    flat = [k for k in kernels if not k.matrices]
+    shaped = [k for k in kernels if k.matrices]
     flat_sources, flat_factories = unique_factories(spec, flat, "cpu_flat.py.j2")
     shaped_sources, shaped_factories = unique_factories(spec, shaped, "cpu_factored.py.j2")
     factory_of = dict(zip(map(id, flat + shaped), flat_factories + shaped_factories))

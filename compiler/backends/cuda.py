@@ -29,7 +29,7 @@ from optforge.compiler.backends.cpu import (
     unique_factories,
     variant_table,
 )
-from optforge.compiler.ir import FactoredKernel, Kernel
+from optforge.compiler.ir import Kernel
 from optforge.compiler.printers import ElementPrinter
 from optforge.compiler.render import render
 from optforge.compiler.spec import Spec, SpecError, g, grad_scale, unfused, w, weight_decay
@@ -56,8 +56,8 @@ def effective_gradient(spec: Spec) -> str | None:
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
-    flat = [k for k in kernels if not isinstance(k, FactoredKernel)]
-    shaped = [k for k in kernels if isinstance(k, FactoredKernel)]
+    flat = [k for k in kernels if not k.matrices]
+    shaped = [k for k in kernels if k.matrices]
     flat_sources, flat_factories = unique_factories(
         spec, flat, "cuda_flat.py.j2", "cuda.fma", effective_gradient=effective_gradient(spec)
     )

@@ -1,39 +1,42 @@
-"""Index spaces and passes of a factored kernel (tensors as stacks of matrices).
+"""Index spaces and phases of every kernel's values; the means of a factored kernel.
 
-A value lives in a space: once per tensor or step (SCALAR), per matrix, per
-row, per column, or per element. An expression's space is the join of its
-symbols' spaces, where a row value times a column value is per element (an
-outer product). A value's pass is when it can first be computed:
+A value lives in a space (ir.Space): once per step (SCALAR) or per tensor,
+per matrix, per row, per column, or per element. An expression's space is the
+join of its symbols' spaces, where a row value times a column value is per
+element (an outer product). A value's phase (its pass) is when it can first
+be computed:
 
-    1 element pass 1     the inputs; sums the row and column means' arguments
+    1 element pass 1     the inputs; sums the norms' and the row and column means' arguments
     2 line stage          row and column values (the means of pass 1, row/col state)
     3 element pass 2     what reads them; the matrix means are ready
     4 finalize            per-tensor values from the passes' reductions
     5 element pass 3     what reads those
+    6 apply              a spec's separate parameter update, and what reads it
+
+A flat kernel has pass 1 only; a two-stage one passes 1 and 3 (or 1 and 6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import IntEnum
 
 import sympy as sp
 
-from optforge.compiler.ir import Assignment, Mean
+from optforge.compiler.ir import FINALIZE, LINES, PASS1, PASS2, PASS3, Assignment, Mean, Space
 from optforge.compiler.spec import SpecError, col_mean, matrix_mean, row_mean
 
+# The phases and spaces are defined in ir.py and explained here.
+__all__ = ["FINALIZE", "LINES", "PASS1", "PASS2", "PASS3", "Space"]
 
-class Space(IntEnum):
-    SCALAR = 0
-    MATRIX = 1
-    ROW = 2
-    COL = 3
-    ELEMENT = 4
-
-
-PASS1, LINES, PASS2, FINALIZE, PASS3 = 1, 2, 3, 4, 5
 # The earliest pass a value of each space can be computed in (matrix values need the line stage).
-_FIRST_PASS = {Space.SCALAR: 0, Space.MATRIX: PASS2, Space.ROW: LINES, Space.COL: LINES, Space.ELEMENT: PASS1}
+_FIRST_PASS = {
+    Space.SCALAR: 0,
+    Space.TENSOR: 0,
+    Space.MATRIX: PASS2,
+    Space.ROW: LINES,
+    Space.COL: LINES,
+    Space.ELEMENT: PASS1,
+}
 PREFIXES = {row_mean: "row_mean", col_mean: "col_mean", matrix_mean: "matrix_mean"}
 
 
@@ -83,19 +86,24 @@ def assign_passes(
     passes: dict[sp.Symbol, int],
     means: dict[type, list[Mean]],
     where: str,
+    earliest: Mapping[sp.Symbol, int] | None = None,
 ) -> tuple[dict[sp.Symbol, Space], dict[sp.Symbol, int]]:
     """The space and pass of every target, given those of the inputs.
 
     `spaces` and `passes` give the inputs' (arrays: pass 1 or 2; row and
     column means: per row/column, pass 2; matrix means: per matrix, pass 3;
-    per-tensor reductions: pass 4). Raises
+    per-tensor reductions: pass 4). `earliest` holds targets a spec puts in a
+    later pass than they need (AdamOffload's parameter update: APPLY). Raises
     SpecError for a rule a three-pass kernel cannot schedule.
     """
+    earliest = earliest or {}
     spaces, passes = dict(spaces), dict(passes)
     sums = {m.expr: kind for kind, ms in means.items() for m in ms}
     for a in assignments:
         space = space_of(a.expr, spaces)
-        at = max([_FIRST_PASS[space]] + [passes.get(s, 0) for s in a.expr.free_symbols])
+        at = max(
+            [_FIRST_PASS[space], earliest.get(a.target, 0)] + [passes.get(s, 0) for s in a.expr.free_symbols]
+        )
         if space in (Space.ROW, Space.COL) and at > LINES:
             raise SpecError(
                 f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass"
@@ -114,7 +122,7 @@ def assign_passes(
 
 
 # What does not vary along a row: hoisted out of the loop over its columns.
-_ALONG_ROW = (Space.SCALAR, Space.MATRIX, Space.ROW)
+_ALONG_ROW = (Space.SCALAR, Space.TENSOR, Space.MATRIX, Space.ROW)
 
 
 def hoist_rows(

@@ -1,6 +1,6 @@
 """What an optimizer step moves per element, from the compiled IR, and a kernel that moves the same.
 
-`accesses` counts the loads and stores of every stage of the compiled kernel of
+`accesses` counts the loads and stores of every region of the compiled kernel of
 one host-side branch (the one a long run takes: SGD's first step, which starts its
 buffer from the gradient, moves less than every later one); `same_traffic_kernel`
 is a Numba loop, shaped like the generated kernels (parallel chunks, views indexed
@@ -20,7 +20,7 @@ from optforge.compiler.lower import lower
 
 def accesses(spec_name: str, flags: dict | None = None, branch: tuple | None = None) -> tuple[int, int, int]:
     """(loads, stores into loaded arrays, stores into arrays not loaded) per element of one
-    step, over all stages, for the host-side `branch` (default: the most traffic)."""
+    step, over all regions, for the host-side `branch` (default: the most traffic)."""
     (spec,) = load_specs([spec_name])
     variant = {f.symbol: bool((flags or {}).get(f.name, False)) for f in spec.flags}
     counts = []
@@ -28,10 +28,11 @@ def accesses(spec_name: str, flags: dict | None = None, branch: tuple | None = N
         if branch is not None and tuple(kernel.branch) != tuple(branch):
             continue
         loads = rw = wo = 0
-        for stage in kernel.stages:
-            # A factored kernel's row and column state (one value per row or column) is noise.
-            loaded = {load.array.name for load in stage.loads if load.array.shape == "element"}
-            stored = {store.array.name for store in stage.stores if store.array.shape == "element"}
+        for region in kernel.regions:
+            # A factored kernel's row and column state (one value per row or column) is noise,
+            # and so are the per-tensor values handed between phases.
+            loaded = {load.array.name for load in region.loads if load.array.shape == "element"}
+            stored = {store.array.name for store in region.stores if store.array.shape == "element"}
             loads, rw, wo = loads + len(loaded), rw + len(stored & loaded), wo + len(stored - loaded)
         counts.append((loads, rw, wo))
     return max(counts, key=sum)
