@@ -368,8 +368,7 @@ class Spec:
     @property
     def where(self) -> str:
         """The spec file as shown in errors, e.g. 'specs/adam.py'."""
-        path = Path(self.source)
-        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+        return source_where(self.source)
 
     def hyper(self, name: str) -> Hyper:
         return next(h for h in self.hypers if h.name == name)
@@ -380,6 +379,12 @@ class Spec:
             dict(zip([f.symbol for f in self.flags], values))
             for values in itertools.product((False, True), repeat=len(self.flags))
         ]
+
+
+def source_where(source: str) -> str:
+    """A spec file as errors name it: its folder and name, e.g. 'specs/adam.py'."""
+    path = Path(source)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def active(when: sp.Expr | None, variant: dict[sp.Symbol, bool]) -> bool:
