@@ -171,6 +171,12 @@ def nn_prologue() -> Fragment:
     return Fragment("nn_prologue", scale=True, decay=Decay("coupled"))
 
 
+def torch_prologue() -> tuple[Fragment, ...]:
+    """torch.optim's effective gradient: `maximize`, the loss scale, and coupled decay fused as
+    torch's CPU kernels compute grad.add(param, alpha=weight_decay)."""
+    return (maximize(), loss_scale(), coupled_decay(fused=True))
+
+
 # --- hyperparameters -----------------------------------------------------------------------
 
 
