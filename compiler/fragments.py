@@ -17,7 +17,10 @@ the order torch and MindSpore apply them:
   (the weights shrink: `w_decayed = w*(1 - lr*weight_decay)`) or `switched_decay(flag)`
   (coupled, or decoupled when the flag is set: torch's `decoupled_weight_decay`).
 
-`nn_prologue()` is MindSpore nn's effective gradient, `g*grad_scale + weight_decay*w`.
+`nn_prologue()` is MindSpore nn's effective gradient, `g*grad_scale + weight_decay*w`, and
+`torch_prologue()` torch.optim's (maximize, loss scale, fused coupled decay). Coupled decay
+needs the loss scale: a spec whose decay is coupled has the rule `g*grad_scale +
+weight_decay*w` (spec.py's check), because the nn run-time undoes both together.
 The gradient fragments' rules come first: `g_eff`, then `w_decayed`. A core reads the
 symbols `g_eff` and `w_decayed` of this module; where no fragment defines one, it stands for
 `g` or `w` itself, so one core serves with and without each transform (AdamW is Adam's core

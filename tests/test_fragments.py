@@ -198,6 +198,10 @@ def test_a_decay_contradicting_the_decay_fragment_and_other_misuse_are_refused()
         F.betas((0.9, 0.9, 0.9))
     with pytest.raises(SpecError, match="convention must be one of"):
         F.epsilon(convention="jax")
+    with pytest.raises(SpecError, match="decay kind must be one of"):
+        F.Fragment("odd", decay=F.Decay("halfway"))
+    with pytest.raises(SpecError, match="a switched decay, and only it, names its flag"):
+        F.Fragment("odd", decay=F.Decay("switched"))
     with pytest.raises(SpecError, match="fragment 'betas' declares 0 flags, not one"):
         F.betas().flag
     # The spec's own checks still run on the result: coupled decay needs the loss scale (the
