@@ -12,12 +12,16 @@ rule (or declaration) at fault.
 
 from __future__ import annotations
 
+import importlib
 import itertools
-import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import sympy as sp
+
+from optforge.compiler import dialects
+from optforge.compiler.reserved import is_reserved
 
 # Built-in symbols every spec may use. Their binding-time levels are fixed
 # (see passes/levels.py): w, g per element; weight_decay, grad_scale per
@@ -35,32 +39,28 @@ BUILTIN_STEP = (t, lr)
 BUILTIN_TENSOR = (weight_decay, grad_scale)
 BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
 
-# Arguments the dialect bases own (validated by the hand-written run-time),
-# which a class signature may interleave with the spec's own arguments.
-DIALECT_ARGUMENTS = {
-    "nn": ("learning_rate", "weight_decay", "loss_scale", "use_locking"),
-    "optim": ("lr", "betas", "weight_decay"),
-    # torch.optim's implementation switches (optforge.torch accepts the values that mean
-    # "do what you do anyway": its fused kernels are neither foreach, capturable nor differentiable).
-    "torch": ("lr", "betas", "weight_decay", "foreach", "fused", "capturable", "differentiable"),
-}
 KEYWORD_ONLY = "*"  # in a torch signature: the arguments after it are keyword-only, as in torch
 
 REQUIRED = object()  # marks a signature argument without a default
 
-# Names the generated code uses for itself, and the prefixes of the names the
-# passes invent (s0, u0, x0, y0, h0: hoisted and common values; norm0: reductions).
-RESERVED = {
-    "chunk", "tensor", "elem", "row", "rows", "row_len", "start", "stop", "partials", "sums",
-    "chunks", "arrays", "scalars", "math", "np", "numba", "f32", "f64", "Variant", "Branch",
-    "cuda", "config", "float64", "launch", "grid", "chunk_slot", "thread", "width", "block_sums",
-    "THREADS", "SLOTS", "size", "sizes", "matrix", "col", "cols", "first", "table", "scratch", "base",
-    "part", "shaped", "tables", "matrices", "tensors",
-}  # fmt: skip
-RESERVED_PATTERN = re.compile(
-    r"(s|u|x|y|z|h|sum|norm|rms|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
-    r"|.*_(c|m|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
-)
+# Names that moved out of the spec model: dialect policy to dialects.py, the generated code's
+# own names to reserved.py. Importing them from here still works, with a DeprecationWarning.
+_MOVED = {
+    "DIALECT_ARGUMENTS": "optforge.compiler.dialects",
+    "RESERVED": "optforge.compiler.reserved",
+    "RESERVED_PATTERN": "optforge.compiler.reserved",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        warnings.warn(
+            f"optforge.compiler.spec.{name} is deprecated: import it from {_MOVED[name]}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Reduction(sp.Function):
@@ -368,8 +368,7 @@ class Spec:
     @property
     def where(self) -> str:
         """The spec file as shown in errors, e.g. 'specs/adam.py'."""
-        path = Path(self.source)
-        return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+        return source_where(self.source)
 
     def hyper(self, name: str) -> Hyper:
         return next(h for h in self.hypers if h.name == name)
@@ -380,6 +379,12 @@ class Spec:
             dict(zip([f.symbol for f in self.flags], values))
             for values in itertools.product((False, True), repeat=len(self.flags))
         ]
+
+
+def source_where(source: str) -> str:
+    """A spec file as errors name it: its folder and name, e.g. 'specs/adam.py'."""
+    path = Path(source)
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
 
 
 def active(when: sp.Expr | None, variant: dict[sp.Symbol, bool]) -> bool:
@@ -437,7 +442,7 @@ def check_spec(spec: Spec) -> None:
     named = [s for items in (spec.hypers, spec.flags, spec.state) for s in (i.symbol for i in items)]
     named += [r.target for r in spec.rules]
     for sym in named:
-        if isinstance(sym, sp.Symbol) and (sym.name in RESERVED or RESERVED_PATTERN.fullmatch(sym.name)):
+        if isinstance(sym, sp.Symbol) and is_reserved(sym.name):
             fail(f"symbol '{sym.name}'", "the name is reserved by the generated code; choose another")
 
     hyper_syms = {h.symbol for h in spec.hypers}
@@ -511,14 +516,14 @@ def check_spec(spec: Spec) -> None:
 
     for export in spec.exports:
         known = {h.name for h in spec.hypers} | {f.name for f in spec.flags}
-        known |= set(DIALECT_ARGUMENTS.get(export.dialect, ()))
-        if export.dialect not in DIALECT_ARGUMENTS:
+        known |= set(dialects.DIALECT_ARGUMENTS.get(export.dialect, ()))
+        if export.dialect not in dialects.DIALECT_ARGUMENTS:
             fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
-        if ranked and export.dialect == "nn":
-            # The nn base's loss scale, gradient centralization and row-sparse gradients are
-            # element-wise transforms the factored launch does not apply.
-            fail(f"export {export.class_name}", "a spec with a rank flag exports to optim and torch only")
-        if KEYWORD_ONLY in export.signature and export.dialect != "torch":
+        if ranked and export.dialect in dialects.ELEMENTWISE_DIALECTS:
+            others = sorted(set(dialects.DIALECT_ARGUMENTS) - set(dialects.ELEMENTWISE_DIALECTS))
+            only = " and ".join(others)
+            fail(f"export {export.class_name}", f"a spec with a rank flag exports to {only} only")
+        if KEYWORD_ONLY in export.signature and export.dialect not in dialects.KEYWORD_ONLY_DIALECTS:
             fail(f"export {export.class_name}", "only a torch signature has keyword-only arguments ('*')")
         for entry in export.signature:
             if entry == KEYWORD_ONLY:

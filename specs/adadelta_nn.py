@@ -2,12 +2,15 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Hyper, Rule, State, lr, w
 
 rho, epsilon = sp.symbols("rho epsilon")
-accum, accum_update, g_eff, update = sp.symbols("accum accum_update g_eff update")
+accum, accum_update, update = sp.symbols("accum accum_update update")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.nn_prologue(),
     name="adadelta_nn",
     title="Adadelta",
     source=__file__,
@@ -20,19 +23,17 @@ SPEC = Spec(
         Hyper(epsilon, ("float",), 1e-6, "Added inside the square roots (>= 0)."),
     ],
     domains={rho: sp.Interval(0, 1), epsilon: sp.Interval(0, sp.oo)},
-    flags=[],
     state=[
         State(accum, 0, "accum", "Running average of squared gradients."),
         State(accum_update, 0, "accum_update", "Running average of squared updates."),
     ],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(accum, rho * accum + (1 - rho) * g_eff**2),
         Rule(update, sp.sqrt(accum_update + epsilon) / sp.sqrt(accum + epsilon) * g_eff),
         Rule(accum_update, rho * accum_update + (1 - rho) * update**2),
         Rule(w, w - lr * update),
     ],
-    latex={g_eff: r"\tilde{g}", epsilon: r"\epsilon", accum: "v", accum_update: "u", update: r"\Delta"},
+    latex={epsilon: r"\epsilon", accum: "v", accum_update: "u", update: r"\Delta"},
     exports=[
         Export(
             "nn",

@@ -12,15 +12,15 @@ beta2_hat), so its first step takes the squared gradient as it is.
 
 import sympy as sp
 
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
 from optforge.compiler.spec import (
     Export,
     Flag,
     Hyper,
     Rule,
-    Spec,
     State,
     col_mean,
-    g,
     lr,
     matrix_mean,
     rms,
@@ -31,9 +31,9 @@ from optforge.compiler.spec import (
 )
 
 beta2_decay, eps1, eps2, d = sp.symbols("beta2_decay eps1 eps2 d")
-factored, maximize = sp.symbols("factored maximize")
+factored = sp.Symbol("factored")
 row_var, col_var, variance = sp.symbols("R C v")
-g_eff, rate, alpha, v_hat, update = sp.symbols("g_eff rho alpha v_hat U")
+rate, alpha, v_hat, update = sp.symbols("rho alpha v_hat U")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (
@@ -47,7 +47,8 @@ SIGNATURE = (
 # torch.optim.Adafactor's: the same names, keyword-only arguments marked by "*".
 TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "foreach", "maximize")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.maximize(),  # torch.optim.Adafactor's gradient: no loss scale, decoupled decay in the update
     name="adafactor",
     title="Adafactor",
     source=__file__,
@@ -79,10 +80,7 @@ SPEC = Spec(
         eps2: sp.Interval(0, sp.oo),
         d: sp.Interval(1, sp.oo),
     },
-    flags=[
-        Flag(maximize, "Maximize the objective: step along the gradient."),
-        Flag(factored, "Set for tensors of two or more dimensions: factored second moments.", rank=2),
-    ],
+    flags=[Flag(factored, "Set for tensors of two or more dimensions: factored second moments.", rank=2)],
     state=[
         State(
             row_var, 0, "row_var", "Row factor of the second moment, shaped (..., rows, 1).", factored, "row"
@@ -91,7 +89,6 @@ SPEC = Spec(
         State(variance, 0, "variance", "Second moment of a vector (or scalar) parameter.", ~factored),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True))),
         Rule(rate, sp.Min(lr, 1 / sp.sqrt(t))),
         Rule(alpha, sp.Max(eps2, rms(w)) * rate),
         Rule(row_var, row_var + t**beta2_decay * (row_mean(g_eff**2) - row_var), when=factored),
@@ -108,7 +105,6 @@ SPEC = Spec(
     ],
     decay="decoupled",
     latex={
-        g_eff: r"\tilde{g}",
         rate: r"\rho",
         v_hat: r"\hat{v}",
         update: "U",

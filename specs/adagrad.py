@@ -2,32 +2,20 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    fma,
-    g,
-    grad_scale,
-    lr,
-    t,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Hyper, Rule, State, fma, lr, t, w
 
 lr_decay, init, eps = sp.symbols("lr_decay initial_accumulator_value eps")
-maximize = sp.Symbol("maximize")
-acc, g_eff = sp.symbols("acc g_eff")
+acc = sp.Symbol("acc")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-2), "lr_decay", ("weight_decay", 0.0), "initial_accumulator_value", "eps", "maximize")
 # torch.optim.Adagrad's: the same names, keyword-only arguments marked by "*".
 TORCH_SIGNATURE = (*SIGNATURE[:-1], "foreach", "*", "maximize", "differentiable", "fused")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.torch_prologue(),
     name="adagrad",
     title="Adagrad",
     source=__file__,
@@ -42,15 +30,13 @@ SPEC = Spec(
         Hyper(eps, ("float", "int"), 1e-10, "Added to the denominator for numerical stability."),
     ],
     domains={lr_decay: sp.Interval(0, sp.oo), init: sp.Interval(0, sp.oo), eps: sp.Interval(0, sp.oo)},
-    flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
     state=[State(acc, init, "sum", "Sum of squared gradients.")],
     rules=[
-        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
-        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
-        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        # torch's operations, fused where its CPU kernels are (see `fma`): lerp_ (weight < 0.5),
+        # addcmul_ and add_(alpha=) each one fma.
         Rule(acc, fma(g_eff, g_eff, acc)),
         Rule(w, w - lr / (1 + (t - 1) * lr_decay) * g_eff / (sp.sqrt(acc) + eps)),
     ],
-    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", init: r"a_0", acc: "a"},
+    latex={eps: r"\epsilon", init: r"a_0", acc: "a"},
     exports=[Export("optim", "Adagrad", SIGNATURE), Export("torch", "Adagrad", TORCH_SIGNATURE)],
 )

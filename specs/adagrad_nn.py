@@ -5,13 +5,16 @@ update_slots=False keeps the accumulator fixed at its initial value.
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Flag, Hyper, Rule, State, lr, w
 
 accum_init = sp.Symbol("accum")
 update_slots = sp.Symbol("update_slots")
-acc, g_eff = sp.symbols("a g_eff")
+acc = sp.Symbol("a")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.nn_prologue(),
     name="adagrad_nn",
     title="Adagrad",
     source=__file__,
@@ -25,11 +28,10 @@ SPEC = Spec(
     flags=[Flag(update_slots, "Update the accumulator (False keeps it at its initial value).", default=True)],
     state=[State(acc, accum_init, "accum", "Accumulated squared gradients.")],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(acc, sp.Piecewise((acc + g_eff**2, update_slots), (acc, True))),
         Rule(w, w - lr * g_eff / sp.sqrt(acc)),
     ],
-    latex={g_eff: r"\tilde{g}", accum_init: r"a_0", acc: "a"},
+    latex={accum_init: r"a_0", acc: "a"},
     exports=[
         Export(
             "nn",

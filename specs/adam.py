@@ -8,32 +8,35 @@ sqrt(v_hat) + eps, scales eps differently.
 
 import sympy as sp
 
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, eps, g_eff
 from optforge.compiler.spec import (
     REQUIRED,  # noqa: F401  (re-exported for spec authors who copy this file)
     Export,
     Flag,
-    Hyper,
     Rule,
-    Spec,
     State,
-    g,
-    grad_scale,
     lr,
     t,
     w,
-    weight_decay,
 )
 
-beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
-use_nesterov, use_amsgrad = sp.symbols("use_nesterov use_amsgrad")
+NESTEROV = F.nesterov(
+    "use_nesterov", "Use Nesterov's accelerated gradient in the update (ignored with use_amsgrad)."
+)
+use_nesterov, use_amsgrad = NESTEROV.flag, sp.Symbol("use_amsgrad")
 m, v, vhat = sp.symbols("m v vhat")
-g_eff = sp.Symbol("g_eff")
 
 # Nesterov's numerator; MindSpore ignores use_nesterov when use_amsgrad is set.
-numerator = sp.Piecewise((beta1 * m + (1 - beta1) * g_eff, use_nesterov & ~use_amsgrad), (m, True))
+numerator = F.lookahead(use_nesterov, beta1 * m + (1 - beta1) * g_eff, m, unless=use_amsgrad)
 second_moment = sp.Piecewise((vhat, use_amsgrad), (v, True))
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(convention="nn"),
+    F.epsilon(1e-8, convention="nn"),
+    NESTEROV,
+    # The nn dialect's effective gradient: loss scale undone, coupled L2 decay added.
+    F.nn_prologue(),
     name="adam",
     title="Adam",
     source=__file__,
@@ -44,28 +47,13 @@ SPEC = Spec(
         "Sashank J. Reddi, Satyen Kale, Sanjiv Kumar. On the Convergence of Adam and Beyond "
         "(AMSGrad). ICLR 2018. https://openreview.net/forum?id=ryQu7f-RZ",
     ),
-    hypers=[
-        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
-        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the second moment."),
-        Hyper(eps, ("float",), 1e-8, "Added to the denominator for numerical stability."),
-    ],
-    domains={
-        beta1: sp.Interval.open(0, 1),
-        beta2: sp.Interval.open(0, 1),
-        eps: sp.Interval.open(0, sp.oo),
-    },
-    flags=[
-        Flag(use_nesterov, "Use Nesterov's accelerated gradient in the update (ignored with use_amsgrad)."),
-        Flag(use_amsgrad, "Divide by the running maximum of the second moment (AMSGrad)."),
-    ],
+    flags=[Flag(use_amsgrad, "Divide by the running maximum of the second moment (AMSGrad).")],
     state=[
         State(m, 0, "moment1", "First moment (running mean of gradients)."),
         State(v, 0, "moment2", "Second moment (running mean of squared gradients)."),
         State(vhat, 0, "vhat", "Running maximum of the second moment.", when=use_amsgrad),
     ],
     rules=[
-        # The nn dialect's effective gradient: loss scale undone, coupled L2 decay added.
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(m, m + (g_eff - m) * (1 - beta1)),
         Rule(v, v + (g_eff**2 - v) * (1 - beta2)),
         Rule(vhat, sp.Max(vhat, v), when=use_amsgrad),
@@ -76,7 +64,7 @@ SPEC = Spec(
     ],
     # A row-sparse gradient steps every row (the moments decay everywhere), as MindSpore's Adam.
     sparse="dense",
-    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vhat: r"\hat{v}"},
+    latex={vhat: r"\hat{v}"},
     notes=(
         "eps is added to sqrt(v) without bias correction and both corrections are folded into the "
         "step size, as MindSpore's kernels do; its documentation writes m_hat / (sqrt(v_hat) + eps).",

@@ -8,29 +8,20 @@ one that touches the parameter, adds it: `w += delta`.
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    g,
-    grad_scale,
-    lr,
-    t,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, eps, g_eff
+from optforge.compiler.spec import Export, Rule, State, lr, t, w
 
-beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
-use_nesterov = sp.Symbol("use_nesterov")
+NESTEROV = F.nesterov("use_nesterov", "Use Nesterov's accelerated gradient in the update.")
 m, v, delta = sp.symbols("m v delta")
-g_eff = sp.Symbol("g_eff")
 
-numerator = sp.Piecewise((m * beta1 + (1 - beta1) * g_eff, use_nesterov), (m, True))
+numerator = F.lookahead(NESTEROV.flag, m * beta1 + (1 - beta1) * g_eff, m)
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(convention="nn"),
+    F.epsilon(1e-8, convention="nn"),
+    NESTEROV,
+    F.nn_prologue(),
     name="adam_offload",
     title="AdamOffload",
     source=__file__,
@@ -41,31 +32,19 @@ SPEC = Spec(
         "Jie Ren, Samyam Rajbhandari, et al. ZeRO-Offload: Democratizing Billion-Scale Model "
         "Training. USENIX ATC 2021. https://arxiv.org/abs/2101.06840",
     ),
-    hypers=[
-        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
-        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the second moment."),
-        Hyper(eps, ("float",), 1e-8, "Added to the denominator for numerical stability."),
-    ],
-    domains={
-        beta1: sp.Interval.open(0, 1),
-        beta2: sp.Interval.open(0, 1),
-        eps: sp.Interval.open(0, sp.oo),
-    },
-    flags=[Flag(use_nesterov, "Use Nesterov's accelerated gradient in the update.")],
     state=[
         State(m, 0, "moment1", "First moment (running mean of gradients), in host memory."),
         State(v, 0, "moment2", "Second moment (running mean of squared gradients), in host memory."),
         State(delta, 0, "delta", "The update the host computed, added to the parameter by the apply stage."),
     ],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(m, m * beta1 + (1 - beta1) * g_eff),
         Rule(v, v * beta2 + (1 - beta2) * g_eff**2),
         Rule(delta, -lr * sp.sqrt(1 - beta2**t) / (1 - beta1**t) * numerator / (sp.sqrt(v) + eps)),
         Rule(w, w + delta),
     ],
     separate_apply=True,
-    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", delta: r"\delta"},
+    latex={delta: r"\delta"},
     notes=(
         "The moment update is m*beta1 + (1 - beta1)*g, the order of MindSpore's AdamNoUpdateParam "
         "kernel (nn.Adam's kernel computes m + (g - m)*(1 - beta1)); the values agree to rounding.",

@@ -6,12 +6,15 @@ w -= lr * (m / (sqrt(v) + eps) + weight_decay * w).
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, eps
+from optforge.compiler.spec import Export, Rule, State, g, lr, w, weight_decay
 
-beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 m, v, update = sp.symbols("m v update")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(convention="nn"),
+    F.epsilon(1e-6, convention="nn"),
     name="adam_weight_decay",
     title="AdamWeightDecay",
     source=__file__,
@@ -20,13 +23,6 @@ SPEC = Spec(
         "Ilya Loshchilov, Frank Hutter. Decoupled Weight Decay Regularization. ICLR 2019. "
         "https://arxiv.org/abs/1711.05101",
     ),
-    hypers=[
-        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
-        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the second moment."),
-        Hyper(eps, ("float",), 1e-6, "Added to the denominator for numerical stability."),
-    ],
-    domains={beta1: sp.Interval.open(0, 1), beta2: sp.Interval.open(0, 1), eps: sp.Interval.open(0, sp.oo)},
-    flags=[],
     state=[
         State(m, 0, "moments1", "First moment (running mean of gradients)."),
         State(v, 0, "moments2", "Second moment (running mean of squared gradients)."),
@@ -38,7 +34,7 @@ SPEC = Spec(
         Rule(w, w - lr * update),
     ],
     decay="decoupled",
-    latex={eps: r"\epsilon", update: "u"},
+    latex={update: "u"},
     notes=("There is no bias correction and no loss scale, as in MindSpore's code.",),
     exports=[
         Export(

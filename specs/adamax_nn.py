@@ -2,12 +2,16 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, t, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, eps, g_eff
+from optforge.compiler.spec import Export, Rule, State, lr, t, w
 
-beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
-m, v, g_eff = sp.symbols("m v g_eff")
+m, v = sp.symbols("m v")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(docs=(None, "Exponential decay rate of the infinity norm."), convention="nn"),
+    F.epsilon(1e-8, convention="nn"),
+    F.nn_prologue(),
     name="adamax_nn",
     title="AdaMax",
     source=__file__,
@@ -16,24 +20,15 @@ SPEC = Spec(
         "Diederik P. Kingma, Jimmy Ba. Adam: A Method for Stochastic Optimization. ICLR 2015, "
         "section 7.1. https://arxiv.org/abs/1412.6980",
     ),
-    hypers=[
-        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
-        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the infinity norm."),
-        Hyper(eps, ("float",), 1e-8, "Added to the denominator for numerical stability."),
-    ],
-    domains={beta1: sp.Interval.open(0, 1), beta2: sp.Interval.open(0, 1), eps: sp.Interval.open(0, sp.oo)},
-    flags=[],
     state=[
         State(m, 0, "moment1", "First moment (running mean of gradients)."),
         State(v, 0, "moment2", "Decaying infinity norm of the gradients."),
     ],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(m, beta1 * m + (1 - beta1) * g_eff),
         Rule(v, sp.Max(beta2 * v, sp.Abs(g_eff))),
         Rule(w, w - lr / (1 - beta1**t) * m / (v + eps)),
     ],
-    latex={g_eff: r"\tilde{g}", eps: r"\epsilon"},
     exports=[
         Export(
             "nn",

@@ -6,15 +6,21 @@ weight decay is proximal, w = (w - lr * update) / (1 + lr * weight_decay).
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, lr, t, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, beta3, eps
+from optforge.compiler.spec import Export, Rule, State, g, lr, t, w, weight_decay
 
-beta1, beta2, beta3, eps = sp.symbols("beta1 beta2 beta3 eps")
 m, d, n, g_prev, diff, update = sp.symbols("m d n g_prev diff update")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2", "beta3")), "eps", ("weight_decay", 0.0))
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(
+        (0.98, 0.92, 0.99),
+        (None, "Decay rate of the running mean of gradient changes.", "Decay rate of the second moment."),
+    ),
+    F.epsilon(1e-8),
     name="adan",
     title="Adan",
     source=__file__,
@@ -23,21 +29,6 @@ SPEC = Spec(
         "Xingyu Xie, Pan Zhou, Huan Li, Zhouchen Lin, Shuicheng Yan. Adan: Adaptive Nesterov "
         "Momentum Algorithm for Faster Optimizing Deep Models. 2022. https://arxiv.org/abs/2208.06677",
     ),
-    hypers=[
-        Hyper(beta1, ("float", "numpy.floating"), 0.98, "Decay rate of the running mean of gradients."),
-        Hyper(
-            beta2, ("float", "numpy.floating"), 0.92, "Decay rate of the running mean of gradient changes."
-        ),
-        Hyper(beta3, ("float", "numpy.floating"), 0.99, "Decay rate of the second moment."),
-        Hyper(eps, ("float", "int"), 1e-8, "Added to the denominator for numerical stability."),
-    ],
-    domains={
-        beta1: sp.Interval.Ropen(0, 1),
-        beta2: sp.Interval.Ropen(0, 1),
-        beta3: sp.Interval.Ropen(0, 1),
-        eps: sp.Interval.open(0, sp.oo),
-    },
-    flags=[],
     state=[
         State(m, 0, "exp_avg", "Running mean of gradients."),
         State(d, 0, "exp_avg_diff", "Running mean of gradient changes."),
@@ -59,6 +50,6 @@ SPEC = Spec(
         Rule(g_prev, g),
     ],
     decay="decoupled",
-    latex={eps: r"\epsilon", g_prev: r"g_{\mathrm{prev}}", diff: r"\delta", update: "u"},
+    latex={g_prev: r"g_{\mathrm{prev}}", diff: r"\delta", update: "u"},
     exports=[Export("optim", "Adan", SIGNATURE), Export("torch", "Adan", SIGNATURE)],
 )

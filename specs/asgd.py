@@ -6,26 +6,16 @@ values; while mu_t is 1 the average is a plain copy, a branch the host chooses.
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    g,
-    grad_scale,
-    lr,
-    t,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Hyper, Rule, State, lr, t, w
 
 lambd, alpha, t0 = sp.symbols("lambd alpha t0")
-maximize = sp.Symbol("maximize")
-ax, g_eff, eta, mu = sp.symbols("ax g_eff eta mu")
+ax, eta, mu = sp.symbols("ax eta mu")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.maximize(),
+    F.nn_prologue(),  # coupled decay unfused: MindSpore's nn.ASGD and torch's ASGD round alike
     name="asgd",
     title="ASGD",
     source=__file__,
@@ -40,16 +30,14 @@ SPEC = Spec(
         Hyper(t0, ("float", "int"), 1e6, "Step from which averaging starts."),
     ],
     domains={lambd: sp.Interval(0, sp.oo), t0: sp.Interval(0, sp.oo)},
-    flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
     state=[State(ax, 0, "ax", "Running average of the parameter.")],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
         Rule(eta, lr / (1 + lambd * lr * (t - 1)) ** alpha),
         Rule(mu, 1 / sp.Max(1, t - 1 - t0)),
         Rule(w, w * (1 - lambd * eta) - eta * g_eff),
         Rule(ax, sp.Piecewise((w, sp.Eq(mu, 1)), (ax + mu * (w - ax), True))),
     ],
-    latex={g_eff: r"\tilde{g}", eta: r"\eta", mu: r"\mu", lambd: r"\lambda_{\mathrm{ASGD}}", t0: "t_0"},
+    latex={eta: r"\eta", mu: r"\mu", lambd: r"\lambda_{\mathrm{ASGD}}", t0: "t_0"},
     notes=(
         "One spec feeds both dialects: optim.ASGD (torch's) and nn.ASGD (MindSpore's, whose `lambd`, "
         "`alpha` and `t0` must be floats).",

@@ -2,12 +2,15 @@
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Hyper, Rule, State, lr, w
 
 initial_accum, lr_power, l1, l2 = sp.symbols("initial_accum lr_power l1 l2")
-accum, linear, g_eff, pow_old, pow_new = sp.symbols("accum linear g_eff pow_before pow_after")
+accum, linear, pow_old, pow_new = sp.symbols("accum linear pow_before pow_after")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.nn_prologue(),
     name="ftrl",
     title="FTRL",
     source=__file__,
@@ -28,13 +31,11 @@ SPEC = Spec(
         l1: sp.Interval(0, sp.oo),
         l2: sp.Interval(0, sp.oo),
     },
-    flags=[],
     state=[
         State(accum, initial_accum, "moments", "Accumulated squared gradients."),
         State(linear, 0, "linear", "The linear term of the FTRL objective."),
     ],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(pow_old, accum ** (-lr_power)),
         Rule(accum, accum + g_eff**2),
         Rule(pow_new, accum ** (-lr_power)),
@@ -47,7 +48,7 @@ SPEC = Spec(
             ),
         ),
     ],
-    latex={g_eff: r"\tilde{g}", accum: "n", linear: "z", initial_accum: "n_0", l1: r"\ell_1", l2: r"\ell_2"},
+    latex={accum: "n", linear: "z", initial_accum: "n_0", l1: r"\ell_1", l2: r"\ell_2"},
     notes=(
         "The l1 shrink follows FTRL-Proximal (and MindSpore's documentation): |w| moves toward 0 whatever "
         "the sign of the linear term. MindSpore 2.10's CPU kernel grows |w| instead where the linear term "

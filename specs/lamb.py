@@ -9,26 +9,16 @@ denominator as `||w + lambda*w||`; its kernels use the norm of the update.
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    REQUIRED,
-    Export,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    g,
-    lr,
-    norm,
-    t,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import beta1, beta2, eps
+from optforge.compiler.spec import REQUIRED, Export, Rule, State, g, lr, norm, t, w, weight_decay
 
-beta1, beta2, eps = sp.symbols("beta1 beta2 eps")
 m, v = sp.symbols("m v")
 update, trust_ratio = sp.symbols("r trust_ratio")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.betas(convention="nn"),
+    F.epsilon(1e-6, convention="nn"),
     name="lamb",
     title="Lamb",
     source=__file__,
@@ -37,17 +27,6 @@ SPEC = Spec(
         "Yang You, Jing Li, Sashank Reddi, et al. Large Batch Optimization for Deep Learning: "
         "Training BERT in 76 minutes. ICLR 2020. https://arxiv.org/abs/1904.00962",
     ),
-    hypers=[
-        Hyper(beta1, ("float",), 0.9, "Exponential decay rate of the first moment."),
-        Hyper(beta2, ("float",), 0.999, "Exponential decay rate of the second moment."),
-        Hyper(eps, ("float",), 1e-6, "Added to the denominator for numerical stability."),
-    ],
-    domains={
-        beta1: sp.Interval.open(0, 1),
-        beta2: sp.Interval.open(0, 1),
-        eps: sp.Interval.open(0, sp.oo),
-    },
-    flags=[],
     state=[
         State(m, 0, "moments1", "First moment (running mean of gradients)."),
         State(v, 0, "moments2", "Second moment (running mean of squared gradients)."),
@@ -63,7 +42,7 @@ SPEC = Spec(
         Rule(w, w - trust_ratio * lr * update),
     ],
     decay="decoupled",
-    latex={eps: r"\epsilon", update: "r", trust_ratio: r"\phi"},
+    latex={update: "r", trust_ratio: r"\phi"},
     notes=(
         "The trust ratio's denominator is the norm of the applied update r (MindSpore's kernels); "
         "the documentation writes ||w + lambda*w||.",

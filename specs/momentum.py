@@ -6,26 +6,17 @@ lr*accum (Nesterov: lr*(g + momentum*accum)).
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    REQUIRED,
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    g,
-    grad_scale,
-    lr,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import REQUIRED, Export, Hyper, Rule, State, lr, w
 
 momentum = sp.Symbol("momentum")
-use_nesterov = sp.Symbol("use_nesterov")
-accum, g_eff = sp.symbols("accum g_eff")
+NESTEROV = F.nesterov("use_nesterov")
+accum = sp.Symbol("accum")
 
-SPEC = Spec(
+SPEC = F.compose(
+    NESTEROV,
+    F.nn_prologue(),
     name="momentum",
     title="Momentum",
     source=__file__,
@@ -36,14 +27,12 @@ SPEC = Spec(
     ),
     hypers=[Hyper(momentum, ("float",), REQUIRED, "Momentum factor (>= 0).")],
     domains={momentum: sp.Interval(0, sp.oo)},
-    flags=[Flag(use_nesterov, "Use Nesterov momentum.")],
     state=[State(accum, 0, "moments", "Accumulated gradients.")],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(accum, momentum * accum + g_eff),
-        Rule(w, sp.Piecewise((w - lr * (g_eff + momentum * accum), use_nesterov), (w - lr * accum, True))),
+        Rule(w, F.lookahead(NESTEROV.flag, w - lr * (g_eff + momentum * accum), w - lr * accum)),
     ],
-    latex={g_eff: r"\tilde{g}", accum: "a", momentum: r"\mu"},
+    latex={accum: "a", momentum: r"\mu"},
     notes=(
         "use_nesterov follows the documented formula, w -= lr*(g + momentum*accum). MindSpore 2.10's "
         "CPU kernel ignores use_nesterov (its results equal plain momentum's); its documentation does not.",

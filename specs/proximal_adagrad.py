@@ -8,13 +8,16 @@ kernels, which we follow, do not.
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Hyper, Rule, State, lr, w
 
 accum_init, l1, l2 = sp.symbols("accum l1 l2")
 accum = sp.Symbol("a")
-g_eff, step, prox = sp.symbols("g_eff eta prox")
+step, prox = sp.symbols("eta prox")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.nn_prologue(),
     name="proximal_adagrad",
     title="ProximalAdagrad",
     source=__file__,
@@ -33,10 +36,8 @@ SPEC = Spec(
         l1: sp.Interval(0, sp.oo),
         l2: sp.Interval(0, sp.oo),
     },
-    flags=[],
     state=[State(accum, accum_init, "accum", "Accumulated squared gradients.")],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(accum, accum + g_eff**2),
         Rule(step, lr / sp.sqrt(accum)),
         Rule(prox, w - g_eff * step),
@@ -55,7 +56,6 @@ SPEC = Spec(
         accum: r"\mathrm{accum}",
         l1: r"\ell_1",
         l2: r"\ell_2",
-        g_eff: r"\tilde{g}",
         prox: r"\mathrm{prox}",
     },
     notes=(

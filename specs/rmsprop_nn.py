@@ -6,13 +6,16 @@ momentum buffer accumulates lr*g/sqrt(ms + eps), so it holds the step itself.
 
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State, g, grad_scale, lr, w, weight_decay
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Export, Flag, Hyper, Rule, State, lr, w
 
 decay, momentum, epsilon = sp.symbols("decay momentum epsilon")
 centered = sp.Symbol("centered")
-ms, mg, mom, g_eff = sp.symbols("ms mg mom g_eff")
+ms, mg, mom = sp.symbols("ms mg mom")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.nn_prologue(),
     name="rmsprop_nn",
     title="RMSProp",
     source=__file__,
@@ -38,7 +41,6 @@ SPEC = Spec(
         State(mom, 0, "moment", "Momentum of the step."),
     ],
     rules=[
-        Rule(g_eff, g * grad_scale + weight_decay * w),
         Rule(ms, decay * ms + (1 - decay) * g_eff**2),
         Rule(mg, decay * mg + (1 - decay) * g_eff, when=centered),
         Rule(
@@ -47,7 +49,7 @@ SPEC = Spec(
         ),
         Rule(w, w - mom),
     ],
-    latex={g_eff: r"\tilde{g}", epsilon: r"\epsilon", decay: r"\rho", momentum: r"\mu"},
+    latex={epsilon: r"\epsilon", decay: r"\rho", momentum: r"\mu"},
     exports=[
         Export(
             "nn",

@@ -8,24 +8,12 @@ decay; MindSpore's adds it to the gradient (coupled), so the one spec serves bot
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    Constraint,
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    g,
-    grad_scale,
-    lr,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Constraint, Export, Hyper, Rule, State, lr, w
 
 etaminus, etaplus, step_min, step_max = sp.symbols("etaminus etaplus step_size_min step_size_max")
-maximize = sp.Symbol("maximize")
-prev, step_size, g_eff, agreement, g_kept = sp.symbols("prev step_size g_eff agreement g_kept")
+prev, step_size, agreement, g_kept = sp.symbols("prev step_size agreement g_kept")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (
@@ -37,7 +25,9 @@ SIGNATURE = (
 # torch.optim.Rprop's: the same names, keyword-only arguments marked by "*".
 TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "capturable", "foreach", "maximize", "differentiable")
 
-SPEC = Spec(
+SPEC = F.compose(
+    F.maximize(),
+    F.nn_prologue(),  # MindSpore's coupled decay; torch's Rprop has none (weight_decay is 0 there)
     name="rprop",
     title="Rprop",
     source=__file__,
@@ -53,13 +43,11 @@ SPEC = Spec(
         Hyper(step_max, ("float", "int"), 50.0, "Largest step size."),
     ],
     domains={etaminus: sp.Interval.open(0, 1), etaplus: sp.Interval.open(1, sp.oo)},
-    flags=[Flag(maximize, "Maximize the objective: step along the gradient.")],
     state=[
         State(prev, 0, "prev", "The previous step's gradient (0 where that step was skipped)."),
         State(step_size, lr, "step_size", "Per-element step size; starts at the learning rate."),
     ],
     rules=[
-        Rule(g_eff, sp.Piecewise((-g, maximize), (g, True)) * grad_scale + weight_decay * w),
         Rule(agreement, g_eff * prev),
         Rule(
             step_size,
@@ -84,7 +72,6 @@ SPEC = Spec(
         step_min: r"\Delta_{\min}",
         step_max: r"\Delta_{\max}",
         step_size: r"\Delta",
-        g_eff: r"\tilde{g}",
         g_kept: r"g'",
     },
     notes=(

@@ -6,33 +6,23 @@ The momentum buffer starts as the first gradient itself (no dampening at the fir
 
 import sympy as sp
 
-from optforge.compiler.spec import (
-    Constraint,
-    Export,
-    Flag,
-    Hyper,
-    Rule,
-    Spec,
-    State,
-    fma,
-    g,
-    grad_scale,
-    lr,
-    t,
-    w,
-    weight_decay,
-)
+from optforge.compiler import fragments as F
+from optforge.compiler.fragments import g_eff
+from optforge.compiler.spec import Constraint, Export, Hyper, Rule, State, fma, lr, t, w
 
 momentum, dampening = sp.symbols("momentum dampening")
-nesterov, maximize = sp.symbols("nesterov maximize")
-buf, g_eff, direction = sp.symbols("buf g_eff d")
+NESTEROV = F.nesterov()
+nesterov = NESTEROV.flag
+buf, direction = sp.symbols("buf d")
 
 # The optim and torch dialects share torch.optim's signature.
 SIGNATURE = (("lr", 1e-3), "momentum", "dampening", ("weight_decay", 0.0), "nesterov", "maximize")
 # torch.optim.SGD's: the same names, keyword-only arguments marked by "*".
 TORCH_SIGNATURE = (*SIGNATURE[:-1], "*", "maximize", "foreach", "differentiable", "fused")
 
-SPEC = Spec(
+SPEC = F.compose(
+    NESTEROV,
+    F.torch_prologue(),
     name="sgd",
     title="SGD",
     source=__file__,
@@ -46,15 +36,10 @@ SPEC = Spec(
         Hyper(dampening, ("float", "int"), 0.0, "Dampening of the gradient in the momentum buffer."),
     ],
     domains={momentum: sp.Interval(0, sp.oo), dampening: sp.Interval(0, sp.oo)},
-    flags=[
-        Flag(nesterov, "Use Nesterov momentum."),
-        Flag(maximize, "Maximize the objective: step along the gradient."),
-    ],
     state=[State(buf, 0, "momentum_buffer", "Momentum buffer (unused when momentum is 0).")],
     rules=[
-        # torch's operations, fused where its CPU kernels are (see `fma`): grad.add(param, alpha=),
-        # lerp_ (weight < 0.5), addcmul_ and add_(alpha=) each one fma.
-        Rule(g_eff, fma(weight_decay, w, sp.Piecewise((-g, maximize), (g, True)) * grad_scale)),
+        # torch's operations, fused where its CPU kernels are (see `fma`): lerp_ (weight < 0.5),
+        # addcmul_ and add_(alpha=) each one fma.
         Rule(
             buf,
             sp.Piecewise(
@@ -78,7 +63,7 @@ SPEC = Spec(
             "Nesterov momentum requires a momentum and zero dampening.",
         )
     ],
-    latex={g_eff: r"\tilde{g}", buf: "b", direction: "d", momentum: r"\mu", dampening: r"\tau"},
+    latex={buf: "b", direction: "d", momentum: r"\mu", dampening: r"\tau"},
     notes=(
         "One spec feeds both dialects: MindSpore's nn.SGD (whose kernel also copies the first gradient into "
         "the buffer) and the PyTorch-like optim.SGD. nn.SGD has no maximize argument.",

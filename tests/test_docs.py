@@ -135,6 +135,35 @@ def test_guide_spec_compiles_to_the_code_the_guide_shows(tmp_path, monkeypatch):
         sys.modules.pop(name, None)
 
 
+def test_guide_fragments_block_composes_the_spec_it_describes(tmp_path):
+    """Section 2's fragments: the block builds, its g_eff and w_decayed come first, in the order
+    the text says, and the table names every public fragment."""
+    import sympy as sp
+
+    from optforge.compiler import fragments as F
+    from optforge.compiler.spec import g, lr, w, weight_decay
+
+    text = (DOCS / "guide" / "add-an-optimizer.md").read_text()
+    section = text[text.index("### Fragments") : text.index("### Reductions")]
+    (block,) = code_blocks(section)
+    namespace = {"__file__": str(tmp_path / "lion_max.py"), "__name__": "lion_max"}
+    exec(compile(block, namespace["__file__"], "exec"), namespace)
+    spec = namespace["SPEC"]
+    assert [(r.target, r.expr) for r in spec.rules[:2]] == [
+        (F.g_eff, sp.Piecewise((-g, F.maximize_flag), (g, True))),
+        (F.w_decayed, w * (1 - lr * weight_decay)),
+    ]
+    assert spec.decay == "decoupled" and [f.name for f in spec.flags] == ["maximize"]
+    assert "def lion_max_f32(" in build.build_files([spec])["cpu/lion_max.py"]
+    public = [
+        name
+        for name, value in vars(F).items()
+        if callable(value) and getattr(value, "__module__", "") == F.__name__
+    ]
+    for name in {n for n in public if not n.startswith("_")} - {"Fragment", "Decay", "compose", "lookahead"}:
+        assert f"| `{name}(" in section, name
+
+
 def test_guide_own_project_section_runs(tmp_path, monkeypatch):
     """Section 6 of the guide: compile_spec on the guide's spec, then its shell commands."""
     text = (DOCS / "guide" / "add-an-optimizer.md").read_text()

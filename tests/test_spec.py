@@ -202,3 +202,24 @@ def test_a_step_level_product_passes_and_an_element_level_one_is_refused():
     make(rules=[Rule(m, a * m + g), Rule(w, w - lr * m * sp.Product(a, (k, 1, sp.Symbol("t"))))])
     with pytest.raises(SpecError, match="Product"):
         make(rules=[Rule(m, a * m + g), Rule(w, w - lr * sp.Product(m, (k, 1, 3)))])
+
+
+@pytest.mark.parametrize(
+    "name, home",
+    [
+        ("DIALECT_ARGUMENTS", "optforge.compiler.dialects"),
+        ("RESERVED", "optforge.compiler.reserved"),
+        ("RESERVED_PATTERN", "optforge.compiler.reserved"),
+    ],
+)
+def test_policy_moved_out_of_the_spec_model_still_imports_with_a_warning(name, home):
+    import importlib
+
+    from optforge.compiler import spec
+
+    assert name not in vars(spec)  # the spec model no longer holds it
+    with pytest.warns(DeprecationWarning, match=f"spec.{name} is deprecated: import it from {home}"):
+        moved = getattr(spec, name)
+    assert moved is getattr(importlib.import_module(home), name)
+    with pytest.raises(AttributeError, match="has no attribute 'NOT_A_NAME'"):
+        spec.NOT_A_NAME

@@ -449,3 +449,82 @@ def test_a_missing_extra_is_one_line_naming_its_pip_install(monkeypatch, capsys)
     assert main(["bench", "adam"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'pip install "optforge[torch]"' in err and "torch==2.13.0" in err
+
+
+# -- a user's spec composed from fragments --
+
+MAXADAM = textwrap.dedent(
+    '''
+    """Adam with L2 decay and maximize, from optforge's fragments and a core of the user's own."""
+
+    import sympy as sp
+
+    from optforge.compiler import fragments as F
+    from optforge.compiler.fragments import beta1, beta2, eps, g_eff, w_decayed
+    from optforge.compiler.spec import Export, Rule, State, lr, t, w
+
+    m, v = sp.symbols("m v")
+    CORE = F.Fragment(
+        "core",
+        state=[State(m, 0, "exp_avg", "First moment."), State(v, 0, "exp_avg_sq", "Second moment.")],
+        rules=[
+            Rule(m, beta1 * m + (1 - beta1) * g_eff),
+            Rule(v, beta2 * v + (1 - beta2) * g_eff**2),
+            Rule(w, w_decayed - lr / (1 - beta1**t) * m / (sp.sqrt(v) / sp.sqrt(1 - beta2**t) + eps)),
+        ],
+    )
+    SIGNATURE = (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", ("weight_decay", 0.0), "maximize")
+
+    SPEC = F.compose(
+        F.betas(),
+        F.epsilon(1e-8),
+        CORE,
+        F.maximize(),
+        F.nn_prologue(),  # g*grad_scale + weight_decay*w: coupled L2 decay
+        name="maxadam",
+        title="MaxAdam",
+        source=__file__,
+        summary="Adam with L2 decay that can maximize.",
+        exports=[Export("optim", "MaxAdam", SIGNATURE)],
+    )
+    '''
+)
+
+
+def maxadam_reference(w, grads, lr, betas, eps, weight_decay, maximize):
+    """Adam with coupled L2 decay and torch's maximize, float64, written from the formula."""
+    b1, b2 = betas
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        g = (-g if maximize else g) + weight_decay * w
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        w = w - lr / (1 - b1**t) * m / (np.sqrt(v) / np.sqrt(1 - b2**t) + eps)
+    return w
+
+
+def test_a_user_spec_composed_from_fragments_compiles_and_matches_its_formula(user_project):
+    (user_project / "maxadam.py").write_text(MAXADAM)
+    compiled = optforge.compile_spec(user_project / "maxadam.py")
+    rng = np.random.default_rng(2)
+    kwargs = dict(lr=0.01, betas=(0.8, 0.99), eps=1e-8, weight_decay=0.1, maximize=True)
+    values = [rng.standard_normal(s) for s in SHAPES]
+    grads = [[rng.standard_normal(s) for s in SHAPES] for _ in range(5)]
+    opt = compiled.optim.MaxAdam(
+        [optforge.Parameter(x.copy(), f"p{i}") for i, x in enumerate(values)], **kwargs
+    )
+    for step in grads:
+        opt(tuple(step))
+    for i, p in enumerate(opt.parameters):
+        expected = maxadam_reference(values[i], [g[i] for g in grads], **kwargs)
+        np.testing.assert_allclose(p.data, expected, atol=1e-12, rtol=1e-10)
+
+
+def test_a_user_spec_applying_a_fragment_twice_is_a_spec_error_naming_its_file(user_project):
+    from optforge.compiler.spec import SpecError
+
+    (user_project / "twice.py").write_text(MAXADAM.replace("F.maximize(),", "F.maximize(), F.maximize(),"))
+    with pytest.raises(
+        SpecError, match="project/twice.py: fragment 'maximize': the gradient's sign is already"
+    ):
+        optforge.compile_spec(user_project / "twice.py")
