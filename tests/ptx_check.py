@@ -14,77 +14,76 @@ from numba import cuda, types
 from numba.cuda.dispatcher import CUDADispatcher
 
 from optforge.compiler.build import load_specs
+from optforge.runtime.factored import FactoredTable
+from optforge.runtime.kernels import ChunkTable
+from optforge.runtime.launch import Scratch
 
-BUILTIN_PER_TENSOR = ("weight_decay_per_tensor", "grad_scale_per_tensor")
 F64_OPS = re.compile(r"\b(add|sub|mul|div|fma|sqrt|max|min|abs|neg)(\.\w+)*\.f64\b")
+INDEX = types.Array(types.int64, 1, "C")
 
 
-def argument_type(name: str, dtype, slots: int):
+def argument_type(name: str, dtype, slots: int, arrays: int, factored: bool):
+    """The numba type of a kernel argument, from its name (the generated code's convention)."""
     array = types.Array(dtype, 1, "C")
-    if name.endswith("_per_matrix"):  # a factored kernel's matrix means
-        return array
-    if name in ("chunk_slot", "chunk_start", "chunk_stop", "rows") or name.startswith(
-        ("chunk_", "matrix_", "tensor_")  # a factored kernel's table
-    ):
-        return types.Array(types.int64, 1, "C")
-    if re.fullmatch(r"(row|col)_sums\d+", name):
-        return types.Array(types.float64, 1, "C")
+    if name == "chunks" or name == "table":
+        if factored:  # a FactoredTable: 13 index arrays, then its row and column totals
+            return types.NamedTuple([INDEX] * 13 + [types.int64] * 2, FactoredTable)
+        return types.NamedUniTuple(INDEX, 3, ChunkTable)
+    if name == "arrays":  # per array argument, a tuple of `slots` device arrays (1 for rows)
+        return types.UniTuple(types.UniTuple(array, slots), arrays)
+    if name == "per_tensor":
+        return types.Array(dtype, 2, "C")
+    if name == "scratch":
+        sums = types.Array(types.float64, 2, "C")
+        return types.NamedTuple([sums, sums, sums, types.Array(dtype, 2, "C")], Scratch)
+    if name == "rows":
+        return INDEX
     if name == "row_len":
         return types.int64
-    if name == "partials":
-        return types.Array(types.float64, 2, "C")
-    if name.endswith("_tensors"):
-        return types.UniTuple(array, slots)
-    if name in BUILTIN_PER_TENSOR:
-        return types.UniTuple(dtype, slots)
-    if name.endswith(("_per_tensor", "_tensor", "_c")) or name in ("g", "w", "out"):
+    if name.endswith("_c") or name == "out":
         return array
     return dtype
 
 
 def kernels_of(module):
-    """(name, dtype, CUDA dispatcher) of every kernel a generated module's factories make."""
+    """(name, dtype, CUDA dispatcher, array count, factored, slots) of every kernel a generated
+    module's factories make, each once."""
     seen = set()
-    factories = [b.stages for v in module.VARIANTS.values() for b in v.branches.values()]
-    factories += [b.rows for v in module.VARIANTS.values() for b in v.branches.values() if b.rows]
-    for made in factories:
-        for dtype in ("float32", "float64"):
-            kernels = made[dtype].kernels
-            for kernel in kernels:
-                if id(kernel) not in seen:
-                    seen.add(id(kernel))
-                    yield (
-                        f"{made.factory.__name__}.{kernel.py_func.__name__}_{dtype[0]}{dtype[-2:]}",
-                        dtype,
-                        kernel,
-                    )
+    for variant in module.VARIANTS.values():
+        arrays = 2 + len(variant.state)
+        for branch in variant.branches.values():
+            made = [(branch.stages, module.SLOTS)] + ([(branch.rows, 1)] if branch.rows else [])
+            for factories, slots in made:
+                for dtype in ("float32", "float64"):
+                    for kernel in factories[dtype].stages:
+                        if id(kernel) not in seen:
+                            seen.add(id(kernel))
+                            name = f"{factories.factory.__name__}.{kernel.py_func.__name__}"
+                            yield name, dtype, kernel, arrays, variant.factored, slots
     for offload in getattr(module, "OFFLOAD", {}).values():
         for dtype in ("float32", "float64"):
             for kernel in offload[dtype]:
                 if id(kernel) not in seen:
                     seen.add(id(kernel))
-                    yield (
-                        f"{offload.factory.__name__}.{kernel.py_func.__name__}_{dtype[0]}{dtype[-2:]}",
-                        dtype,
-                        kernel,
-                    )
+                    yield f"{offload.factory.__name__}.{kernel.py_func.__name__}", dtype, kernel, 0, False, 1
 
 
 def main() -> int:
     for spec in load_specs():
         module = importlib.import_module(f"optforge.generated.cuda.{spec.name}")
-        for name, dtype_name, kernel in kernels_of(module):
+        for name, dtype_name, kernel, arrays, factored, slots in kernels_of(module):
             if not isinstance(kernel, CUDADispatcher):
                 continue
             dtype = types.float64 if dtype_name == "float64" else types.float32
             params = inspect.signature(kernel.py_func).parameters
-            signature = tuple(argument_type(p, dtype, module.SLOTS) for p in params)
+            signature = tuple(argument_type(p, dtype, slots, arrays, factored) for p in params)
+            label = f"{spec.name}.{name}_{'f64' if dtype_name == 'float64' else 'f32'}"
             try:
                 ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
             except Exception as error:  # noqa: BLE001 (report which kernel, then fail)
-                print(f"FAIL {spec.name}.{name}: {type(error).__name__}: {error}")
+                print(f"FAIL {label}: {type(error).__name__}: {error}")
                 return 1
-            print(f"OK {spec.name}.{name} f64-ops={len(F64_OPS.findall(ptx))}")
+            print(f"OK {label} f64-ops={len(F64_OPS.findall(ptx))}")
     return 0
 
 

@@ -29,31 +29,17 @@ def adadelta(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        acc_delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        rho,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            acc_delta_c = acc_delta_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            acc_delta_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], acc_delta_c.shape[0]
@@ -73,10 +59,7 @@ def adadelta(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adadelta_maximize(F):
@@ -84,31 +67,17 @@ def adadelta_maximize(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        acc_delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        rho,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            acc_delta_c = acc_delta_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            acc_delta_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -129,10 +98,7 @@ def adadelta_maximize(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

@@ -37,30 +37,17 @@ def adafactor(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        partials,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         block_sums = cuda.shared.array((THREADS, 2), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
             sum0 = 0.0
             sum1 = 0.0
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -96,62 +83,36 @@ def adafactor(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def finalize(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        partials,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-        u1_per_tensor,
-    ):
+    def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
         tensor = cuda.grid(1)
-        if tensor < u1_per_tensor.shape[0]:
+        if tensor < per_tensor.shape[1]:
             sum0 = 0.0
             sum1 = 0.0
             size = 0
-            for chunk in range(chunk_slot.shape[0]):
-                if chunk_slot[chunk] == tensor:
+            for chunk in range(chunks.tensor.shape[0]):
+                if chunks.tensor[chunk] == tensor:
                     sum0 += partials[chunk, 0]
                     sum1 += partials[chunk, 1]
-                    size += chunk_stop[chunk] - chunk_start[chunk]
+                    size += chunks.stop[chunk] - chunks.start[chunk]
             rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
             rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
-            u1_per_tensor[tensor] = u1
+            per_tensor[2, tensor] = u1
 
     @cuda.jit(cache=True)
-    def stage2(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        u1_per_tensor,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            u1 = u1_per_tensor[tensor]
+    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
@@ -165,35 +126,8 @@ def adafactor(F):
                 w_new = u1 * U + u0 * w
                 w_c[elem] = w_new
 
-    def run(
-        launch,
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        """The stages in order, on one stream."""
-        grid = launch.grid(chunk_slot.shape[0], THREADS)
-        chunks = (chunk_slot, chunk_start, chunk_stop)
-        arrays = (w_tensors, g_tensors, v_tensors)
-        scalars = (eps2, d, s0, s1, s2, rho)
-        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-        stage1[grid](*chunks, *arrays, partials, *scalars)
-        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
-        finalize[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
-        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
-
-    return DeviceKernels(run, (stage1, finalize, stage2))
+    grids = ("chunks", "tensors", "chunks")
+    return DeviceKernels((stage1, finalize, stage2), grids)
 
 
 def adafactor_maximize(F):
@@ -201,30 +135,17 @@ def adafactor_maximize(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        partials,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         block_sums = cuda.shared.array((THREADS, 2), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
             sum0 = 0.0
             sum1 = 0.0
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -260,62 +181,36 @@ def adafactor_maximize(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def finalize(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        partials,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-        u1_per_tensor,
-    ):
+    def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
         tensor = cuda.grid(1)
-        if tensor < u1_per_tensor.shape[0]:
+        if tensor < per_tensor.shape[1]:
             sum0 = 0.0
             sum1 = 0.0
             size = 0
-            for chunk in range(chunk_slot.shape[0]):
-                if chunk_slot[chunk] == tensor:
+            for chunk in range(chunks.tensor.shape[0]):
+                if chunks.tensor[chunk] == tensor:
                     sum0 += partials[chunk, 0]
                     sum1 += partials[chunk, 1]
-                    size += chunk_stop[chunk] - chunk_start[chunk]
+                    size += chunks.stop[chunk] - chunks.start[chunk]
             rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
             rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
-            u1_per_tensor[tensor] = u1
+            per_tensor[2, tensor] = u1
 
     @cuda.jit(cache=True)
-    def stage2(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        u1_per_tensor,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            u1 = u1_per_tensor[tensor]
+    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
@@ -329,35 +224,8 @@ def adafactor_maximize(F):
                 w_new = u1 * U + u0 * w
                 w_c[elem] = w_new
 
-    def run(
-        launch,
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        """The stages in order, on one stream."""
-        grid = launch.grid(chunk_slot.shape[0], THREADS)
-        chunks = (chunk_slot, chunk_start, chunk_stop)
-        arrays = (w_tensors, g_tensors, v_tensors)
-        scalars = (eps2, d, s0, s1, s2, rho)
-        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-        stage1[grid](*chunks, *arrays, partials, *scalars)
-        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
-        finalize[launch.grid(1, SLOTS)](*chunks, partials, *scalars, u1_per_tensor)
-        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u1_per_tensor, *scalars)
-
-    return DeviceKernels(run, (stage1, finalize, stage2))
+    grids = ("chunks", "tensors", "chunks")
+    return DeviceKernels((stage1, finalize, stage2), grids)
 
 
 def adafactor_factored(F):
@@ -365,54 +233,29 @@ def adafactor_factored(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def pass1(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        row_sums0,
-        col_sums0,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
+        row_sums0 = scratch.row_sums[0]
+        col_sums0 = scratch.col_sums[0]
         """Adafactor pass 1."""
         block_sums = cuda.shared.array((THREADS, 2), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
             sum0 = 0.0
-            col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+            col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             for col in range(thread, cols, cuda.blockDim.x):
                 col_sum0[col] = 0.0
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = chunk_row1[chunk]
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = table.chunk_row1[chunk]
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                w_c = w_tensors[tensor][start : start + cols]
-                g_c = g_tensors[tensor][start : start + cols]
+                w_c = arrays[0][tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
                 for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                     w = w_c[col]
@@ -435,7 +278,7 @@ def adafactor_factored(F):
                     cuda.syncthreads()
                     width //= 2
                 if thread == 0:
-                    row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                    row_sums0[table.matrix_rows[matrix] + row] = block_sums[0, 0]
                 cuda.syncthreads()
             block_sums[thread, 0] = sum0
             cuda.syncthreads()
@@ -450,57 +293,34 @@ def adafactor_factored(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def lines(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        R_tensors,
-        C_tensors,
-        row_sums0,
-        col_sums0,
-        matrix_mean0_per_matrix,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        per_matrix = scratch.per_matrix
+        row_sums0 = scratch.row_sums[0]
+        col_sums0 = scratch.col_sums[0]
         """Adafactor: per column, then per row, of each matrix (a block each). A column adds
         its chunks' sums in chunk order."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
-        for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-            tensor = matrix_tensor[matrix]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for matrix in range(cuda.blockIdx.x, table.matrix_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.matrix_tensor[matrix]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
                 col_sum0 = 0.0
-                for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                    col_sum0 += col_sums0[chunk_cols[chunk] + col]
+                for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
+                    col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
                 col_mean0 = F(col_sum0 / rows)
                 C = C_cols[col]
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
             for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-                row_mean0 = F(row_sums0[matrix_rows[matrix] + row] / cols)
+                row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
                 matrix_mean0_of = R_new
@@ -515,58 +335,33 @@ def adafactor_factored(F):
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+                per_matrix[0, matrix] = block_sums[0, 0] / rows
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def pass2(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        matrix_mean0_per_matrix,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
+        per_matrix = scratch.per_matrix
         """Adafactor pass 2."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                g_c = g_tensors[tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
@@ -589,86 +384,48 @@ def adafactor_factored(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def finalize(
-        chunk_tensor,
-        tensor_sizes,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-        u1_per_tensor,
-    ):
+    def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
         tensor = cuda.grid(1)
-        if tensor < tensor_sizes.shape[0]:
+        if tensor < table.tensor_sizes.shape[0]:
             sum0 = 0.0
             sum1 = 0.0
-            for chunk in range(chunk_tensor.shape[0]):
-                if chunk_tensor[chunk] == tensor:
+            for chunk in range(table.chunk_tensor.shape[0]):
+                if table.chunk_tensor[chunk] == tensor:
                     sum0 += partials[chunk, 0]
                     sum1 += partials[chunk, 1]
-            rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+            rms0 = math.sqrt(sum0 / max(table.tensor_sizes[tensor], 1))
+            rms1 = math.sqrt(sum1 / max(table.tensor_sizes[tensor], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
-            u1_per_tensor[tensor] = u1
+            per_tensor[2, tensor] = u1
 
     @cuda.jit(cache=True)
-    def pass3(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        weight_decay_per_tensor,
-        u1_per_tensor,
-        matrix_mean0_per_matrix,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        per_matrix = scratch.per_matrix
         """Adafactor pass 3."""
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            weight_decay = weight_decay_per_tensor[tensor]
-            u1 = u1_per_tensor[tensor]
-            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                w_c = w_tensors[tensor][start : start + cols]
-                g_c = g_tensors[tensor][start : start + cols]
+                w_c = arrays[0][tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
@@ -683,61 +440,8 @@ def adafactor_factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    def run(
-        launch,
-        table,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        """Adafactor: the passes in order, on one stream. `table` is an
-        optforge.runtime.factored.FactoredTable of device arrays."""
-        chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-        grid = launch.grid(chunks, THREADS)
-        tables = table[:13]
-        arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-        shaped = (
-            R_tensors,
-            C_tensors,
-        )
-        scalars = (eps1, eps2, d, s0, s1, s2, rho)
-        partials = launch.buffer("partials", (chunks, 2), f64)
-        row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-        col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-        matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), F)
-        sums = (
-            row_sums0,
-            col_sums0,
-        )
-        pass1[grid](*tables, *arrays, *sums, partials, *scalars)
-        lines[launch.grid(matrices, THREADS)](
-            *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-        )
-        pass2[grid](*tables, *arrays, matrix_mean0_per_matrix, partials, *scalars)
-        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
-        finalize[launch.grid(1, SLOTS)](
-            table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-        )
-        pass3[grid](
-            *tables,
-            *arrays,
-            weight_decay_per_tensor,
-            u1_per_tensor,
-            matrix_mean0_per_matrix,
-            *scalars,
-        )
-
-    return DeviceKernels(run, (pass1, lines, pass2, finalize, pass3))
+    grids = ("chunks", "matrices", "chunks", "tensors", "chunks")
+    return DeviceKernels((pass1, lines, pass2, finalize, pass3), grids)
 
 
 def adafactor_maximize__factored(F):
@@ -745,54 +449,29 @@ def adafactor_maximize__factored(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def pass1(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        row_sums0,
-        col_sums0,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
+        row_sums0 = scratch.row_sums[0]
+        col_sums0 = scratch.col_sums[0]
         """Adafactor pass 1."""
         block_sums = cuda.shared.array((THREADS, 2), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
             sum0 = 0.0
-            col_sum0 = col_sums0[chunk_cols[chunk] : chunk_cols[chunk] + cols]
+            col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             for col in range(thread, cols, cuda.blockDim.x):
                 col_sum0[col] = 0.0
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = chunk_row1[chunk]
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = table.chunk_row1[chunk]
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                w_c = w_tensors[tensor][start : start + cols]
-                g_c = g_tensors[tensor][start : start + cols]
+                w_c = arrays[0][tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
                 for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
                     w = w_c[col]
@@ -815,7 +494,7 @@ def adafactor_maximize__factored(F):
                     cuda.syncthreads()
                     width //= 2
                 if thread == 0:
-                    row_sums0[matrix_rows[matrix] + row] = block_sums[0, 0]
+                    row_sums0[table.matrix_rows[matrix] + row] = block_sums[0, 0]
                 cuda.syncthreads()
             block_sums[thread, 0] = sum0
             cuda.syncthreads()
@@ -830,57 +509,34 @@ def adafactor_maximize__factored(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def lines(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        R_tensors,
-        C_tensors,
-        row_sums0,
-        col_sums0,
-        matrix_mean0_per_matrix,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        per_matrix = scratch.per_matrix
+        row_sums0 = scratch.row_sums[0]
+        col_sums0 = scratch.col_sums[0]
         """Adafactor: per column, then per row, of each matrix (a block each). A column adds
         its chunks' sums in chunk order."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
-        for matrix in range(cuda.blockIdx.x, matrix_tensor.shape[0], cuda.gridDim.x):
-            tensor = matrix_tensor[matrix]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for matrix in range(cuda.blockIdx.x, table.matrix_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.matrix_tensor[matrix]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
                 col_sum0 = 0.0
-                for chunk in range(matrix_chunk0[matrix], matrix_chunk1[matrix]):
-                    col_sum0 += col_sums0[chunk_cols[chunk] + col]
+                for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
+                    col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
                 col_mean0 = F(col_sum0 / rows)
                 C = C_cols[col]
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
             for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
-                row_mean0 = F(row_sums0[matrix_rows[matrix] + row] / cols)
+                row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
                 matrix_mean0_of = R_new
@@ -895,58 +551,33 @@ def adafactor_maximize__factored(F):
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                matrix_mean0_per_matrix[matrix] = block_sums[0, 0] / rows
+                per_matrix[0, matrix] = block_sums[0, 0] / rows
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def pass2(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        matrix_mean0_per_matrix,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
+        per_matrix = scratch.per_matrix
         """Adafactor pass 2."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                g_c = g_tensors[tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
@@ -969,86 +600,48 @@ def adafactor_maximize__factored(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def finalize(
-        chunk_tensor,
-        tensor_sizes,
-        partials,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-        u1_per_tensor,
-    ):
+    def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
         """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
         tensor = cuda.grid(1)
-        if tensor < tensor_sizes.shape[0]:
+        if tensor < table.tensor_sizes.shape[0]:
             sum0 = 0.0
             sum1 = 0.0
-            for chunk in range(chunk_tensor.shape[0]):
-                if chunk_tensor[chunk] == tensor:
+            for chunk in range(table.chunk_tensor.shape[0]):
+                if table.chunk_tensor[chunk] == tensor:
                     sum0 += partials[chunk, 0]
                     sum1 += partials[chunk, 1]
-            rms0 = math.sqrt(sum0 / max(tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sum1 / max(tensor_sizes[tensor], 1))
+            rms0 = math.sqrt(sum0 / max(table.tensor_sizes[tensor], 1))
+            rms1 = math.sqrt(sum1 / max(table.tensor_sizes[tensor], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
-            u1_per_tensor[tensor] = u1
+            per_tensor[2, tensor] = u1
 
     @cuda.jit(cache=True)
-    def pass3(
-        chunk_tensor,
-        chunk_matrix,
-        chunk_row0,
-        chunk_row1,
-        chunk_cols,
-        matrix_tensor,
-        matrix_index,
-        matrix_chunk0,
-        matrix_chunk1,
-        matrix_rows,
-        tensor_rows,
-        tensor_cols,
-        tensor_sizes,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        weight_decay_per_tensor,
-        u1_per_tensor,
-        matrix_mean0_per_matrix,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
+    def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
+        per_matrix = scratch.per_matrix
         """Adafactor pass 3."""
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_tensor.shape[0], cuda.gridDim.x):
-            tensor = chunk_tensor[chunk]
-            matrix = chunk_matrix[chunk]
-            rows = tensor_rows[tensor]
-            cols = tensor_cols[tensor]
-            first = matrix_index[matrix] * rows
-            R_rows = R_tensors[tensor][first : first + rows]
-            C_cols = C_tensors[tensor][
-                matrix_index[matrix] * cols : (matrix_index[matrix] + 1) * cols
+        for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
+            tensor = table.chunk_tensor[chunk]
+            matrix = table.chunk_matrix[chunk]
+            rows = table.tensor_rows[tensor]
+            cols = table.tensor_cols[tensor]
+            first = table.matrix_index[matrix] * rows
+            R_rows = arrays[2][tensor][first : first + rows]
+            C_cols = arrays[3][tensor][
+                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            weight_decay = weight_decay_per_tensor[tensor]
-            u1 = u1_per_tensor[tensor]
-            matrix_mean0 = matrix_mean0_per_matrix[matrix]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
             # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(chunk_row1[chunk], R_rows.shape[0])
-            for row in range(chunk_row0[chunk], row_stop):
+            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
-                w_c = w_tensors[tensor][start : start + cols]
-                g_c = g_tensors[tensor][start : start + cols]
+                w_c = arrays[0][tensor][start : start + cols]
+                g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
@@ -1063,61 +656,8 @@ def adafactor_maximize__factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    def run(
-        launch,
-        table,
-        w_tensors,
-        g_tensors,
-        R_tensors,
-        C_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        eps1,
-        eps2,
-        d,
-        s0,
-        s1,
-        s2,
-        rho,
-    ):
-        """Adafactor: the passes in order, on one stream. `table` is an
-        optforge.runtime.factored.FactoredTable of device arrays."""
-        chunks, matrices = table.chunk_tensor.shape[0], table.matrix_tensor.shape[0]
-        grid = launch.grid(chunks, THREADS)
-        tables = table[:13]
-        arrays = (w_tensors, g_tensors, R_tensors, C_tensors)
-        shaped = (
-            R_tensors,
-            C_tensors,
-        )
-        scalars = (eps1, eps2, d, s0, s1, s2, rho)
-        partials = launch.buffer("partials", (chunks, 2), f64)
-        row_sums0 = launch.buffer("row_sums0", (table.total_rows,), f64)
-        col_sums0 = launch.buffer("col_sums0", (table.total_cols,), f64)
-        matrix_mean0_per_matrix = launch.buffer("matrix_mean0", (matrices,), F)
-        sums = (
-            row_sums0,
-            col_sums0,
-        )
-        pass1[grid](*tables, *arrays, *sums, partials, *scalars)
-        lines[launch.grid(matrices, THREADS)](
-            *tables, *shaped, *sums, matrix_mean0_per_matrix, *scalars
-        )
-        pass2[grid](*tables, *arrays, matrix_mean0_per_matrix, partials, *scalars)
-        u1_per_tensor = launch.buffer("u1", (SLOTS,), F)
-        finalize[launch.grid(1, SLOTS)](
-            table.chunk_tensor, table.tensor_sizes, partials, *scalars, u1_per_tensor
-        )
-        pass3[grid](
-            *tables,
-            *arrays,
-            weight_decay_per_tensor,
-            u1_per_tensor,
-            matrix_mean0_per_matrix,
-            *scalars,
-        )
-
-    return DeviceKernels(run, (pass1, lines, pass2, finalize, pass3))
+    grids = ("chunks", "matrices", "chunks", "tensors", "chunks")
+    return DeviceKernels((pass1, lines, pass2, finalize, pass3), grids)
 
 
 RANK_FLAG = (1, 2)  # as in the CPU module

@@ -31,35 +31,18 @@ def adam_offload(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            delta_c = delta_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            delta_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start,
@@ -83,28 +66,13 @@ def adam_offload(F):
                 delta_c[elem] = delta_new
 
     @cuda.jit(cache=True)
-    def stage2(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            delta_c = delta_tensors[tensor][start:stop]
+    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            delta_c = arrays[4][tensor][start:stop]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -113,34 +81,8 @@ def adam_offload(F):
                 w_new = delta_new + w
                 w_c[elem] = w_new
 
-    def run(
-        launch,
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        """The stages in order, on one stream."""
-        grid = launch.grid(chunk_slot.shape[0], THREADS)
-        chunks = (chunk_slot, chunk_start, chunk_stop)
-        arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-        scalars = (beta1, beta2, eps, s0, s1, s2)
-        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars)
-        stage2[grid](*chunks, *arrays, *scalars)
-
-    return DeviceKernels(run, (stage1, stage2))
+    grids = ("chunks", "chunks")
+    return DeviceKernels((stage1, stage2), grids)
 
 
 def adam_offload_offload(F):
@@ -181,35 +123,18 @@ def adam_offload_use_nesterov(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            delta_c = delta_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            delta_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start,
@@ -234,28 +159,13 @@ def adam_offload_use_nesterov(F):
                 delta_c[elem] = delta_new
 
     @cuda.jit(cache=True)
-    def stage2(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            delta_c = delta_tensors[tensor][start:stop]
+    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            delta_c = arrays[4][tensor][start:stop]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -264,34 +174,8 @@ def adam_offload_use_nesterov(F):
                 w_new = delta_new + w
                 w_c[elem] = w_new
 
-    def run(
-        launch,
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        delta_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        """The stages in order, on one stream."""
-        grid = launch.grid(chunk_slot.shape[0], THREADS)
-        chunks = (chunk_slot, chunk_start, chunk_stop)
-        arrays = (w_tensors, g_tensors, m_tensors, v_tensors, delta_tensors)
-        scalars = (beta1, beta2, eps, s0, s1, s2)
-        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, grad_scale_per_tensor, *scalars)
-        stage2[grid](*chunks, *arrays, *scalars)
-
-    return DeviceKernels(run, (stage1, stage2))
+    grids = ("chunks", "chunks")
+    return DeviceKernels((stage1, stage2), grids)
 
 
 def adam_offload_use_nesterov_offload(F):

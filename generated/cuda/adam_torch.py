@@ -38,33 +38,17 @@ def adam_torch(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -81,10 +65,7 @@ def adam_torch(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_decoupled_weight_decay(F):
@@ -92,34 +73,17 @@ def adam_torch_decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -137,10 +101,7 @@ def adam_torch_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_maximize(F):
@@ -148,33 +109,17 @@ def adam_torch_maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -192,10 +137,7 @@ def adam_torch_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_maximize__decoupled_weight_decay(F):
@@ -203,34 +145,17 @@ def adam_torch_maximize__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -249,10 +174,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_amsgrad(F):
@@ -260,35 +182,18 @@ def adam_torch_amsgrad(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start,
@@ -315,10 +220,7 @@ def adam_torch_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_amsgrad__decoupled_weight_decay(F):
@@ -326,36 +228,18 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -383,10 +267,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_amsgrad__maximize(F):
@@ -394,35 +275,18 @@ def adam_torch_amsgrad__maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -450,10 +314,7 @@ def adam_torch_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
@@ -461,36 +322,18 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -519,10 +362,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

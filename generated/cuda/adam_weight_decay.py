@@ -29,32 +29,16 @@ def adam_weight_decay(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -70,10 +54,7 @@ def adam_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

@@ -34,33 +34,16 @@ def adamw(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -78,10 +61,7 @@ def adamw(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adamw_maximize(F):
@@ -89,33 +69,16 @@ def adamw_maximize(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -133,10 +96,7 @@ def adamw_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adamw_amsgrad(F):
@@ -144,35 +104,17 @@ def adamw_amsgrad(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -200,10 +142,7 @@ def adamw_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adamw_amsgrad__maximize(F):
@@ -211,35 +150,17 @@ def adamw_amsgrad__maximize(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        v_max_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            v_max_c = v_max_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            v_max_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -267,10 +188,7 @@ def adamw_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

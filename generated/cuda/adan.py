@@ -29,18 +29,11 @@ def adan_t_eq_1(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        d_tensors,
-        n_tensors,
-        g_prev_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
+    def stage1(
+        chunks,
+        arrays,
+        per_tensor,
+        scratch,
         beta1,
         beta2,
         beta3,
@@ -55,17 +48,17 @@ def adan_t_eq_1(F):
         s6,
         s7,
     ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            d_c = d_tensors[tensor][start:stop]
-            n_c = n_tensors[tensor][start:stop]
-            g_prev_c = g_prev_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            d_c = arrays[3][tensor][start:stop]
+            n_c = arrays[4][tensor][start:stop]
+            g_prev_c = arrays[5][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -95,10 +88,7 @@ def adan_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def adan_not_t_eq_1(F):
@@ -106,18 +96,11 @@ def adan_not_t_eq_1(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        d_tensors,
-        n_tensors,
-        g_prev_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
+    def stage1(
+        chunks,
+        arrays,
+        per_tensor,
+        scratch,
         beta1,
         beta2,
         beta3,
@@ -131,17 +114,17 @@ def adan_not_t_eq_1(F):
         s5,
         s6,
     ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            d_c = d_tensors[tensor][start:stop]
-            n_c = n_tensors[tensor][start:stop]
-            g_prev_c = g_prev_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            d_c = arrays[3][tensor][start:stop]
+            n_c = arrays[4][tensor][start:stop]
+            g_prev_c = arrays[5][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -173,10 +156,7 @@ def adan_not_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

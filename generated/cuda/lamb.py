@@ -29,36 +29,19 @@ def lamb(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        partials,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
+        partials = scratch.partials
         block_sums = cuda.shared.array((THREADS, 2), float64)
         thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
             sum0 = 0.0
             sum1 = 0.0
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -94,26 +77,15 @@ def lamb(F):
             cuda.syncthreads()
 
     @cuda.jit(cache=True)
-    def finalize(
-        chunk_slot,
-        partials,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-        u0_per_tensor,
-    ):
+    def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
+        partials = scratch.partials
         # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
         tensor = cuda.grid(1)
-        if tensor < u0_per_tensor.shape[0]:
+        if tensor < per_tensor.shape[1]:
             sum0 = 0.0
             sum1 = 0.0
-            for chunk in range(chunk_slot.shape[0]):
-                if chunk_slot[chunk] == tensor:
+            for chunk in range(chunks.tensor.shape[0]):
+                if chunks.tensor[chunk] == tensor:
                     sum0 += partials[chunk, 0]
                     sum1 += partials[chunk, 1]
             norm0 = math.sqrt(sum0)
@@ -122,37 +94,19 @@ def lamb(F):
                 (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
             )
             u0 = s4 * trust_ratio
-            u0_per_tensor[tensor] = u0
+            per_tensor[2, tensor] = u0
 
     @cuda.jit(cache=True)
-    def stage2(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        u0_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            u0 = u0_per_tensor[tensor]
+    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            u0 = per_tensor[2, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -163,38 +117,8 @@ def lamb(F):
                 w_new = w + u0 * r
                 w_c[elem] = w_new
 
-    def run(
-        launch,
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        """The stages in order, on one stream."""
-        grid = launch.grid(chunk_slot.shape[0], THREADS)
-        chunks = (chunk_slot, chunk_start, chunk_stop)
-        arrays = (w_tensors, g_tensors, m_tensors, v_tensors)
-        scalars = (beta1, beta2, eps, s0, s1, s2, s3, s4)
-        partials = launch.buffer("partials", (chunk_slot.shape[0], 2), f64)
-        stage1[grid](*chunks, *arrays, weight_decay_per_tensor, partials, *scalars)
-        u0_per_tensor = launch.buffer("u0", (SLOTS,), F)
-        finalize[launch.grid(1, SLOTS)](chunk_slot, partials, *scalars, u0_per_tensor)
-        stage2[grid](*chunks, *arrays, weight_decay_per_tensor, u0_per_tensor, *scalars)
-
-    return DeviceKernels(run, (stage1, finalize, stage2))
+    grids = ("chunks", "tensors", "chunks")
+    return DeviceKernels((stage1, finalize, stage2), grids)
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

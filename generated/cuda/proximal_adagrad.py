@@ -29,28 +29,16 @@ def proximal_adagrad_l1_gt_0(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        l2,
-        lr,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            a_c = a_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, l2, lr, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            a_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -69,36 +57,24 @@ def proximal_adagrad_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def proximal_adagrad_l1_gt_0_rows(F):
     """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
 
     @cuda.jit(cache=True)
-    def rows_kernel(
-        rows,
-        row_len,
-        w_tensor,
-        g_tensor,
-        a_tensor,
-        weight_decay,
-        grad_scale,
-        l2,
-        lr,
-        s0,
-    ):
+    def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr, s0):
+        weight_decay = per_tensor[0, 0]
+        grad_scale = per_tensor[1, 0]
         for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
             start = rows[row] * row_len
             stop = start + row_len
             if start < 0:
                 continue  # a negative slice start would wrap around: never step such a row
-            w_c = w_tensor[start:stop]
-            g_c = g_tensor[row * row_len : (row + 1) * row_len]
-            a_c = a_tensor[start:stop]
+            w_c = arrays[0][0][start:stop]
+            g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
+            a_c = arrays[2][0][start:stop]
             elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
@@ -116,10 +92,7 @@ def proximal_adagrad_l1_gt_0_rows(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    def run(launch, rows, *arguments):
-        rows_kernel[launch.grid(rows.shape[0], THREADS)](rows, *arguments)
-
-    return DeviceKernels(run, (rows_kernel,))
+    return DeviceKernels((rows_kernel,), ("rows",))
 
 
 def proximal_adagrad_not_l1_gt_0(F):
@@ -127,27 +100,16 @@ def proximal_adagrad_not_l1_gt_0(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        a_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        l2,
-        lr,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            a_c = a_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, l2, lr):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            a_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -162,35 +124,24 @@ def proximal_adagrad_not_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def proximal_adagrad_not_l1_gt_0_rows(F):
     """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
 
     @cuda.jit(cache=True)
-    def rows_kernel(
-        rows,
-        row_len,
-        w_tensor,
-        g_tensor,
-        a_tensor,
-        weight_decay,
-        grad_scale,
-        l2,
-        lr,
-    ):
+    def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr):
+        weight_decay = per_tensor[0, 0]
+        grad_scale = per_tensor[1, 0]
         for row in range(cuda.blockIdx.x, rows.shape[0], cuda.gridDim.x):
             start = rows[row] * row_len
             stop = start + row_len
             if start < 0:
                 continue  # a negative slice start would wrap around: never step such a row
-            w_c = w_tensor[start:stop]
-            g_c = g_tensor[row * row_len : (row + 1) * row_len]
-            a_c = a_tensor[start:stop]
+            w_c = arrays[0][0][start:stop]
+            g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
+            a_c = arrays[2][0][start:stop]
             elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
@@ -204,10 +155,7 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    def run(launch, rows, *arguments):
-        rows_kernel[launch.grid(rows.shape[0], THREADS)](rows, *arguments)
-
-    return DeviceKernels(run, (rows_kernel,))
+    return DeviceKernels((rows_kernel,), ("rows",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

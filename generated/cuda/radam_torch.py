@@ -42,33 +42,17 @@ def radam_torch_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -86,10 +70,7 @@ def radam_torch_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_not_rho_t_gt_5(F):
@@ -97,32 +78,17 @@ def radam_torch_not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -140,10 +106,7 @@ def radam_torch_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_maximize__rho_t_gt_5(F):
@@ -151,33 +114,17 @@ def radam_torch_maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -196,10 +143,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_maximize__not_rho_t_gt_5(F):
@@ -207,32 +151,17 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -251,10 +180,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
@@ -262,34 +188,17 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -308,10 +217,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
@@ -319,32 +225,17 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
@@ -363,10 +254,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
@@ -374,34 +262,17 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-        s3,
-        s4,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -421,10 +292,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
@@ -432,32 +300,17 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        m_tensors,
-        v_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        beta2,
-        s0,
-        s1,
-        s2,
-        s3,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            m_c = m_tensors[tensor][start:stop]
-            v_c = v_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
@@ -477,10 +330,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

@@ -42,32 +42,17 @@ def rmsprop_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            buf_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -84,10 +69,7 @@ def rmsprop_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_not_momentum_gt_0(F):
@@ -95,30 +77,16 @@ def rmsprop_not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -132,10 +100,7 @@ def rmsprop_not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_maximize__momentum_gt_0(F):
@@ -143,32 +108,17 @@ def rmsprop_maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            buf_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
@@ -186,10 +136,7 @@ def rmsprop_maximize__momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_maximize__not_momentum_gt_0(F):
@@ -197,30 +144,16 @@ def rmsprop_maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
@@ -235,10 +168,7 @@ def rmsprop_maximize__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_centered__momentum_gt_0(F):
@@ -246,34 +176,18 @@ def rmsprop_centered__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            g_avg_c = g_avg_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            g_avg_c = arrays[3][tensor][start:stop]
+            buf_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start,
@@ -300,10 +214,7 @@ def rmsprop_centered__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_centered__not_momentum_gt_0(F):
@@ -311,32 +222,17 @@ def rmsprop_centered__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            g_avg_c = g_avg_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            g_avg_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -353,10 +249,7 @@ def rmsprop_centered__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_centered__maximize__momentum_gt_0(F):
@@ -364,34 +257,18 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            g_avg_c = g_avg_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            g_avg_c = arrays[3][tensor][start:stop]
+            buf_c = arrays[4][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -419,10 +296,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0(F):
@@ -430,32 +304,17 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        sq_tensors,
-        g_avg_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        alpha,
-        eps,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            sq_c = sq_tensors[tensor][start:stop]
-            g_avg_c = g_avg_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            sq_c = arrays[2][tensor][start:stop]
+            g_avg_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
@@ -473,10 +332,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

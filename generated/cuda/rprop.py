@@ -28,31 +28,19 @@ def rprop(F):
     """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        prev_tensors,
-        step_size_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        etaminus,
-        etaplus,
-        step_size_min,
-        step_size_max,
+    def stage1(
+        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
     ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            prev_c = prev_tensors[tensor][start:stop]
-            step_size_c = step_size_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            prev_c = arrays[2][tensor][start:stop]
+            step_size_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
                 stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
@@ -82,41 +70,26 @@ def rprop(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def rprop_maximize(F):
     """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        prev_tensors,
-        step_size_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        etaminus,
-        etaplus,
-        step_size_min,
-        step_size_max,
+    def stage1(
+        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
     ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            prev_c = prev_tensors[tensor][start:stop]
-            step_size_c = step_size_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            prev_c = arrays[2][tensor][start:stop]
+            step_size_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
@@ -147,10 +120,7 @@ def rprop_maximize(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

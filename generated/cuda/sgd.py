@@ -50,26 +50,16 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -82,10 +72,7 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -94,26 +81,16 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -126,10 +103,7 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -137,28 +111,16 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -172,10 +134,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -184,25 +143,15 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -213,10 +162,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -224,26 +170,16 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
@@ -257,10 +193,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -269,26 +202,16 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
@@ -302,10 +225,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -313,28 +233,16 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
@@ -349,10 +257,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -361,25 +266,15 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0])
@@ -391,10 +286,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -402,27 +294,16 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -435,10 +316,7 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -446,28 +324,16 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
@@ -481,10 +347,7 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -492,27 +355,16 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
@@ -526,10 +378,7 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -537,28 +386,16 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def kernel(
-        chunk_slot,
-        chunk_start,
-        chunk_stop,
-        w_tensors,
-        g_tensors,
-        buf_tensors,
-        weight_decay_per_tensor,
-        grad_scale_per_tensor,
-        momentum,
-        s0,
-        s1,
-    ):
-        for chunk in range(cuda.blockIdx.x, chunk_slot.shape[0], cuda.gridDim.x):
-            tensor = chunk_slot[chunk]
-            start = chunk_start[chunk]
-            stop = chunk_stop[chunk]
-            w_c = w_tensors[tensor][start:stop]
-            g_c = g_tensors[tensor][start:stop]
-            buf_c = buf_tensors[tensor][start:stop]
-            weight_decay = weight_decay_per_tensor[tensor]
-            grad_scale = grad_scale_per_tensor[tensor]
+    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            buf_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
@@ -573,10 +410,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    def run(launch, chunk_slot, *arguments):
-        kernel[launch.grid(chunk_slot.shape[0], THREADS)](chunk_slot, *arguments)
-
-    return DeviceKernels(run, (kernel,))
+    return DeviceKernels((stage1,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

@@ -57,7 +57,9 @@ class Launch:
 
 
 class DeviceLaunchGroup:
-    """Up to SLOTS tensors updated by one launch: their arrays as padded tuples, a device chunk table."""
+    """Up to SLOTS tensors updated by one launch: their arrays as padded tuples, a device chunk
+    table (ChunkTable, or a FactoredTable for a factored variant), and the buffers its stages
+    share, made once per plan."""
 
     def __init__(
         self, positions: list[int], shapes: list[tuple], slots: int, chunk: int, dummy, factored=False
@@ -65,23 +67,61 @@ class DeviceLaunchGroup:
         self.positions = positions  # positions within the batch
         self.slots = slots
         self.dummy = dummy  # fills unused slots (never indexed by the chunk table)
-        if factored:  # one FactoredTable, its arrays on the device
-            table = factored_table(shapes, chunk)
-            device = (cuda.to_device(x) if isinstance(x, np.ndarray) else x for x in table)
-            self.chunks = (type(table)(*device),)
-            self.n_chunks = table.chunk_tensor.size
-            return
-        host = chunk_table([math.prod(s) for s in shapes], chunk)
-        self.chunks = tuple(cuda.to_device(a) for a in host)
-        self.n_chunks = host[0].size
+        table = (
+            factored_table(shapes, chunk) if factored else chunk_table([math.prod(s) for s in shapes], chunk)
+        )
+        self.host_chunks = table
+        self.chunks = type(table)(*(cuda.to_device(x) if isinstance(x, np.ndarray) else x for x in table))
+        self.n_chunks = table[0].size
+        self.n_matrices = table.matrix_tensor.size if factored else 0
+        self._buffers: dict = {}
+        self._per_tensor_values: dict = {}
 
     def tuple_of(self, arrays: list) -> tuple:
         return tuple(arrays) + (self.dummy,) * (self.slots - len(arrays))
 
-    def values(self, per_position: np.ndarray, dtype) -> tuple:
-        padded = np.zeros(self.slots, dtype=dtype)
-        padded[: len(self.positions)] = per_position[self.positions]
-        return tuple(dtype.type(v) for v in padded)
+    def buffers(self, plan, dtype, weight_decay: np.ndarray, grad_scale: np.ndarray, stream) -> tuple:
+        """(per_tensor, scratch) on the device for `plan`: weight decay and gradient scale of
+        this group's tensors in the per-tensor table's first rows (copied only when they
+        change), the rest written by the stages."""
+        from optforge.runtime.launch import Scratch
+
+        if plan not in self._buffers:
+            chunks = self.host_chunks
+            factored = hasattr(chunks, "total_rows")
+            shapes = (
+                (self.n_chunks, plan.reductions),
+                (plan.row_sums, chunks.total_rows if factored else 0),
+                (plan.col_sums, chunks.total_cols if factored else 0),
+            )
+            scratch = Scratch(
+                *(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes),
+                cuda.device_array((plan.matrix_means, self.n_matrices), dtype, stream=stream),
+            )
+            per_tensor = cuda.device_array((plan.per_tensor, self.slots), dtype, stream=stream)
+            self._buffers[plan] = (per_tensor, scratch)
+        per_tensor, scratch = self._buffers[plan]
+        values = np.zeros((2, self.slots), dtype)
+        values[0, : len(self.positions)] = weight_decay[self.positions]
+        values[1, : len(self.positions)] = grad_scale[self.positions]
+        if self._per_tensor_values.get(plan) is None or not np.array_equal(
+            self._per_tensor_values[plan], values
+        ):
+            per_tensor[:2].copy_to_device(values, stream=stream)
+            self._per_tensor_values[plan] = values
+        return per_tensor, scratch
+
+
+def run_device_stages(kernels, launch: Launch, threads: int, chunks, n_chunks, n_matrices, slots, arguments):
+    """Launch a branch's CUDA stages in order on one stream, each on its grid
+    (optforge.runtime.kernels.DeviceKernels)."""
+    grids = {
+        "chunks": launch.grid(n_chunks, threads),
+        "matrices": launch.grid(n_matrices, threads),
+        "tensors": launch.grid(1, slots),
+    }
+    for stage, grid in zip(kernels.stages, kernels.grids):
+        stage[grids[grid]](chunks, *arguments)
 
 
 @cuda.jit

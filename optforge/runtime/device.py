@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import config, cuda
 
-from optforge.runtime.cuda import DeviceLaunchGroup, Launch, as_device_array, dense_from_rows, to_device
+from optforge.runtime.cuda import (
+    DeviceLaunchGroup,
+    Launch,
+    as_device_array,
+    dense_from_rows,
+    run_device_stages,
+    to_device,
+)
 from optforge.runtime.kernels import Plan, Variant, chunk_table
 from optforge.runtime.launch import StageBuffers
 from optforge.runtime.pointers import pointer_table
@@ -119,43 +126,56 @@ class DeviceStepper:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
         branch, scalars = step
-        kernel = branch.stages[batch.dtype.name].launch
+        kernels = branch.stages[batch.dtype.name]
         skip = {pos for pos, _, _ in sparse}
+        stream = self.launch_config.stream
         for lg in batch.launch_groups:
-            chunks = lg.chunks
-            if skip & set(lg.positions):
-                chunks = self._without(lg, skip)
             if lg.n_chunks == 0:
                 continue
-            kernel(
-                self.launch_config,
-                *chunks,
+            chunks, n_chunks = lg.chunks, lg.n_chunks
+            if skip & set(lg.positions):
+                chunks = self._without(lg, skip)
+                n_chunks = chunks.tensor.shape[0]
+            per_tensor, scratch = lg.buffers(branch.plan, batch.dtype, weight_decay, grad_scale, stream)
+            arrays = (
                 lg.tuple_of([batch.params[p] for p in lg.positions]),
                 lg.tuple_of([flat[p] for p in lg.positions]),
                 *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in batch.variant.state),
-                lg.values(weight_decay, batch.dtype),
-                lg.values(grad_scale, batch.dtype),
-                *scalars,
+            )
+            run_device_stages(
+                kernels,
+                self.launch_config,
+                self.module.THREADS,
+                chunks,
+                n_chunks,
+                lg.n_matrices,
+                lg.slots,
+                (arrays, per_tensor, scratch, *scalars),
             )
         for pos, rows, values in sparse:
             p = opt.parameters[batch.indices[pos]]
-            branch.rows[batch.dtype.name].launch(
-                self.launch_config,
+            (rows_kernel,) = branch.rows[batch.dtype.name].stages
+            arrays = tuple(
+                (a,)
+                for a in (
+                    batch.params[pos],
+                    cuda.to_device(values.reshape(-1)),
+                    *(batch.state[name][pos] for name in batch.variant.state),
+                )
+            )
+            rows_kernel[self.launch_config.grid(rows.size, self.module.THREADS)](
                 cuda.to_device(rows),
                 p.size // max(p.shape[0], 1),
-                batch.params[pos],
-                cuda.to_device(values.reshape(-1)),
-                *(batch.state[name][pos] for name in batch.variant.state),
-                scalar(0),
-                scalar(1),
+                arrays,
+                cuda.to_device(np.array([[0], [1]], batch.dtype)),  # decay and scale are in `values`
                 *scalars,
             )
 
-    def _without(self, lg: DeviceLaunchGroup, skip: set[int]) -> tuple:
+    def _without(self, lg: DeviceLaunchGroup, skip: set[int]):
         """The launch group's chunk table without the tensors stepped row by row."""
-        host = [c.copy_to_host() for c in lg.chunks]
-        keep = ~np.isin(host[0], [lg.positions.index(p) for p in skip if p in lg.positions])
-        return tuple(cuda.to_device(np.ascontiguousarray(c[keep])) for c in host)
+        host = lg.host_chunks
+        keep = ~np.isin(host.tensor, [lg.positions.index(p) for p in skip if p in lg.positions])
+        return type(host)(*(cuda.to_device(np.ascontiguousarray(c[keep])) for c in host))
 
     # -- AdamOffload: state and update on the host --
 

@@ -40,11 +40,13 @@ class Branch(NamedTuple):
 
 
 class DeviceKernels(NamedTuple):
-    """A CUDA kernel's launcher (called with a optforge.runtime.cuda.Launch first) and the
-    CUDA kernels it launches, in order."""
+    """A CUDA kernel's stages in order, each called as
+    ``stage[grid](chunks, arrays, per_tensor, scratch, *scalars)``, and the grid each runs
+    on: "chunks" (a block per chunk), "matrices", "tensors" (a thread per tensor) or "rows"
+    (a row-sparse kernel's, a block per row). optforge.runtime.device launches them."""
 
-    launch: Callable
-    kernels: tuple
+    stages: tuple
+    grids: tuple[str, ...]
 
 
 class per_dtype(Mapping):
