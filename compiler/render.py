@@ -21,6 +21,7 @@ environment = jinja2.Environment(
 )
 environment.filters["add_suffix"] = lambda text, suffix: f"{text}{suffix}"
 environment.filters["pyrepr"] = repr
+environment.filters["format_len"] = lambda name: f"len({name})"
 
 
 def render(template: str, **context) -> str:

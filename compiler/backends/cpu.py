@@ -88,17 +88,31 @@ def host_contexts(spec: Spec, kernels: list[Kernel]) -> tuple[list[dict], list[d
                 "variant": ", ".join(f"{n}={v}" for n, v in k.variant) or "the only variant",
             }
         )
-    scalar_functions = [
-        {
-            "name": scalars_name(k),
+    functions: dict[str, dict] = {}
+    for k, name in zip(kernels, scalar_function_names(spec, kernels)):
+        if name in functions:
+            functions[name]["variant"] += "; " + describe(k)
+            continue
+        functions[name] = {
+            "name": name,
             "inputs": inputs,
             "lines": _lines(printer, k.host),
             "returns": [s.name for s in k.scalars],
             "variant": describe(k),
         }
-        for k in kernels
-    ]
-    return branch_functions, scalar_functions
+    return branch_functions, list(functions.values())
+
+
+def scalar_function_names(spec: Spec, kernels: list[Kernel]) -> list[str]:
+    """The scalars function of each kernel: kernels whose step-level code is the same
+    share one, named after the first (Adam's AMSGrad variants with and without Nesterov)."""
+    printer = HostPrinter(spec.host_dtype)
+    first: dict[tuple, str] = {}
+    names = []
+    for k in kernels:
+        code = (tuple(_lines(printer, k.host)), tuple(s.name for s in k.scalars))
+        names.append(first.setdefault(code, scalars_name(k)))
+    return names
 
 
 def _pass(kernel: Kernel, phase: int) -> tuple[Region, Region]:
@@ -351,7 +365,7 @@ def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> li
     branches (each with its scalars function, the factory of its kernels and their plan); the
     names are the same in the CPU and CUDA modules."""
     variants: dict[tuple, dict] = {}
-    for k, factory in zip(kernels, factories):
+    for k, factory, scalars in zip(kernels, factories, scalar_function_names(spec, kernels)):
         key = tuple(value for _, value in k.variant)
         entry = variants.setdefault(
             key,
@@ -370,7 +384,7 @@ def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> li
         entry["branches"].append(
             {
                 "key": repr(tuple(k.branch)),
-                "scalars": scalars_name(k),
+                "scalars": scalars,
                 "factory": factory,
                 "plan": plan_source(launch_context(spec, k)),
                 "rows": spec.sparse == "rows",
@@ -379,8 +393,9 @@ def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> li
     return list(variants.values())
 
 
-def host_names(kernels: list[Kernel]) -> list[str]:
-    return sorted({scalars_name(k) for k in kernels} | {branch_name(k) for k in kernels if k.guards})
+def host_names(spec: Spec, kernels: list[Kernel]) -> list[str]:
+    scalars = set(scalar_function_names(spec, kernels))
+    return sorted(scalars | {branch_name(k) for k in kernels if k.guards})
 
 
 def rank_flag_source(spec: Spec) -> str | None:
@@ -403,7 +418,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         rank_flag=rank_flag_source(spec),
         states_fma=states_fma(spec),
         chunk=CHUNK,
-        host_names=host_names(kernels),
+        host_names=host_names(spec, kernels),
         factories=flat_sources + shaped_sources,
         variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
     )

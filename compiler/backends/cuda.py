@@ -72,7 +72,7 @@ def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         slots=SLOTS,
         chunk=CHUNK,
         threads=THREADS,
-        host_names=host_names(kernels),
+        host_names=host_names(spec, kernels),
         factories=flat_sources + shaped_sources,
         variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
     )

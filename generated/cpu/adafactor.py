@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adafactor); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,12 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adafactor import (
-    scalars,
-    scalars_factored,
-    scalars_maximize,
-    scalars_maximize__factored,
-)
+from optforge.generated.host.adafactor import scalars, scalars_factored
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
 
@@ -52,15 +52,12 @@ def adafactor(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             v_c = view(arrays, 2, tensor, F)[start:stop]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -99,16 +96,13 @@ def adafactor(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             v_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
                 g = g_c[elem]
                 v_new = v_c[elem]
@@ -135,15 +129,12 @@ def adafactor_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             v_c = view(arrays, 2, tensor, F)[start:stop]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -182,16 +173,13 @@ def adafactor_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             v_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
                 g = g_c[elem]
                 v_new = v_c[elem]
@@ -228,14 +216,13 @@ def adafactor_factored(F):
             sum0 = 0.0
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             col_sum0[:] = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
             row_stop = table.chunk_row1[chunk]
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
                 row_sum0 = 0.0
-                for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
+                for col in range(min(cols, len(w_c), len(g_c))):
                     w = w_c[col]
                     g = g_c[col]
                     rms0_of = w
@@ -272,13 +259,13 @@ def adafactor_factored(F):
                 part = table.chunk_cols[chunk]
                 for col in range(cols):
                     col_sums0[base + col] += col_sums0[part + col]
-            for col in range(min(cols, C_cols.shape[0])):
+            for col in range(min(cols, len(C_cols))):
                 col_mean0 = F(col_sums0[base + col] / rows)
                 C = C_cols[col]
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
-            for row in range(min(rows, R_rows.shape[0])):
+            for row in range(min(rows, len(R_rows))):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
@@ -307,14 +294,13 @@ def adafactor_factored(F):
             g_m = view(arrays, 1, tensor, F)
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = g_m[start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
+                for col in range(min(cols, len(g_c), len(C_cols))):
                     g = g_c[col]
                     C_new = C_cols[col]
                     g_eff = g
@@ -357,15 +343,14 @@ def adafactor_factored(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
+                for col in range(min(cols, len(w_c), len(g_c), len(C_cols))):
                     g = g_c[col]
                     w = w_c[col]
                     C_new = C_cols[col]
@@ -401,14 +386,13 @@ def adafactor_maximize__factored(F):
             sum0 = 0.0
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             col_sum0[:] = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
             row_stop = table.chunk_row1[chunk]
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
                 row_sum0 = 0.0
-                for col in range(min(cols, w_c.shape[0], g_c.shape[0])):
+                for col in range(min(cols, len(w_c), len(g_c))):
                     w = w_c[col]
                     g = g_c[col]
                     rms0_of = w
@@ -445,13 +429,13 @@ def adafactor_maximize__factored(F):
                 part = table.chunk_cols[chunk]
                 for col in range(cols):
                     col_sums0[base + col] += col_sums0[part + col]
-            for col in range(min(cols, C_cols.shape[0])):
+            for col in range(min(cols, len(C_cols))):
                 col_mean0 = F(col_sums0[base + col] / rows)
                 C = C_cols[col]
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
-            for row in range(min(rows, R_rows.shape[0])):
+            for row in range(min(rows, len(R_rows))):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
@@ -480,14 +464,13 @@ def adafactor_maximize__factored(F):
             g_m = view(arrays, 1, tensor, F)
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = g_m[start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, g_c.shape[0], C_cols.shape[0])):
+                for col in range(min(cols, len(g_c), len(C_cols))):
                     g = g_c[col]
                     C_new = C_cols[col]
                     g_eff = -g
@@ -530,15 +513,14 @@ def adafactor_maximize__factored(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0])):
+                for col in range(min(cols, len(w_c), len(g_c), len(C_cols))):
                     g = g_c[col]
                     w = w_c[col]
                     C_new = C_cols[col]
@@ -590,7 +572,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adafactor_maximize),
                 plan=Plan(per_tensor=3, reductions=2),
             ),
@@ -602,7 +584,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize__factored,
+                scalars=scalars_factored,
                 stages=per_dtype(adafactor_maximize__factored),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adagrad_nn); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,7 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adagrad_nn import scalars, scalars_update_slots
+from optforge.generated.host.adagrad_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
 
@@ -39,20 +44,17 @@ def adagrad_nn(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             a_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -62,7 +64,7 @@ def adagrad_nn(F):
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
                 w_c[elem] = w_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adagrad_nn_update_slots(F):
@@ -70,20 +72,17 @@ def adagrad_nn_update_slots(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             a_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -94,7 +93,7 @@ def adagrad_nn_update_slots(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -118,7 +117,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_update_slots,
+                scalars=scalars,
                 stages=per_dtype(adagrad_nn_update_slots),
                 plan=Plan(per_tensor=2),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adam_offload); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,7 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adam_offload import scalars, scalars_use_nesterov
+from optforge.generated.host.adam_offload import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
 
@@ -44,8 +49,6 @@ def adam_offload(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -53,15 +56,7 @@ def adam_offload(F):
             delta_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                delta_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -81,12 +76,9 @@ def adam_offload(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             delta_c = view(arrays, 4, tensor, F)[start:stop]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            elems = min(stop - start, len(w_c), len(delta_c))
             for elem in range(elems):
                 delta_new = delta_c[elem]
                 w = w_c[elem]
@@ -106,8 +98,6 @@ def adam_offload_use_nesterov(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -115,15 +105,7 @@ def adam_offload_use_nesterov(F):
             delta_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                delta_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -144,12 +126,9 @@ def adam_offload_use_nesterov(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             delta_c = view(arrays, 4, tensor, F)[start:stop]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            elems = min(stop - start, len(w_c), len(delta_c))
             for elem in range(elems):
                 delta_new = delta_c[elem]
                 w = w_c[elem]
@@ -180,7 +159,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_use_nesterov,
+                scalars=scalars,
                 stages=per_dtype(adam_offload_use_nesterov),
                 plan=Plan(per_tensor=2),
             ),

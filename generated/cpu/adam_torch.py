@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adam_torch); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,16 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adam_torch import (
-    scalars,
-    scalars_amsgrad,
-    scalars_amsgrad__decoupled_weight_decay,
-    scalars_amsgrad__maximize,
-    scalars_amsgrad__maximize__decoupled_weight_decay,
-    scalars_decoupled_weight_decay,
-    scalars_maximize,
-    scalars_maximize__decoupled_weight_decay,
-)
+from optforge.generated.host.adam_torch import scalars, scalars_decoupled_weight_decay
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
@@ -50,21 +46,18 @@ def adam_torch(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -79,7 +72,7 @@ def adam_torch(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_decoupled_weight_decay(F):
@@ -87,13 +80,11 @@ def adam_torch_decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -101,8 +92,7 @@ def adam_torch_decoupled_weight_decay(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -117,7 +107,7 @@ def adam_torch_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_maximize(F):
@@ -125,13 +115,11 @@ def adam_torch_maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -139,8 +127,7 @@ def adam_torch_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -155,7 +142,7 @@ def adam_torch_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_maximize__decoupled_weight_decay(F):
@@ -163,13 +150,11 @@ def adam_torch_maximize__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -178,8 +163,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -194,7 +178,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_amsgrad(F):
@@ -202,13 +186,11 @@ def adam_torch_amsgrad(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -216,15 +198,7 @@ def adam_torch_amsgrad(F):
             v_max_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -242,7 +216,7 @@ def adam_torch_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_amsgrad__decoupled_weight_decay(F):
@@ -250,13 +224,11 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -265,15 +237,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -291,7 +255,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_amsgrad__maximize(F):
@@ -299,13 +263,11 @@ def adam_torch_amsgrad__maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -314,15 +276,7 @@ def adam_torch_amsgrad__maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -340,7 +294,7 @@ def adam_torch_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
@@ -348,13 +302,11 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -364,15 +316,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -390,7 +334,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -426,7 +370,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -438,7 +382,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),
@@ -450,7 +394,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad),
                 plan=Plan(per_tensor=2),
             ),
@@ -462,7 +406,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),
@@ -474,7 +418,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -486,7 +430,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adamax); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,7 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adamax import scalars, scalars_maximize
+from optforge.generated.host.adamax import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
@@ -41,21 +46,18 @@ def adamax(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             u_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -69,20 +71,18 @@ def adamax(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adamax_maximize(F):
     """Adamax: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -90,8 +90,7 @@ def adamax_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -105,7 +104,7 @@ def adamax_maximize(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -129,7 +128,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adamax_maximize),
                 plan=Plan(per_tensor=2),
             ),

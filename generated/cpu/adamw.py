@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adamw); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,12 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adamw import (
-    scalars,
-    scalars_amsgrad,
-    scalars_amsgrad__maximize,
-    scalars_maximize,
-)
+from optforge.generated.host.adamw import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
@@ -46,21 +46,18 @@ def adamw(F):
     or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -75,7 +72,7 @@ def adamw(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adamw_maximize(F):
@@ -83,21 +80,18 @@ def adamw_maximize(F):
     or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -112,7 +106,7 @@ def adamw_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adamw_amsgrad(F):
@@ -120,13 +114,11 @@ def adamw_amsgrad(F):
     or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -134,15 +126,7 @@ def adamw_amsgrad(F):
             v_max_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -160,7 +144,7 @@ def adamw_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adamw_amsgrad__maximize(F):
@@ -168,13 +152,11 @@ def adamw_amsgrad__maximize(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -182,15 +164,7 @@ def adamw_amsgrad__maximize(F):
             v_max_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -208,7 +182,7 @@ def adamw_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -232,7 +206,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adamw_maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -244,7 +218,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adamw_amsgrad),
                 plan=Plan(per_tensor=2),
             ),
@@ -256,7 +230,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize,
+                scalars=scalars,
                 stages=per_dtype(adamw_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.adan); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -39,7 +44,7 @@ def adan_t_eq_1(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(
+    def step(
         chunks,
         arrays,
         per_tensor,
@@ -62,8 +67,6 @@ def adan_t_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -72,15 +75,8 @@ def adan_t_eq_1(F):
             g_prev_c = view(arrays, 5, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                d_c.shape[0],
-                n_c.shape[0],
-                g_prev_c.shape[0],
+                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
             )
             for elem in range(elems):
                 w = w_c[elem]
@@ -100,7 +96,7 @@ def adan_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return (stage1,)
+    return (step,)
 
 
 def adan_not_t_eq_1(F):
@@ -108,7 +104,7 @@ def adan_not_t_eq_1(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(
+    def step(
         chunks,
         arrays,
         per_tensor,
@@ -130,8 +126,6 @@ def adan_not_t_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -140,15 +134,8 @@ def adan_not_t_eq_1(F):
             g_prev_c = view(arrays, 5, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                d_c.shape[0],
-                n_c.shape[0],
-                g_prev_c.shape[0],
+                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
             )
             for elem in range(elems):
                 w = w_c[elem]
@@ -170,7 +157,7 @@ def adan_not_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

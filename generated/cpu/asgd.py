@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.asgd); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -22,8 +27,6 @@ import numpy as np
 from optforge.generated.host.asgd import (
     branch,
     branch_maximize,
-    scalars_maximize__mu_eq_1,
-    scalars_maximize__not_mu_eq_1,
     scalars_mu_eq_1,
     scalars_not_mu_eq_1,
 )
@@ -46,20 +49,17 @@ def asgd_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ax_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -69,7 +69,7 @@ def asgd_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (stage1,)
+    return (step,)
 
 
 def asgd_not_mu_eq_1(F):
@@ -77,20 +77,17 @@ def asgd_not_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1, mu):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ax_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -101,7 +98,7 @@ def asgd_not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (stage1,)
+    return (step,)
 
 
 def asgd_maximize__mu_eq_1(F):
@@ -109,21 +106,18 @@ def asgd_maximize__mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ax_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -133,7 +127,7 @@ def asgd_maximize__mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (stage1,)
+    return (step,)
 
 
 def asgd_maximize__not_mu_eq_1(F):
@@ -141,21 +135,18 @@ def asgd_maximize__not_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1, mu):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ax_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -166,7 +157,7 @@ def asgd_maximize__not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -195,12 +186,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__mu_eq_1,
+                scalars=scalars_mu_eq_1,
                 stages=per_dtype(asgd_maximize__mu_eq_1),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_mu_eq_1,
+                scalars=scalars_not_mu_eq_1,
                 stages=per_dtype(asgd_maximize__not_mu_eq_1),
                 plan=Plan(per_tensor=2),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.lamb); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -47,8 +52,6 @@ def lamb(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -56,8 +59,7 @@ def lamb(F):
             weight_decay = per_tensor[0, tensor]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -96,15 +98,12 @@ def lamb(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = per_tensor[2, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(m_c), len(v_c))
             for elem in range(elems):
                 m_new = m_c[elem]
                 v_new = v_c[elem]

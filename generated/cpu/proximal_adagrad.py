@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.proximal_adagrad); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -39,20 +44,17 @@ def proximal_adagrad_l1_gt_0(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, l2, lr, s0):
+    def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             a_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -69,7 +71,7 @@ def proximal_adagrad_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (stage1,)
+    return (step,)
 
 
 def proximal_adagrad_l1_gt_0_rows(F):
@@ -92,7 +94,7 @@ def proximal_adagrad_l1_gt_0_rows(F):
             w_c = w_tensor[start:stop]
             g_c = g_tensor[row * row_len : (row + 1) * row_len]
             a_c = a_tensor[start:stop]
-            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -117,20 +119,17 @@ def proximal_adagrad_not_l1_gt_0(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, l2, lr):
+    def step(chunks, arrays, per_tensor, scratch, l2, lr):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             a_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -143,7 +142,7 @@ def proximal_adagrad_not_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (stage1,)
+    return (step,)
 
 
 def proximal_adagrad_not_l1_gt_0_rows(F):
@@ -166,7 +165,7 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
             w_c = w_tensor[start:stop]
             g_c = g_tensor[row * row_len : (row + 1) * row_len]
             a_c = a_tensor[start:stop]
-            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]

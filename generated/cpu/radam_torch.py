@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.radam_torch); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -24,12 +29,8 @@ from optforge.generated.host.radam_torch import (
     branch_decoupled_weight_decay,
     branch_decoupled_weight_decay__maximize,
     branch_maximize,
-    scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5,
-    scalars_decoupled_weight_decay__maximize__rho_t_gt_5,
     scalars_decoupled_weight_decay__not_rho_t_gt_5,
     scalars_decoupled_weight_decay__rho_t_gt_5,
-    scalars_maximize__not_rho_t_gt_5,
-    scalars_maximize__rho_t_gt_5,
     scalars_not_rho_t_gt_5,
     scalars_rho_t_gt_5,
 )
@@ -52,21 +53,18 @@ def radam_torch_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -82,7 +80,7 @@ def radam_torch_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_not_rho_t_gt_5(F):
@@ -90,21 +88,18 @@ def radam_torch_not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -120,7 +115,7 @@ def radam_torch_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_maximize__rho_t_gt_5(F):
@@ -128,13 +123,11 @@ def radam_torch_maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -142,8 +135,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -159,7 +151,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_maximize__not_rho_t_gt_5(F):
@@ -167,13 +159,11 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -181,8 +171,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -198,7 +187,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
@@ -206,13 +195,11 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -220,8 +207,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -237,7 +223,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
@@ -245,13 +231,11 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -259,8 +243,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -276,7 +259,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
@@ -284,13 +267,11 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -299,8 +280,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -316,7 +296,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
@@ -324,13 +304,11 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             m_c = view(arrays, 2, tensor, F)[start:stop]
@@ -339,8 +317,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -356,7 +333,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -385,12 +362,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__rho_t_gt_5,
+                scalars=scalars_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_rho_t_gt_5,
+                scalars=scalars_not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
@@ -419,12 +396,12 @@ VARIANTS = {
         branch=branch_decoupled_weight_decay__maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_decoupled_weight_decay__maximize__rho_t_gt_5,
+                scalars=scalars_decoupled_weight_decay__rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5,
+                scalars=scalars_decoupled_weight_decay__not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),

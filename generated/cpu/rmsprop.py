@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.rmsprop); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -24,12 +29,6 @@ from optforge.generated.host.rmsprop import (
     branch_centered,
     branch_centered__maximize,
     branch_maximize,
-    scalars_centered__maximize__momentum_gt_0,
-    scalars_centered__maximize__not_momentum_gt_0,
-    scalars_centered__momentum_gt_0,
-    scalars_centered__not_momentum_gt_0,
-    scalars_maximize__momentum_gt_0,
-    scalars_maximize__not_momentum_gt_0,
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
@@ -54,21 +53,18 @@ def rmsprop_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
             buf_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -83,7 +79,7 @@ def rmsprop_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_not_momentum_gt_0(F):
@@ -91,20 +87,17 @@ def rmsprop_not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -116,7 +109,7 @@ def rmsprop_not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_maximize__momentum_gt_0(F):
@@ -124,13 +117,11 @@ def rmsprop_maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
@@ -138,8 +129,7 @@ def rmsprop_maximize__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -154,7 +144,7 @@ def rmsprop_maximize__momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_maximize__not_momentum_gt_0(F):
@@ -162,21 +152,18 @@ def rmsprop_maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -188,7 +175,7 @@ def rmsprop_maximize__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_centered__momentum_gt_0(F):
@@ -196,13 +183,11 @@ def rmsprop_centered__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
@@ -210,15 +195,7 @@ def rmsprop_centered__momentum_gt_0(F):
             buf_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                sq_c.shape[0],
-                g_avg_c.shape[0],
-                buf_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -236,7 +213,7 @@ def rmsprop_centered__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_centered__not_momentum_gt_0(F):
@@ -244,21 +221,18 @@ def rmsprop_centered__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
             g_avg_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -273,7 +247,7 @@ def rmsprop_centered__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_centered__maximize__momentum_gt_0(F):
@@ -281,13 +255,11 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
@@ -296,15 +268,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                sq_c.shape[0],
-                g_avg_c.shape[0],
-                buf_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -322,7 +286,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0(F):
@@ -330,13 +294,11 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             sq_c = view(arrays, 2, tensor, F)[start:stop]
@@ -344,8 +306,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -360,7 +321,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -389,12 +350,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -406,12 +367,12 @@ VARIANTS = {
         branch=branch_centered,
         branches={
             (True,): Branch(
-                scalars=scalars_centered__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_centered__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -423,12 +384,12 @@ VARIANTS = {
         branch=branch_centered__maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_centered__maximize__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_centered__maximize__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),

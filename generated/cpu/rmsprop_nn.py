@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.rmsprop_nn); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,7 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.rmsprop_nn import scalars, scalars_centered
+from optforge.generated.host.rmsprop_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
 
@@ -39,21 +44,18 @@ def rmsprop_nn(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
+    def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ms_c = view(arrays, 2, tensor, F)[start:stop]
             mom_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ms_c.shape[0], mom_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -67,7 +69,7 @@ def rmsprop_nn(F):
                 ms_c[elem] = ms_new
                 mom_c[elem] = mom_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rmsprop_nn_centered(F):
@@ -75,13 +77,11 @@ def rmsprop_nn_centered(F):
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
+    def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             ms_c = view(arrays, 2, tensor, F)[start:stop]
@@ -89,15 +89,7 @@ def rmsprop_nn_centered(F):
             mom_c = view(arrays, 4, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                ms_c.shape[0],
-                mg_c.shape[0],
-                mom_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -116,7 +108,7 @@ def rmsprop_nn_centered(F):
                 mg_c[elem] = mg_new
                 mom_c[elem] = mom_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -140,7 +132,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_centered,
+                scalars=scalars,
                 stages=per_dtype(rmsprop_nn_centered),
                 plan=Plan(per_tensor=2),
             ),

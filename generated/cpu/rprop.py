@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.rprop); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -19,7 +24,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.rprop import scalars, scalars_maximize
+from optforge.generated.host.rprop import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
 
@@ -38,25 +43,18 @@ def rprop(F):
     """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(
-        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
-    ):
+    def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             prev_c = view(arrays, 2, tensor, F)[start:stop]
             step_size_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -82,22 +80,18 @@ def rprop(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return (stage1,)
+    return (step,)
 
 
 def rprop_maximize(F):
     """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(
-        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
-    ):
+    def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             prev_c = view(arrays, 2, tensor, F)[start:stop]
@@ -105,10 +99,7 @@ def rprop_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -134,7 +125,7 @@ def rprop_maximize(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -158,7 +149,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(rprop_maximize),
                 plan=Plan(per_tensor=2),
             ),

@@ -12,6 +12,11 @@ well as one large one. Every stage is called as
 branch's stages in order (optforge.runtime.launch). Step-level scalars come
 from the host (see optforge.generated.host.sgd); the loop body reads,
 computes and stores each element once per stage.
+
+A chunk's views are indexed from 0, which lets LLVM see that every index is in
+range and vectorise the loop (indexing from `start` keeps it scalar). Every
+loop ends at the shortest view it indexes: no index outside an array, whatever
+the tables say.
 """
 
 import math  # noqa: F401
@@ -24,22 +29,9 @@ from optforge.generated.host.sgd import (
     branch_maximize,
     branch_nesterov,
     branch_nesterov__maximize,
-    scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
@@ -62,20 +54,17 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -86,7 +75,7 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -95,20 +84,17 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -119,7 +105,7 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -127,20 +113,17 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -152,7 +135,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -161,19 +144,16 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -182,7 +162,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -190,21 +170,18 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -215,7 +192,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -224,21 +201,18 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -249,7 +223,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -257,21 +231,18 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -283,7 +254,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -292,20 +263,17 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -314,7 +282,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -322,20 +290,17 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -346,7 +311,7 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -354,20 +319,17 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -379,7 +341,7 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -387,21 +349,18 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -412,7 +371,7 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -420,21 +379,18 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in numba.prange(chunks.tensor.shape[0]):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            # Chunk views indexed from 0 let LLVM see every index is in range and
-            # vectorise the loop; indexing from `start` keeps it scalar.
             w_c = view(arrays, 0, tensor, F)[start:stop]
             g_c = view(arrays, 1, tensor, F)[start:stop]
             buf_c = view(arrays, 2, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(elems):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -446,7 +402,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (stage1,)
+    return (step,)
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -463,7 +419,7 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -473,7 +429,7 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -485,22 +441,22 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True, True): Branch(
-                scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -517,17 +473,17 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -539,24 +495,24 @@ VARIANTS = {
         branch=branch_nesterov__maximize,
         branches={
             (True, True): Branch(
-                scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(
                     sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0
                 ),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adafactor), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 The factored kernels (tensors of two or more dimensions) take a
 FactoredTable instead: blocks stride over row ranges of one matrix, threads
 over a row's columns.
@@ -17,12 +19,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adafactor import (
-    scalars,
-    scalars_factored,
-    scalars_maximize,
-    scalars_maximize__factored,
-)
+from optforge.generated.host.adafactor import scalars, scalars_factored
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -50,8 +47,7 @@ def adafactor(F):
             v_c = arrays[2][tensor][start:stop]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -66,7 +62,6 @@ def adafactor(F):
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
                 v_c[elem] = v_new
-            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -114,8 +109,7 @@ def adafactor(F):
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 g = g_c[elem]
                 v_new = v_c[elem]
@@ -148,8 +142,7 @@ def adafactor_maximize(F):
             v_c = arrays[2][tensor][start:stop]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -164,7 +157,6 @@ def adafactor_maximize(F):
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
                 v_c[elem] = v_new
-            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -212,8 +204,7 @@ def adafactor_maximize(F):
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 g = g_c[elem]
                 v_new = v_c[elem]
@@ -250,14 +241,13 @@ def adafactor_factored(F):
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             for col in range(thread, cols, cuda.blockDim.x):
                 col_sum0[col] = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
             row_stop = table.chunk_row1[chunk]
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
                 g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
-                for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
+                for col in range(thread, min(cols, len(w_c), len(g_c)), cuda.blockDim.x):
                     w = w_c[col]
                     g = g_c[col]
                     rms0_of = w
@@ -310,7 +300,7 @@ def adafactor_factored(F):
             C_cols = arrays[3][tensor][
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
+            for col in range(thread, min(cols, len(C_cols)), cuda.blockDim.x):
                 col_sum0 = 0.0
                 for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
                     col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
@@ -319,7 +309,7 @@ def adafactor_factored(F):
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
-            for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
+            for row in range(thread, min(rows, len(R_rows)), cuda.blockDim.x):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
@@ -357,14 +347,13 @@ def adafactor_factored(F):
             ]
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
+                for col in range(thread, min(cols, len(g_c), len(C_cols)), cuda.blockDim.x):
                     g = g_c[col]
                     C_new = C_cols[col]
                     g_eff = g
@@ -420,8 +409,7 @@ def adafactor_factored(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
@@ -429,7 +417,7 @@ def adafactor_factored(F):
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
-                    thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+                    thread, min(cols, len(w_c), len(g_c), len(C_cols)), cuda.blockDim.x
                 ):
                     g = g_c[col]
                     w = w_c[col]
@@ -466,14 +454,13 @@ def adafactor_maximize__factored(F):
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             for col in range(thread, cols, cuda.blockDim.x):
                 col_sum0[col] = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
             row_stop = table.chunk_row1[chunk]
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
                 g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
-                for col in range(thread, min(cols, w_c.shape[0], g_c.shape[0]), cuda.blockDim.x):
+                for col in range(thread, min(cols, len(w_c), len(g_c)), cuda.blockDim.x):
                     w = w_c[col]
                     g = g_c[col]
                     rms0_of = w
@@ -526,7 +513,7 @@ def adafactor_maximize__factored(F):
             C_cols = arrays[3][tensor][
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            for col in range(thread, min(cols, C_cols.shape[0]), cuda.blockDim.x):
+            for col in range(thread, min(cols, len(C_cols)), cuda.blockDim.x):
                 col_sum0 = 0.0
                 for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
                     col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
@@ -535,7 +522,7 @@ def adafactor_maximize__factored(F):
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = C_new
             matrix_sum0 = 0.0
-            for row in range(thread, min(rows, R_rows.shape[0]), cuda.blockDim.x):
+            for row in range(thread, min(rows, len(R_rows)), cuda.blockDim.x):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
                 R = R_rows[row]
                 R_new = R + s0 * (row_mean0 - R)
@@ -573,14 +560,13 @@ def adafactor_maximize__factored(F):
             ]
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = arrays[1][tensor][start : start + cols]
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(thread, min(cols, g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x):
+                for col in range(thread, min(cols, len(g_c), len(C_cols)), cuda.blockDim.x):
                     g = g_c[col]
                     C_new = C_cols[col]
                     g_eff = -g
@@ -636,8 +622,7 @@ def adafactor_maximize__factored(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
-            # Loops end at the shortest view: no index outside an array, whatever the table says.
-            row_stop = min(table.chunk_row1[chunk], R_rows.shape[0])
+            row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
@@ -645,7 +630,7 @@ def adafactor_maximize__factored(F):
                 R_new = R_rows[row]
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
-                    thread, min(cols, w_c.shape[0], g_c.shape[0], C_cols.shape[0]), cuda.blockDim.x
+                    thread, min(cols, len(w_c), len(g_c), len(C_cols)), cuda.blockDim.x
                 ):
                     g = g_c[col]
                     w = w_c[col]
@@ -695,7 +680,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adafactor_maximize),
                 plan=Plan(per_tensor=3, reductions=2),
             ),
@@ -707,7 +692,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize__factored,
+                scalars=scalars_factored,
                 stages=per_dtype(adafactor_maximize__factored),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adagrad_nn), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,7 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adagrad_nn import scalars, scalars_update_slots
+from optforge.generated.host.adagrad_nn import scalars
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -29,7 +31,7 @@ def adagrad_nn(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -39,8 +41,7 @@ def adagrad_nn(F):
             a_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -50,7 +51,7 @@ def adagrad_nn(F):
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
                 w_c[elem] = w_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adagrad_nn_update_slots(F):
@@ -58,7 +59,7 @@ def adagrad_nn_update_slots(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -68,8 +69,7 @@ def adagrad_nn_update_slots(F):
             a_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -80,7 +80,7 @@ def adagrad_nn_update_slots(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -102,7 +102,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_update_slots,
+                scalars=scalars,
                 stages=per_dtype(adagrad_nn_update_slots),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,12 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adam import (
-    scalars,
-    scalars_use_amsgrad,
-    scalars_use_nesterov,
-    scalars_use_nesterov__use_amsgrad,
-)
+from optforge.generated.host.adam import scalars, scalars_use_nesterov
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -34,7 +31,7 @@ def adam(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
+    def step(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -45,8 +42,7 @@ def adam(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -60,7 +56,7 @@ def adam(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_use_amsgrad(F):
@@ -68,7 +64,7 @@ def adam_use_amsgrad(F):
     use_amsgrad=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
+    def step(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -80,15 +76,7 @@ def adam_use_amsgrad(F):
             vhat_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                vhat_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(vhat_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -105,7 +93,7 @@ def adam_use_amsgrad(F):
                 v_c[elem] = v_new
                 vhat_c[elem] = vhat_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_use_nesterov(F):
@@ -113,7 +101,7 @@ def adam_use_nesterov(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta1, eps, s0, s1, s2):
+    def step(chunks, arrays, per_tensor, scratch, beta1, eps, s0, s1, s2):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -124,8 +112,7 @@ def adam_use_nesterov(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -139,7 +126,7 @@ def adam_use_nesterov(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -161,7 +148,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_use_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adam_use_amsgrad),
                 plan=Plan(per_tensor=2),
             ),
@@ -185,7 +172,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_use_nesterov__use_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adam_use_amsgrad),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam_offload), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 The `apply` kernels (in the `*_offload` factories) are the only ones that write the parameter; the
 update itself is computed on the host (see optforge.runtime.offload).
 """
@@ -16,7 +18,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adam_offload import scalars, scalars_use_nesterov
+from optforge.generated.host.adam_offload import scalars
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -43,15 +45,7 @@ def adam_offload(F):
             delta_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                delta_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -73,8 +67,7 @@ def adam_offload(F):
             stop = chunks.stop[chunk]
             w_c = arrays[0][tensor][start:stop]
             delta_c = arrays[4][tensor][start:stop]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            elems = min(stop - start, len(w_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 delta_new = delta_c[elem]
                 w = w_c[elem]
@@ -135,15 +128,7 @@ def adam_offload_use_nesterov(F):
             delta_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                delta_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -166,8 +151,7 @@ def adam_offload_use_nesterov(F):
             stop = chunks.stop[chunk]
             w_c = arrays[0][tensor][start:stop]
             delta_c = arrays[4][tensor][start:stop]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], delta_c.shape[0])
+            elems = min(stop - start, len(w_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 delta_new = delta_c[elem]
                 w = w_c[elem]
@@ -230,7 +214,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_use_nesterov,
+                scalars=scalars,
                 stages=per_dtype(adam_offload_use_nesterov),
                 plan=Plan(per_tensor=2),
             ),

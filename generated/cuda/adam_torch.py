@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adam_torch), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,16 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adam_torch import (
-    scalars,
-    scalars_amsgrad,
-    scalars_amsgrad__decoupled_weight_decay,
-    scalars_amsgrad__maximize,
-    scalars_amsgrad__maximize__decoupled_weight_decay,
-    scalars_decoupled_weight_decay,
-    scalars_maximize,
-    scalars_maximize__decoupled_weight_decay,
-)
+from optforge.generated.host.adam_torch import scalars, scalars_decoupled_weight_decay
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -38,7 +31,7 @@ def adam_torch(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -49,8 +42,7 @@ def adam_torch(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -65,7 +57,7 @@ def adam_torch(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_decoupled_weight_decay(F):
@@ -73,7 +65,7 @@ def adam_torch_decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -85,8 +77,7 @@ def adam_torch_decoupled_weight_decay(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -101,7 +92,7 @@ def adam_torch_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_maximize(F):
@@ -109,7 +100,7 @@ def adam_torch_maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -121,8 +112,7 @@ def adam_torch_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -137,7 +127,7 @@ def adam_torch_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_maximize__decoupled_weight_decay(F):
@@ -145,7 +135,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -158,8 +148,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -174,7 +163,7 @@ def adam_torch_maximize__decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_amsgrad(F):
@@ -182,7 +171,7 @@ def adam_torch_amsgrad(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -194,15 +183,7 @@ def adam_torch_amsgrad(F):
             v_max_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -220,7 +201,7 @@ def adam_torch_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_amsgrad__decoupled_weight_decay(F):
@@ -228,7 +209,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -241,15 +222,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -267,7 +240,7 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_amsgrad__maximize(F):
@@ -275,7 +248,7 @@ def adam_torch_amsgrad__maximize(F):
     the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -288,15 +261,7 @@ def adam_torch_amsgrad__maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -314,7 +279,7 @@ def adam_torch_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
@@ -322,7 +287,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -336,15 +301,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -362,7 +319,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -396,7 +353,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -408,7 +365,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),
@@ -420,7 +377,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad),
                 plan=Plan(per_tensor=2),
             ),
@@ -432,7 +389,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),
@@ -444,7 +401,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize,
+                scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -456,7 +413,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize__decoupled_weight_decay,
+                scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
             ),

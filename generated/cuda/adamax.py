@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adamax), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,7 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adamax import scalars, scalars_maximize
+from optforge.generated.host.adamax import scalars
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -29,7 +31,7 @@ def adamax(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -40,8 +42,7 @@ def adamax(F):
             u_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -55,14 +56,14 @@ def adamax(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adamax_maximize(F):
     """Adamax: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -74,8 +75,7 @@ def adamax_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], u_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -89,7 +89,7 @@ def adamax_maximize(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -111,7 +111,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adamax_maximize),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adamw), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,12 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.adamw import (
-    scalars,
-    scalars_amsgrad,
-    scalars_amsgrad__maximize,
-    scalars_maximize,
-)
+from optforge.generated.host.adamw import scalars
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -34,7 +31,7 @@ def adamw(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -45,8 +42,7 @@ def adamw(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -61,7 +57,7 @@ def adamw(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adamw_maximize(F):
@@ -69,7 +65,7 @@ def adamw_maximize(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -80,8 +76,7 @@ def adamw_maximize(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -96,7 +91,7 @@ def adamw_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adamw_amsgrad(F):
@@ -104,7 +99,7 @@ def adamw_amsgrad(F):
     or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -116,15 +111,7 @@ def adamw_amsgrad(F):
             v_max_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -142,7 +129,7 @@ def adamw_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adamw_amsgrad__maximize(F):
@@ -150,7 +137,7 @@ def adamw_amsgrad__maximize(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -162,15 +149,7 @@ def adamw_amsgrad__maximize(F):
             v_max_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                v_c.shape[0],
-                v_max_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -188,7 +167,7 @@ def adamw_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -210,7 +189,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(adamw_maximize),
                 plan=Plan(per_tensor=2),
             ),
@@ -222,7 +201,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad,
+                scalars=scalars,
                 stages=per_dtype(adamw_amsgrad),
                 plan=Plan(per_tensor=2),
             ),
@@ -234,7 +213,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_amsgrad__maximize,
+                scalars=scalars,
                 stages=per_dtype(adamw_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
             ),

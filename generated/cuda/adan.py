@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.adan), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -29,7 +31,7 @@ def adan_t_eq_1(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
+    def step(
         chunks,
         arrays,
         per_tensor,
@@ -60,15 +62,8 @@ def adan_t_eq_1(F):
             g_prev_c = arrays[5][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                d_c.shape[0],
-                n_c.shape[0],
-                g_prev_c.shape[0],
+                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
             )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
@@ -88,7 +83,7 @@ def adan_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def adan_not_t_eq_1(F):
@@ -96,7 +91,7 @@ def adan_not_t_eq_1(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
+    def step(
         chunks,
         arrays,
         per_tensor,
@@ -126,15 +121,8 @@ def adan_not_t_eq_1(F):
             g_prev_c = arrays[5][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
             elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                m_c.shape[0],
-                d_c.shape[0],
-                n_c.shape[0],
-                g_prev_c.shape[0],
+                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
             )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
@@ -156,7 +144,7 @@ def adan_not_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.asgd), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -17,8 +19,6 @@ from numba import config, cuda, float64  # noqa: F401
 from optforge.generated.host.asgd import (
     branch,
     branch_maximize,
-    scalars_maximize__mu_eq_1,
-    scalars_maximize__not_mu_eq_1,
     scalars_mu_eq_1,
     scalars_not_mu_eq_1,
 )
@@ -36,7 +36,7 @@ def asgd_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -46,8 +46,7 @@ def asgd_mu_eq_1(F):
             ax_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -57,7 +56,7 @@ def asgd_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def asgd_not_mu_eq_1(F):
@@ -65,7 +64,7 @@ def asgd_not_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1, mu):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -75,8 +74,7 @@ def asgd_not_mu_eq_1(F):
             ax_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -87,7 +85,7 @@ def asgd_not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def asgd_maximize__mu_eq_1(F):
@@ -95,7 +93,7 @@ def asgd_maximize__mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -106,8 +104,7 @@ def asgd_maximize__mu_eq_1(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -117,7 +114,7 @@ def asgd_maximize__mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def asgd_maximize__not_mu_eq_1(F):
@@ -125,7 +122,7 @@ def asgd_maximize__not_mu_eq_1(F):
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0, s1, mu):
+    def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -136,8 +133,7 @@ def asgd_maximize__not_mu_eq_1(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], ax_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -148,7 +144,7 @@ def asgd_maximize__not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -175,12 +171,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__mu_eq_1,
+                scalars=scalars_mu_eq_1,
                 stages=per_dtype(asgd_maximize__mu_eq_1),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_mu_eq_1,
+                scalars=scalars_not_mu_eq_1,
                 stages=per_dtype(asgd_maximize__not_mu_eq_1),
                 plan=Plan(per_tensor=2),
             ),

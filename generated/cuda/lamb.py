@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.lamb), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -44,8 +46,7 @@ def lamb(F):
             weight_decay = per_tensor[0, tensor]
             sum0 = 0.0
             sum1 = 0.0
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -60,7 +61,6 @@ def lamb(F):
                 sum1 += f64(norm1_of) * f64(norm1_of)
                 m_c[elem] = m_new
                 v_c[elem] = v_new
-            # Add the threads' sums in a fixed tree: the same bits on every run, no atomics.
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -107,8 +107,7 @@ def lamb(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             u0 = per_tensor[2, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 m_new = m_c[elem]
                 v_new = v_c[elem]

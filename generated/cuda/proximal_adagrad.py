@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.proximal_adagrad), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -29,7 +31,7 @@ def proximal_adagrad_l1_gt_0(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, l2, lr, s0):
+    def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -39,8 +41,7 @@ def proximal_adagrad_l1_gt_0(F):
             a_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -57,7 +58,7 @@ def proximal_adagrad_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def proximal_adagrad_l1_gt_0_rows(F):
@@ -75,7 +76,7 @@ def proximal_adagrad_l1_gt_0_rows(F):
             w_c = arrays[0][0][start:stop]
             g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
             a_c = arrays[2][0][start:stop]
-            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -100,7 +101,7 @@ def proximal_adagrad_not_l1_gt_0(F):
     np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, l2, lr):
+    def step(chunks, arrays, per_tensor, scratch, l2, lr):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -110,8 +111,7 @@ def proximal_adagrad_not_l1_gt_0(F):
             a_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -124,7 +124,7 @@ def proximal_adagrad_not_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def proximal_adagrad_not_l1_gt_0_rows(F):
@@ -142,7 +142,7 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
             w_c = arrays[0][0][start:stop]
             g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
             a_c = arrays[2][0][start:stop]
-            elems = min(row_len, w_c.shape[0], g_c.shape[0], a_c.shape[0])
+            elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]

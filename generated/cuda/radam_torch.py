@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.radam_torch), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -19,12 +21,8 @@ from optforge.generated.host.radam_torch import (
     branch_decoupled_weight_decay,
     branch_decoupled_weight_decay__maximize,
     branch_maximize,
-    scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5,
-    scalars_decoupled_weight_decay__maximize__rho_t_gt_5,
     scalars_decoupled_weight_decay__not_rho_t_gt_5,
     scalars_decoupled_weight_decay__rho_t_gt_5,
-    scalars_maximize__not_rho_t_gt_5,
-    scalars_maximize__rho_t_gt_5,
     scalars_not_rho_t_gt_5,
     scalars_rho_t_gt_5,
 )
@@ -42,7 +40,7 @@ def radam_torch_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -53,8 +51,7 @@ def radam_torch_rho_t_gt_5(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -70,7 +67,7 @@ def radam_torch_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_not_rho_t_gt_5(F):
@@ -78,7 +75,7 @@ def radam_torch_not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -89,8 +86,7 @@ def radam_torch_not_rho_t_gt_5(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -106,7 +102,7 @@ def radam_torch_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_maximize__rho_t_gt_5(F):
@@ -114,7 +110,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -126,8 +122,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -143,7 +138,7 @@ def radam_torch_maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_maximize__not_rho_t_gt_5(F):
@@ -151,7 +146,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -163,8 +158,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -180,7 +174,7 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
@@ -188,7 +182,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -200,8 +194,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -217,7 +210,7 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
@@ -225,7 +218,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -237,8 +230,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -254,7 +246,7 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
@@ -262,7 +254,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -275,8 +267,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -292,7 +283,7 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
@@ -300,7 +291,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
     is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -313,8 +304,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], m_c.shape[0], v_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -330,7 +320,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -357,12 +347,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__rho_t_gt_5,
+                scalars=scalars_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_rho_t_gt_5,
+                scalars=scalars_not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
@@ -391,12 +381,12 @@ VARIANTS = {
         branch=branch_decoupled_weight_decay__maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_decoupled_weight_decay__maximize__rho_t_gt_5,
+                scalars=scalars_decoupled_weight_decay__rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5,
+                scalars=scalars_decoupled_weight_decay__not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
             ),

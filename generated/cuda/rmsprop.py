@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.rmsprop), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -19,12 +21,6 @@ from optforge.generated.host.rmsprop import (
     branch_centered,
     branch_centered__maximize,
     branch_maximize,
-    scalars_centered__maximize__momentum_gt_0,
-    scalars_centered__maximize__not_momentum_gt_0,
-    scalars_centered__momentum_gt_0,
-    scalars_centered__not_momentum_gt_0,
-    scalars_maximize__momentum_gt_0,
-    scalars_maximize__not_momentum_gt_0,
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
@@ -42,7 +38,7 @@ def rmsprop_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -53,8 +49,7 @@ def rmsprop_momentum_gt_0(F):
             buf_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -69,7 +64,7 @@ def rmsprop_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_not_momentum_gt_0(F):
@@ -77,7 +72,7 @@ def rmsprop_not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -87,8 +82,7 @@ def rmsprop_not_momentum_gt_0(F):
             sq_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -100,7 +94,7 @@ def rmsprop_not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_maximize__momentum_gt_0(F):
@@ -108,7 +102,7 @@ def rmsprop_maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -120,8 +114,7 @@ def rmsprop_maximize__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -136,7 +129,7 @@ def rmsprop_maximize__momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_maximize__not_momentum_gt_0(F):
@@ -144,7 +137,7 @@ def rmsprop_maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -155,8 +148,7 @@ def rmsprop_maximize__not_momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -168,7 +160,7 @@ def rmsprop_maximize__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_centered__momentum_gt_0(F):
@@ -176,7 +168,7 @@ def rmsprop_centered__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -188,15 +180,7 @@ def rmsprop_centered__momentum_gt_0(F):
             buf_c = arrays[4][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                sq_c.shape[0],
-                g_avg_c.shape[0],
-                buf_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -214,7 +198,7 @@ def rmsprop_centered__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_centered__not_momentum_gt_0(F):
@@ -222,7 +206,7 @@ def rmsprop_centered__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -233,8 +217,7 @@ def rmsprop_centered__not_momentum_gt_0(F):
             g_avg_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -249,7 +232,7 @@ def rmsprop_centered__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_centered__maximize__momentum_gt_0(F):
@@ -257,7 +240,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -270,15 +253,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start,
-                w_c.shape[0],
-                g_c.shape[0],
-                sq_c.shape[0],
-                g_avg_c.shape[0],
-                buf_c.shape[0],
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -296,7 +271,7 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0(F):
@@ -304,7 +279,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
     element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -316,8 +291,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], sq_c.shape[0], g_avg_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -332,7 +306,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -359,12 +333,12 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_maximize__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_maximize__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -376,12 +350,12 @@ VARIANTS = {
         branch=branch_centered,
         branches={
             (True,): Branch(
-                scalars=scalars_centered__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_centered__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -393,12 +367,12 @@ VARIANTS = {
         branch=branch_centered__maximize,
         branches={
             (True,): Branch(
-                scalars=scalars_centered__maximize__momentum_gt_0,
+                scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False,): Branch(
-                scalars=scalars_centered__maximize__not_momentum_gt_0,
+                scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.rprop), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -14,7 +16,7 @@ import math  # noqa: F401
 import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
-from optforge.generated.host.rprop import scalars, scalars_maximize
+from optforge.generated.host.rprop import scalars
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
 f64 = np.float64
@@ -28,9 +30,7 @@ def rprop(F):
     """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
-    ):
+    def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -41,10 +41,7 @@ def rprop(F):
             step_size_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -70,16 +67,14 @@ def rprop(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def rprop_maximize(F):
     """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(
-        chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max
-    ):
+    def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -91,10 +86,7 @@ def rprop_maximize(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(
-                stop - start, w_c.shape[0], g_c.shape[0], prev_c.shape[0], step_size_c.shape[0]
-            )
+            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -120,7 +112,7 @@ def rprop_maximize(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -142,7 +134,7 @@ VARIANTS = {
         branch=None,
         branches={
             (): Branch(
-                scalars=scalars_maximize,
+                scalars=scalars,
                 stages=per_dtype(rprop_maximize),
                 plan=Plan(per_tensor=2),
             ),

@@ -7,6 +7,8 @@ of its element type `F` (np.float32 or np.float64) that returns its launcher
 and its CUDA kernels (optforge.runtime.kernels.DeviceKernels). Blocks stride
 over a chunk table (slot, start, stop), threads over a chunk's elements. Step-level scalars come from
 the host (optforge.generated.host.sgd), as for the CPU kernels.
+Every loop ends at the shortest view it indexes, and sums are added in a
+fixed tree: the same bits on every run, no atomics.
 """
 
 import math  # noqa: F401
@@ -19,22 +21,9 @@ from optforge.generated.host.sgd import (
     branch_maximize,
     branch_nesterov,
     branch_nesterov__maximize,
-    scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
-    scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
-    scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
 )
 from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
 
@@ -50,7 +39,7 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -60,8 +49,7 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             buf_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -72,7 +60,7 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -81,7 +69,7 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -91,8 +79,7 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             buf_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -103,7 +90,7 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -111,7 +98,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -121,8 +108,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             buf_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -134,7 +120,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -143,7 +129,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -152,8 +138,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             g_c = arrays[1][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -162,7 +147,7 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -170,7 +155,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -181,8 +166,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -193,7 +177,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -202,7 +186,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -213,8 +197,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -225,7 +208,7 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -233,7 +216,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -244,8 +227,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -257,7 +239,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
@@ -266,7 +248,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
     momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, s0):
+    def step(chunks, arrays, per_tensor, scratch, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -276,8 +258,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -286,7 +267,7 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -294,7 +275,7 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -304,8 +285,7 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             buf_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -316,7 +296,7 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -324,7 +304,7 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -334,8 +314,7 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             buf_c = arrays[2][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -347,7 +326,7 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -355,7 +334,7 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -366,8 +345,7 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -378,7 +356,7 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
@@ -386,7 +364,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
+    def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
@@ -397,8 +375,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            # The shortest view bounds the loop: no index outside an array, whatever the tables say.
-            elems = min(stop - start, w_c.shape[0], g_c.shape[0], buf_c.shape[0])
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
                 w = w_c[elem]
                 g = g_c[elem]
@@ -410,7 +387,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((stage1,), ("chunks",))
+    return DeviceKernels((step,), ("chunks",))
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -425,7 +402,7 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -435,7 +412,7 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -447,22 +424,22 @@ VARIANTS = {
         branch=branch_maximize,
         branches={
             (True, True): Branch(
-                scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -479,17 +456,17 @@ VARIANTS = {
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
@@ -501,24 +478,24 @@ VARIANTS = {
         branch=branch_nesterov__maximize,
         branches={
             (True, True): Branch(
-                scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (True, False): Branch(
-                scalars=scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),
             (False, True): Branch(
-                scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
+                scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(
                     sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0
                 ),
                 plan=Plan(per_tensor=2),
             ),
             (False, False): Branch(
-                scalars=scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0,
+                scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
             ),

@@ -15,14 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, rho, eps):
-    """Kernel scalars for maximize=False: (rho, eps, s0, s1)."""
-    s0 = 1 - rho
-    s1 = -lr
-    return (rho, eps, s0, s1)
-
-
-def scalars_maximize(t, lr, rho, eps):
-    """Kernel scalars for maximize=True: (rho, eps, s0, s1)."""
+    """Kernel scalars (rho, eps, s0, s1) for maximize=False; maximize=True."""
     s0 = 1 - rho
     s1 = -lr
     return (rho, eps, s0, s1)

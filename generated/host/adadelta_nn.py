@@ -15,7 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, rho, epsilon):
-    """Kernel scalars for the only variant: (rho, epsilon, s0, s1)."""
+    """Kernel scalars (rho, epsilon, s0, s1) for the only variant."""
     s0 = 1 - rho
     s1 = -lr
     return (rho, epsilon, s0, s1)

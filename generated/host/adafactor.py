@@ -15,7 +15,8 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=False, factored=False: (eps2, d, s0, s1, s2, rho)."""
+    """Kernel scalars (eps2, d, s0, s1, s2, rho) for maximize=False, factored=False;
+    maximize=True, factored=False."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2
@@ -24,25 +25,8 @@ def scalars(t, lr, beta2_decay, eps1, eps2, d):
 
 
 def scalars_factored(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=False, factored=True: (eps1, eps2, d, s0, s1, s2, rho)."""
-    rho = min(lr, 1 / math.sqrt(t))
-    s0 = t**beta2_decay
-    s1 = eps1**2
-    s2 = -lr
-    return (eps1, eps2, d, s0, s1, s2, rho)
-
-
-def scalars_maximize(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=True, factored=False: (eps2, d, s0, s1, s2, rho)."""
-    rho = min(lr, 1 / math.sqrt(t))
-    s0 = t**beta2_decay
-    s1 = eps1**2
-    s2 = -lr
-    return (eps2, d, s0, s1, s2, rho)
-
-
-def scalars_maximize__factored(t, lr, beta2_decay, eps1, eps2, d):
-    """Kernel scalars for maximize=True, factored=True: (eps1, eps2, d, s0, s1, s2, rho)."""
+    """Kernel scalars (eps1, eps2, d, s0, s1, s2, rho) for maximize=False, factored=True;
+    maximize=True, factored=True."""
     rho = min(lr, 1 / math.sqrt(t))
     s0 = t**beta2_decay
     s1 = eps1**2

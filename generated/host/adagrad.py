@@ -15,12 +15,6 @@ f32 = np.float32
 
 
 def scalars(t, lr, lr_decay, initial_accumulator_value, eps):
-    """Kernel scalars for maximize=False: (eps, s0)."""
-    s0 = -lr / (1 + lr_decay * (-1 + t))
-    return (eps, s0)
-
-
-def scalars_maximize(t, lr, lr_decay, initial_accumulator_value, eps):
-    """Kernel scalars for maximize=True: (eps, s0)."""
+    """Kernel scalars (eps, s0) for maximize=False; maximize=True."""
     s0 = -lr / (1 + lr_decay * (-1 + t))
     return (eps, s0)

@@ -15,12 +15,6 @@ f32 = np.float32
 
 
 def scalars(t, lr, accum):
-    """Kernel scalars for update_slots=False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_update_slots(t, lr, accum):
-    """Kernel scalars for update_slots=True: (s0)."""
+    """Kernel scalars (s0) for update_slots=False; update_slots=True."""
     s0 = -lr
     return (s0,)

@@ -15,15 +15,8 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=False, use_amsgrad=False: (eps, s0, s1, s2)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return (eps, s0, s1, s2)
-
-
-def scalars_use_amsgrad(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=False, use_amsgrad=True: (eps, s0, s1, s2)."""
+    """Kernel scalars (eps, s0, s1, s2) for use_nesterov=False, use_amsgrad=False;
+    use_nesterov=False, use_amsgrad=True; use_nesterov=True, use_amsgrad=True."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
@@ -31,16 +24,8 @@ def scalars_use_amsgrad(t, lr, beta1, beta2, eps):
 
 
 def scalars_use_nesterov(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=True, use_amsgrad=False: (beta1, eps, s0, s1, s2)."""
+    """Kernel scalars (beta1, eps, s0, s1, s2) for use_nesterov=True, use_amsgrad=False."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
     return (beta1, eps, s0, s1, s2)
-
-
-def scalars_use_nesterov__use_amsgrad(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=True, use_amsgrad=True: (eps, s0, s1, s2)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return (eps, s0, s1, s2)

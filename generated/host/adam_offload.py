@@ -15,15 +15,8 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=False: (beta1, beta2, eps, s0, s1, s2)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-    return (beta1, beta2, eps, s0, s1, s2)
-
-
-def scalars_use_nesterov(t, lr, beta1, beta2, eps):
-    """Kernel scalars for use_nesterov=True: (beta1, beta2, eps, s0, s1, s2)."""
+    """Kernel scalars (beta1, beta2, eps, s0, s1, s2) for use_nesterov=False;
+    use_nesterov=True."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)

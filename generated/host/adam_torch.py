@@ -15,8 +15,10 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=False, decoupled_weight_decay=False: (beta2,
-    eps, s0, s1, s2, s3)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3) for amsgrad=False, maximize=False,
+    decoupled_weight_decay=False; amsgrad=False, maximize=True,
+    decoupled_weight_decay=False; amsgrad=True, maximize=False,
+    decoupled_weight_decay=False; amsgrad=True, maximize=True, decoupled_weight_decay=False."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = math.sqrt(1 - beta2**t)
@@ -25,71 +27,10 @@ def scalars(t, lr, beta1, beta2, eps):
 
 
 def scalars_decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=False, decoupled_weight_decay=True: (beta2,
-    eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=True, decoupled_weight_decay=False: (beta2,
-    eps, s0, s1, s2, s3)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = math.sqrt(1 - beta2**t)
-    s3 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3)
-
-
-def scalars_maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=True, decoupled_weight_decay=True: (beta2,
-    eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_amsgrad(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=False, decoupled_weight_decay=False: (beta2,
-    eps, s0, s1, s2, s3)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = math.sqrt(1 - beta2**t)
-    s3 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3)
-
-
-def scalars_amsgrad__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=False, decoupled_weight_decay=True: (beta2,
-    eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=True, decoupled_weight_decay=False: (beta2,
-    eps, s0, s1, s2, s3)."""
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = math.sqrt(1 - beta2**t)
-    s3 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3)
-
-
-def scalars_amsgrad__maximize__decoupled_weight_decay(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=True, decoupled_weight_decay=True: (beta2,
-    eps, s0, s1, s2, s3, s4)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for amsgrad=False, maximize=False,
+    decoupled_weight_decay=True; amsgrad=False, maximize=True, decoupled_weight_decay=True;
+    amsgrad=True, maximize=False, decoupled_weight_decay=True; amsgrad=True, maximize=True,
+    decoupled_weight_decay=True."""
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2

@@ -15,7 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for the only variant: (beta1, beta2, eps, s0, s1, s2)."""
+    """Kernel scalars (beta1, beta2, eps, s0, s1, s2) for the only variant."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = -lr

@@ -15,14 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for maximize=False: (beta2, eps, s0, s1)."""
-    s0 = 1 - beta1
-    s1 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1)
-
-
-def scalars_maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for maximize=True: (beta2, eps, s0, s1)."""
+    """Kernel scalars (beta2, eps, s0, s1) for maximize=False; maximize=True."""
     s0 = 1 - beta1
     s1 = -lr / (1 - beta1**t)
     return (beta2, eps, s0, s1)

@@ -15,7 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for the only variant: (beta1, beta2, eps, s0, s1)."""
+    """Kernel scalars (beta1, beta2, eps, s0, s1) for the only variant."""
     s0 = 1 - beta1
     s1 = -lr / (1 - beta1**t)
     return (beta1, beta2, eps, s0, s1)

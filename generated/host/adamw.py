@@ -15,37 +15,8 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=False: (beta2, eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=False, maximize=True: (beta2, eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_amsgrad(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=False: (beta2, eps, s0, s1, s2, s3, s4)."""
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = math.sqrt(1 - beta2**t)
-    s4 = -lr / (1 - beta1**t)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_amsgrad__maximize(t, lr, beta1, beta2, eps):
-    """Kernel scalars for amsgrad=True, maximize=True: (beta2, eps, s0, s1, s2, s3, s4)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for amsgrad=False, maximize=False;
+    amsgrad=False, maximize=True; amsgrad=True, maximize=False; amsgrad=True, maximize=True."""
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2

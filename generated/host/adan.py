@@ -20,8 +20,8 @@ def branch(t, lr, beta1, beta2, beta3, eps):
 
 
 def scalars_t_eq_1(t, lr, beta1, beta2, beta3, eps):
-    """Kernel scalars for Eq(t, 1) is True: (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4,
-    s5, s6, s7)."""
+    """Kernel scalars (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4, s5, s6, s7) for Eq(t,
+    1) is True."""
     diff = 0
     s0 = 1 - beta1
     s1 = diff * (1 - beta2)
@@ -35,8 +35,8 @@ def scalars_t_eq_1(t, lr, beta1, beta2, beta3, eps):
 
 
 def scalars_not_t_eq_1(t, lr, beta1, beta2, beta3, eps):
-    """Kernel scalars for Eq(t, 1) is False: (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4,
-    s5, s6)."""
+    """Kernel scalars (beta1, beta2, beta3, eps, lr, s0, s1, s2, s3, s4, s5, s6) for Eq(t, 1)
+    is False."""
     s0 = 1 - beta1
     s1 = 1 - beta2
     s2 = 1 - beta3

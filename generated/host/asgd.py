@@ -27,7 +27,8 @@ def branch_maximize(t, lr, lambd, alpha, t0):
 
 
 def scalars_mu_eq_1(t, lr, lambd, alpha, t0):
-    """Kernel scalars for maximize=False, Eq(mu, 1) is True: (s0, s1)."""
+    """Kernel scalars (s0, s1) for maximize=False, Eq(mu, 1) is True; maximize=True, Eq(mu, 1)
+    is True."""
     eta = lr * (1 + lambd * lr * (-1 + t)) ** (-alpha)
     s0 = 1 - eta * lambd
     s1 = -eta
@@ -35,24 +36,8 @@ def scalars_mu_eq_1(t, lr, lambd, alpha, t0):
 
 
 def scalars_not_mu_eq_1(t, lr, lambd, alpha, t0):
-    """Kernel scalars for maximize=False, Eq(mu, 1) is False: (s0, s1, mu)."""
-    eta = lr * (1 + lambd * lr * (-1 + t)) ** (-alpha)
-    mu = 1 / max(1, -1 + t - t0)
-    s0 = 1 - eta * lambd
-    s1 = -eta
-    return (s0, s1, mu)
-
-
-def scalars_maximize__mu_eq_1(t, lr, lambd, alpha, t0):
-    """Kernel scalars for maximize=True, Eq(mu, 1) is True: (s0, s1)."""
-    eta = lr * (1 + lambd * lr * (-1 + t)) ** (-alpha)
-    s0 = 1 - eta * lambd
-    s1 = -eta
-    return (s0, s1)
-
-
-def scalars_maximize__not_mu_eq_1(t, lr, lambd, alpha, t0):
-    """Kernel scalars for maximize=True, Eq(mu, 1) is False: (s0, s1, mu)."""
+    """Kernel scalars (s0, s1, mu) for maximize=False, Eq(mu, 1) is False; maximize=True,
+    Eq(mu, 1) is False."""
     eta = lr * (1 + lambd * lr * (-1 + t)) ** (-alpha)
     mu = 1 / max(1, -1 + t - t0)
     s0 = 1 - eta * lambd

@@ -15,7 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, initial_accum, lr_power, l1, l2):
-    """Kernel scalars for the only variant: (l1, lr, s0, s1)."""
+    """Kernel scalars (l1, lr, s0, s1) for the only variant."""
     s0 = -lr_power
     s1 = 2 * l2
     return (l1, lr, s0, s1)

@@ -15,12 +15,6 @@ f32 = np.float32
 
 
 def scalars(t, lr, momentum):
-    """Kernel scalars for use_nesterov=False: (momentum, s0)."""
-    s0 = -lr
-    return (momentum, s0)
-
-
-def scalars_use_nesterov(t, lr, momentum):
-    """Kernel scalars for use_nesterov=True: (momentum, s0)."""
+    """Kernel scalars (momentum, s0) for use_nesterov=False; use_nesterov=True."""
     s0 = -lr
     return (momentum, s0)

@@ -15,21 +15,8 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps, momentum_decay):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=False: (beta2, eps, s0, s1,
-    s2, s3, s4)."""
-    h0 = math.prod(beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * i)) for i in range(1, t + 1))
-    h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
-    s0 = 1 - beta1
-    s1 = 1 - beta2
-    s2 = 1 - beta2**t
-    s3 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
-    s4 = -h1 * lr / (1 - h0 * h1)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_maximize(t, lr, beta1, beta2, eps, momentum_decay):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=True: (beta2, eps, s0, s1, s2,
-    s3, s4)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for decoupled_weight_decay=False,
+    maximize=False; decoupled_weight_decay=False, maximize=True."""
     h0 = math.prod(beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * i)) for i in range(1, t + 1))
     h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
     s0 = 1 - beta1
@@ -41,22 +28,8 @@ def scalars_maximize(t, lr, beta1, beta2, eps, momentum_decay):
 
 
 def scalars_decoupled_weight_decay(t, lr, beta1, beta2, eps, momentum_decay):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=False: (beta2, eps, s0, s1, s2,
-    s3, s4, s5)."""
-    h0 = math.prod(beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * i)) for i in range(1, t + 1))
-    h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = 1 - beta2
-    s3 = 1 - beta2**t
-    s4 = -lr * (1 - beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * t))) / (1 - h0)
-    s5 = -h1 * lr / (1 - h0 * h1)
-    return (beta2, eps, s0, s1, s2, s3, s4, s5)
-
-
-def scalars_decoupled_weight_decay__maximize(t, lr, beta1, beta2, eps, momentum_decay):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=True: (beta2, eps, s0, s1, s2,
-    s3, s4, s5)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4, s5) for decoupled_weight_decay=True,
+    maximize=False; decoupled_weight_decay=True, maximize=True."""
     h0 = math.prod(beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * i)) for i in range(1, t + 1))
     h1 = beta1 * (1 - 1 / 2 * 0.96 ** (momentum_decay * (1 + t)))
     s0 = -lr

@@ -20,11 +20,11 @@ def branch(t, lr, accum, l1, l2):
 
 
 def scalars_l1_gt_0(t, lr, accum, l1, l2):
-    """Kernel scalars for l1 > 0 is True: (l2, lr, s0)."""
+    """Kernel scalars (l2, lr, s0) for l1 > 0 is True."""
     s0 = -l1
     return (l2, lr, s0)
 
 
 def scalars_not_l1_gt_0(t, lr, accum, l1, l2):
-    """Kernel scalars for l1 > 0 is False: (l2, lr)."""
+    """Kernel scalars (l2, lr) for l1 > 0 is False."""
     return (l2, lr)

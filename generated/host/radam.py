@@ -32,7 +32,7 @@ def branch(t, lr, beta1, beta2, eps):
 
 
 def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for rho_t > 5 is True: (beta1, beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars (beta1, beta2, eps, s0, s1, s2, s3) for rho_t > 5 is True."""
     lr = f32(lr)
     beta1 = f32(beta1)
     beta2 = f32(beta2)
@@ -56,7 +56,7 @@ def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
 
 
 def scalars_not_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for rho_t > 5 is False: (beta1, beta2, s0, s1, s2, s3)."""
+    """Kernel scalars (beta1, beta2, s0, s1, s2, s3) for rho_t > 5 is False."""
     lr = f32(lr)
     beta1 = f32(beta1)
     beta2 = f32(beta2)

@@ -55,8 +55,9 @@ def branch_decoupled_weight_decay__maximize(t, lr, beta1, beta2, eps):
 
 
 def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=False, rho_t > 5 is True:
-    (beta2, eps, s0, s1, s2, s3)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3) for decoupled_weight_decay=False,
+    maximize=False, rho_t > 5 is True; decoupled_weight_decay=False, maximize=True, rho_t >
+    5 is True."""
     h0 = 1 - beta2
     h1 = beta2**t
     h2 = 1 - h1
@@ -73,37 +74,8 @@ def scalars_rho_t_gt_5(t, lr, beta1, beta2, eps):
 
 
 def scalars_not_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=False, rho_t > 5 is False:
-    (beta2, s0, s1, s2, s3)."""
-    h0 = 1 - beta2
-    s0 = 1 - beta1
-    s1 = h0
-    s2 = 1 - beta1**t
-    s3 = -lr
-    return (beta2, s0, s1, s2, s3)
-
-
-def scalars_maximize__rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=True, rho_t > 5 is True:
-    (beta2, eps, s0, s1, s2, s3)."""
-    h0 = 1 - beta2
-    h1 = beta2**t
-    h2 = 1 - h1
-    rho_inf = -1 + 2 / h0
-    rho_t = rho_inf - 2 * h1 * t / h2
-    r_t = math.sqrt(
-        rho_inf * (-4 + rho_t) * (-2 + rho_t) / (rho_t * (-4 + rho_inf) * (-2 + rho_inf))
-    )
-    s0 = 1 - beta1
-    s1 = h0
-    s2 = 1 - beta1**t
-    s3 = -lr * r_t * math.sqrt(h2)
-    return (beta2, eps, s0, s1, s2, s3)
-
-
-def scalars_maximize__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=False, maximize=True, rho_t > 5 is False:
-    (beta2, s0, s1, s2, s3)."""
+    """Kernel scalars (beta2, s0, s1, s2, s3) for decoupled_weight_decay=False, maximize=False,
+    rho_t > 5 is False; decoupled_weight_decay=False, maximize=True, rho_t > 5 is False."""
     h0 = 1 - beta2
     s0 = 1 - beta1
     s1 = h0
@@ -113,8 +85,9 @@ def scalars_maximize__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
 
 
 def scalars_decoupled_weight_decay__rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=False, rho_t > 5 is True:
-    (beta2, eps, s0, s1, s2, s3, s4)."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for decoupled_weight_decay=True,
+    maximize=False, rho_t > 5 is True; decoupled_weight_decay=True, maximize=True, rho_t > 5
+    is True."""
     h0 = 1 - beta2
     h1 = beta2**t
     h2 = 1 - h1
@@ -132,38 +105,8 @@ def scalars_decoupled_weight_decay__rho_t_gt_5(t, lr, beta1, beta2, eps):
 
 
 def scalars_decoupled_weight_decay__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=False, rho_t > 5 is False:
-    (beta2, s0, s1, s2, s3)."""
-    h0 = 1 - beta2
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = h0
-    s3 = 1 - beta1**t
-    return (beta2, s0, s1, s2, s3)
-
-
-def scalars_decoupled_weight_decay__maximize__rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=True, rho_t > 5 is True:
-    (beta2, eps, s0, s1, s2, s3, s4)."""
-    h0 = 1 - beta2
-    h1 = beta2**t
-    h2 = 1 - h1
-    rho_inf = -1 + 2 / h0
-    rho_t = rho_inf - 2 * h1 * t / h2
-    r_t = math.sqrt(
-        rho_inf * (-4 + rho_t) * (-2 + rho_t) / (rho_t * (-4 + rho_inf) * (-2 + rho_inf))
-    )
-    s0 = -lr
-    s1 = 1 - beta1
-    s2 = h0
-    s3 = 1 - beta1**t
-    s4 = -lr * r_t * math.sqrt(h2)
-    return (beta2, eps, s0, s1, s2, s3, s4)
-
-
-def scalars_decoupled_weight_decay__maximize__not_rho_t_gt_5(t, lr, beta1, beta2, eps):
-    """Kernel scalars for decoupled_weight_decay=True, maximize=True, rho_t > 5 is False:
-    (beta2, s0, s1, s2, s3)."""
+    """Kernel scalars (beta2, s0, s1, s2, s3) for decoupled_weight_decay=True, maximize=False,
+    rho_t > 5 is False; decoupled_weight_decay=True, maximize=True, rho_t > 5 is False."""
     h0 = 1 - beta2
     s0 = -lr
     s1 = 1 - beta1

@@ -35,64 +35,20 @@ def branch_centered__maximize(t, lr, alpha, eps, momentum):
 
 
 def scalars_momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=False, maximize=False, momentum > 0 is True: (alpha, eps,
-    momentum, s0, s1)."""
+    """Kernel scalars (alpha, eps, momentum, s0, s1) for centered=False, maximize=False,
+    momentum > 0 is True; centered=False, maximize=True, momentum > 0 is True;
+    centered=True, maximize=False, momentum > 0 is True; centered=True, maximize=True,
+    momentum > 0 is True."""
     s0 = 1 - alpha
     s1 = -lr
     return (alpha, eps, momentum, s0, s1)
 
 
 def scalars_not_momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=False, maximize=False, momentum > 0 is False: (alpha, eps,
-    s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, s0, s1)
-
-
-def scalars_maximize__momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=False, maximize=True, momentum > 0 is True: (alpha, eps,
-    momentum, s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, momentum, s0, s1)
-
-
-def scalars_maximize__not_momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=False, maximize=True, momentum > 0 is False: (alpha, eps,
-    s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, s0, s1)
-
-
-def scalars_centered__momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=True, maximize=False, momentum > 0 is True: (alpha, eps,
-    momentum, s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, momentum, s0, s1)
-
-
-def scalars_centered__not_momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=True, maximize=False, momentum > 0 is False: (alpha, eps,
-    s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, s0, s1)
-
-
-def scalars_centered__maximize__momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=True, maximize=True, momentum > 0 is True: (alpha, eps,
-    momentum, s0, s1)."""
-    s0 = 1 - alpha
-    s1 = -lr
-    return (alpha, eps, momentum, s0, s1)
-
-
-def scalars_centered__maximize__not_momentum_gt_0(t, lr, alpha, eps, momentum):
-    """Kernel scalars for centered=True, maximize=True, momentum > 0 is False: (alpha, eps, s0,
-    s1)."""
+    """Kernel scalars (alpha, eps, s0, s1) for centered=False, maximize=False, momentum > 0 is
+    False; centered=False, maximize=True, momentum > 0 is False; centered=True,
+    maximize=False, momentum > 0 is False; centered=True, maximize=True, momentum > 0 is
+    False."""
     s0 = 1 - alpha
     s1 = -lr
     return (alpha, eps, s0, s1)

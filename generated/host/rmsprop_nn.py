@@ -15,12 +15,6 @@ f32 = np.float32
 
 
 def scalars(t, lr, decay, momentum, epsilon):
-    """Kernel scalars for centered=False: (decay, momentum, epsilon, lr, s0)."""
-    s0 = 1 - decay
-    return (decay, momentum, epsilon, lr, s0)
-
-
-def scalars_centered(t, lr, decay, momentum, epsilon):
-    """Kernel scalars for centered=True: (decay, momentum, epsilon, lr, s0)."""
+    """Kernel scalars (decay, momentum, epsilon, lr, s0) for centered=False; centered=True."""
     s0 = 1 - decay
     return (decay, momentum, epsilon, lr, s0)

@@ -15,10 +15,6 @@ f32 = np.float32
 
 
 def scalars(t, lr, etaminus, etaplus, step_size_min, step_size_max):
-    """Kernel scalars for maximize=False: (etaminus, etaplus, step_size_min, step_size_max)."""
-    return (etaminus, etaplus, step_size_min, step_size_max)
-
-
-def scalars_maximize(t, lr, etaminus, etaplus, step_size_min, step_size_max):
-    """Kernel scalars for maximize=True: (etaminus, etaplus, step_size_min, step_size_max)."""
+    """Kernel scalars (etaminus, etaplus, step_size_min, step_size_max) for maximize=False;
+    maximize=True."""
     return (etaminus, etaplus, step_size_min, step_size_max)

@@ -39,122 +39,35 @@ def branch_nesterov__maximize(t, lr, momentum, dampening):
 
 
 def scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False: (s0)."""
+    """Kernel scalars (s0) for nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is True; nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is False; nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0)
+    is False, momentum > 0 is False; nesterov=False, maximize=True, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is True; nesterov=False, maximize=True, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is False; nesterov=False, maximize=True, Eq(t, 1) & (momentum >
+    0) is False, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum
+    > 0) is True, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum
+    > 0) is False, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum
+    > 0) is True, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum
+    > 0) is False, momentum > 0 is False."""
     s0 = -lr
     return (s0,)
 
 
 def scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True: (momentum, s0, s1)."""
+    """Kernel scalars (momentum, s0, s1) for nesterov=False, maximize=False, Eq(t, 1) &
+    (momentum > 0) is False, momentum > 0 is True; nesterov=False, maximize=True, Eq(t, 1) &
+    (momentum > 0) is False, momentum > 0 is True; nesterov=True, maximize=False, Eq(t, 1) &
+    (momentum > 0) is False, momentum > 0 is True; nesterov=True, maximize=True, Eq(t, 1) &
+    (momentum > 0) is False, momentum > 0 is True."""
     s0 = 1 - dampening
     s1 = -lr
     return (momentum, s0, s1)
-
-
-def scalars_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True: (momentum, s0, s1)."""
-    s0 = 1 - dampening
-    s1 = -lr
-    return (momentum, s0, s1)
-
-
-def scalars_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
 
 
 def scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True: (momentum, s0)."""
+    """Kernel scalars (momentum, s0) for nesterov=True, maximize=False, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is True; nesterov=True, maximize=True, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is True."""
     s0 = -lr
     return (momentum, s0)
-
-
-def scalars_nesterov__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True: (momentum, s0, s1)."""
-    s0 = 1 - dampening
-    s1 = -lr
-    return (momentum, s0, s1)
-
-
-def scalars_nesterov__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(t, lr, momentum, dampening):
-    """Kernel scalars for nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True: (momentum, s0)."""
-    s0 = -lr
-    return (momentum, s0)
-
-
-def scalars_nesterov__maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(
-    t, lr, momentum, dampening
-):
-    """Kernel scalars for nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
-
-
-def scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(
-    t, lr, momentum, dampening
-):
-    """Kernel scalars for nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True: (momentum, s0, s1)."""
-    s0 = 1 - dampening
-    s1 = -lr
-    return (momentum, s0, s1)
-
-
-def scalars_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(
-    t, lr, momentum, dampening
-):
-    """Kernel scalars for nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False: (s0)."""
-    s0 = -lr
-    return (s0,)
