@@ -40,7 +40,9 @@ from optforge.compiler.spec import (
 )
 from optforge.runtime.factored import factored_table
 from optforge.specs.adafactor import SPEC as ADAFACTOR
-from optforge.specs.adafactor import factored, maximize
+from optforge.specs.adafactor import factored
+
+maximize = next(f.symbol for f in ADAFACTOR.flags if f.name == "maximize")
 
 R, C, v, u, e = sp.symbols("R C v u e")
 row_mean0, col_mean0, matrix_mean0 = sp.symbols("row_mean0 col_mean0 matrix_mean0")
