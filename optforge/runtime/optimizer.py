@@ -659,9 +659,15 @@ def _point_at_gradients(batch: _Batch, grads: list) -> list:
 
 
 def _point_at(batch: _Batch, flat: list) -> None:
-    """The gradient row of the batch's table: addresses of `flat`, sizes their own."""
+    """The gradient row of the batch's table: addresses of `flat`, sizes their own.
+
+    The batch holds `flat` until the row points elsewhere, as it holds every other row's
+    arrays: a caller that drops what it passed (the finiteness check, whose copies of
+    non-contiguous gradients the step's kernels read next) never leaves the table over
+    freed memory."""
     batch.grads_seen, batch.grads_refs = (), None
     set_row(batch.arrays, 1, flat)
+    batch.held[1] = flat
 
 
 def _kernel_view(array, dtype) -> np.ndarray:

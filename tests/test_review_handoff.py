@@ -1,0 +1,58 @@
+"""Adversarial tests of the pointer-table hand-off (optforge.runtime.pointers): the tables own
+no memory, so every array a table points at must be alive whenever a kernel may read it, and a
+table must point at its own optimizer's arrays (not another's, after a copy)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+import optforge
+
+SHAPES = [(3, 4), (5,)]
+
+
+def parameters(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return [optforge.Parameter(rng.standard_normal(s).astype(dtype), f"p{i}") for i, s in enumerate(SHAPES)]
+
+
+def gradients(seed, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    return tuple((rng.standard_normal(s) * 0.1).astype(dtype) for s in SHAPES)
+
+
+def everything(opt) -> dict:
+    sd = {key: np.array(value, copy=True) for key, value in opt.state_dict().items()}
+    return {**sd, **{f"data/{i}": p.data.copy() for i, p in enumerate(opt.parameters)}}
+
+
+def assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_skip_nonfinite_reads_a_copied_non_contiguous_gradient_while_it_is_alive():
+    # A Fortran-order gradient is copied into a flat array for the table; the check of
+    # skip_nonfinite must read that copy before it is freed. With a low mmap threshold the
+    # freed copy is unmapped at once, so a read after the free is a segmentation fault.
+    script = textwrap.dedent(
+        """
+        import numpy as np, optforge
+        p = optforge.Parameter(np.zeros((512, 512), np.float32), "w")
+        opt = optforge.optim.SGD([p], lr=0.1, skip_nonfinite=True)
+        g = np.asfortranarray(np.full((512, 512), np.nan, np.float32))
+        assert opt((g,)) is False and opt.skipped_steps == 1
+        assert not p.data.any()
+        g[:] = 1.0
+        opt((g,))
+        assert np.all(p.data == np.float32(-0.1))
+        """
+    )
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    command = [sys.executable, "-c", script]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
