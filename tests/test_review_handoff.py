@@ -2,12 +2,15 @@
 no memory, so every array a table points at must be alive whenever a kernel may read it, and a
 table must point at its own optimizer's arrays (not another's, after a copy)."""
 
+import copy
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 import optforge
 
@@ -56,3 +59,45 @@ def test_skip_nonfinite_reads_a_copied_non_contiguous_gradient_while_it_is_alive
     command = [sys.executable, "-c", script]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+
+
+COPIED = [
+    pytest.param(lambda ps: optforge.optim.Adam(ps, lr=0.01), id="optim.Adam"),
+    pytest.param(lambda ps: optforge.nn.Adam(ps, learning_rate=0.01), id="nn.Adam"),
+    pytest.param(lambda ps: optforge.optim.Adafactor(ps, lr=0.01), id="optim.Adafactor"),
+]
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("make", COPIED)
+def test_a_copied_optimizer_steps_its_own_arrays_and_never_the_original_s(make, how):
+    opt = make(parameters())
+    opt(gradients(1))
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    before = everything(opt)
+    twin(gradients(2))
+    assert_same(everything(opt), before)  # the copy's step left the original alone
+    opt(gradients(2))
+    assert_same(everything(twin), everything(opt))  # and it stepped like the original
+
+
+def test_a_copy_of_a_locking_optimizer_has_its_own_lock_and_arrays():
+    opt = optforge.nn.Adam(parameters(), learning_rate=0.01, use_locking=True)
+    opt(gradients(1))
+    twin = copy.deepcopy(opt)
+    assert twin._lock is not None and twin._lock.locks[0] is not opt._lock.locks[0]
+    before = everything(opt)
+    twin(gradients(2))
+    assert_same(everything(opt), before)
+
+
+def test_a_copy_taken_after_data_of_another_shape_refuses_its_step_like_the_original():
+    params = parameters()
+    opt = optforge.optim.Adam(params, lr=0.01)
+    opt(gradients(1))
+    params[1].data = np.zeros(7, np.float32)
+    twin = copy.deepcopy(opt)
+    before = everything(twin)
+    with pytest.raises(ValueError, match="was replaced"):
+        twin((gradients(2)[0], np.zeros(7, np.float32)))
+    assert_same(everything(twin), before)
