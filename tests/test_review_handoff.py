@@ -38,12 +38,8 @@ def assert_same(a: dict, b: dict) -> None:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_skip_nonfinite_reads_a_copied_non_contiguous_gradient_while_it_is_alive():
-    # A Fortran-order gradient is copied into a flat array for the table; the check of
-    # skip_nonfinite must read that copy before it is freed. With a low mmap threshold the
-    # freed copy is unmapped at once, so a read after the free is a segmentation fault.
-    script = textwrap.dedent(
-        """
+SCRIPTS = {
+    "optim": """
         import numpy as np, optforge
         p = optforge.Parameter(np.zeros((512, 512), np.float32), "w")
         opt = optforge.optim.SGD([p], lr=0.1, skip_nonfinite=True)
@@ -53,10 +49,28 @@ def test_skip_nonfinite_reads_a_copied_non_contiguous_gradient_while_it_is_alive
         g[:] = 1.0
         opt((g,))
         assert np.all(p.data == np.float32(-0.1))
-        """
-    )
+        """,
+    "torch": """
+        import torch, optforge.torch
+        p = torch.nn.Parameter(torch.zeros(512, 512))
+        opt = optforge.torch.SGD([p], lr=0.1, skip_nonfinite=True)
+        p.grad = torch.full((512, 512), float("nan")).t()  # not contiguous: copied for the table
+        opt.step()
+        assert opt.skipped_steps == 1 and not p.detach().any()
+        p.grad = torch.ones(512, 512).t()
+        opt.step()
+        assert bool((p.detach() == -0.1).all())
+        """,
+}
+
+
+@pytest.mark.parametrize("dialect", sorted(SCRIPTS))
+def test_skip_nonfinite_reads_a_copied_non_contiguous_gradient_while_it_is_alive(dialect):
+    # A gradient that is not C-contiguous is copied into a flat array for the table; the check
+    # of skip_nonfinite must read that copy before it is freed. With a low mmap threshold the
+    # freed copy is unmapped at once, so a read after the free is a segmentation fault.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    command = [sys.executable, "-c", script]
+    command = [sys.executable, "-c", textwrap.dedent(SCRIPTS[dialect])]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
 
