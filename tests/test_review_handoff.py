@@ -115,3 +115,21 @@ def test_a_copy_taken_after_data_of_another_shape_refuses_its_step_like_the_orig
     with pytest.raises(ValueError, match="was replaced"):
         twin((gradients(2)[0], np.zeros(7, np.float32)))
     assert_same(everything(twin), before)
+
+
+def test_step_arrays_refuses_an_array_it_could_only_step_through_a_temporary_copy():
+    # `a.reshape(-1)` of a non-contiguous array is a copy: the table pointed at it, the copy was
+    # freed when the table was made, and the kernel wrote into freed memory (the caller's array
+    # never changed).
+    from optforge.generated.cpu import lion
+    from optforge.runtime.kernels import chunk_table
+    from optforge.runtime.launch import step_arrays
+
+    branch, scalars = lion.VARIANTS[()].step(1, 0.1, (0.9, 0.99), np.dtype(np.float32))
+    w = np.asfortranarray(np.ones((4, 3), np.float32))
+    g, m = np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32)
+    before = w.copy()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        step_arrays(branch, np.float32, chunk_table([12], 12), [[w], [g], [m]],
+                    np.zeros(1, np.float32), np.ones(1, np.float32), scalars)  # fmt: skip
+    np.testing.assert_array_equal(w, before)
