@@ -77,6 +77,9 @@ def step_arrays(
     """One step of `branch` over `arrays` (per array argument, one array per tensor), as a
     batch steps its tensors: for callers that hold the arrays themselves (tests, benchmarks)."""
     dtype = np.dtype(dtype)
-    table = pointer_table([[a.reshape(-1) for a in row] for row in arrays])
+    # The arrays themselves, not `reshape(-1)` of them: that would silently copy one that is
+    # not C-contiguous, and the table would point at the copy, freed as soon as it was made.
+    # A table takes C-contiguous arrays of any shape (their addresses and sizes) and refuses others.
+    table = pointer_table([list(row) for row in arrays])
     buffers = StageBuffers(dtype, len(arrays[0]), chunks)
     run_stages(branch, dtype, chunks, table, buffers, weight_decay, grad_scale, scalars)

@@ -134,6 +134,7 @@ class FusedOptimizer:
         variant = module.VARIANTS[variant_key]
         self._variant = variant
         self._variant_key = variant_key
+        self._n_groups = n_groups
         self._lock = ParameterLocks(self.parameters) if use_locking else None
         # What the state was made for: a parameter whose `data` is replaced must still match it.
         self._layout = [(p.shape, p.dtype, p.on_device) for p in self.parameters]
@@ -200,6 +201,30 @@ class FusedOptimizer:
                         v,
                     )
                 )
+
+    # -- copies: copy.deepcopy and pickle --
+
+    # What `_allocate` builds over this optimizer's own memory: its batches' pointer tables
+    # hold raw addresses, which a copy would carry over unchanged (the copy would step the
+    # original's parameters and state, and an unpickled one freed or foreign memory).
+    _BOUND_TO_MEMORY = ("_batches", "_device", "_lock", "_variant")
+
+    def __getstate__(self) -> dict:
+        """Everything but the kernels' bindings; `__setstate__` binds the copy's own arrays."""
+        state = {key: value for key, value in self.__dict__.items() if key not in self._BOUND_TO_MEMORY}
+        state["_use_locking"] = self._lock is not None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        use_locking = state.pop("_use_locking")
+        self.__dict__.update(state)
+        layout, rebound = self._layout, self._rebound
+        # The copied parameters and state arrays: batches (and a lock) over them, none allocated.
+        self._allocate(self._variant_key, {}, use_locking, self._n_groups, state=self.state)
+        # What the state was made for stays the original's: a parameter whose data was
+        # replaced by another shape before the copy is refused by the copy's step too.
+        self._layout, self._rebound = layout, rebound or self._layout != layout
 
     def _initial_lr(self, group: int) -> float:
         """A group's learning rate before the first step (for state that starts at lr)."""
@@ -659,9 +684,15 @@ def _point_at_gradients(batch: _Batch, grads: list) -> list:
 
 
 def _point_at(batch: _Batch, flat: list) -> None:
-    """The gradient row of the batch's table: addresses of `flat`, sizes their own."""
+    """The gradient row of the batch's table: addresses of `flat`, sizes their own.
+
+    The batch holds `flat` until the row points elsewhere, as it holds every other row's
+    arrays: a caller that drops what it passed (the finiteness check, whose copies of
+    non-contiguous gradients the step's kernels read next) never leaves the table over
+    freed memory."""
     batch.grads_seen, batch.grads_refs = (), None
     set_row(batch.arrays, 1, flat)
+    batch.held[1] = flat
 
 
 def _kernel_view(array, dtype) -> np.ndarray:
