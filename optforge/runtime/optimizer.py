@@ -50,6 +50,7 @@ class _Batch:
     grads_refs: list | None = None
     variant: Variant | None = None  # the compiled variant its kernels come from
     _flat_chunks: object = None
+    _positions: np.ndarray | None = None
 
     @classmethod
     def over(cls, group, dtype, indices, chunks, params: list, state: list[list], variant) -> _Batch:
@@ -65,6 +66,12 @@ class _Batch:
         self.arrays.addresses[k, tensor] = array.ctypes.data
         self.arrays.sizes[k, tensor] = array.size
 
+    def positions(self) -> np.ndarray:
+        """The batch's tensors' positions among the optimizer's parameters, as an index array."""
+        if self._positions is None:
+            self._positions = np.array(self.indices, dtype=np.int64)
+        return self._positions
+
     def flat_chunks(self):
         """A flat chunk table over the batch's tensors (a factored batch's is by rows)."""
         if hasattr(self.chunks, "tensor"):
@@ -77,6 +84,18 @@ class _Batch:
         flat = [p.reshape(-1) for p in params]
         set_row(self.arrays, 0, flat)
         self.held[0] = flat
+
+
+class Addressed(list):
+    """A step's gradients given by address: the gradient objects (kept alive, in engine
+    order) with each one's address and element count. The caller has checked every one:
+    dense, C-contiguous, in host memory, with its parameter's dtype and shape (the torch
+    dialect reads them from the tensors, without a NumPy view per tensor per step)."""
+
+    def __init__(self, gradients: list, addresses: list[int], sizes: list[int]):
+        super().__init__(gradients)
+        self.addresses = np.array(addresses, dtype=np.int64)
+        self.sizes = np.array(sizes, dtype=np.int64)
 
 
 class FusedOptimizer:
@@ -255,6 +274,11 @@ class FusedOptimizer:
         are plain arrays (its table then already points at them for the step), the others
         (row-sparse, device) one by one."""
         for batch in self._batches:
+            if isinstance(grads, Addressed) and isinstance(batch, _Batch):
+                _point_at_addresses(batch, grads)
+                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
+                    return False
+                continue
             batch_grads = [grads[i] for i in batch.indices]
             if isinstance(batch, _Batch) and all(type(g) is np.ndarray for g in batch_grads):
                 _point_at_gradients(batch, batch_grads)
@@ -567,7 +591,9 @@ class FusedOptimizer:
         batch_grads = [grads[i] for i in batch.indices]
         simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
         sparse = []
-        if simple:
+        if isinstance(grads, Addressed) and not any(gc):
+            held = _point_at_addresses(batch, grads)
+        elif simple:
             held = _point_at_gradients(batch, batch_grads)
         else:
             # Row-sparse and centralized gradients (not a factored variant's: the optim dialect
@@ -681,6 +707,15 @@ def _point_at_gradients(batch: _Batch, grads: list) -> list:
     views = all(g.flags.c_contiguous for g in grads)
     batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
     return flat
+
+
+def _point_at_addresses(batch: _Batch, grads: Addressed) -> Addressed:
+    """The batch's gradient row from addresses its caller has read and checked."""
+    batch.grads_seen, batch.grads_refs = (), None
+    positions = batch.positions()
+    batch.arrays.addresses[1] = grads.addresses[positions]
+    batch.arrays.sizes[1] = grads.sizes[positions]
+    return grads
 
 
 def _point_at(batch: _Batch, flat: list) -> None:

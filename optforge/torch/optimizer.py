@@ -38,7 +38,7 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import _Batch
+from optforge.runtime.optimizer import Addressed, _Batch
 from optforge.torch import options
 
 
@@ -353,8 +353,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         for cohort in work:
             self._check_memory(cohort, params)
             cohort.engine.ready(self)
-            grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
-            checked.append((cohort, cohort.engine._check_gradients(grads)))
+            grads = _addressed([params[i] for i in cohort.engine.members])
+            if grads is None:  # not all plain: each one viewed and checked (and refused, or copied)
+                grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
+                grads = cohort.engine._check_gradients(grads)
+            checked.append((cohort, grads))
             cohort.engine.sync(self)
             cohort.engine.check_kept(self)
             for group in cohort.engine.param_groups:
@@ -608,6 +611,28 @@ def _view(p: torch.Tensor, name: str) -> Parameter:
     """A Parameter over the tensor's own memory (no copy)."""
     data = p.detach()
     return Parameter(data if data.is_cuda else data.numpy(), name)
+
+
+def _addressed(params: list) -> Addressed | None:
+    """The parameters' gradients by address, when every one is what the kernels take as it
+    is: a dense, C-contiguous CPU tensor of its parameter's dtype and shape, without a lazy
+    negation. Otherwise None: the caller views and checks each one."""
+    grads, addresses, sizes = [], [], []
+    for p in params:
+        g = p.grad
+        if (
+            g.layout is not torch.strided
+            or g.is_cuda
+            or g.dtype is not p.dtype
+            or g.shape != p.shape
+            or not g.is_contiguous()
+            or g.is_neg()
+        ):
+            return None
+        grads.append(g)
+        addresses.append(g.data_ptr())
+        sizes.append(g.numel())
+    return Addressed(grads, addresses, sizes)
 
 
 def _grad_view(g: torch.Tensor, cls: str):
