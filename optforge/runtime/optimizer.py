@@ -710,8 +710,10 @@ def _point_at_gradients(batch: _Batch, grads: list) -> list:
 
 
 def _point_at_addresses(batch: _Batch, grads: Addressed) -> Addressed:
-    """The batch's gradient row from addresses its caller has read and checked."""
+    """The batch's gradient row from addresses its caller has read and checked (and, as for
+    every row, the batch holds what it points at)."""
     batch.grads_seen, batch.grads_refs = (), None
+    batch.held[1] = grads
     positions = batch.positions()
     batch.arrays.addresses[1] = grads.addresses[positions]
     batch.arrays.sizes[1] = grads.sizes[positions]
