@@ -2,11 +2,12 @@
 
 `DeviceStepper` is created by `FusedOptimizer` when a group's parameters are
 device arrays. It launches the generated CUDA kernels (one launch per up to
-SLOTS tensors of a group and dtype) and, for specs that offload (AdamOffload),
-runs the ZeRO-Offload pipeline: per chunk, the effective gradient is formed
-on the device and copied to pinned host memory, the generated CPU kernel
-updates the moments (kept in host memory) and computes the delta, and the
-delta goes back to be added by the device-side apply kernel. Two streams and
+SLOTS tensors of a group and dtype) and, for specs that apply their update
+separately (AdamOffload), runs the ZeRO-Offload pipeline: per chunk, the
+effective gradient is formed on the device and copied to pinned host memory,
+the generated CPU kernel updates the state (kept in host memory) and computes
+the host output the module names (HOST_OUTPUT: AdamOffload's delta), and that
+goes back to be added by the device-side apply kernel. Two streams and
 two buffer slots overlap the transfers of one chunk with the host work on
 the next. The optimizer's device memory is those transfer buffers only.
 """
@@ -222,16 +223,16 @@ class DeviceStepper:
                     [slot["zeros"][:n]],  # w: its decay is already in the gradient
                     [slot["host_g"][:n]],
                     *(
-                        [slot["host_delta"][:n]] if name == output else [batch.state[name][pos][start:stop]]
+                        [slot["host_output"][:n]] if name == output else [batch.state[name][pos][start:stop]]
                         for name in self.variant.state
                     ),
                 ]
             )
             per_tensor = np.array([[0], [1]], dtype)
             host_update(chunk_table([n], n), arrays, per_tensor, scratch, *scalars)
-            slot["device_delta"][:n].copy_to_device(slot["host_delta"][:n], stream=slot["stream"])
+            slot["device_output"][:n].copy_to_device(slot["host_output"][:n], stream=slot["stream"])
             apply[self.launch_config_for(slot, n)](
-                batch.params[pos][start:stop], slot["device_delta"][:n], *scalars
+                batch.params[pos][start:stop], slot["device_output"][:n], *scalars
             )
         for slot in slots:
             slot["stream"].synchronize()
@@ -242,8 +243,8 @@ class DeviceStepper:
         return (blocks, threads, slot["stream"])
 
     def _transfer_slots(self, dtype) -> list[dict]:
-        """Two sets of transfer buffers (device gradient, pinned host gradient and delta,
-        device delta), each with its stream: all the device memory offloading uses."""
+        """Two sets of transfer buffers (device gradient, pinned host gradient and host
+        output, device output), each with its stream: all the device memory offloading uses."""
         if dtype.name not in self._slots:
             n = self.offload_chunk
             self._slots[dtype.name] = [
@@ -251,8 +252,8 @@ class DeviceStepper:
                     "stream": cuda.stream(),
                     "device_g": cuda.device_array(n, dtype=dtype),
                     "host_g": cuda.pinned_array(n, dtype=dtype),
-                    "host_delta": cuda.pinned_array(n, dtype=dtype),
-                    "device_delta": cuda.device_array(n, dtype=dtype),
+                    "host_output": cuda.pinned_array(n, dtype=dtype),
+                    "device_output": cuda.device_array(n, dtype=dtype),
                     "zeros": np.zeros(n, dtype=dtype),
                 }
                 for _ in range(2)
