@@ -15,7 +15,7 @@ from numba.cuda.dispatcher import CUDADispatcher
 
 from optforge.compiler.build import load_specs
 from optforge.runtime.factored import FactoredTable
-from optforge.runtime.kernels import ChunkTable
+from optforge.runtime.kernels import ChunkTable, per_dtype
 from optforge.runtime.launch import Scratch
 
 F64_OPS = re.compile(r"\b(add|sub|mul|div|fma|sqrt|max|min|abs|neg)(\.\w+)*\.f64\b")
@@ -49,23 +49,21 @@ def kernels_of(module):
     """(name, dtype, CUDA dispatcher, array count, factored, slots) of every kernel a generated
     module's factories make, each once."""
     seen = set()
+    made = []
     for variant in module.VARIANTS.values():
         arrays = 2 + len(variant.state)
         for branch in variant.branches.values():
-            made = [(branch.stages, module.SLOTS)] + ([(branch.rows, 1)] if branch.rows else [])
-            for factories, slots in made:
-                for dtype in ("float32", "float64"):
-                    for kernel in factories[dtype].stages:
-                        if id(kernel) not in seen:
-                            seen.add(id(kernel))
-                            name = f"{factories.factory.__name__}.{kernel.py_func.__name__}"
-                            yield name, dtype, kernel, arrays, variant.factored, slots
-    for offload in getattr(module, "OFFLOAD", {}).values():
-        for dtype in ("float32", "float64"):
-            for kernel in offload[dtype]:
+            made.append((branch.stages, arrays, variant.factored, module.SLOTS))
+            if branch.rows:
+                made.append((branch.rows, arrays, False, 1))
+    made += [(offload, 0, False, 1) for offload in getattr(module, "OFFLOAD", {}).values()]
+    for stages, arrays, factored, slots in made:
+        for factory in stages.factories:
+            for dtype in ("float32", "float64"):
+                (kernel,) = per_dtype(factory)[dtype]
                 if id(kernel) not in seen:
                     seen.add(id(kernel))
-                    yield f"{offload.factory.__name__}.{kernel.py_func.__name__}", dtype, kernel, 0, False, 1
+                    yield factory.__name__, dtype, kernel, arrays, factored, slots
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ import sympy as sp
 
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
-from optforge.compiler.render import environment, render
+from optforge.compiler.render import render
 from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
 
 DTYPES = ("float32", "float64")
@@ -312,39 +312,6 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
     return context
 
 
-def unique_factories(
-    spec: Spec, kernels: list[Kernel], template: str, fma_name: str = "fma", **extra
-) -> tuple[list[str], list[str]]:
-    """(each distinct kernel's factory source, the factory of each kernel).
-
-    Kernels are compared by their printed code: flag variants and branches that compute
-    the same thing (Adam's Nesterov flag does nothing with AMSGrad's in some specs) share
-    one factory, named after the first."""
-    texts: dict[str, str] = {}  # printed code under a placeholder name -> factory name
-    users: dict[str, list[str]] = {}
-    contexts: dict[str, dict] = {}
-    factories = []
-    for kernel in kernels:
-        context = launch_context(spec, kernel, fma_name)
-        code = environment.get_template(template).render(
-            spec=spec, k=context, factory="KERNEL", doc="", **extra
-        )
-        if code not in texts:
-            texts[code] = factory_name(kernel)
-            contexts[texts[code]] = context
-        factories.append(texts[code])
-        users.setdefault(texts[code], []).append(describe(kernel))
-    sources = []
-    for name, context in contexts.items():
-        doc = (
-            f"{spec.title}: the stages of {'; '.join(users[name])}. `F` is the element type "
-            "(np.float32 or np.float64)."
-        )
-        template_of = environment.get_template(template)
-        sources.append(template_of.render(spec=spec, k=context, factory=name, doc=doc, **extra))
-    return sources, factories
-
-
 def host_output(spec: Spec, kernel: Kernel) -> str:
     """For a spec that applies its update separately (on the device, after the host stage):
     the one state its apply stage reads besides the parameter, which the host stage
@@ -360,12 +327,12 @@ def host_output(spec: Spec, kernel: Kernel) -> str:
     return read.pop()
 
 
-def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> list[dict]:
+def variant_table(spec: Spec, kernels: list[Kernel], printed: list) -> list[dict]:
     """The VARIANTS table both backends print: per flag variant, its state, branch function and
-    branches (each with its scalars function, the factory of its kernels and their plan); the
-    names are the same in the CPU and CUDA modules."""
+    branches (each with its scalars function, the factories of its stages, their plan and
+    grids; see factories.Printed); the names are the same in the CPU and CUDA modules."""
     variants: dict[tuple, dict] = {}
-    for k, factory, scalars in zip(kernels, factories, scalar_function_names(spec, kernels)):
+    for k, stages, scalars in zip(kernels, printed, scalar_function_names(spec, kernels)):
         key = tuple(value for _, value in k.variant)
         entry = variants.setdefault(
             key,
@@ -376,18 +343,20 @@ def variant_table(spec: Spec, kernels: list[Kernel], factories: list[str]) -> li
                 "shapes": repr(tuple(a.shape for a in k.arrays[2:])),
                 "branch": branch_name(k) if k.guards else None,
                 "branches": [],
-                # the offload path's host stage: the first stage of the variant's kernels
-                "host_stage": factory,
+                # the offload path's pieces: the host stage and the device's
+                "host_stage": stages.stages[0],
                 "host_output": repr(host_output(spec, k)) if spec.separate_apply else None,
+                "offload": ", ".join(stages.offload) if stages.offload else None,
             },
         )
         entry["branches"].append(
             {
                 "key": repr(tuple(k.branch)),
                 "scalars": scalars,
-                "factory": factory,
+                "stages": ", ".join(stages.stages),
+                "grids": repr(stages.grids),
                 "plan": plan_source(launch_context(spec, k)),
-                "rows": spec.sparse == "rows",
+                "rows": stages.rows,
             }
         )
     return list(variants.values())
@@ -405,11 +374,10 @@ def rank_flag_source(spec: Spec) -> str | None:
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
-    flat = [k for k in kernels if not k.matrices]
-    shaped = [k for k in kernels if k.matrices]
-    flat_sources, flat_factories = unique_factories(spec, flat, "cpu_flat.py.j2")
-    shaped_sources, shaped_factories = unique_factories(spec, shaped, "cpu_factored.py.j2")
-    factory_of = dict(zip(map(id, flat + shaped), flat_factories + shaped_factories))
+    from optforge.compiler.backends.factories import FactoryPrinter
+
+    printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2")
+    printed = [printer.kernel(k) for k in kernels]
     return render(
         "cpu_kernels.py.j2",
         package=package,
@@ -419,6 +387,6 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         states_fma=states_fma(spec),
         chunk=CHUNK,
         host_names=host_names(spec, kernels),
-        factories=flat_sources + shaped_sources,
-        variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
+        factories=printer.sources(),
+        variants=variant_table(spec, kernels, printed),
     )

@@ -22,13 +22,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.backends.cpu import (
-    CHUNK,
-    host_names,
-    rank_flag_source,
-    unique_factories,
-    variant_table,
-)
+from optforge.compiler.backends.cpu import CHUNK, host_names, rank_flag_source, variant_table
+from optforge.compiler.backends.factories import FactoryPrinter
 from optforge.compiler.ir import Kernel
 from optforge.compiler.printers import ElementPrinter
 from optforge.compiler.render import render
@@ -56,13 +51,14 @@ def effective_gradient(spec: Spec) -> str | None:
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
-    flat = [k for k in kernels if not k.matrices]
-    shaped = [k for k in kernels if k.matrices]
-    flat_sources, flat_factories = unique_factories(
-        spec, flat, "cuda_flat.py.j2", "cuda.fma", effective_gradient=effective_gradient(spec)
+    printer = FactoryPrinter(
+        spec,
+        "cuda_flat.py.j2",
+        "cuda_factored.py.j2",
+        "cuda.fma",
+        effective_gradient=effective_gradient(spec),
     )
-    shaped_sources, shaped_factories = unique_factories(spec, shaped, "cuda_factored.py.j2", "cuda.fma")
-    factory_of = dict(zip(map(id, flat + shaped), flat_factories + shaped_factories))
+    printed = [printer.kernel(k) for k in kernels]
     return render(
         "cuda_kernels.py.j2",
         package=package,
@@ -70,9 +66,9 @@ def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         spec=spec,
         rank_flag=rank_flag_source(spec),
         slots=SLOTS,
-        chunk=CHUNK,
         threads=THREADS,
+        chunk=CHUNK,
         host_names=host_names(spec, kernels),
-        factories=flat_sources + shaped_sources,
-        variants=variant_table(spec, kernels, [factory_of[id(k)] for k in kernels]),
+        factories=printer.sources(),
+        variants=variant_table(spec, kernels, printed),
     )

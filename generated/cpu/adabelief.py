@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adabelief(F):
-    """AdaBelief: the stages of the only variant. `F` is the element type (np.float32 or
+    """AdaBelief: the fused step of the only variant. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -69,7 +69,7 @@ def adabelief(F):
                 m_c[elem] = m_new
                 s_c[elem] = s_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

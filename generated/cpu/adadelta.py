@@ -42,7 +42,7 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adadelta(F):
-    """Adadelta: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adadelta: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -73,11 +73,11 @@ def adadelta(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    return (step,)
+    return step
 
 
 def adadelta_maximize(F):
-    """Adadelta: the stages of maximize=True. `F` is the element type (np.float32 or
+    """Adadelta: the fused step of maximize=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -109,7 +109,7 @@ def adadelta_maximize(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adadelta_nn(F):
-    """Adadelta: the stages of the only variant. `F` is the element type (np.float32 or
+    """Adadelta: the fused step of the only variant. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -70,7 +70,7 @@ def adadelta_nn(F):
                 accum_c[elem] = accum_new
                 accum_update_c[elem] = accum_update_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

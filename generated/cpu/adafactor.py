@@ -39,8 +39,8 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adafactor(F):
-    """Adafactor: the stages of maximize=False, factored=False. `F` is the element type
+def adafactor_stage1(F):
+    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
@@ -75,6 +75,14 @@ def adafactor(F):
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
+    return stage1
+
+
+def adafactor_finalize(F):
+    """Adafactor: the per-tensor values between the element stages of maximize=False,
+    factored=False; maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
         # The per-tensor values between the stages; partials are added in chunk order (deterministic).
@@ -89,6 +97,13 @@ def adafactor(F):
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def adafactor_stage2(F):
+    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -113,89 +128,12 @@ def adafactor(F):
                 w_new = u1 * U + u0 * w
                 w_c[elem] = w_new
 
-    return (stage1, finalize, stage2)
+    return stage2
 
 
-def adafactor_maximize(F):
-    """Adafactor: the stages of maximize=True, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
-    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
-        # through a field of a tuple argument.
-        partials = scratch.partials
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
-            sum0 = 0.0
-            sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
-                g_eff = -g
-                x0 = g_eff * g_eff
-                v_new = v + s0 * (x0 - v)
-                v_hat = v_new
-                x1 = max(s1, v_hat)
-                rms0_of = w
-                rms1_of = x0 / x1
-                sum0 += f64(rms0_of) * f64(rms0_of)
-                sum1 += f64(rms1_of)
-                v_c[elem] = v_new
-            partials[chunk, 0] = sum0
-            partials[chunk, 1] = sum1
-
-    @numba.njit(cache=True, error_model="numpy")
-    def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        # The per-tensor values between the stages; partials are added in chunk order (deterministic).
-        sums = np.zeros((per_tensor.shape[1], 2))
-        sizes = np.zeros(sums.shape[0])
-        for chunk in range(chunks.tensor.shape[0]):
-            sums[chunks.tensor[chunk], :] += scratch.partials[chunk, :]
-            sizes[chunks.tensor[chunk]] += chunks.stop[chunk] - chunks.start[chunk]
-        for tensor in range(sums.shape[0]):
-            rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
-            rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
-            alpha = rho * max(eps2, rms0)
-            u1 = -alpha / max(f64(1.0), rms1 / d)
-            per_tensor[2, tensor] = u1
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
-            weight_decay = per_tensor[0, tensor]
-            u1 = per_tensor[2, tensor]
-            u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(elems):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
-                g_eff = -g
-                v_hat = v_new
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
-
-    return (stage1, finalize, stage2)
-
-
-def adafactor_factored(F):
-    """Adafactor: the stages of maximize=False, factored=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_factored_pass1(F):
+    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass1(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -236,6 +174,13 @@ def adafactor_factored(F):
                 row_sums0[table.matrix_rows[matrix] + row] = row_sum0
             partials[chunk, 0] = sum0
 
+    return pass1
+
+
+def adafactor_factored_lines(F):
+    """Adafactor: the row and column stage of maximize=False, factored=True; maximize=True,
+    factored=True. `F` is the element type (np.float32 or np.float64)."""
+
     @numba.njit(parallel=True, cache=True, error_model="numpy")
     def lines(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         # Per column, then per row, of each matrix. A column adds its chunks' sums in chunk
@@ -274,6 +219,13 @@ def adafactor_factored(F):
                 matrix_sum0 += f64(matrix_mean0_of)
             per_matrix[0, matrix] = matrix_sum0 / rows
 
+    return lines
+
+
+def adafactor_factored_pass2(F):
+    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
+
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass2(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         table = chunks
@@ -309,6 +261,14 @@ def adafactor_factored(F):
                     sum0 += f64(rms1_of)
             partials[chunk, 1] = sum0
 
+    return pass2
+
+
+def adafactor_factored_finalize(F):
+    """Adafactor: the per-tensor values between the element stages of maximize=False,
+    factored=True; maximize=True, factored=True. `F` is the element type (np.float32 or
+    np.float64)."""
+
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         # Per-tensor values between passes 2 and 3; partials are added in chunk order (deterministic).
@@ -322,6 +282,13 @@ def adafactor_factored(F):
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def adafactor_factored_pass3(F):
+    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -360,12 +327,81 @@ def adafactor_factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    return (pass1, lines, pass2, finalize, pass3)
+    return pass3
 
 
-def adafactor_maximize__factored(F):
-    """Adafactor: the stages of maximize=True, factored=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_maximize_stage1(F):
+    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, F)[start:stop]
+            g_c = view(arrays, 1, tensor, F)[start:stop]
+            v_c = view(arrays, 2, tensor, F)[start:stop]
+            sum0 = 0.0
+            sum1 = 0.0
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            for elem in range(elems):
+                w = w_c[elem]
+                g = g_c[elem]
+                v = v_c[elem]
+                g_eff = -g
+                x0 = g_eff * g_eff
+                v_new = v + s0 * (x0 - v)
+                v_hat = v_new
+                x1 = max(s1, v_hat)
+                rms0_of = w
+                rms1_of = x0 / x1
+                sum0 += f64(rms0_of) * f64(rms0_of)
+                sum1 += f64(rms1_of)
+                v_c[elem] = v_new
+            partials[chunk, 0] = sum0
+            partials[chunk, 1] = sum1
+
+    return stage1
+
+
+def adafactor_maximize_stage2(F):
+    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, F)[start:stop]
+            g_c = view(arrays, 1, tensor, F)[start:stop]
+            v_c = view(arrays, 2, tensor, F)[start:stop]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s2 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            for elem in range(elems):
+                g = g_c[elem]
+                v_new = v_c[elem]
+                w = w_c[elem]
+                g_eff = -g
+                v_hat = v_new
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = u1 * U + u0 * w
+                w_c[elem] = w_new
+
+    return stage2
+
+
+def adafactor_maximize__factored_pass1(F):
+    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass1(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -406,43 +442,12 @@ def adafactor_maximize__factored(F):
                 row_sums0[table.matrix_rows[matrix] + row] = row_sum0
             partials[chunk, 0] = sum0
 
-    @numba.njit(parallel=True, cache=True, error_model="numpy")
-    def lines(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        # Per column, then per row, of each matrix. A column adds its chunks' sums in chunk
-        # order (deterministic).
-        table = chunks
-        per_matrix = scratch.per_matrix
-        row_sums0 = scratch.row_sums[0]
-        col_sums0 = scratch.col_sums[0]
-        for matrix in numba.prange(table.matrix_tensor.shape[0]):
-            tensor = table.matrix_tensor[matrix]
-            rows = table.tensor_rows[tensor]
-            cols = table.tensor_cols[tensor]
-            first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
-                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
-            ]
-            # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
-            base = table.chunk_cols[table.matrix_chunk0[matrix]]
-            for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
-                part = table.chunk_cols[chunk]
-                for col in range(cols):
-                    col_sums0[base + col] += col_sums0[part + col]
-            for col in range(min(cols, len(C_cols))):
-                col_mean0 = F(col_sums0[base + col] / rows)
-                C = C_cols[col]
-                C_new = C + s0 * (col_mean0 - C)
-                C_cols[col] = C_new
-            matrix_sum0 = 0.0
-            for row in range(min(rows, len(R_rows))):
-                row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
-                R = R_rows[row]
-                R_new = R + s0 * (row_mean0 - R)
-                matrix_mean0_of = R_new
-                R_rows[row] = R_new
-                matrix_sum0 += f64(matrix_mean0_of)
-            per_matrix[0, matrix] = matrix_sum0 / rows
+    return pass1
+
+
+def adafactor_maximize__factored_pass2(F):
+    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass2(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -479,19 +484,12 @@ def adafactor_maximize__factored(F):
                     sum0 += f64(rms1_of)
             partials[chunk, 1] = sum0
 
-    @numba.njit(cache=True, error_model="numpy")
-    def finalize(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        # Per-tensor values between passes 2 and 3; partials are added in chunk order (deterministic).
-        table = chunks
-        sums = np.zeros((per_tensor.shape[1], 2))
-        for chunk in range(table.chunk_tensor.shape[0]):
-            sums[table.chunk_tensor[chunk], :] += scratch.partials[chunk, :]
-        for tensor in range(sums.shape[0]):
-            rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
-            alpha = rho * max(eps2, rms0)
-            u1 = -alpha / max(f64(1.0), rms1 / d)
-            per_tensor[2, tensor] = u1
+    return pass2
+
+
+def adafactor_maximize__factored_pass3(F):
+    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -530,7 +528,7 @@ def adafactor_maximize__factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    return (pass1, lines, pass2, finalize, pass3)
+    return pass3
 
 
 # (index among the flags, rank) of the flag the run-time sets per tensor: True for
@@ -547,7 +545,7 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adafactor),
+                stages=per_dtype(adafactor_stage1, adafactor_finalize, adafactor_stage2),
                 plan=Plan(per_tensor=3, reductions=2),
             ),
         },
@@ -559,7 +557,13 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars_factored,
-                stages=per_dtype(adafactor_factored),
+                stages=per_dtype(
+                    adafactor_factored_pass1,
+                    adafactor_factored_lines,
+                    adafactor_factored_pass2,
+                    adafactor_factored_finalize,
+                    adafactor_factored_pass3,
+                ),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),
         },
@@ -573,7 +577,9 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adafactor_maximize),
+                stages=per_dtype(
+                    adafactor_maximize_stage1, adafactor_finalize, adafactor_maximize_stage2
+                ),
                 plan=Plan(per_tensor=3, reductions=2),
             ),
         },
@@ -585,7 +591,13 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars_factored,
-                stages=per_dtype(adafactor_maximize__factored),
+                stages=per_dtype(
+                    adafactor_maximize__factored_pass1,
+                    adafactor_factored_lines,
+                    adafactor_maximize__factored_pass2,
+                    adafactor_factored_finalize,
+                    adafactor_maximize__factored_pass3,
+                ),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
             ),
         },

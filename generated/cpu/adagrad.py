@@ -42,7 +42,7 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adagrad(F):
-    """Adagrad: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -67,11 +67,11 @@ def adagrad(F):
                 w_c[elem] = w_new
                 acc_c[elem] = acc_new
 
-    return (step,)
+    return step
 
 
 def adagrad_maximize(F):
-    """Adagrad: the stages of maximize=True. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of maximize=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -97,7 +97,7 @@ def adagrad_maximize(F):
                 w_c[elem] = w_new
                 acc_c[elem] = acc_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adagrad_nn(F):
-    """Adagrad: the stages of update_slots=False. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of update_slots=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -64,11 +64,11 @@ def adagrad_nn(F):
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
                 w_c[elem] = w_new
 
-    return (step,)
+    return step
 
 
 def adagrad_nn_update_slots(F):
-    """Adagrad: the stages of update_slots=True. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of update_slots=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -93,7 +93,7 @@ def adagrad_nn_update_slots(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

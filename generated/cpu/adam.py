@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adam(F):
-    """Adam: the stages of use_nesterov=False, use_amsgrad=False. `F` is the element type
+    """Adam: the fused step of use_nesterov=False, use_amsgrad=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -69,11 +69,11 @@ def adam(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adam_use_amsgrad(F):
-    """Adam: the stages of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
+    """Adam: the fused step of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
     use_amsgrad=True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -106,11 +106,11 @@ def adam_use_amsgrad(F):
                 v_c[elem] = v_new
                 vhat_c[elem] = vhat_new
 
-    return (step,)
+    return step
 
 
 def adam_use_nesterov(F):
-    """Adam: the stages of use_nesterov=True, use_amsgrad=False. `F` is the element type
+    """Adam: the fused step of use_nesterov=True, use_amsgrad=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -139,7 +139,7 @@ def adam_use_nesterov(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

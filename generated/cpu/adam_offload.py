@@ -39,8 +39,8 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adam_offload(F):
-    """AdamOffload: the stages of use_nesterov=False. `F` is the element type (np.float32 or
+def adam_offload_stage1(F):
+    """AdamOffload: stage 1 of use_nesterov=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -70,6 +70,13 @@ def adam_offload(F):
                 v_c[elem] = v_new
                 delta_c[elem] = delta_new
 
+    return stage1
+
+
+def adam_offload_stage2(F):
+    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the element type
+    (np.float32 or np.float64)."""
+
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
         for chunk in numba.prange(chunks.tensor.shape[0]):
@@ -85,11 +92,11 @@ def adam_offload(F):
                 w_new = delta_new + w
                 w_c[elem] = w_new
 
-    return (stage1, stage2)
+    return stage2
 
 
-def adam_offload_use_nesterov(F):
-    """AdamOffload: the stages of use_nesterov=True. `F` is the element type (np.float32 or
+def adam_offload_use_nesterov_stage1(F):
+    """AdamOffload: stage 1 of use_nesterov=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -120,22 +127,7 @@ def adam_offload_use_nesterov(F):
                 v_c[elem] = v_new
                 delta_c[elem] = delta_new
 
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            delta_c = view(arrays, 4, tensor, F)[start:stop]
-            elems = min(stop - start, len(w_c), len(delta_c))
-            for elem in range(elems):
-                delta_new = delta_c[elem]
-                w = w_c[elem]
-                w_new = delta_new + w
-                w_c[elem] = w_new
-
-    return (stage1, stage2)
+    return stage1
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -148,7 +140,7 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adam_offload),
+                stages=per_dtype(adam_offload_stage1, adam_offload_stage2),
                 plan=Plan(per_tensor=2),
             ),
         },
@@ -160,7 +152,7 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adam_offload_use_nesterov),
+                stages=per_dtype(adam_offload_use_nesterov_stage1, adam_offload_stage2),
                 plan=Plan(per_tensor=2),
             ),
         },
@@ -171,8 +163,8 @@ VARIANTS = {
 # For the offload path (device parameters): the host stage of each variant, and the
 # state it writes for the device's apply stage (kept in transfer buffers, not in state).
 HOST_STAGE = {
-    (False,): per_dtype(adam_offload),
-    (True,): per_dtype(adam_offload_use_nesterov),
+    (False,): per_dtype(adam_offload_stage1),
+    (True,): per_dtype(adam_offload_use_nesterov_stage1),
 }
 HOST_OUTPUT = {
     (False,): "delta",

@@ -42,8 +42,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adam_torch(F):
-    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -72,12 +72,12 @@ def adam_torch(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -107,12 +107,12 @@ def adam_torch_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_maximize(F):
-    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -142,12 +142,12 @@ def adam_torch_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_maximize__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -178,12 +178,12 @@ def adam_torch_maximize__decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_amsgrad(F):
-    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -216,12 +216,12 @@ def adam_torch_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_amsgrad__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -255,12 +255,12 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_amsgrad__maximize(F):
-    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -294,12 +294,12 @@ def adam_torch_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -334,7 +334,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

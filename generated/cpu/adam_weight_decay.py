@@ -40,8 +40,8 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adam_weight_decay(F):
-    """AdamWeightDecay: the stages of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+    """AdamWeightDecay: the fused step of the only variant. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -68,7 +68,7 @@ def adam_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -42,7 +42,7 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adamax(F):
-    """Adamax: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adamax: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -71,11 +71,12 @@ def adamax(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return (step,)
+    return step
 
 
 def adamax_maximize(F):
-    """Adamax: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
+    """Adamax: the fused step of maximize=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -104,7 +105,7 @@ def adamax_maximize(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

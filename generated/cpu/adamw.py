@@ -42,8 +42,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adamw(F):
-    """AdamW: the stages of amsgrad=False, maximize=False. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=False, maximize=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -72,12 +72,12 @@ def adamw(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adamw_maximize(F):
-    """AdamW: the stages of amsgrad=False, maximize=True. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=False, maximize=True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -106,12 +106,12 @@ def adamw_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def adamw_amsgrad(F):
-    """AdamW: the stages of amsgrad=True, maximize=False. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=True, maximize=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -144,12 +144,12 @@ def adamw_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 def adamw_amsgrad__maximize(F):
-    """AdamW: the stages of amsgrad=True, maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+    """AdamW: the fused step of amsgrad=True, maximize=True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -182,7 +182,7 @@ def adamw_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def adan_t_eq_1(F):
-    """Adan: the stages of Eq(t, 1) is True. `F` is the element type (np.float32 or
+    """Adan: the fused step of Eq(t, 1) is True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -96,11 +96,11 @@ def adan_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return (step,)
+    return step
 
 
 def adan_not_t_eq_1(F):
-    """Adan: the stages of Eq(t, 1) is False. `F` is the element type (np.float32 or
+    """Adan: the fused step of Eq(t, 1) is False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -157,7 +157,7 @@ def adan_not_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -45,7 +45,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def asgd_mu_eq_1(F):
-    """ASGD: the stages of maximize=False, Eq(mu, 1) is True. `F` is the element type
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -69,11 +69,11 @@ def asgd_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (step,)
+    return step
 
 
 def asgd_not_mu_eq_1(F):
-    """ASGD: the stages of maximize=False, Eq(mu, 1) is False. `F` is the element type
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -98,11 +98,11 @@ def asgd_not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (step,)
+    return step
 
 
 def asgd_maximize__mu_eq_1(F):
-    """ASGD: the stages of maximize=True, Eq(mu, 1) is True. `F` is the element type
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -127,11 +127,11 @@ def asgd_maximize__mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (step,)
+    return step
 
 
 def asgd_maximize__not_mu_eq_1(F):
-    """ASGD: the stages of maximize=True, Eq(mu, 1) is False. `F` is the element type
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -157,7 +157,7 @@ def asgd_maximize__not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

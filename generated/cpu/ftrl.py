@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def ftrl(F):
-    """FTRL: the stages of the only variant. `F` is the element type (np.float32 or
+    """FTRL: the fused step of the only variant. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -86,7 +86,7 @@ def ftrl(F):
                 accum_c[elem] = accum_new
                 linear_c[elem] = linear_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

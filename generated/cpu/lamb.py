@@ -39,9 +39,8 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def lamb(F):
-    """Lamb: the stages of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def lamb_stage1(F):
+    """Lamb: stage 1 of the only variant. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -77,6 +76,13 @@ def lamb(F):
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
+    return stage1
+
+
+def lamb_finalize(F):
+    """Lamb: the per-tensor values between the element stages of the only variant. `F` is the
+    element type (np.float32 or np.float64)."""
+
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
         # The per-tensor values between the stages; partials are added in chunk order (deterministic).
@@ -91,6 +97,12 @@ def lamb(F):
             )
             u0 = s4 * trust_ratio
             per_tensor[2, tensor] = u0
+
+    return finalize
+
+
+def lamb_stage2(F):
+    """Lamb: stage 2 of the only variant. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -112,7 +124,7 @@ def lamb(F):
                 w_new = w + u0 * r
                 w_c[elem] = w_new
 
-    return (stage1, finalize, stage2)
+    return stage2
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch
@@ -125,7 +137,7 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(lamb),
+                stages=per_dtype(lamb_stage1, lamb_finalize, lamb_stage2),
                 plan=Plan(per_tensor=3, reductions=2),
             ),
         },

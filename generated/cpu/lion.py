@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def lion(F):
-    """Lion: the stages of the only variant. `F` is the element type (np.float32 or
+    """Lion: the fused step of the only variant. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -65,7 +65,7 @@ def lion(F):
                 w_c[elem] = w_new
                 m_c[elem] = m_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

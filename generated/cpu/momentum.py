@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def momentum(F):
-    """Momentum: the stages of use_nesterov=False. `F` is the element type (np.float32 or
+    """Momentum: the fused step of use_nesterov=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -65,11 +65,11 @@ def momentum(F):
                 w_c[elem] = w_new
                 accum_c[elem] = accum_new
 
-    return (step,)
+    return step
 
 
 def momentum_use_nesterov(F):
-    """Momentum: the stages of use_nesterov=True. `F` is the element type (np.float32 or
+    """Momentum: the fused step of use_nesterov=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -94,7 +94,7 @@ def momentum_use_nesterov(F):
                 w_c[elem] = w_new
                 accum_c[elem] = accum_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

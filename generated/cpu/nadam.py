@@ -42,8 +42,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def nadam(F):
-    """NAdam: the stages of decoupled_weight_decay=False, maximize=False. `F` is the element
-    type (np.float32 or np.float64)."""
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=False. `F` is the
+    element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -73,11 +73,11 @@ def nadam(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def nadam_maximize(F):
-    """NAdam: the stages of decoupled_weight_decay=False, maximize=True. `F` is the element
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=True. `F` is the element
     type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -109,11 +109,11 @@ def nadam_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def nadam_decoupled_weight_decay(F):
-    """NAdam: the stages of decoupled_weight_decay=True, maximize=False. `F` is the element
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=False. `F` is the element
     type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -145,12 +145,12 @@ def nadam_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def nadam_decoupled_weight_decay__maximize(F):
-    """NAdam: the stages of decoupled_weight_decay=True, maximize=True. `F` is the element type
-    (np.float32 or np.float64)."""
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=True. `F` is the element
+    type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4, s5):
@@ -182,7 +182,7 @@ def nadam_decoupled_weight_decay__maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

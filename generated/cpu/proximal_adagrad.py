@@ -40,8 +40,8 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def proximal_adagrad_l1_gt_0(F):
-    """ProximalAdagrad: the stages of l1 > 0 is True. `F` is the element type (np.float32 or
-    np.float64)."""
+    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
@@ -71,12 +71,12 @@ def proximal_adagrad_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (step,)
+    return step
 
 
 def proximal_adagrad_l1_gt_0_rows(F):
-    """ProximalAdagrad on the rows a row-sparse gradient names (one tensor: column 0 of
-    `arrays`; `rows` unique row indices, the gradient their summed values, row after row)."""
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr, s0):
@@ -115,8 +115,8 @@ def proximal_adagrad_l1_gt_0_rows(F):
 
 
 def proximal_adagrad_not_l1_gt_0(F):
-    """ProximalAdagrad: the stages of l1 > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the element type (np.float32
+    or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, l2, lr):
@@ -142,12 +142,12 @@ def proximal_adagrad_not_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return (step,)
+    return step
 
 
 def proximal_adagrad_not_l1_gt_0_rows(F):
-    """ProximalAdagrad on the rows a row-sparse gradient names (one tensor: column 0 of
-    `arrays`; `rows` unique row indices, the gradient their summed values, row after row)."""
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr):

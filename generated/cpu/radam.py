@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def radam_rho_t_gt_5(F):
-    """RAdam: the stages of rho_t > 5 is True. `F` is the element type (np.float32 or
+    """RAdam: the fused step of rho_t > 5 is True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -70,11 +70,11 @@ def radam_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_not_rho_t_gt_5(F):
-    """RAdam: the stages of rho_t > 5 is False. `F` is the element type (np.float32 or
+    """RAdam: the fused step of rho_t > 5 is False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -104,7 +104,7 @@ def radam_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -49,8 +49,8 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def radam_torch_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is True.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
+    True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -80,12 +80,12 @@ def radam_torch_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_torch_not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is False.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -115,12 +115,12 @@ def radam_torch_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_torch_maximize__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -151,12 +151,12 @@ def radam_torch_maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_torch_maximize__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is False.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -187,12 +187,12 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -223,11 +223,84 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is False.
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, F)[start:stop]
+            g_c = view(arrays, 1, tensor, F)[start:stop]
+            m_c = view(arrays, 2, tensor, F)[start:stop]
+            v_c = view(arrays, 3, tensor, F)[start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            for elem in range(elems):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s0 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    return step
+
+
+def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, F)[start:stop]
+            g_c = view(arrays, 1, tensor, F)[start:stop]
+            m_c = view(arrays, 2, tensor, F)[start:stop]
+            v_c = view(arrays, 3, tensor, F)[start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            for elem in range(elems):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    return step
+
+
+def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False.
     `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -242,79 +315,6 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
             v_c = view(arrays, 3, tensor, F)[start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
-            for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = m + s1 * (g_eff - m)
-                v_new = beta2 * v + s2 * g_eff * g_eff
-                m_hat = m_new / s3
-                w_new = w_decayed + s0 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-
-    return (step,)
-
-
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            weight_decay = per_tensor[0, tensor]
-            grad_scale = per_tensor[1, tensor]
-            u0 = -grad_scale
-            u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
-            for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = m + s1 * (g_eff - m)
-                v_new = beta2 * v + s2 * g_eff * g_eff
-                m_hat = m_new / s3
-                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-
-    return (step,)
-
-
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False. `F`
-    is the element type (np.float32 or np.float64)."""
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            weight_decay = per_tensor[0, tensor]
-            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
@@ -333,7 +333,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

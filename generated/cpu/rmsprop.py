@@ -49,8 +49,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def rmsprop_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -79,12 +79,12 @@ def rmsprop_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -109,12 +109,12 @@ def rmsprop_not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_maximize__momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -144,12 +144,12 @@ def rmsprop_maximize__momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_maximize__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -175,12 +175,12 @@ def rmsprop_maximize__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_centered__momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -213,12 +213,12 @@ def rmsprop_centered__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_centered__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -247,12 +247,12 @@ def rmsprop_centered__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_centered__maximize__momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -286,12 +286,12 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -321,7 +321,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

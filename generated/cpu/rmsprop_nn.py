@@ -40,7 +40,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def rmsprop_nn(F):
-    """RMSProp: the stages of centered=False. `F` is the element type (np.float32 or
+    """RMSProp: the fused step of centered=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -69,11 +69,11 @@ def rmsprop_nn(F):
                 ms_c[elem] = ms_new
                 mom_c[elem] = mom_new
 
-    return (step,)
+    return step
 
 
 def rmsprop_nn_centered(F):
-    """RMSProp: the stages of centered=True. `F` is the element type (np.float32 or
+    """RMSProp: the fused step of centered=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -108,7 +108,7 @@ def rmsprop_nn_centered(F):
                 mg_c[elem] = mg_new
                 mom_c[elem] = mom_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -40,7 +40,8 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def rprop(F):
-    """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
+    """Rprop: the fused step of maximize=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -80,11 +81,12 @@ def rprop(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return (step,)
+    return step
 
 
 def rprop_maximize(F):
-    """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
+    """Rprop: the fused step of maximize=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -125,7 +127,7 @@ def rprop_maximize(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -50,8 +50,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -75,13 +75,14 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -105,12 +106,12 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -135,13 +136,14 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
+    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -162,11 +164,11 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return (step,)
+    return step
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -192,13 +194,13 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -223,12 +225,12 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -254,13 +256,14 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum >
+    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -282,11 +285,11 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return (step,)
+    return step
 
 
 def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -311,12 +314,12 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -341,11 +344,11 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -371,11 +374,11 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -402,7 +405,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return (step,)
+    return step
 
 
 # (flag values in spec order) -> compiled variant; each variant's branch

@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adadelta import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adadelta(F):
-    """Adadelta: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adadelta: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -58,11 +58,11 @@ def adadelta(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adadelta_maximize(F):
-    """Adadelta: the stages of maximize=True. `F` is the element type (np.float32 or
+    """Adadelta: the fused step of maximize=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -94,7 +94,7 @@ def adadelta_maximize(F):
                 sq_c[elem] = sq_new
                 acc_delta_c[elem] = acc_delta_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -107,6 +107,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adadelta),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -119,6 +120,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adadelta_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -20,7 +20,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adafactor import scalars, scalars_factored
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -29,8 +29,8 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adafactor(F):
-    """Adafactor: the stages of maximize=False, factored=False. `F` is the element type
+def adafactor_stage1(F):
+    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -77,6 +77,14 @@ def adafactor(F):
                 partials[chunk, 1] = block_sums[0, 1]
             cuda.syncthreads()
 
+    return stage1
+
+
+def adafactor_finalize(F):
+    """Adafactor: the per-tensor values between the element stages of maximize=False,
+    factored=False; maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
         partials = scratch.partials
@@ -96,6 +104,13 @@ def adafactor(F):
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def adafactor_stage2(F):
+    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -120,108 +135,12 @@ def adafactor(F):
                 w_new = u1 * U + u0 * w
                 w_c[elem] = w_new
 
-    grids = ("chunks", "tensors", "chunks")
-    return DeviceKernels((stage1, finalize, stage2), grids)
+    return stage2
 
 
-def adafactor_maximize(F):
-    """Adafactor: the stages of maximize=True, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
-
-    @cuda.jit(cache=True)
-    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        partials = scratch.partials
-        block_sums = cuda.shared.array((THREADS, 2), float64)
-        thread = cuda.threadIdx.x
-        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = arrays[0][tensor][start:stop]
-            g_c = arrays[1][tensor][start:stop]
-            v_c = arrays[2][tensor][start:stop]
-            sum0 = 0.0
-            sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
-                g_eff = -g
-                x0 = g_eff * g_eff
-                v_new = v + s0 * (x0 - v)
-                v_hat = v_new
-                x1 = max(s1, v_hat)
-                rms0_of = w
-                rms1_of = x0 / x1
-                sum0 += f64(rms0_of) * f64(rms0_of)
-                sum1 += f64(rms1_of)
-                v_c[elem] = v_new
-            block_sums[thread, 0] = sum0
-            block_sums[thread, 1] = sum1
-            cuda.syncthreads()
-            width = THREADS // 2
-            while width > 0:
-                if thread < width:
-                    block_sums[thread, 0] += block_sums[thread + width, 0]
-                    block_sums[thread, 1] += block_sums[thread + width, 1]
-                cuda.syncthreads()
-                width //= 2
-            if thread == 0:
-                partials[chunk, 0] = block_sums[0, 0]
-                partials[chunk, 1] = block_sums[0, 1]
-            cuda.syncthreads()
-
-    @cuda.jit(cache=True)
-    def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        partials = scratch.partials
-        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
-        tensor = cuda.grid(1)
-        if tensor < per_tensor.shape[1]:
-            sum0 = 0.0
-            sum1 = 0.0
-            size = 0
-            for chunk in range(chunks.tensor.shape[0]):
-                if chunks.tensor[chunk] == tensor:
-                    sum0 += partials[chunk, 0]
-                    sum1 += partials[chunk, 1]
-                    size += chunks.stop[chunk] - chunks.start[chunk]
-            rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-            rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
-            alpha = rho * max(eps2, rms0)
-            u1 = -alpha / max(f64(1.0), rms1 / d)
-            per_tensor[2, tensor] = u1
-
-    @cuda.jit(cache=True)
-    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = arrays[0][tensor][start:stop]
-            g_c = arrays[1][tensor][start:stop]
-            v_c = arrays[2][tensor][start:stop]
-            weight_decay = per_tensor[0, tensor]
-            u1 = per_tensor[2, tensor]
-            u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
-                g_eff = -g
-                v_hat = v_new
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
-
-    grids = ("chunks", "tensors", "chunks")
-    return DeviceKernels((stage1, finalize, stage2), grids)
-
-
-def adafactor_factored(F):
-    """Adafactor: the stages of maximize=False, factored=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_factored_pass1(F):
+    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -282,6 +201,13 @@ def adafactor_factored(F):
                 partials[chunk, 0] = block_sums[0, 0]
             cuda.syncthreads()
 
+    return pass1
+
+
+def adafactor_factored_lines(F):
+    """Adafactor: the row and column stage of maximize=False, factored=True; maximize=True,
+    factored=True. `F` is the element type (np.float32 or np.float64)."""
+
     @cuda.jit(cache=True)
     def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         per_matrix = scratch.per_matrix
@@ -328,6 +254,13 @@ def adafactor_factored(F):
                 per_matrix[0, matrix] = block_sums[0, 0] / rows
             cuda.syncthreads()
 
+    return lines
+
+
+def adafactor_factored_pass2(F):
+    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
+
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         partials = scratch.partials
@@ -372,6 +305,14 @@ def adafactor_factored(F):
                 partials[chunk, 1] = block_sums[0, 0]
             cuda.syncthreads()
 
+    return pass2
+
+
+def adafactor_factored_finalize(F):
+    """Adafactor: the per-tensor values between the element stages of maximize=False,
+    factored=True; maximize=True, factored=True. `F` is the element type (np.float32 or
+    np.float64)."""
+
     @cuda.jit(cache=True)
     def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         partials = scratch.partials
@@ -389,6 +330,13 @@ def adafactor_factored(F):
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def adafactor_factored_pass3(F):
+    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -428,13 +376,93 @@ def adafactor_factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    grids = ("chunks", "matrices", "chunks", "tensors", "chunks")
-    return DeviceKernels((pass1, lines, pass2, finalize, pass3), grids)
+    return pass3
 
 
-def adafactor_maximize__factored(F):
-    """Adafactor: the stages of maximize=True, factored=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_maximize_stage1(F):
+    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        partials = scratch.partials
+        block_sums = cuda.shared.array((THREADS, 2), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
+            sum0 = 0.0
+            sum1 = 0.0
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                v = v_c[elem]
+                g_eff = -g
+                x0 = g_eff * g_eff
+                v_new = v + s0 * (x0 - v)
+                v_hat = v_new
+                x1 = max(s1, v_hat)
+                rms0_of = w
+                rms1_of = x0 / x1
+                sum0 += f64(rms0_of) * f64(rms0_of)
+                sum1 += f64(rms1_of)
+                v_c[elem] = v_new
+            block_sums[thread, 0] = sum0
+            block_sums[thread, 1] = sum1
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                    block_sums[thread, 1] += block_sums[thread + width, 1]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 0] = block_sums[0, 0]
+                partials[chunk, 1] = block_sums[0, 1]
+            cuda.syncthreads()
+
+    return stage1
+
+
+def adafactor_maximize_stage2(F):
+    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the element type (np.float32
+    or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            v_c = arrays[2][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s2 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                g = g_c[elem]
+                v_new = v_c[elem]
+                w = w_c[elem]
+                g_eff = -g
+                v_hat = v_new
+                U = g_eff / math.sqrt(max(s1, v_hat))
+                w_new = u1 * U + u0 * w
+                w_c[elem] = w_new
+
+    return stage2
+
+
+def adafactor_maximize__factored_pass1(F):
+    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -495,51 +523,12 @@ def adafactor_maximize__factored(F):
                 partials[chunk, 0] = block_sums[0, 0]
             cuda.syncthreads()
 
-    @cuda.jit(cache=True)
-    def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        per_matrix = scratch.per_matrix
-        row_sums0 = scratch.row_sums[0]
-        col_sums0 = scratch.col_sums[0]
-        """Adafactor: per column, then per row, of each matrix (a block each). A column adds
-        its chunks' sums in chunk order."""
-        block_sums = cuda.shared.array((THREADS, 1), float64)
-        thread = cuda.threadIdx.x
-        for matrix in range(cuda.blockIdx.x, table.matrix_tensor.shape[0], cuda.gridDim.x):
-            tensor = table.matrix_tensor[matrix]
-            rows = table.tensor_rows[tensor]
-            cols = table.tensor_cols[tensor]
-            first = table.matrix_index[matrix] * rows
-            R_rows = arrays[2][tensor][first : first + rows]
-            C_cols = arrays[3][tensor][
-                table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
-            ]
-            for col in range(thread, min(cols, len(C_cols)), cuda.blockDim.x):
-                col_sum0 = 0.0
-                for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                    col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-                col_mean0 = F(col_sum0 / rows)
-                C = C_cols[col]
-                C_new = C + s0 * (col_mean0 - C)
-                C_cols[col] = C_new
-            matrix_sum0 = 0.0
-            for row in range(thread, min(rows, len(R_rows)), cuda.blockDim.x):
-                row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
-                R = R_rows[row]
-                R_new = R + s0 * (row_mean0 - R)
-                matrix_mean0_of = R_new
-                R_rows[row] = R_new
-                matrix_sum0 += f64(matrix_mean0_of)
-            block_sums[thread, 0] = matrix_sum0
-            cuda.syncthreads()
-            width = THREADS // 2
-            while width > 0:
-                if thread < width:
-                    block_sums[thread, 0] += block_sums[thread + width, 0]
-                cuda.syncthreads()
-                width //= 2
-            if thread == 0:
-                per_matrix[0, matrix] = block_sums[0, 0] / rows
-            cuda.syncthreads()
+    return pass1
+
+
+def adafactor_maximize__factored_pass2(F):
+    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -585,23 +574,12 @@ def adafactor_maximize__factored(F):
                 partials[chunk, 1] = block_sums[0, 0]
             cuda.syncthreads()
 
-    @cuda.jit(cache=True)
-    def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        partials = scratch.partials
-        """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
-        tensor = cuda.grid(1)
-        if tensor < table.tensor_sizes.shape[0]:
-            sum0 = 0.0
-            sum1 = 0.0
-            for chunk in range(table.chunk_tensor.shape[0]):
-                if table.chunk_tensor[chunk] == tensor:
-                    sum0 += partials[chunk, 0]
-                    sum1 += partials[chunk, 1]
-            rms0 = math.sqrt(sum0 / max(table.tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sum1 / max(table.tensor_sizes[tensor], 1))
-            alpha = rho * max(eps2, rms0)
-            u1 = -alpha / max(f64(1.0), rms1 / d)
-            per_tensor[2, tensor] = u1
+    return pass2
+
+
+def adafactor_maximize__factored_pass3(F):
+    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -641,8 +619,7 @@ def adafactor_maximize__factored(F):
                     w_new = u1 * U + u0 * w
                     w_c[col] = w_new
 
-    grids = ("chunks", "matrices", "chunks", "tensors", "chunks")
-    return DeviceKernels((pass1, lines, pass2, finalize, pass3), grids)
+    return pass3
 
 
 RANK_FLAG = (1, 2)  # as in the CPU module
@@ -655,8 +632,9 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adafactor),
+                stages=per_dtype(adafactor_stage1, adafactor_finalize, adafactor_stage2),
                 plan=Plan(per_tensor=3, reductions=2),
+                grids=("chunks", "tensors", "chunks"),
             ),
         },
         chunk=65536,
@@ -667,8 +645,15 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars_factored,
-                stages=per_dtype(adafactor_factored),
+                stages=per_dtype(
+                    adafactor_factored_pass1,
+                    adafactor_factored_lines,
+                    adafactor_factored_pass2,
+                    adafactor_factored_finalize,
+                    adafactor_factored_pass3,
+                ),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                grids=("chunks", "matrices", "chunks", "tensors", "chunks"),
             ),
         },
         shapes=("row", "col"),
@@ -681,8 +666,11 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adafactor_maximize),
+                stages=per_dtype(
+                    adafactor_maximize_stage1, adafactor_finalize, adafactor_maximize_stage2
+                ),
                 plan=Plan(per_tensor=3, reductions=2),
+                grids=("chunks", "tensors", "chunks"),
             ),
         },
         chunk=65536,
@@ -693,8 +681,15 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars_factored,
-                stages=per_dtype(adafactor_maximize__factored),
+                stages=per_dtype(
+                    adafactor_maximize__factored_pass1,
+                    adafactor_factored_lines,
+                    adafactor_maximize__factored_pass2,
+                    adafactor_factored_finalize,
+                    adafactor_maximize__factored_pass3,
+                ),
                 plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                grids=("chunks", "matrices", "chunks", "tensors", "chunks"),
             ),
         },
         shapes=("row", "col"),

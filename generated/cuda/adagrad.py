@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adagrad import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adagrad(F):
-    """Adagrad: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -52,11 +52,11 @@ def adagrad(F):
                 w_c[elem] = w_new
                 acc_c[elem] = acc_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adagrad_maximize(F):
-    """Adagrad: the stages of maximize=True. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of maximize=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -82,7 +82,7 @@ def adagrad_maximize(F):
                 w_c[elem] = w_new
                 acc_c[elem] = acc_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -95,6 +95,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adagrad),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -107,6 +108,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adagrad_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

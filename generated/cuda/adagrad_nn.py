@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adagrad_nn import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adagrad_nn(F):
-    """Adagrad: the stages of update_slots=False. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of update_slots=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -51,11 +51,11 @@ def adagrad_nn(F):
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
                 w_c[elem] = w_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adagrad_nn_update_slots(F):
-    """Adagrad: the stages of update_slots=True. `F` is the element type (np.float32 or
+    """Adagrad: the fused step of update_slots=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -80,7 +80,7 @@ def adagrad_nn_update_slots(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -93,6 +93,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adagrad_nn),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -105,6 +106,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adagrad_nn_update_slots),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam import scalars, scalars_use_nesterov
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adam(F):
-    """Adam: the stages of use_nesterov=False, use_amsgrad=False. `F` is the element type
+    """Adam: the fused step of use_nesterov=False, use_amsgrad=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -56,11 +56,11 @@ def adam(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_use_amsgrad(F):
-    """Adam: the stages of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
+    """Adam: the fused step of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
     use_amsgrad=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -93,11 +93,11 @@ def adam_use_amsgrad(F):
                 v_c[elem] = v_new
                 vhat_c[elem] = vhat_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_use_nesterov(F):
-    """Adam: the stages of use_nesterov=True, use_amsgrad=False. `F` is the element type
+    """Adam: the fused step of use_nesterov=True, use_amsgrad=False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -126,7 +126,7 @@ def adam_use_nesterov(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -139,6 +139,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -151,6 +152,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_use_amsgrad),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -163,6 +165,7 @@ VARIANTS = {
                 scalars=scalars_use_nesterov,
                 stages=per_dtype(adam_use_nesterov),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -175,6 +178,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_use_amsgrad),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

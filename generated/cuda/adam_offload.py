@@ -19,7 +19,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam_offload import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -28,8 +28,8 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adam_offload(F):
-    """AdamOffload: the stages of use_nesterov=False. `F` is the element type (np.float32 or
+def adam_offload_stage1(F):
+    """AdamOffload: stage 1 of use_nesterov=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -59,6 +59,13 @@ def adam_offload(F):
                 v_c[elem] = v_new
                 delta_c[elem] = delta_new
 
+    return stage1
+
+
+def adam_offload_stage2(F):
+    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the element type
+    (np.float32 or np.float64)."""
+
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
         for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
@@ -74,13 +81,12 @@ def adam_offload(F):
                 w_new = delta_new + w
                 w_c[elem] = w_new
 
-    grids = ("chunks", "chunks")
-    return DeviceKernels((stage1, stage2), grids)
+    return stage2
 
 
-def adam_offload_offload(F):
-    """AdamOffload: the device-side pieces of the offload path (the update itself runs on the
-    host)."""
+def adam_offload_effective_gradient(F):
+    """AdamOffload: the offload path's effective gradient of use_nesterov=False;
+    use_nesterov=True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def effective_gradient(g_c, w_c, weight_decay, grad_scale, out):
@@ -89,6 +95,13 @@ def adam_offload_offload(F):
             g = g_c[elem]
             w = w_c[elem]
             out[elem] = grad_scale * g + weight_decay * w
+
+    return effective_gradient
+
+
+def adam_offload_apply(F):
+    """AdamOffload: the offload path's apply stage of use_nesterov=False; use_nesterov=True.
+    `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def apply(
@@ -108,11 +121,11 @@ def adam_offload_offload(F):
             w_new = delta_new + w
             w_c[elem] = w_new
 
-    return (effective_gradient, apply)
+    return apply
 
 
-def adam_offload_use_nesterov(F):
-    """AdamOffload: the stages of use_nesterov=True. `F` is the element type (np.float32 or
+def adam_offload_use_nesterov_stage1(F):
+    """AdamOffload: stage 1 of use_nesterov=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -143,56 +156,7 @@ def adam_offload_use_nesterov(F):
                 v_c[elem] = v_new
                 delta_c[elem] = delta_new
 
-    @cuda.jit(cache=True)
-    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
-        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = arrays[0][tensor][start:stop]
-            delta_c = arrays[4][tensor][start:stop]
-            elems = min(stop - start, len(w_c), len(delta_c))
-            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                delta_new = delta_c[elem]
-                w = w_c[elem]
-                w_new = delta_new + w
-                w_c[elem] = w_new
-
-    grids = ("chunks", "chunks")
-    return DeviceKernels((stage1, stage2), grids)
-
-
-def adam_offload_use_nesterov_offload(F):
-    """AdamOffload: the device-side pieces of the offload path (the update itself runs on the
-    host)."""
-
-    @cuda.jit(cache=True)
-    def effective_gradient(g_c, w_c, weight_decay, grad_scale, out):
-        # The spec's effective gradient: the part of the update that reads the parameter.
-        for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-            g = g_c[elem]
-            w = w_c[elem]
-            out[elem] = grad_scale * g + weight_decay * w
-
-    @cuda.jit(cache=True)
-    def apply(
-        w_c,
-        delta_c,
-        beta1,
-        beta2,
-        eps,
-        s0,
-        s1,
-        s2,
-    ):
-        # The apply stage on one contiguous piece of one tensor: the only write to the parameter.
-        for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-            delta_new = delta_c[elem]
-            w = w_c[elem]
-            w_new = delta_new + w
-            w_c[elem] = w_new
-
-    return (effective_gradient, apply)
+    return stage1
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -203,8 +167,9 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adam_offload),
+                stages=per_dtype(adam_offload_stage1, adam_offload_stage2),
                 plan=Plan(per_tensor=2),
+                grids=("chunks", "chunks"),
             ),
         },
         chunk=65536,
@@ -215,8 +180,9 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(adam_offload_use_nesterov),
+                stages=per_dtype(adam_offload_use_nesterov_stage1, adam_offload_stage2),
                 plan=Plan(per_tensor=2),
+                grids=("chunks", "chunks"),
             ),
         },
         chunk=65536,
@@ -225,6 +191,6 @@ VARIANTS = {
 
 # For the offload path: the device-side pieces of each variant (effective gradient, apply).
 OFFLOAD = {
-    (False,): per_dtype(adam_offload_offload),
-    (True,): per_dtype(adam_offload_use_nesterov_offload),
+    (False,): per_dtype(adam_offload_effective_gradient, adam_offload_apply),
+    (True,): per_dtype(adam_offload_effective_gradient, adam_offload_apply),
 }

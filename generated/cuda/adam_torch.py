@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam_torch import scalars, scalars_decoupled_weight_decay
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,8 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adam_torch(F):
-    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -57,12 +57,12 @@ def adam_torch(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -92,12 +92,12 @@ def adam_torch_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_maximize(F):
-    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -127,12 +127,12 @@ def adam_torch_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_maximize__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -163,12 +163,12 @@ def adam_torch_maximize__decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_amsgrad(F):
-    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -201,12 +201,12 @@ def adam_torch_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_amsgrad__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -240,12 +240,12 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_amsgrad__maximize(F):
-    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F` is
-    the element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F`
+    is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -279,12 +279,12 @@ def adam_torch_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
-    """Adam: the stages of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -319,7 +319,7 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -332,6 +332,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_torch),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -344,6 +345,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -356,6 +358,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_torch_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -368,6 +371,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -380,6 +384,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -392,6 +397,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -404,6 +410,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_torch_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -416,6 +423,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(adam_torch_amsgrad__maximize__decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

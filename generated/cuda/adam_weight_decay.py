@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam_weight_decay import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,8 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adam_weight_decay(F):
-    """AdamWeightDecay: the stages of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+    """AdamWeightDecay: the fused step of the only variant. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -55,7 +55,7 @@ def adam_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -68,6 +68,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adam_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

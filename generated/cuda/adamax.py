@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adamax import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adamax(F):
-    """Adamax: the stages of maximize=False. `F` is the element type (np.float32 or
+    """Adamax: the fused step of maximize=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -56,11 +56,12 @@ def adamax(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adamax_maximize(F):
-    """Adamax: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
+    """Adamax: the fused step of maximize=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -89,7 +90,7 @@ def adamax_maximize(F):
                 m_c[elem] = m_new
                 u_c[elem] = u_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -102,6 +103,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamax),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -114,6 +116,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamax_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

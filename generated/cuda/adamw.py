@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adamw import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,8 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adamw(F):
-    """AdamW: the stages of amsgrad=False, maximize=False. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=False, maximize=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -57,12 +57,12 @@ def adamw(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adamw_maximize(F):
-    """AdamW: the stages of amsgrad=False, maximize=True. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=False, maximize=True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -91,12 +91,12 @@ def adamw_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adamw_amsgrad(F):
-    """AdamW: the stages of amsgrad=True, maximize=False. `F` is the element type (np.float32
-    or np.float64)."""
+    """AdamW: the fused step of amsgrad=True, maximize=False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -129,12 +129,12 @@ def adamw_amsgrad(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adamw_amsgrad__maximize(F):
-    """AdamW: the stages of amsgrad=True, maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+    """AdamW: the fused step of amsgrad=True, maximize=True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -167,7 +167,7 @@ def adamw_amsgrad__maximize(F):
                 v_c[elem] = v_new
                 v_max_c[elem] = v_max_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -180,6 +180,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamw),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -192,6 +193,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamw_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -204,6 +206,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamw_amsgrad),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -216,6 +219,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamw_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

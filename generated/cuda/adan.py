@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adan import branch, scalars_not_t_eq_1, scalars_t_eq_1
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def adan_t_eq_1(F):
-    """Adan: the stages of Eq(t, 1) is True. `F` is the element type (np.float32 or
+    """Adan: the fused step of Eq(t, 1) is True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -83,11 +83,11 @@ def adan_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def adan_not_t_eq_1(F):
-    """Adan: the stages of Eq(t, 1) is False. `F` is the element type (np.float32 or
+    """Adan: the fused step of Eq(t, 1) is False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -144,7 +144,7 @@ def adan_not_t_eq_1(F):
                 n_c[elem] = n_new
                 g_prev_c[elem] = g_prev_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -157,11 +157,13 @@ VARIANTS = {
                 scalars=scalars_t_eq_1,
                 stages=per_dtype(adan_t_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_t_eq_1,
                 stages=per_dtype(adan_not_t_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -22,7 +22,7 @@ from optforge.generated.host.asgd import (
     scalars_mu_eq_1,
     scalars_not_mu_eq_1,
 )
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -32,7 +32,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def asgd_mu_eq_1(F):
-    """ASGD: the stages of maximize=False, Eq(mu, 1) is True. `F` is the element type
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -56,11 +56,11 @@ def asgd_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def asgd_not_mu_eq_1(F):
-    """ASGD: the stages of maximize=False, Eq(mu, 1) is False. `F` is the element type
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -85,11 +85,11 @@ def asgd_not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def asgd_maximize__mu_eq_1(F):
-    """ASGD: the stages of maximize=True, Eq(mu, 1) is True. `F` is the element type
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -114,11 +114,11 @@ def asgd_maximize__mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def asgd_maximize__not_mu_eq_1(F):
-    """ASGD: the stages of maximize=True, Eq(mu, 1) is False. `F` is the element type
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the element type
     (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -144,7 +144,7 @@ def asgd_maximize__not_mu_eq_1(F):
                 w_c[elem] = w_new
                 ax_c[elem] = ax_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -157,11 +157,13 @@ VARIANTS = {
                 scalars=scalars_mu_eq_1,
                 stages=per_dtype(asgd_mu_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_mu_eq_1,
                 stages=per_dtype(asgd_not_mu_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -174,11 +176,13 @@ VARIANTS = {
                 scalars=scalars_mu_eq_1,
                 stages=per_dtype(asgd_maximize__mu_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_mu_eq_1,
                 stages=per_dtype(asgd_maximize__not_mu_eq_1),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.ftrl import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def ftrl(F):
-    """FTRL: the stages of the only variant. `F` is the element type (np.float32 or
+    """FTRL: the fused step of the only variant. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -73,7 +73,7 @@ def ftrl(F):
                 accum_c[elem] = accum_new
                 linear_c[elem] = linear_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -86,6 +86,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(ftrl),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.lamb import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -26,9 +26,8 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def lamb(F):
-    """Lamb: the stages of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def lamb_stage1(F):
+    """Lamb: stage 1 of the only variant. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -76,6 +75,13 @@ def lamb(F):
                 partials[chunk, 1] = block_sums[0, 1]
             cuda.syncthreads()
 
+    return stage1
+
+
+def lamb_finalize(F):
+    """Lamb: the per-tensor values between the element stages of the only variant. `F` is the
+    element type (np.float32 or np.float64)."""
+
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
         partials = scratch.partials
@@ -95,6 +101,12 @@ def lamb(F):
             )
             u0 = s4 * trust_ratio
             per_tensor[2, tensor] = u0
+
+    return finalize
+
+
+def lamb_stage2(F):
+    """Lamb: stage 2 of the only variant. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -116,8 +128,7 @@ def lamb(F):
                 w_new = w + u0 * r
                 w_c[elem] = w_new
 
-    grids = ("chunks", "tensors", "chunks")
-    return DeviceKernels((stage1, finalize, stage2), grids)
+    return stage2
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -128,8 +139,9 @@ VARIANTS = {
         branches={
             (): Branch(
                 scalars=scalars,
-                stages=per_dtype(lamb),
+                stages=per_dtype(lamb_stage1, lamb_finalize, lamb_stage2),
                 plan=Plan(per_tensor=3, reductions=2),
+                grids=("chunks", "tensors", "chunks"),
             ),
         },
         chunk=65536,

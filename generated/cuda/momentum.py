@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.momentum import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def momentum(F):
-    """Momentum: the stages of use_nesterov=False. `F` is the element type (np.float32 or
+    """Momentum: the fused step of use_nesterov=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -52,11 +52,11 @@ def momentum(F):
                 w_c[elem] = w_new
                 accum_c[elem] = accum_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def momentum_use_nesterov(F):
-    """Momentum: the stages of use_nesterov=True. `F` is the element type (np.float32 or
+    """Momentum: the fused step of use_nesterov=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -81,7 +81,7 @@ def momentum_use_nesterov(F):
                 w_c[elem] = w_new
                 accum_c[elem] = accum_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -94,6 +94,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(momentum),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -106,6 +107,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(momentum_use_nesterov),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.nadam import scalars, scalars_decoupled_weight_decay
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,8 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def nadam(F):
-    """NAdam: the stages of decoupled_weight_decay=False, maximize=False. `F` is the element
-    type (np.float32 or np.float64)."""
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=False. `F` is the
+    element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -58,11 +58,11 @@ def nadam(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def nadam_maximize(F):
-    """NAdam: the stages of decoupled_weight_decay=False, maximize=True. `F` is the element
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=True. `F` is the element
     type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -94,11 +94,11 @@ def nadam_maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def nadam_decoupled_weight_decay(F):
-    """NAdam: the stages of decoupled_weight_decay=True, maximize=False. `F` is the element
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=False. `F` is the element
     type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -130,12 +130,12 @@ def nadam_decoupled_weight_decay(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def nadam_decoupled_weight_decay__maximize(F):
-    """NAdam: the stages of decoupled_weight_decay=True, maximize=True. `F` is the element type
-    (np.float32 or np.float64)."""
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=True. `F` is the element
+    type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4, s5):
@@ -167,7 +167,7 @@ def nadam_decoupled_weight_decay__maximize(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -180,6 +180,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(nadam),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -192,6 +193,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(nadam_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -204,6 +206,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(nadam_decoupled_weight_decay),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -216,6 +219,7 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay,
                 stages=per_dtype(nadam_decoupled_weight_decay__maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

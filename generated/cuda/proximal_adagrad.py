@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.proximal_adagrad import branch, scalars_l1_gt_0, scalars_not_l1_gt_0
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,8 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def proximal_adagrad_l1_gt_0(F):
-    """ProximalAdagrad: the stages of l1 > 0 is True. `F` is the element type (np.float32 or
-    np.float64)."""
+    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
@@ -58,11 +58,12 @@ def proximal_adagrad_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def proximal_adagrad_l1_gt_0_rows(F):
-    """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr, s0):
@@ -93,12 +94,12 @@ def proximal_adagrad_l1_gt_0_rows(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((rows_kernel,), ("rows",))
+    return rows_kernel
 
 
 def proximal_adagrad_not_l1_gt_0(F):
-    """ProximalAdagrad: the stages of l1 > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the element type (np.float32
+    or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, l2, lr):
@@ -124,11 +125,12 @@ def proximal_adagrad_not_l1_gt_0(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def proximal_adagrad_not_l1_gt_0_rows(F):
-    """ProximalAdagrad on the rows a row-sparse gradient names: blocks stride over the rows."""
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the element type
+    (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr):
@@ -155,7 +157,7 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
                 w_c[elem] = w_new
                 a_c[elem] = a_new
 
-    return DeviceKernels((rows_kernel,), ("rows",))
+    return rows_kernel
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -169,12 +171,14 @@ VARIANTS = {
                 stages=per_dtype(proximal_adagrad_l1_gt_0),
                 plan=Plan(per_tensor=2),
                 rows=per_dtype(proximal_adagrad_l1_gt_0_rows),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_l1_gt_0,
                 stages=per_dtype(proximal_adagrad_not_l1_gt_0),
                 plan=Plan(per_tensor=2),
                 rows=per_dtype(proximal_adagrad_not_l1_gt_0_rows),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

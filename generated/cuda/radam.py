@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.radam import branch, scalars_not_rho_t_gt_5, scalars_rho_t_gt_5
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def radam_rho_t_gt_5(F):
-    """RAdam: the stages of rho_t > 5 is True. `F` is the element type (np.float32 or
+    """RAdam: the fused step of rho_t > 5 is True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -57,11 +57,11 @@ def radam_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_not_rho_t_gt_5(F):
-    """RAdam: the stages of rho_t > 5 is False. `F` is the element type (np.float32 or
+    """RAdam: the fused step of rho_t > 5 is False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -91,7 +91,7 @@ def radam_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -104,11 +104,13 @@ VARIANTS = {
                 scalars=scalars_rho_t_gt_5,
                 stages=per_dtype(radam_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_rho_t_gt_5,
                 stages=per_dtype(radam_not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

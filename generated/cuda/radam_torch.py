@@ -26,7 +26,7 @@ from optforge.generated.host.radam_torch import (
     scalars_not_rho_t_gt_5,
     scalars_rho_t_gt_5,
 )
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -36,8 +36,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def radam_torch_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is True.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
+    True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -67,12 +67,12 @@ def radam_torch_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_torch_not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=False, rho_t > 5 is False.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -102,12 +102,12 @@ def radam_torch_not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_torch_maximize__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -138,12 +138,12 @@ def radam_torch_maximize__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_torch_maximize__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=False, maximize=True, rho_t > 5 is False.
-    `F` is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -174,12 +174,12 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -210,11 +210,84 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=False, rho_t > 5 is False.
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is
+    False. `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = grad_scale * g
+                w_decayed = u0 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s0 * m_hat
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    return step
+
+
+def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True.
+    `F` is the element type (np.float32 or np.float64)."""
+
+    @cuda.jit(cache=True)
+    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            v_c = arrays[3][tensor][start:stop]
+            weight_decay = per_tensor[0, tensor]
+            grad_scale = per_tensor[1, tensor]
+            u0 = -grad_scale
+            u1 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                w = w_c[elem]
+                g = g_c[elem]
+                m = m_c[elem]
+                v = v_c[elem]
+                g_eff = u0 * g
+                w_decayed = u1 * w
+                m_new = m + s1 * (g_eff - m)
+                v_new = beta2 * v + s2 * g_eff * g_eff
+                m_hat = m_new / s3
+                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
+                w_c[elem] = w_new
+                m_c[elem] = m_new
+                v_c[elem] = v_new
+
+    return step
+
+
+def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
+    """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False.
     `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -229,79 +302,6 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
             v_c = arrays[3][tensor][start:stop]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
-            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = m + s1 * (g_eff - m)
-                v_new = beta2 * v + s2 * g_eff * g_eff
-                m_hat = m_new / s3
-                w_new = w_decayed + s0 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-
-    return DeviceKernels((step,), ("chunks",))
-
-
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True. `F`
-    is the element type (np.float32 or np.float64)."""
-
-    @cuda.jit(cache=True)
-    def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
-        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = arrays[0][tensor][start:stop]
-            g_c = arrays[1][tensor][start:stop]
-            m_c = arrays[2][tensor][start:stop]
-            v_c = arrays[3][tensor][start:stop]
-            weight_decay = per_tensor[0, tensor]
-            grad_scale = per_tensor[1, tensor]
-            u0 = -grad_scale
-            u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
-            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = m + s1 * (g_eff - m)
-                v_new = beta2 * v + s2 * g_eff * g_eff
-                m_hat = m_new / s3
-                w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-
-    return DeviceKernels((step,), ("chunks",))
-
-
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
-    """RAdam: the stages of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False. `F`
-    is the element type (np.float32 or np.float64)."""
-
-    @cuda.jit(cache=True)
-    def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
-        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = arrays[0][tensor][start:stop]
-            g_c = arrays[1][tensor][start:stop]
-            m_c = arrays[2][tensor][start:stop]
-            v_c = arrays[3][tensor][start:stop]
-            weight_decay = per_tensor[0, tensor]
-            grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
@@ -320,7 +320,7 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
                 m_c[elem] = m_new
                 v_c[elem] = v_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -333,11 +333,13 @@ VARIANTS = {
                 scalars=scalars_rho_t_gt_5,
                 stages=per_dtype(radam_torch_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -350,11 +352,13 @@ VARIANTS = {
                 scalars=scalars_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -367,11 +371,13 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay__rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_decoupled_weight_decay__not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -384,11 +390,13 @@ VARIANTS = {
                 scalars=scalars_decoupled_weight_decay__rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_decoupled_weight_decay__not_rho_t_gt_5,
                 stages=per_dtype(radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

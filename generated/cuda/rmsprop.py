@@ -24,7 +24,7 @@ from optforge.generated.host.rmsprop import (
     scalars_momentum_gt_0,
     scalars_not_momentum_gt_0,
 )
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -34,8 +34,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def rmsprop_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -64,12 +64,12 @@ def rmsprop_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=False, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -94,12 +94,12 @@ def rmsprop_not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_maximize__momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -129,12 +129,12 @@ def rmsprop_maximize__momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_maximize__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=False, maximize=True, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -160,12 +160,12 @@ def rmsprop_maximize__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 sq_c[elem] = sq_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_centered__momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -198,12 +198,12 @@ def rmsprop_centered__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_centered__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=False, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -232,12 +232,12 @@ def rmsprop_centered__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_centered__maximize__momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is True. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is True. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -271,12 +271,12 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
                 g_avg_c[elem] = g_avg_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_centered__maximize__not_momentum_gt_0(F):
-    """RMSprop: the stages of centered=True, maximize=True, momentum > 0 is False. `F` is the
-    element type (np.float32 or np.float64)."""
+    """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is False. `F` is
+    the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -306,7 +306,7 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
                 sq_c[elem] = sq_new
                 g_avg_c[elem] = g_avg_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -319,11 +319,13 @@ VARIANTS = {
                 scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -336,11 +338,13 @@ VARIANTS = {
                 scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -353,11 +357,13 @@ VARIANTS = {
                 scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -370,11 +376,13 @@ VARIANTS = {
                 scalars=scalars_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0,
                 stages=per_dtype(rmsprop_centered__maximize__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

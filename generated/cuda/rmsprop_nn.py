@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.rmsprop_nn import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def rmsprop_nn(F):
-    """RMSProp: the stages of centered=False. `F` is the element type (np.float32 or
+    """RMSProp: the fused step of centered=False. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -56,11 +56,11 @@ def rmsprop_nn(F):
                 ms_c[elem] = ms_new
                 mom_c[elem] = mom_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rmsprop_nn_centered(F):
-    """RMSProp: the stages of centered=True. `F` is the element type (np.float32 or
+    """RMSProp: the fused step of centered=True. `F` is the element type (np.float32 or
     np.float64)."""
 
     @cuda.jit(cache=True)
@@ -95,7 +95,7 @@ def rmsprop_nn_centered(F):
                 mg_c[elem] = mg_new
                 mom_c[elem] = mom_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -108,6 +108,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(rmsprop_nn),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -120,6 +121,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(rmsprop_nn_centered),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

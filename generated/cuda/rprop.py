@@ -17,7 +17,7 @@ import numpy as np
 from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.rprop import scalars
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -27,7 +27,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def rprop(F):
-    """Rprop: the stages of maximize=False. `F` is the element type (np.float32 or np.float64)."""
+    """Rprop: the fused step of maximize=False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -67,11 +68,12 @@ def rprop(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def rprop_maximize(F):
-    """Rprop: the stages of maximize=True. `F` is the element type (np.float32 or np.float64)."""
+    """Rprop: the fused step of maximize=True. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -112,7 +114,7 @@ def rprop_maximize(F):
                 prev_c[elem] = prev_new
                 step_size_c[elem] = step_size_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -125,6 +127,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(rprop),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -137,6 +140,7 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(rprop_maximize),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

@@ -25,7 +25,7 @@ from optforge.generated.host.sgd import (
     scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
 )
-from optforge.runtime.kernels import Branch, DeviceKernels, Plan, Variant, per_dtype
+from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 
 f64 = np.float64
 
@@ -35,8 +35,8 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -60,13 +60,14 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
+    0) is True, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -90,12 +91,12 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -120,13 +121,14 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
+    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -147,11 +149,11 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -177,13 +179,13 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is
+    True, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -208,12 +210,12 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -239,13 +241,14 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
-    """SGD: the stages of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum >
+    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
+    np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -267,11 +270,11 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
                 w_new = cuda.fma(s0, d, w)
                 w_c[elem] = w_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -296,12 +299,12 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
+    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -326,11 +329,11 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
+    """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -356,11 +359,11 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
-    """SGD: the stages of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
+    """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
     momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
 
     @cuda.jit(cache=True)
@@ -387,7 +390,7 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
                 w_c[elem] = w_new
                 buf_c[elem] = buf_new
 
-    return DeviceKernels((step,), ("chunks",))
+    return step
 
 
 # (flag values in spec order) -> compiled variant, as in the CPU module.
@@ -400,21 +403,25 @@ VARIANTS = {
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (True, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, True): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -427,21 +434,25 @@ VARIANTS = {
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (True, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, True): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -454,21 +465,25 @@ VARIANTS = {
                 scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (True, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, True): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,
@@ -481,11 +496,13 @@ VARIANTS = {
                 scalars=scalars_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (True, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, True): Branch(
                 scalars=scalars_not_t_eq_1_and_momentum_gt_0__momentum_gt_0,
@@ -493,11 +510,13 @@ VARIANTS = {
                     sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0
                 ),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
             (False, False): Branch(
                 scalars=scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
                 stages=per_dtype(sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0),
                 plan=Plan(per_tensor=2),
+                grids=("chunks",),
             ),
         },
         chunk=65536,

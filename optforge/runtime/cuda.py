@@ -112,15 +112,16 @@ class DeviceLaunchGroup:
         return per_tensor, scratch
 
 
-def run_device_stages(kernels, launch: Launch, threads: int, chunks, n_chunks, n_matrices, slots, arguments):
-    """Launch a branch's CUDA stages in order on one stream, each on its grid
-    (optforge.runtime.kernels.DeviceKernels)."""
+def run_device_stages(
+    branch, dtype, launch: Launch, threads: int, chunks, n_chunks, n_matrices, slots, arguments
+):
+    """Launch a branch's CUDA stages in order on one stream, each on its grid (Branch.grids)."""
     grids = {
         "chunks": launch.grid(n_chunks, threads),
         "matrices": launch.grid(n_matrices, threads),
         "tensors": launch.grid(1, slots),
     }
-    for stage, grid in zip(kernels.stages, kernels.grids):
+    for stage, grid in zip(branch.stages[dtype.name], branch.grids):
         stage[grids[grid]](chunks, *arguments)
 
 

@@ -127,7 +127,6 @@ class DeviceStepper:
             self._offload_step(batch, flat, t, lr, weight_decay, grad_scale, hypers)
             return
         branch, scalars = step
-        kernels = branch.stages[batch.dtype.name]
         skip = {pos for pos, _, _ in sparse}
         stream = self.launch_config.stream
         for lg in batch.launch_groups:
@@ -144,7 +143,8 @@ class DeviceStepper:
                 *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in batch.variant.state),
             )
             run_device_stages(
-                kernels,
+                branch,
+                batch.dtype,
                 self.launch_config,
                 self.module.THREADS,
                 chunks,
@@ -155,7 +155,7 @@ class DeviceStepper:
             )
         for pos, rows, values in sparse:
             p = opt.parameters[batch.indices[pos]]
-            (rows_kernel,) = branch.rows[batch.dtype.name].stages
+            (rows_kernel,) = branch.rows[batch.dtype.name]
             arrays = tuple(
                 (a,)
                 for a in (

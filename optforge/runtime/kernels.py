@@ -29,41 +29,37 @@ class Branch(NamedTuple):
     ``stages[dtype]`` are its stages in order, each called as
     ``stage(chunks, arrays, per_tensor, scratch, *scalars)`` (see
     optforge.runtime.launch), where ``scalars`` are what ``scalars(t, lr, *hypers)``
-    returns, cast to the dtype. A row-sparse kernel (``rows[dtype]``) takes
-    ``(rows, row_len, arrays, per_tensor, *scalars)`` for one tensor.
+    returns, cast to the dtype. A row-sparse kernel (``rows[dtype][0]``) takes
+    ``(rows, row_len, arrays, per_tensor, *scalars)`` for one tensor. On CUDA, `grids`
+    says what each stage's grid covers: "chunks" (a block each), "matrices", or
+    "tensors" (a thread each); optforge.runtime.cuda launches them.
     """
 
     scalars: Callable[..., tuple]
     stages: Mapping[str, tuple[Callable, ...]]
     plan: Plan = Plan()
-    rows: Mapping[str, Callable] | None = None
-
-
-class DeviceKernels(NamedTuple):
-    """A CUDA kernel's stages in order, each called as
-    ``stage[grid](chunks, arrays, per_tensor, scratch, *scalars)``, and the grid each runs
-    on: "chunks" (a block per chunk), "matrices", "tensors" (a thread per tensor) or "rows"
-    (a row-sparse kernel's, a block per row). optforge.runtime.device launches them."""
-
-    stages: tuple
-    grids: tuple[str, ...]
+    rows: Mapping[str, tuple[Callable]] | None = None
+    grids: tuple[str, ...] = ()
 
 
 class per_dtype(Mapping):
-    """dtype name -> what `factory(np.float32)` or `factory(np.float64)` returns, made on
-    first use and once per factory: a kernel is printed once for both element types, and
-    branches with the same kernel share its compiled code."""
+    """dtype name -> the stages `factories` make for that element type, in order: what
+    `factory(np.float32)` or `factory(np.float64)` returns, made on first use and once per
+    factory, so branches that share a stage share its compiled code."""
 
     _made: dict = {}
     DTYPES = {"float32": np.float32, "float64": np.float64}
 
-    def __init__(self, factory: Callable):
-        self.factory = factory
+    def __init__(self, *factories: Callable):
+        self.factories = factories
 
-    def __getitem__(self, dtype: str):
-        key = (self.factory, dtype)
+    def __getitem__(self, dtype: str) -> tuple:
+        return tuple(self._make(factory, dtype) for factory in self.factories)
+
+    def _make(self, factory: Callable, dtype: str):
+        key = (factory, dtype)
         if key not in self._made:
-            self._made[key] = self.factory(self.DTYPES[dtype])
+            self._made[key] = factory(self.DTYPES[dtype])
         return self._made[key]
 
     def __iter__(self):

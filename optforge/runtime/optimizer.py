@@ -614,7 +614,7 @@ class FusedOptimizer:
             w = self.parameters[i].data
             row_len = w.size // max(w.shape[0], 1)
             state = [[self.state[name][i].reshape(-1)] for name in batch.variant.state]
-            branch.rows[batch.dtype.name](
+            branch.rows[batch.dtype.name][0](
                 rows,
                 row_len,
                 pointer_table([[w.reshape(-1)], [values.reshape(-1)], *state]),

@@ -1,0 +1,122 @@
+"""Each stage of a module's kernels printed once, as a factory of its element type `F`.
+
+A kernel's stages (the fused step; or stage 1, the per-tensor finalize and stage 2; or a
+factored kernel's three passes around its line stage and finalize), its row-sparse kernel
+and its offload pieces are printed by the backend's template macros. Stages whose printed
+code is the same (flag variants that differ only in a stage they do not share, such as
+Adafactor's `maximize` in every stage but its finalize) are printed once, named after the
+first kernel that has them, and the run-time shares their compiled code.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+
+from optforge.compiler.backends.cpu import describe, factory_name, launch_context
+from optforge.compiler.ir import Kernel
+from optforge.compiler.render import environment
+from optforge.compiler.spec import Spec
+
+# What each stage is, for its factory's docstring.
+ROLES = {
+    "step": "the fused step",
+    "stage1": "stage 1",
+    "stage2": "stage 2",
+    "finalize": "the per-tensor values between the element stages",
+    "pass1": "pass 1",
+    "lines": "the row and column stage",
+    "pass2": "pass 2",
+    "pass3": "pass 3",
+    "rows_kernel": "the row-sparse step",
+    "effective_gradient": "the offload path's effective gradient",
+    "apply": "the offload path's apply stage",
+}
+
+
+@dataclass(frozen=True)
+class Printed:
+    """The factories a kernel runs: its stages in order (and the grid each runs on, for a
+    CUDA launch), its row-sparse kernel and its offload pieces, where it has them."""
+
+    stages: tuple[str, ...]
+    grids: tuple[str, ...]
+    rows: str | None = None
+    offload: tuple[str, str] | None = None
+
+
+class FactoryPrinter:
+    """Prints the stages of one module's kernels through `flat` and `factored` templates
+    (their macros), each distinct stage once; `sources()` is the module's factories."""
+
+    def __init__(self, spec: Spec, flat: str, factored: str, fma_name: str = "fma", **context):
+        self.spec, self.fma_name = spec, fma_name
+        self.templates = {
+            kind: environment.get_template(name).make_module({"spec": spec, **context})
+            for kind, name in (("flat", flat), ("factored", factored))
+        }
+        self._names: dict[tuple[str, str], str] = {}  # (function, printed code) -> factory
+        self._code: dict[str, tuple[str, str]] = {}  # factory -> (function, printed code)
+        self._users: dict[str, list[str]] = {}
+
+    def kernel(self, kernel: Kernel) -> Printed:
+        k = launch_context(self.spec, kernel, self.fma_name)
+        base = factory_name(kernel)
+        if k["factored"]:
+            macros = self.templates["factored"]
+            stages = [
+                ("pass1", "chunks", macros.pass_kernel(k, k["stages"][0], 0)),
+                ("lines", "matrices", macros.lines_kernel(k)),
+                ("pass2", "chunks", macros.pass_kernel(k, k["stages"][1], 1)),
+            ]
+            if k["finalize_lines"]:
+                stages.append(("finalize", "tensors", macros.finalize_kernel(k)))
+            stages.append(("pass3", "chunks", macros.pass_kernel(k, k["stages"][2], 2)))
+        else:
+            macros = self.templates["flat"]
+            if k["fused"]:
+                stages = [("step", "chunks", macros.stage_kernel(k, k["stages"][0], "step"))]
+            else:
+                stages = [("stage1", "chunks", macros.stage_kernel(k, k["stages"][0], "stage1"))]
+                if k["finalize_lines"]:
+                    stages.append(("finalize", "tensors", macros.finalize_kernel(k)))
+                stages.append(("stage2", "chunks", macros.stage_kernel(k, k["stages"][1], "stage2")))
+        user = describe(kernel)
+        names = [
+            self._add(base if role == "step" else f"{base}_{role}", role, code, user)
+            for role, _, code in stages
+        ]
+        rows = offload = None
+        if k["rows_name"]:
+            rows = self._add(f"{base}_rows", "rows_kernel", macros.rows_kernel(k), user)
+        if self.spec.separate_apply and hasattr(macros, "apply_kernel"):
+            offload = (
+                self._add(
+                    f"{base}_effective_gradient",
+                    "effective_gradient",
+                    macros.effective_gradient_kernel(k),
+                    user,
+                ),
+                self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user),
+            )
+        return Printed(tuple(names), tuple(grid for _, grid, _ in stages), rows, offload)
+
+    def _add(self, name: str, function: str, code: str, user: str) -> str:
+        key = (function, code.strip("\n"))
+        if key not in self._names:
+            self._names[key] = name
+            self._code[name] = key
+        name = self._names[key]
+        self._users.setdefault(name, []).append(user)
+        return name
+
+    def sources(self) -> list[str]:
+        texts = []
+        for name, (function, code) in self._code.items():
+            doc = (
+                f"{self.spec.title}: {ROLES[function]} of {'; '.join(dict.fromkeys(self._users[name]))}. "
+                "`F` is the element type (np.float32 or np.float64)."
+            )
+            doc = textwrap.fill(doc, 88, subsequent_indent="    ")
+            texts.append(f'def {name}(F):\n    """{doc}"""\n\n{code}\n\n    return {function}\n')
+        return texts
