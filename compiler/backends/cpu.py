@@ -18,7 +18,7 @@ import sympy as sp
 
 from optforge.compiler.ir import FactoredKernel, Kernel, LineStage, Stage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
-from optforge.compiler.render import render
+from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import BUILTIN_TENSOR, Spec, fma, rank_flag
 
 DTYPES = ("float32", "float64")
@@ -223,7 +223,7 @@ def _dict_source(mapping: dict[str, str]) -> str:
 
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     branch_functions, scalar_functions = host_contexts(spec, kernels)
-    return render(
+    return render_unformatted(
         "host_scalars.py.j2",
         source=spec.where,
         spec=spec,
@@ -280,7 +280,7 @@ def rank_flag_source(spec: Spec) -> str | None:
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
-    return render(
+    return render_unformatted(
         "cpu_kernels.py.j2",
         package=package,
         source=spec.where,

@@ -23,7 +23,7 @@ from __future__ import annotations
 from optforge.compiler.backends.cpu import DTYPES, SHORT, _name, host_names, rank_flag_source, variant_table
 from optforge.compiler.backends.cpu import kernel_context as cpu_kernel_context
 from optforge.compiler.ir import Kernel
-from optforge.compiler.render import render
+from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import Spec
 
 SLOTS = 8  # tensors per launch
@@ -40,7 +40,7 @@ def kernel_context(spec: Spec, kernel: Kernel, dtype: str) -> dict:
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
-    return render(
+    return render_unformatted(
         "cuda_kernels.py.j2",
         package=package,
         source=spec.where,
