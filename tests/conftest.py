@@ -33,3 +33,12 @@ def golden_grad(step: int, scale: float = 1.0, dtype=np.float32) -> np.ndarray:
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261121)
+
+
+@pytest.fixture(scope="session")
+def built_files():
+    """What `optforge build` gives for the built-in specs (relative path -> text), built once a
+    session: every test that needs the whole build reads this one."""
+    from optforge.compiler import build
+
+    return build.build_files(build.load_specs())
