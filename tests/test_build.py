@@ -1,7 +1,9 @@
 """generated/ is what specs/ give, byte for byte, and the CLI says so."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,12 @@ def test_every_file_is_formatted_whatever_its_folder_is_called():
 def test_code_ruff_cannot_parse_is_refused_naming_its_file():
     with pytest.raises(RuntimeError, match=r"cpu/bad\.py"):
         render.format_python_files({"cpu/good.py": "x = 1\n", "cpu/bad.py": "def f(:\n"})
+
+
+def test_each_xdist_worker_has_a_numba_cache_of_its_own():
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        pytest.skip("runs under pytest-xdist (the README's test command)")
+    import numba
+
+    assert Path(numba.config.CACHE_DIR).parts[-2:] == (".numba-cache", worker)
