@@ -132,7 +132,7 @@ def test_code_ruff_cannot_parse_is_refused_naming_its_file():
 def test_each_xdist_worker_has_a_numba_cache_of_its_own():
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
-        pytest.skip("runs under pytest-xdist (the README's test command)")
+        pytest.skip("runs under pytest-xdist (-n logical, see the README)")
     import numba
 
     assert Path(numba.config.CACHE_DIR).parts[-2:] == (".numba-cache", worker)
