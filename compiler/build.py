@@ -16,6 +16,7 @@ from pathlib import Path
 from optforge.compiler.backends.cpu import render_cpu_module, render_host_module
 from optforge.compiler.backends.cuda import render_cuda_module
 from optforge.compiler.lower import lower
+from optforge.compiler.render import format_python_files
 from optforge.compiler.spec import Spec
 from optforge.compiler.wrappers import render_class_module, render_dialect_init
 
@@ -137,17 +138,19 @@ def build_files(specs: list[Spec], package: str = PACKAGE) -> dict[str, str]:
         f"{folder}/__init__.py" if folder else "__init__.py": f'"""{doc}"""\n'
         for folder, doc in PACKAGE_DOCS.items()
     }
+    rendered: dict[str, str] = {}  # the templates' output, formatted together below
     exported: dict[str, list[tuple[str, str]]] = {d: [] for d in DIALECTS}
     for spec in specs:
         kernels = [kernel for variant in spec.variants() for kernel in lower(spec, variant)]
-        files[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
-        files[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels, package)
-        files[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels, package)
+        rendered[f"host/{spec.name}.py"] = render_host_module(spec, kernels)
+        rendered[f"cpu/{spec.name}.py"] = render_cpu_module(spec, kernels, package)
+        rendered[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels, package)
         for export in spec.exports:
-            files[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export, package)
+            rendered[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export, package)
             exported[export.dialect].append((spec.name, export.class_name))
     for dialect, classes in exported.items():
-        files[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes, package)
+        rendered[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes, package)
+    files.update(format_python_files(rendered))
     return dict(sorted(files.items()))
 
 

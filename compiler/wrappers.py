@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import sympy as sp
 
-from optforge.compiler.render import render
+from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import KEYWORD_ONLY, REQUIRED, Export, Spec, when_phrase
 from optforge.runtime.checks import Interval
 
@@ -496,9 +496,11 @@ def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:
 
 def render_class_module(spec: Spec, export: Export, package: str) -> str:
     context = CONTEXTS[export.dialect](spec, export)
-    return render(f"{export.dialect}_class.py.j2", package=package, **context)
+    return render_unformatted(f"{export.dialect}_class.py.j2", package=package, **context)
 
 
 def render_dialect_init(dialect: str, classes: list[tuple[str, str]], package: str) -> str:
     """`classes`: (module name, class name) pairs, in order."""
-    return render("dialect_init.py.j2", source="specs/", dialect=dialect, classes=classes, package=package)
+    return render_unformatted(
+        "dialect_init.py.j2", source="specs/", dialect=dialect, classes=classes, package=package
+    )

@@ -1,32 +1,48 @@
 """generated/ is what specs/ give, byte for byte, and the CLI says so."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from optforge.compiler import build
+from optforge.compiler import build, render
 from optforge.compiler.cli import main
 
 
-@pytest.fixture(scope="module")
-def files():
-    return build.build_files(build.load_specs())
-
-
-def test_generated_folder_is_current(files):
-    problems = build.stale_files(files, build.generated_dir())
+def test_generated_folder_is_current(built_files):
+    problems = build.stale_files(built_files, build.generated_dir())
     assert not problems, "generated/ is stale; run `optforge build`:\n" + "\n".join(problems)
 
 
-def test_building_twice_gives_the_same_bytes(files):
-    assert build.build_files(build.load_specs()) == files
+def test_building_twice_gives_the_same_bytes(built_files):
+    assert build.build_files(build.load_specs()) == built_files
 
 
-def test_check_fails_on_a_changed_missing_or_extra_file(files, tmp_path, capsys):
-    build.write_files(files, tmp_path)
+@pytest.fixture
+def only_adam(monkeypatch):
+    """`optforge build` on the built-in Adam alone: the CLI's check and write paths are the same
+    for one spec as for all, at a fraction of a full build's cost."""
+    load_specs = build.load_specs
+    monkeypatch.setattr(
+        build, "load_specs", lambda names=None: load_specs(["adam"] if names is None else names)
+    )
+
+
+def test_check_fails_on_a_changed_missing_or_extra_file(only_adam, tmp_path, capsys):
+    assert main(["build", "--out", str(tmp_path)]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/adam.py")) == [
+        f"{folder}/adam.py" for folder in ("cpu", "cuda", "host", "nn")
+    ]
     assert main(["build", "--check", "--out", str(tmp_path)]) == 0
-    (tmp_path / "cpu" / "adam.py").write_text("# edited by hand\n")
+    path = tmp_path / "cpu" / "adam.py"
+    edited = bytearray(path.read_bytes())
+    edited[-2] ^= 1  # one bit of one byte
+    path.write_bytes(bytes(edited))
+    capsys.readouterr()
+    assert main(["build", "--check", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().out.splitlines() == ["changed: cpu/adam.py"]
     (tmp_path / "nn" / "adam.py").unlink()
     (tmp_path / "cpu" / "stray.py").write_text("")
     assert main(["build", "--check", "--out", str(tmp_path)]) == 1
@@ -92,3 +108,32 @@ def test_hand_written_code_is_lint_clean_and_formatted():
         cwd=root,
     )
     assert fmt.returncode == 0, fmt.stdout
+
+
+def test_one_ruff_process_formats_a_whole_build(monkeypatch):
+    calls = []
+    run = render.subprocess.run
+    monkeypatch.setattr(render.subprocess, "run", lambda *a, **k: calls.append(a) or run(*a, **k))
+    files = build.build_files(build.load_specs(["adam", "sgd"]))
+    assert len(calls) == 1 and len(files) > 10
+
+
+def test_every_file_is_formatted_whatever_its_folder_is_called():
+    # A folder walk would skip build/ and venv/ (ruff's default excludes): each path is named.
+    ugly = "x  =  [1,2]\n"
+    files = render.format_python_files({"build/a.py": ugly, "venv/b.py": ugly, "c.py": ugly})
+    assert files == {"build/a.py": "x = [1, 2]\n", "venv/b.py": "x = [1, 2]\n", "c.py": "x = [1, 2]\n"}
+
+
+def test_code_ruff_cannot_parse_is_refused_naming_its_file():
+    with pytest.raises(RuntimeError, match=r"cpu/bad\.py"):
+        render.format_python_files({"cpu/good.py": "x = 1\n", "cpu/bad.py": "def f(:\n"})
+
+
+def test_each_xdist_worker_has_a_numba_cache_of_its_own():
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        pytest.skip("runs under pytest-xdist (-n logical, see the README)")
+    import numba
+
+    assert Path(numba.config.CACHE_DIR).parts[-2:] == (".numba-cache", worker)

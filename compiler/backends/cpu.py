@@ -24,7 +24,7 @@ import sympy as sp
 
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
-from optforge.compiler.render import render
+from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
 
 DTYPES = ("float32", "float64")
@@ -274,7 +274,7 @@ def _dict_source(mapping: dict[str, str]) -> str:
 
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     branch_functions, scalar_functions = host_contexts(spec, kernels)
-    return render(
+    return render_unformatted(
         "host_scalars.py.j2",
         source=spec.where,
         spec=spec,
@@ -378,7 +378,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
 
     printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2")
     printed = [printer.kernel(k) for k in kernels]
-    return render(
+    return render_unformatted(
         "cpu_kernels.py.j2",
         package=package,
         source=spec.where,

@@ -26,7 +26,7 @@ from optforge.compiler.backends.cpu import CHUNK, host_names, rank_flag_source, 
 from optforge.compiler.backends.factories import FactoryPrinter
 from optforge.compiler.ir import Kernel
 from optforge.compiler.printers import ElementPrinter
-from optforge.compiler.render import render
+from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import Spec, SpecError, g, grad_scale, unfused, w, weight_decay
 
 SLOTS = 8  # tensors per launch
@@ -59,7 +59,7 @@ def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         effective_gradient=effective_gradient(spec),
     )
     printed = [printer.kernel(k) for k in kernels]
-    return render(
+    return render_unformatted(
         "cuda_kernels.py.j2",
         package=package,
         source=spec.where,
