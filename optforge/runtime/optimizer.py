@@ -50,6 +50,10 @@ class _Batch:
     grads_refs: list | None = None
     variant: Variant | None = None  # the compiled variant its kernels come from
     _flat_chunks: object = None
+    _n_params: int = 0  # how many parameters the optimizer has (for `whole`)
+    _whole: bool | None = None
+    _values_key: tuple | None = None
+    _values: tuple = ()
     _positions: np.ndarray | None = None
 
     @classmethod
@@ -71,6 +75,26 @@ class _Batch:
         if self._positions is None:
             self._positions = np.array(self.indices, dtype=np.int64)
         return self._positions
+
+    @property
+    def whole(self) -> bool:
+        """Whether the batch is every parameter, in order (a step's gradients as given)."""
+        if self._whole is None:
+            self._whole = self.indices == list(range(len(self.indices))) and self._n_params == len(
+                self.indices
+            )
+        return self._whole
+
+    def per_tensor_values(self, decays, wd: float, inv_scale: float) -> tuple[np.ndarray, np.ndarray]:
+        """Each tensor's weight decay (`wd` where `decays` says so, else 0) and gradient scale,
+        made once for the values a step gives (read-only: copy before changing them)."""
+        key = (tuple(decays), wd, inv_scale)
+        if self._values_key != key:
+            weight_decay = np.where(decays, wd, 0.0).astype(self.dtype)
+            grad_scale = np.full(len(self.indices), inv_scale, dtype=self.dtype)
+            weight_decay.flags.writeable = grad_scale.flags.writeable = False
+            self._values, self._values_key = (weight_decay, grad_scale), key
+        return self._values
 
     def flat_chunks(self):
         """A flat chunk table over the batch's tensors (a factored batch's is by rows)."""
@@ -96,6 +120,13 @@ class Addressed(list):
         super().__init__(gradients)
         self.addresses = np.array(addresses, dtype=np.int64)
         self.sizes = np.array(sizes, dtype=np.int64)
+
+
+class CheckedGradients(list):
+    """A step's gradients as `_check_gradients` returns them; `plain` says whether every one
+    is a plain ndarray of its parameter's dtype and shape (no RowTensor, no device array)."""
+
+    plain = False
 
 
 class FusedOptimizer:
@@ -220,6 +251,7 @@ class FusedOptimizer:
                         v,
                     )
                 )
+                self._batches[-1]._n_params = len(self.parameters)
 
     # -- copies: copy.deepcopy and pickle --
 
@@ -486,13 +518,16 @@ class FusedOptimizer:
                 f"'parameters' order), but got {len(gradients)}."
             )
         expected = self._expected_gradients()
-        grads = list(gradients)
-        for i, g in enumerate(grads):
-            # One comparison per gradient in the common case; the details (and the conversion
-            # of array subclasses) only otherwise. Layouts are handled where arrays are
-            # flattened (`_flat_gradients`): a non-contiguous gradient is copied there.
-            if type(g) is not np.ndarray or (g.dtype, g.shape) != expected[i]:
+        grads = CheckedGradients(gradients)
+        grads.plain = True
+        for i, (g, (dtype, shape)) in enumerate(zip(grads, expected)):
+            # Three comparisons per gradient in the common case; the details (and the
+            # conversion of array subclasses) only otherwise. Layouts are handled where the
+            # table is pointed at the gradients (`_point_at_gradients`): a non-contiguous
+            # gradient is copied there.
+            if type(g) is not np.ndarray or g.shape != shape or g.dtype != dtype:
                 grads[i] = self._check_gradient(i, g, cls)
+                grads.plain = grads.plain and type(grads[i]) is np.ndarray
         return grads
 
     def _expected_gradients(self) -> list[tuple]:
@@ -583,13 +618,15 @@ class FusedOptimizer:
         if batch.chunks[0].size == 0:
             return
         scalar = batch.dtype.type
-        n = len(batch.indices)
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
-        weight_decay = np.where(decays, wd, 0.0).astype(batch.dtype)
-        grad_scale = np.full(n, inv_scale, dtype=batch.dtype)
+        weight_decay, grad_scale = batch.per_tensor_values(decays, wd, inv_scale)
 
-        batch_grads = [grads[i] for i in batch.indices]
-        simple = all(type(g) is np.ndarray for g in batch_grads) and not any(gc)
+        batch_grads = grads if batch.whole else [grads[i] for i in batch.indices]
+        if isinstance(grads, CheckedGradients):
+            plain = grads.plain
+        else:
+            plain = all(type(g) is np.ndarray for g in batch_grads)
+        simple = plain and not any(gc)
         sparse = []
         if isinstance(grads, Addressed) and not any(gc):
             held = _point_at_addresses(batch, grads)
@@ -598,6 +635,7 @@ class FusedOptimizer:
         else:
             # Row-sparse and centralized gradients (not a factored variant's: the optim dialect
             # has neither): their effective values are formed here, the table points at those.
+            weight_decay, grad_scale = weight_decay.copy(), grad_scale.copy()  # folded in per tensor
             held = self._effective_gradients(
                 batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
             )
@@ -702,9 +740,9 @@ def _point_at_gradients(batch: _Batch, grads: list) -> list:
     seen = tuple(map(id, grads))
     if seen == batch.grads_seen:
         return batch.grads_refs
-    flat = [flat_view(g) for g in grads]
-    _point_at(batch, flat)
     views = all(g.flags.c_contiguous for g in grads)
+    flat = grads if views else [flat_view(g) for g in grads]  # the table takes any shape
+    _point_at(batch, flat)
     batch.grads_seen, batch.grads_refs = (seen, grads) if views else ((), None)
     return flat
 

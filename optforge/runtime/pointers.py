@@ -59,21 +59,28 @@ def pointer_table(rows: list[list[np.ndarray]]) -> PointerTable:
 
 
 def set_row(table: PointerTable, k: int, arrays: list[np.ndarray]) -> None:
-    """Point row `k` at `arrays` (1-D C-contiguous arrays, one per tensor): their addresses
-    and their own sizes."""
-    for a in arrays:
-        if not a.flags.c_contiguous:
-            raise ValueError("a pointer table holds C-contiguous arrays only")
+    """Point row `k` at `arrays` (C-contiguous arrays of the batch's dtype, any shape, one
+    per tensor): their addresses and their own sizes."""
     addresses, sizes = table.addresses[k], table.sizes[k]
-    n = len(arrays)
-    if n < BLOCK or len({(a.dtype, a.ndim, a.flags.writeable) for a in arrays}) > 1:
-        for i, a in enumerate(arrays):
-            addresses[i], sizes[i] = a.ctypes.data, a.size
-        return
-    for at in range(0, n - BLOCK + 1, BLOCK):
-        _fill(tuple(arrays[at : at + BLOCK]), addresses, sizes, at)
-    if n % BLOCK:  # the last BLOCK arrays again: some entries are written twice, all rightly
-        _fill(tuple(arrays[n - BLOCK :]), addresses, sizes, n - BLOCK)
+    # Arrays of one numba type (ndim, writeability) go to numba together, BLOCK at a time.
+    kinds: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        flags = a.flags
+        if not flags.c_contiguous:
+            raise ValueError("a pointer table holds C-contiguous arrays only")
+        kinds.setdefault((a.ndim, flags.writeable), []).append(i)
+    for positions in kinds.values():
+        n = len(positions)
+        if n < BLOCK:
+            for i in positions:
+                addresses[i], sizes[i] = arrays[i].ctypes.data, arrays[i].size
+            continue
+        index = np.array(positions, dtype=np.int64)
+        # the last block is the last BLOCK arrays: some entries are written twice, all rightly
+        for at in [*range(0, n - BLOCK + 1, BLOCK), *([n - BLOCK] if n % BLOCK else [])]:
+            _fill(
+                tuple(arrays[i] for i in positions[at : at + BLOCK]), index[at : at + BLOCK], addresses, sizes
+            )
 
 
 # Addresses are read in numba, BLOCK arrays per call: unboxing an array there costs a
@@ -83,7 +90,7 @@ BLOCK = 16
 
 
 @numba.njit(cache=True)
-def _fill(arrays, addresses, sizes, at):
+def _fill(arrays, index, addresses, sizes):
     for i in range(len(arrays)):
-        addresses[at + i] = arrays[i].ctypes.data
-        sizes[at + i] = arrays[i].size
+        addresses[index[i]] = arrays[i].ctypes.data
+        sizes[index[i]] = arrays[i].size
