@@ -27,8 +27,6 @@ from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
 
-DTYPES = ("float32", "float64")
-SHORT = {"float32": "f32", "float64": "f64", "element": ""}  # "element": printed for both
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
 CHUNK = 1 << 16
@@ -42,14 +40,6 @@ class Line:
 
 def _name(*parts: str) -> str:
     return "_".join(p for p in parts if p)
-
-
-def step_name(kernel: Kernel, dtype: str) -> str:
-    return _name(kernel.spec_name, kernel.suffix, SHORT[dtype])
-
-
-def rows_name(kernel: Kernel, dtype: str) -> str:
-    return _name(kernel.spec_name, kernel.suffix, "rows", SHORT[dtype])
 
 
 def scalars_name(kernel: Kernel) -> str:
@@ -178,15 +168,12 @@ def factored_context(kernel: Kernel, context: dict, printer: ElementPrinter) -> 
         ctx["row_sums"] = [m.expr.name for m in _sums(element, Space.ROW)]
         ctx["col_sums"] = [m.expr.name for m in _sums(element, Space.COL)]
     reductions = [r for region in kernel.regions for r in _sums(region)]
-    base = _name(kernel.spec_name, kernel.suffix)
     shaped = [a for a in kernel.arrays if a.shape != "element"]
     rows = line_stage_context(kernel, Space.ROW, printer)
     cols = line_stage_context(kernel, Space.COL, printer)
     return context | {
         "factored": True,
         "fused": False,
-        "pass_names": [_name(base, f"pass{n}", context["short"]) for n in (1, 2, 3)],
-        "lines_name": _name(base, "lines", context["short"]),
         "rows": rows,
         "cols": cols,
         "row_arrays": [a.symbol.name for a in shaped if a.shape == "row"],
@@ -243,15 +230,8 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
     stages = [stage_context(*_pass(kernel, p), printer) for p in phases]
     first = _sums(kernel.region(Space.ELEMENT, phases[0]))
     finalize = kernel.region(Space.TENSOR, FINALIZE)
-    base = _name(kernel.spec_name, kernel.suffix)
     return {
-        "name": step_name(kernel, dtype),
-        "stage_names": [_name(base, f"stage{n}", SHORT[dtype]) for n in (1, 2)],
-        "finalize_name": _name(base, "finalize", SHORT[dtype]),
-        "rows_name": rows_name(kernel, dtype) if spec.sparse == "rows" else None,
-        "dtype": dtype,
-        "short": SHORT[dtype],
-        "describe": describe(kernel),
+        "row_sparse": spec.sparse == "rows",  # the kernel has a row-sparse variant
         "arrays": [a.symbol.name for a in kernel.arrays],
         "builtins": [s.name for s in BUILTIN_TENSOR],
         "scalars": [s.name for s in kernel.scalars],
@@ -265,11 +245,6 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         "finalize_lines": _typed_lines(finalize.body, dtype, invariant, fma_name),
         "finalize_outputs": [s.value.name for s in finalize.stores],
     }
-
-
-def _dict_source(mapping: dict[str, str]) -> str:
-    """A dict display mapping strings to names: {"float32": adam_f32}."""
-    return "{" + ", ".join(f'"{k}": {v}' for k, v in mapping.items()) + "}"
 
 
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
@@ -312,11 +287,11 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
     return context
 
 
-def host_output(spec: Spec, kernel: Kernel) -> str:
+def host_output(spec: Spec, kernel: Kernel, context: dict) -> str:
     """For a spec that applies its update separately (on the device, after the host stage):
     the one state its apply stage reads besides the parameter, which the host stage
     writes and the run-time ships to the device (AdamOffload's delta)."""
-    apply = launch_context(spec, kernel)["stages"][-1]
+    apply = context["stages"][-1]
     name_of = {a.symbol.name: a.name for a in kernel.arrays}
     read = {name_of[array] for array, _ in apply["loads"]} - {"param"}
     if len(read) != 1:
@@ -345,7 +320,7 @@ def variant_table(spec: Spec, kernels: list[Kernel], printed: list) -> list[dict
                 "branches": [],
                 # the offload path's pieces: the host stage and the device's
                 "host_stage": stages.stages[0],
-                "host_output": repr(host_output(spec, k)) if spec.separate_apply else None,
+                "host_output": repr(stages.host_output),
                 "offload": ", ".join(stages.offload) if stages.offload else None,
             },
         )
@@ -355,7 +330,7 @@ def variant_table(spec: Spec, kernels: list[Kernel], printed: list) -> list[dict
                 "scalars": scalars,
                 "stages": ", ".join(stages.stages),
                 "grids": repr(stages.grids),
-                "plan": plan_source(launch_context(spec, k)),
+                "plan": stages.plan,
                 "rows": stages.rows,
             }
         )

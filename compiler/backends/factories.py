@@ -13,7 +13,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from optforge.compiler.backends.cpu import describe, factory_name, launch_context
+from optforge.compiler.backends.cpu import describe, factory_name, host_output, launch_context, plan_source
 from optforge.compiler.ir import Kernel
 from optforge.compiler.render import environment
 from optforge.compiler.spec import Spec
@@ -41,8 +41,10 @@ class Printed:
 
     stages: tuple[str, ...]
     grids: tuple[str, ...]
+    plan: str  # the source of its Plan
     rows: str | None = None
     offload: tuple[str, str] | None = None
+    host_output: str | None = None  # a separately applied spec's: the state the host stage writes
 
 
 class FactoryPrinter:
@@ -87,7 +89,7 @@ class FactoryPrinter:
             for role, _, code in stages
         ]
         rows = offload = None
-        if k["rows_name"]:
+        if k["row_sparse"]:
             rows = self._add(f"{base}_rows", "rows_kernel", macros.rows_kernel(k), user)
         if self.spec.separate_apply and hasattr(macros, "apply_kernel"):
             offload = (
@@ -99,7 +101,10 @@ class FactoryPrinter:
                 ),
                 self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user),
             )
-        return Printed(tuple(names), tuple(grid for _, grid, _ in stages), rows, offload)
+        output = host_output(self.spec, kernel, k) if self.spec.separate_apply else None
+        return Printed(
+            tuple(names), tuple(grid for _, grid, _ in stages), plan_source(k), rows, offload, output
+        )
 
     def _add(self, name: str, function: str, code: str, user: str) -> str:
         key = (function, code.strip("\n"))

@@ -73,7 +73,7 @@ class DeviceLaunchGroup:
         self.host_chunks = table
         self.chunks = type(table)(*(cuda.to_device(x) if isinstance(x, np.ndarray) else x for x in table))
         self.n_chunks = table[0].size
-        self.n_matrices = table.matrix_tensor.size if factored else 0
+        self.n_matrices = table.matrix_tensor.size if factored else 0  # the "matrices" grid
         self._buffers: dict = {}
         self._per_tensor_values: dict = {}
 
@@ -84,19 +84,13 @@ class DeviceLaunchGroup:
         """(per_tensor, scratch) on the device for `plan`: weight decay and gradient scale of
         this group's tensors in the per-tensor table's first rows (copied only when they
         change), the rest written by the stages."""
-        from optforge.runtime.launch import Scratch
+        from optforge.runtime.launch import Scratch, scratch_shapes
 
         if plan not in self._buffers:
-            chunks = self.host_chunks
-            factored = hasattr(chunks, "total_rows")
-            shapes = (
-                (self.n_chunks, plan.reductions),
-                (plan.row_sums, chunks.total_rows if factored else 0),
-                (plan.col_sums, chunks.total_cols if factored else 0),
-            )
+            sums, matrix = scratch_shapes(plan, self.host_chunks)
             scratch = Scratch(
-                *(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes),
-                cuda.device_array((plan.matrix_means, self.n_matrices), dtype, stream=stream),
+                *(cuda.device_array(shape, np.float64, stream=stream) for shape in sums),
+                cuda.device_array(matrix, dtype, stream=stream),
             )
             per_tensor = cuda.device_array((plan.per_tensor, self.slots), dtype, stream=stream)
             self._buffers[plan] = (per_tensor, scratch)

@@ -39,18 +39,20 @@ class StageBuffers:
         return self._made[plan]
 
     def _scratch(self, plan: Plan) -> Scratch:
-        chunks = self.chunks
-        n_chunks = chunks[0].shape[0]
-        factored = hasattr(chunks, "total_rows")
-        rows = chunks.total_rows if factored else 0
-        cols = chunks.total_cols if factored else 0
-        matrices = chunks.matrix_tensor.shape[0] if factored else 0
-        return Scratch(
-            np.zeros((n_chunks, plan.reductions)),
-            np.zeros((plan.row_sums, rows)),
-            np.zeros((plan.col_sums, cols)),
-            np.zeros((plan.matrix_means, matrices), self.dtype),
-        )
+        sums, matrix = scratch_shapes(plan, self.chunks)
+        return Scratch(*(np.zeros(shape) for shape in sums), np.zeros(matrix, self.dtype))
+
+
+def scratch_shapes(plan: Plan, chunks) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """(the float64 buffers' shapes: partials, row sums, column sums; the per-matrix means'
+    shape) of a plan over a chunk table (a factored kernel's FactoredTable has its totals)."""
+    factored = hasattr(chunks, "total_rows")
+    sums = [
+        (chunks[0].shape[0], plan.reductions),
+        (plan.row_sums, chunks.total_rows if factored else 0),
+        (plan.col_sums, chunks.total_cols if factored else 0),
+    ]
+    return sums, (plan.matrix_means, chunks.matrix_tensor.shape[0] if factored else 0)
 
 
 def run_stages(

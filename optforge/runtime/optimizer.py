@@ -59,13 +59,13 @@ class _Batch:
     @classmethod
     def over(cls, group, dtype, indices, chunks, params: list, state: list[list], variant) -> _Batch:
         flat = [p.reshape(-1) for p in params]
-        rows = [flat, flat] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
+        # The gradients' row points at the parameters until the first step points it elsewhere.
+        rows = [flat, list(flat)] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
         buffers = StageBuffers(dtype, len(indices), chunks)
         return cls(group, dtype, indices, chunks, pointer_table(rows), rows, buffers, variant=variant)
 
     def set_array(self, k: int, tensor: int, array: np.ndarray) -> None:
         """Point row `k` of the table at `array` for one tensor (C-contiguous; kept alive)."""
-        self.held[k] = list(self.held[k])
         self.held[k][tensor] = array
         self.arrays.addresses[k, tensor] = array.ctypes.data
         self.arrays.sizes[k, tensor] = array.size
@@ -101,7 +101,7 @@ class _Batch:
         if hasattr(self.chunks, "tensor"):
             return self.chunks
         if self._flat_chunks is None:
-            self._flat_chunks = chunk_table(list(self.arrays.sizes[0]), 1 << 16)
+            self._flat_chunks = chunk_table(list(self.arrays.sizes[0]), self.variant.chunk)
         return self._flat_chunks
 
     def set_params(self, params: list[np.ndarray]) -> None:
@@ -311,8 +311,8 @@ class FusedOptimizer:
                 if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
                     return False
                 continue
-            batch_grads = [grads[i] for i in batch.indices]
-            if isinstance(batch, _Batch) and all(type(g) is np.ndarray for g in batch_grads):
+            batch_grads, plain = _batch_gradients(batch, grads)
+            if isinstance(batch, _Batch) and plain:
                 _point_at_gradients(batch, batch_grads)
                 if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
                     return False
@@ -621,11 +621,7 @@ class FusedOptimizer:
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
         weight_decay, grad_scale = batch.per_tensor_values(decays, wd, inv_scale)
 
-        batch_grads = grads if batch.whole else [grads[i] for i in batch.indices]
-        if isinstance(grads, CheckedGradients):
-            plain = grads.plain
-        else:
-            plain = all(type(g) is np.ndarray for g in batch_grads)
+        batch_grads, plain = _batch_gradients(batch, grads)
         simple = plain and not any(gc)
         sparse = []
         if isinstance(grads, Addressed) and not any(gc):
@@ -725,6 +721,16 @@ def check_parameter_list(params, what: str, cls: str) -> list:
     if not items:
         raise ValueError(f"For '{cls}', the argument {what} must not be empty.")
     return items
+
+
+def _batch_gradients(batch, grads: list) -> tuple[list, bool]:
+    """(the batch's gradients, whether all are plain ndarrays): the step's own list when the
+    batch is every parameter in order, and what `_check_gradients` found when it checked them."""
+    whole = isinstance(batch, _Batch) and batch.whole
+    batch_grads = grads if whole else [grads[i] for i in batch.indices]
+    if isinstance(grads, CheckedGradients):
+        return batch_grads, grads.plain
+    return batch_grads, all(type(g) is np.ndarray for g in batch_grads)
 
 
 def _point_at_gradients(batch: _Batch, grads: list) -> list:
