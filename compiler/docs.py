@@ -224,12 +224,15 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
     skip_doc = context["skip_nonfinite_doc"]
     state_names = context.get("state_key_map", {})  # the torch dialect's names (Lamb's exp_avg)
     arguments.append((Argument("skip_nonfinite", "False", "bool (keyword only)", skip_doc), ""))
+    for o in context["precision_options"]:
+        arguments.append((Argument(o.name, o.default, f"{o.types} (keyword only)", o.doc), ""))
     parts = ["params"]
     for a in context["arguments"]:
         if a.keyword_only and "*" not in parts:  # torch's keyword-only arguments
             parts.append("*")
         parts.append(a.name if a.default is None else f"{a.name}={a.default}")
     parts += [*(["*"] if "*" not in parts else []), "skip_nonfinite=False"]
+    parts += [f"{o.name}={o.default}" for o in context["precision_options"]]
     signature = ", ".join(parts)
     if len(signature) > 60:  # one argument per line, as a formatter would
         signature = "\n" + "".join(f"    {p},\n" for p in parts)

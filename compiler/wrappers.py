@@ -78,6 +78,63 @@ SKIP_NONFINITE_RAISES = ("TypeError", "`skip_nonfinite` is not a bool.")
 
 
 @dataclass(frozen=True)
+class Option:
+    """One of optforge's own keyword-only arguments of every generated class."""
+
+    name: str
+    default: str
+    types: str
+    doc: str
+
+
+# The precision policy (optforge.runtime.precision), in every class of every dialect.
+PRECISION_OPTIONS = (
+    Option(
+        "state_dtype",
+        "None",
+        "None, str or dict",
+        "How the state is stored. None keeps each state in its parameter's dtype; 'float32', "
+        "'float64', 'bfloat16' or 'float16' stores every state so; a dict from state names to those "
+        "stores each state it names so, the others in the parameter's dtype. The step computes in "
+        "float32 (float64 for float64 parameters): loads widen exactly, stores round to nearest even, "
+        "and no state is wider than that type. bfloat16 arrays are ml_dtypes'.",
+    ),
+    Option(
+        "master_weights",
+        "False",
+        "bool",
+        "For float16 and bfloat16 parameters: keep a float32 copy of each (the state "
+        "`master_param`), step the copy, and write its nearest 16-bit value to the parameter.",
+    ),
+    Option(
+        "stochastic_rounding",
+        "False",
+        "bool",
+        "For float16 and bfloat16 parameters without master weights: round each stored parameter "
+        "value up or down at random, up with probability equal to its distance from the value below "
+        "over the spacing, so updates smaller than the 16-bit spacing survive in expectation. The "
+        "random bits come from a hash of (step, parameter, element): every run gives the same bits, "
+        "whatever the number of threads.",
+    ),
+)
+PRECISION_RAISES = (
+    (
+        "TypeError",
+        "`state_dtype` is not None, a str or a dict of str, or `master_weights` or "
+        "`stochastic_rounding` is not a bool.",
+    ),
+    (
+        "ValueError",
+        "`state_dtype` (or a value of it) is not 'float32', 'float64', 'bfloat16' or 'float16', or a "
+        "key of it is not a state of the class; `master_weights` and `stochastic_rounding` are both "
+        "True, or either is True with no float16 or bfloat16 parameter; a state would be wider than "
+        "the type its parameter is stepped in; or a parameter on a CUDA device is given a policy "
+        "(not available there yet).",
+    ),
+)
+
+
+@dataclass(frozen=True)
 class Argument:
     name: str
     default: str | None  # Python source of the default, None when required
@@ -162,8 +219,10 @@ def class_context(spec: Spec, export: Export) -> dict:
     raises += [("TypeError", f"`{n}` is not a bool.") for n in bools]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
+    raises += PRECISION_RAISES
     return {
         "skip_nonfinite_doc": SKIP_NONFINITE_DOC,
+        "precision_options": PRECISION_OPTIONS,
         "constraints": constraint_checks(spec, export.class_name),
         "hyper_names": repr(tuple(h.name for h in hypers)),
         "sparse": repr(spec.sparse),
@@ -286,8 +345,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
+    raises += PRECISION_RAISES
     return {
         "skip_nonfinite_doc": SKIP_NONFINITE_DOC,
+        "precision_options": PRECISION_OPTIONS,
         "constraints": constraint_checks(spec, export.class_name),
         "source": spec.where,
         "spec": spec,
@@ -415,6 +476,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
     if "fused" in impl:
         raises.append(("RuntimeError", "`fused=True` comes with `foreach=True` or `differentiable=True`."))
     raises.append(SKIP_NONFINITE_RAISES)
+    raises += PRECISION_RAISES
     keys = {s.name: export.state_keys.get(s.name, s.name) for s in spec.state}
     core_arguments = iter(context["arguments"])
     arguments, keyword_only = [], False

@@ -7,12 +7,16 @@ import weakref
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# Host parameters may also be 16-bit: NumPy's float16, ml_dtypes' bfloat16 (by name: ml_dtypes
+# is imported only by whoever makes such arrays). Their kernels compute in float32.
+HOST_DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 class Parameter:
     """A named, trainable array.
 
-    ``data`` is a C-contiguous float32 or float64 NumPy array, or a CUDA
+    ``data`` is a C-contiguous float32, float64, float16 or bfloat16
+    (``ml_dtypes.bfloat16``) NumPy array, or a float32 or float64 CUDA
     device array (a numba device array, or anything with
     ``__cuda_array_interface__`` such as a torch CUDA tensor, viewed without a
     copy); optimizers update it in place, so other references to the same
@@ -76,7 +80,7 @@ class Parameter:
                     f"but got {type(data)}."
                 )
             data = np.asarray(data)
-            if data.dtype not in FLOAT_DTYPES:
+            if data.dtype.name not in HOST_DTYPES:
                 data = data.astype(np.float32)
             data = np.ascontiguousarray(data)
         if type(data) is not np.ndarray:
@@ -88,9 +92,10 @@ class Parameter:
                     "ignored. Pass data.filled(value) or data.data."
                 )
             data = data.view(np.ndarray)
-        if data.dtype not in FLOAT_DTYPES:
+        if data.dtype.name not in HOST_DTYPES:
             raise TypeError(
-                f"For 'Parameter', the data must be float32 or float64, but got {data.dtype} for '{name}'."
+                f"For 'Parameter', the data must be float32, float64, float16 or bfloat16, but got "
+                f"{data.dtype} for '{name}'."
             )
         if not data.flags.c_contiguous:
             raise ValueError(

@@ -132,6 +132,7 @@ def stage_context(prologue: Region, element: Region, printer: ElementPrinter) ->
         "squared": [r.squared for r in sums],
         "views": {load.array.symbol.name for load in element.loads}
         | {s.array.symbol.name for s in element.stores},
+        "stored": {s.array.symbol.name for s in element.stores},
     }
 
 
@@ -281,6 +282,12 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
     context = kernel_context(spec, kernel, "element", fma_name)
     names = [s.name for s in BUILTIN_TENSOR] + context["finalize_outputs"]
     context["array_index"] = {a: i for i, a in enumerate(context["arrays"])}
+    param = context["arrays"][0]
+    for stage in context["stages"]:
+        # The views an element loop is bounded by: those it indexes, with the parameter's
+        # mirror where it stores the parameter (optforge.runtime.precision).
+        stage["bounds"] = [a for a in context["arrays"] if a in stage["views"]]
+        stage["bounds"] += ["mirror"] if param in stage["stored"] else []
     context["per_tensor_row"] = {p: i for i, p in enumerate(names)}
     if context["factored"]:
         context["matrix_mean_index"] = {name: i for i, (name, _) in enumerate(context["matrix_means"])}

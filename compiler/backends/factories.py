@@ -59,6 +59,7 @@ class FactoryPrinter:
         }
         self._names: dict[tuple[str, str], str] = {}  # (function, printed code) -> factory
         self._code: dict[str, tuple[str, str]] = {}  # factory -> (function, printed code)
+        self._rows: dict[str, int] = {}  # factory -> the pointer-table rows its code may index
         self._users: dict[str, list[str]] = {}
 
     def kernel(self, kernel: Kernel) -> Printed:
@@ -85,12 +86,12 @@ class FactoryPrinter:
                 stages.append(("stage2", "chunks", macros.stage_kernel(k, k["stages"][1], "stage2")))
         user = describe(kernel)
         names = [
-            self._add(base if role == "step" else f"{base}_{role}", role, code, user)
+            self._add(base if role == "step" else f"{base}_{role}", role, code, user, len(kernel.arrays))
             for role, _, code in stages
         ]
         rows = offload = None
         if k["row_sparse"]:
-            rows = self._add(f"{base}_rows", "rows_kernel", macros.rows_kernel(k), user)
+            rows = self._add(f"{base}_rows", "rows_kernel", macros.rows_kernel(k), user, len(kernel.arrays))
         if self.spec.separate_apply and hasattr(macros, "apply_kernel"):
             offload = (
                 self._add(
@@ -98,19 +99,21 @@ class FactoryPrinter:
                     "effective_gradient",
                     macros.effective_gradient_kernel(k),
                     user,
+                    len(kernel.arrays),
                 ),
-                self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user),
+                self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user, len(kernel.arrays)),
             )
         output = host_output(self.spec, kernel, k) if self.spec.separate_apply else None
         return Printed(
             tuple(names), tuple(grid for _, grid, _ in stages), plan_source(k), rows, offload, output
         )
 
-    def _add(self, name: str, function: str, code: str, user: str) -> str:
+    def _add(self, name: str, function: str, code: str, user: str, rows: int) -> str:
         key = (function, code.strip("\n"))
         if key not in self._names:
             self._names[key] = name
             self._code[name] = key
+            self._rows[name] = rows
         name = self._names[key]
         self._users.setdefault(name, []).append(user)
         return name
@@ -120,8 +123,12 @@ class FactoryPrinter:
         for name, (function, code) in self._code.items():
             doc = (
                 f"{self.spec.title}: {ROLES[function]} of {'; '.join(dict.fromkeys(self._users[name]))}. "
-                "`F` is the element type (np.float32 or np.float64)."
+                "`F` is the type it computes in (np.float32 or np.float64), `S` how each array is "
+                "stored (optforge.runtime.precision; by default, in `F`)."
             )
             doc = textwrap.fill(doc, 88, subsequent_indent="    ")
-            texts.append(f'def {name}(F):\n    """{doc}"""\n\n{code}\n\n    return {function}\n')
+            texts.append(
+                f'def {name}(F, S=None):\n    """{doc}"""\n    S = S or plain_storage(F, {self._rows[name]})\n\n'
+                f"{code}\n\n    return {function}\n"
+            )
         return texts

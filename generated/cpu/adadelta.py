@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adadelta.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -28,6 +30,7 @@ from optforge.generated.host.adadelta import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -41,9 +44,11 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def adadelta(F):
-    """Adadelta: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta(F, S=None):
+    """Adadelta: the fused step of maximize=False. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
@@ -51,34 +56,44 @@ def adadelta(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            acc_delta_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            acc_delta_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                acc_delta = acc_delta_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                acc_delta = load(acc_delta_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 sq_new = fma(s0 * g_eff, g_eff, rho * sq)
                 ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
                 delta = g_eff * ratio
                 acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
                 w_new = fma(s1, delta, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                acc_delta_c[elem] = acc_delta_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                acc_delta_c[elem] = store(
+                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 
 
-def adadelta_maximize(F):
-    """Adadelta: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta_maximize(F, S=None):
+    """Adadelta: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
@@ -86,28 +101,36 @@ def adadelta_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            acc_delta_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            acc_delta_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                acc_delta = acc_delta_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                acc_delta = load(acc_delta_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 sq_new = fma(s0 * g_eff, g_eff, rho * sq)
                 ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
                 delta = g_eff * ratio
                 acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
                 w_new = fma(s1, delta, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                acc_delta_c[elem] = acc_delta_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                acc_delta_c[elem] = store(
+                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

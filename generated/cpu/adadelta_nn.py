@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adadelta.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.adadelta_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adadelta_nn(F):
-    """Adadelta: the fused step of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta_nn(F, S=None):
+    """Adadelta: the fused step of the only variant. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, rho, epsilon, s0, s1):
@@ -49,26 +54,34 @@ def adadelta_nn(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            accum_c = view(arrays, 2, tensor, F)[start:stop]
-            accum_update_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            accum_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            accum_update_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(accum_c), len(accum_update_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(accum_c), len(accum_update_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                accum = accum_c[elem]
-                accum_update = accum_update_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                accum = load(accum_c[elem], F)
+                accum_update = load(accum_update_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 accum_new = rho * accum + s0 * g_eff * g_eff
                 update = g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
                 accum_update_new = rho * accum_update + s0 * update * update
                 w_new = w + s1 * update
-                w_c[elem] = w_new
-                accum_c[elem] = accum_new
-                accum_update_c[elem] = accum_update_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                accum_c[elem] = store(accum_new, S.types[2], S.stochastic[2], key, start + elem)
+                accum_update_c[elem] = store(
+                    accum_update_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adafactor.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.adafactor import scalars, scalars_factored
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adafactor_stage1(F):
-    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_stage1(F, S=None):
+    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -52,16 +57,17 @@ def adafactor_stage1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            key = arrays.keys[tensor]
             sum0 = 0.0
             sum1 = 0.0
             elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = g
                 x0 = g_eff * g_eff
                 v_new = v + s0 * (x0 - v)
@@ -71,17 +77,19 @@ def adafactor_stage1(F):
                 rms1_of = x0 / x1
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
-                v_c[elem] = v_new
+                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
     return stage1
 
 
-def adafactor_finalize(F):
+def adafactor_finalize(F, S=None):
     """Adafactor: the per-tensor values between the element stages of maximize=False,
-    factored=False; maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+    factored=False; maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -101,9 +109,11 @@ def adafactor_finalize(F):
     return finalize
 
 
-def adafactor_stage2(F):
-    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_stage2(F, S=None):
+    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -111,29 +121,35 @@ def adafactor_stage2(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
+                g = load(g_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
                 g_eff = g
                 v_hat = v_new
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adafactor_factored_pass1(F):
-    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass1(F, S=None):
+    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass1(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -149,8 +165,8 @@ def adafactor_factored_pass1(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            w_m = view(arrays, 0, tensor, F)
-            g_m = view(arrays, 1, tensor, F)
+            w_m = view(arrays, 0, tensor, S.types[0])
+            g_m = view(arrays, 1, tensor, S.types[1])
             sum0 = 0.0
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             col_sum0[:] = 0.0
@@ -161,8 +177,8 @@ def adafactor_factored_pass1(F):
                 g_c = g_m[start : start + cols]
                 row_sum0 = 0.0
                 for col in range(min(cols, len(w_c), len(g_c))):
-                    w = w_c[col]
-                    g = g_c[col]
+                    w = load(w_c[col], F)
+                    g = load(g_c[col], F)
                     rms0_of = w
                     g_eff = g
                     x0 = g_eff * g_eff
@@ -177,9 +193,11 @@ def adafactor_factored_pass1(F):
     return pass1
 
 
-def adafactor_factored_lines(F):
+def adafactor_factored_lines(F, S=None):
     """Adafactor: the row and column stage of maximize=False, factored=True; maximize=True,
-    factored=True. `F` is the element type (np.float32 or np.float64)."""
+    factored=True. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy")
     def lines(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -194,10 +212,11 @@ def adafactor_factored_lines(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
+            R_rows = view(arrays, 2, tensor, S.types[2])[first : first + rows]
+            C_cols = view(arrays, 3, tensor, S.types[3])[
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
+            key = arrays.keys[tensor]
             # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
             base = table.chunk_cols[table.matrix_chunk0[matrix]]
             for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
@@ -206,25 +225,27 @@ def adafactor_factored_lines(F):
                     col_sums0[base + col] += col_sums0[part + col]
             for col in range(min(cols, len(C_cols))):
                 col_mean0 = F(col_sums0[base + col] / rows)
-                C = C_cols[col]
+                C = load(C_cols[col], F)
                 C_new = C + s0 * (col_mean0 - C)
-                C_cols[col] = C_new
+                C_cols[col] = store(C_new, S.types[3], S.stochastic[3], key, col)
             matrix_sum0 = 0.0
             for row in range(min(rows, len(R_rows))):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
-                R = R_rows[row]
+                R = load(R_rows[row], F)
                 R_new = R + s0 * (row_mean0 - R)
                 matrix_mean0_of = R_new
-                R_rows[row] = R_new
+                R_rows[row] = store(R_new, S.types[2], S.stochastic[2], key, row)
                 matrix_sum0 += f64(matrix_mean0_of)
             per_matrix[0, matrix] = matrix_sum0 / rows
 
     return lines
 
 
-def adafactor_factored_pass2(F):
-    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass2(F, S=None):
+    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass2(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -239,22 +260,22 @@ def adafactor_factored_pass2(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
+            R_rows = view(arrays, 2, tensor, S.types[2])[first : first + rows]
+            C_cols = view(arrays, 3, tensor, S.types[3])[
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            g_m = view(arrays, 1, tensor, F)
+            g_m = view(arrays, 1, tensor, S.types[1])
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = g_m[start : start + cols]
-                R_new = R_rows[row]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(min(cols, len(g_c), len(C_cols))):
-                    g = g_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = g
                     v_hat = C_new * z0
                     rms1_of = g_eff * g_eff / max(s1, v_hat)
@@ -264,10 +285,12 @@ def adafactor_factored_pass2(F):
     return pass2
 
 
-def adafactor_factored_finalize(F):
+def adafactor_factored_finalize(F, S=None):
     """Adafactor: the per-tensor values between the element stages of maximize=False,
-    factored=True; maximize=True, factored=True. `F` is the element type (np.float32 or
-    np.float64)."""
+    factored=True; maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -286,9 +309,11 @@ def adafactor_factored_finalize(F):
     return finalize
 
 
-def adafactor_factored_pass3(F):
-    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass3(F, S=None):
+    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -300,12 +325,14 @@ def adafactor_factored_pass3(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
+            R_rows = view(arrays, 2, tensor, S.types[2])[first : first + rows]
+            C_cols = view(arrays, 3, tensor, S.types[3])[
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            w_m = view(arrays, 0, tensor, F)
-            g_m = view(arrays, 1, tensor, F)
+            w_m = view(arrays, 0, tensor, S.types[0])
+            g_m = view(arrays, 1, tensor, S.types[1])
+            mirror_m = view(arrays, S.mirror, tensor, S.mirror_type)
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
@@ -315,24 +342,29 @@ def adafactor_factored_pass3(F):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
-                R_new = R_rows[row]
+                mirror_c = mirror_m[start : start + cols]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, len(w_c), len(g_c), len(C_cols))):
-                    g = g_c[col]
-                    w = w_c[col]
-                    C_new = C_cols[col]
+                for col in range(min(cols, len(w_c), len(g_c), len(mirror_c), len(C_cols))):
+                    g = load(g_c[col], F)
+                    w = load(w_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = g
                     v_hat = C_new * z0
                     U = g_eff / math.sqrt(max(s1, v_hat))
                     w_new = u1 * U + u0 * w
-                    w_c[col] = w_new
+                    w_c[col] = store(w_new, S.types[0], S.stochastic[0], key, start + col)
+                    if S.mirror:
+                        mirror_c[col] = store(w_new, S.mirror_type, False, key, start + col)
 
     return pass3
 
 
-def adafactor_maximize_stage1(F):
-    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize_stage1(F, S=None):
+    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -343,16 +375,17 @@ def adafactor_maximize_stage1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            key = arrays.keys[tensor]
             sum0 = 0.0
             sum1 = 0.0
             elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = -g
                 x0 = g_eff * g_eff
                 v_new = v + s0 * (x0 - v)
@@ -362,16 +395,18 @@ def adafactor_maximize_stage1(F):
                 rms1_of = x0 / x1
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
-                v_c[elem] = v_new
+                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
     return stage1
 
 
-def adafactor_maximize_stage2(F):
-    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize_stage2(F, S=None):
+    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -379,29 +414,35 @@ def adafactor_maximize_stage2(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            v_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
+                g = load(g_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
                 g_eff = -g
                 v_hat = v_new
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adafactor_maximize__factored_pass1(F):
-    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass1(F, S=None):
+    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass1(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -417,8 +458,8 @@ def adafactor_maximize__factored_pass1(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            w_m = view(arrays, 0, tensor, F)
-            g_m = view(arrays, 1, tensor, F)
+            w_m = view(arrays, 0, tensor, S.types[0])
+            g_m = view(arrays, 1, tensor, S.types[1])
             sum0 = 0.0
             col_sum0 = col_sums0[table.chunk_cols[chunk] : table.chunk_cols[chunk] + cols]
             col_sum0[:] = 0.0
@@ -429,8 +470,8 @@ def adafactor_maximize__factored_pass1(F):
                 g_c = g_m[start : start + cols]
                 row_sum0 = 0.0
                 for col in range(min(cols, len(w_c), len(g_c))):
-                    w = w_c[col]
-                    g = g_c[col]
+                    w = load(w_c[col], F)
+                    g = load(g_c[col], F)
                     rms0_of = w
                     g_eff = -g
                     x0 = g_eff * g_eff
@@ -445,9 +486,11 @@ def adafactor_maximize__factored_pass1(F):
     return pass1
 
 
-def adafactor_maximize__factored_pass2(F):
-    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass2(F, S=None):
+    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
     def pass2(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -462,22 +505,22 @@ def adafactor_maximize__factored_pass2(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
+            R_rows = view(arrays, 2, tensor, S.types[2])[first : first + rows]
+            C_cols = view(arrays, 3, tensor, S.types[3])[
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            g_m = view(arrays, 1, tensor, F)
+            g_m = view(arrays, 1, tensor, S.types[1])
             matrix_mean0 = per_matrix[0, matrix]
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = g_m[start : start + cols]
-                R_new = R_rows[row]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(min(cols, len(g_c), len(C_cols))):
-                    g = g_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = -g
                     v_hat = C_new * z0
                     rms1_of = g_eff * g_eff / max(s1, v_hat)
@@ -487,9 +530,11 @@ def adafactor_maximize__factored_pass2(F):
     return pass2
 
 
-def adafactor_maximize__factored_pass3(F):
-    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass3(F, S=None):
+    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -501,12 +546,14 @@ def adafactor_maximize__factored_pass3(F):
             rows = table.tensor_rows[tensor]
             cols = table.tensor_cols[tensor]
             first = table.matrix_index[matrix] * rows
-            R_rows = view(arrays, 2, tensor, F)[first : first + rows]
-            C_cols = view(arrays, 3, tensor, F)[
+            R_rows = view(arrays, 2, tensor, S.types[2])[first : first + rows]
+            C_cols = view(arrays, 3, tensor, S.types[3])[
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            w_m = view(arrays, 0, tensor, F)
-            g_m = view(arrays, 1, tensor, F)
+            w_m = view(arrays, 0, tensor, S.types[0])
+            g_m = view(arrays, 1, tensor, S.types[1])
+            mirror_m = view(arrays, S.mirror, tensor, S.mirror_type)
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
@@ -516,17 +563,20 @@ def adafactor_maximize__factored_pass3(F):
                 start = (first + row) * cols
                 w_c = w_m[start : start + cols]
                 g_c = g_m[start : start + cols]
-                R_new = R_rows[row]
+                mirror_c = mirror_m[start : start + cols]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
-                for col in range(min(cols, len(w_c), len(g_c), len(C_cols))):
-                    g = g_c[col]
-                    w = w_c[col]
-                    C_new = C_cols[col]
+                for col in range(min(cols, len(w_c), len(g_c), len(mirror_c), len(C_cols))):
+                    g = load(g_c[col], F)
+                    w = load(w_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = -g
                     v_hat = C_new * z0
                     U = g_eff / math.sqrt(max(s1, v_hat))
                     w_new = u1 * U + u0 * w
-                    w_c[col] = w_new
+                    w_c[col] = store(w_new, S.types[0], S.stochastic[0], key, start + col)
+                    if S.mirror:
+                        mirror_c[col] = store(w_new, S.mirror_type, False, key, start + col)
 
     return pass3
 

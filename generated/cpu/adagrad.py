@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adagrad.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -28,6 +30,7 @@ from optforge.generated.host.adagrad import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -41,9 +44,11 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def adagrad(F):
-    """Adagrad: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad(F, S=None):
+    """Adagrad: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, eps, s0):
@@ -51,28 +56,34 @@ def adagrad(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            acc_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            acc_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(acc_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(acc_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                acc = acc_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                acc = load(acc_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 acc_new = fma(g_eff, g_eff, acc)
                 w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-                w_c[elem] = w_new
-                acc_c[elem] = acc_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                acc_c[elem] = store(acc_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def adagrad_maximize(F):
-    """Adagrad: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad_maximize(F, S=None):
+    """Adagrad: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, eps, s0):
@@ -80,22 +91,26 @@ def adagrad_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            acc_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            acc_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(acc_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(acc_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                acc = acc_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                acc = load(acc_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 acc_new = fma(g_eff, g_eff, acc)
                 w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-                w_c[elem] = w_new
-                acc_c[elem] = acc_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                acc_c[elem] = store(acc_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of AdamOffload.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.adam_offload import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adam_offload_stage1(F):
-    """AdamOffload: stage 1 of use_nesterov=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adam_offload_stage1(F, S=None):
+    """AdamOffload: stage 1 of use_nesterov=False. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -49,33 +54,36 @@ def adam_offload_stage1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            delta_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            delta_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = beta1 * m + s0 * g_eff
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 delta_new = s2 * m_new / (eps + math.sqrt(v_new))
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                delta_c[elem] = delta_new
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return stage1
 
 
-def adam_offload_stage2(F):
-    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adam_offload_stage2(F, S=None):
+    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -83,21 +91,27 @@ def adam_offload_stage2(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            delta_c = view(arrays, 4, tensor, F)[start:stop]
-            elems = min(stop - start, len(w_c), len(delta_c))
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            delta_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            elems = min(stop - start, len(w_c), len(delta_c), len(mirror_c))
             for elem in range(elems):
-                delta_new = delta_c[elem]
-                w = w_c[elem]
+                delta_new = load(delta_c[elem], F)
+                w = load(w_c[elem], F)
                 w_new = delta_new + w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adam_offload_use_nesterov_stage1(F):
-    """AdamOffload: stage 1 of use_nesterov=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adam_offload_use_nesterov_stage1(F, S=None):
+    """AdamOffload: stage 1 of use_nesterov=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -105,27 +119,28 @@ def adam_offload_use_nesterov_stage1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            delta_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            delta_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 x0 = s0 * g_eff
                 m_new = x0 + beta1 * m
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                delta_c[elem] = delta_new
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return stage1
 

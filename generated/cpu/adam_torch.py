@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adam.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -28,6 +30,7 @@ from optforge.generated.host.adam_torch import scalars, scalars_decoupled_weight
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -41,9 +44,11 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def adam_torch(F):
+def adam_torch(F, S=None):
     """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=False. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -51,33 +56,39 @@ def adam_torch(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 w_decayed = w
                 m_new = fma(s0, g_eff - m, m)
                 v_new = fma(s1 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adam_torch_decoupled_weight_decay(F):
+def adam_torch_decoupled_weight_decay(F, S=None):
     """Adam: the fused step of amsgrad=False, maximize=False, decoupled_weight_decay=True. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -85,34 +96,40 @@ def adam_torch_decoupled_weight_decay(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g
                 w_decayed = u0 * w
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adam_torch_maximize(F):
+def adam_torch_maximize(F, S=None):
     """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=False. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -120,34 +137,40 @@ def adam_torch_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 w_decayed = w
                 m_new = fma(s0, g_eff - m, m)
                 v_new = fma(s1 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adam_torch_maximize__decoupled_weight_decay(F):
+def adam_torch_maximize__decoupled_weight_decay(F, S=None):
     """Adam: the fused step of amsgrad=False, maximize=True, decoupled_weight_decay=True. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -155,35 +178,41 @@ def adam_torch_maximize__decoupled_weight_decay(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g
                 w_decayed = u1 * w
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adam_torch_amsgrad(F):
+def adam_torch_amsgrad(F, S=None):
     """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=False. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -191,37 +220,45 @@ def adam_torch_amsgrad(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            v_max_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 w_decayed = w
                 m_new = fma(s0, g_eff - m, m)
                 v_new = fma(s1 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def adam_torch_amsgrad__decoupled_weight_decay(F):
+def adam_torch_amsgrad__decoupled_weight_decay(F, S=None):
     """Adam: the fused step of amsgrad=True, maximize=False, decoupled_weight_decay=True. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -229,38 +266,46 @@ def adam_torch_amsgrad__decoupled_weight_decay(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            v_max_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = grad_scale * g
                 w_decayed = u0 * w
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def adam_torch_amsgrad__maximize(F):
+def adam_torch_amsgrad__maximize(F, S=None):
     """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=False. `F`
-    is the element type (np.float32 or np.float64)."""
+    is the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -268,38 +313,46 @@ def adam_torch_amsgrad__maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            v_max_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 w_decayed = w
                 m_new = fma(s0, g_eff - m, m)
                 v_new = fma(s1 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
+def adam_torch_amsgrad__maximize__decoupled_weight_decay(F, S=None):
     """Adam: the fused step of amsgrad=True, maximize=True, decoupled_weight_decay=True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -307,32 +360,38 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            v_c = view(arrays, 3, tensor, F)[start:stop]
-            v_max_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = u0 * g
                 w_decayed = u1 * w
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 

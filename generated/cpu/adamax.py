@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adamax.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -28,6 +30,7 @@ from optforge.generated.host.adamax import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -41,9 +44,11 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def adamax(F):
-    """Adamax: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adamax(F, S=None):
+    """Adamax: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -51,32 +56,38 @@ def adamax(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            u_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            u_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                u = u_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                u = load(u_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 m_new = fma(s0, g_eff - m, m)
                 u_new = max(beta2 * u, eps + abs(g_eff))
                 w_new = w + s1 * m_new / u_new
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                u_c[elem] = u_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                u_c[elem] = store(u_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adamax_maximize(F):
-    """Adamax: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adamax_maximize(F, S=None):
+    """Adamax: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -84,26 +95,30 @@ def adamax_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            u_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            u_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                u = u_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                u = load(u_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 m_new = fma(s0, g_eff - m, m)
                 u_new = max(beta2 * u, eps + abs(g_eff))
                 w_new = w + s1 * m_new / u_new
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                u_c[elem] = u_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                u_c[elem] = store(u_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

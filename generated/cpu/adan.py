@@ -2,8 +2,10 @@
 """Fused CPU kernels of Adan.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.adan import branch, scalars_not_t_eq_1, scalars_t_eq_1
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def adan_t_eq_1(F):
-    """Adan: the fused step of Eq(t, 1) is True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adan_t_eq_1(F, S=None):
+    """Adan: the fused step of Eq(t, 1) is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 6)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(
@@ -67,41 +72,54 @@ def adan_t_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            d_c = view(arrays, 3, tensor, F)[start:stop]
-            n_c = view(arrays, 4, tensor, F)[start:stop]
-            g_prev_c = view(arrays, 5, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            d_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            n_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            g_prev_c = view(arrays, 5, tensor, S.types[5])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
+                stop - start,
+                len(w_c),
+                len(g_c),
+                len(m_c),
+                len(d_c),
+                len(n_c),
+                len(g_prev_c),
+                len(mirror_c),
             )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                d = d_c[elem]
-                n = n_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                d = load(d_c[elem], F)
+                n = load(n_c[elem], F)
                 m_new = beta1 * m + s0 * g
                 d_new = s1 + beta2 * d
                 n_new = beta3 * n + s3 * (g + s2) * (g + s2)
                 update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
                 w_new = (w + s7 * update) / u0
                 g_prev_new = g
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                d_c[elem] = d_new
-                n_c[elem] = n_new
-                g_prev_c[elem] = g_prev_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
+                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
+                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
 
     return step
 
 
-def adan_not_t_eq_1(F):
-    """Adan: the fused step of Eq(t, 1) is False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adan_not_t_eq_1(F, S=None):
+    """Adan: the fused step of Eq(t, 1) is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 6)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(
@@ -126,24 +144,33 @@ def adan_not_t_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            m_c = view(arrays, 2, tensor, F)[start:stop]
-            d_c = view(arrays, 3, tensor, F)[start:stop]
-            n_c = view(arrays, 4, tensor, F)[start:stop]
-            g_prev_c = view(arrays, 5, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            d_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            n_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            g_prev_c = view(arrays, 5, tensor, S.types[5])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
+                stop - start,
+                len(w_c),
+                len(g_c),
+                len(m_c),
+                len(d_c),
+                len(n_c),
+                len(g_prev_c),
+                len(mirror_c),
             )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                d = d_c[elem]
-                n = n_c[elem]
-                g_prev = g_prev_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                d = load(d_c[elem], F)
+                n = load(n_c[elem], F)
+                g_prev = load(g_prev_c[elem], F)
                 diff = g - g_prev
                 m_new = beta1 * m + s0 * g
                 d_new = beta2 * d + s1 * diff
@@ -151,11 +178,13 @@ def adan_not_t_eq_1(F):
                 update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
                 w_new = (w + s6 * update) / u0
                 g_prev_new = g
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                d_c[elem] = d_new
-                n_c[elem] = n_new
-                g_prev_c[elem] = g_prev_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
+                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
+                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of ASGD.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -32,6 +34,7 @@ from optforge.generated.host.asgd import (
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -44,9 +47,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def asgd_mu_eq_1(F):
-    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0, s1):
@@ -54,27 +59,33 @@ def asgd_mu_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ax_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ax_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = w_new
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_not_mu_eq_1(F):
-    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_not_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
@@ -82,28 +93,34 @@ def asgd_not_mu_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ax_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ax_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                ax = ax_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ax = load(ax_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = ax + mu * (w_new - ax)
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_maximize__mu_eq_1(F):
-    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_maximize__mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0, s1):
@@ -111,28 +128,34 @@ def asgd_maximize__mu_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ax_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ax_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = w_new
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_maximize__not_mu_eq_1(F):
-    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_maximize__not_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
@@ -140,22 +163,26 @@ def asgd_maximize__not_mu_eq_1(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ax_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ax_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                ax = ax_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ax = load(ax_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = ax + mu * (w_new - ax)
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of ProximalAdagrad.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.proximal_adagrad import branch, scalars_l1_gt_0, scalars_not_l1_gt_0
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def proximal_adagrad_l1_gt_0(F):
-    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the element type (np.float32
-    or np.float64)."""
+def proximal_adagrad_l1_gt_0(F, S=None):
+    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
@@ -49,16 +54,18 @@ def proximal_adagrad_l1_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            a_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            a_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
@@ -68,24 +75,30 @@ def proximal_adagrad_l1_gt_0(F):
                     * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
                     / (F(1.0) + l2 * eta)
                 )
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def proximal_adagrad_l1_gt_0_rows(F):
-    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def proximal_adagrad_l1_gt_0_rows(F, S=None):
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr, s0):
         tensor = 0
         weight_decay = per_tensor[0, tensor]
         grad_scale = per_tensor[1, tensor]
-        w_tensor = view(arrays, 0, tensor, F)
-        g_tensor = view(arrays, 1, tensor, F)
-        a_tensor = view(arrays, 2, tensor, F)
+        w_tensor = view(arrays, 0, tensor, S.types[0])
+        g_tensor = view(arrays, 1, tensor, S.types[1])
+        a_tensor = view(arrays, 2, tensor, S.types[2])
+        mirror_tensor = view(arrays, S.mirror, tensor, S.mirror_type)
+        key = arrays.keys[tensor]
         for row in numba.prange(rows.shape[0]):
             start = rows[row] * row_len
             stop = start + row_len
@@ -94,11 +107,12 @@ def proximal_adagrad_l1_gt_0_rows(F):
             w_c = w_tensor[start:stop]
             g_c = g_tensor[row * row_len : (row + 1) * row_len]
             a_c = a_tensor[start:stop]
-            elems = min(row_len, len(w_c), len(g_c), len(a_c))
+            mirror_c = mirror_tensor[start:stop]
+            elems = min(row_len, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
@@ -108,15 +122,19 @@ def proximal_adagrad_l1_gt_0_rows(F):
                     * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
                     / (F(1.0) + l2 * eta)
                 )
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return rows_kernel
 
 
-def proximal_adagrad_not_l1_gt_0(F):
-    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the element type (np.float32
-    or np.float64)."""
+def proximal_adagrad_not_l1_gt_0(F, S=None):
+    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, l2, lr):
@@ -124,39 +142,47 @@ def proximal_adagrad_not_l1_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            a_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            a_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
                 prox = w - eta * g_eff
                 w_new = prox / (F(1.0) + l2 * eta)
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def proximal_adagrad_not_l1_gt_0_rows(F):
-    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def proximal_adagrad_not_l1_gt_0_rows(F, S=None):
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr):
         tensor = 0
         weight_decay = per_tensor[0, tensor]
         grad_scale = per_tensor[1, tensor]
-        w_tensor = view(arrays, 0, tensor, F)
-        g_tensor = view(arrays, 1, tensor, F)
-        a_tensor = view(arrays, 2, tensor, F)
+        w_tensor = view(arrays, 0, tensor, S.types[0])
+        g_tensor = view(arrays, 1, tensor, S.types[1])
+        a_tensor = view(arrays, 2, tensor, S.types[2])
+        mirror_tensor = view(arrays, S.mirror, tensor, S.mirror_type)
+        key = arrays.keys[tensor]
         for row in numba.prange(rows.shape[0]):
             start = rows[row] * row_len
             stop = start + row_len
@@ -165,18 +191,21 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
             w_c = w_tensor[start:stop]
             g_c = g_tensor[row * row_len : (row + 1) * row_len]
             a_c = a_tensor[start:stop]
-            elems = min(row_len, len(w_c), len(g_c), len(a_c))
+            mirror_c = mirror_tensor[start:stop]
+            elems = min(row_len, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
                 prox = w - eta * g_eff
                 w_new = prox / (F(1.0) + l2 * eta)
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return rows_kernel
 

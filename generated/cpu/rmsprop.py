@@ -2,8 +2,10 @@
 """Fused CPU kernels of RMSprop.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -35,6 +37,7 @@ from optforge.generated.host.rmsprop import (
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -48,9 +51,11 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def rmsprop_momentum_gt_0(F):
+def rmsprop_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -58,33 +63,39 @@ def rmsprop_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            buf_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            buf_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 buf_new = momentum * buf + g_eff / denom
                 w_new = fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_not_momentum_gt_0(F):
+def rmsprop_not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -92,29 +103,35 @@ def rmsprop_not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def rmsprop_maximize__momentum_gt_0(F):
+def rmsprop_maximize__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -122,34 +139,40 @@ def rmsprop_maximize__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            buf_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            buf_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 buf_new = momentum * buf + g_eff / denom
                 w_new = fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_maximize__not_momentum_gt_0(F):
+def rmsprop_maximize__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -157,30 +180,36 @@ def rmsprop_maximize__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__momentum_gt_0(F):
+def rmsprop_centered__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -188,37 +217,45 @@ def rmsprop_centered__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            g_avg_c = view(arrays, 3, tensor, F)[start:stop]
-            buf_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            buf_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
                 buf_new = momentum * buf + g_eff / denom
                 w_new = fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__not_momentum_gt_0(F):
+def rmsprop_centered__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -226,33 +263,39 @@ def rmsprop_centered__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            g_avg_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__maximize__momentum_gt_0(F):
+def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -260,38 +303,46 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            g_avg_c = view(arrays, 3, tensor, F)[start:stop]
-            buf_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            buf_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
                 buf_new = momentum * buf + g_eff / denom
                 w_new = fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__maximize__not_momentum_gt_0(F):
+def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -299,27 +350,31 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            sq_c = view(arrays, 2, tensor, F)[start:stop]
-            g_avg_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

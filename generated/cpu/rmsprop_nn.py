@@ -2,8 +2,10 @@
 """Fused CPU kernels of RMSProp.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.rmsprop_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def rmsprop_nn(F):
-    """RMSProp: the fused step of centered=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def rmsprop_nn(F, S=None):
+    """RMSProp: the fused step of centered=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
@@ -49,32 +54,38 @@ def rmsprop_nn(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ms_c = view(arrays, 2, tensor, F)[start:stop]
-            mom_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ms_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mom_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                ms = ms_c[elem]
-                mom = mom_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ms = load(ms_c[elem], F)
+                mom = load(mom_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 ms_new = decay * ms + s0 * g_eff * g_eff
                 mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
                 w_new = w - mom_new
-                w_c[elem] = w_new
-                ms_c[elem] = ms_new
-                mom_c[elem] = mom_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
+                mom_c[elem] = store(mom_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_nn_centered(F):
-    """RMSProp: the fused step of centered=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def rmsprop_nn_centered(F, S=None):
+    """RMSProp: the fused step of centered=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
@@ -82,20 +93,24 @@ def rmsprop_nn_centered(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            ms_c = view(arrays, 2, tensor, F)[start:stop]
-            mg_c = view(arrays, 3, tensor, F)[start:stop]
-            mom_c = view(arrays, 4, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ms_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mom_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                ms = ms_c[elem]
-                mg = mg_c[elem]
-                mom = mom_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ms = load(ms_c[elem], F)
+                mg = load(mg_c[elem], F)
+                mom = load(mom_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 ms_new = decay * ms + s0 * g_eff * g_eff
                 mg_new = decay * mg + s0 * g_eff
@@ -103,10 +118,12 @@ def rmsprop_nn_centered(F):
                     epsilon + ms_new - mg_new * mg_new
                 )
                 w_new = w - mom_new
-                w_c[elem] = w_new
-                ms_c[elem] = ms_new
-                mg_c[elem] = mg_new
-                mom_c[elem] = mom_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
+                mg_c[elem] = store(mg_new, S.types[3], S.stochastic[3], key, start + elem)
+                mom_c[elem] = store(mom_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of Rprop.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -27,6 +29,7 @@ import numpy as np
 from optforge.generated.host.rprop import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -39,9 +42,11 @@ FASTMATH = {"contract"}
 FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
-def rprop(F):
-    """Rprop: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def rprop(F, S=None):
+    """Rprop: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -49,18 +54,22 @@ def rprop(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            prev_c = view(arrays, 2, tensor, F)[start:stop]
-            step_size_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            prev_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            step_size_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                prev = prev_c[elem]
-                step_size = step_size_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                prev = load(prev_c[elem], F)
+                step_size = load(step_size_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 agreement = g_eff * prev
                 x0 = agreement < F(0.0)
@@ -77,16 +86,22 @@ def rprop(F):
                     F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
                 )
                 prev_new = g_kept
-                w_c[elem] = w_new
-                prev_c[elem] = prev_new
-                step_size_c[elem] = step_size_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                prev_c[elem] = store(prev_new, S.types[2], S.stochastic[2], key, start + elem)
+                step_size_c[elem] = store(
+                    step_size_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 
 
-def rprop_maximize(F):
-    """Rprop: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def rprop_maximize(F, S=None):
+    """Rprop: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -94,19 +109,23 @@ def rprop_maximize(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            prev_c = view(arrays, 2, tensor, F)[start:stop]
-            step_size_c = view(arrays, 3, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            prev_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            step_size_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c), len(mirror_c)
+            )
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                prev = prev_c[elem]
-                step_size = step_size_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                prev = load(prev_c[elem], F)
+                step_size = load(step_size_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 agreement = g_eff * prev
                 x0 = agreement < F(0.0)
@@ -123,9 +142,13 @@ def rprop_maximize(F):
                     F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
                 )
                 prev_new = g_kept
-                w_c[elem] = w_new
-                prev_c[elem] = prev_new
-                step_size_c[elem] = step_size_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                prev_c[elem] = store(prev_new, S.types[2], S.stochastic[2], key, start + elem)
+                step_size_c[elem] = store(
+                    step_size_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

@@ -2,8 +2,10 @@
 """Fused CPU kernels of SGD.
 
 One call updates every tensor of a parameter group of one dtype. Each kernel
-is printed once, as a function of its element type `F` (np.float32 or
-np.float64) that returns its stages, and takes its tensors from a pointer
+is printed once, as a function of the type `F` it computes in (np.float32 or
+np.float64) and of how each array is stored (`S`: float32, float64, bfloat16
+or float16; loads widen to `F`, stores narrow, see optforge.runtime.precision)
+that returns its stages, and takes its tensors from a pointer
 table (optforge.runtime.pointers: one row per array, one column per tensor);
 a chunk table cuts the tensors into pieces of at most 65536 elements
 that `numba.prange` shares among threads, so many small tensors balance as
@@ -36,6 +38,7 @@ from optforge.generated.host.sgd import (
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -49,9 +52,12 @@ FASTMATH = set()
 FASTMATH_REDUCTION = {"reassoc"}
 
 
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
-    True, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    True, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -59,30 +65,36 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = buf_new
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
     True, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
-    0) is True, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is True, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -90,28 +102,35 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = g_eff
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -119,31 +138,37 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 buf_new = fma(s0, g_eff, momentum * buf)
                 d = buf_new
                 w_new = fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
     False, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
-    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is False, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -151,25 +176,31 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 d = g_eff
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return step
 
 
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -177,30 +208,37 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = buf_new
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is
-    True, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    True, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -208,29 +246,36 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = g_eff
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -238,32 +283,38 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 buf_new = fma(s0, g_eff, momentum * buf)
                 d = buf_new
                 w_new = fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
     False, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum >
-    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is False, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -271,26 +322,32 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 d = g_eff
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return step
 
 
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -298,28 +355,35 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = fma(momentum, buf_new, g_eff)
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -327,29 +391,35 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, grad_scale * g)
                 buf_new = fma(s0, g_eff, momentum * buf)
                 d = fma(momentum, buf_new, g_eff)
                 w_new = fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -357,29 +427,35 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = fma(momentum, buf_new, g_eff)
                 w_new = fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -387,23 +463,27 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, F)[start:stop]
-            g_c = view(arrays, 1, tensor, F)[start:stop]
-            buf_c = view(arrays, 2, tensor, F)[start:stop]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(elems):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = fma(weight_decay, w, u0 * g)
                 buf_new = fma(s0, g_eff, momentum * buf)
                 d = fma(momentum, buf_new, g_eff)
                 w_new = fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adabelief import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adabelief(F):
-    """AdaBelief: the fused step of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def adabelief(F, S=None):
+    """AdaBelief: the fused step of the only variant. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3):
@@ -40,21 +43,25 @@ def adabelief(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             s_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(s_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(s_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                s = s_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                s = load(s_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = beta1 * m + s0 * g_eff
                 s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
                 w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                s_c[elem] = s_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                s_c[elem] = store(s_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

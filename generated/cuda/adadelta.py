@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adadelta import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adadelta(F):
-    """Adadelta: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta(F, S=None):
+    """Adadelta: the fused step of maximize=False. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
@@ -40,30 +43,40 @@ def adadelta(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             acc_delta_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                acc_delta = acc_delta_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                acc_delta = load(acc_delta_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, rho * sq)
                 ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
                 delta = g_eff * ratio
                 acc_delta_new = cuda.fma(s0 * delta, delta, rho * acc_delta)
                 w_new = cuda.fma(s1, delta, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                acc_delta_c[elem] = acc_delta_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                acc_delta_c[elem] = store(
+                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 
 
-def adadelta_maximize(F):
-    """Adadelta: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta_maximize(F, S=None):
+    """Adadelta: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, rho, eps, s0, s1):
@@ -75,24 +88,32 @@ def adadelta_maximize(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             acc_delta_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                acc_delta = acc_delta_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                acc_delta = load(acc_delta_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, rho * sq)
                 ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
                 delta = g_eff * ratio
                 acc_delta_new = cuda.fma(s0 * delta, delta, rho * acc_delta)
                 w_new = cuda.fma(s1, delta, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                acc_delta_c[elem] = acc_delta_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                acc_delta_c[elem] = store(
+                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adadelta_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adadelta_nn(F):
-    """Adadelta: the fused step of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def adadelta_nn(F, S=None):
+    """Adadelta: the fused step of the only variant. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, rho, epsilon, s0, s1):
@@ -40,22 +43,30 @@ def adadelta_nn(F):
             g_c = arrays[1][tensor][start:stop]
             accum_c = arrays[2][tensor][start:stop]
             accum_update_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(accum_c), len(accum_update_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(accum_c), len(accum_update_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                accum = accum_c[elem]
-                accum_update = accum_update_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                accum = load(accum_c[elem], F)
+                accum_update = load(accum_update_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 accum_new = rho * accum + s0 * g_eff * g_eff
                 update = g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
                 accum_update_new = rho * accum_update + s0 * update * update
                 w_new = w + s1 * update
-                w_c[elem] = w_new
-                accum_c[elem] = accum_new
-                accum_update_c[elem] = accum_update_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                accum_c[elem] = store(accum_new, S.types[2], S.stochastic[2], key, start + elem)
+                accum_update_c[elem] = store(
+                    accum_update_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

@@ -21,6 +21,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adafactor import scalars, scalars_factored
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -29,9 +30,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adafactor_stage1(F):
-    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_stage1(F, S=None):
+    """Adafactor: stage 1 of maximize=False, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -45,13 +48,14 @@ def adafactor_stage1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             v_c = arrays[2][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             sum0 = 0.0
             sum1 = 0.0
             elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = g
                 x0 = g_eff * g_eff
                 v_new = v + s0 * (x0 - v)
@@ -61,7 +65,7 @@ def adafactor_stage1(F):
                 rms1_of = x0 / x1
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
-                v_c[elem] = v_new
+                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -80,10 +84,12 @@ def adafactor_stage1(F):
     return stage1
 
 
-def adafactor_finalize(F):
+def adafactor_finalize(F, S=None):
     """Adafactor: the per-tensor values between the element stages of maximize=False,
-    factored=False; maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+    factored=False; maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -108,9 +114,11 @@ def adafactor_finalize(F):
     return finalize
 
 
-def adafactor_stage2(F):
-    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adafactor_stage2(F, S=None):
+    """Adafactor: stage 2 of maximize=False, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -121,26 +129,32 @@ def adafactor_stage2(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             v_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
+                g = load(g_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
                 g_eff = g
                 v_hat = v_new
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adafactor_factored_pass1(F):
-    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass1(F, S=None):
+    """Adafactor: pass 1 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -167,8 +181,8 @@ def adafactor_factored_pass1(F):
                 g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
                 for col in range(thread, min(cols, len(w_c), len(g_c)), cuda.blockDim.x):
-                    w = w_c[col]
-                    g = g_c[col]
+                    w = load(w_c[col], F)
+                    g = load(g_c[col], F)
                     rms0_of = w
                     g_eff = g
                     x0 = g_eff * g_eff
@@ -204,9 +218,11 @@ def adafactor_factored_pass1(F):
     return pass1
 
 
-def adafactor_factored_lines(F):
+def adafactor_factored_lines(F, S=None):
     """Adafactor: the row and column stage of maximize=False, factored=True; maximize=True,
-    factored=True. `F` is the element type (np.float32 or np.float64)."""
+    factored=True. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -217,6 +233,7 @@ def adafactor_factored_lines(F):
         its chunks' sums in chunk order."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
+        key = 0  # row and column state rounds to nearest
         for matrix in range(cuda.blockIdx.x, table.matrix_tensor.shape[0], cuda.gridDim.x):
             tensor = table.matrix_tensor[matrix]
             rows = table.tensor_rows[tensor]
@@ -231,16 +248,16 @@ def adafactor_factored_lines(F):
                 for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
                     col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
                 col_mean0 = F(col_sum0 / rows)
-                C = C_cols[col]
+                C = load(C_cols[col], F)
                 C_new = C + s0 * (col_mean0 - C)
-                C_cols[col] = C_new
+                C_cols[col] = store(C_new, S.types[3], S.stochastic[3], key, col)
             matrix_sum0 = 0.0
             for row in range(thread, min(rows, len(R_rows)), cuda.blockDim.x):
                 row_mean0 = F(row_sums0[table.matrix_rows[matrix] + row] / cols)
-                R = R_rows[row]
+                R = load(R_rows[row], F)
                 R_new = R + s0 * (row_mean0 - R)
                 matrix_mean0_of = R_new
-                R_rows[row] = R_new
+                R_rows[row] = store(R_new, S.types[2], S.stochastic[2], key, row)
                 matrix_sum0 += f64(matrix_mean0_of)
             block_sums[thread, 0] = matrix_sum0
             cuda.syncthreads()
@@ -257,9 +274,11 @@ def adafactor_factored_lines(F):
     return lines
 
 
-def adafactor_factored_pass2(F):
-    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass2(F, S=None):
+    """Adafactor: pass 2 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -284,11 +303,11 @@ def adafactor_factored_pass2(F):
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = arrays[1][tensor][start : start + cols]
-                R_new = R_rows[row]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(thread, min(cols, len(g_c), len(C_cols)), cuda.blockDim.x):
-                    g = g_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = g
                     v_hat = C_new * z0
                     rms1_of = g_eff * g_eff / max(s1, v_hat)
@@ -308,10 +327,12 @@ def adafactor_factored_pass2(F):
     return pass2
 
 
-def adafactor_factored_finalize(F):
+def adafactor_factored_finalize(F, S=None):
     """Adafactor: the per-tensor values between the element stages of maximize=False,
-    factored=True; maximize=True, factored=True. `F` is the element type (np.float32 or
-    np.float64)."""
+    factored=True; maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -334,9 +355,11 @@ def adafactor_factored_finalize(F):
     return finalize
 
 
-def adafactor_factored_pass3(F):
-    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_factored_pass3(F, S=None):
+    """Adafactor: pass 3 of maximize=False, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -357,31 +380,39 @@ def adafactor_factored_pass3(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
                 g_c = arrays[1][tensor][start : start + cols]
-                R_new = R_rows[row]
+                mirror_c = arrays[S.mirror][tensor][start : start + cols]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
-                    thread, min(cols, len(w_c), len(g_c), len(C_cols)), cuda.blockDim.x
+                    thread,
+                    min(cols, len(w_c), len(g_c), len(mirror_c), len(C_cols)),
+                    cuda.blockDim.x,
                 ):
-                    g = g_c[col]
-                    w = w_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    w = load(w_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = g
                     v_hat = C_new * z0
                     U = g_eff / math.sqrt(max(s1, v_hat))
                     w_new = u1 * U + u0 * w
-                    w_c[col] = w_new
+                    w_c[col] = store(w_new, S.types[0], S.stochastic[0], key, start + col)
+                    if S.mirror:
+                        mirror_c[col] = store(w_new, S.mirror_type, False, key, start + col)
 
     return pass3
 
 
-def adafactor_maximize_stage1(F):
-    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize_stage1(F, S=None):
+    """Adafactor: stage 1 of maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -395,13 +426,14 @@ def adafactor_maximize_stage1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             v_c = arrays[2][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             sum0 = 0.0
             sum1 = 0.0
             elems = min(stop - start, len(w_c), len(g_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = -g
                 x0 = g_eff * g_eff
                 v_new = v + s0 * (x0 - v)
@@ -411,7 +443,7 @@ def adafactor_maximize_stage1(F):
                 rms1_of = x0 / x1
                 sum0 += f64(rms0_of) * f64(rms0_of)
                 sum1 += f64(rms1_of)
-                v_c[elem] = v_new
+                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -430,9 +462,11 @@ def adafactor_maximize_stage1(F):
     return stage1
 
 
-def adafactor_maximize_stage2(F):
-    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize_stage2(F, S=None):
+    """Adafactor: stage 2 of maximize=True, factored=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
@@ -443,26 +477,32 @@ def adafactor_maximize_stage2(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             v_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                g = g_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
+                g = load(g_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
                 g_eff = -g
                 v_hat = v_new
                 U = g_eff / math.sqrt(max(s1, v_hat))
                 w_new = u1 * U + u0 * w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adafactor_maximize__factored_pass1(F):
-    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass1(F, S=None):
+    """Adafactor: pass 1 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass1(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -489,8 +529,8 @@ def adafactor_maximize__factored_pass1(F):
                 g_c = arrays[1][tensor][start : start + cols]
                 row_sum0 = 0.0
                 for col in range(thread, min(cols, len(w_c), len(g_c)), cuda.blockDim.x):
-                    w = w_c[col]
-                    g = g_c[col]
+                    w = load(w_c[col], F)
+                    g = load(g_c[col], F)
                     rms0_of = w
                     g_eff = -g
                     x0 = g_eff * g_eff
@@ -526,9 +566,11 @@ def adafactor_maximize__factored_pass1(F):
     return pass1
 
 
-def adafactor_maximize__factored_pass2(F):
-    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass2(F, S=None):
+    """Adafactor: pass 2 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -553,11 +595,11 @@ def adafactor_maximize__factored_pass2(F):
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 g_c = arrays[1][tensor][start : start + cols]
-                R_new = R_rows[row]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(thread, min(cols, len(g_c), len(C_cols)), cuda.blockDim.x):
-                    g = g_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = -g
                     v_hat = C_new * z0
                     rms1_of = g_eff * g_eff / max(s1, v_hat)
@@ -577,9 +619,11 @@ def adafactor_maximize__factored_pass2(F):
     return pass2
 
 
-def adafactor_maximize__factored_pass3(F):
-    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the element type (np.float32
-    or np.float64)."""
+def adafactor_maximize__factored_pass3(F, S=None):
+    """Adafactor: pass 3 of maximize=True, factored=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
@@ -600,24 +644,30 @@ def adafactor_maximize__factored_pass3(F):
             u1 = per_tensor[2, tensor]
             matrix_mean0 = per_matrix[0, matrix]
             u0 = F(1.0) + s2 * weight_decay
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
                 start = (first + row) * cols
                 w_c = arrays[0][tensor][start : start + cols]
                 g_c = arrays[1][tensor][start : start + cols]
-                R_new = R_rows[row]
+                mirror_c = arrays[S.mirror][tensor][start : start + cols]
+                R_new = load(R_rows[row], F)
                 z0 = R_new / max(eps1, matrix_mean0)
                 for col in range(
-                    thread, min(cols, len(w_c), len(g_c), len(C_cols)), cuda.blockDim.x
+                    thread,
+                    min(cols, len(w_c), len(g_c), len(mirror_c), len(C_cols)),
+                    cuda.blockDim.x,
                 ):
-                    g = g_c[col]
-                    w = w_c[col]
-                    C_new = C_cols[col]
+                    g = load(g_c[col], F)
+                    w = load(w_c[col], F)
+                    C_new = load(C_cols[col], F)
                     g_eff = -g
                     v_hat = C_new * z0
                     U = g_eff / math.sqrt(max(s1, v_hat))
                     w_new = u1 * U + u0 * w
-                    w_c[col] = w_new
+                    w_c[col] = store(w_new, S.types[0], S.stochastic[0], key, start + col)
+                    if S.mirror:
+                        mirror_c[col] = store(w_new, S.mirror_type, False, key, start + col)
 
     return pass3
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adagrad import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adagrad(F):
-    """Adagrad: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad(F, S=None):
+    """Adagrad: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, eps, s0):
@@ -39,25 +42,31 @@ def adagrad(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             acc_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(acc_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(acc_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                acc = acc_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                acc = load(acc_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 acc_new = cuda.fma(g_eff, g_eff, acc)
                 w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-                w_c[elem] = w_new
-                acc_c[elem] = acc_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                acc_c[elem] = store(acc_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def adagrad_maximize(F):
-    """Adagrad: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad_maximize(F, S=None):
+    """Adagrad: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, eps, s0):
@@ -68,19 +77,23 @@ def adagrad_maximize(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             acc_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(acc_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(acc_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                acc = acc_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                acc = load(acc_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 acc_new = cuda.fma(g_eff, g_eff, acc)
                 w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
-                w_c[elem] = w_new
-                acc_c[elem] = acc_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                acc_c[elem] = store(acc_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

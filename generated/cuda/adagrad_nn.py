@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adagrad_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adagrad_nn(F):
-    """Adagrad: the fused step of update_slots=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad_nn(F, S=None):
+    """Adagrad: the fused step of update_slots=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -39,24 +42,30 @@ def adagrad_nn(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             a_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return step
 
 
-def adagrad_nn_update_slots(F):
-    """Adagrad: the fused step of update_slots=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adagrad_nn_update_slots(F, S=None):
+    """Adagrad: the fused step of update_slots=True. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -67,18 +76,22 @@ def adagrad_nn_update_slots(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             a_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 w_new = w + s0 * g_eff / math.sqrt(a_new)
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam import scalars, scalars_use_nesterov
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adam(F):
-    """Adam: the fused step of use_nesterov=False, use_amsgrad=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adam(F, S=None):
+    """Adam: the fused step of use_nesterov=False, use_amsgrad=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
@@ -40,28 +43,34 @@ def adam(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = m + s0 * (g_eff - m)
                 v_new = v + s1 * ((g_eff * g_eff) - v)
                 w_new = w + s2 * m_new / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adam_use_amsgrad(F):
+def adam_use_amsgrad(F, S=None):
     """Adam: the fused step of use_nesterov=False, use_amsgrad=True; use_nesterov=True,
-    use_amsgrad=True. `F` is the element type (np.float32 or np.float64)."""
+    use_amsgrad=True. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, eps, s0, s1, s2):
@@ -74,31 +83,39 @@ def adam_use_amsgrad(F):
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
             vhat_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(vhat_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(vhat_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                vhat = vhat_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                vhat = load(vhat_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = m + s0 * (g_eff - m)
                 v_new = v + s1 * ((g_eff * g_eff) - v)
                 vhat_new = max(v_new, vhat)
                 w_new = w + s2 * m_new / (eps + math.sqrt(vhat_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                vhat_c[elem] = vhat_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                vhat_c[elem] = store(vhat_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def adam_use_nesterov(F):
-    """Adam: the fused step of use_nesterov=True, use_amsgrad=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adam_use_nesterov(F, S=None):
+    """Adam: the fused step of use_nesterov=True, use_amsgrad=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, eps, s0, s1, s2):
@@ -110,21 +127,25 @@ def adam_use_nesterov(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = m + s0 * (g_eff - m)
                 v_new = v + s1 * ((g_eff * g_eff) - v)
                 w_new = w + s2 * (beta1 * m_new + s0 * g_eff) / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

@@ -20,6 +20,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adam_offload import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -28,9 +29,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adam_offload_stage1(F):
-    """AdamOffload: stage 1 of use_nesterov=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adam_offload_stage1(F, S=None):
+    """AdamOffload: stage 1 of use_nesterov=False. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -43,28 +46,31 @@ def adam_offload_stage1(F):
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
             delta_c = arrays[4][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = beta1 * m + s0 * g_eff
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 delta_new = s2 * m_new / (eps + math.sqrt(v_new))
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                delta_c[elem] = delta_new
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return stage1
 
 
-def adam_offload_stage2(F):
-    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adam_offload_stage2(F, S=None):
+    """AdamOffload: stage 2 of use_nesterov=False; use_nesterov=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -74,34 +80,42 @@ def adam_offload_stage2(F):
             stop = chunks.stop[chunk]
             w_c = arrays[0][tensor][start:stop]
             delta_c = arrays[4][tensor][start:stop]
-            elems = min(stop - start, len(w_c), len(delta_c))
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
+            elems = min(stop - start, len(w_c), len(delta_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                delta_new = delta_c[elem]
-                w = w_c[elem]
+                delta_new = load(delta_c[elem], F)
+                w = load(w_c[elem], F)
                 w_new = delta_new + w
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 
 
-def adam_offload_effective_gradient(F):
+def adam_offload_effective_gradient(F, S=None):
     """AdamOffload: the offload path's effective gradient of use_nesterov=False;
-    use_nesterov=True. `F` is the element type (np.float32 or np.float64)."""
+    use_nesterov=True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def effective_gradient(g_c, w_c, weight_decay, grad_scale, out):
         # The spec's effective gradient: the part of the update that reads the parameter.
         for elem in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
-            g = g_c[elem]
-            w = w_c[elem]
+            g = load(g_c[elem], F)
+            w = load(w_c[elem], F)
             out[elem] = grad_scale * g + weight_decay * w
 
     return effective_gradient
 
 
-def adam_offload_apply(F):
+def adam_offload_apply(F, S=None):
     """AdamOffload: the offload path's apply stage of use_nesterov=False; use_nesterov=True.
-    `F` is the element type (np.float32 or np.float64)."""
+    `F` is the type it computes in (np.float32 or np.float64), `S` how each array is
+    stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def apply(
@@ -115,18 +129,24 @@ def adam_offload_apply(F):
         s2,
     ):
         # The apply stage on one contiguous piece of one tensor: the only write to the parameter.
+        mirror_c = w_c  # never stored to: the device keeps no master copies
+        key = 0
         for elem in range(cuda.grid(1), w_c.shape[0], cuda.gridsize(1)):
-            delta_new = delta_c[elem]
-            w = w_c[elem]
+            delta_new = load(delta_c[elem], F)
+            w = load(w_c[elem], F)
             w_new = delta_new + w
-            w_c[elem] = w_new
+            w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, elem)
+            if S.mirror:
+                mirror_c[elem] = store(w_new, S.mirror_type, False, key, elem)
 
     return apply
 
 
-def adam_offload_use_nesterov_stage1(F):
-    """AdamOffload: stage 1 of use_nesterov=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adam_offload_use_nesterov_stage1(F, S=None):
+    """AdamOffload: stage 1 of use_nesterov=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2):
@@ -139,22 +159,23 @@ def adam_offload_use_nesterov_stage1(F):
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
             delta_c = arrays[4][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 x0 = s0 * g_eff
                 m_new = x0 + beta1 * m
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                delta_c[elem] = delta_new
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return stage1
 

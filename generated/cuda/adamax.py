@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adamax import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adamax(F):
-    """Adamax: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adamax(F, S=None):
+    """Adamax: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -40,28 +43,34 @@ def adamax(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             u_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                u = u_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                u = load(u_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 m_new = cuda.fma(s0, g_eff - m, m)
                 u_new = max(beta2 * u, eps + abs(g_eff))
                 w_new = w + s1 * m_new / u_new
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                u_c[elem] = u_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                u_c[elem] = store(u_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adamax_maximize(F):
-    """Adamax: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adamax_maximize(F, S=None):
+    """Adamax: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1):
@@ -73,22 +82,26 @@ def adamax_maximize(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             u_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(u_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                u = u_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                u = load(u_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 m_new = cuda.fma(s0, g_eff - m, m)
                 u_new = max(beta2 * u, eps + abs(g_eff))
                 w_new = w + s1 * m_new / u_new
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                u_c[elem] = u_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                u_c[elem] = store(u_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

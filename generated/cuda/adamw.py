@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adamw import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adamw(F):
-    """AdamW: the fused step of amsgrad=False, maximize=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adamw(F, S=None):
+    """AdamW: the fused step of amsgrad=False, maximize=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -40,29 +43,35 @@ def adamw(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = g
                 w_decayed = u0 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adamw_maximize(F):
-    """AdamW: the fused step of amsgrad=False, maximize=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adamw_maximize(F, S=None):
+    """AdamW: the fused step of amsgrad=False, maximize=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -74,29 +83,35 @@ def adamw_maximize(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = -g
                 w_decayed = u0 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def adamw_amsgrad(F):
-    """AdamW: the fused step of amsgrad=True, maximize=False. `F` is the element type
-    (np.float32 or np.float64)."""
+def adamw_amsgrad(F, S=None):
+    """AdamW: the fused step of amsgrad=True, maximize=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -109,32 +124,40 @@ def adamw_amsgrad(F):
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
             v_max_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = g
                 w_decayed = u0 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def adamw_amsgrad__maximize(F):
-    """AdamW: the fused step of amsgrad=True, maximize=True. `F` is the element type
-    (np.float32 or np.float64)."""
+def adamw_amsgrad__maximize(F, S=None):
+    """AdamW: the fused step of amsgrad=True, maximize=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -147,25 +170,31 @@ def adamw_amsgrad__maximize(F):
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
             v_max_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
-                v_max = v_max_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
                 g_eff = -g
                 w_decayed = u0 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
-                v_max_c[elem] = v_max_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 

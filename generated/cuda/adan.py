@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.adan import branch, scalars_not_t_eq_1, scalars_t_eq_1
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def adan_t_eq_1(F):
-    """Adan: the fused step of Eq(t, 1) is True. `F` is the element type (np.float32 or
-    np.float64)."""
+def adan_t_eq_1(F, S=None):
+    """Adan: the fused step of Eq(t, 1) is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 6)
 
     @cuda.jit(cache=True)
     def step(
@@ -60,35 +63,48 @@ def adan_t_eq_1(F):
             d_c = arrays[3][tensor][start:stop]
             n_c = arrays[4][tensor][start:stop]
             g_prev_c = arrays[5][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
+                stop - start,
+                len(w_c),
+                len(g_c),
+                len(m_c),
+                len(d_c),
+                len(n_c),
+                len(g_prev_c),
+                len(mirror_c),
             )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                d = d_c[elem]
-                n = n_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                d = load(d_c[elem], F)
+                n = load(n_c[elem], F)
                 m_new = beta1 * m + s0 * g
                 d_new = s1 + beta2 * d
                 n_new = beta3 * n + s3 * (g + s2) * (g + s2)
                 update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
                 w_new = (w + s7 * update) / u0
                 g_prev_new = g
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                d_c[elem] = d_new
-                n_c[elem] = n_new
-                g_prev_c[elem] = g_prev_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
+                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
+                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
 
     return step
 
 
-def adan_not_t_eq_1(F):
-    """Adan: the fused step of Eq(t, 1) is False. `F` is the element type (np.float32 or
-    np.float64)."""
+def adan_not_t_eq_1(F, S=None):
+    """Adan: the fused step of Eq(t, 1) is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 6)
 
     @cuda.jit(cache=True)
     def step(
@@ -119,18 +135,27 @@ def adan_not_t_eq_1(F):
             d_c = arrays[3][tensor][start:stop]
             n_c = arrays[4][tensor][start:stop]
             g_prev_c = arrays[5][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(d_c), len(n_c), len(g_prev_c)
+                stop - start,
+                len(w_c),
+                len(g_c),
+                len(m_c),
+                len(d_c),
+                len(n_c),
+                len(g_prev_c),
+                len(mirror_c),
             )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                d = d_c[elem]
-                n = n_c[elem]
-                g_prev = g_prev_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                d = load(d_c[elem], F)
+                n = load(n_c[elem], F)
+                g_prev = load(g_prev_c[elem], F)
                 diff = g - g_prev
                 m_new = beta1 * m + s0 * g
                 d_new = beta2 * d + s1 * diff
@@ -138,11 +163,13 @@ def adan_not_t_eq_1(F):
                 update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
                 w_new = (w + s6 * update) / u0
                 g_prev_new = g
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                d_c[elem] = d_new
-                n_c[elem] = n_new
-                g_prev_c[elem] = g_prev_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
+                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
+                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
 
     return step
 

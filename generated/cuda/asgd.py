@@ -23,6 +23,7 @@ from optforge.generated.host.asgd import (
     scalars_not_mu_eq_1,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -31,9 +32,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def asgd_mu_eq_1(F):
-    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is True. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0, s1):
@@ -44,24 +47,30 @@ def asgd_mu_eq_1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             ax_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = w_new
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_not_mu_eq_1(F):
-    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_not_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=False, Eq(mu, 1) is False. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
@@ -72,25 +81,31 @@ def asgd_not_mu_eq_1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             ax_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                ax = ax_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ax = load(ax_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = ax + mu * (w_new - ax)
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_maximize__mu_eq_1(F):
-    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_maximize__mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0, s1):
@@ -101,25 +116,31 @@ def asgd_maximize__mu_eq_1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             ax_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = w_new
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def asgd_maximize__not_mu_eq_1(F):
-    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def asgd_maximize__not_mu_eq_1(F, S=None):
+    """ASGD: the fused step of maximize=True, Eq(mu, 1) is False. `F` is the type it computes
+    in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0, s1, mu):
@@ -130,19 +151,23 @@ def asgd_maximize__not_mu_eq_1(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             ax_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(ax_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ax_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                ax = ax_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ax = load(ax_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_new = s1 * g_eff + s0 * w
                 ax_new = ax + mu * (w_new - ax)
-                w_c[elem] = w_new
-                ax_c[elem] = ax_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ax_c[elem] = store(ax_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

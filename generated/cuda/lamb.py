@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.lamb import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,8 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def lamb_stage1(F):
-    """Lamb: stage 1 of the only variant. `F` is the element type (np.float32 or np.float64)."""
+def lamb_stage1(F, S=None):
+    """Lamb: stage 1 of the only variant. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -42,15 +46,16 @@ def lamb_stage1(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             sum0 = 0.0
             sum1 = 0.0
             elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 m_new = beta1 * m + s0 * g
                 v_new = beta2 * v + s1 * g * g
                 r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
@@ -58,8 +63,8 @@ def lamb_stage1(F):
                 norm1_of = w
                 sum0 += f64(norm0_of) * f64(norm0_of)
                 sum1 += f64(norm1_of) * f64(norm1_of)
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
             block_sums[thread, 0] = sum0
             block_sums[thread, 1] = sum1
             cuda.syncthreads()
@@ -78,9 +83,11 @@ def lamb_stage1(F):
     return stage1
 
 
-def lamb_finalize(F):
+def lamb_finalize(F, S=None):
     """Lamb: the per-tensor values between the element stages of the only variant. `F` is the
-    element type (np.float32 or np.float64)."""
+    type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -105,8 +112,11 @@ def lamb_finalize(F):
     return finalize
 
 
-def lamb_stage2(F):
-    """Lamb: stage 2 of the only variant. `F` is the element type (np.float32 or np.float64)."""
+def lamb_stage2(F, S=None):
+    """Lamb: stage 2 of the only variant. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
@@ -117,16 +127,20 @@ def lamb_stage2(F):
             w_c = arrays[0][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = per_tensor[2, tensor]
-            elems = min(stop - start, len(w_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                m_new = m_c[elem]
-                v_new = v_c[elem]
-                w = w_c[elem]
+                m_new = load(m_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
                 r = weight_decay * w + m_new / s3 / (eps + math.sqrt(v_new / s2))
                 w_new = w + u0 * r
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return stage2
 

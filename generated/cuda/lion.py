@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.lion import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def lion(F):
-    """Lion: the fused step of the only variant. `F` is the element type (np.float32 or
-    np.float64)."""
+def lion(F, S=None):
+    """Lion: the fused step of the only variant. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
@@ -39,18 +42,22 @@ def lion(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s1 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
                 c = beta1 * m + s0 * g
                 w_new = s1 * (F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)) + u0 * w
                 m_new = beta2 * m + s2 * g
-                w_c[elem] = w_new
-                m_c[elem] = m_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

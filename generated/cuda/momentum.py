@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.momentum import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def momentum(F):
-    """Momentum: the fused step of use_nesterov=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def momentum(F, S=None):
+    """Momentum: the fused step of use_nesterov=False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -39,25 +42,31 @@ def momentum(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             accum_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(accum_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(accum_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                accum = accum_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                accum = load(accum_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 accum_new = g_eff + momentum * accum
                 w_new = w + s0 * accum_new
-                w_c[elem] = w_new
-                accum_c[elem] = accum_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                accum_c[elem] = store(accum_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def momentum_use_nesterov(F):
-    """Momentum: the fused step of use_nesterov=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def momentum_use_nesterov(F, S=None):
+    """Momentum: the fused step of use_nesterov=True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -68,18 +77,22 @@ def momentum_use_nesterov(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             accum_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(accum_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(accum_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                accum = accum_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                accum = load(accum_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 accum_new = g_eff + momentum * accum
                 w_new = w + s0 * (g_eff + momentum * accum_new)
-                w_c[elem] = w_new
-                accum_c[elem] = accum_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                accum_c[elem] = store(accum_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

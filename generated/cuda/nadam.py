@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.nadam import scalars, scalars_decoupled_weight_decay
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def nadam(F):
-    """NAdam: the fused step of decoupled_weight_decay=False, maximize=False. `F` is the
-    element type (np.float32 or np.float64)."""
+def nadam(F, S=None):
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=False. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -40,30 +43,36 @@ def nadam(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 w_decayed = w
                 m_new = cuda.fma(s0, g_eff - m, m)
                 v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
                 denom = eps + math.sqrt(v_new / s2)
                 w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def nadam_maximize(F):
-    """NAdam: the fused step of decoupled_weight_decay=False, maximize=True. `F` is the element
-    type (np.float32 or np.float64)."""
+def nadam_maximize(F, S=None):
+    """NAdam: the fused step of decoupled_weight_decay=False, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -75,31 +84,37 @@ def nadam_maximize(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 w_decayed = w
                 m_new = cuda.fma(s0, g_eff - m, m)
                 v_new = cuda.fma(s1 * g_eff, g_eff, beta2 * v)
                 denom = eps + math.sqrt(v_new / s2)
                 w_new = w_decayed + s3 * g_eff / denom + s4 * m_new / denom
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def nadam_decoupled_weight_decay(F):
-    """NAdam: the fused step of decoupled_weight_decay=True, maximize=False. `F` is the element
-    type (np.float32 or np.float64)."""
+def nadam_decoupled_weight_decay(F, S=None):
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4, s5):
@@ -111,31 +126,37 @@ def nadam_decoupled_weight_decay(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g
                 w_decayed = u0 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 denom = eps + math.sqrt(v_new / s3)
                 w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def nadam_decoupled_weight_decay__maximize(F):
-    """NAdam: the fused step of decoupled_weight_decay=True, maximize=True. `F` is the element
-    type (np.float32 or np.float64)."""
+def nadam_decoupled_weight_decay__maximize(F, S=None):
+    """NAdam: the fused step of decoupled_weight_decay=True, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4, s5):
@@ -147,25 +168,29 @@ def nadam_decoupled_weight_decay__maximize(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g
                 w_decayed = u1 * w
                 m_new = cuda.fma(s1, g_eff - m, m)
                 v_new = cuda.fma(s2 * g_eff, g_eff, beta2 * v)
                 denom = eps + math.sqrt(v_new / s3)
                 w_new = w_decayed + s4 * g_eff / denom + s5 * m_new / denom
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.proximal_adagrad import branch, scalars_l1_gt_0, scalars_not_l1_gt_0
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def proximal_adagrad_l1_gt_0(F):
-    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the element type (np.float32
-    or np.float64)."""
+def proximal_adagrad_l1_gt_0(F, S=None):
+    """ProximalAdagrad: the fused step of l1 > 0 is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, l2, lr, s0):
@@ -39,13 +42,15 @@ def proximal_adagrad_l1_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             a_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
@@ -55,15 +60,19 @@ def proximal_adagrad_l1_gt_0(F):
                     * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
                     / (F(1.0) + l2 * eta)
                 )
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def proximal_adagrad_l1_gt_0_rows(F):
-    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the element type
-    (np.float32 or np.float64)."""
+def proximal_adagrad_l1_gt_0_rows(F, S=None):
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr, s0):
@@ -77,11 +86,13 @@ def proximal_adagrad_l1_gt_0_rows(F):
             w_c = arrays[0][0][start:stop]
             g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
             a_c = arrays[2][0][start:stop]
+            mirror_c = arrays[S.mirror][0][start:stop]
+            key = 0
             elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
@@ -91,15 +102,19 @@ def proximal_adagrad_l1_gt_0_rows(F):
                     * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
                     / (F(1.0) + l2 * eta)
                 )
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return rows_kernel
 
 
-def proximal_adagrad_not_l1_gt_0(F):
-    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the element type (np.float32
-    or np.float64)."""
+def proximal_adagrad_not_l1_gt_0(F, S=None):
+    """ProximalAdagrad: the fused step of l1 > 0 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, l2, lr):
@@ -110,27 +125,33 @@ def proximal_adagrad_not_l1_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             a_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
                 prox = w - eta * g_eff
                 w_new = prox / (F(1.0) + l2 * eta)
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def proximal_adagrad_not_l1_gt_0_rows(F):
-    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the element type
-    (np.float32 or np.float64)."""
+def proximal_adagrad_not_l1_gt_0_rows(F, S=None):
+    """ProximalAdagrad: the row-sparse step of l1 > 0 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def rows_kernel(rows, row_len, arrays, per_tensor, l2, lr):
@@ -144,18 +165,22 @@ def proximal_adagrad_not_l1_gt_0_rows(F):
             w_c = arrays[0][0][start:stop]
             g_c = arrays[1][0][row * row_len : (row + 1) * row_len]
             a_c = arrays[2][0][start:stop]
+            mirror_c = arrays[S.mirror][0][start:stop]
+            key = 0
             elems = min(row_len, len(w_c), len(g_c), len(a_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                a = a_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                a = load(a_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 a_new = a + (g_eff * g_eff)
                 eta = lr / math.sqrt(a_new)
                 prox = w - eta * g_eff
                 w_new = prox / (F(1.0) + l2 * eta)
-                w_c[elem] = w_new
-                a_c[elem] = a_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return rows_kernel
 

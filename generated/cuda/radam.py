@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.radam import branch, scalars_not_rho_t_gt_5, scalars_rho_t_gt_5
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def radam_rho_t_gt_5(F):
-    """RAdam: the fused step of rho_t > 5 is True. `F` is the element type (np.float32 or
-    np.float64)."""
+def radam_rho_t_gt_5(F, S=None):
+    """RAdam: the fused step of rho_t > 5 is True. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3):
@@ -40,29 +43,35 @@ def radam_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = beta1 * m + s0 * g_eff
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w + s3 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_not_rho_t_gt_5(F):
-    """RAdam: the fused step of rho_t > 5 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+def radam_not_rho_t_gt_5(F, S=None):
+    """RAdam: the fused step of rho_t > 5 is False. `F` is the type it computes in (np.float32
+    or np.float64), `S` how each array is stored (optforge.runtime.precision; by
+    default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2, s3):
@@ -74,22 +83,26 @@ def radam_not_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 m_new = beta1 * m + s0 * g_eff
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w + s3 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

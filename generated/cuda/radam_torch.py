@@ -27,6 +27,7 @@ from optforge.generated.host.radam_torch import (
     scalars_rho_t_gt_5,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -35,9 +36,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def radam_torch_rho_t_gt_5(F):
+def radam_torch_rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
-    True. `F` is the element type (np.float32 or np.float64)."""
+    True. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
+    is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -49,30 +52,36 @@ def radam_torch_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_decayed = w
                 m_new = m + s0 * (g_eff - m)
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_not_rho_t_gt_5(F):
+def radam_torch_not_rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=False, maximize=False, rho_t > 5 is
-    False. `F` is the element type (np.float32 or np.float64)."""
+    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
+    is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -84,30 +93,36 @@ def radam_torch_not_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 w_decayed = w
                 m_new = m + s0 * (g_eff - m)
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w_decayed + s3 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_maximize__rho_t_gt_5(F):
+def radam_torch_maximize__rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is True.
-    `F` is the element type (np.float32 or np.float64)."""
+    `F` is the type it computes in (np.float32 or np.float64), `S` how each array is
+    stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3):
@@ -119,31 +134,37 @@ def radam_torch_maximize__rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_decayed = w
                 m_new = m + s0 * (g_eff - m)
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w_decayed + s3 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_maximize__not_rho_t_gt_5(F):
+def radam_torch_maximize__not_rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=False, maximize=True, rho_t > 5 is
-    False. `F` is the element type (np.float32 or np.float64)."""
+    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
+    is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -155,31 +176,37 @@ def radam_torch_maximize__not_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 w_decayed = w
                 m_new = m + s0 * (g_eff - m)
                 v_new = beta2 * v + s1 * g_eff * g_eff
                 m_hat = m_new / s2
                 w_new = w_decayed + s3 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
+def radam_torch_decoupled_weight_decay__rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is True.
-    `F` is the element type (np.float32 or np.float64)."""
+    `F` is the type it computes in (np.float32 or np.float64), `S` how each array is
+    stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -191,31 +218,37 @@ def radam_torch_decoupled_weight_decay__rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g
                 w_decayed = u0 * w
                 m_new = m + s1 * (g_eff - m)
                 v_new = beta2 * v + s2 * g_eff * g_eff
                 m_hat = m_new / s3
                 w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
+def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=True, maximize=False, rho_t > 5 is
-    False. `F` is the element type (np.float32 or np.float64)."""
+    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
+    is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -227,31 +260,37 @@ def radam_torch_decoupled_weight_decay__not_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = grad_scale * g
                 w_decayed = u0 * w
                 m_new = m + s1 * (g_eff - m)
                 v_new = beta2 * v + s2 * g_eff * g_eff
                 m_hat = m_new / s3
                 w_new = w_decayed + s0 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
+def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is True.
-    `F` is the element type (np.float32 or np.float64)."""
+    `F` is the type it computes in (np.float32 or np.float64), `S` how each array is
+    stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
@@ -263,32 +302,38 @@ def radam_torch_decoupled_weight_decay__maximize__rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g
                 w_decayed = u1 * w
                 m_new = m + s1 * (g_eff - m)
                 v_new = beta2 * v + s2 * g_eff * g_eff
                 m_hat = m_new / s3
                 w_new = w_decayed + s4 * m_hat / (eps + math.sqrt(v_new))
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
+def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F, S=None):
     """RAdam: the fused step of decoupled_weight_decay=True, maximize=True, rho_t > 5 is False.
-    `F` is the element type (np.float32 or np.float64)."""
+    `F` is the type it computes in (np.float32 or np.float64), `S` how each array is
+    stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, beta2, s0, s1, s2, s3):
@@ -300,25 +345,29 @@ def radam_torch_decoupled_weight_decay__maximize__not_rho_t_gt_5(F):
             g_c = arrays[1][tensor][start:stop]
             m_c = arrays[2][tensor][start:stop]
             v_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                m = m_c[elem]
-                v = v_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
                 g_eff = u0 * g
                 w_decayed = u1 * w
                 m_new = m + s1 * (g_eff - m)
                 v_new = beta2 * v + s2 * g_eff * g_eff
                 m_hat = m_new / s3
                 w_new = w_decayed + s0 * m_hat
-                w_c[elem] = w_new
-                m_c[elem] = m_new
-                v_c[elem] = v_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

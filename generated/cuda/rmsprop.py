@@ -25,6 +25,7 @@ from optforge.generated.host.rmsprop import (
     scalars_not_momentum_gt_0,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -33,9 +34,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def rmsprop_momentum_gt_0(F):
+def rmsprop_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -47,29 +50,35 @@ def rmsprop_momentum_gt_0(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             buf_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 buf_new = momentum * buf + g_eff / denom
                 w_new = cuda.fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_not_momentum_gt_0(F):
+def rmsprop_not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=False, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -80,26 +89,32 @@ def rmsprop_not_momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def rmsprop_maximize__momentum_gt_0(F):
+def rmsprop_maximize__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -111,30 +126,36 @@ def rmsprop_maximize__momentum_gt_0(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             buf_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 buf_new = momentum * buf + g_eff / denom
                 w_new = cuda.fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_maximize__not_momentum_gt_0(F):
+def rmsprop_maximize__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=False, maximize=True, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -145,27 +166,33 @@ def rmsprop_maximize__not_momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 denom = eps + math.sqrt(sq_new)
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__momentum_gt_0(F):
+def rmsprop_centered__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -178,32 +205,40 @@ def rmsprop_centered__momentum_gt_0(F):
             sq_c = arrays[2][tensor][start:stop]
             g_avg_c = arrays[3][tensor][start:stop]
             buf_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
                 buf_new = momentum * buf + g_eff / denom
                 w_new = cuda.fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__not_momentum_gt_0(F):
+def rmsprop_centered__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=False, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -215,29 +250,35 @@ def rmsprop_centered__not_momentum_gt_0(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             g_avg_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__maximize__momentum_gt_0(F):
+def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is True. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, momentum, s0, s1):
@@ -250,33 +291,41 @@ def rmsprop_centered__maximize__momentum_gt_0(F):
             sq_c = arrays[2][tensor][start:stop]
             g_avg_c = arrays[3][tensor][start:stop]
             buf_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
                 buf_new = momentum * buf + g_eff / denom
                 w_new = cuda.fma(s1, buf_new, w)
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 
 
-def rmsprop_centered__maximize__not_momentum_gt_0(F):
+def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
     """RMSprop: the fused step of centered=True, maximize=True, momentum > 0 is False. `F` is
-    the element type (np.float32 or np.float64)."""
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, alpha, eps, s0, s1):
@@ -288,23 +337,27 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F):
             g_c = arrays[1][tensor][start:stop]
             sq_c = arrays[2][tensor][start:stop]
             g_avg_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                sq = sq_c[elem]
-                g_avg = g_avg_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                sq = load(sq_c[elem], F)
+                g_avg = load(g_avg_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 sq_new = cuda.fma(s0 * g_eff, g_eff, alpha * sq)
                 g_avg_new = cuda.fma(s0, g_eff - g_avg, g_avg)
                 denom = eps + math.sqrt(cuda.fma(-g_avg_new, g_avg_new, sq_new))
                 w_new = w + s1 * g_eff / denom
-                w_c[elem] = w_new
-                sq_c[elem] = sq_new
-                g_avg_c[elem] = g_avg_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 

@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.rmsprop_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def rmsprop_nn(F):
-    """RMSProp: the fused step of centered=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def rmsprop_nn(F, S=None):
+    """RMSProp: the fused step of centered=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
@@ -40,28 +43,34 @@ def rmsprop_nn(F):
             g_c = arrays[1][tensor][start:stop]
             ms_c = arrays[2][tensor][start:stop]
             mom_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                ms = ms_c[elem]
-                mom = mom_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ms = load(ms_c[elem], F)
+                mom = load(mom_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 ms_new = decay * ms + s0 * g_eff * g_eff
                 mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
                 w_new = w - mom_new
-                w_c[elem] = w_new
-                ms_c[elem] = ms_new
-                mom_c[elem] = mom_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
+                mom_c[elem] = store(mom_new, S.types[3], S.stochastic[3], key, start + elem)
 
     return step
 
 
-def rmsprop_nn_centered(F):
-    """RMSProp: the fused step of centered=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def rmsprop_nn_centered(F, S=None):
+    """RMSProp: the fused step of centered=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 5)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, decay, momentum, epsilon, lr, s0):
@@ -74,15 +83,19 @@ def rmsprop_nn_centered(F):
             ms_c = arrays[2][tensor][start:stop]
             mg_c = arrays[3][tensor][start:stop]
             mom_c = arrays[4][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                ms = ms_c[elem]
-                mg = mg_c[elem]
-                mom = mom_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                ms = load(ms_c[elem], F)
+                mg = load(mg_c[elem], F)
+                mom = load(mom_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 ms_new = decay * ms + s0 * g_eff * g_eff
                 mg_new = decay * mg + s0 * g_eff
@@ -90,10 +103,12 @@ def rmsprop_nn_centered(F):
                     epsilon + ms_new - mg_new * mg_new
                 )
                 w_new = w - mom_new
-                w_c[elem] = w_new
-                ms_c[elem] = ms_new
-                mg_c[elem] = mg_new
-                mom_c[elem] = mom_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
+                mg_c[elem] = store(mg_new, S.types[3], S.stochastic[3], key, start + elem)
+                mom_c[elem] = store(mom_new, S.types[4], S.stochastic[4], key, start + elem)
 
     return step
 

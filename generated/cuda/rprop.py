@@ -18,6 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.rprop import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -26,9 +27,11 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def rprop(F):
-    """Rprop: the fused step of maximize=False. `F` is the element type (np.float32 or
-    np.float64)."""
+def rprop(F, S=None):
+    """Rprop: the fused step of maximize=False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -40,14 +43,18 @@ def rprop(F):
             g_c = arrays[1][tensor][start:stop]
             prev_c = arrays[2][tensor][start:stop]
             step_size_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                prev = prev_c[elem]
-                step_size = step_size_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                prev = load(prev_c[elem], F)
+                step_size = load(step_size_c[elem], F)
                 g_eff = grad_scale * g + weight_decay * w
                 agreement = g_eff * prev
                 x0 = agreement < F(0.0)
@@ -64,16 +71,22 @@ def rprop(F):
                     F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
                 )
                 prev_new = g_kept
-                w_c[elem] = w_new
-                prev_c[elem] = prev_new
-                step_size_c[elem] = step_size_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                prev_c[elem] = store(prev_new, S.types[2], S.stochastic[2], key, start + elem)
+                step_size_c[elem] = store(
+                    step_size_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 
 
-def rprop_maximize(F):
-    """Rprop: the fused step of maximize=True. `F` is the element type (np.float32 or
-    np.float64)."""
+def rprop_maximize(F, S=None):
+    """Rprop: the fused step of maximize=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 4)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, etaminus, etaplus, step_size_min, step_size_max):
@@ -85,15 +98,19 @@ def rprop_maximize(F):
             g_c = arrays[1][tensor][start:stop]
             prev_c = arrays[2][tensor][start:stop]
             step_size_c = arrays[3][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c))
+            elems = min(
+                stop - start, len(w_c), len(g_c), len(prev_c), len(step_size_c), len(mirror_c)
+            )
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                prev = prev_c[elem]
-                step_size = step_size_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                prev = load(prev_c[elem], F)
+                step_size = load(step_size_c[elem], F)
                 g_eff = u0 * g + weight_decay * w
                 agreement = g_eff * prev
                 x0 = agreement < F(0.0)
@@ -110,9 +127,13 @@ def rprop_maximize(F):
                     F(1.0) if g_kept > F(0.0) else (-F(1.0) if g_kept < F(0.0) else g_kept)
                 )
                 prev_new = g_kept
-                w_c[elem] = w_new
-                prev_c[elem] = prev_new
-                step_size_c[elem] = step_size_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                prev_c[elem] = store(prev_new, S.types[2], S.stochastic[2], key, start + elem)
+                step_size_c[elem] = store(
+                    step_size_new, S.types[3], S.stochastic[3], key, start + elem
+                )
 
     return step
 

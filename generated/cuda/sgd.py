@@ -26,6 +26,7 @@ from optforge.generated.host.sgd import (
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 
@@ -34,9 +35,12 @@ SLOTS = 8
 THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
-def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
-    True, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    True, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -47,27 +51,33 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = buf_new
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
     True, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
-    0) is True, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is True, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -78,25 +88,32 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = g_eff
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -107,28 +124,34 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 buf_new = cuda.fma(s0, g_eff, momentum * buf)
                 d = buf_new
                 w_new = cuda.fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=False, Eq(t, 1) & (momentum > 0) is
     False, momentum > 0 is False; nesterov=True, maximize=False, Eq(t, 1) & (momentum >
-    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is False, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -138,23 +161,29 @@ def sgd_not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             stop = chunks.stop[chunk]
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 d = g_eff
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return step
 
 
-def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -165,27 +194,34 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = buf_new
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is True,
     momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is
-    True, momentum > 0 is False. `F` is the element type (np.float32 or np.float64)."""
+    True, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -196,26 +232,33 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = g_eff
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -226,29 +269,35 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 buf_new = cuda.fma(s0, g_eff, momentum * buf)
                 d = buf_new
                 w_new = cuda.fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
+def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=False, maximize=True, Eq(t, 1) & (momentum > 0) is
     False, momentum > 0 is False; nesterov=True, maximize=True, Eq(t, 1) & (momentum >
-    0) is False, momentum > 0 is False. `F` is the element type (np.float32 or
-    np.float64)."""
+    0) is False, momentum > 0 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, s0):
@@ -258,24 +307,30 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F):
             stop = chunks.stop[chunk]
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 d = g_eff
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
 
     return step
 
 
-def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -286,25 +341,32 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 buf_new = g_eff
                 d = cuda.fma(momentum, buf_new, g_eff)
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=False, Eq(t, 1) & (momentum > 0) is
-    False, momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    False, momentum > 0 is True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -315,26 +377,32 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, grad_scale * g)
                 buf_new = cuda.fma(s0, g_eff, momentum * buf)
                 d = cuda.fma(momentum, buf_new, g_eff)
                 w_new = cuda.fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is True,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0):
@@ -345,26 +413,32 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 buf_new = g_eff
                 d = cuda.fma(momentum, buf_new, g_eff)
                 w_new = cuda.fma(s0, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 
 
-def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
+def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
     """SGD: the fused step of nesterov=True, maximize=True, Eq(t, 1) & (momentum > 0) is False,
-    momentum > 0 is True. `F` is the element type (np.float32 or np.float64)."""
+    momentum > 0 is True. `F` is the type it computes in (np.float32 or np.float64), `S`
+    how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
 
     @cuda.jit(cache=True)
     def step(chunks, arrays, per_tensor, scratch, momentum, s0, s1):
@@ -375,20 +449,24 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F):
             w_c = arrays[0][tensor][start:stop]
             g_c = arrays[1][tensor][start:stop]
             buf_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c))
+            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
             for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
-                w = w_c[elem]
-                g = g_c[elem]
-                buf = buf_c[elem]
+                w = load(w_c[elem], F)
+                g = load(g_c[elem], F)
+                buf = load(buf_c[elem], F)
                 g_eff = cuda.fma(weight_decay, w, u0 * g)
                 buf_new = cuda.fma(s0, g_eff, momentum * buf)
                 d = cuda.fma(momentum, buf_new, g_eff)
                 w_new = cuda.fma(s1, d, w)
-                w_c[elem] = w_new
-                buf_c[elem] = buf_new
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
 
     return step
 

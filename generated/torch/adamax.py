@@ -48,6 +48,26 @@ class Adamax(TorchOptimizer):
         hold a NaN or an infinity changes nothing (parameters, state, step
         counts) and is counted in `skipped_steps`; `step()` still returns
         the closure's loss. By default such a step is taken, as torch does.
+    state_dtype : None, str or dict, default None (keyword only)
+        How the state is stored. None keeps each state in its parameter's
+        dtype; 'float32', 'float64', 'bfloat16' or 'float16' stores every
+        state so; a dict from state names to those stores each state it
+        names so, the others in the parameter's dtype. The step computes in
+        float32 (float64 for float64 parameters): loads widen exactly,
+        stores round to nearest even, and no state is wider than that type.
+        bfloat16 arrays are ml_dtypes'.
+    master_weights : bool, default False (keyword only)
+        For float16 and bfloat16 parameters: keep a float32 copy of each
+        (the state `master_param`), step the copy, and write its nearest
+        16-bit value to the parameter.
+    stochastic_rounding : bool, default False (keyword only)
+        For float16 and bfloat16 parameters without master weights: round
+        each stored parameter value up or down at random, up with
+        probability equal to its distance from the value below over the
+        spacing, so updates smaller than the 16-bit spacing survive in
+        expectation. The random bits come from a hash of (step, parameter,
+        element): every run gives the same bits, whatever the number of
+        threads.
 
     State
     -----
@@ -102,6 +122,16 @@ class Adamax(TorchOptimizer):
         If `capturable` or `differentiable` is True.
     TypeError
         If `skip_nonfinite` is not a bool.
+    TypeError
+        If `state_dtype` is not None, a str or a dict of str, or
+        `master_weights` or `stochastic_rounding` is not a bool.
+    ValueError
+        If `state_dtype` (or a value of it) is not 'float32', 'float64',
+        'bfloat16' or 'float16', or a key of it is not a state of the class;
+        `master_weights` and `stochastic_rounding` are both True, or either
+        is True with no float16 or bfloat16 parameter; a state would be
+        wider than the type its parameter is stepped in; or a parameter on a
+        CUDA device is given a policy (not available there yet).
     """
 
     _SPEC = "adamax"
@@ -129,6 +159,9 @@ class Adamax(TorchOptimizer):
         differentiable=False,
         capturable=False,
         skip_nonfinite=False,
+        state_dtype=None,
+        master_weights=False,
+        stochastic_rounding=False,
     ):
         check_value(
             "Adamax",
@@ -183,6 +216,9 @@ class Adamax(TorchOptimizer):
                 "capturable": capturable,
             },
             skip_nonfinite=skip_nonfinite,
+            state_dtype=state_dtype,
+            master_weights=master_weights,
+            stochastic_rounding=stochastic_rounding,
         )
 
     def _state_init(self) -> dict:

@@ -96,7 +96,7 @@ def nn_contenders(count: int = 200, size: int = 100) -> dict[str, Callable[[], N
 
     def kernel():  # the stages over the batch's pointer table, as a step runs them
         run_stages(
-            branch, batch.dtype, batch.chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
+            branch, batch.key, batch.chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
         )
 
     return {

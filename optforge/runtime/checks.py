@@ -23,6 +23,8 @@ _TYPES = {
     "bool": (bool,),
     "numpy.floating": (np.floating,),
     "None": (type(None),),
+    "str": (str,),
+    "dict": (dict,),
 }
 
 

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from optforge.runtime.pointers import view
+from optforge.runtime.precision import VIEW_TYPES, load
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -29,7 +30,10 @@ def all_finite(gradients) -> bool:
     for g in gradients:
         values = g.values if isinstance(g, RowTensor) else g
         if isinstance(values, np.ndarray):
-            if values.size and _count_nonfinite(values.reshape(-1)):
+            if values.dtype.itemsize == 2:  # 16-bit: NumPy's own check (numba has no such type)
+                if values.size and not np.isfinite(values.astype(np.float32)).all():
+                    return False
+            elif values.size and _count_nonfinite(values.reshape(-1)):
                 return False
         else:
             from optforge.runtime.cuda import device_all_finite
@@ -39,15 +43,19 @@ def all_finite(gradients) -> bool:
     return True
 
 
-def _table_counter(F):
+def _table_counter(T):
+    """The counter of a row stored as the view type `T` (a 16-bit one widened to float32:
+    infinities and NaNs stay what they are)."""
+    F = np.float64 if T is np.float64 else np.float32
+
     @numba.njit(parallel=True, cache=True)
     def count_nonfinite(chunks, arrays, row):
         count = 0
         for chunk in numba.prange(chunks.tensor.shape[0]):
-            x = view(arrays, row, chunks.tensor[chunk], F)[chunks.start[chunk] : chunks.stop[chunk]]
+            x = view(arrays, row, chunks.tensor[chunk], T)[chunks.start[chunk] : chunks.stop[chunk]]
             found = 0
             for i in range(x.shape[0]):
-                if not math.isfinite(x[i]):
+                if not math.isfinite(load(x[i], F)):
                     found += 1
             count += found
         return count
@@ -55,10 +63,14 @@ def _table_counter(F):
     return count_nonfinite
 
 
-_TABLE_COUNTERS = {"float32": _table_counter(np.float32), "float64": _table_counter(np.float64)}
+_TABLE_COUNTERS: dict = {}
 
 
-def table_finite(chunks, arrays, row: int, dtype: np.dtype) -> bool:
+def table_finite(chunks, arrays, row: int, storage) -> bool:
     """Whether every element of row `row` of the pointer table `arrays` is finite, over the
-    flat chunk table `chunks` of its tensors: one parallel call for the whole row."""
-    return chunks.tensor.size == 0 or _TABLE_COUNTERS[np.dtype(dtype).name](chunks, arrays, row) == 0
+    flat chunk table `chunks` of its tensors: one parallel call for the whole row. `storage`
+    is how the row is stored ("float32", "bfloat16", ...; or a NumPy dtype of those)."""
+    name = storage if isinstance(storage, str) else np.dtype(storage).name
+    if name not in _TABLE_COUNTERS:
+        _TABLE_COUNTERS[name] = _table_counter(VIEW_TYPES[name])
+    return chunks.tensor.size == 0 or _TABLE_COUNTERS[name](chunks, arrays, row) == 0

@@ -43,9 +43,11 @@ class Branch(NamedTuple):
 
 
 class per_dtype(Mapping):
-    """dtype name -> the stages `factories` make for that element type, in order: what
-    `factory(np.float32)` or `factory(np.float64)` returns, made on first use and once per
-    factory, so branches that share a stage share its compiled code."""
+    """dtype name, or Precision -> the stages `factories` make for it, in order: what
+    `factory(np.float32)` or `factory(np.float64)` returns for a dtype name (every array in
+    that type), and `factory(F, precision.storage())` for a batch's Precision (its compute
+    type `F`, each array in its own storage; optforge.runtime.precision). Made on first use
+    and once per factory, so branches that share a stage share its compiled code."""
 
     _made: dict = {}
     DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -53,14 +55,17 @@ class per_dtype(Mapping):
     def __init__(self, *factories: Callable):
         self.factories = factories
 
-    def __getitem__(self, dtype: str) -> tuple:
-        return tuple(self._make(factory, dtype) for factory in self.factories)
+    def __getitem__(self, key) -> tuple:
+        return tuple(self._make(factory, key) for factory in self.factories)
 
-    def _make(self, factory: Callable, dtype: str):
-        key = (factory, dtype)
-        if key not in self._made:
-            self._made[key] = factory(self.DTYPES[dtype])
-        return self._made[key]
+    def _make(self, factory: Callable, key):
+        made = (factory, key)
+        if made not in self._made:
+            if isinstance(key, str):
+                self._made[made] = factory(self.DTYPES[key])
+            else:
+                self._made[made] = factory(self.DTYPES[key.compute], key.storage())
+        return self._made[made]
 
     def __iter__(self):
         return iter(self.DTYPES)

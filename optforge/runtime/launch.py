@@ -57,7 +57,7 @@ def scratch_shapes(plan: Plan, chunks) -> tuple[list[tuple[int, int]], tuple[int
 
 def run_stages(
     branch: Branch,
-    dtype: np.dtype,
+    key,
     chunks,
     arrays: PointerTable,
     buffers: StageBuffers,
@@ -65,11 +65,12 @@ def run_stages(
     grad_scale: np.ndarray,
     scalars,
 ) -> None:
-    """One step of a batch: `weight_decay` and `grad_scale` per tensor, then every stage."""
+    """One step of a batch: `weight_decay` and `grad_scale` per tensor, then every stage of
+    `branch` compiled for `key` (a dtype name, or the batch's Precision: see per_dtype)."""
     per_tensor, scratch = buffers.get(branch.plan)
     per_tensor[0] = weight_decay
     per_tensor[1] = grad_scale
-    for stage in branch.stages[dtype.name]:
+    for stage in branch.stages[key]:
         stage(chunks, arrays, per_tensor, scratch, *scalars)
 
 
@@ -84,4 +85,4 @@ def step_arrays(
     # A table takes C-contiguous arrays of any shape (their addresses and sizes) and refuses others.
     table = pointer_table([list(row) for row in arrays])
     buffers = StageBuffers(dtype, len(arrays[0]), chunks)
-    run_stages(branch, dtype, chunks, table, buffers, weight_decay, grad_scale, scalars)
+    run_stages(branch, dtype.name, chunks, table, buffers, weight_decay, grad_scale, scalars)

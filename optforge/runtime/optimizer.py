@@ -24,6 +24,16 @@ from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
 from optforge.runtime.launch import StageBuffers, run_stages
 from optforge.runtime.pointers import PointerTable, pointer_table, set_row
+from optforge.runtime.precision import (
+    SIXTEEN_BIT,
+    Policy,
+    Precision,
+    check_parameters,
+    check_policy,
+    numpy_dtype,
+    storage_name,
+)
+from optforge.runtime.storage import rounding_keys
 from optforge.runtime.row_tensor import RowTensor
 
 
@@ -38,7 +48,7 @@ class _Batch:
     """
 
     group: int
-    dtype: np.dtype
+    dtype: np.dtype  # what its kernels compute in (float32 for 16-bit parameters)
     indices: list[int]  # into `parameters`
     chunks: object  # a ChunkTable, or a FactoredTable for a factored variant
     arrays: PointerTable
@@ -49,6 +59,10 @@ class _Batch:
     grads_seen: tuple = ()
     grads_refs: list | None = None
     variant: Variant | None = None  # the compiled variant its kernels come from
+    # How its arrays are stored (optforge.runtime.precision); `key` picks its compiled stages:
+    # the dtype's name when every array is in the compute type, else the Precision.
+    precision: Precision | None = None
+    key: object = None
     _flat_chunks: object = None
     _n_params: int = 0  # how many parameters the optimizer has (for `whole`)
     _whole: bool | None = None
@@ -57,12 +71,24 @@ class _Batch:
     _positions: np.ndarray | None = None
 
     @classmethod
-    def over(cls, group, dtype, indices, chunks, params: list, state: list[list], variant) -> _Batch:
+    def over(
+        cls, group, precision: Precision, indices, chunks, params: list, state: list[list], variant, master=None
+    ) -> _Batch:
+        """The batch of `params` with `state` (per state of the variant, one array per tensor),
+        stored as `precision` says; `master`: their float32 master copies (master weights)."""
+        dtype = np.dtype(precision.compute)
         flat = [p.reshape(-1) for p in params]
         # The gradients' row points at the parameters until the first step points it elsewhere.
-        rows = [flat, list(flat)] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
+        stepped = [m.reshape(-1) for m in master] if precision.master else flat
+        rows = [stepped, list(flat)] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
+        if precision.master:
+            rows.append(flat)  # the mirror: the parameters themselves, written at every store
         buffers = StageBuffers(dtype, len(indices), chunks)
-        return cls(group, dtype, indices, chunks, pointer_table(rows), rows, buffers, variant=variant)
+        key = precision.compute if precision.plain else precision
+        return cls(
+            group, dtype, indices, chunks, pointer_table(rows), rows, buffers, variant=variant,
+            precision=precision, key=key,
+        )
 
     def set_array(self, k: int, tensor: int, array: np.ndarray) -> None:
         """Point row `k` of the table at `array` for one tensor (C-contiguous; kept alive)."""
@@ -106,8 +132,12 @@ class _Batch:
 
     def set_params(self, params: list[np.ndarray]) -> None:
         flat = [p.reshape(-1) for p in params]
-        set_row(self.arrays, 0, flat)
-        self.held[0] = flat
+        row = len(self.held) - 1 if self.precision.master else 0  # behind master copies: the mirror
+        set_row(self.arrays, row, flat)
+        self.held[row] = flat
+        if self.precision.master:  # new values: the master copies start again from them
+            for master, p in zip(self.held[0], flat):
+                master[:] = p.astype(np.float32)
 
 
 class Addressed(list):
@@ -146,11 +176,28 @@ class FusedOptimizer:
     # (parameters, state, step counter) and is counted in `skipped_steps`.
     skip_nonfinite = False
     skipped_steps = 0
+    # The precision options (optforge.runtime.precision), set by `_set_precision`.
+    _policy = Policy()
+    state_dtype = None
+    master_weights = False
+    stochastic_rounding = False
+    _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
 
     def _set_skip_nonfinite(self, skip_nonfinite) -> None:
         check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
         self.skip_nonfinite = skip_nonfinite
         self.skipped_steps = 0
+
+    def _set_precision(self, state_dtype, master_weights, stochastic_rounding) -> None:
+        """Check and keep the precision options (the documented TypeError and ValueError);
+        what they need of the parameters is checked when the state is made."""
+        module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+        states = tuple(dict.fromkeys(name for v in module.VARIANTS.values() for name in v.state))
+        self._policy = check_policy(
+            type(self).__name__, state_dtype, master_weights, stochastic_rounding, states
+        )
+        self.state_dtype = state_dtype
+        self.master_weights, self.stochastic_rounding = master_weights, stochastic_rounding
 
     def _allocate(
         self,
@@ -203,20 +250,43 @@ class FusedOptimizer:
         # Each parameter's own states; None for a state its variant does not have.
         own = [dict(module.VARIANTS[key].state_shapes(p.shape)) for key, p in zip(keys, self.parameters)]
         names = list(dict.fromkeys(name for shapes in own for name in shapes))
+        policy = self._policy
+        precisions = [
+            policy.precision(storage_name(p.dtype), module.VARIANTS[key].state)
+            for key, p in zip(keys, self.parameters)
+        ]
+        check_parameters(cls, policy, self.parameters, precisions)
+        self._check_precision_use(precisions, on_device)
+        if any(pr.master for pr in precisions):
+            names.append(MASTER)
+        def stored(name: str, i: int) -> np.dtype:
+            return numpy_dtype(policy.state_storage(name, storage_name(self.parameters[i].dtype)))
+
         if state is not None:
             self.state = {name: tuple(state[name]) for name in names}
         else:
             self.state = {
                 name: tuple(
                     _filled(
-                        shapes[name], p.dtype, initial(name, i), dev, p, self._state_hypers(self._group_of[i])
+                        shapes[name],
+                        stored(name, i),
+                        initial(name, i),
+                        dev,
+                        p,
+                        self._state_hypers(self._group_of[i]),
                     )
                     if name in shapes
                     else None
                     for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
                 )
                 for name in names
+                if name != MASTER
             }
+            if MASTER in names:  # a float32 copy of each 16-bit parameter, stepped in its place
+                self.state[MASTER] = tuple(
+                    p.data.astype(np.float32) if pr.master else None
+                    for p, pr in zip(self.parameters, precisions)
+                )
         for name, arrays in self.state.items():
             setattr(self, name, arrays)
         self._batches = []
@@ -241,7 +311,7 @@ class FusedOptimizer:
                 self._batches.append(
                     _Batch.over(
                         g,
-                        dtype,
+                        precisions[members[0]],
                         members,
                         chunks,
                         [p.data for p in params],
@@ -249,9 +319,30 @@ class FusedOptimizer:
                         # momentum) is None: an empty array the kernel's branch never touches.
                         [[self.state[n][i] for i in members] for n in v.state],
                         v,
+                        master=[self.state[MASTER][i] for i in members] if MASTER in self.state else None,
                     )
                 )
                 self._batches[-1]._n_params = len(self.parameters)
+
+    def _check_precision_use(self, precisions: list[Precision], on_device: list[bool]) -> None:
+        """What the kernels cannot yet do under a precision policy (ValueError, before anything
+        is made): device parameters keep every array in their dtype; 16-bit parameters take
+        no centralized gradients (their mean would be taken in 16 bits)."""
+        cls = type(self).__name__
+        for p, precision, dev in zip(self.parameters, precisions, on_device):
+            if dev and not precision.plain:
+                raise ValueError(
+                    f"For '{cls}', parameter '{p.name}' lives on a CUDA device, where state_dtype, "
+                    "master_weights and stochastic_rounding are not available yet: every array is kept "
+                    "in the parameter's dtype there."
+                )
+        centralize = getattr(self, "_centralize", None)
+        for p, precision, gc in zip(self.parameters, precisions, centralize or [False] * len(precisions)):
+            if gc and precision.rows[1] in SIXTEEN_BIT:
+                raise ValueError(
+                    f"For '{cls}', parameter '{p.name}' is {p.dtype.name}: grad_centralization is "
+                    "not available for 16-bit parameters."
+                )
 
     # -- copies: copy.deepcopy and pickle --
 
@@ -308,13 +399,13 @@ class FusedOptimizer:
         for batch in self._batches:
             if isinstance(grads, Addressed) and isinstance(batch, _Batch):
                 _point_at_addresses(batch, grads)
-                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
+                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.precision.rows[1]):
                     return False
                 continue
             batch_grads, plain = _batch_gradients(batch, grads)
             if isinstance(batch, _Batch) and plain:
                 _point_at_gradients(batch, batch_grads)
-                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.dtype):
+                if not table_finite(batch.flat_chunks(), batch.arrays, 1, batch.precision.rows[1]):
                     return False
             elif not all_finite(batch_grads):
                 return False
@@ -470,11 +561,12 @@ class FusedOptimizer:
                     raise ValueError(
                         f"For '{cls}', '{key}' has shape {list(value.shape)}, not {list(arrays[i].shape)}."
                     )
-                if value.dtype != p.dtype:
-                    raise ValueError(
-                        f"For '{cls}', '{key}' is {value.dtype}, not {p.dtype.name} like its parameter."
-                    )
-                staged.append((arrays[i], np.array(value, dtype=p.dtype)))
+                kept = np.dtype(arrays[i].dtype)
+                value = _as_stored(value, kept)
+                if value.dtype != kept:
+                    what = "like its parameter" if kept == p.dtype else "the dtype it is kept in"
+                    raise ValueError(f"For '{cls}', '{key}' is {value.dtype}, not {kept.name} {what}.")
+                staged.append((arrays[i], np.array(value, dtype=kept)))
         step = _step_count(cls, entry("step"))
         extra = self._parse_extra_state(sd)
         # Everything is parsed and checked: copy into the existing arrays (the kernels hold them).
@@ -594,7 +686,8 @@ class FusedOptimizer:
         steps = []
         for batch in self._batches:
             # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1).
-            values = tuple(float(np.finfo(batch.dtype).eps) if h is None else h for h in hypers[batch.group])
+            eps = machine_epsilon(self.parameters[batch.indices[0]].dtype) if batch.indices else 0.0
+            values = tuple(eps if h is None else h for h in hypers[batch.group])
             try:
                 steps.append((values, *batch.variant.step(t, lrs[batch.group], values, batch.dtype)))
             except (ArithmeticError, ValueError, TypeError) as error:
@@ -640,15 +733,17 @@ class FusedOptimizer:
         if sparse:
             keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
             chunks = type(chunks)(*(a[keep] for a in chunks))
+        if batch.precision.stochastic:  # this step's rounding bits, per tensor
+            batch.arrays.keys[:] = rounding_keys(self._ROUNDING_SEED, t, batch.positions())
         if chunks[0].size:
             run_stages(
-                branch, batch.dtype, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
+                branch, batch.key, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
             )
         for pos, i, rows, values in sparse:
             w = self.parameters[i].data
             row_len = w.size // max(w.shape[0], 1)
             state = [[self.state[name][i].reshape(-1)] for name in batch.variant.state]
-            branch.rows[batch.dtype.name][0](
+            branch.rows[batch.key][0](
                 rows,
                 row_len,
                 pointer_table([[w.reshape(-1)], [values.reshape(-1)], *state]),
@@ -774,6 +869,29 @@ def _point_at(batch: _Batch, flat: list) -> None:
     batch.grads_seen, batch.grads_refs = (), None
     set_row(batch.arrays, 1, flat)
     batch.held[1] = flat
+
+
+# The state name of a 16-bit parameter's float32 master copy (master_weights=True).
+MASTER = "master_param"
+
+
+def machine_epsilon(dtype) -> float:
+    """The machine epsilon of a parameter dtype (a hyperparameter left at None: Adafactor's eps1)."""
+    try:
+        return float(np.finfo(dtype).eps)
+    except ValueError:  # ml_dtypes' bfloat16, which NumPy's finfo does not know
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
+
+
+def _as_stored(value: np.ndarray, kept: np.dtype) -> np.ndarray:
+    """A saved 16-bit state as the dtype it is kept in: np.save writes ml_dtypes' bfloat16 as
+    two raw bytes (void) per value, which are its bits; uint16 bits are taken too."""
+    if kept.itemsize == 2 and kept.kind != "f" or kept.name == "bfloat16":
+        if value.dtype == np.uint16 or (value.dtype.kind == "V" and value.dtype.itemsize == 2):
+            return np.ascontiguousarray(value).view(kept)
+    return value
 
 
 def _kernel_view(array, dtype) -> np.ndarray:

@@ -28,6 +28,9 @@ from numba.extending import intrinsic
 class PointerTable(NamedTuple):
     addresses: np.ndarray  # int64[arrays, tensors]: each array's first element
     sizes: np.ndarray  # int64[arrays, tensors]: its element count
+    # uint32[tensors]: each tensor's key to this step's stochastic-rounding bits
+    # (optforge.runtime.storage.rounding_keys); read only by stages that round so
+    keys: np.ndarray
 
 
 @intrinsic
@@ -52,7 +55,9 @@ def view(arrays, k, tensor, dtype):
 def pointer_table(rows: list[list[np.ndarray]]) -> PointerTable:
     """The table of `rows` (per array argument, one C-contiguous array per tensor)."""
     n = len(rows[0]) if rows else 0
-    table = PointerTable(np.zeros((len(rows), n), np.int64), np.zeros((len(rows), n), np.int64))
+    table = PointerTable(
+        np.zeros((len(rows), n), np.int64), np.zeros((len(rows), n), np.int64), np.zeros(n, np.uint32)
+    )
     for k, arrays in enumerate(rows):
         set_row(table, k, arrays)
     return table

@@ -1,0 +1,266 @@
+"""Precision: how a batch's kernels hold each array, chosen when the batch is made.
+
+Kernels compute in their element type `F` (np.float32 or np.float64). Each array
+they are handed (the parameter, its gradient, each state) is stored in its own type:
+float32, float64, bfloat16 or float16. A stage loads with `load(x, F)`, which widens
+what is stored to `F`, and stores with `store(value, T, stochastic, key, counter)`,
+which narrows `value` to the storage type `T`, rounding to nearest even, or
+stochastically from the counter-based random bits of (`key`, `counter`). The update
+in between is the same code for every policy: a policy is a compile-time choice, like
+a flag, and each one compiles its own copy of a stage (`Storage` is what the stage's
+factory closes over; see optforge.runtime.kernels.per_dtype).
+
+Numba's CPU target has no 16-bit float type (numba#8138), so kernels view 16-bit
+arrays as integers holding the bit patterns: bfloat16 as uint16 and float16 as int16.
+The integer type is what tells `load` and `store`, at compile time, which exact
+conversion to use (optforge.runtime.storage). A parameter kept with
+`master_weights=True` is stepped in a float32 master copy (row 0 of the table), and
+every store of it also writes the rounded value to the parameter itself: the
+`mirror` row.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from optforge.runtime import storage as conv
+
+# Storage name -> the NumPy type a kernel views such an array as.
+VIEW_TYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": np.uint16, "float16": np.int16}
+BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+SIXTEEN_BIT = ("bfloat16", "float16")
+
+
+class Storage(NamedTuple):
+    """What a stage's factory closes over: per array row of the pointer table, the type a
+    kernel views it as and whether its stores round stochastically; and the mirror."""
+
+    types: tuple  # per row: np.float32, np.float64, np.uint16 (bfloat16) or np.int16 (float16)
+    stochastic: tuple  # per row: bool
+    mirror: int = 0  # the row of the parameter behind a float32 master copy in row 0; 0: none
+    mirror_type: type = np.float32  # what the mirror row is viewed as
+
+
+def plain_storage(F, rows: int) -> Storage:
+    """Every row stored in the compute type `F`, rounded to nearest: what a stage's factory
+    uses when it is given no storage."""
+    return Storage((F,) * rows, (False,) * rows, 0, F)
+
+
+class Precision(NamedTuple):
+    """A batch's policy, the key its compiled stages are made and shared under: the compute
+    type, each row's storage (parameter, gradient, then the variant's states), whether the
+    parameter's stores round stochastically, and whether row 0 is a float32 master copy of
+    a 16-bit parameter (the parameter's own storage then the last of `rows`)."""
+
+    compute: str
+    rows: tuple[str, ...]
+    stochastic: bool = False
+    master: bool = False
+
+    @property
+    def plain(self) -> bool:
+        """Every row in the compute type, rounded to nearest: today's kernels exactly."""
+        return not (self.stochastic or self.master) and all(r == self.compute for r in self.rows)
+
+    def storage(self) -> Storage:
+        F = VIEW_TYPES[self.compute]
+        if not self.master:
+            view = tuple(VIEW_TYPES[r] for r in self.rows)
+            stochastic = (self.stochastic,) + (False,) * (len(self.rows) - 1)
+            return Storage(view, stochastic, 0, F)
+        *rows, param = self.rows
+        view = tuple(VIEW_TYPES[r] for r in rows) + (VIEW_TYPES[param],)
+        return Storage(view, (False,) * len(view), len(rows), VIEW_TYPES[param])
+
+
+# -- the loads and stores the kernels call --
+#
+# `load` and `store` below run as written under the CUDA simulator (NumPy scalars); in
+# compiled kernels their overloads pick the conversion from the argument types and inline.
+
+
+def load(x, F):
+    """`x` as stored, widened to the compute type `F` (exact)."""
+    if isinstance(x, np.uint16):
+        return F(conv.bf16_to_f32(x))
+    if isinstance(x, np.int16):
+        return F(conv.f16_to_f32(np.uint16(x & 0xFFFF)))
+    return F(x)
+
+
+def store(value, T, stochastic, key, counter):
+    """`value` narrowed to the storage type `T`: to nearest even, or stochastically from the
+    random bits of (`key`, `counter`) when `stochastic`."""
+    if T is np.uint16 or T is np.int16:
+        bits = _narrow16(value, T is np.uint16, stochastic, key, counter)
+        return bits if T is np.uint16 else np.int16(np.uint16(bits).view(np.int16))
+    return T(value)
+
+
+def _narrow16(value, bfloat, stochastic, key, counter):
+    wide = isinstance(value, np.float64)
+    if stochastic:
+        bits = conv.rounding_bits(key, counter)
+        if bfloat:
+            return conv.f64_to_bf16_sr(value, bits) if wide else conv.f32_to_bf16_sr(value, bits)
+        return conv.f64_to_f16_sr(value, bits) if wide else conv.f32_to_f16_sr(value, bits)
+    if bfloat:
+        return conv.f64_to_bf16(value) if wide else conv.f32_to_bf16(value)
+    return conv.f64_to_f16(value) if wide else conv.f32_to_f16(value)
+
+
+@overload(load)
+def _load(x, F):
+    if x == types.uint16:
+        return lambda x, F: F(conv.bf16_to_f32(x))
+    if x == types.int16:
+        return lambda x, F: F(conv.f16_to_f32(np.uint16(x)))
+    if isinstance(x, types.Float):
+        return lambda x, F: F(x)
+    return None
+
+
+def _narrowing(value: types.Type, bfloat: bool):
+    """The nearest and stochastic narrowing from `value`'s type to bfloat16 or float16."""
+    wide = value == types.float64
+    if bfloat:
+        return (conv.f64_to_bf16, conv.f64_to_bf16_sr) if wide else (conv.f32_to_bf16, conv.f32_to_bf16_sr)
+    return (conv.f64_to_f16, conv.f64_to_f16_sr) if wide else (conv.f32_to_f16, conv.f32_to_f16_sr)
+
+
+@overload(store)
+def _store(value, T, stochastic, key, counter):
+    if not isinstance(T, types.NumberClass) or not isinstance(value, types.Float):
+        return None
+    stored = T.instance_type
+    if stored in (types.uint16, types.int16):
+        nearest, rounded = _narrowing(value, stored == types.uint16)
+        cast = np.uint16 if stored == types.uint16 else np.int16
+
+        # `stochastic` is a constant of the stage's storage: the branch not taken folds away.
+        def narrow(value, T, stochastic, key, counter):
+            if stochastic:
+                return cast(rounded(value, conv.rounding_bits(key, counter)))
+            return cast(nearest(value))
+
+        return narrow
+    return lambda value, T, stochastic, key, counter: T(value)
+
+
+# -- the policy a class is given: state_dtype, master_weights, stochastic_rounding --
+
+STATE_DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+def storage_name(dtype) -> str | None:
+    """The storage of an array of NumPy `dtype` (ml_dtypes' bfloat16 by its name), or None."""
+    name = np.dtype(dtype).name
+    return name if name in BYTES else None
+
+
+def numpy_dtype(storage: str) -> np.dtype:
+    """The NumPy dtype of an array stored as `storage` (bfloat16: ml_dtypes', imported only then)."""
+    if storage != "bfloat16":
+        return np.dtype(storage)
+    try:
+        import ml_dtypes
+    except ImportError:  # pragma: no cover - ml_dtypes comes with the test extra
+        raise ImportError(
+            "bfloat16 state needs ml_dtypes for its NumPy arrays: pip install ml_dtypes"
+        ) from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def compute_type(param: str) -> str:
+    """What a parameter stored as `param` is stepped in: float64 for float64, else float32."""
+    return "float64" if param == "float64" else "float32"
+
+
+class Policy(NamedTuple):
+    """A class's precision options, checked: `state` maps state names to storage (a name
+    absent: the parameter's own); `default` is the storage of every other state (None: the
+    parameter's)."""
+
+    default: str | None = None
+    state: tuple[tuple[str, str], ...] = ()
+    master: bool = False
+    stochastic: bool = False
+
+    def state_storage(self, name: str, param: str) -> str:
+        return dict(self.state).get(name) or self.default or param
+
+    def precision(self, param: str, states: tuple[str, ...]) -> Precision:
+        """The Precision of a batch of parameters stored as `param`, with `states`."""
+        sixteen = param in SIXTEEN_BIT
+        master = self.master and sixteen
+        rows = ("float32" if master else param, param, *(self.state_storage(n, param) for n in states))
+        return Precision(
+            compute_type(param), rows + ((param,) if master else ()), self.stochastic and sixteen, master
+        )
+
+
+def check_policy(
+    cls: str, state_dtype, master_weights, stochastic_rounding, states: tuple[str, ...]
+) -> Policy:
+    """The documented checks of the precision options (TypeError, ValueError), in argument order.
+    `states` are the names of the states the class can keep."""
+    from optforge.runtime.checks import check_type
+
+    check_type(cls, "state_dtype", state_dtype, ("None", "str", "dict"))
+    default, per_state = None, {}
+    if isinstance(state_dtype, str):
+        default = _check_state_dtype(cls, "state_dtype", state_dtype)
+    elif isinstance(state_dtype, dict):
+        for name, value in state_dtype.items():
+            if name not in states:
+                raise ValueError(
+                    f"For '{cls}', state_dtype names the state {name!r}, but its states are "
+                    f"{', '.join(map(repr, states))}."
+                )
+            check_type(cls, f"state_dtype[{name!r}]", value, ("str",))
+            per_state[name] = _check_state_dtype(cls, f"state_dtype[{name!r}]", value)
+    check_type(cls, "master_weights", master_weights, ("bool",))
+    check_type(cls, "stochastic_rounding", stochastic_rounding, ("bool",))
+    if master_weights and stochastic_rounding:
+        raise ValueError(
+            f"For '{cls}', master_weights=True and stochastic_rounding=True cannot be combined: a "
+            "float32 master copy is stepped exactly, and the parameter is its nearest 16-bit value."
+        )
+    return Policy(default, tuple(per_state.items()), master_weights, stochastic_rounding)
+
+
+def _check_state_dtype(cls: str, what: str, value: str) -> str:
+    if value == "int8":
+        raise ValueError(
+            f"For '{cls}', {what}='int8' (8-bit blockwise state) is not available yet; use "
+            "'bfloat16' or 'float16'."
+        )
+    if value not in STATE_DTYPES:
+        raise ValueError(
+            f"For '{cls}', {what} must be one of {', '.join(map(repr, STATE_DTYPES))} or None, "
+            f"but got {value!r}."
+        )
+    return value
+
+
+def check_parameters(cls: str, policy: Policy, parameters, precisions: list[Precision]) -> None:
+    """What the policy cannot do with these parameters (ValueError), before anything is made."""
+    stored = [storage_name(p.dtype) for p in parameters]
+    if (policy.master or policy.stochastic) and not any(s in SIXTEEN_BIT for s in stored):
+        option = "master_weights" if policy.master else "stochastic_rounding"
+        raise ValueError(
+            f"For '{cls}', {option}=True is for bfloat16 and float16 parameters, but every parameter "
+            f"is {' or '.join(sorted(set(stored)))}."
+        )
+    for p, precision in zip(parameters, precisions):
+        wide = [r for r in precision.rows[2:] if BYTES[r] > BYTES[precision.compute]]
+        if wide:
+            raise ValueError(
+                f"For '{cls}', state stored as {wide[0]} is wider than the {precision.compute} that "
+                f"parameter '{p.name}' ({p.dtype.name}) is stepped in; choose float32 or narrower."
+            )
