@@ -38,7 +38,8 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import Addressed, _Batch
+from optforge.runtime.optimizer import MASTER, Addressed, _Batch
+from optforge.runtime.precision import Policy, check_policy
 from optforge.torch import options
 
 
@@ -97,6 +98,7 @@ class _Engine(OptimOptimizer):
         those arrays, and its chunk tables and typed lists wait for `ready` (a cohort merged
         after a step may split again before it ever steps whole)."""
         group_index = owner._group_index
+        self._policy = owner._policy
         self.torch_groups = sorted({group_index[i] for i in members})
         self.param_groups = []
         self._group_of = []
@@ -223,14 +225,39 @@ class TorchOptimizer(torch.optim.Optimizer):
         }
         cls._ENGINE = type(f"{cls.__name__}Engine", (_Engine,), engine_attributes)
 
-    def __init__(self, params, defaults: dict, *, skip_nonfinite: bool = False):
+    def __init__(
+        self,
+        params,
+        defaults: dict,
+        *,
+        skip_nonfinite: bool = False,
+        state_dtype=None,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
+    ):
         check_flag(type(self).__name__, "skip_nonfinite", skip_nonfinite)
         self.skip_nonfinite = skip_nonfinite
+        self._set_precision(state_dtype, master_weights, stochastic_rounding)
         self.skipped_steps = 0
         self._cohorts: list[_Cohort] = []
         self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
         super().__init__(params, defaults)
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
+
+    def _set_precision(self, state_dtype, master_weights, stochastic_rounding) -> None:
+        """The precision options (optforge.runtime.precision), with torch's state names as the
+        keys of a `state_dtype` dict; the engines get them under the spec's names."""
+        torch_names = {key: name for name, key in self._STATE_KEYS.items()}
+        policy = check_policy(
+            type(self).__name__, state_dtype, master_weights, stochastic_rounding, tuple(torch_names)
+        )
+        self._policy = policy._replace(state=tuple((torch_names[k], v) for k, v in policy.state))
+        self.state_dtype = state_dtype
+        self.master_weights, self.stochastic_rounding = master_weights, stochastic_rounding
+
+    def _state_key(self, name: str) -> str:
+        """torch's key of an engine state (a master copy's is its own name)."""
+        return self._STATE_KEYS.get(name, name)
 
     def _state_init(self) -> dict:
         """Each state's initial value (generated: a number, "lr", or a hyperparameter)."""
@@ -254,10 +281,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         try:
             self._check_group_options(group, f"param group {len(self.param_groups) - 1}")
             for p in group["params"]:
-                if p.dtype not in (torch.float32, torch.float64):
+                if p.dtype not in TORCH_DTYPES:
                     raise TypeError(
-                        f"{cls}: parameters must be float32 or float64 (the kernels are compiled for "
-                        f"those), but one is {p.dtype}."
+                        f"{cls}: parameters must be float32, float64, bfloat16 or float16 (the kernels "
+                        f"are compiled for those), but one is {p.dtype}."
                     )
                 if not p.is_contiguous():
                     raise ValueError(
@@ -454,7 +481,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             # None: a state this tensor's variant lacks (Adafactor: row/col factors for
             # matrices, else variance) or torch does not keep (SGD's buffer without momentum).
             views = {
-                self._STATE_KEYS[name]: _as_tensor(arrays[pos], params[i])
+                self._state_key(name): _as_tensor(arrays[pos], params[i])
                 for name, arrays in engine.state.items()
                 if arrays[pos] is not None
             }
@@ -555,7 +582,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             engine.global_step = step
             for pos, i in enumerate(engine.members):
                 for name, arrays in engine.state.items():
-                    value = loaded[i].get(self._STATE_KEYS[name])
+                    value = loaded[i].get(self._state_key(name))
                     if value is not None and arrays[pos] is not None:
                         _as_tensor(arrays[pos], params[i]).copy_(value)
             self._register(cohort)
@@ -565,7 +592,15 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     # The attributes this class sets besides torch's own; a copy keeps them as they are.
     # (torch's __getstate__ keeps only defaults, state and param_groups.)
-    _COPIED_ATTRIBUTES = ("skip_nonfinite", "skipped_steps", "hypers")
+    _COPIED_ATTRIBUTES = (
+        "skip_nonfinite",
+        "skipped_steps",
+        "hypers",
+        "_policy",
+        "state_dtype",
+        "master_weights",
+        "stochastic_rounding",
+    )
 
     def __getstate__(self) -> dict:
         """torch's (defaults, state, param_groups), optforge's options and counters, and each
@@ -594,6 +629,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                     # momentum) is absent: None, as the engine it came from held it.
                     tensor = self.state[params[i]].get(self._STATE_KEYS[name])
                     arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(tensor)
+                if MASTER in self.state[params[i]]:  # master weights: the float32 copy
+                    arrays.setdefault(MASTER, {})[i] = _as_array(self.state[params[i]][MASTER])
             views = {i: _view(params[i], f"param{i}") for i in members}
             engine = self._ENGINE(self, members, views, arrays)
             engine.global_step = step
@@ -607,10 +644,24 @@ class TorchOptimizer(torch.optim.Optimizer):
         return module.VARIANTS[tensor_variant_key(module, self._variant_key(), p.dim())].state_shapes(p.shape)
 
 
+# The parameter dtypes the kernels step (16-bit ones in float32, their arrays as ml_dtypes'
+# bfloat16 or NumPy's float16 views of the same memory).
+TORCH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
 def _view(p: torch.Tensor, name: str) -> Parameter:
     """A Parameter over the tensor's own memory (no copy)."""
     data = p.detach()
-    return Parameter(data if data.is_cuda else data.numpy(), name)
+    return Parameter(data if data.is_cuda else _numpy(data), name)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a CPU tensor (bfloat16, which NumPy lacks: as ml_dtypes' bfloat16)."""
+    if tensor.dtype is torch.bfloat16:
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
 
 
 def _addressed(params: list) -> Addressed | None:
@@ -643,11 +694,12 @@ def _grad_view(g: torch.Tensor, cls: str):
         from optforge.runtime.cuda import as_device_array
 
         return as_device_array(g)
-    if g.dtype not in (torch.float32, torch.float64):
+    if g.dtype not in TORCH_DTYPES:
         raise TypeError(
-            f"{cls}: a gradient is {g.dtype}; its parameter's dtype (float32 or float64) is needed."
+            f"{cls}: a gradient is {g.dtype}; its parameter's dtype (float32, float64, bfloat16 or "
+            "float16) is needed."
         )
-    return g.numpy()
+    return _numpy(g)
 
 
 def _as_array(tensor: torch.Tensor):
@@ -656,11 +708,13 @@ def _as_array(tensor: torch.Tensor):
         from optforge.runtime.cuda import as_device_array
 
         return as_device_array(tensor)
-    return tensor.numpy()
+    return _numpy(tensor)
 
 
 def _as_tensor(array, like: torch.Tensor) -> torch.Tensor:
     """A torch view of a state array (host or device), on the parameter's device."""
     if isinstance(array, np.ndarray):
+        if array.dtype.name == "bfloat16":  # ml_dtypes': torch's own bfloat16 over the same bytes
+            return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(array)
     return torch.as_tensor(array, device=like.device)
