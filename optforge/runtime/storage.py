@@ -1,69 +1,395 @@
-"""TEMPORARY stand-in (bf16 only, fp16 via numpy in python) until the storage branch lands."""
+"""16-bit storage for kernels that compute in float32 or float64: exact conversions, stochastic rounding.
+
+Parameters, gradients and optimizer state may be stored as bfloat16 or float16 while a kernel
+computes in float32 (or float64 for float64 parameters). Numba's CPU target has no half-precision
+arithmetic or type (numba#8138), so a 16-bit array is handed to a kernel as its `np.uint16` bit
+patterns and these functions convert element by element:
+
+    w = load(w_c[i])                      # uint16 -> float32/float64, exact
+    w_c[i] = store(value, key, counter)   # float32/float64 -> uint16, one rounding
+
+Everything is integer arithmetic on the bit patterns (in uint64: Numba widens smaller integers to
+64 bits anyway, and NumPy scalars keep uint64 as uint64, so plain Python agrees with compiled
+code). The one floating-point operation, widening a float16/bfloat16 subnormal, is an exact
+multiply by a power of two with a normal result, so neither flush-to-zero nor a hardware
+conversion can change a bit. The same Python source is therefore jitted for the CPU
+(`numba.njit`) and as numba-cuda device functions and gives the same bits on both by
+construction; run as plain Python on NumPy scalars (the CUDA simulator) it gives them too.
+
+Rounding to nearest, ties to even, is done once from the source value (float64 -> bfloat16 is not
+rounded through float32: that double rounding gets ties wrong). The magnitude's bits `v` are
+shifted right by `t`, the bits the target cannot hold: for a normal result `v` is the magnitude
+with its exponent rebiased to the target's and `t` the difference in mantissa widths; for a
+subnormal (or the smallest normal) result `v` is the significand with its implicit bit and `t`
+grows by one per binade below. `(v + 2**(t-1) - 1 + lsb) >> t`, `lsb` the lowest kept bit, is
+round-half-even; a carry out of the mantissa moves the exponent up (or a subnormal to the smallest
+normal), and everything at or beyond the overflow threshold saturates to infinity, as IEEE does
+(float16: |x| >= 65520 -> inf). NaN becomes a quiet NaN of the same sign keeping the top payload
+bits; zero keeps its sign.
+
+Stochastic rounding uses the same `v` and `t`: it rounds the magnitude up with probability
+`rem / 2**t` (the dropped bits `rem` as a fraction of an ulp), truncated to 32 bits of fraction
+(exact when `t <= 32`, e.g. float32 -> bfloat16 or float16 normals) by comparing 32 random bits with
+it: results are always one of the two neighbours of x, exact values are unchanged, and E[result] = x
+to within 2**-32 ulp. Above the largest finite value infinity counts as the next value up: float16
+x in (65504, 65536) rounds to inf with probability (x - 65504) / 32, |x| >= 65536 (bfloat16: >= 2**128)
+to inf always, just as round-to-nearest overflows to inf.
+
+The random bits come from `rounding_bits(key, counter)`: counter-based, so every run and every
+thread count gives the same bits; `key` (one uint32 per tensor per step) is made on the host by
+`rounding_key(seed, step, tensor)`.
+
+`functions(target)` gives every function for one target ("cpu", "cuda", "python"); CUDA versions
+are made (and numba.cuda imported) only when asked for. `storage_functions(storage, compute,
+stochastic, target)` picks a kernel's (load, store, view dtype) by the registry `STORAGE`.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.uint32))
-    return types.uint32(types.float32), codegen
+U = np.uint64
+_ZERO, _ONE, _T_MAX, _B32 = U(0), U(1), U(63), U(32)
+_SIGN16 = U(0x8000)
 
 
-@intrinsic
-def _bits_f32(typingctx, x):
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.uint32), codegen
+class _Format(NamedTuple):
+    width: int
+    mant: int  # stored mantissa bits
+    bias: int
+    exp_bits: int
 
 
-@numba.njit
-def bf16_to_f32(u):
-    return _bits_f32(np.uint32(u) << np.uint32(16))
+_F64 = _Format(64, 52, 1023, 11)
+_F32 = _Format(32, 23, 127, 8)
+_BF16 = _Format(16, 7, 127, 8)
+_F16 = _Format(16, 10, 15, 5)
+_FLOAT = {32: (np.float32, np.uint32), 64: (np.float64, np.uint64)}
 
 
-@numba.njit
-def f32_to_bf16(x):
-    b = _f32_bits(np.float32(x))
-    if (b & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return np.uint16((b >> np.uint32(16)) | np.uint32(0x40))
-    b = b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))
-    return np.uint16(b >> np.uint32(16))
+# -- bit casts, one per target: the functions below call bitcast(x, np.uint32) and the like ----------
 
 
-@numba.njit
-def f64_to_bf16(x):
-    return f32_to_bf16(np.float32(x))
+def _bitcast_codegen(typingctx, x, ty):
+    """A number as the NumPy scalar type `ty` of the same width, bits unchanged (LLVM bitcast)."""
+    if not isinstance(ty, types.NumberClass) or not isinstance(x, (types.Integer, types.Float)):
+        return None
+    to = ty.instance_type
+    if to.bitwidth != x.bitwidth:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(to))
+
+    return to(x, ty), codegen
 
 
-@numba.njit
-def rounding_bits(key, counter):
-    z = (np.uint64(key) << np.uint64(32)) ^ np.uint64(counter)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return np.uint32((z ^ (z >> np.uint64(31))) >> np.uint64(32))
+_cpu_bitcast = intrinsic(_bitcast_codegen)
 
 
-@numba.njit
-def f32_to_bf16_sr(x, bits):
-    b = _f32_bits(np.float32(x))
-    if (b & np.uint32(0x7FFFFFFF)) >= np.uint32(0x7F800000):
-        return f32_to_bf16(x)
-    return np.uint16((b + (bits >> np.uint32(16))) >> np.uint32(16))
+def _numpy_bitcast(x, ty):
+    """Plain Python (the CUDA simulator): NumPy's scalar view."""
+    return x.view(ty)
 
 
-@numba.njit
-def f64_to_bf16_sr(x, bits):
-    return f32_to_bf16_sr(np.float32(x), bits)
+# -- conversions, made per target by `jit` and `bitcast` ----------------------------------------------
 
 
-f16_to_f32 = f32_to_f16 = f64_to_f16 = f32_to_f16_sr = f64_to_f16_sr = None
+def _widening(src: _Format, dst: _Format, jit, bitcast):
+    """uint16 bits of `src` -> the float of `dst`, exactly (NaN: quiet, sign and payload kept)."""
+    float_t, int_t = _FLOAT[dst.width]
+    emax = U((1 << src.exp_bits) - 1)
+    src_mant, mant_mask, shift = U(src.mant), U((1 << src.mant) - 1), U(dst.mant - src.mant)
+    sign_shift, dst_mant = U(dst.width - 16), U(dst.mant)
+    rebias = U(dst.bias - src.bias)
+    dst_inf, quiet = U(((1 << dst.exp_bits) - 1) << dst.mant), U(1 << (dst.mant - 1))
+    sub_ulp = float_t(2.0 ** (1 - src.bias - src.mant))  # a normal number in `dst`
+
+    @jit
+    def widen(u):
+        h = U(u)
+        sign = (h & _SIGN16) << sign_shift
+        e = (h >> src_mant) & emax
+        m = h & mant_mask
+        if e == emax:
+            bits = dst_inf | (m << shift) | (quiet if m != _ZERO else _ZERO)
+        elif e == _ZERO:  # zero or subnormal: m * 2**-24 (float16), exact and normal in `dst`
+            bits = U(bitcast(float_t(np.int32(m)) * sub_ulp, int_t))
+        else:
+            bits = ((e + rebias) << dst_mant) | (m << shift)
+        return bitcast(int_t(sign | bits), float_t)
+
+    return widen
 
 
-def rounding_keys(seed, step, tensors):
-    t = np.asarray(tensors, dtype=np.uint64)
-    z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(step) * np.uint64(0xD1B54A32D192ED03) + t
-    z = (z ^ (z >> np.uint64(33))) * np.uint64(0xFF51AFD7ED558CCD)
-    return ((z ^ (z >> np.uint64(33))) >> np.uint64(32)).astype(np.uint32)
+def _narrowings(src: _Format, dst: _Format, jit, bitcast):
+    """(nearest(x), stochastic(x, bits)): float of `src` -> uint16 bits of `dst`, rounded once."""
+    float_t, int_t = _FLOAT[src.width]
+    abs_mask, sign_shift = U((1 << (src.width - 1)) - 1), U(src.width - 16)
+    src_inf = U(((1 << src.exp_bits) - 1) << src.mant)
+    src_mant, mant_mask, implicit = U(src.mant), U((1 << src.mant) - 1), U(1 << src.mant)
+    s, d = src.mant - dst.mant, src.bias - dst.bias
+    shift, rebias = U(s), U(d << src.mant)
+    last_low = U(d + 1)  # the largest source exponent whose result's exponent field is 0 or 1
+    t_low = U(s + 1 + d)  # t = t_low - e below that
+    dst_inf, dst_mant = U(((1 << dst.exp_bits) - 1) << dst.mant), U((1 << dst.mant) - 1)
+    quiet = U(1 << (dst.mant - 1))
+    t_frac = U(32 + 63)  # past this the dropped fraction is below 2**-32 ulp
+
+    @jit
+    def split(x):
+        """The result's sign bit, whether x is NaN and the NaN's bits, and the value `v` whose
+        lowest `t` bits are to be rounded away."""
+        u = U(bitcast(float_t(x), int_t))
+        a = u & abs_mask
+        sign = (u >> sign_shift) & _SIGN16
+        nan_bits = sign | dst_inf | quiet | ((a >> shift) & dst_mant)
+        e = a >> src_mant
+        if e > last_low:  # a normal result: rebias the exponent, drop `s` mantissa bits
+            v = a - rebias
+            t = shift
+        else:  # subnormal (or smallest normal) result; source subnormals scale as exponent 1
+            v = (a & mant_mask) | (implicit if e != _ZERO else _ZERO)
+            t = t_low - max(e, _ONE)
+        return sign, a > src_inf, nan_bits, v, t
+
+    @jit
+    def nearest(x):
+        sign, nan, nan_bits, v, t = split(x)
+        t = min(t, _T_MAX)  # t > 63 only for tiny results, v < 2**53: 63 rounds to 0 as t would
+        q = (v + ((_ONE << (t - _ONE)) - _ONE) + ((v >> t) & _ONE)) >> t
+        return np.uint16(nan_bits if nan else sign | min(q, dst_inf))
+
+    @jit
+    def stochastic(x, bits):
+        sign, nan, nan_bits, v, t = split(x)
+        tc = min(t, _T_MAX)
+        q = v >> tc
+        rem = v & ((_ONE << tc) - _ONE)
+        # rem / 2**t as a 32-bit fraction, truncated: shifted down when t > 32, up when t < 32
+        frac = (rem >> (min(t, t_frac) - min(t, _B32))) << (_B32 - min(t, _B32))
+        q = q + _ONE if U(bits) < frac else q
+        return np.uint16(nan_bits if nan else sign | min(q, dst_inf))
+
+    return nearest, stochastic
+
+
+# -- counter-based random bits -------------------------------------------------------------------------
+
+# SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014):
+# the output of a generator seeded with s at index i is mix64(s + i * GAMMA), GAMMA the odd
+# golden-ratio increment, mix64 David Stafford's "Mix13" variant of the MurmurHash3 finalizer.
+GAMMA = U(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = U(0xBF58476D1CE4E5B9), U(0x94D049BB133111EB)
+_S30, _S27, _S31 = U(30), U(27), U(31)
+_KEY_STEP = 0x9E3779B9  # the 32-bit golden-ratio increment: keys of one step's tensors
+_M64, _M32 = (1 << 64) - 1, (1 << 32) - 1
+
+
+def _rounding_bits(jit):
+    @jit
+    def rounding_bits(key, counter):
+        """32 random bits for element `counter` (int64, >= 0) of the tensor of `key` (uint32).
+
+        SplitMix64 at index `counter` seeded with key * 2**32: for counters below 2**32 the inputs
+        (key, counter) -> key * 2**32 + counter * GAMMA mod 2**64 are all distinct (two could only
+        meet at counters a multiple of 2**32 apart), and mix64 is a bijection, so no two elements of
+        any tensors share their 64 bits. The high half is returned."""
+        z = (U(key) << _B32) + U(counter) * GAMMA
+        z = (z ^ (z >> _S30)) * _MIX1
+        z = (z ^ (z >> _S27)) * _MIX2
+        z = z ^ (z >> _S31)
+        return np.uint32(z >> _B32)
+
+    return rounding_bits
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
+def _step_key(seed: int, step: int) -> int:
+    """32 bits per (seed, step): SplitMix64 seeded with `seed`, its first output seeding a second one
+    read at index step + 1."""
+    first = _mix64((seed + 0x9E3779B97F4A7C15) & _M64)
+    return _mix64((first + (step + 1) * 0x9E3779B97F4A7C15) & _M64) >> 32
+
+
+def rounding_key(seed: int, step: int, tensor: int) -> np.uint32:
+    """The key of tensor `tensor` (its index, >= 0) at step `step` of a run seeded with `seed`.
+
+    Made on the host once per tensor per step. The tensors of one step get a Weyl sequence from the
+    step's hash, so their keys differ for up to 2**32 tensors; with `rounding_bits` no two elements
+    of one step share random bits. Keys of different steps are unrelated hashes (32 bits: two of
+    about 2**16 steps' keys may coincide, which only repeats bits for different values)."""
+    return np.uint32((_step_key(int(seed) & _M64, int(step) & _M64) + int(tensor) * _KEY_STEP) & _M32)
+
+
+def rounding_keys(seed: int, step: int, tensors: np.ndarray) -> np.ndarray:
+    """`rounding_key(seed, step, t)` for every t in `tensors`, as a uint32 array of their shape."""
+    base = U(_step_key(int(seed) & _M64, int(step) & _M64))
+    with np.errstate(over="ignore"):  # arithmetic mod 2**64, as intended
+        return (base + np.asarray(tensors).astype(U) * U(_KEY_STEP)).astype(np.uint32)
+
+
+# -- everything for one target ---------------------------------------------------------------------------
+
+
+def _build(jit, bitcast) -> SimpleNamespace:
+    f = SimpleNamespace()
+
+    @jit
+    def bf16_to_f32(u):
+        """bfloat16 is float32's upper half: exact, every bit kept (a signalling NaN too)."""
+        return bitcast(np.uint32(U(u) << U(16)), np.float32)
+
+    f.bf16_to_f32 = bf16_to_f32
+    f.f16_to_f32 = _widening(_F16, _F32, jit, bitcast)
+    f.bf16_to_f64 = _widening(_BF16, _F64, jit, bitcast)
+    f.f16_to_f64 = _widening(_F16, _F64, jit, bitcast)
+    f.f32_to_bf16, f.f32_to_bf16_sr = _narrowings(_F32, _BF16, jit, bitcast)
+    f.f32_to_f16, f.f32_to_f16_sr = _narrowings(_F32, _F16, jit, bitcast)
+    f.f64_to_bf16, f.f64_to_bf16_sr = _narrowings(_F64, _BF16, jit, bitcast)
+    f.f64_to_f16, f.f64_to_f16_sr = _narrowings(_F64, _F16, jit, bitcast)
+    f.rounding_bits = rounding_bits = _rounding_bits(jit)
+
+    @jit
+    def load_plain(value):
+        return value
+
+    @jit
+    def store_plain(value, key, counter):
+        """Storage of the compute type (or float64 storage): the array assignment casts."""
+        return value
+
+    f.load_plain, f.store_plain = load_plain, store_plain
+    # Every store is store(value, key, counter): nearest ones ignore key and counter.
+    for name in ("bf16", "f16"):
+        for compute in ("f32", "f64"):
+            nearest = getattr(f, f"{compute}_to_{name}")
+            stochastic = getattr(f, f"{compute}_to_{name}_sr")
+            setattr(f, f"store_{compute}_to_{name}", _store(nearest, jit))
+            setattr(f, f"store_{compute}_to_{name}_sr", _store_stochastic(stochastic, rounding_bits, jit))
+    return f
+
+
+def _store(nearest, jit):
+    @jit
+    def store(value, key, counter):
+        return nearest(value)
+
+    return store
+
+
+def _store_stochastic(stochastic, rounding_bits, jit):
+    @jit
+    def store(value, key, counter):
+        return stochastic(value, rounding_bits(key, counter))
+
+    return store
+
+
+def _quiet(function):
+    """Plain Python on NumPy scalars: the uint64 arithmetic wraps on purpose (the hash's multiplies),
+    which NumPy would warn about."""
+
+    @functools.wraps(function)
+    def run(*args):
+        with np.errstate(over="ignore"):
+            return function(*args)
+
+    return run
+
+
+@functools.cache
+def functions(target: str = "cpu") -> SimpleNamespace:
+    """Every function above for `target`, made once:
+
+    "cpu"     numba.njit(inline="always"): inlined into the calling kernel's IR
+    "cuda"    numba.cuda.jit(device=True, inline="always"), the bit cast a numba-cuda intrinsic;
+              under NUMBA_ENABLE_CUDASIM the simulator's device functions, run as Python
+    "python"  the plain functions, on NumPy scalars
+
+    A kernel binds the ones it calls to names (global or closed over) and calls those.
+    """
+    if target == "cpu":
+        return _build(numba.njit(inline="always"), _cpu_bitcast)
+    if target == "python":
+        return _build(_quiet, _numpy_bitcast)
+    if target == "cuda":
+        from numba import config, cuda
+
+        if config.ENABLE_CUDASIM:
+            return _build(lambda function: cuda.jit(device=True)(_quiet(function)), _numpy_bitcast)
+        from numba.cuda.extending import intrinsic as cuda_intrinsic
+
+        return _build(cuda.jit(device=True, inline="always"), cuda_intrinsic(_bitcast_codegen))
+    raise ValueError(f"target is 'cpu', 'cuda' or 'python', not {target!r}")
+
+
+def __getattr__(name: str):
+    """The CPU functions as module attributes: `from optforge.runtime.storage import f32_to_bf16`."""
+    made = functions("cpu")
+    if name.startswith("_") or not hasattr(made, name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(made, name)
+
+
+# -- the registry ---------------------------------------------------------------------------------------
+
+
+class Storage(NamedTuple):
+    """A storage kind: the element type of the array a kernel indexes, its size, and per compute type
+    the names (in `functions(target)`) of its load and its nearest and stochastic stores."""
+
+    name: str
+    view_dtype: type
+    itemsize: int
+    loads: dict  # compute dtype name -> load
+    nearest: dict  # compute dtype name -> store(value, key, counter)
+    stochastic: dict  # likewise; a missing compute type has no stochastic store
+
+
+def _half(name: str, short: str) -> Storage:
+    return Storage(
+        name,
+        np.uint16,
+        2,
+        {"float32": f"{short}_to_f32", "float64": f"{short}_to_f64"},
+        {"float32": f"store_f32_to_{short}", "float64": f"store_f64_to_{short}"},
+        {"float32": f"store_f32_to_{short}_sr", "float64": f"store_f64_to_{short}_sr"},
+    )
+
+
+_PLAIN = {"float32": "load_plain", "float64": "load_plain"}
+_AS_IS = {"float32": "store_plain", "float64": "store_plain"}
+STORAGE = {
+    # float32 storage of float64 values: the array assignment rounds to nearest; no stochastic store.
+    "float32": Storage("float32", np.float32, 4, _PLAIN, _AS_IS, {"float32": "store_plain"}),
+    "float64": Storage("float64", np.float64, 8, _PLAIN, _AS_IS, _AS_IS),
+    "bfloat16": _half("bfloat16", "bf16"),
+    "float16": _half("float16", "f16"),
+}
+
+
+def storage_functions(storage: str, compute, stochastic: bool = False, target: str = "cpu") -> tuple:
+    """(load, store, view_dtype) for arrays of `storage` in a kernel computing in `compute`
+    (np.float32 or np.float64): `x = load(x_c[i])`, `x_c[i] = store(value, key, counter)`, with
+    x_c the array viewed as `view_dtype`."""
+    kind = STORAGE[storage]
+    compute = np.dtype(compute).name
+    stores = kind.stochastic if stochastic else kind.nearest
+    if compute not in kind.loads or compute not in stores:
+        rounding = "stochastic" if stochastic else "nearest"
+        raise ValueError(f"no {rounding} {storage} storage for {compute} kernels")
+    made = functions(target)
+    return getattr(made, kind.loads[compute]), getattr(made, stores[compute]), kind.view_dtype
