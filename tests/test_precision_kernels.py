@@ -66,19 +66,40 @@ def ulp(stored: np.ndarray) -> np.ndarray:
 
 
 def check_rounded(got, reference, what: str, stochastic: bool, slack=0.0, nearest_check=True) -> None:
-    """`got` (stored) is `reference` rounded to its storage type, give or take `slack`."""
+    """`got` (stored) is `reference` rounded to its storage type, give or take `slack`.
+
+    Within one spacing of the storage type, bar the float32 arithmetic's own error (a
+    millionth of the tensor's scale: where terms cancel it exceeds a spacing of the small
+    result) and a few elements in a thousand whose float32 and float64 values are on either
+    side of a discontinuity (Lion's sign of a momentum that cancels exactly in float64).
+    On large tensors, most values are the nearest of the float32 result (inputs on a 16-bit
+    grid make near-ties common, which float32 and float64 may break either way); under
+    stochastic rounding, as many are as the fractions of a spacing predict.
+    """
     error = np.abs(widen(got) - reference)
-    bound = ulp(got) * (1 + 1e-6) + 1e-30 + slack
-    assert np.all(error <= bound), f"{what}: more than one unit in the last place"
-    nearest = reference.astype(got.dtype)
-    same = np.mean(widen(nearest) == widen(got))
-    if not nearest_check:
+    bound = ulp(got) * (1 + 1e-6) + 1e-6 * np.abs(reference).max() + slack
+    within = np.mean(error <= bound)
+    assert within >= (1.0 if got.size < 1000 else 0.995), (
+        f"{what}: {1 - within:.2%} are more than a spacing off"
+    )
+    if not nearest_check or got.size < 1000:
         return
-    if stochastic:
-        if got.size > 1000:  # a rounding at random is not always the nearest one
-            assert same < 0.98, f"{what}: stochastic rounding gave the nearest value {same:.1%} of the time"
-    else:
-        assert same > 0.95, f"{what}: only {same:.1%} of the values are the nearest"
+    rounded = reference.astype(np.float32)
+    same = widen(rounded.astype(got.dtype)) == widen(got)
+    if not stochastic:
+        assert np.mean(same) > 0.99, f"{what}: only {np.mean(same):.1%} of the values are the nearest"
+        return
+    # bfloat16: the value below in magnitude truncates float32's low half; a value rounds to the
+    # nearest with probability max(f, 1 - f), f its distance from below as a fraction of a spacing
+    assert got.dtype.name == "bfloat16"
+    below = (rounded.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+    spacing = ulp(below.astype(got.dtype))
+    fraction = np.abs(widen(rounded) - below) / spacing
+    p = np.maximum(fraction, 1 - fraction)
+    expected, sigma = p.sum(), np.sqrt((p * (1 - p)).sum())
+    assert abs(same.sum() - expected) <= 6 * sigma + 0.002 * got.size, (
+        f"{what}: {same.sum()} nearest values where stochastic rounding gives {expected:.0f} +- {sigma:.0f}"
+    )
 
 
 @pytest.mark.parametrize("name, policy", CASES, ids=[f"{n}-{p}" for n, p in CASES])
@@ -102,14 +123,17 @@ def test_kernels_under_a_policy_match_the_reference_rounded_to_storage(name, pol
         if s.symbol.name in names:
             init = s.init if isinstance(s.init, (int, float)) else hypers_for(spec, 1).get(s.init.name, 0.01)
             arrays[s.symbol.name] = [
-                np.full(STATE_SHAPES[kinds[s.symbol.name]](shape), init, numpy_dtype(state)) for shape in shapes
+                np.full(STATE_SHAPES[kinds[s.symbol.name]](shape), init, numpy_dtype(state))
+                for shape in shapes
             ]
     masters = [widen(w).astype(np.float32) for w in arrays["w"]] if master else None
     weight_decay = rng.uniform(0, 0.2, len(shapes))
     grad_scale = np.ones(len(shapes)) if factored else rng.uniform(0.5, 2, len(shapes))
     chunks = factored_table(shapes, CHUNK) if factored else chunk_table(SIZES, CHUNK)
     table_rows = [masters if master else arrays["w"], *(arrays[n] for n in names[1:])]
-    table = pointer_table([[a.reshape(-1) for a in row] for row in table_rows + ([arrays["w"]] if master else [])])
+    table = pointer_table(
+        [[a.reshape(-1) for a in row] for row in table_rows + ([arrays["w"]] if master else [])]
+    )
     buffers = StageBuffers(np.dtype(compute), len(shapes), chunks)
     scalar = np.dtype(compute).type
     tol = dict(rtol=1e-5, atol=1e-6)
@@ -148,9 +172,13 @@ def test_kernels_under_a_policy_match_the_reference_rounded_to_storage(name, pol
             for n, value in expected[i].items():
                 what = f"{spec.name} {n}[{i}] t={t}"
                 # the update's own error where a later stage read rounded state
-                slack = UPDATE_SLACK[state] * np.abs(value - inputs[i][n]).max() if n == "w" and staged else 0.0
+                slack = (
+                    UPDATE_SLACK[state] * np.abs(value - inputs[i][n]).max() if n == "w" and staged else 0.0
+                )
                 if n == "w" and master:
-                    assert np.all(np.abs(masters[i] - value) <= tol["atol"] + tol["rtol"] * np.abs(value) + slack)
+                    assert np.all(
+                        np.abs(masters[i] - value) <= tol["atol"] + tol["rtol"] * np.abs(value) + slack
+                    )
                     np.testing.assert_array_equal(arrays["w"][i], masters[i].astype(arrays["w"][i].dtype))
                 elif n == "w" and compute == "float64":
                     assert np.all(np.abs(arrays[n][i] - value) <= 1e-12 * np.abs(value) + 1e-15 + slack), what

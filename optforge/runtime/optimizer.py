@@ -72,7 +72,15 @@ class _Batch:
 
     @classmethod
     def over(
-        cls, group, precision: Precision, indices, chunks, params: list, state: list[list], variant, master=None
+        cls,
+        group,
+        precision: Precision,
+        indices,
+        chunks,
+        params: list,
+        state: list[list],
+        variant,
+        master=None,
     ) -> _Batch:
         """The batch of `params` with `state` (per state of the variant, one array per tensor),
         stored as `precision` says; `master`: their float32 master copies (master weights)."""
@@ -86,8 +94,16 @@ class _Batch:
         buffers = StageBuffers(dtype, len(indices), chunks)
         key = precision.compute if precision.plain else precision
         return cls(
-            group, dtype, indices, chunks, pointer_table(rows), rows, buffers, variant=variant,
-            precision=precision, key=key,
+            group,
+            dtype,
+            indices,
+            chunks,
+            pointer_table(rows),
+            rows,
+            buffers,
+            variant=variant,
+            precision=precision,
+            key=key,
         )
 
     def set_array(self, k: int, tensor: int, array: np.ndarray) -> None:
@@ -259,6 +275,7 @@ class FusedOptimizer:
         self._check_precision_use(precisions, on_device)
         if any(pr.master for pr in precisions):
             names.append(MASTER)
+
         def stored(name: str, i: int) -> np.dtype:
             return numpy_dtype(policy.state_storage(name, storage_name(self.parameters[i].dtype)))
 
@@ -637,6 +654,11 @@ class FusedOptimizer:
                 raise TypeError(
                     f"For '{cls}', row-sparse gradients (RowTensor) are not supported, "
                     f"but gradient {i} (of parameter '{p.name}') is one."
+                )
+            if p.dtype.itemsize == 2:
+                raise TypeError(
+                    f"{what} is a RowTensor, but the parameter is {p.dtype.name}: row-sparse "
+                    "gradients are not available for 16-bit parameters."
                 )
             self._check_row_tensor(g, p, what)
             return g

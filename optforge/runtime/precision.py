@@ -29,7 +29,9 @@ from numba.extending import overload
 
 from optforge.runtime import storage as conv
 
-# Storage name -> the NumPy type a kernel views such an array as.
+# Storage name -> the NumPy type a kernel views such an array as. The two 16-bit storages
+# are told apart by their integer types, which is how `load` and `store` pick a conversion
+# at compile time (the conversions themselves take either's bits as uint16).
 VIEW_TYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": np.uint16, "float16": np.int16}
 BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 SIXTEEN_BIT = ("bfloat16", "float16")
@@ -80,76 +82,65 @@ class Precision(NamedTuple):
 
 # -- the loads and stores the kernels call --
 #
-# `load` and `store` below run as written under the CUDA simulator (NumPy scalars); in
-# compiled kernels their overloads pick the conversion from the argument types and inline.
+# `load` and `store` run as written under the CUDA simulator and in plain Python (NumPy
+# scalars); in compiled kernels their overloads pick the conversion (optforge.runtime.storage)
+# from the argument types, so a stage's code is the same for every policy.
+
+# The integer type a kernel views a 16-bit storage as -> the storage's name.
+SIXTEEN_BIT_VIEWS = {np.uint16: "bfloat16", np.int16: "float16"}
 
 
 def load(x, F):
     """`x` as stored, widened to the compute type `F` (exact)."""
-    if isinstance(x, np.uint16):
-        return F(conv.bf16_to_f32(x))
-    if isinstance(x, np.int16):
-        return F(conv.f16_to_f32(np.uint16(x & 0xFFFF)))
+    for view, name in SIXTEEN_BIT_VIEWS.items():
+        if isinstance(x, view):
+            widen, _, _ = conv.storage_functions(name, F, target="python")
+            return F(widen(np.uint16(np.asarray(x).view(np.uint16))))
     return F(x)
 
 
 def store(value, T, stochastic, key, counter):
     """`value` narrowed to the storage type `T`: to nearest even, or stochastically from the
     random bits of (`key`, `counter`) when `stochastic`."""
-    if T is np.uint16 or T is np.int16:
-        bits = _narrow16(value, T is np.uint16, stochastic, key, counter)
-        return bits if T is np.uint16 else np.int16(np.uint16(bits).view(np.int16))
+    if T in SIXTEEN_BIT_VIEWS:
+        compute = np.float64 if isinstance(value, np.float64) else np.float32
+        _, narrow, _ = conv.storage_functions(SIXTEEN_BIT_VIEWS[T], compute, stochastic, "python")
+        return np.asarray(narrow(compute(value), key, counter)).astype(np.uint16).view(T)[()]
     return T(value)
 
 
-def _narrow16(value, bfloat, stochastic, key, counter):
-    wide = isinstance(value, np.float64)
-    if stochastic:
-        bits = conv.rounding_bits(key, counter)
-        if bfloat:
-            return conv.f64_to_bf16_sr(value, bits) if wide else conv.f32_to_bf16_sr(value, bits)
-        return conv.f64_to_f16_sr(value, bits) if wide else conv.f32_to_f16_sr(value, bits)
-    if bfloat:
-        return conv.f64_to_bf16(value) if wide else conv.f32_to_bf16(value)
-    return conv.f64_to_f16(value) if wide else conv.f32_to_f16(value)
+def _sixteen_bit(t: types.Type) -> str | None:
+    return {types.uint16: "bfloat16", types.int16: "float16"}.get(t)
 
 
 @overload(load)
 def _load(x, F):
-    if x == types.uint16:
-        return lambda x, F: F(conv.bf16_to_f32(x))
-    if x == types.int16:
-        return lambda x, F: F(conv.f16_to_f32(np.uint16(x)))
+    name = _sixteen_bit(x)
+    if name is not None:
+        widen, _, _ = conv.storage_functions(name, F.instance_type.name)
+        return lambda x, F: F(widen(np.uint16(x)))
     if isinstance(x, types.Float):
         return lambda x, F: F(x)
     return None
-
-
-def _narrowing(value: types.Type, bfloat: bool):
-    """The nearest and stochastic narrowing from `value`'s type to bfloat16 or float16."""
-    wide = value == types.float64
-    if bfloat:
-        return (conv.f64_to_bf16, conv.f64_to_bf16_sr) if wide else (conv.f32_to_bf16, conv.f32_to_bf16_sr)
-    return (conv.f64_to_f16, conv.f64_to_f16_sr) if wide else (conv.f32_to_f16, conv.f32_to_f16_sr)
 
 
 @overload(store)
 def _store(value, T, stochastic, key, counter):
     if not isinstance(T, types.NumberClass) or not isinstance(value, types.Float):
         return None
-    stored = T.instance_type
-    if stored in (types.uint16, types.int16):
-        nearest, rounded = _narrowing(value, stored == types.uint16)
-        cast = np.uint16 if stored == types.uint16 else np.int16
+    name = _sixteen_bit(T.instance_type)
+    if name is None:
+        return lambda value, T, stochastic, key, counter: T(value)
+    _, nearest, _ = conv.storage_functions(name, value.name)
+    _, rounded, _ = conv.storage_functions(name, value.name, stochastic=True)
 
-        # `stochastic` is a constant of the stage's storage: the branch not taken folds away.
-        def narrow(value, T, stochastic, key, counter):
-            if stochastic:
-                return cast(rounded(value, conv.rounding_bits(key, counter)))
-            return cast(nearest(value))
+    # `stochastic` is a constant of the stage's storage: the branch not taken folds away.
+    def narrow(value, T, stochastic, key, counter):
+        if stochastic:
+            return T(rounded(value, key, counter))
+        return T(nearest(value, key, counter))
 
-        return narrow
-    return lambda value, T, stochastic, key, counter: T(value)
+    return narrow
 
 
 # -- the policy a class is given: state_dtype, master_weights, stochastic_rounding --
