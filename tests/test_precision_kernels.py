@@ -10,7 +10,6 @@ float32 state does, and the parameter is its nearest 16-bit value, exactly.
 
 import importlib
 
-import ml_dtypes
 import numpy as np
 import pytest
 

@@ -127,8 +127,7 @@ class FactoryPrinter:
                 "stored (optforge.runtime.precision; by default, in `F`)."
             )
             doc = textwrap.fill(doc, 88, subsequent_indent="    ")
-            texts.append(
-                f'def {name}(F, S=None):\n    """{doc}"""\n    S = S or plain_storage(F, {self._rows[name]})\n\n'
-                f"{code}\n\n    return {function}\n"
-            )
+            header = f'def {name}(F, S=None):\n    """{doc}"""\n'
+            storage = f"    S = S or plain_storage(F, {self._rows[name]})\n\n"
+            texts.append(f"{header}{storage}{code}\n\n    return {function}\n")
         return texts

@@ -33,8 +33,8 @@ from optforge.runtime.precision import (
     numpy_dtype,
     storage_name,
 )
-from optforge.runtime.storage import rounding_keys
 from optforge.runtime.row_tensor import RowTensor
+from optforge.runtime.storage import rounding_keys
 
 
 @dataclass

@@ -39,7 +39,7 @@ from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
-from optforge.runtime.precision import Policy, check_policy
+from optforge.runtime.precision import check_policy
 from optforge.torch import options
 
 
