@@ -16,6 +16,7 @@ import sympy as sp
 from optforge.compiler import spec as S
 from optforge.compiler.build import stale_files, write_files
 from optforge.compiler.render import environment
+from optforge.compiler.traffic import precision_rows
 from optforge.compiler.wrappers import CONTEXTS, Argument, runtime_domain
 
 DIALECTS = {
@@ -257,6 +258,7 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
             )
             for s in spec.state
         ],
+        precision=precision_rows(spec),
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
         example=example(spec, export, module),
     )

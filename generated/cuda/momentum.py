@@ -18,7 +18,7 @@ from numba import config, cuda, float64  # noqa: F401
 
 from optforge.generated.host.momentum import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
-from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
+from optforge.runtime.precision_cuda import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 

@@ -27,7 +27,7 @@ from optforge.generated.host.radam_torch import (
     scalars_rho_t_gt_5,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
-from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
+from optforge.runtime.precision_cuda import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 

@@ -25,7 +25,7 @@ from optforge.generated.host.rmsprop import (
     scalars_not_momentum_gt_0,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
-from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
+from optforge.runtime.precision_cuda import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 

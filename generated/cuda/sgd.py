@@ -26,7 +26,7 @@ from optforge.generated.host.sgd import (
     scalars_t_eq_1_and_momentum_gt_0__momentum_gt_0,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
-from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
+from optforge.runtime.precision_cuda import load, plain_storage, store  # noqa: F401
 
 f64 = np.float64
 

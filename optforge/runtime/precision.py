@@ -113,7 +113,7 @@ def _sixteen_bit(t: types.Type) -> str | None:
     return {types.uint16: "bfloat16", types.int16: "float16"}.get(t)
 
 
-@overload(load)
+@overload(load, target="cpu")
 def _load(x, F):
     name = _sixteen_bit(x)
     if name is not None:
@@ -124,7 +124,7 @@ def _load(x, F):
     return None
 
 
-@overload(store)
+@overload(store, target="cpu")
 def _store(value, T, stochastic, key, counter):
     if not isinstance(T, types.NumberClass) or not isinstance(value, types.Float):
         return None
