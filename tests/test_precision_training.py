@@ -1,7 +1,7 @@
 """Training quality under the precision policy: a small MLP on a fixed synthetic task.
 
 300 steps of each optimizer from the same start on the same batches; the loss at the end
-(the mean of the last 20 steps) with bfloat16 state must be within 2% of the float32-state
+(the mean of the last 50 steps) with bfloat16 state must be within 2% of the float32-state
 run's, and with bfloat16 parameters and gradients rounded stochastically (no master copy)
 within 5% of float32 parameters'. Gradients are computed in float32 from the parameters'
 values, as a bfloat16 model's backward pass would hand them over (rounded to bfloat16).
@@ -57,7 +57,7 @@ def train(make, dtype, **options) -> float:
         loss, grads = loss_and_grads({k: p.data for k, p in params.items()}, x[rows], y[rows])
         losses.append(loss)
         opt(tuple(grads[k].astype(dtype) for k in params))
-    return float(np.mean(losses[-20:]))
+    return float(np.mean(losses[-50:]))
 
 
 OPTIMIZERS = {
@@ -80,3 +80,10 @@ def test_bfloat16_state_and_stochastically_rounded_bfloat16_parameters_train_as_
     assert abs(half_state - exact) <= 0.02 * exact, (name, exact, half_state)
     half_params = train(make, BF16, stochastic_rounding=True, state_dtype="float32")
     assert abs(half_params - exact) <= 0.05 * exact, (name, exact, half_params)
+
+
+def test_without_stochastic_rounding_bfloat16_parameters_lose_the_adam_run_s_small_updates():
+    """What the 5% bound above guards: rounded to nearest, bfloat16 parameters end more than 5%
+    worse (Adam's late updates are below half a spacing of most weights)."""
+    make = OPTIMIZERS["Adam"]
+    assert train(make, BF16, state_dtype="float32") > 1.05 * train(make, np.float32)

@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--startup", action="store_true", help="instead: time a new process's import and first Adam step"
     )
     parser.add_argument(
+        "--state-dtype",
+        nargs="*",
+        choices=["float32", "bfloat16", "float16"],
+        help="instead: Adam and AdamW under precision policies (float32 parameters with each state "
+        "dtype given, default all; bfloat16 parameters with stochastic rounding and with master "
+        "weights), each against its own same-traffic limit, at --sizes (default 1e8)",
+    )
+    parser.add_argument(
         "--overhead",
         action="store_true",
         help="instead: whole steps on many small tensors (optforge.torch.AdamW vs torch fused and "

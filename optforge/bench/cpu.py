@@ -255,6 +255,12 @@ def table(result: dict) -> str:
 
 
 def run_from_arguments(args) -> int:
+    if args.state_dtype is not None:
+        from optforge.bench.precision import run_precision
+
+        sizes = args.sizes if args.sizes != [1e6, 1e7, 1e8] else [1e8]
+        run_precision(args.out_dir, args.state_dtype, sizes, args.repeat)
+        return 0
     if args.overhead:
         from optforge.bench.overhead import run_overhead
 
