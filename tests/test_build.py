@@ -56,12 +56,12 @@ def test_check_fails_on_a_changed_missing_or_extra_file(only_adam, tmp_path, cap
 def test_show_prints_the_generated_kernel(capsys):
     assert main(["show", "adam"]) == 0
     out = capsys.readouterr().out
-    assert "def adam(F):" in out and "numba.prange" in out
+    assert "def adam(F, S=None):" in out and "numba.prange" in out
     assert main(["show", "Adam", "--part", "host"]) == 0
     assert "s2 = -lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)" in capsys.readouterr().out
     assert main(["show", "adafactor", "--part", "cuda"]) == 0
     out = capsys.readouterr().out
-    assert "def adafactor_factored_pass1(F):" in out and "def pass1(" in out
+    assert "def adafactor_factored_pass1(F, S=None):" in out and "def pass1(" in out
     assert main(["show", "adafactor", "--part", "torch"]) == 0
     assert "class Adafactor(TorchOptimizer):" in capsys.readouterr().out
     assert main(["show", "adafactor", "--part", "nn"]) == 2  # no nn export

@@ -154,7 +154,7 @@ def test_guide_fragments_block_composes_the_spec_it_describes(tmp_path):
         (F.w_decayed, w * (1 - lr * weight_decay)),
     ]
     assert spec.decay == "decoupled" and [f.name for f in spec.flags] == ["maximize"]
-    assert "def lion_max(F):" in build.build_files([spec])["cpu/lion_max.py"]
+    assert "def lion_max(F, S=None):" in build.build_files([spec])["cpu/lion_max.py"]
     public = [
         name
         for name, value in vars(F).items()
