@@ -126,6 +126,24 @@ def test_blockwise_codes_match_bitsandbytes_nearest_kernel_and_are_never_farther
     assert np.all(np.abs(table[codes] - r) <= np.abs(table[theirs] - r))
 
 
+def test_entries_are_rounded_to_float32_once():
+    """1 + 2**-24 + 2**-60 is nearer 1 + 2**-23 than 1; through float64 it would tie, to 1."""
+    from fractions import Fraction
+
+    value = Fraction(1) + Fraction(1, 2**24) + Fraction(1, 2**60)
+    assert np.float32(float(value)) == 1.0
+    assert Q._nearest_float32(value) == np.float32(1 + 2**-23)
+    assert Q._nearest_float32(Fraction(1) + Fraction(1, 2**24)) == 1.0  # a true tie: to even
+
+
+def test_error_bounds_of_a_small_table_by_hand():
+    """Gaps that straddle a decade count only their part inside it: (1/128, 1/8) reaches into
+    [0.1, 1) past its midpoint, where x rounds up to 1/8 with an error of at most 1/8 / 0.1 - 1."""
+    table = np.float32([0, 2**-7, 0.125, 1])
+    expected = [0.875 / 1.125, (0.125 - 2**-7) / (0.125 + 2**-7), 1, 1, 1, 1, 1]
+    np.testing.assert_allclose(Q.relative_error_bounds(table), expected, rtol=1e-12)
+
+
 def test_the_documented_error_bounds_are_what_the_tables_give():
     documented = {
         "signed": [6.2, 11.0, 18.0, 27.6, 46.6, 71.1, 100],
@@ -272,6 +290,17 @@ def test_absmax_update_keeps_a_nan_once_seen():
     assert m == np.inf
 
 
+def near_midpoints(mids: np.ndarray, absmax: np.float32, block: int = 256) -> np.ndarray:
+    """Whole blocks of largest value `absmax` whose other elements are `absmax` times each
+    midpoint and its float32 neighbours: x / absmax lands within an ulp or two of a decision
+    point, where computing it any other way (x * (1/absmax)) would change codes."""
+    scaled = (mids.astype(np.float64) * absmax).astype(np.float32)
+    values = np.concatenate([scaled, np.nextafter(scaled, np.inf), np.nextafter(scaled, -np.inf)])
+    parts = np.array_split(values, -(-values.size // (block - 1)))
+    blocks = [np.concatenate([[absmax], b, np.zeros(block - 1 - b.size, np.float32)]) for b in parts]
+    return np.concatenate(blocks).astype(np.float32)
+
+
 @pytest.mark.parametrize("kind", Q.KINDS)
 def test_the_njit_functions_and_the_numpy_helpers_agree_bit_for_bit(kind, rng):
     x = sample(rng, 9 * 256 + 100)
@@ -280,6 +309,7 @@ def test_the_njit_functions_and_the_numpy_helpers_agree_bit_for_bit(kind, rng):
     x[600], x[1100], x[1400], x[1401] = np.nan, np.inf, -np.inf, np.inf
     x[2000:2010] = np.float32(1e-40)  # subnormal
     table, mids = Q.TABLES[kind], Q.MIDPOINTS[kind]
+    x = np.concatenate([near_midpoints(mids, np.float32(3.3)), x])  # whole blocks first
     codes, absmax, y = njit_blockwise(x, table, mids, 256)
     np_codes, np_absmax = Q.quantize_blockwise(x, table)
     np.testing.assert_array_equal(codes, np_codes)
@@ -316,13 +346,13 @@ SIMULATOR_SCRIPT = textwrap.dedent(
 
     data = np.load(sys.argv[1])
     x = data["x"]
-    blocks = -(-x.size // BLOCK)
     result = {}
     for kind in Q.KINDS:
-        values = x if kind == "signed" else np.abs(x)
-        codes = np.zeros(x.size, np.uint8)
+        values = np.concatenate([data[kind], x if kind == "signed" else np.abs(x)])
+        blocks = -(-values.size // BLOCK)
+        codes = np.zeros(values.size, np.uint8)
         absmax = np.zeros(blocks, np.float32)
-        out = np.zeros(x.size, np.float32)
+        out = np.zeros(values.size, np.float32)
         blockwise[blocks, BLOCK](values, Q.TABLES[kind], Q.MIDPOINTS[kind], codes, absmax, out)
         result |= {f"{kind}_codes": codes, f"{kind}_absmax": absmax, f"{kind}_out": out}
     np.savez(sys.argv[2], **result)
@@ -334,7 +364,8 @@ def test_the_cuda_simulator_gives_the_same_codes(tmp_path, rng):
     x = sample(rng, 5 * 64 + 9)
     x[64:128] = 0.0
     x[200] = np.nan
-    np.savez(tmp_path / "in.npz", x=x)
+    near = {kind: near_midpoints(Q.MIDPOINTS[kind][::5], np.float32(3.3), block=64) for kind in Q.KINDS}
+    np.savez(tmp_path / "in.npz", x=x, **near)
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
     script = tmp_path / "sim.py"
     script.write_text(SIMULATOR_SCRIPT)
@@ -348,7 +379,7 @@ def test_the_cuda_simulator_gives_the_same_codes(tmp_path, rng):
     assert result.returncode == 0, result.stderr[-3000:]
     got = np.load(tmp_path / "out.npz")
     for kind in Q.KINDS:
-        values = x if kind == "signed" else np.abs(x)
+        values = np.concatenate([near[kind], x if kind == "signed" else np.abs(x)])
         codes, absmax = Q.quantize_blockwise(values, Q.TABLES[kind], block=64)
         np.testing.assert_array_equal(got[f"{kind}_codes"], codes)
         np.testing.assert_array_equal(got[f"{kind}_absmax"].view(np.uint32), absmax.view(np.uint32))

@@ -257,3 +257,42 @@ def test_a_condition_on_a_norm_does_not_refuse_lambs_moments(verdicts):
     """Lamb's trust ratio tests norm(r) > 0, and r reads both moments: a per-tensor decision."""
     _, states = verdicts["lamb"]
     assert states["moments1"].table == "signed" and states["moments2"].table == "unsigned"
+
+
+def toy_spec(rule, domains, exports=()):
+    """A one-state spec with a flag `f` (the update may differ per variant)."""
+    from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, State
+
+    f = sp.Symbol("f")
+    return Spec(
+        name="toy",
+        title="Toy",
+        source="specs/toy.py",
+        hypers=[Hyper(beta, ("float",), 0.5, "A rate."), Hyper(c, ("float",), 1.0, "A factor.")],
+        flags=[Flag(f, "A switch.")],
+        state=[State(v, 0, "v", "The state.")],
+        rules=[Rule(v, rule(f)), Rule(w, w - lr * v)],
+        domains=domains,
+        decay="decoupled",
+        exports=[Export("optim", "Toy", ("lr", "beta", "c"), domains=d) for d in exports],
+    )
+
+
+def test_a_sign_must_hold_in_every_variant():
+    domains = {beta: sp.Interval.open(0, 1), c: sp.Interval(0, sp.oo)}
+    both = toy_spec(lambda f: sp.Piecewise((beta * v + (1 - beta) * g**2, f), (v + g**2, True)), domains)
+    assert sign.state_sign(both, "v") == NONNEGATIVE and int8.int8_table(both, "v") == "unsigned"
+    one_only = toy_spec(
+        lambda f: sp.Piecewise((beta * v + (1 - beta) * g**2, f), (v - lr * g, True)), domains
+    )
+    assert sign.state_sign(one_only, "v") == ANY and int8.int8_table(one_only, "v") == "signed"
+
+
+def test_a_proof_holds_for_the_widest_domain_any_export_accepts():
+    """The spec's c in [0, oo) proves c*v + g**2 >= 0; an export that takes c > -1 undoes it."""
+    domains = {beta: sp.Interval.open(0, 1), c: sp.Interval(0, sp.oo)}
+    rule = lambda f: c * v + g**2  # noqa: E731
+    assert sign.state_sign(toy_spec(rule, domains), "v") == NONNEGATIVE
+    wider = toy_spec(rule, domains, exports=[{c: sp.Interval.open(-1, sp.oo)}])
+    assert sign.hyper_domains(wider)[c] == sp.Interval.open(-1, sp.oo)
+    assert sign.state_sign(wider, "v") == ANY
