@@ -15,10 +15,12 @@ which the state changes (a variant that leaves it as it is reads and writes the 
    of the gradient but a step size or a counter (Rprop's step sizes, driven by the gradient's
    sign only), whose multiplicative updates would compound the codes' error;
 4. no branch condition of the step reads it, directly or through element values computed from
-   it (Rprop's `g*prev > 0`, FTRL's `l1 < |linear|`): a code's error could flip the branch.
+   it (Rprop's `g*prev > 0`; FTRL's `l1 < |linear|`, which its accumulator reaches through
+   `linear`): a code's error could flip the branch.
    Through a per-tensor reduction it may (Lamb's `norm(r) > 0`): an element's error reaches a
    norm averaged with all the others, and such a condition decides for the tensor, not for one
-   element; `sign()` is no branch (Lion's `sign(c)`: the signed table keeps every sign);
+   element; `sign()` is no branch (Lion's `sign(c)`: the signed table keeps the sign of every
+   value it does not round to 0, as bitsandbytes' 8-bit Lion relies on);
 5. without weight decay its new value does not read the parameter: a state holding parameter
    values (ASGD's average of the weights) needs the weights' own precision, far finer than
    8 bits around their magnitude.

@@ -26,13 +26,16 @@ Assumptions, each sound for what the symbol can hold:
   1/(1 + q) with q >= 0 (q = b**-e - 1), which SymPy then uses.
 `fma(a, b, c)` is `a*b + c`. Where SymPy cannot decide the expression as written, its `cancel`,
 `factor` and expanded-numerator forms are tried (any True is a proof: each is the same function
-where the original is defined), and a denominator proven >= 0 is taken as > 0.
+where the original is defined); then the same with each largest subexpression of merely real
+symbols (``(g*grad_scale + weight_decay*w)**2``) as one symbol of its proven sign, which is
+sound because the claim then holds for every such value; and a denominator proven >= 0 is
+taken as > 0.
 
 What is proven is the sign of the real value wherever it is finite. A value that is not finite
 (a zero denominator: Adadelta with eps = 0 and a zero gradient) poisons its block in either table,
-so it does not bear on the choice; nor does rounding: each step's arithmetic is monotone in the
-forms the specs use, and a rounding-sized negative value written to the unsigned table takes
-its 0, an error far below the table's own.
+so it does not bear on the choice. Rounding is not modelled: float32 arithmetic can turn a value
+proven >= 0 into a negative one of rounding size at most (``v + (1 - b)*(g**2 - v)`` near 0);
+written to the unsigned table that takes the code of 0, an error far below the table's own.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _forms(expr: sp.Expr):
     for rewrite in (sp.cancel, sp.factor, _expanded_numerator):
         try:
             yield rewrite(expr)
-        except (sp.PolynomialError, sp.CoercionFailed, TypeError, ValueError):
+        except (sp.PolynomialError, sp.CoercionFailed, NotImplementedError, TypeError, ValueError):
             continue
 
 
