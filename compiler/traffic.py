@@ -58,7 +58,7 @@ def step_bytes(kernel: Kernel, policy: Policy) -> tuple[int, int]:
     size = {"param": BYTES[policy.param], "grad": BYTES[policy.param]}
     size |= {a.name: BYTES[policy.state] for a in states}
     reads, writes = element_accesses(kernel)
-    moved = sum(size[name] * n for name, n in reads.items()) + sum(size[name] * n for name, n in writes.items())
+    moved = sum(size[name] * n for accesses in (reads, writes) for name, n in accesses.items())
     if policy.master:  # the parameter is read and written as its float32 copy, and written as itself
         moved += (4 - size["param"]) * (reads.get("param", 0) + writes.get("param", 0))
         moved += size["param"] * writes.get("param", 0)

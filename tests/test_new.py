@@ -21,7 +21,8 @@ def test_new_writes_a_spec_that_compiles_and_a_test_that_fails_usefully(tmp_path
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     files = build.build_files([module.SPEC])
-    assert "def my_rule(F, S=None):" in files["cpu/my_rule.py"] and "class MyRule(" in files["optim/my_rule.py"]
+    assert "def my_rule(F, S=None):" in files["cpu/my_rule.py"]
+    assert "class MyRule(" in files["optim/my_rule.py"]
 
     result = subprocess.run(
         [

@@ -358,8 +358,8 @@ def test_invalid_arguments_raise_like_torch_optim(name, kwargs, error, match):
 
 
 def test_parameters_the_kernels_cannot_step_are_refused():
-    with pytest.raises(TypeError, match="float32 or float64"):
-        ot.Adam([torch.zeros(3, dtype=torch.float16, requires_grad=True)])
+    with pytest.raises(TypeError, match="float32, float64, bfloat16 or float16"):
+        ot.Adam([torch.zeros(3, dtype=torch.complex64, requires_grad=True)])
     strided = torch.zeros(4, 6)[:, ::2].requires_grad_()
     with pytest.raises(ValueError, match="contiguous"):
         ot.Adam([strided])

@@ -53,10 +53,11 @@ def _assert_unchanged(before, opt, params):
 @pytest.mark.parametrize("name", NAMES)
 def test_the_signature_is_torchs(name):
     """Every keyword of torch 2.13's constructor, in its order, of its kind, with its default;
-    optforge adds only its keyword-only skip_nonfinite."""
+    optforge adds only its keyword-only skip_nonfinite and precision options."""
     want = inspect.signature(getattr(torch.optim, name)).parameters
     got = dict(inspect.signature(getattr(optforge.torch, name)).parameters)
-    assert got.pop("skip_nonfinite").kind is inspect.Parameter.KEYWORD_ONLY
+    for own in ("skip_nonfinite", "state_dtype", "master_weights", "stochastic_rounding"):
+        assert got.pop(own).kind is inspect.Parameter.KEYWORD_ONLY
     assert list(got) == list(want)
     for key, parameter in want.items():
         assert got[key].kind == parameter.kind, key

@@ -107,7 +107,7 @@ def test_new_data_is_checked_like_the_constructor_s():
     p = optforge.Parameter(np.zeros((2, 3), np.float32), "w")
     with pytest.raises(ValueError, match="C-contiguous"):
         p.data = np.zeros((3, 2), np.float32).T
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float32, float64, float16 or bfloat16"):
         p.data = np.zeros((2, 3), np.int32)
     with pytest.raises(TypeError, match="masked array"):
         p.data = np.ma.masked_array(np.zeros((2, 3), np.float32))
