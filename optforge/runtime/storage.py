@@ -178,6 +178,35 @@ def _narrowings(src: _Format, dst: _Format, jit, bitcast):
         q = q + _ONE if U(bits) < frac else q
         return np.uint16(nan_bits if nan else sign | min(q, dst_inf))
 
+    if (src, dst) == (_F32, _BF16):
+        return _bfloat16_from_float32(jit, bitcast)
+    return nearest, stochastic
+
+
+def _bfloat16_from_float32(jit, bitcast):
+    """float32 -> bfloat16, the common case, in a few integer operations: the two share their
+    exponent range, so the general path's rebias, subnormal and overflow cases all come out of
+    rounding float32's upper half (a carry out of the mantissa moves the exponent up, to
+    infinity past the largest finite value). The bits are the general path's: nearest adds
+    0x7FFF and the lowest kept bit (ties to even); stochastic rounds up when the upper 16 of
+    the 32 random bits are below the 16 dropped ones (`bits < rem * 2**16`, as `frac` above)."""
+    abs_mask, exp_mask, low = U(0x7FFFFFFF), U(0x7F800000), U(0xFFFF)
+    quiet, half, s16 = U(0x0040), U(0x7FFF), U(16)
+
+    # Selects, not early returns: the loops that call these stay vectorised.
+    @jit
+    def nearest(x):
+        u = U(bitcast(np.float32(x), np.uint32))
+        nan = (u & abs_mask) > exp_mask  # NaN: quiet, sign and top payload bits kept
+        return np.uint16(((u >> s16) | quiet) if nan else ((u + half + ((u >> s16) & _ONE)) >> s16))
+
+    @jit
+    def stochastic(x, bits):
+        u = U(bitcast(np.float32(x), np.uint32))
+        nan = (u & abs_mask) > exp_mask
+        up = U((U(bits) >> s16) < (u & low))
+        return np.uint16(((u >> s16) | quiet) if nan else ((u >> s16) + up))
+
     return nearest, stochastic
 
 
