@@ -180,6 +180,8 @@ def _narrowings(src: _Format, dst: _Format, jit, bitcast):
 
     if (src, dst) == (_F32, _BF16):
         return _bfloat16_from_float32(jit, bitcast)
+    if (src, dst) == (_F32, _F16):
+        return _float16_from_float32(jit, bitcast), stochastic
     return nearest, stochastic
 
 
@@ -208,6 +210,35 @@ def _bfloat16_from_float32(jit, bitcast):
         return np.uint16(((u >> s16) | quiet) if nan else ((u >> s16) + up))
 
     return nearest, stochastic
+
+
+def _float16_from_float32(jit, bitcast):
+    """float32 -> float16 to nearest, branch-free, the same bits as the general path: a normal
+    result rebiases the exponent and rounds 13 bits off (ties to even; a carry past the largest
+    finite value gives infinity); a subnormal one is rounded by float32 addition itself, adding
+    2**-1 (whose spacing is float16's smallest subnormal) and reading the low bits, which
+    rounds to nearest even exactly since both terms and the result are normal floats."""
+    abs_mask, sign_bit = U(0x7FFFFFFF), U(0x80000000)
+    f32_inf, overflow = U(0x7F800000), U((127 + 16) << 23)  # |x| >= 2**16: infinity
+    smallest_normal = U(113 << 23)  # 2**-14
+    rebias, round_bits, s13 = U((1 << 64) - ((127 - 15) << 23)), U(0xFFF), U(13)  # minus, mod 2**64
+    magic = U(126 << 23)  # 0.5, as bits; the same as a float32 below
+    magic_f = np.float32(0.5)
+    inf16, quiet16, payload = U(0x7C00), U(0x0200), U(0x03FF)
+
+    @jit
+    def nearest(x):
+        u = U(bitcast(np.float32(x), np.uint32))
+        a = u & abs_mask
+        sign = (u & sign_bit) >> U(16)
+        normal = (a + rebias + round_bits + ((a >> s13) & _ONE)) >> s13
+        low = min(a, smallest_normal)  # the subnormal candidate from a finite value, always
+        tiny = U(bitcast(bitcast(np.uint32(low), np.float32) + magic_f, np.uint32)) - magic
+        big = (inf16 | quiet16 | ((a >> s13) & payload)) if a > f32_inf else inf16
+        q = big if a >= overflow else (tiny if a < smallest_normal else normal)
+        return np.uint16(sign | q)
+
+    return nearest
 
 
 # -- counter-based random bits -------------------------------------------------------------------------
