@@ -198,6 +198,7 @@ class FusedOptimizer:
     master_weights = False
     stochastic_rounding = False
     _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
+    _ALL_PARAMETERS = True  # `parameters` are all the class's (not a torch engine's cohort)
 
     def _set_skip_nonfinite(self, skip_nonfinite) -> None:
         check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
@@ -271,7 +272,7 @@ class FusedOptimizer:
             policy.precision(storage_name(p.dtype), module.VARIANTS[key].state)
             for key, p in zip(keys, self.parameters)
         ]
-        check_parameters(cls, policy, self.parameters, precisions)
+        check_parameters(cls, policy, self.parameters, precisions, self._ALL_PARAMETERS)
         self._check_precision_use(precisions, on_device)
         if any(pr.master for pr in precisions):
             names.append(MASTER)
