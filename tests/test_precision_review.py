@@ -56,3 +56,26 @@ def test_torch_master_weights_with_only_float32_parameters_is_still_refused_by_t
     full.grad = torch.ones(4)
     with pytest.raises(ValueError, match="For 'Adam', master_weights=True is for bfloat16"):
         opt.step()
+
+
+def test_replacing_one_parameters_data_keeps_the_other_master_copies():
+    import ml_dtypes
+    import numpy as np
+
+    import optforge.optim
+    from optforge import Parameter
+
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(0)
+    a = Parameter(rng.standard_normal(16).astype(bf16), "a")
+    b = Parameter(rng.standard_normal(16).astype(bf16), "b")
+    opt = optforge.optim.SGD([a, b], lr=1e-4, master_weights=True)
+    for _ in range(3):
+        opt((np.ones(16, bf16), np.ones(16, bf16)))
+    kept = opt.state["master_param"][1].copy()
+    assert not np.array_equal(kept, b.data.astype(np.float32))  # more than b's 16 bits
+    new = rng.standard_normal(16).astype(bf16)
+    a.data = new  # only a's data is replaced
+    opt((np.zeros(16, bf16), np.zeros(16, bf16)))
+    assert np.array_equal(opt.state["master_param"][1], kept)
+    assert np.array_equal(opt.state["master_param"][0], new.astype(np.float32))

@@ -149,11 +149,15 @@ class _Batch:
     def set_params(self, params: list[np.ndarray]) -> None:
         flat = [p.reshape(-1) for p in params]
         row = len(self.held) - 1 if self.precision.master else 0  # behind master copies: the mirror
+        before = self.arrays.addresses[row].copy()
         set_row(self.arrays, row, flat)
         self.held[row] = flat
-        if self.precision.master:  # new values: the master copies start again from them
-            for master, p in zip(self.held[0], flat):
-                master[:] = p.astype(np.float32)
+        if self.precision.master:  # new values: their master copies start again from them
+            # Only the replaced ones (the table held the old arrays, so a new one has a new
+            # address): a parameter rebound alongside keeps its master copy's float32 bits.
+            for k, (master, p) in enumerate(zip(self.held[0], flat)):
+                if self.arrays.addresses[row, k] != before[k]:
+                    master[:] = p.astype(np.float32)
 
 
 class Addressed(list):
