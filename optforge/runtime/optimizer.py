@@ -149,11 +149,15 @@ class _Batch:
     def set_params(self, params: list[np.ndarray]) -> None:
         flat = [p.reshape(-1) for p in params]
         row = len(self.held) - 1 if self.precision.master else 0  # behind master copies: the mirror
+        before = self.arrays.addresses[row].copy()
         set_row(self.arrays, row, flat)
         self.held[row] = flat
-        if self.precision.master:  # new values: the master copies start again from them
-            for master, p in zip(self.held[0], flat):
-                master[:] = p.astype(np.float32)
+        if self.precision.master:  # new values: their master copies start again from them
+            # Only the replaced ones (the table held the old arrays, so a new one has a new
+            # address): a parameter rebound alongside keeps its master copy's float32 bits.
+            for k, (master, p) in enumerate(zip(self.held[0], flat)):
+                if self.arrays.addresses[row, k] != before[k]:
+                    master[:] = p.astype(np.float32)
 
 
 class Addressed(list):
@@ -198,6 +202,7 @@ class FusedOptimizer:
     master_weights = False
     stochastic_rounding = False
     _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
+    _ALL_PARAMETERS = True  # `parameters` are all the class's (not a torch engine's cohort)
 
     def _set_skip_nonfinite(self, skip_nonfinite) -> None:
         check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
@@ -271,7 +276,7 @@ class FusedOptimizer:
             policy.precision(storage_name(p.dtype), module.VARIANTS[key].state)
             for key, p in zip(keys, self.parameters)
         ]
-        check_parameters(cls, policy, self.parameters, precisions)
+        check_parameters(cls, policy, self.parameters, precisions, self._ALL_PARAMETERS)
         self._check_precision_use(precisions, on_device)
         if any(pr.master for pr in precisions):
             names.append(MASTER)

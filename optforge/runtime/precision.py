@@ -239,15 +239,26 @@ def _check_state_dtype(cls: str, what: str, value: str) -> str:
     return value
 
 
-def check_parameters(cls: str, policy: Policy, parameters, precisions: list[Precision]) -> None:
-    """What the policy cannot do with these parameters (ValueError), before anything is made."""
-    stored = [storage_name(p.dtype) for p in parameters]
+def check_sixteen_bit(cls: str, policy: Policy, dtypes) -> None:
+    """master_weights and stochastic_rounding need a 16-bit parameter among all of a class's
+    parameters (of NumPy `dtypes`) (ValueError)."""
+    stored = [storage_name(d) for d in dtypes]
     if (policy.master or policy.stochastic) and not any(s in SIXTEEN_BIT for s in stored):
         option = "master_weights" if policy.master else "stochastic_rounding"
         raise ValueError(
             f"For '{cls}', {option}=True is for bfloat16 and float16 parameters, but every parameter "
             f"is {' or '.join(sorted(set(stored)))}."
         )
+
+
+def check_parameters(
+    cls: str, policy: Policy, parameters, precisions: list[Precision], whole: bool = True
+) -> None:
+    """What the policy cannot do with these parameters (ValueError), before anything is made.
+    `whole`: they are all of the class's parameters (a torch engine steps only some of them,
+    and its owner checks all: a cohort of float32 ones is stepped plainly)."""
+    if whole:
+        check_sixteen_bit(cls, policy, [p.dtype for p in parameters])
     for p, precision in zip(parameters, precisions):
         wide = [r for r in precision.rows[2:] if BYTES[r] > BYTES[precision.compute]]
         if wide:

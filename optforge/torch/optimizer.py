@@ -39,7 +39,7 @@ from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
-from optforge.runtime.precision import check_policy
+from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.torch import options
 
 
@@ -85,6 +85,7 @@ class _Engine(OptimOptimizer):
 
     _SPARSE = None
     _OFFLOAD = False
+    _ALL_PARAMETERS = False  # a cohort: its owner checks the policy against all its parameters
 
     def __init__(
         self,
@@ -470,6 +471,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         return cohorts
 
     def _new_cohort(self, members: list[int], params: list) -> _Cohort:
+        # master_weights and stochastic_rounding need a 16-bit parameter among all of them, not
+        # among the ones stepped first (a cohort of float32 ones is stepped plainly).
+        check_sixteen_bit(type(self).__name__, self._policy, [_numpy_dtype(p.dtype) for p in params])
         views = {i: _view(params[i], f"param{i}") for i in members}
         return _Cohort(self._ENGINE(self, members, views), [params[i].data_ptr() for i in members])
 
@@ -570,8 +574,11 @@ class TorchOptimizer(torch.optim.Optimizer):
             steps[i] = int(float(step))
             if steps[i] < 0 or steps[i] != float(step):
                 raise ValueError(f"{cls}: the step of parameter {i} is {float(step)}, not a count.")
-        super().load_state_dict(state_dict)  # torch's casts; replaces self.state and the groups' options
-        loaded = {i: self.state[params[i]] for i in steps}
+        # The saved tensors themselves: torch's load casts every state to its parameter's dtype,
+        # which would round state kept wider than a 16-bit parameter (float32 state, the
+        # master copy) to 16 bits; copy_ below converts each to the dtype it is kept in.
+        loaded = {index_of[saved]: state for saved, state in saved_state.items()}
+        super().load_state_dict(state_dict)  # replaces self.state and the groups' options
         self.state.clear()
         self._cohorts = []
         self._steps = np.zeros(len(params), dtype=np.float32)
@@ -653,6 +660,11 @@ def _view(p: torch.Tensor, name: str) -> Parameter:
     """A Parameter over the tensor's own memory (no copy)."""
     data = p.detach()
     return Parameter(data if data.is_cuda else _numpy(data), name)
+
+
+def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    """The NumPy dtype of a torch parameter dtype (bfloat16: ml_dtypes', imported only then)."""
+    return numpy_dtype(str(dtype).removeprefix("torch."))
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
