@@ -251,3 +251,22 @@ def test_torch_bfloat16_parameters_with_master_weights_follow_float32_training()
         torch.testing.assert_close(master, q.data, rtol=0, atol=5 * 1e-3 * 2**-7)
     saved = opt.state_dict()
     assert saved["state"][0]["master_param"].dtype is torch.float32
+
+
+def test_torch_stochastic_rounding_bits_follow_the_parameter_not_its_cohort():
+    """A parameter stepped alone (the others had no gradient) rounds with the same bits as when
+    stepped with all of them: its key is its index among the parameters, not in its cohort."""
+    torch.manual_seed(1)
+    values = [torch.randn(5000, dtype=torch.bfloat16) for _ in range(2)]
+    grads = [torch.randn(5000, dtype=torch.bfloat16) for _ in range(2)]
+    together = [torch.nn.Parameter(v.clone()) for v in values]
+    alone = [torch.nn.Parameter(v.clone()) for v in values]
+    a = optforge.torch.SGD(together, lr=1e-3, stochastic_rounding=True)
+    b = optforge.torch.SGD(alone, lr=1e-3, stochastic_rounding=True)
+    for p, q, g in zip(together, alone, grads):
+        p.grad = g.clone()
+    alone[1].grad = grads[1].clone()  # the first has no gradient: the second steps alone
+    a.step()
+    b.step()
+    assert torch.equal(together[1], alone[1])
+    assert not torch.equal(together[1], values[1])

@@ -346,6 +346,10 @@ class FusedOptimizer:
                 )
                 self._batches[-1]._n_params = len(self.parameters)
 
+    def _tensor_ids(self, batch: _Batch) -> np.ndarray:
+        """Each tensor's number in the rounding keys: its position among the parameters."""
+        return batch.positions()
+
     def _check_precision_use(self, precisions: list[Precision], on_device: list[bool]) -> None:
         """What the kernels cannot yet do under a precision policy (ValueError, before anything
         is made): device parameters keep every array in their dtype; 16-bit parameters take
@@ -761,7 +765,7 @@ class FusedOptimizer:
             keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])
             chunks = type(chunks)(*(a[keep] for a in chunks))
         if batch.precision.stochastic:  # this step's rounding bits, per tensor
-            batch.arrays.keys[:] = rounding_keys(self._ROUNDING_SEED, t, batch.positions())
+            batch.arrays.keys[:] = rounding_keys(self._ROUNDING_SEED, t, self._tensor_ids(batch))
         if chunks[0].size:
             run_stages(
                 branch, batch.key, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars

@@ -70,11 +70,10 @@ class Precision(NamedTuple):
         return not (self.stochastic or self.master) and all(r == self.compute for r in self.rows)
 
     def storage(self) -> Storage:
-        F = VIEW_TYPES[self.compute]
         if not self.master:
             view = tuple(VIEW_TYPES[r] for r in self.rows)
             stochastic = (self.stochastic,) + (False,) * (len(self.rows) - 1)
-            return Storage(view, stochastic, 0, F)
+            return Storage(view, stochastic, 0, view[0])  # no mirror: row 0 as itself
         *rows, param = self.rows
         view = tuple(VIEW_TYPES[r] for r in rows) + (VIEW_TYPES[param],)
         return Storage(view, (False,) * len(view), len(rows), VIEW_TYPES[param])

@@ -131,6 +131,11 @@ class _Engine(OptimOptimizer):
             )
             self._drop_unkept(owner)
 
+    def _tensor_ids(self, batch: _Batch) -> np.ndarray:
+        """The torch parameter index of each tensor: its rounding bits do not change when the
+        cohorts split or merge."""
+        return np.asarray(self.members, dtype=np.int64)[batch.positions()]
+
     def _kept(self, owner: TorchOptimizer, g: int) -> dict[str, bool]:
         """Which states torch keeps for engine group `g` with its torch group's values now."""
         group = owner.param_groups[self.torch_groups[g]]
