@@ -56,6 +56,9 @@ from numba import types
 from numba.extending import intrinsic
 
 U = np.uint64
+# The fast paths compute in uint32, casting every result back: Numba widens uint32 arithmetic
+# to 64 bits, which would halve the lanes of every vector instruction.
+_W = np.uint32
 _ZERO, _ONE, _T_MAX, _B32 = U(0), U(1), U(63), U(32)
 _SIGN16 = U(0x8000)
 
@@ -129,6 +132,33 @@ def _widening(src: _Format, dst: _Format, jit, bitcast):
     return widen
 
 
+def _float32_from_float16(jit, bitcast):
+    """float16 -> float32, exactly, branch-free (the same bits as `_widening`): the exponent
+    and mantissa shift into place and the exponent is rebiased; infinity and NaN (exponent
+    all ones) get float32's all-ones exponent, the quiet bit set on a NaN; a subnormal,
+    whose bits are then those of 2**-14 * (1 + m / 1024) but should be 2**-14 * m / 1024,
+    is mended by subtracting 2**-14 exactly (both are normal float32 numbers). In uint32."""
+    shifted_exp, s13, s16 = _W(0x7C00 << 13), _W(13), _W(16)
+    rebias = _W((127 - 15) << 23)
+    to_inf = _W((128 - 16) << 23)  # rebiased a second time: exponent 255
+    quiet, mantissa, one_normal = _W(1 << 22), _W(0x7FFFFF), _W(1 << 23)
+    magic = np.float32(2.0**-14)
+
+    @jit
+    def widen(u):
+        h = _W(u)
+        o = _W(_W(h & _W(0x7FFF)) << s13)
+        e = _W(o & shifted_exp)
+        o = _W(o + rebias)
+        special = _W(o + to_inf)
+        special = _W(special | quiet) if _W(special & mantissa) != _W(0) else special
+        sub = _W(bitcast(bitcast(_W(o + one_normal), np.float32) - magic, np.uint32))
+        bits = special if e == shifted_exp else (sub if e == _W(0) else o)
+        return bitcast(_W(bits | _W(_W(h & _W(0x8000)) << s16)), np.float32)
+
+    return widen
+
+
 def _narrowings(src: _Format, dst: _Format, jit, bitcast):
     """(nearest(x), stochastic(x, bits)): float of `src` -> uint16 bits of `dst`, rounded once."""
     float_t, int_t = _FLOAT[src.width]
@@ -191,23 +221,25 @@ def _bfloat16_from_float32(jit, bitcast):
     rounding float32's upper half (a carry out of the mantissa moves the exponent up, to
     infinity past the largest finite value). The bits are the general path's: nearest adds
     0x7FFF and the lowest kept bit (ties to even); stochastic rounds up when the upper 16 of
-    the 32 random bits are below the 16 dropped ones (`bits < rem * 2**16`, as `frac` above)."""
-    abs_mask, exp_mask, low = U(0x7FFFFFFF), U(0x7F800000), U(0xFFFF)
-    quiet, half, s16 = U(0x0040), U(0x7FFF), U(16)
+    the 32 random bits are below the 16 dropped ones (`bits < rem * 2**16`, as `frac` above).
+    In uint32, every result cast back (see `_W`): twice the lanes of uint64 per vector."""
+    abs_mask, exp_mask, low = _W(0x7FFFFFFF), _W(0x7F800000), _W(0xFFFF)
+    quiet, half, s16, one = _W(0x0040), _W(0x7FFF), _W(16), _W(1)
 
     # Selects, not early returns: the loops that call these stay vectorised.
     @jit
     def nearest(x):
-        u = U(bitcast(np.float32(x), np.uint32))
-        nan = (u & abs_mask) > exp_mask  # NaN: quiet, sign and top payload bits kept
-        return np.uint16(((u >> s16) | quiet) if nan else ((u + half + ((u >> s16) & _ONE)) >> s16))
+        u = bitcast(np.float32(x), np.uint32)
+        nan = _W(u & abs_mask) > exp_mask  # NaN: quiet, sign and top payload bits kept
+        rounded = _W(_W(u + half) + _W(_W(u >> s16) & one)) >> s16
+        return np.uint16(_W(_W(u >> s16) | quiet) if nan else rounded)
 
     @jit
     def stochastic(x, bits):
-        u = U(bitcast(np.float32(x), np.uint32))
-        nan = (u & abs_mask) > exp_mask
-        up = U((U(bits) >> s16) < (u & low))
-        return np.uint16(((u >> s16) | quiet) if nan else ((u >> s16) + up))
+        u = bitcast(np.float32(x), np.uint32)
+        nan = _W(u & abs_mask) > exp_mask
+        up = _W(_W(_W(bits) >> s16) < _W(u & low))
+        return np.uint16(_W(_W(u >> s16) | quiet) if nan else _W(_W(u >> s16) + up))
 
     return nearest, stochastic
 
@@ -217,26 +249,26 @@ def _float16_from_float32(jit, bitcast):
     result rebiases the exponent and rounds 13 bits off (ties to even; a carry past the largest
     finite value gives infinity); a subnormal one is rounded by float32 addition itself, adding
     2**-1 (whose spacing is float16's smallest subnormal) and reading the low bits, which
-    rounds to nearest even exactly since both terms and the result are normal floats."""
-    abs_mask, sign_bit = U(0x7FFFFFFF), U(0x80000000)
-    f32_inf, overflow = U(0x7F800000), U((127 + 16) << 23)  # |x| >= 2**16: infinity
-    smallest_normal = U(113 << 23)  # 2**-14
-    rebias, round_bits, s13 = U((1 << 64) - ((127 - 15) << 23)), U(0xFFF), U(13)  # minus, mod 2**64
-    magic = U(126 << 23)  # 0.5, as bits; the same as a float32 below
-    magic_f = np.float32(0.5)
-    inf16, quiet16, payload = U(0x7C00), U(0x0200), U(0x03FF)
+    rounds to nearest even exactly since both terms and the result are normal floats. In
+    uint32 (see `_W`)."""
+    abs_mask, sign_bit, s16 = _W(0x7FFFFFFF), _W(0x8000), _W(16)
+    f32_inf, overflow = _W(0x7F800000), _W((127 + 16) << 23)  # |x| >= 2**16: infinity
+    smallest_normal = _W(113 << 23)  # 2**-14
+    rebias, round_bits, s13, one = _W((1 << 32) - ((127 - 15) << 23)), _W(0xFFF), _W(13), _W(1)
+    magic, magic_f = _W(126 << 23), np.float32(0.5)  # 0.5, as bits and as a float32
+    inf16, quiet16, payload = _W(0x7C00), _W(0x0200), _W(0x03FF)
 
     @jit
     def nearest(x):
-        u = U(bitcast(np.float32(x), np.uint32))
-        a = u & abs_mask
-        sign = (u & sign_bit) >> U(16)
-        normal = (a + rebias + round_bits + ((a >> s13) & _ONE)) >> s13
-        low = min(a, smallest_normal)  # the subnormal candidate from a finite value, always
-        tiny = U(bitcast(bitcast(np.uint32(low), np.float32) + magic_f, np.uint32)) - magic
-        big = (inf16 | quiet16 | ((a >> s13) & payload)) if a > f32_inf else inf16
+        u = bitcast(np.float32(x), np.uint32)
+        a = _W(u & abs_mask)
+        sign = _W(_W(u >> s16) & sign_bit)
+        normal = _W(_W(_W(a + rebias) + round_bits) + _W(_W(a >> s13) & one)) >> s13  # mod 2**32
+        low = _W(min(a, smallest_normal))  # the subnormal candidate from a finite value, always
+        tiny = _W(bitcast(bitcast(low, np.float32) + magic_f, np.uint32) - magic)
+        big = _W(inf16 | quiet16 | _W(_W(a >> s13) & payload)) if a > f32_inf else inf16
         q = big if a >= overflow else (tiny if a < smallest_normal else normal)
-        return np.uint16(sign | q)
+        return np.uint16(_W(sign | q))
 
     return nearest
 
@@ -313,7 +345,7 @@ def _build(jit, bitcast) -> SimpleNamespace:
         return bitcast(np.uint32(U(u) << U(16)), np.float32)
 
     f.bf16_to_f32 = bf16_to_f32
-    f.f16_to_f32 = _widening(_F16, _F32, jit, bitcast)
+    f.f16_to_f32 = _float32_from_float16(jit, bitcast)
     f.bf16_to_f64 = _widening(_BF16, _F64, jit, bitcast)
     f.f16_to_f64 = _widening(_F16, _F64, jit, bitcast)
     f.f32_to_bf16, f.f32_to_bf16_sr = _narrowings(_F32, _BF16, jit, bitcast)
