@@ -344,11 +344,13 @@ def test_beyond_the_largest_finite_float16_stochastic_rounding_goes_to_inf_as_th
 
 
 def _python_bits(key: int, counter: int) -> int:
-    m = (1 << 64) - 1
-    z = ((key << 32) + counter * 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return (z ^ (z >> 31)) >> 32
+    """The bits by the definition, in Python integers: lowbias32 of the key (the counter's high
+    half folded in) plus the counter's low half times the 32-bit golden ratio."""
+    m = (1 << 32) - 1
+    x = ((key ^ (((counter >> 32) * 0x846CA68B) & m)) + (counter & m) * 0x9E3779B9) & m
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & m
+    x = ((x ^ (x >> 15)) * 0x846CA68B) & m
+    return x ^ (x >> 16)
 
 
 _RB = CPU.rounding_bits
@@ -364,7 +366,7 @@ def _bits_table(keys, counters):
     return out
 
 
-def test_rounding_bits_are_splitmix64_and_uniform():
+def test_rounding_bits_are_lowbias32_and_uniform():
     keys = rounding_keys(2024, 7, np.arange(16))
     bits = _bits_table(keys, np.arange(1 << 18, dtype=np.int64)).ravel()  # 4M
     for k, c in [(0, 0), (1, 0), (0xFFFFFFFF, 123456789), (int(keys[3]), (1 << 40) + 5)]:

@@ -275,32 +275,41 @@ def _float16_from_float32(jit, bitcast):
 
 # -- counter-based random bits -------------------------------------------------------------------------
 
-# SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA 2014):
-# the output of a generator seeded with s at index i is mix64(s + i * GAMMA), GAMMA the odd
-# golden-ratio increment, mix64 David Stafford's "Mix13" variant of the MurmurHash3 finalizer.
-GAMMA = U(0x9E3779B97F4A7C15)
-_MIX1, _MIX2 = U(0xBF58476D1CE4E5B9), U(0x94D049BB133111EB)
-_S30, _S27, _S31 = U(30), U(27), U(31)
-_KEY_STEP = 0x9E3779B9  # the 32-bit golden-ratio increment: keys of one step's tensors
+# The bits of an element: lowbias32 (Chris Wellons' hash-prospector, 2018: two xorshift-multiply
+# rounds, a bijection on 32 bits with low bias) of the tensor's key plus the element's counter
+# times the odd 32-bit golden ratio. In uint32 a vector instruction takes 16 of them on AVX-512
+# (a 64-bit hash's multiplies take 8, and AVX2 has none). The per-step keys come from
+# SplitMix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators", OOPSLA
+# 2014), hashed per tensor with lowbias32 too, so two tensors' counters start at unrelated points.
+_H1, _H2 = 0x7FEB352D, 0x846CA68B
+_KEY_STEP = 0x9E3779B9  # the 32-bit golden-ratio increment
 _M64, _M32 = (1 << 64) - 1, (1 << 32) - 1
 
 
 def _rounding_bits(jit):
+    h1, h2, golden = _W(_H1), _W(_H2), _W(_KEY_STEP)
+    s15, s16 = _W(15), _W(16)
+
     @jit
     def rounding_bits(key, counter):
         """32 random bits for element `counter` (int64, >= 0) of the tensor of `key` (uint32).
 
-        SplitMix64 at index `counter` seeded with key * 2**32: for counters below 2**32 the inputs
-        (key, counter) -> key * 2**32 + counter * GAMMA mod 2**64 are all distinct (two could only
-        meet at counters a multiple of 2**32 apart), and mix64 is a bijection, so no two elements of
-        any tensors share their 64 bits. The high half is returned."""
-        z = (U(key) << _B32) + U(counter) * GAMMA
-        z = (z ^ (z >> _S30)) * _MIX1
-        z = (z ^ (z >> _S27)) * _MIX2
-        z = z ^ (z >> _S31)
-        return np.uint32(z >> _B32)
+        The elements of a tensor, up to 2**32 of them, get distinct hash inputs (the golden ratio
+        is odd) and so distinct bits (lowbias32 is a bijection); larger counters fold their high
+        half into the key."""
+        c = U(counter)
+        x = _W(_W(_W(key) ^ _W(_W(c >> _B32) * h2)) + _W(_W(c) * golden))
+        x = _W(_W(x ^ _W(x >> s16)) * h1)
+        x = _W(_W(x ^ _W(x >> s15)) * h2)
+        return _W(x ^ _W(x >> s16))
 
     return rounding_bits
+
+
+def _lowbias32(x: int) -> int:
+    x = ((x ^ (x >> 16)) * _H1) & _M32
+    x = ((x ^ (x >> 15)) * _H2) & _M32
+    return x ^ (x >> 16)
 
 
 def _mix64(z: int) -> int:
@@ -319,18 +328,22 @@ def _step_key(seed: int, step: int) -> int:
 def rounding_key(seed: int, step: int, tensor: int) -> np.uint32:
     """The key of tensor `tensor` (its index, >= 0) at step `step` of a run seeded with `seed`.
 
-    Made on the host once per tensor per step. The tensors of one step get a Weyl sequence from the
-    step's hash, so their keys differ for up to 2**32 tensors; with `rounding_bits` no two elements
-    of one step share random bits. Keys of different steps are unrelated hashes (32 bits: two of
-    about 2**16 steps' keys may coincide, which only repeats bits for different values)."""
-    return np.uint32((_step_key(int(seed) & _M64, int(step) & _M64) + int(tensor) * _KEY_STEP) & _M32)
+    Made on the host once per tensor per step: lowbias32 of a Weyl sequence from the step's
+    hash, so the keys of one step's tensors differ (for up to 2**32 tensors) and look unrelated.
+    Keys of different steps are unrelated hashes (32 bits: two of about 2**16 steps' keys may
+    coincide, which only repeats bits for different values)."""
+    step_key = _step_key(int(seed) & _M64, int(step) & _M64)
+    return np.uint32(_lowbias32((step_key + int(tensor) * _KEY_STEP) & _M32))
 
 
 def rounding_keys(seed: int, step: int, tensors: np.ndarray) -> np.ndarray:
     """`rounding_key(seed, step, t)` for every t in `tensors`, as a uint32 array of their shape."""
     base = U(_step_key(int(seed) & _M64, int(step) & _M64))
-    with np.errstate(over="ignore"):  # arithmetic mod 2**64, as intended
-        return (base + np.asarray(tensors).astype(U) * U(_KEY_STEP)).astype(np.uint32)
+    with np.errstate(over="ignore"):  # arithmetic mod 2**32 and 2**64, as intended
+        x = (base + np.asarray(tensors).astype(U) * U(_KEY_STEP)).astype(np.uint32)
+        x = (x ^ (x >> np.uint32(16))) * np.uint32(_H1)
+        x = (x ^ (x >> np.uint32(15))) * np.uint32(_H2)
+        return x ^ (x >> np.uint32(16))
 
 
 # -- everything for one target ---------------------------------------------------------------------------
