@@ -270,3 +270,57 @@ def test_torch_stochastic_rounding_bits_follow_the_parameter_not_its_cohort():
     b.step()
     assert torch.equal(together[1], alone[1])
     assert not torch.equal(together[1], values[1])
+
+
+def test_a_float32_state_dict_of_16_bit_state_loads_into_torch_optim():
+    """After a run with bfloat16 state, torch.optim's AdamW continues from the widened state
+    exactly as it would from its own float32 state of the same values."""
+    torch.manual_seed(2)
+    model = torch.nn.Linear(9, 5)
+    opt = optforge.torch.AdamW(model.parameters(), lr=1e-2, state_dtype="bfloat16")
+    x = torch.randn(4, 9)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    saved = opt.float32_state_dict()
+    kept = opt.state[model.weight]["exp_avg"]
+    assert kept.dtype is torch.bfloat16
+    assert saved["state"][0]["exp_avg"].dtype is torch.float32
+    assert torch.equal(saved["state"][0]["exp_avg"], kept.float())
+    reference = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    reference.load_state_dict(saved)
+    assert torch.equal(
+        reference.state[model.weight]["exp_avg_sq"], opt.state[model.weight]["exp_avg_sq"].float()
+    )
+    model(x).square().mean().backward()
+    reference.step()  # torch steps on from it
+    assert opt.state[model.weight]["exp_avg"].dtype is torch.bfloat16  # ours is untouched
+
+
+def test_the_stages_of_a_dropped_kernel_module_are_not_kept_alive():
+    """per_dtype keeps the stages it makes on their factory, not in a table of its own: a
+    rebuilt user spec's old module can be collected with them. (Once numba has compiled a
+    function, numba itself keeps its environment; that is not ours to drop.)"""
+    import gc
+    import types
+    import weakref
+
+    from optforge.runtime.kernels import per_dtype
+
+    module = types.ModuleType("throwaway")
+    exec(
+        "import numba\n"
+        "def factory(F, S=None):\n"
+        "    @numba.njit\n"
+        "    def stage(x):\n"
+        "        return F(x) + F(1)\n"
+        "    return stage\n",
+        module.__dict__,
+    )
+    (stage,) = per_dtype(module.factory)["float32"]
+    assert per_dtype(module.factory)["float32"][0] is stage  # made once
+    gone = weakref.ref(module.factory)
+    del module, stage
+    gc.collect()
+    assert gone() is None

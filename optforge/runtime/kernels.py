@@ -49,7 +49,6 @@ class per_dtype(Mapping):
     type `F`, each array in its own storage; optforge.runtime.precision). Made on first use
     and once per factory, so branches that share a stage share its compiled code."""
 
-    _made: dict = {}
     DTYPES = {"float32": np.float32, "float64": np.float64}
 
     def __init__(self, *factories: Callable):
@@ -59,13 +58,15 @@ class per_dtype(Mapping):
         return tuple(self._make(factory, key) for factory in self.factories)
 
     def _make(self, factory: Callable, key):
-        made = (factory, key)
-        if made not in self._made:
+        # Kept on the factory itself: the compiled stages of a user's spec go with its module
+        # when the spec is rebuilt (optforge.compile_spec), not into a table that outlives it.
+        made = factory.__dict__.setdefault("_stages_made", {})
+        if key not in made:
             if isinstance(key, str):
-                self._made[made] = factory(self.DTYPES[key])
+                made[key] = factory(self.DTYPES[key])
             else:
-                self._made[made] = factory(self.DTYPES[key.compute], key.storage())
-        return self._made[made]
+                made[key] = factory(self.DTYPES[key.compute], key.storage())
+        return made[key]
 
     def __iter__(self):
         return iter(self.DTYPES)

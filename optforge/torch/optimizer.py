@@ -517,6 +517,23 @@ class TorchOptimizer(torch.optim.Optimizer):
             self._refresh_extra_state(cohort.engine)
         return super().state_dict()
 
+    def float32_state_dict(self) -> dict:
+        """`state_dict()` with every 16-bit state tensor widened (exactly) to float32: what
+        torch.optim's optimizer of the same name loads and steps on at full precision, after
+        a run with `state_dtype` or 16-bit parameters. Master copies stay as they are
+        (``master_param``, float32: the values to give float32 parameters)."""
+        saved = self.state_dict()
+        widened = {
+            index: {
+                key: value.float()
+                if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16)
+                else value
+                for key, value in state.items()
+            }
+            for index, state in saved["state"].items()
+        }
+        return {**saved, "state": widened}
+
     def _refresh_extra_state(self, engine: _Engine) -> None:
         """What torch keeps per parameter besides the arrays (NAdam's `mu_product`), from the
         engine's step and each group's hyperparameters, in `state[p]` as torch has it."""
