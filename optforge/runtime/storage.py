@@ -52,6 +52,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+from llvmlite import ir as llvm_ir
 from numba import types
 from numba.extending import intrinsic
 
@@ -95,6 +96,53 @@ def _bitcast_codegen(typingctx, x, ty):
 
 
 _cpu_bitcast = intrinsic(_bitcast_codegen)
+
+
+# float32 <-> float16 by LLVM's fptrunc and fpext, which x86's F16C instructions (vcvtps2ph,
+# vcvtph2ps) carry out: rounding to nearest even, NaNs quieted keeping their top payload bits,
+# as the integer code does. Used only where Numba compiles for a host that has F16C; elsewhere
+# LLVM would call a runtime function that Numba's JIT may not link.
+@intrinsic
+def _half_bits(typingctx, x):
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
+
+    return types.uint16(x), codegen
+
+
+@intrinsic
+def _half_value(typingctx, u):
+    if u != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+def _hardware_half(jit):
+    @jit
+    def f32_to_f16(x):
+        return _half_bits(np.float32(x))
+
+    @jit
+    def f16_to_f32(u):
+        return _half_value(np.uint16(u))
+
+    return f32_to_f16, f16_to_f32
+
+
+def _has_f16c() -> bool:
+    """Whether Numba compiles for a CPU with F16C (the host's, unless NUMBA_CPU_NAME says other)."""
+    from llvmlite import binding
+
+    if numba.config.CPU_NAME is not None:
+        return "+f16c" in (numba.config.CPU_FEATURES or "")
+    return bool(binding.get_host_cpu_features().get("f16c", False))
 
 
 def _numpy_bitcast(x, ty):
@@ -349,7 +397,7 @@ def rounding_keys(seed: int, step: int, tensors: np.ndarray) -> np.ndarray:
 # -- everything for one target ---------------------------------------------------------------------------
 
 
-def _build(jit, bitcast) -> SimpleNamespace:
+def _build(jit, bitcast, hardware_half: bool = False) -> SimpleNamespace:
     f = SimpleNamespace()
 
     @jit
@@ -363,6 +411,8 @@ def _build(jit, bitcast) -> SimpleNamespace:
     f.f16_to_f64 = _widening(_F16, _F64, jit, bitcast)
     f.f32_to_bf16, f.f32_to_bf16_sr = _narrowings(_F32, _BF16, jit, bitcast)
     f.f32_to_f16, f.f32_to_f16_sr = _narrowings(_F32, _F16, jit, bitcast)
+    if hardware_half:  # the CPU's own conversions: the same bits (IEEE's), fewer instructions
+        f.f32_to_f16, f.f16_to_f32 = _hardware_half(jit)
     f.f64_to_bf16, f.f64_to_bf16_sr = _narrowings(_F64, _BF16, jit, bitcast)
     f.f64_to_f16, f.f64_to_f16_sr = _narrowings(_F64, _F16, jit, bitcast)
     f.rounding_bits = rounding_bits = _rounding_bits(jit)
@@ -427,7 +477,7 @@ def functions(target: str = "cpu") -> SimpleNamespace:
     A kernel binds the ones it calls to names (global or closed over) and calls those.
     """
     if target == "cpu":
-        return _build(numba.njit(inline="always"), _cpu_bitcast)
+        return _build(numba.njit(inline="always"), _cpu_bitcast, hardware_half=_has_f16c())
     if target == "python":
         return _build(_quiet, _numpy_bitcast)
     if target == "cuda":
