@@ -8,13 +8,14 @@ patterns and these functions convert element by element:
     w = load(w_c[i])                      # uint16 -> float32/float64, exact
     w_c[i] = store(value, key, counter)   # float32/float64 -> uint16, one rounding
 
-Everything is integer arithmetic on the bit patterns (in uint64: Numba widens smaller integers to
-64 bits anyway, and NumPy scalars keep uint64 as uint64, so plain Python agrees with compiled
-code). The one floating-point operation, widening a float16/bfloat16 subnormal, is an exact
-multiply by a power of two with a normal result, so neither flush-to-zero nor a hardware
-conversion can change a bit. The same Python source is therefore jitted for the CPU
-(`numba.njit`) and as numba-cuda device functions and gives the same bits on both by
-construction; run as plain Python on NumPy scalars (the CUDA simulator) it gives them too.
+The general conversions are integer arithmetic on the bit patterns (in uint64, so plain Python
+on NumPy scalars agrees with compiled code); the common cases have fast paths in uint32 (float32
+<-> bfloat16 and float16: twice the vector lanes), whose few floating-point operations are exact
+on normal numbers, so flush-to-zero cannot change a bit. The same Python source is jitted for
+the CPU (`numba.njit`) and as numba-cuda device functions and gives the same bits on both by
+construction; run as plain Python on NumPy scalars (the CUDA simulator) it gives them too. On a
+CPU with F16C, float32 <-> float16 are the hardware's conversions instead (IEEE's rounding, the
+same bits: the tests compare them with the Python and simulator paths).
 
 Rounding to nearest, ties to even, is done once from the source value (float64 -> bfloat16 is not
 rounded through float32: that double rounding gets ties wrong). The magnitude's bits `v` are
