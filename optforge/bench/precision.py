@@ -11,12 +11,11 @@ not run. Every contender of an optimizer is timed round by round in one process.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 
+from optforge.bench.cpu import measure
 from optforge.bench.traffic import same_traffic_kernel
 from optforge.compiler.build import load_specs
 from optforge.compiler.lower import lower
@@ -128,19 +127,6 @@ def _eight_bit_contenders() -> list[tuple[str, str]]:
         reasons.append(("bitsandbytes AdamW8bit", "not installed; its 8-bit optimizers run on CUDA devices"))
     reasons.append(("optforge int8 state", "not available yet"))
     return reasons
-
-
-def measure(steps: dict, repeat: int) -> dict:
-    for step in steps.values():  # compile and warm the caches
-        step()
-        step()
-    times = {label: [] for label in steps}
-    for _ in range(repeat):  # interleaved
-        for label, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(ts) for label, ts in times.items()}
 
 
 def run_precision(out_dir: Path, state_dtypes: list[str], sizes: list[float], repeat: int) -> dict:

@@ -26,6 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import types
 from numba.extending import overload
+from numba.np import numpy_support
 
 from optforge.runtime import storage as conv
 
@@ -109,7 +110,8 @@ def store(value, T, stochastic, key, counter):
 
 
 def _sixteen_bit(t: types.Type) -> str | None:
-    return {types.uint16: "bfloat16", types.int16: "float16"}.get(t)
+    """The 16-bit storage a numba type views (SIXTEEN_BIT_VIEWS, as numba types), or None."""
+    return {numpy_support.from_dtype(np.dtype(view)): name for view, name in SIXTEEN_BIT_VIEWS.items()}.get(t)
 
 
 @overload(load, target="cpu")
