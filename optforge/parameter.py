@@ -23,6 +23,12 @@ class Parameter:
     memory see each step. Anything else array-like is converted to a new
     array (float32 for integers).
 
+    ``split``: the shape of the whole tensor that ``data`` is one rank's part of,
+    split along its first dimension over the ranks of a process group (FSDP2's
+    ``Shard(0)``); None (the default): ``data`` is the whole tensor. An optimizer
+    over split parameters adds their per-tensor sums up over the ranks before it
+    uses them (see `optforge.distributed`).
+
     ``data`` may be replaced (``p.data = new``, MindSpore's ``set_data``): the
     new array is checked as in the constructor, and the optimizers that step
     this parameter are told, so their next step updates the new array (or,
@@ -30,9 +36,18 @@ class Parameter:
     for, refuses the step before changing anything).
     """
 
-    __slots__ = ("_data", "name", "requires_grad", "on_device", "_watchers", "_lock", "__weakref__")
+    __slots__ = (
+        "_data",
+        "name",
+        "requires_grad",
+        "on_device",
+        "split",
+        "_watchers",
+        "_lock",
+        "__weakref__",
+    )
 
-    def __init__(self, data, name: str, requires_grad: bool = True):
+    def __init__(self, data, name: str, requires_grad: bool = True, split=None):
         if not isinstance(name, str) or not name:
             raise TypeError(f"For 'Parameter', the 'name' must be a non-empty str, but got {name!r}.")
         self.name = name
@@ -40,6 +55,7 @@ class Parameter:
         self._watchers = weakref.WeakSet()
         self._lock = None
         self._set(data, convert=True)
+        self.split = check_split(split, self.shape, name)
 
     @property
     def data(self):
@@ -112,7 +128,12 @@ class Parameter:
 
     def __getstate__(self):
         # Optimizers are not pickled with their parameters; a copy starts unwatched.
-        return {"data": self._data, "name": self.name, "requires_grad": self.requires_grad}
+        return {
+            "data": self._data,
+            "name": self.name,
+            "requires_grad": self.requires_grad,
+            "split": self.split,
+        }
 
     def __setstate__(self, state) -> None:
         if isinstance(state, tuple):  # pickled before optforge 0.1's `data` property: (None, slots)
@@ -122,6 +143,7 @@ class Parameter:
         self._watchers = weakref.WeakSet()
         self._lock = None
         self._set(state["data"], convert=True)
+        self.split = state.get("split")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -148,6 +170,27 @@ class Parameter:
     def __repr__(self) -> str:
         where = ", device" if self.on_device else ""
         return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype}{where})"
+
+
+def check_split(split, shape: tuple[int, ...], name: str) -> tuple[int, ...] | None:
+    """`split` as a tuple: a whole shape that `shape` is a part of along dimension 0."""
+    if split is None:
+        return None
+    if not isinstance(split, (tuple, list)) or not all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in split
+    ):
+        raise TypeError(
+            f"For 'Parameter', the 'split' of '{name}' must be the whole tensor's shape (a tuple of "
+            f"non-negative ints), but got {split!r}."
+        )
+    split = tuple(int(n) for n in split)
+    if len(split) != len(shape) or not shape or split[1:] != tuple(shape[1:]) or split[0] < shape[0]:
+        raise ValueError(
+            f"For 'Parameter', '{name}' of shape {tuple(shape)} is not a part along dimension 0 of "
+            f"a tensor of shape {split} (the 'split'): they must differ in dimension 0 only, and "
+            "the part may not be longer."
+        )
+    return split
 
 
 def _is_device(data) -> bool:

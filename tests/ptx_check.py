@@ -20,22 +20,22 @@ from optforge.runtime.launch import Scratch
 
 F64_OPS = re.compile(r"\b(add|sub|mul|div|fma|sqrt|max|min|abs|neg)(\.\w+)*\.f64\b")
 INDEX = types.Array(types.int64, 1, "C")
+SUMS = types.Array(types.float64, 2, "C")
 
 
 def argument_type(name: str, dtype, slots: int, arrays: int, factored: bool):
     """The numba type of a kernel argument, from its name (the generated code's convention)."""
     array = types.Array(dtype, 1, "C")
     if name == "chunks" or name == "table":
-        if factored:  # a FactoredTable: 13 index arrays, then its row and column totals
-            return types.NamedTuple([INDEX] * 13 + [types.int64] * 2, FactoredTable)
+        if factored:  # a FactoredTable: 14 index arrays, then its row and column totals
+            return types.NamedTuple([INDEX] * 14 + [types.int64] * 3, FactoredTable)
         return types.NamedUniTuple(INDEX, 3, ChunkTable)
     if name == "arrays":  # per array argument, a tuple of `slots` device arrays (1 for rows)
         return types.UniTuple(types.UniTuple(array, slots), arrays)
     if name == "per_tensor":
         return types.Array(dtype, 2, "C")
     if name == "scratch":
-        sums = types.Array(types.float64, 2, "C")
-        return types.NamedTuple([sums, sums, sums, types.Array(dtype, 2, "C")], Scratch)
+        return types.NamedTuple([SUMS] * 5 + [types.Array(types.float64, 1, "C"), SUMS], Scratch)
     if name == "rows":
         return INDEX
     if name == "row_len":
@@ -66,7 +66,25 @@ def kernels_of(module):
                     yield factory.__name__, dtype, kernel, arrays, factored, slots
 
 
+def combine_kernels():
+    """optforge.runtime.cuda's combining kernels (optforge.runtime.combine on the device)."""
+    from optforge.runtime import cuda as device
+
+    flat = argument_type("chunks", types.float64, 1, 1, False)
+    factored = argument_type("table", types.float64, 1, 1, True)
+    yield "flat_sums", device._flat_sums, (flat, SUMS, SUMS)
+    yield "factored_sums", device._factored_sums, (factored, SUMS, SUMS)
+    yield "matrix_columns", device._matrix_columns, (factored, SUMS, SUMS, types.Array(types.float64, 1, "C"))
+
+
 def main() -> int:
+    for label, kernel, signature in combine_kernels():
+        try:
+            ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
+        except Exception as error:  # noqa: BLE001 (report which kernel, then fail)
+            print(f"FAIL {label}: {type(error).__name__}: {error}")
+            return 1
+        print(f"OK runtime.{label} f64-ops={len(F64_OPS.findall(ptx))}")
     for spec in load_specs():
         module = importlib.import_module(f"optforge.generated.cuda.{spec.name}")
         for name, dtype_name, kernel, arrays, factored, slots in kernels_of(module):

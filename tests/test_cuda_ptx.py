@@ -46,4 +46,8 @@ def test_float32_kernels_without_reductions_do_no_float64_arithmetic(compiled):
         # Kernels that sum (norms, RMS, row/column/matrix means) do so in float64, on purpose.
         summing = ("stage1", "finalize", "lines", "pass1", "pass2")
         if "_f32" in name and not any(part in name for part in summing):
-            assert count == 0, line
+            # A factored pass 3 reads its matrix's mean as the float64 sum over the matrix's rows
+            # divided by their count (added up over the ranks of a split matrix): one division per
+            # chunk, none per element.
+            allowed = 1 if "factored_pass3" in name else 0
+            assert count <= allowed, line

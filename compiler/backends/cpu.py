@@ -263,8 +263,9 @@ def factory_name(kernel: Kernel) -> str:
     return _name(kernel.spec_name, kernel.suffix)
 
 
-def plan_source(context: dict) -> str:
-    """The branch's `Plan` (optforge.runtime.kernels): the sizes of what its stages share."""
+def plan_source(context: dict, combine: tuple[str, ...] = ()) -> str:
+    """The branch's `Plan` (optforge.runtime.kernels): the sizes of what its stages share, and
+    what is combined before each stage (factories.combined_before)."""
     fields = {
         "per_tensor": 2 + len(context["finalize_outputs"]),
         "reductions": len(context["reductions"]),
@@ -273,6 +274,8 @@ def plan_source(context: dict) -> str:
         fields["row_sums"] = len(context["row_means"])
         fields["col_sums"] = len(context["col_means"])
         fields["matrix_means"] = len(context["matrix_means"])
+    if any(combine):
+        fields["combine"] = repr(combine)
     return "Plan(" + ", ".join(f"{k}={v}" for k, v in fields.items() if v) + ")"
 
 

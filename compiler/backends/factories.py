@@ -47,6 +47,19 @@ class Printed:
     host_output: str | None = None  # a separately applied spec's: the state the host stage writes
 
 
+def combined_before(role: str, k: dict) -> str:
+    """What the run-time combines before a stage of `role` (Plan.combine): the per-tensor sums
+    before a finalize, a factored kernel's column sums before its line stage and its sums
+    over rows before the pass that reads their means."""
+    if role == "finalize":
+        return "sums"
+    if role == "lines" and k["col_means"]:
+        return "columns"
+    if role == "pass2" and k["matrix_means"]:
+        return "matrices"
+    return ""
+
+
 class FactoryPrinter:
     """Prints the stages of one module's kernels through `flat` and `factored` templates
     (their macros), each distinct stage once; `sources()` is the module's factories."""
@@ -104,8 +117,9 @@ class FactoryPrinter:
                 self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user, len(kernel.arrays)),
             )
         output = host_output(self.spec, kernel, k) if self.spec.separate_apply else None
+        combine = tuple(combined_before(role, k) for role, _, _ in stages)
         return Printed(
-            tuple(names), tuple(grid for _, grid, _ in stages), plan_source(k), rows, offload, output
+            tuple(names), tuple(grid for _, grid, _ in stages), plan_source(k, combine), rows, offload, output
         )
 
     def _add(self, name: str, function: str, code: str, user: str, rows: int) -> str:

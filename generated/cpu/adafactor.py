@@ -93,15 +93,12 @@ def adafactor_finalize(F, S=None):
 
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        # The per-tensor values between the stages; partials are added in chunk order (deterministic).
-        sums = np.zeros((per_tensor.shape[1], 2))
-        sizes = np.zeros(sums.shape[0])
-        for chunk in range(chunks.tensor.shape[0]):
-            sums[chunks.tensor[chunk], :] += scratch.partials[chunk, :]
-            sizes[chunks.tensor[chunk]] += chunks.stop[chunk] - chunks.start[chunk]
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
         for tensor in range(sums.shape[0]):
-            rms0 = math.sqrt(sums[tensor, 0] / max(sizes[tensor], 1))
-            rms1 = math.sqrt(sums[tensor, 1] / max(sizes[tensor], 1))
+            rms0 = math.sqrt(sums[tensor, 0] / max(sums[tensor, 2], 1))
+            rms1 = math.sqrt(sums[tensor, 1] / max(sums[tensor, 2], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
@@ -201,12 +198,13 @@ def adafactor_factored_lines(F, S=None):
 
     @numba.njit(parallel=True, cache=True, error_model="numpy")
     def lines(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        # Per column, then per row, of each matrix. A column adds its chunks' sums in chunk
-        # order (deterministic).
+        # Per column, then per row, of each matrix: its columns' sums and rows added up by
+        # the run-time (optforge.runtime.combine), the sums over its rows added up after.
         table = chunks
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         row_sums0 = scratch.row_sums[0]
-        col_sums0 = scratch.col_sums[0]
+        columns0 = scratch.columns[0]
         for matrix in numba.prange(table.matrix_tensor.shape[0]):
             tensor = table.matrix_tensor[matrix]
             rows = table.tensor_rows[tensor]
@@ -217,14 +215,9 @@ def adafactor_factored_lines(F, S=None):
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             key = arrays.keys[tensor]
-            # The chunks' column sums, added in chunk order into the first chunk's (contiguous reads).
-            base = table.chunk_cols[table.matrix_chunk0[matrix]]
-            for chunk in range(table.matrix_chunk0[matrix] + 1, table.matrix_chunk1[matrix]):
-                part = table.chunk_cols[chunk]
-                for col in range(cols):
-                    col_sums0[base + col] += col_sums0[part + col]
+            base = table.matrix_cols[matrix]
             for col in range(min(cols, len(C_cols))):
-                col_mean0 = F(col_sums0[base + col] / rows)
+                col_mean0 = F(columns0[base + col] / matrix_rows[matrix])
                 C = load(C_cols[col], F)
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = store(C_new, S.types[3], S.stochastic[3], key, col)
@@ -236,7 +229,7 @@ def adafactor_factored_lines(F, S=None):
                 matrix_mean0_of = R_new
                 R_rows[row] = store(R_new, S.types[2], S.stochastic[2], key, row)
                 matrix_sum0 += f64(matrix_mean0_of)
-            per_matrix[0, matrix] = matrix_sum0 / rows
+            matrix_sums[0, matrix] = matrix_sum0
 
     return lines
 
@@ -253,7 +246,8 @@ def adafactor_factored_pass2(F, S=None):
         # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
         # through a field of a tuple argument.
         partials = scratch.partials
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         for chunk in numba.prange(table.chunk_tensor.shape[0]):
             tensor = table.chunk_tensor[chunk]
             matrix = table.chunk_matrix[chunk]
@@ -265,7 +259,7 @@ def adafactor_factored_pass2(F, S=None):
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             g_m = view(arrays, 1, tensor, S.types[1])
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -294,14 +288,12 @@ def adafactor_factored_finalize(F, S=None):
 
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        # Per-tensor values between passes 2 and 3; partials are added in chunk order (deterministic).
-        table = chunks
-        sums = np.zeros((per_tensor.shape[1], 2))
-        for chunk in range(table.chunk_tensor.shape[0]):
-            sums[table.chunk_tensor[chunk], :] += scratch.partials[chunk, :]
+        # Per-tensor values between passes 2 and 3, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
         for tensor in range(sums.shape[0]):
-            rms0 = math.sqrt(sums[tensor, 0] / max(table.tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sums[tensor, 1] / max(table.tensor_sizes[tensor], 1))
+            rms0 = math.sqrt(sums[tensor, 0] / max(sums[tensor, 2], 1))
+            rms1 = math.sqrt(sums[tensor, 1] / max(sums[tensor, 2], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
@@ -318,7 +310,8 @@ def adafactor_factored_pass3(F, S=None):
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         table = chunks
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         for chunk in numba.prange(table.chunk_tensor.shape[0]):
             tensor = table.chunk_tensor[chunk]
             matrix = table.chunk_matrix[chunk]
@@ -335,7 +328,7 @@ def adafactor_factored_pass3(F, S=None):
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             u0 = F(1.0) + s2 * weight_decay
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -498,7 +491,8 @@ def adafactor_maximize__factored_pass2(F, S=None):
         # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
         # through a field of a tuple argument.
         partials = scratch.partials
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         for chunk in numba.prange(table.chunk_tensor.shape[0]):
             tensor = table.chunk_tensor[chunk]
             matrix = table.chunk_matrix[chunk]
@@ -510,7 +504,7 @@ def adafactor_maximize__factored_pass2(F, S=None):
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             g_m = view(arrays, 1, tensor, S.types[1])
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -539,7 +533,8 @@ def adafactor_maximize__factored_pass3(F, S=None):
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def pass3(chunks, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         table = chunks
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         for chunk in numba.prange(table.chunk_tensor.shape[0]):
             tensor = table.chunk_tensor[chunk]
             matrix = table.chunk_matrix[chunk]
@@ -556,7 +551,7 @@ def adafactor_maximize__factored_pass3(F, S=None):
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             u0 = F(1.0) + s2 * weight_decay
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -596,7 +591,7 @@ VARIANTS = {
             (): Branch(
                 scalars=scalars,
                 stages=per_dtype(adafactor_stage1, adafactor_finalize, adafactor_stage2),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
             ),
         },
         chunk=65536,
@@ -614,7 +609,14 @@ VARIANTS = {
                     adafactor_factored_finalize,
                     adafactor_factored_pass3,
                 ),
-                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                plan=Plan(
+                    per_tensor=3,
+                    reductions=2,
+                    row_sums=1,
+                    col_sums=1,
+                    matrix_means=1,
+                    combine=("", "columns", "matrices", "sums", ""),
+                ),
             ),
         },
         shapes=("row", "col"),
@@ -630,7 +632,7 @@ VARIANTS = {
                 stages=per_dtype(
                     adafactor_maximize_stage1, adafactor_finalize, adafactor_maximize_stage2
                 ),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
             ),
         },
         chunk=65536,
@@ -648,7 +650,14 @@ VARIANTS = {
                     adafactor_factored_finalize,
                     adafactor_maximize__factored_pass3,
                 ),
-                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                plan=Plan(
+                    per_tensor=3,
+                    reductions=2,
+                    row_sums=1,
+                    col_sums=1,
+                    matrix_means=1,
+                    combine=("", "columns", "matrices", "sums", ""),
+                ),
             ),
         },
         shapes=("row", "col"),

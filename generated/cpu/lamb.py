@@ -94,10 +94,9 @@ def lamb_finalize(F, S=None):
 
     @numba.njit(cache=True, error_model="numpy")
     def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
-        # The per-tensor values between the stages; partials are added in chunk order (deterministic).
-        sums = np.zeros((per_tensor.shape[1], 2))
-        for chunk in range(chunks.tensor.shape[0]):
-            sums[chunks.tensor[chunk], :] += scratch.partials[chunk, :]
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
         for tensor in range(sums.shape[0]):
             norm0 = math.sqrt(sums[tensor, 0])
             norm1 = math.sqrt(sums[tensor, 1])
@@ -154,7 +153,7 @@ VARIANTS = {
             (): Branch(
                 scalars=scalars,
                 stages=per_dtype(lamb_stage1, lamb_finalize, lamb_stage2),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
             ),
         },
         chunk=65536,

@@ -93,20 +93,13 @@ def adafactor_finalize(F, S=None):
 
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, eps2, d, s0, s1, s2, rho):
-        partials = scratch.partials
-        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
+        sums = scratch.sums
+        # Per-tensor values between the stages, one thread per tensor, from its sums and element
+        # count (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
         tensor = cuda.grid(1)
         if tensor < per_tensor.shape[1]:
-            sum0 = 0.0
-            sum1 = 0.0
-            size = 0
-            for chunk in range(chunks.tensor.shape[0]):
-                if chunks.tensor[chunk] == tensor:
-                    sum0 += partials[chunk, 0]
-                    sum1 += partials[chunk, 1]
-                    size += chunks.stop[chunk] - chunks.start[chunk]
-            rms0 = math.sqrt(sum0 / max(size, 1))  # padded slots have no chunks
-            rms1 = math.sqrt(sum1 / max(size, 1))  # padded slots have no chunks
+            rms0 = math.sqrt(sums[tensor, 0] / max(sums[tensor, 2], 1))
+            rms1 = math.sqrt(sums[tensor, 1] / max(sums[tensor, 2], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
@@ -226,11 +219,12 @@ def adafactor_factored_lines(F, S=None):
 
     @cuda.jit(cache=True)
     def lines(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         row_sums0 = scratch.row_sums[0]
-        col_sums0 = scratch.col_sums[0]
-        """Adafactor: per column, then per row, of each matrix (a block each). A column adds
-        its chunks' sums in chunk order."""
+        columns0 = scratch.columns[0]
+        """Adafactor: per column, then per row, of each matrix (a block each), from its
+        columns' sums and rows added up by the run-time (optforge.runtime.combine)."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
         key = 0  # row and column state rounds to nearest
@@ -244,10 +238,7 @@ def adafactor_factored_lines(F, S=None):
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
             for col in range(thread, min(cols, len(C_cols)), cuda.blockDim.x):
-                col_sum0 = 0.0
-                for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
-                    col_sum0 += col_sums0[table.chunk_cols[chunk] + col]
-                col_mean0 = F(col_sum0 / rows)
+                col_mean0 = F(columns0[table.matrix_cols[matrix] + col] / matrix_rows[matrix])
                 C = load(C_cols[col], F)
                 C_new = C + s0 * (col_mean0 - C)
                 C_cols[col] = store(C_new, S.types[3], S.stochastic[3], key, col)
@@ -268,7 +259,7 @@ def adafactor_factored_lines(F, S=None):
                 cuda.syncthreads()
                 width //= 2
             if thread == 0:
-                per_matrix[0, matrix] = block_sums[0, 0] / rows
+                matrix_sums[0, matrix] = block_sums[0, 0]
             cuda.syncthreads()
 
     return lines
@@ -283,7 +274,8 @@ def adafactor_factored_pass2(F, S=None):
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         partials = scratch.partials
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         """Adafactor pass 2."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
@@ -297,7 +289,7 @@ def adafactor_factored_pass2(F, S=None):
             C_cols = arrays[3][tensor][
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -336,18 +328,14 @@ def adafactor_factored_finalize(F, S=None):
 
     @cuda.jit(cache=True)
     def finalize(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        partials = scratch.partials
-        """Per-tensor values between passes 2 and 3: one thread per tensor adds its chunks in order."""
+        sums = scratch.sums
+        """Per-tensor values between passes 2 and 3, one thread per tensor, from its sums and
+        element count (optforge.runtime.combine: added in chunk order, and over the ranks of a
+        split tensor)."""
         tensor = cuda.grid(1)
-        if tensor < table.tensor_sizes.shape[0]:
-            sum0 = 0.0
-            sum1 = 0.0
-            for chunk in range(table.chunk_tensor.shape[0]):
-                if table.chunk_tensor[chunk] == tensor:
-                    sum0 += partials[chunk, 0]
-                    sum1 += partials[chunk, 1]
-            rms0 = math.sqrt(sum0 / max(table.tensor_sizes[tensor], 1))
-            rms1 = math.sqrt(sum1 / max(table.tensor_sizes[tensor], 1))
+        if tensor < sums.shape[0]:
+            rms0 = math.sqrt(sums[tensor, 0] / max(sums[tensor, 2], 1))
+            rms1 = math.sqrt(sums[tensor, 1] / max(sums[tensor, 2], 1))
             alpha = rho * max(eps2, rms0)
             u1 = -alpha / max(f64(1.0), rms1 / d)
             per_tensor[2, tensor] = u1
@@ -363,7 +351,8 @@ def adafactor_factored_pass3(F, S=None):
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         """Adafactor pass 3."""
         thread = cuda.threadIdx.x
         for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
@@ -378,7 +367,7 @@ def adafactor_factored_pass3(F, S=None):
             ]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             u0 = F(1.0) + s2 * weight_decay
             key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
@@ -575,7 +564,8 @@ def adafactor_maximize__factored_pass2(F, S=None):
     @cuda.jit(cache=True)
     def pass2(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
         partials = scratch.partials
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         """Adafactor pass 2."""
         block_sums = cuda.shared.array((THREADS, 1), float64)
         thread = cuda.threadIdx.x
@@ -589,7 +579,7 @@ def adafactor_maximize__factored_pass2(F, S=None):
             C_cols = arrays[3][tensor][
                 table.matrix_index[matrix] * cols : (table.matrix_index[matrix] + 1) * cols
             ]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             sum0 = 0.0
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
             for row in range(table.chunk_row0[chunk], row_stop):
@@ -627,7 +617,8 @@ def adafactor_maximize__factored_pass3(F, S=None):
 
     @cuda.jit(cache=True)
     def pass3(table, arrays, per_tensor, scratch, eps1, eps2, d, s0, s1, s2, rho):
-        per_matrix = scratch.per_matrix
+        matrix_sums = scratch.matrix_sums
+        matrix_rows = scratch.matrix_rows
         """Adafactor pass 3."""
         thread = cuda.threadIdx.x
         for chunk in range(cuda.blockIdx.x, table.chunk_tensor.shape[0], cuda.gridDim.x):
@@ -642,7 +633,7 @@ def adafactor_maximize__factored_pass3(F, S=None):
             ]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
-            matrix_mean0 = per_matrix[0, matrix]
+            matrix_mean0 = F(matrix_sums[0, matrix] / matrix_rows[matrix])
             u0 = F(1.0) + s2 * weight_decay
             key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
             row_stop = min(table.chunk_row1[chunk], len(R_rows))
@@ -683,7 +674,7 @@ VARIANTS = {
             (): Branch(
                 scalars=scalars,
                 stages=per_dtype(adafactor_stage1, adafactor_finalize, adafactor_stage2),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
                 grids=("chunks", "tensors", "chunks"),
             ),
         },
@@ -702,7 +693,14 @@ VARIANTS = {
                     adafactor_factored_finalize,
                     adafactor_factored_pass3,
                 ),
-                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                plan=Plan(
+                    per_tensor=3,
+                    reductions=2,
+                    row_sums=1,
+                    col_sums=1,
+                    matrix_means=1,
+                    combine=("", "columns", "matrices", "sums", ""),
+                ),
                 grids=("chunks", "matrices", "chunks", "tensors", "chunks"),
             ),
         },
@@ -719,7 +717,7 @@ VARIANTS = {
                 stages=per_dtype(
                     adafactor_maximize_stage1, adafactor_finalize, adafactor_maximize_stage2
                 ),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
                 grids=("chunks", "tensors", "chunks"),
             ),
         },
@@ -738,7 +736,14 @@ VARIANTS = {
                     adafactor_factored_finalize,
                     adafactor_maximize__factored_pass3,
                 ),
-                plan=Plan(per_tensor=3, reductions=2, row_sums=1, col_sums=1, matrix_means=1),
+                plan=Plan(
+                    per_tensor=3,
+                    reductions=2,
+                    row_sums=1,
+                    col_sums=1,
+                    matrix_means=1,
+                    combine=("", "columns", "matrices", "sums", ""),
+                ),
                 grids=("chunks", "matrices", "chunks", "tensors", "chunks"),
             ),
         },

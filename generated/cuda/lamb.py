@@ -91,18 +91,13 @@ def lamb_finalize(F, S=None):
 
     @cuda.jit(cache=True)
     def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, eps, s0, s1, s2, s3, s4):
-        partials = scratch.partials
-        # Per-tensor values between the stages: one thread per tensor adds its chunks in order.
+        sums = scratch.sums
+        # Per-tensor values between the stages, one thread per tensor, from its sums and element
+        # count (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
         tensor = cuda.grid(1)
         if tensor < per_tensor.shape[1]:
-            sum0 = 0.0
-            sum1 = 0.0
-            for chunk in range(chunks.tensor.shape[0]):
-                if chunks.tensor[chunk] == tensor:
-                    sum0 += partials[chunk, 0]
-                    sum1 += partials[chunk, 1]
-            norm0 = math.sqrt(sum0)
-            norm1 = math.sqrt(sum1)
+            norm0 = math.sqrt(sums[tensor, 0])
+            norm1 = math.sqrt(sums[tensor, 1])
             trust_ratio = (
                 (norm1 / norm0) if (norm0 > f64(0.0)) and (norm1 > f64(0.0)) else (f64(1.0))
             )
@@ -154,7 +149,7 @@ VARIANTS = {
             (): Branch(
                 scalars=scalars,
                 stages=per_dtype(lamb_stage1, lamb_finalize, lamb_stage2),
-                plan=Plan(per_tensor=3, reductions=2),
+                plan=Plan(per_tensor=3, reductions=2, combine=("", "sums", "")),
                 grids=("chunks", "tensors", "chunks"),
             ),
         },

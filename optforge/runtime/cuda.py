@@ -87,11 +87,8 @@ class DeviceLaunchGroup:
         from optforge.runtime.launch import Scratch, scratch_shapes
 
         if plan not in self._buffers:
-            sums, matrix = scratch_shapes(plan, self.host_chunks)
-            scratch = Scratch(
-                *(cuda.device_array(shape, np.float64, stream=stream) for shape in sums),
-                cuda.device_array(matrix, dtype, stream=stream),
-            )
+            shapes = scratch_shapes(plan, self.host_chunks, self.slots)
+            scratch = Scratch(*(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes))
             per_tensor = cuda.device_array((plan.per_tensor, self.slots), dtype, stream=stream)
             self._buffers[plan] = (per_tensor, scratch)
         per_tensor, scratch = self._buffers[plan]
@@ -109,14 +106,71 @@ class DeviceLaunchGroup:
 def run_device_stages(
     branch, dtype, launch: Launch, threads: int, chunks, n_chunks, n_matrices, slots, arguments
 ):
-    """Launch a branch's CUDA stages in order on one stream, each on its grid (Branch.grids)."""
+    """Launch a branch's CUDA stages in order on one stream, each on its grid (Branch.grids),
+    and before each the combining its plan asks for (optforge.runtime.combine)."""
     grids = {
         "chunks": launch.grid(n_chunks, threads),
         "matrices": launch.grid(n_matrices, threads),
         "tensors": launch.grid(1, slots),
     }
-    for stage, grid in zip(branch.stages[dtype.name], branch.grids):
+    scratch = arguments[2]
+    stages = branch.stages[dtype.name]
+    for stage, grid, kind in zip(stages, branch.grids, branch.plan.combine or ("",) * len(stages)):
+        if kind == "sums":
+            sums = _factored_sums if hasattr(chunks, "total_rows") else _flat_sums
+            sums[grids["tensors"]](chunks, scratch.partials, scratch.sums)
+        elif kind == "columns":
+            _matrix_columns[grids["matrices"]](chunks, scratch.col_sums, scratch.columns, scratch.matrix_rows)
         stage[grids[grid]](chunks, *arguments)
+
+
+# optforge.runtime.combine's functions on the device: a thread per tensor adds its chunks'
+# partial sums in chunk order; a block per matrix, a thread per column, its chunks' column sums.
+@cuda.jit
+def _flat_sums(chunks, partials, sums):
+    tensor = cuda.grid(1)
+    if tensor < sums.shape[0]:
+        n = partials.shape[1]
+        for k in range(n + 1):
+            sums[tensor, k] = 0.0
+        for chunk in range(chunks.tensor.shape[0]):
+            if chunks.tensor[chunk] == tensor:
+                for k in range(n):
+                    sums[tensor, k] += partials[chunk, k]
+                sums[tensor, n] += chunks.stop[chunk] - chunks.start[chunk]
+
+
+@cuda.jit
+def _factored_sums(table, partials, sums):
+    tensor = cuda.grid(1)
+    if tensor < sums.shape[0]:
+        n = partials.shape[1]
+        for k in range(n + 1):
+            sums[tensor, k] = 0.0
+        for chunk in range(table.chunk_tensor.shape[0]):
+            if table.chunk_tensor[chunk] == tensor:
+                for k in range(n):
+                    sums[tensor, k] += partials[chunk, k]
+                rows = table.chunk_row1[chunk] - table.chunk_row0[chunk]
+                sums[tensor, n] += rows * table.tensor_cols[tensor]
+
+
+@cuda.jit
+def _matrix_columns(table, col_sums, columns, matrix_rows):
+    for matrix in range(cuda.blockIdx.x, table.matrix_tensor.shape[0], cuda.gridDim.x):
+        cols = table.tensor_cols[table.matrix_tensor[matrix]]
+        base = table.matrix_cols[matrix]
+        for col in range(cuda.threadIdx.x, cols, cuda.blockDim.x):
+            for k in range(col_sums.shape[0]):
+                total = 0.0
+                for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
+                    total += col_sums[k, table.chunk_cols[chunk] + col]
+                columns[k, base + col] = total
+        if cuda.threadIdx.x == 0:
+            rows = 0
+            for chunk in range(table.matrix_chunk0[matrix], table.matrix_chunk1[matrix]):
+                rows += table.chunk_row1[chunk] - table.chunk_row0[chunk]
+            matrix_rows[matrix] = rows
 
 
 @cuda.jit

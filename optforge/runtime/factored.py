@@ -6,9 +6,13 @@ values (row `r` of matrix `b` at `b * rows + r`), its column-shaped state
 `matrices * cols`. A chunk is a range of rows of one matrix, about `chunk`
 elements but at least `chunk // 1024` rows (64 by default), so threads share
 large matrices; the columns' sums of a chunk go to its own slice of a
-scratch buffer (`chunk_cols`), added per matrix in chunk order, so a step's
-bits do not depend on the thread count. An empty tensor gets no matrix and
-no chunk: it is not stepped and its state keeps its initial value. The row minimum keeps that buffer
+scratch buffer (`chunk_cols`), added per matrix in chunk order into the
+matrix's own slice of a second one (`matrix_cols`), so a step's bits do not
+depend on the thread count. An empty tensor gets no matrix and no chunk: it is
+not stepped and its state keeps its initial value; except a tensor whose rows are
+split across ranks (`split_rows`), whose matrix this rank holds no row of: its
+matrix stays (without chunks), since its column factor is every rank's to update
+from the column sums of all of them. The row minimum keeps that buffer
 small for wide matrices: 8 bytes per column and chunk is at most 1/8 byte
 per element (a 10,000-column matrix in chunks of 6 rows would need 1.3).
 """
@@ -32,11 +36,13 @@ class FactoredTable(NamedTuple):
     matrix_chunk0: np.ndarray  # its chunks
     matrix_chunk1: np.ndarray
     matrix_rows: np.ndarray  # offset of its row sums in a buffer of `total_rows`
+    matrix_cols: np.ndarray  # offset of its column sums in a buffer of `total_matrix_cols`
     tensor_rows: np.ndarray  # per tensor: rows and columns of its matrices, and its size
     tensor_cols: np.ndarray
     tensor_sizes: np.ndarray
     total_rows: int
     total_cols: int
+    total_matrix_cols: int
 
 
 def factored_shape(shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -57,15 +63,18 @@ def col_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
 STATE_SHAPES = {"element": lambda shape: shape, "row": row_shape, "col": col_shape}
 
 
-def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
+def factored_table(shapes: list[tuple[int, ...]], chunk: int, split_rows=None) -> FactoredTable:
+    """The table of tensors of `shapes`; `split_rows[t]` says that tensor `t` is one rank's
+    rows of a larger matrix (then it keeps its matrix even when it has no row here)."""
     chunks: list[tuple[int, int, int, int, int]] = []
-    matrices: list[tuple[int, int, int, int, int]] = []
-    total_rows = total_cols = 0
+    matrices: list[tuple[int, int, int, int, int, int]] = []
+    total_rows = total_cols = total_matrix_cols = 0
     for tensor, shape in enumerate(shapes):
         count, rows, cols = factored_shape(shape)
-        if count * rows * cols == 0:
+        shared = split_rows is not None and split_rows[tensor] and count * cols > 0
+        if count * rows * cols == 0 and not shared:
             # An empty tensor has no matrix at all: a matrix without rows (or chunks) would
-            # have its column means divided by zero and its chunk range read past the table.
+            # have its column means divided by zero.
             continue
         step = max(1, chunk // max(cols, 1), chunk // 1024)
         for index in range(count):
@@ -73,8 +82,9 @@ def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
             for row in range(0, rows, step):
                 chunks.append((tensor, len(matrices), row, min(row + step, rows), total_cols))
                 total_cols += cols
-            matrices.append((tensor, index, first, len(chunks), total_rows))
+            matrices.append((tensor, index, first, len(chunks), total_rows, total_matrix_cols))
             total_rows += rows
+            total_matrix_cols += cols
 
     def columns(rows: list[tuple], width: int) -> list[np.ndarray]:
         table = np.array(rows, dtype=np.int64).reshape(len(rows), width)
@@ -83,26 +93,11 @@ def factored_table(shapes: list[tuple[int, ...]], chunk: int) -> FactoredTable:
     dims = [factored_shape(s) for s in shapes]
     return FactoredTable(
         *columns(chunks, 5),
-        *columns(matrices, 5),
+        *columns(matrices, 6),
         np.array([r for _, r, _ in dims], dtype=np.int64),
         np.array([c for _, _, c in dims], dtype=np.int64),
         np.array([math.prod(s) for s in shapes], dtype=np.int64),
         total_rows,
         total_cols,
+        total_matrix_cols,
     )
-
-
-class Scratch:
-    """The buffers a factored kernel's passes hand each other (column sums, row sums, matrix
-    means, per-tensor partial sums), allocated at the first step and reused: a fresh
-    buffer every step would fault in its pages every step (80 MB of column sums for
-    10M elements in one-row matrices). Every buffer is written before it is read."""
-
-    def __init__(self):
-        self._buffers: dict = {}
-
-    def buffer(self, name: str, shape: tuple, dtype) -> np.ndarray:
-        key = (name, tuple(shape), np.dtype(dtype).str)
-        if key not in self._buffers:
-            self._buffers[key] = np.empty(shape, dtype=dtype)
-        return self._buffers[key]

@@ -14,6 +14,12 @@ class Plan(NamedTuple):
     `per_tensor` rows of per-tensor values (weight_decay, grad_scale, then what a
     finalize stage computes from the reductions); `reductions` partial sums per chunk;
     a factored kernel's row sums, column sums and per-matrix means.
+
+    `combine` says, per stage, what the run-time combines before it runs
+    (optforge.runtime.combine): "sums" (each tensor's partial sums, over its chunks),
+    "columns" (each matrix's column sums, over its chunks), "matrices" (the per-matrix
+    sums the line stage wrote), or "" (nothing). Those are the values a tensor split
+    across ranks sums over them (optforge.runtime.shards) before the stage reads them.
     """
 
     per_tensor: int = 2
@@ -21,6 +27,7 @@ class Plan(NamedTuple):
     row_sums: int = 0
     col_sums: int = 0
     matrix_means: int = 0
+    combine: tuple[str, ...] = ()
 
 
 class Branch(NamedTuple):

@@ -2,8 +2,9 @@
 
 Every generated stage is called the same way,
 ``stage(chunks, arrays, per_tensor, scratch, *scalars)``, so the run-time needs no
-generated driver: a branch's `Plan` says how large the shared buffers are, and its
-stages run one after the other over them. The buffers of a batch are made once and
+generated driver: a branch's `Plan` says how large the shared buffers are and which
+sums are combined between which stages (optforge.runtime.combine), and its stages
+run one after the other over them. The buffers of a batch are made once and
 reused every step (a fresh buffer would fault its pages in every step).
 """
 
@@ -13,17 +14,23 @@ from typing import NamedTuple
 
 import numpy as np
 
+from optforge.runtime.combine import combine
 from optforge.runtime.kernels import Branch, Plan
 from optforge.runtime.pointers import PointerTable, pointer_table
 
 
 class Scratch(NamedTuple):
-    """What stages hand each other besides the per-tensor values (all written before read)."""
+    """What stages hand each other besides the per-tensor values (all written before read),
+    all float64: what the stages write, and what the run-time combines from it between
+    them (optforge.runtime.combine)."""
 
-    partials: np.ndarray  # float64[chunks, reductions]: each chunk's partial sums
-    row_sums: np.ndarray  # float64[row sums, total rows]: a factored kernel's per-row sums
-    col_sums: np.ndarray  # float64[column sums, total columns]: per chunk, its columns' sums
-    per_matrix: np.ndarray  # dtype[matrix means, matrices]
+    partials: np.ndarray  # [chunks, reductions]: each chunk's partial sums
+    row_sums: np.ndarray  # [row sums, total rows]: a factored kernel's per-row sums
+    col_sums: np.ndarray  # [column sums, total columns]: per chunk, its columns' sums
+    sums: np.ndarray  # [tensors, reductions + 1]: per tensor, its sums and its element count
+    columns: np.ndarray  # [column sums, total matrix columns]: per matrix, its columns' sums
+    matrix_rows: np.ndarray  # [matrices]: per matrix, its rows
+    matrix_sums: np.ndarray  # [matrix means, matrices]: per matrix, the sums over its rows
 
 
 class StageBuffers:
@@ -35,27 +42,28 @@ class StageBuffers:
 
     def get(self, plan: Plan) -> tuple[np.ndarray, Scratch]:
         if plan not in self._made:
-            self._made[plan] = (np.zeros((plan.per_tensor, self.tensors), self.dtype), self._scratch(plan))
+            scratch = Scratch(*(np.zeros(shape) for shape in scratch_shapes(plan, self.chunks, self.tensors)))
+            self._made[plan] = (np.zeros((plan.per_tensor, self.tensors), self.dtype), scratch)
         return self._made[plan]
 
-    def _scratch(self, plan: Plan) -> Scratch:
-        sums, matrix = scratch_shapes(plan, self.chunks)
-        return Scratch(*(np.zeros(shape) for shape in sums), np.zeros(matrix, self.dtype))
 
-
-def scratch_shapes(plan: Plan, chunks) -> tuple[list[tuple[int, int]], tuple[int, int]]:
-    """(the float64 buffers' shapes: partials, row sums, column sums; the per-matrix means'
-    shape) of a plan over a chunk table (a factored kernel's FactoredTable has its totals)."""
+def scratch_shapes(plan: Plan, chunks, tensors: int) -> list[tuple[int, ...]]:
+    """The shapes of a plan's Scratch buffers over a chunk table of `tensors` tensors (a
+    factored kernel's FactoredTable has its totals)."""
     factored = hasattr(chunks, "total_rows")
-    sums = [
+    matrices = chunks.matrix_tensor.shape[0] if factored else 0
+    return [
         (chunks[0].shape[0], plan.reductions),
         (plan.row_sums, chunks.total_rows if factored else 0),
         (plan.col_sums, chunks.total_cols if factored else 0),
+        (tensors, plan.reductions + 1),
+        (plan.col_sums, chunks.total_matrix_cols if factored else 0),
+        (matrices,),
+        (plan.matrix_means, matrices),
     ]
-    return sums, (plan.matrix_means, chunks.matrix_tensor.shape[0] if factored else 0)
 
 
-def run_stages(
+def stage_steps(
     branch: Branch,
     key,
     chunks,
@@ -64,14 +72,26 @@ def run_stages(
     weight_decay: np.ndarray,
     grad_scale: np.ndarray,
     scalars,
-) -> None:
-    """One step of a batch: `weight_decay` and `grad_scale` per tensor, then every stage of
-    `branch` compiled for `key` (a dtype name, or the batch's Precision: see per_dtype)."""
+):
+    """One step of a batch, as a generator: `weight_decay` and `grad_scale` per tensor, then
+    every stage of `branch` compiled for `key` (a dtype name, or the batch's Precision: see
+    per_dtype). Before a stage that reads combined sums (Plan.combine) it combines them and
+    yields (kind, scratch): a caller stepping shards adds the other ranks' parts there."""
     per_tensor, scratch = buffers.get(branch.plan)
     per_tensor[0] = weight_decay
     per_tensor[1] = grad_scale
-    for stage in branch.stages[key]:
+    stages = branch.stages[key]
+    for stage, kind in zip(stages, branch.plan.combine or ("",) * len(stages)):
+        if kind:
+            combine(kind, chunks, scratch)
+            yield kind, scratch
         stage(chunks, arrays, per_tensor, scratch, *scalars)
+
+
+def run_stages(*args) -> None:
+    """`stage_steps` run through, on one process (nothing added between the stages)."""
+    for _ in stage_steps(*args):
+        pass
 
 
 def step_arrays(

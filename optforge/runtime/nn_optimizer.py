@@ -103,17 +103,24 @@ class NNOptimizer(FusedOptimizer):
         hypers = tuple(self.hypers[name] for name in self._HYPERS)
         steps = self._host_steps(k + 1, lrs, [hypers] * len(self.groups))
         # Every check has passed: from here on the step changes parameters and state.
-        for batch, step in zip(self._batches, steps):
-            self._launch(
-                batch,
-                grads,
-                t=k + 1,
-                lr=lrs[batch.group],
-                wd=wds[batch.group],
-                decays=[self._decays[i] for i in batch.indices],
-                gc=[self._centralize[i] for i in batch.indices],
-                step=step,
-            )
+        self._run_batches(
+            [
+                (
+                    batch,
+                    self._launch(
+                        batch,
+                        grads,
+                        t=k + 1,
+                        lr=lrs[batch.group],
+                        wd=wds[batch.group],
+                        decays=[self._decays[i] for i in batch.indices],
+                        gc=[self._centralize[i] for i in batch.indices],
+                        step=step,
+                    ),
+                )
+                for batch, step in zip(self._batches, steps)
+            ]
+        )
         self.global_step = k + 1
         return True
 

@@ -174,17 +174,24 @@ class OptimOptimizer(FusedOptimizer):
         t = self.global_step + 1
         steps = self._host_steps(t, lrs, hypers)
         # Every check has passed: from here on the step changes parameters and state.
-        for batch, step in zip(self._batches, steps):
-            self._launch(
-                batch,
-                grads,
-                t=t,
-                lr=lrs[batch.group],
-                wd=wds[batch.group],
-                decays=[True] * len(batch.indices),
-                gc=[False] * len(batch.indices),
-                step=step,
-            )
+        self._run_batches(
+            [
+                (
+                    batch,
+                    self._launch(
+                        batch,
+                        grads,
+                        t=t,
+                        lr=lrs[batch.group],
+                        wd=wds[batch.group],
+                        decays=[True] * len(batch.indices),
+                        gc=[False] * len(batch.indices),
+                        step=step,
+                    ),
+                )
+                for batch, step in zip(self._batches, steps)
+            ]
+        )
         self.global_step = t
         return True
 

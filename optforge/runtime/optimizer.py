@@ -22,7 +22,7 @@ from optforge.runtime.checks import check_type
 from optforge.runtime.factored import factored_table
 from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
-from optforge.runtime.launch import StageBuffers, run_stages
+from optforge.runtime.launch import StageBuffers, stage_steps
 from optforge.runtime.pointers import PointerTable, pointer_table, set_row
 from optforge.runtime.precision import (
     SIXTEEN_BIT,
@@ -34,6 +34,7 @@ from optforge.runtime.precision import (
     storage_name,
 )
 from optforge.runtime.row_tensor import RowTensor
+from optforge.runtime.shards import BatchShards, run_lockstep
 from optforge.runtime.storage import rounding_keys
 
 
@@ -63,6 +64,8 @@ class _Batch:
     # the dtype's name when every array is in the compute type, else the Precision.
     precision: Precision | None = None
     key: object = None
+    # Its tensors that are one rank's part of larger ones (optforge.runtime.shards), or None.
+    shards: BatchShards | None = None
     _flat_chunks: object = None
     _n_params: int = 0  # how many parameters the optimizer has (for `whole`)
     _whole: bool | None = None
@@ -203,6 +206,9 @@ class FusedOptimizer:
     stochastic_rounding = False
     _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
     _ALL_PARAMETERS = True  # `parameters` are all the class's (not a torch engine's cohort)
+    # all_reduce(x): sums the float64 array `x` in place over the ranks that hold the parts of
+    # the split parameters (optforge.distributed.torch_all_reduce makes one for a process group).
+    all_reduce = None
 
     def _set_skip_nonfinite(self, skip_nonfinite) -> None:
         check_type(type(self).__name__, "skip_nonfinite", skip_nonfinite, ("bool",))
@@ -278,6 +284,7 @@ class FusedOptimizer:
         ]
         check_parameters(cls, policy, self.parameters, precisions, self._ALL_PARAMETERS)
         self._check_precision_use(precisions, on_device)
+        self._check_split_use([module.VARIANTS[key] for key in keys], on_device)
         if any(pr.master for pr in precisions):
             names.append(MASTER)
 
@@ -326,8 +333,10 @@ class FusedOptimizer:
                     continue
                 params = [self.parameters[i] for i in members]
                 v = module.VARIANTS[key]
+                split = [p.split is not None and math.prod(p.split) > 0 for p in params]
+                rows = [sp and p.ndim == 2 for sp, p in zip(split, params)]  # one matrix, its rows split
                 if v.factored:
-                    chunks = factored_table([p.shape for p in params], v.chunk)
+                    chunks = factored_table([p.shape for p in params], v.chunk, split_rows=rows)
                 else:
                     chunks = chunk_table([p.size for p in params], v.chunk)
                 self._batches.append(
@@ -345,10 +354,33 @@ class FusedOptimizer:
                     )
                 )
                 self._batches[-1]._n_params = len(self.parameters)
+                if any(split):
+                    self._batches[-1].shards = BatchShards(split, rows)
 
     def _tensor_ids(self, batch: _Batch) -> np.ndarray:
         """Each tensor's number in the rounding keys: its position among the parameters."""
         return batch.positions()
+
+    def _check_split_use(self, variants: list[Variant], on_device: list[bool]) -> None:
+        """What split parameters (parts of larger tensors, optforge.runtime.shards) cannot do
+        (ValueError, before anything is made): a centralized gradient (its mean would be this
+        part's), a per-tensor reduction on the device (added up over the ranks on the host only)."""
+        cls = type(self).__name__
+        centralize = getattr(self, "_centralize", None) or [False] * len(self.parameters)
+        for p, v, dev, gc in zip(self.parameters, variants, on_device, centralize):
+            if p.split is None:
+                continue
+            if gc:
+                raise ValueError(
+                    f"For '{cls}', parameter '{p.name}' is a part of a larger tensor (split): "
+                    "grad_centralization would take the mean of this part only."
+                )
+            if dev and any(b.plan.combine for b in v.branches.values()):
+                raise ValueError(
+                    f"For '{cls}', parameter '{p.name}' is a part of a larger tensor (split) on a CUDA "
+                    "device: this optimizer's per-tensor reductions are added up over the ranks for "
+                    "host parameters only, so far."
+                )
 
     def _check_precision_use(self, precisions: list[Precision], on_device: list[bool]) -> None:
         """What the kernels cannot yet do under a precision policy (ValueError, before anything
@@ -375,7 +407,8 @@ class FusedOptimizer:
     # What `_allocate` builds over this optimizer's own memory: its batches' pointer tables
     # hold raw addresses, which a copy would carry over unchanged (the copy would step the
     # original's parameters and state, and an unpickled one freed or foreign memory).
-    _BOUND_TO_MEMORY = ("_batches", "_device", "_lock", "_variant")
+    # A copy does not take the original's `all_reduce` (a process group's: not picklable).
+    _BOUND_TO_MEMORY = ("_batches", "_device", "_lock", "_variant", "all_reduce")
 
     def __getstate__(self) -> dict:
         """Everything but the kernels' bindings; `__setstate__` binds the copy's own arrays."""
@@ -728,8 +761,26 @@ class FusedOptimizer:
                 ) from None
         return steps
 
+    def _run_batches(self, launches: list[tuple]) -> None:
+        """Run every batch's `_launch` ((batch, generator) pairs), in lockstep over the ranks
+        when some batch has split tensors (optforge.runtime.shards)."""
+        split = [batch for batch, _ in launches if getattr(batch, "shards", None) is not None]
+        if (
+            split
+            and self.all_reduce is None
+            and any(b.plan.combine for batch in split for b in batch.variant.branches.values())
+        ):
+            raise RuntimeError(
+                f"For '{type(self).__name__}', some parameters are parts of larger tensors (split), "
+                "and this optimizer's per-tensor reductions need every rank's part: set its "
+                "`all_reduce` (optforge.distributed.torch_all_reduce(group)). Nothing was changed."
+            )
+        run_lockstep(launches, self.all_reduce if split else None)
+
     def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, step: tuple):
-        """One step of `batch`: its dense tensors in one call, row-sparse ones row by row.
+        """One step of `batch` (a generator: run it through, or in lockstep with the other
+        batches and ranks, see `_run_batches`): its dense tensors in one call, row-sparse ones
+        row by row.
 
         `decays[pos]` says whether the weight decay applies to the tensor at
         `pos`; `gc[pos]` whether its gradient is centralized; `step` is the batch's
@@ -739,7 +790,7 @@ class FusedOptimizer:
         if not isinstance(batch, _Batch):  # a device batch
             self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers, (branch, scalars))
             return
-        if batch.chunks[0].size == 0:
+        if batch.chunks[0].size == 0 and batch.shards is None:  # (a split one takes part in the sums)
             return
         scalar = batch.dtype.type
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
@@ -766,8 +817,8 @@ class FusedOptimizer:
             chunks = type(chunks)(*(a[keep] for a in chunks))
         if batch.precision.stochastic:  # this step's rounding bits, per tensor
             batch.arrays.keys[:] = rounding_keys(self._ROUNDING_SEED, t, self._tensor_ids(batch))
-        if chunks[0].size:
-            run_stages(
+        if chunks[0].size or batch.shards is not None:
+            yield from stage_steps(
                 branch, batch.key, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
             )
         for pos, i, rows, values in sparse:

@@ -41,6 +41,7 @@ from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_va
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.torch import options
+from optforge.torch.dtensor import local, local_value, reduction_group, split_dim, state_tensor
 
 
 def check_value(
@@ -111,6 +112,8 @@ class _Engine(OptimOptimizer):
             self._group_of += [g] * len(mine)
         self.parameters = tuple(views[i] for i in self.members)
         self.global_step = 0
+        # FSDP2's DTensors: their per-tensor sums added up over the mesh (optforge.runtime.shards).
+        self.all_reduce = owner._all_reduce_for(self.members)
         self.sync(owner)
         self._batches = None
         if state is None:
@@ -388,7 +391,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             cohort.engine.ready(self)
             grads = _addressed([params[i] for i in cohort.engine.members])
             if grads is None:  # not all plain: each one viewed and checked (and refused, or copied)
-                grads = [_grad_view(params[i].grad, type(self).__name__) for i in cohort.engine.members]
+                members = cohort.engine.members
+                grads = [_grad_view(local(params[i].grad), type(self).__name__) for i in members]
                 grads = cohort.engine._check_gradients(grads)
             checked.append((cohort, grads))
             cohort.engine.sync(self)
@@ -410,7 +414,7 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def _check_memory(self, cohort: _Cohort, params: list) -> None:
         for i, pointer in zip(cohort.engine.members, cohort.pointers):
-            if params[i].data_ptr() != pointer:
+            if local(params[i]).data_ptr() != pointer:
                 raise RuntimeError(
                     f"{type(self).__name__}: parameter {i}'s memory moved (its .data was replaced, or the "
                     "model was moved) after its first step; optforge steps the memory it saw then. Create "
@@ -480,7 +484,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         # among the ones stepped first (a cohort of float32 ones is stepped plainly).
         check_sixteen_bit(type(self).__name__, self._policy, [_numpy_dtype(p.dtype) for p in params])
         views = {i: _view(params[i], f"param{i}") for i in members}
-        return _Cohort(self._ENGINE(self, members, views), [params[i].data_ptr() for i in members])
+        return _Cohort(self._ENGINE(self, members, views), [local(params[i]).data_ptr() for i in members])
 
     def _register(self, cohort: _Cohort) -> None:
         """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
@@ -489,8 +493,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         for pos, i in enumerate(engine.members):
             # None: a state this tensor's variant lacks (Adafactor: row/col factors for
             # matrices, else variance) or torch does not keep (SGD's buffer without momentum).
+            kinds = self._state_kinds(params[i])
             views = {
-                self._state_key(name): _as_tensor(arrays[pos], params[i])
+                self._state_key(name): self._state_tensor(arrays[pos], params[i], kinds.get(name, "element"))
                 for name, arrays in engine.state.items()
                 if arrays[pos] is not None
             }
@@ -610,10 +615,12 @@ class TorchOptimizer(torch.optim.Optimizer):
             engine = cohort.engine
             engine.global_step = step
             for pos, i in enumerate(engine.members):
+                kinds = self._state_kinds(params[i])
                 for name, arrays in engine.state.items():
                     value = loaded[i].get(self._state_key(name))
                     if value is not None and arrays[pos] is not None:
-                        _as_tensor(arrays[pos], params[i]).copy_(value)
+                        shown = self._state_tensor(arrays[pos], params[i], kinds.get(name, "element"))
+                        local(shown).copy_(local_value(value, shown))
             self._register(cohort)
             self._cohorts.append(cohort)
 
@@ -657,20 +664,48 @@ class TorchOptimizer(torch.optim.Optimizer):
                     # A state torch does not keep for the group (RMSprop's buffer without
                     # momentum) is absent: None, as the engine it came from held it.
                     tensor = self.state[params[i]].get(self._STATE_KEYS[name])
-                    arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(tensor)
+                    arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(local(tensor))
                 if MASTER in self.state[params[i]]:  # master weights: the float32 copy
-                    arrays.setdefault(MASTER, {})[i] = _as_array(self.state[params[i]][MASTER])
+                    arrays.setdefault(MASTER, {})[i] = _as_array(local(self.state[params[i]][MASTER]))
             views = {i: _view(params[i], f"param{i}") for i in members}
             engine = self._ENGINE(self, members, views, arrays)
             engine.global_step = step
-            self._cohorts.append(_Cohort(engine, [params[i].data_ptr() for i in engine.members]))
+            self._cohorts.append(_Cohort(engine, [local(params[i]).data_ptr() for i in engine.members]))
             self._link_steps(engine)
 
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
         Adafactor: row and column factors for a matrix, a full variance for a vector)."""
+        return self._tensor_variant(p).state_shapes(tuple(p.shape))
+
+    def _tensor_variant(self, p: torch.Tensor):
         module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
-        return module.VARIANTS[tensor_variant_key(module, self._variant_key(), p.dim())].state_shapes(p.shape)
+        return module.VARIANTS[tensor_variant_key(module, self._variant_key(), p.dim())]
+
+    def _state_kinds(self, p: torch.Tensor) -> dict[str, str]:
+        """Each state's shape kind for `p`: "element", or a factored variant's "row"/"col"."""
+        v = self._tensor_variant(p)
+        return dict(zip(v.state, v.shapes or ("element",) * len(v.state)))
+
+    def _state_tensor(self, array, p: torch.Tensor, kind: str) -> torch.Tensor:
+        """The tensor `state[p]` shows for an engine array: a view of it (a DTensor over it
+        for FSDP2's parameters, optforge.torch.dtensor)."""
+        return state_tensor(_as_tensor(array, local(p)), p, kind)
+
+    def _all_reduce_for(self, members: list[int]):
+        """How an engine over `members` adds its per-tensor sums up over the ranks: for a spec
+        that reduces, over the process group splitting its DTensor parameters (None: none is)."""
+        module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+        reduces = any(b.plan.combine for v in module.VARIANTS.values() for b in v.branches.values())
+        if not reduces:
+            return None
+        params = self._flat_params()
+        group = reduction_group([params[i] for i in members], type(self).__name__)
+        if group is None:
+            return None
+        from optforge.distributed import torch_all_reduce
+
+        return torch_all_reduce(group)
 
 
 # The parameter dtypes the kernels step (16-bit ones in float32, their arrays as ml_dtypes'
@@ -679,9 +714,14 @@ TORCH_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _view(p: torch.Tensor, name: str) -> Parameter:
-    """A Parameter over the tensor's own memory (no copy)."""
-    data = p.detach()
-    return Parameter(data if data.is_cuda else _numpy(data), name)
+    """A Parameter over the tensor's own memory (no copy): a DTensor's local part, `split`
+    when the other ranks hold the rest of it along dimension 0."""
+    data = local(p).detach()
+    try:
+        split = None if split_dim(p) is None else tuple(p.shape)
+    except NotImplementedError:  # stepped part by part; refused where a spec reduces (_all_reduce_for)
+        split = None
+    return Parameter(data if data.is_cuda else _numpy(data), name, split=split)
 
 
 def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
@@ -704,7 +744,7 @@ def _addressed(params: list) -> Addressed | None:
     negation. Otherwise None: the caller views and checks each one."""
     grads, addresses, sizes = [], [], []
     for p in params:
-        g = p.grad
+        p, g = local(p), local(p.grad)
         if (
             g.layout is not torch.strided
             or g.is_cuda
