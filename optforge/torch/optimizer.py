@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import operator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -250,6 +251,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self.skipped_steps = 0
         self._cohorts: list[_Cohort] = []
         self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
+        self._registered: list[dict | None] = []  # each parameter's state[p] as its engine left it
         super().__init__(params, defaults)
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
 
@@ -304,6 +306,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             self.param_groups.pop()  # refused: the optimizer is as it was
             raise
         self._steps = np.zeros(len(self._flat_params()), dtype=np.float32)
+        self._registered += [None] * (len(self._steps) - len(self._registered))
         for cohort in self._cohorts:  # new arrays: the state's step tensors must view them
             self._link_steps(cohort.engine)
 
@@ -378,6 +381,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         params = self._flat_params()
+        self._adopt_replaced_state(params)
         has_grad = [p.grad is not None for p in params]
         work, pieces, new = self._plan(params, has_grad)
         # When every cohort steps whole, their distinct step counts stay distinct: the cohorts
@@ -507,10 +511,33 @@ class TorchOptimizer(torch.optim.Optimizer):
     def _link_steps(self, engine: _Engine) -> None:
         params = self._flat_params()
         self._steps[engine.members] = engine.global_step
-        if not self._STEP_STATE:  # torch's SGD keeps no step per parameter
-            return
         for i in engine.members:
-            self.state[params[i]]["step"] = torch.from_numpy(self._steps[i : i + 1].reshape(()))
+            if self._STEP_STATE:  # torch's SGD keeps no step per parameter
+                self.state[params[i]]["step"] = torch.from_numpy(self._steps[i : i + 1].reshape(()))
+            self._registered[i] = self.state.get(params[i])
+
+    def _adopt_replaced_state(self, params: list) -> None:
+        """State put into `self.state` from outside becomes the engines' state.
+
+        torch's ZeroRedundancyOptimizer.load_state_dict gives each of its rank's parameters
+        a new dict, ``optim.state[p] = {...}``, not through `load_state_dict` (so does a
+        user who assigns ``state[p]``); the engines would step their own arrays and the
+        loaded values would be lost. When a parameter's dict is not the one its engine left
+        (or one not stepped yet has state), all of `self.state` is loaded as a state dict:
+        checked, and copied into new engines, as `load_state_dict` does.
+        """
+        state = self.state
+        if not any(map(operator.is_not, map(state.get, params), self._registered)):
+            return  # the usual case, checked at C speed: every dict is the engine's (or absent)
+        if all(
+            state.get(p) is mine if mine is not None else not state.get(p)
+            for p, mine in zip(params, self._registered)
+        ):
+            return  # an empty dict made by reading state[p] of a parameter without state
+        count = iter(range(len(params)))
+        groups = [{**group, "params": [next(count) for _ in group["params"]]} for group in self.param_groups]
+        saved = {i: dict(state[p]) for i, p in enumerate(params) if state.get(p)}
+        self.load_state_dict({"state": saved, "param_groups": groups})
 
     # -- checkpoints in torch's layout --
 
@@ -518,6 +545,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         """torch's `state_dict()`: ``state`` (per parameter index: ``step`` and the state
         tensors, under torch's names) and ``param_groups``; `torch.save` it, or load it into
         this class or into torch's own optimizer of the same name."""
+        self._adopt_replaced_state(self._flat_params())
         for cohort in self._cohorts:  # a scheduler may have changed a group's hyperparameters
             self._refresh_extra_state(cohort.engine)
         return super().state_dict()
@@ -609,6 +637,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         self.state.clear()
         self._cohorts = []
         self._steps = np.zeros(len(params), dtype=np.float32)
+        self._registered = [None] * len(params)
         for step in sorted(set(steps.values())):
             members = [i for i in sorted(steps) if steps[i] == step]
             cohort = self._new_cohort(members, params)
@@ -656,6 +685,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         params = self._flat_params()
         self._steps = np.zeros(len(params), dtype=np.float32)
+        self._registered = [None] * len(params)
         self._cohorts = []
         for members, step in cohorts:  # engines over the copy's parameters and state tensors
             arrays: dict[str, dict[int, object]] = {}
