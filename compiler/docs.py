@@ -15,6 +15,7 @@ import sympy as sp
 
 from optforge.compiler import spec as S
 from optforge.compiler.build import stale_files, write_files
+from optforge.compiler.communication import shard_rounds
 from optforge.compiler.passes.int8 import int8_storage
 from optforge.compiler.render import environment
 from optforge.compiler.traffic import precision_rows
@@ -260,6 +261,7 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
             for s in spec.state
         ],
         precision=precision_rows(spec),
+        shard_rounds=shard_rounds(spec),
         int8=[(state_names.get(v.state, v.state), v.table, "; ".join(v.reasons)) for v in int8_storage(spec)],
         notes=list(spec.notes) + list(DIALECT_NOTES[export.dialect]),
         example=example(spec, export, module),

@@ -47,6 +47,31 @@ class Printed:
     host_output: str | None = None  # a separately applied spec's: the state the host stage writes
 
 
+def stage_roles(k: dict) -> list[tuple[str, str]]:
+    """(role, grid) of each stage of a kernel (its launch_context `k`), in order: the fused
+    step; or stage 1, the finalize (where the kernel has per-tensor values) and stage 2; or
+    a factored kernel's passes around its line stage and finalize."""
+    finalize = [("finalize", "tensors")] if k["finalize_lines"] else []
+    if k["factored"]:
+        passes = [("pass1", "chunks"), ("lines", "matrices"), ("pass2", "chunks")]
+        return [*passes, *finalize, ("pass3", "chunks")]
+    if k["fused"]:
+        return [("step", "chunks")]
+    return [("stage1", "chunks"), *finalize, ("stage2", "chunks")]
+
+
+def stage_code(macros, k: dict, role: str) -> str:
+    """The code of the stage of `role`, printed by the template's macro for it."""
+    if role == "lines":
+        return macros.lines_kernel(k)
+    if role == "finalize":
+        return macros.finalize_kernel(k)
+    if k["factored"]:
+        n = ("pass1", "pass2", "pass3").index(role)
+        return macros.pass_kernel(k, k["stages"][n], n)
+    return macros.stage_kernel(k, k["stages"][0 if role in ("step", "stage1") else 1], role)
+
+
 def combined_before(role: str, k: dict) -> str:
     """What the run-time combines before a stage of `role` (Plan.combine): the per-tensor sums
     before a finalize, a factored kernel's column sums before its line stage and its sums
@@ -78,25 +103,8 @@ class FactoryPrinter:
     def kernel(self, kernel: Kernel) -> Printed:
         k = launch_context(self.spec, kernel, self.fma_name)
         base = factory_name(kernel)
-        if k["factored"]:
-            macros = self.templates["factored"]
-            stages = [
-                ("pass1", "chunks", macros.pass_kernel(k, k["stages"][0], 0)),
-                ("lines", "matrices", macros.lines_kernel(k)),
-                ("pass2", "chunks", macros.pass_kernel(k, k["stages"][1], 1)),
-            ]
-            if k["finalize_lines"]:
-                stages.append(("finalize", "tensors", macros.finalize_kernel(k)))
-            stages.append(("pass3", "chunks", macros.pass_kernel(k, k["stages"][2], 2)))
-        else:
-            macros = self.templates["flat"]
-            if k["fused"]:
-                stages = [("step", "chunks", macros.stage_kernel(k, k["stages"][0], "step"))]
-            else:
-                stages = [("stage1", "chunks", macros.stage_kernel(k, k["stages"][0], "stage1"))]
-                if k["finalize_lines"]:
-                    stages.append(("finalize", "tensors", macros.finalize_kernel(k)))
-                stages.append(("stage2", "chunks", macros.stage_kernel(k, k["stages"][1], "stage2")))
+        macros = self.templates["factored" if k["factored"] else "flat"]
+        stages = [(role, grid, stage_code(macros, k, role)) for role, grid in stage_roles(k)]
         user = describe(kernel)
         names = [
             self._add(base if role == "step" else f"{base}_{role}", role, code, user, len(kernel.arrays))
