@@ -22,17 +22,18 @@ import torch
 from tests.distributed_harness import run_ranks
 
 STEPS = 10
-# (class, keywords): two elementwise specs, two with per-tensor reductions.
+# label: (class, keywords): elementwise specs, and two with per-tensor reductions.
 OPTIMIZERS = {
-    "AdamW": {"lr": 1e-2, "weight_decay": 0.1},
-    "Lamb": {"lr": 1e-2, "weight_decay": 0.1},
-    "Adafactor": {"lr": 1e-2, "weight_decay": 0.01},
-    "SGD": {"lr": 1e-2, "momentum": 0.9},
+    "AdamW": ("AdamW", {"lr": 1e-2, "weight_decay": 0.1}),
+    "Lamb": ("Lamb", {"lr": 1e-2, "weight_decay": 0.1}),
+    "Adafactor": ("Adafactor", {"lr": 1e-2, "weight_decay": 0.01}),
+    "SGD": ("SGD", {"lr": 1e-2, "momentum": 0.9}),
+    "AdamW bf16 state": ("AdamW", {"lr": 1e-2, "state_dtype": "bfloat16"}),
 }
 REDUCES = {"Lamb", "Adafactor"}
 # all-reduces per step: Lamb's two norms in one; Adafactor's matrices need three rounds (column
 # sums, then the sums over the new row factor, then the update's RMS: each needs the last).
-COLLECTIVES = {"AdamW": 0, "SGD": 0, "Lamb": 1, "Adafactor": 3}
+COLLECTIVES = {"AdamW": 0, "SGD": 0, "Lamb": 1, "Adafactor": 3, "AdamW bf16 state": 0}
 
 
 class Stack(torch.nn.Module):
@@ -112,9 +113,9 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
     import optforge.torch as ot
 
     results = {}
-    for name, kwargs in OPTIMIZERS.items():
+    for name, (cls, kwargs) in OPTIMIZERS.items():
         m = sharded(world)
-        opt = getattr(ot, name)(m.parameters(), **kwargs)
+        opt = getattr(ot, cls)(m.parameters(), **kwargs)
         data = batches()
         train(m, opt, data[:1])
         with CountAllReduce() as counter:  # the optimizer's steps only
@@ -140,8 +141,9 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
     optforge.distributed.torch_all_reduce = lambda group=None: lambda values: None
     try:
         for name in REDUCES:
+            cls, kwargs = OPTIMIZERS[name]
             m = sharded(world)
-            opt = getattr(ot, name)(m.parameters(), **OPTIMIZERS[name])
+            opt = getattr(ot, cls)(m.parameters(), **kwargs)
             train(m, opt, batches())
             for key, p in m.named_parameters():
                 results[f"unreduced {name}/{key}"] = p.full_tensor().detach().clone()
@@ -150,16 +152,17 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
 
     # DCP: save after 5 steps, load into a fresh model and optimizer, 5 more: bit-exact.
     data = batches()
-    for name in ("AdamW", "Lamb", "Adafactor"):
+    for name in ("AdamW", "Lamb", "Adafactor", "AdamW bf16 state"):
+        cls, kwargs = OPTIMIZERS[name]
         m = sharded(world)
-        opt = getattr(ot, name)(m.parameters(), **OPTIMIZERS[name])
+        opt = getattr(ot, cls)(m.parameters(), **kwargs)
         train(m, opt, data[:5])
         model_sd, optim_sd = get_state_dict(m, opt)
-        path = os.path.join(out, f"dcp-{name}")
+        path = os.path.join(out, f"dcp-{name}".replace(" ", "-"))
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
         train(m, opt, data[5:])
         fresh = sharded(world)
-        fresh_opt = getattr(ot, name)(fresh.parameters(), **OPTIMIZERS[name])
+        fresh_opt = getattr(ot, cls)(fresh.parameters(), **kwargs)
         model_sd, optim_sd = get_state_dict(fresh, fresh_opt)
         loaded = {"model": model_sd, "optim": optim_sd}
         dcp.load(loaded, checkpoint_id=path)
@@ -167,6 +170,20 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
         train(fresh, fresh_opt, data[5:])
         for (key, a), b in zip(m.named_parameters(), fresh.parameters()):
             results[f"resumed {name}/{key}"] = bool(torch.equal(a.to_local(), b.to_local()))
+    # torch.optim's sharded state dicts: torch's AdamW hands over to ours mid-run, and ours to
+    # torch's, through get_optimizer_state_dict / set_optimizer_state_dict.
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    kwargs = OPTIMIZERS["AdamW"][1]
+    for first, then in ((torch.optim.AdamW, ot.AdamW), (ot.AdamW, torch.optim.AdamW)):
+        m = sharded(world)
+        opt = first(m.parameters(), **kwargs)
+        train(m, opt, data[:5])
+        handed = then(m.parameters(), **kwargs)
+        set_optimizer_state_dict(m, handed, get_optimizer_state_dict(m, opt))
+        train(m, handed, data[5:])
+        for key, p in m.named_parameters():
+            results[f"handed {first.__module__}/{key}"] = p.full_tensor().detach().clone()
     if rank == 0:
         torch.save(results, os.path.join(out, "results.pt"))
 
@@ -175,9 +192,9 @@ def single_process() -> dict:
     import optforge.torch as ot
 
     results = {}
-    for name, kwargs in OPTIMIZERS.items():
+    for name, (cls, kwargs) in OPTIMIZERS.items():
         m = model()
-        train(m, getattr(ot, name)(m.parameters(), **kwargs), batches())
+        train(m, getattr(ot, cls)(m.parameters(), **kwargs), batches())
         for key, p in m.named_parameters():
             results[f"{name}/{key}"] = p.detach().clone()
     return results
@@ -209,6 +226,12 @@ def test_fully_shard_matches_one_process(world, tmp_path, reference):
         assert max(errors) > 1e-4, name
     resumed = {k: v for k, v in results.items() if k.startswith("resumed")}
     assert resumed and all(resumed.values()), resumed
+    # Handed over between torch.optim's AdamW and ours mid-run: the run of either alone.
+    for key, expected in ((k, v) for k, v in reference.items() if k.startswith("AdamW/")):
+        for first in ("torch.optim.adamw", "optforge.generated.torch.adamw"):
+            np.testing.assert_allclose(
+                results[f"handed {first}/{key[6:]}"].numpy(), expected.numpy(), rtol=2e-5, atol=1e-6
+            )
 
 
 def test_single_process_reference_is_torch_optim(reference):
@@ -216,7 +239,7 @@ def test_single_process_reference_is_torch_optim(reference):
     Adafactor), so the sharded runs match torch's too."""
     for name in ("AdamW", "SGD", "Adafactor"):
         m = model()
-        train(m, getattr(torch.optim, name)(m.parameters(), **OPTIMIZERS[name]), batches())
+        train(m, getattr(torch.optim, name)(m.parameters(), **OPTIMIZERS[name][1]), batches())
         for key, p in m.named_parameters():
             np.testing.assert_allclose(
                 p.detach().numpy(), reference[f"{name}/{key}"].numpy(), rtol=2e-5, atol=1e-6, err_msg=key
