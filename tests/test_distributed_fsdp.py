@@ -170,6 +170,22 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
         train(fresh, fresh_opt, data[5:])
         for (key, a), b in zip(m.named_parameters(), fresh.parameters()):
             results[f"resumed {name}/{key}"] = bool(torch.equal(a.to_local(), b.to_local()))
+    # skip_nonfinite: a NaN in one rank's shard of a gradient skips the step on every rank.
+    for name in ("AdamW", "Lamb"):
+        cls, kwargs = OPTIMIZERS[name]
+        m = sharded(world)
+        opt = getattr(ot, cls)(m.parameters(), **kwargs, skip_nonfinite=True)
+        train(m, opt, data[:1])
+        x, y = data[1]
+        opt.zero_grad()
+        ((m(x) - y) ** 2).mean().backward()
+        if rank == world - 1:
+            next(iter(m.parameters())).grad.to_local().view(-1)[-1:] = float("nan")
+        before = [p.to_local().clone() for p in m.parameters()]
+        opt.step()
+        assert opt.skipped_steps == 1, (rank, name)
+        assert all(torch.equal(b, p.to_local()) for b, p in zip(before, m.parameters())), (rank, name)
+
     # torch.optim's sharded state dicts: torch's AdamW hands over to ours mid-run, and ours to
     # torch's, through get_optimizer_state_dict / set_optimizer_state_dict.
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict

@@ -233,3 +233,31 @@ def test_matrix_columns_and_a_matrix_without_rows_here():
         expected = np.sum(mine, axis=0) if mine else np.zeros(cols)
         got = columns[0, table.matrix_cols[m] : table.matrix_cols[m] + cols]
         np.testing.assert_allclose(got, expected, rtol=1e-15)
+
+
+@pytest.mark.parametrize("cls, kwargs, rounds", CASES[::3], ids=lambda c: getattr(c, "__name__", ""))
+def test_a_nonfinite_gradient_on_one_rank_skips_the_step_on_every_rank(cls, kwargs, rounds):
+    """skip_nonfinite: a rank holds only its part of each gradient; the ranks decide together
+    (else one would step alone, or wait in the step's all-reduce for ranks that skipped)."""
+    rng = np.random.default_rng(3)
+    wholes = [rng.standard_normal(s).astype(np.float32) for s in SHAPES[:3]]
+    group = ThreadRanks(2)
+
+    def work(rank):
+        parts = [rows_of(w.shape[0], 2, rank) for w in wholes]
+        params = [
+            optforge.Parameter(w[p].copy(), f"p{i}", split=w.shape)
+            for i, (w, p) in enumerate(zip(wholes, parts))
+        ]
+        opt = cls(params, **kwargs, skip_nonfinite=True)
+        opt.all_reduce = group.all_reduce_for(rank)
+        grads = [np.ones(p.shape, np.float32) for p in params]
+        if rank == 1:
+            grads[0][0, 0] = np.nan
+        before = [p.data.copy() for p in params]
+        opt(tuple(grads))
+        return opt.skipped_steps, [np.array_equal(b, p.data) for b, p in zip(before, params)]
+
+    for skipped, unchanged in group.run(work):
+        assert skipped == 1 and all(unchanged)
+    assert group.calls == [1, 1]  # the flag's all-reduce, and no step's

@@ -446,10 +446,22 @@ class FusedOptimizer:
         if self._rebound:
             self._rebind()
         grads = self._check_gradients(gradients)
-        if self.skip_nonfinite and not self._all_finite(grads):
+        if self.skip_nonfinite and not self._finite_on_every_rank(self._all_finite(grads)):
             self.skipped_steps += 1
             return False
         return self._apply(grads)
+
+    def _finite_on_every_rank(self, finite: bool) -> bool:
+        """Whether every rank's gradients are finite, `finite` being this rank's: with split
+        parameters a rank's gradient holds only its part, and the ranks must skip a step
+        together (one all-reduce of a flag; else one would step alone, or wait forever in
+        the step's all-reduce for the others)."""
+        split = any(getattr(b, "shards", None) is not None for b in self._batches or ())
+        if not split or self.all_reduce is None:
+            return finite
+        flag = np.array([0.0 if finite else 1.0])
+        self.all_reduce(flag)
+        return bool(flag[0] == 0.0)
 
     def _all_finite(self, grads: list) -> bool:
         """Whether every checked gradient is finite: one call per host batch whose gradients

@@ -403,7 +403,9 @@ class TorchOptimizer(torch.optim.Optimizer):
             cohort.engine.check_kept(self)
             for group in cohort.engine.param_groups:
                 _lr_value(group["lr"], type(self).__name__)
-        if self.skip_nonfinite and not all(cohort.engine._all_finite(grads) for cohort, grads in checked):
+        if self.skip_nonfinite and not self._finite_on_every_rank(
+            all(cohort.engine._all_finite(grads) for cohort, grads in checked), checked
+        ):
             self.skipped_steps += 1
             return loss
         if new is not None:
@@ -415,6 +417,14 @@ class TorchOptimizer(torch.optim.Optimizer):
         if regrouped is not None:
             self._cohorts = regrouped
         return loss
+
+    def _finite_on_every_rank(self, finite: bool, checked: list) -> bool:
+        """Whether every rank's gradients are finite (FSDP2: each rank sees its shard's): the
+        ranks skip a step together (optforge.runtime.optimizer's `_finite_on_every_rank`)."""
+        for cohort, _ in checked:
+            if cohort.engine.all_reduce is not None:
+                return cohort.engine._finite_on_every_rank(finite)
+        return finite
 
     def _check_memory(self, cohort: _Cohort, params: list) -> None:
         for i, pointer in zip(cohort.engine.members, cohort.pointers):
@@ -723,14 +733,19 @@ class TorchOptimizer(torch.optim.Optimizer):
         return state_tensor(_as_tensor(array, local(p)), p, kind)
 
     def _all_reduce_for(self, members: list[int]):
-        """How an engine over `members` adds its per-tensor sums up over the ranks: for a spec
-        that reduces, over the process group splitting its DTensor parameters (None: none is)."""
+        """How an engine over `members` adds values up over the ranks (its per-tensor sums, and
+        with skip_nonfinite its finiteness): over the process group splitting its DTensor
+        parameters (None: none is). A spec without reductions steps any placement part by
+        part; one with them refuses those its sums cannot be added up over (NotImplementedError)."""
         module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
         reduces = any(b.plan.combine for v in module.VARIANTS.values() for b in v.branches.values())
-        if not reduces:
-            return None
         params = self._flat_params()
-        group = reduction_group([params[i] for i in members], type(self).__name__)
+        try:
+            group = reduction_group([params[i] for i in members], type(self).__name__)
+        except NotImplementedError:
+            if reduces:
+                raise
+            return None
         if group is None:
             return None
         from optforge.distributed import torch_all_reduce
