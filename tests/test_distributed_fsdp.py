@@ -170,6 +170,14 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
         train(fresh, fresh_opt, data[5:])
         for (key, a), b in zip(m.named_parameters(), fresh.parameters()):
             results[f"resumed {name}/{key}"] = bool(torch.equal(a.to_local(), b.to_local()))
+        # dcp.load alone, as torch.optim allows: it writes into the state tensors (step too).
+        again = sharded(world)
+        again_opt = getattr(ot, cls)(again.parameters(), **kwargs)
+        model_sd, optim_sd = get_state_dict(again, again_opt)
+        dcp.load({"model": model_sd, "optim": optim_sd}, checkpoint_id=path)
+        train(again, again_opt, data[5:])
+        for (key, a), b in zip(m.named_parameters(), again.parameters()):
+            results[f"resumed in place {name}/{key}"] = bool(torch.equal(a.to_local(), b.to_local()))
     # skip_nonfinite: a NaN in one rank's shard of a gradient skips the step on every rank.
     for name in ("AdamW", "Lamb"):
         cls, kwargs = OPTIMIZERS[name]

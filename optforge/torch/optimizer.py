@@ -533,13 +533,17 @@ class TorchOptimizer(torch.optim.Optimizer):
         a new dict, ``optim.state[p] = {...}``, not through `load_state_dict` (so does a
         user who assigns ``state[p]``); the engines would step their own arrays and the
         loaded values would be lost. When a parameter's dict is not the one its engine left
-        (or one not stepped yet has state), all of `self.state` is loaded as a state dict:
-        checked, and copied into new engines, as `load_state_dict` does.
+        (or one not stepped yet has state), or a step count shown in `state` was written in
+        place, all of `self.state` is loaded as a state dict: checked, and copied into new
+        engines, as `load_state_dict` does.
         """
         state = self.state
-        if not any(map(operator.is_not, map(state.get, params), self._registered)):
+        # A step count written in place (torch.distributed.checkpoint's load writes into the
+        # tensors of the state dict it was given, `step` among them): the engines' are stale.
+        stale = any((self._steps[c.engine.members] != c.engine.global_step).any() for c in self._cohorts)
+        if not stale and not any(map(operator.is_not, map(state.get, params), self._registered)):
             return  # the usual case, checked at C speed: every dict is the engine's (or absent)
-        if all(
+        if not stale and all(
             state.get(p) is mine if mine is not None else not state.get(p)
             for p, mine in zip(params, self._registered)
         ):
