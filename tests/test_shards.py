@@ -120,11 +120,17 @@ def run_split_rank(cls, kwargs, wholes, grads_per_step, ranks, rank, all_reduce)
     return [p.data for p in params]
 
 
+def lars(params, **kwargs):
+    """nn.LARS around nn.Momentum: its norms are taken by the run-time, not a kernel."""
+    return optforge.nn.LARS(optforge.nn.Momentum(params, learning_rate=0.1, momentum=0.9), **kwargs)
+
+
 CASES = [
     (optforge.nn.Lamb, {"learning_rate": 1e-2, "weight_decay": 0.1}, 1),
     (optforge.optim.Adafactor, {"lr": 1e-2, "weight_decay": 0.01}, 3),
     (optforge.optim.Adafactor, {"lr": 1e-2, "maximize": True}, 3),
     (optforge.optim.AdamW, {"lr": 1e-2}, 0),  # elementwise: nothing to add up
+    (lars, {"coefficient": 0.01}, 1),  # the norms of every parameter in one all-reduce
 ]
 
 

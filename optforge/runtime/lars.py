@@ -102,6 +102,15 @@ class LARS:
     def get_lr(self):
         return self.optimizer.get_lr()
 
+    @property
+    def all_reduce(self):
+        """The wrapped optimizer's `all_reduce` (for split parameters): LARS's norms use it too."""
+        return self.optimizer.all_reduce
+
+    @all_reduce.setter
+    def all_reduce(self, all_reduce) -> None:
+        self.optimizer.all_reduce = all_reduce
+
     def state_dict(self) -> dict:
         """The wrapped optimizer's state dict (LARS itself keeps no state)."""
         return self.optimizer.state_dict()
@@ -130,6 +139,7 @@ class LARS:
         wds = [group.weight_decay.at(k, "LARS") for group in groups]
         lrs = [group.lr.at(k, "LARS") for group in groups] if self.use_clip else None
         inv_scale = 1.0 / self.loss_scale
+        squares = self._squares(grads, inv_scale)
         new = []
         for i, (p, g) in enumerate(zip(self.parameters, grads)):
             group = inner._group_of[i]
@@ -137,14 +147,35 @@ class LARS:
                 new.append(g if inv_scale == 1.0 else (g * inv_scale).astype(p.dtype, copy=False))
                 continue
             wd = wds[group] if self._decays[i] else 0.0
-            new.append(self._rescaled(p.data, g, inv_scale, wd, lrs[group] if lrs else None))
+            new.append(self._rescaled(p.data, g, inv_scale, wd, lrs[group] if lrs else None, squares[i]))
         return inner._step(tuple(new))
 
-    def _rescaled(self, w: np.ndarray, g: np.ndarray, inv_scale: float, wd: float, lr) -> np.ndarray:
+    def _squares(self, grads: list, inv_scale: float) -> np.ndarray:
+        """Per parameter LARS rescales, (||w||^2, ||g||^2) in float64; for a parameter split
+        across ranks (optforge.runtime.shards) added up over them, all in one all-reduce."""
+        squares = np.zeros((len(self.parameters), 2))
+        for i, (p, g) in enumerate(zip(self.parameters, grads)):
+            if self.lars_flag[i]:
+                w64 = p.data.reshape(-1).astype(np.float64)
+                g64 = g.reshape(-1).astype(np.float64) * inv_scale
+                squares[i] = float(np.dot(w64, w64)), float(np.dot(g64, g64))
+        split = np.array([p.split is not None and flag for p, flag in zip(self.parameters, self.lars_flag)])
+        if split.any():
+            if self.optimizer.all_reduce is None:
+                raise RuntimeError(
+                    "For 'LARS', some parameters are parts of larger tensors (split), and their norms "
+                    "need every rank's part: set the wrapped optimizer's `all_reduce` "
+                    "(optforge.distributed.torch_all_reduce(group)). Nothing was changed."
+                )
+            shared = squares[split].reshape(-1)
+            self.optimizer.all_reduce(shared)
+            squares[split] = shared.reshape(-1, 2)
+        return squares
+
+    def _rescaled(self, w: np.ndarray, g: np.ndarray, inv_scale: float, wd: float, lr, squares) -> np.ndarray:
         w64 = w.reshape(-1).astype(np.float64)
         g64 = g.reshape(-1).astype(np.float64) * inv_scale
-        w_norm = math.sqrt(float(np.dot(w64, w64)))
-        g_norm = math.sqrt(float(np.dot(g64, g64)))
+        w_norm, g_norm = math.sqrt(squares[0]), math.sqrt(squares[1])
         coeff = self.coefficient * w_norm / (g_norm + wd * w_norm + self.epsilon)
         if lr is not None:
             coeff = min(max(coeff / lr, 0.0), 1.0)
