@@ -267,3 +267,42 @@ def test_a_nonfinite_gradient_on_one_rank_skips_the_step_on_every_rank(cls, kwar
     for skipped, unchanged in group.run(work):
         assert skipped == 1 and all(unchanged)
     assert group.calls == [1, 1]  # the flag's all-reduce, and no step's
+
+
+DEVICE_CASES = [
+    (optforge.nn.Lamb, {"learning_rate": 1e-2, "weight_decay": 0.1}, 1),
+    (optforge.optim.Adafactor, {"lr": 1e-2, "weight_decay": 0.01}, 3),
+]
+
+
+@pytest.mark.parametrize("cls, kwargs, rounds", DEVICE_CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_split_device_parameters_step_as_the_whole(cls, kwargs, rounds, monkeypatch):
+    """On the device (the CUDA simulator here): each launch's sums go through the host to the
+    all-reduce. More tensors than one launch takes (SLOTS), in chunks of 8 elements."""
+    cuda = pytest.importorskip("numba.cuda")
+    from optforge.runtime.device import DeviceStepper
+
+    monkeypatch.setattr(DeviceStepper, "chunk", 8)
+    shapes = [(7, 5), (3, 4), (4, 3, 2), (9,), (2,), (1, 6), (5, 3), (6,), (3, 3), (11,)]
+    rng = np.random.default_rng(5)
+    wholes = [rng.standard_normal(s) for s in shapes]  # float64: the sums' order barely shows
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(2)]
+    expected, _ = run_whole(cls, kwargs, wholes, grads)
+    group = ThreadRanks(2)
+
+    def work(rank):
+        parts = [rows_of(w.shape[0], 2, rank) for w in wholes]
+        params = [
+            optforge.Parameter(cuda.to_device(np.ascontiguousarray(w[p])), f"p{i}", split=w.shape)
+            for i, (w, p) in enumerate(zip(wholes, parts))
+        ]
+        opt = cls(params, **kwargs)
+        opt.all_reduce = group.all_reduce_for(rank)
+        for step in grads:
+            opt(tuple(cuda.to_device(np.ascontiguousarray(g[p])) for g, p in zip(step, parts)))
+        return [p.asnumpy() for p in params]
+
+    results = group.run(work)
+    for i, e in enumerate(expected):
+        np.testing.assert_allclose(np.concatenate([r[i] for r in results]), e, rtol=1e-12, atol=1e-13)
+    assert group.calls == [rounds * len(grads)] * 2

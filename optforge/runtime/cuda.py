@@ -62,13 +62,24 @@ class DeviceLaunchGroup:
     share, made once per plan."""
 
     def __init__(
-        self, positions: list[int], shapes: list[tuple], slots: int, chunk: int, dummy, factored=False
+        self,
+        positions: list[int],
+        shapes: list[tuple],
+        slots: int,
+        chunk: int,
+        dummy,
+        factored=False,
+        shards=None,
     ):
         self.positions = positions  # positions within the batch
         self.slots = slots
         self.dummy = dummy  # fills unused slots (never indexed by the chunk table)
+        self.shards = shards  # its tensors split across ranks (optforge.runtime.shards.BatchShards)
+        rows = None if shards is None else list(shards.rows)
         table = (
-            factored_table(shapes, chunk) if factored else chunk_table([math.prod(s) for s in shapes], chunk)
+            factored_table(shapes, chunk, split_rows=rows)
+            if factored
+            else chunk_table([math.prod(s) for s in shapes], chunk)
         )
         self.host_chunks = table
         self.chunks = type(table)(*(cuda.to_device(x) if isinstance(x, np.ndarray) else x for x in table))
@@ -103,11 +114,13 @@ class DeviceLaunchGroup:
         return per_tensor, scratch
 
 
-def run_device_stages(
+def device_stage_steps(
     branch, dtype, launch: Launch, threads: int, chunks, n_chunks, n_matrices, slots, arguments
 ):
     """Launch a branch's CUDA stages in order on one stream, each on its grid (Branch.grids),
-    and before each the combining its plan asks for (optforge.runtime.combine)."""
+    and before each the combining its plan asks for (optforge.runtime.combine), as a
+    generator: it yields (kind, scratch) there, where a caller stepping shards adds the
+    other ranks' parts (optforge.runtime.shards)."""
     grids = {
         "chunks": launch.grid(n_chunks, threads),
         "matrices": launch.grid(n_matrices, threads),
@@ -121,7 +134,15 @@ def run_device_stages(
             sums[grids["tensors"]](chunks, scratch.partials, scratch.sums)
         elif kind == "columns":
             _matrix_columns[grids["matrices"]](chunks, scratch.col_sums, scratch.columns, scratch.matrix_rows)
+        if kind:
+            yield kind, scratch
         stage[grids[grid]](chunks, *arguments)
+
+
+def run_device_stages(*args) -> None:
+    """`device_stage_steps` run through, on one process."""
+    for _ in device_stage_steps(*args):
+        pass
 
 
 # optforge.runtime.combine's functions on the device: a thread per tensor adds its chunks'

@@ -25,13 +25,14 @@ from optforge.runtime.cuda import (
     Launch,
     as_device_array,
     dense_from_rows,
-    run_device_stages,
+    device_stage_steps,
     to_device,
 )
 from optforge.runtime.kernels import Plan, Variant, chunk_table
 from optforge.runtime.launch import StageBuffers
 from optforge.runtime.pointers import pointer_table
 from optforge.runtime.row_tensor import RowTensor
+from optforge.runtime.shards import BatchShards, Part, batch_shards, rounds
 
 
 @dataclass
@@ -43,6 +44,7 @@ class DeviceBatch:
     state: dict[str, list]  # flat views of the state (device, or host memory when offloading)
     launch_groups: list[DeviceLaunchGroup] = field(default_factory=list)
     variant: Variant | None = None  # the compiled variant its kernels come from
+    shards: BatchShards | None = None  # its tensors split across ranks (optforge.runtime.shards)
 
 
 class DeviceStepper:
@@ -72,6 +74,8 @@ class DeviceStepper:
             for name in variant.state
         }
         batch = DeviceBatch(group, dtype, members, params, state, variant=variant)
+        shards = batch_shards([opt.parameters[i] for i in members])
+        batch.shards = shards
         if self.offload is None:
             dummy = cuda.device_array(1, dtype=dtype)
             slots = self.module.SLOTS
@@ -86,6 +90,7 @@ class DeviceStepper:
                         self.chunk or variant.chunk,
                         dummy,
                         factored=variant.factored,
+                        shards=None if shards is None else shards.subset(positions),
                     )
                 )
         return batch
@@ -129,8 +134,9 @@ class DeviceStepper:
         branch, scalars = step
         skip = {pos for pos, _, _ in sparse}
         stream = self.launch_config.stream
+        launches = []
         for lg in batch.launch_groups:
-            if lg.n_chunks == 0:
+            if lg.n_chunks == 0 and lg.shards is None:  # (a split one takes part in the sums)
                 continue
             chunks, n_chunks = lg.chunks, lg.n_chunks
             if skip & set(lg.positions):
@@ -142,7 +148,7 @@ class DeviceStepper:
                 lg.tuple_of([flat[p] for p in lg.positions]),
                 *(lg.tuple_of([batch.state[name][p] for p in lg.positions]) for name in batch.variant.state),
             )
-            run_device_stages(
+            steps = device_stage_steps(
                 branch,
                 batch.dtype,
                 self.launch_config,
@@ -153,6 +159,10 @@ class DeviceStepper:
                 lg.slots,
                 (arrays, per_tensor, scratch, *scalars),
             )
+            launches.append(_parts(steps, lg))
+        # The launches go through their reduction rounds together: a round's all-reduce, on
+        # split parameters, carries every launch's values (optforge.runtime.shards).
+        yield from rounds(launches)
         for pos, rows, values in sparse:
             p = opt.parameters[batch.indices[pos]]
             (rows_kernel,) = branch.rows[batch.dtype.name]
@@ -259,3 +269,9 @@ class DeviceStepper:
                 for _ in range(2)
             ]
         return self._slots[dtype.name]
+
+
+def _parts(steps, lg: DeviceLaunchGroup):
+    """A launch's reduction rounds as optforge.runtime.shards takes them: a list of one Part each."""
+    for kind, scratch in steps:
+        yield [Part(kind, scratch, lg.shards, lg.host_chunks)]

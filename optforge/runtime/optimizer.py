@@ -34,7 +34,7 @@ from optforge.runtime.precision import (
     storage_name,
 )
 from optforge.runtime.row_tensor import RowTensor
-from optforge.runtime.shards import BatchShards, run_lockstep
+from optforge.runtime.shards import BatchShards, Part, batch_shards, run_lockstep
 from optforge.runtime.storage import rounding_keys
 
 
@@ -284,7 +284,7 @@ class FusedOptimizer:
         ]
         check_parameters(cls, policy, self.parameters, precisions, self._ALL_PARAMETERS)
         self._check_precision_use(precisions, on_device)
-        self._check_split_use([module.VARIANTS[key] for key in keys], on_device)
+        self._check_split_use()
         if any(pr.master for pr in precisions):
             names.append(MASTER)
 
@@ -333,9 +333,9 @@ class FusedOptimizer:
                     continue
                 params = [self.parameters[i] for i in members]
                 v = module.VARIANTS[key]
-                split = [p.split is not None and math.prod(p.split) > 0 for p in params]
-                rows = [sp and p.ndim == 2 for sp, p in zip(split, params)]  # one matrix, its rows split
+                shards = batch_shards(params)
                 if v.factored:
+                    rows = None if shards is None else list(shards.rows)  # 2-D: its rows split
                     chunks = factored_table([p.shape for p in params], v.chunk, split_rows=rows)
                 else:
                     chunks = chunk_table([p.size for p in params], v.chunk)
@@ -354,32 +354,22 @@ class FusedOptimizer:
                     )
                 )
                 self._batches[-1]._n_params = len(self.parameters)
-                if any(split):
-                    self._batches[-1].shards = BatchShards(split, rows)
+                self._batches[-1].shards = shards
 
     def _tensor_ids(self, batch: _Batch) -> np.ndarray:
         """Each tensor's number in the rounding keys: its position among the parameters."""
         return batch.positions()
 
-    def _check_split_use(self, variants: list[Variant], on_device: list[bool]) -> None:
+    def _check_split_use(self) -> None:
         """What split parameters (parts of larger tensors, optforge.runtime.shards) cannot do
         (ValueError, before anything is made): a centralized gradient (its mean would be this
-        part's), a per-tensor reduction on the device (added up over the ranks on the host only)."""
-        cls = type(self).__name__
+        part's)."""
         centralize = getattr(self, "_centralize", None) or [False] * len(self.parameters)
-        for p, v, dev, gc in zip(self.parameters, variants, on_device, centralize):
-            if p.split is None:
-                continue
-            if gc:
+        for p, gc in zip(self.parameters, centralize):
+            if p.split is not None and gc:
                 raise ValueError(
-                    f"For '{cls}', parameter '{p.name}' is a part of a larger tensor (split): "
-                    "grad_centralization would take the mean of this part only."
-                )
-            if dev and any(b.plan.combine for b in v.branches.values()):
-                raise ValueError(
-                    f"For '{cls}', parameter '{p.name}' is a part of a larger tensor (split) on a CUDA "
-                    "device: this optimizer's per-tensor reductions are added up over the ranks for "
-                    "host parameters only, so far."
+                    f"For '{type(self).__name__}', parameter '{p.name}' is a part of a larger tensor "
+                    "(split): grad_centralization would take the mean of this part only."
                 )
 
     def _check_precision_use(self, precisions: list[Precision], on_device: list[bool]) -> None:
@@ -787,7 +777,7 @@ class FusedOptimizer:
                 "and this optimizer's per-tensor reductions need every rank's part: set its "
                 "`all_reduce` (optforge.distributed.torch_all_reduce(group)). Nothing was changed."
             )
-        run_lockstep(launches, self.all_reduce if split else None)
+        run_lockstep([gen for _, gen in launches], self.all_reduce if split else None)
 
     def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, step: tuple):
         """One step of `batch` (a generator: run it through, or in lockstep with the other
@@ -800,7 +790,7 @@ class FusedOptimizer:
         """
         hypers, branch, scalars = step
         if not isinstance(batch, _Batch):  # a device batch
-            self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers, (branch, scalars))
+            yield from self._device.launch(batch, grads, t, lr, wd, decays, gc, hypers, (branch, scalars))
             return
         if batch.chunks[0].size == 0 and batch.shards is None:  # (a split one takes part in the sums)
             return
@@ -830,9 +820,11 @@ class FusedOptimizer:
         if batch.precision.stochastic:  # this step's rounding bits, per tensor
             batch.arrays.keys[:] = rounding_keys(self._ROUNDING_SEED, t, self._tensor_ids(batch))
         if chunks[0].size or batch.shards is not None:
-            yield from stage_steps(
+            steps = stage_steps(
                 branch, batch.key, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
             )
+            for kind, scratch in steps:
+                yield [Part(kind, scratch, batch.shards, batch.chunks)]
         for pos, i, rows, values in sparse:
             w = self.parameters[i].data
             row_len = w.size // max(w.shape[0], 1)

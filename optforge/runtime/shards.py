@@ -19,6 +19,7 @@ calls with buffers of the same size. Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -45,6 +46,11 @@ class BatchShards:
     def any(self) -> bool:
         return bool(self.split.any())
 
+    def subset(self, positions: list[int]) -> BatchShards | None:
+        """The shards of the tensors at `positions` (a device launch's), or None if none is split."""
+        split, rows = self.split[positions], self.rows[positions]
+        return BatchShards(list(split), list(rows)) if split.any() else None
+
     def gathers(self, kind: str, chunks) -> list[Gather]:
         if kind not in self._gathers:
             self._gathers[kind] = self._make(kind, chunks)
@@ -63,46 +69,79 @@ class BatchShards:
         return [Gather("matrix_sums", (slice(None), matrices))]
 
 
-def run_lockstep(steps: list[tuple[object, Iterator]], all_reduce: Callable | None) -> None:
-    """Run each batch's stages (`steps`: (batch, its stage_steps generator)); at each
-    reduction round, add up over the ranks the values of its split tensors (`batch.shards`,
-    a BatchShards) in one `all_reduce` call for all the batches that reach the round (none
-    when none has a split tensor). Without `all_reduce`, each batch runs through alone."""
-    if all_reduce is None:
-        for _, gen in steps:
-            for _ in gen:
-                pass
-        return
+def batch_shards(params: list) -> BatchShards | None:
+    """Which of a batch's Parameters are split (a part of a larger, non-empty tensor) and which
+    are 2-D (their matrix's rows split); None when none is."""
+    split = [p.split is not None and math.prod(p.split) > 0 for p in params]
+    if not any(split):
+        return None
+    return BatchShards(split, [sp and p.ndim == 2 for sp, p in zip(split, params)])
+
+
+class Part(NamedTuple):
+    """What a batch (or a device launch of one) yields at a reduction round."""
+
+    kind: str  # Plan.combine's
+    scratch: object  # its Scratch: host arrays, or device arrays
+    shards: BatchShards | None  # its split tensors (None: none)
+    chunks: object  # the host chunk table its gathers index
+
+
+def rounds(steps: list[Iterator[list[Part]]]) -> Iterator[list[Part]]:
+    """The reduction rounds of generators that each yield a list of Parts per round: per
+    round, the parts of every one that reaches it (a generator that is done drops out)."""
     active = list(steps)
     while active:
-        reached, going = [], []
-        for batch, gen in active:
+        parts, going = [], []
+        for gen in active:
             try:
-                kind, scratch = next(gen)
+                parts += next(gen)
             except StopIteration:
                 continue
-            going.append((batch, gen))
-            reached.append((batch, kind, scratch))
-        if reached:
-            add_up(reached, all_reduce)
+            going.append(gen)
+        if going:
+            yield parts
         active = going
 
 
-def add_up(reached: list, all_reduce: Callable) -> None:
-    """One all-reduce over the split values of every (batch, kind, scratch) in `reached`."""
-    parts = []
-    for batch, kind, scratch in reached:
-        shards = getattr(batch, "shards", None)
-        if shards is None or not shards.any:
+def run_lockstep(steps: list[Iterator[list[Part]]], all_reduce: Callable | None) -> None:
+    """Run each batch's stages (`steps`: one generator per batch, see `rounds`); at each
+    reduction round, add up over the ranks the values of the split tensors of every part
+    that reaches it, in one `all_reduce` call (none when no part has a split tensor).
+    Without `all_reduce`, each batch runs through alone."""
+    if all_reduce is None:
+        for gen in steps:
+            for _ in gen:
+                pass
+        return
+    for parts in rounds(steps):
+        add_up(parts, all_reduce)
+
+
+def add_up(parts: list[Part], all_reduce: Callable) -> None:
+    """One all-reduce over the split values of every part (device buffers through the host:
+    they are a few values per tensor)."""
+    gathered, hosts = [], {}
+    for part in parts:
+        if part.shards is None or not part.shards.any:
             continue
-        for g in shards.gathers(kind, batch.chunks):
-            parts.append((getattr(scratch, g.buffer), g.index))
-    values = [np.asarray(buffer[index], dtype=np.float64).reshape(-1) for buffer, index in parts]
+        for g in part.shards.gathers(part.kind, part.chunks):
+            buffer = getattr(part.scratch, g.buffer)
+            if id(buffer) not in hosts:
+                hosts[id(buffer)] = (
+                    buffer,
+                    buffer.copy_to_host() if hasattr(buffer, "copy_to_host") else buffer,
+                )
+            gathered.append((hosts[id(buffer)][1], g.index))
+    values = [np.asarray(host[index], dtype=np.float64).reshape(-1) for host, index in gathered]
     flat = np.concatenate(values) if values else np.zeros(0)
     if flat.size == 0:
         return
     all_reduce(flat)
     offset = 0
-    for (buffer, index), value in zip(parts, values):
-        buffer[index] = flat[offset : offset + value.size].reshape(buffer[index].shape)
+    for (host, index), value in zip(gathered, values):
+        host[index] = flat[offset : offset + value.size].reshape(host[index].shape)
         offset += value.size
+    for buffer, host in hosts.values():
+        if host is not buffer:
+            buffer.copy_to_device(host)
