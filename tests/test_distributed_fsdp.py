@@ -178,6 +178,32 @@ def fsdp_worker(rank: int, world: int, out: str) -> None:
         train(again, again_opt, data[5:])
         for (key, a), b in zip(m.named_parameters(), again.parameters()):
             results[f"resumed in place {name}/{key}"] = bool(torch.equal(a.to_local(), b.to_local()))
+    # The NumPy dialects over the same process group: each rank its rows, the sums all-reduced
+    # through torch.distributed (gloo) by optforge.distributed.torch_all_reduce.
+    import optforge.nn
+    import optforge.optim
+
+    rng = np.random.default_rng(4)
+    wholes = [rng.standard_normal(s).astype(np.float32) for s in [(7, 5), (3, 4), (4, 3, 6), (9,), (2,)]]
+    grads = [[rng.standard_normal(w.shape).astype(np.float32) for w in wholes] for _ in range(5)]
+    for make in (
+        lambda ps: optforge.optim.Adafactor(ps, lr=1e-2, weight_decay=0.01),
+        lambda ps: optforge.nn.Lamb(ps, learning_rate=1e-2, weight_decay=0.1),
+    ):
+        whole = [optforge.Parameter(w.copy(), f"p{i}") for i, w in enumerate(wholes)]
+        rows = [np.array_split(np.arange(w.shape[0]), world)[rank] for w in wholes]
+        mine = [
+            optforge.Parameter(np.ascontiguousarray(w[r]), f"p{i}", split=w.shape)
+            for i, (w, r) in enumerate(zip(wholes, rows))
+        ]
+        one, opt = make(whole), make(mine)
+        opt.all_reduce = optforge.distributed.torch_all_reduce()
+        for step in grads:
+            one(tuple(step))
+            opt(tuple(np.ascontiguousarray(g[r]) for g, r in zip(step, rows)))
+        for w, p, r in zip(whole, mine, rows):
+            np.testing.assert_allclose(p.data, w.data[r], rtol=1e-6, atol=1e-6)
+
     # skip_nonfinite: a NaN in one rank's shard of a gradient skips the step on every rank.
     for name in ("AdamW", "Lamb"):
         cls, kwargs = OPTIMIZERS[name]
