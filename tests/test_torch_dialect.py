@@ -194,10 +194,14 @@ def _save_and_load(state_dict):
     return torch.load(buffer)
 
 
-SEEDS = ["Adam", "AdamW", "RAdam", "NAdam", "Adagrad", "SGD", "RMSprop", "Lamb", "Lion", "Adafactor"]
+CLASSES = [
+    name
+    for name, cls in vars(ot).items()
+    if isinstance(cls, type) and issubclass(cls, ot.TorchOptimizer) and cls is not ot.TorchOptimizer
+]
 
 
-@pytest.mark.parametrize("name", SEEDS)
+@pytest.mark.parametrize("name", CLASSES)
 def test_five_steps_saved_and_loaded_then_five_more_equal_ten_bit_for_bit(name):
     kwargs = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {}
     straight, x, y = mlp()
@@ -208,6 +212,9 @@ def test_five_steps_saved_and_loaded_then_five_more_equal_ten_bit_for_bit(name):
     saved = _save_and_load(first.state_dict())
     second = getattr(ot, name)(resumed.parameters(), **kwargs)
     second.load_state_dict(saved)
+    # Loaded again, as ZeroRedundancyOptimizer's second resume does: torch's load leaves
+    # `differentiable` in the defaults of classes without it, which must not be asked of the groups.
+    second.load_state_dict(_save_and_load(second.state_dict()))
     train(resumed, x, y, second, 5)
     for a, b in zip(weights(resumed), weights(straight)):
         assert torch.equal(a, b)

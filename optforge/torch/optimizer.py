@@ -692,11 +692,11 @@ class TorchOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         if "_cohort_steps" not in state:  # torch's load_state_dict sets state and param_groups so
-            super().__setstate__(state)
+            self._torch_setstate(state)
             return
         state = dict(state)
         cohorts = state.pop("_cohort_steps")
-        super().__setstate__(state)
+        self._torch_setstate(state)
         params = self._flat_params()
         self._steps = np.zeros(len(params), dtype=np.float32)
         self._registered = [None] * len(params)
@@ -716,6 +716,15 @@ class TorchOptimizer(torch.optim.Optimizer):
             engine.global_step = step
             self._cohorts.append(_Cohort(engine, [local(params[i]).data_ptr() for i in engine.members]))
             self._link_steps(engine)
+
+    def _torch_setstate(self, state: dict) -> None:
+        """torch's `__setstate__`, less the `differentiable` it adds to the defaults of a class
+        that has no such option (Lamb, Lion, ...): the next `load_state_dict` would otherwise
+        ask every saved group for it, and refuse the optimizer's own state dict."""
+        had = "differentiable" in state.get("defaults", getattr(self, "defaults", {}))
+        super().__setstate__(state)
+        if not had and "differentiable" not in self._IMPL_OPTIONS:
+            self.defaults.pop("differentiable", None)
 
     def _state_shapes(self, p: torch.Tensor) -> list[tuple[str, tuple]]:
         """(name, shape) of each state `p` has: its kernel variant's (set by its rank for
