@@ -68,33 +68,56 @@ def reduction_group(params: list, cls: str):
     return next(iter(groups.values()), None)
 
 
-def state_tensor(view: torch.Tensor, p, kind: str) -> torch.Tensor:
-    """The state tensor torch shows for a parameter `p`: a DTensor over `view` (this rank's
-    part) when `p` is one, shaped and placed as `p`'s state would be. `kind` is the state's
-    shape kind (optforge.runtime.factored.STATE_SHAPES): a "col" state of a 2-D parameter
-    is every rank's whole (its sums were added up over the ranks), so it is replicated."""
-    if not is_dtensor(p):
-        return view
-    from torch.distributed.tensor import DTensor, Replicate
+def state_layout(p, kind: str) -> tuple[tuple, tuple]:
+    """The global shape and the placements of a DTensor parameter `p`'s state of shape kind
+    `kind` (optforge.runtime.factored.STATE_SHAPES): a "col" state of a 2-D parameter is
+    every rank's whole (its sums were added up over the ranks), so it is replicated."""
+    from torch.distributed.tensor import Replicate
 
     from optforge.runtime.factored import STATE_SHAPES
 
-    placements = p.placements
+    placements = tuple(p.placements)
     if kind == "col" and p.dim() == 2:
         placements = tuple(Replicate() if pl.is_shard() else pl for pl in placements)
-    shape = STATE_SHAPES[kind](tuple(p.shape))
+    return STATE_SHAPES[kind](tuple(p.shape)), placements
+
+
+def state_tensor(view: torch.Tensor, p, kind: str) -> torch.Tensor:
+    """The tensor torch shows for a parameter `p`'s state of shape kind `kind`: a DTensor over
+    `view` (this rank's part) when `p` is one, shaped and placed as `state_layout` says."""
+    if not is_dtensor(p):
+        return view
+    from torch.distributed.tensor import DTensor
+
+    shape, placements = state_layout(p, kind)
     stride = tuple(math.prod(shape[k + 1 :]) for k in range(len(shape)))
     return DTensor.from_local(view, p.device_mesh, placements, run_check=False, shape=shape, stride=stride)
 
 
-def local_value(value: torch.Tensor, like) -> torch.Tensor:
-    """This rank's part of a saved state `value` for a state tensor `like` (a DTensor's local
-    part; a whole tensor's rows that `like` holds, when the checkpoint saved it whole)."""
+def local_value(value: torch.Tensor, p, kind: str) -> torch.Tensor:
+    """This rank's part of a saved state `value` (its global shape already checked) for a
+    parameter `p`'s state of shape kind `kind`, or ValueError, before anything is loaded.
+
+    A DTensor placed as the state is gives its local part; a whole tensor (a consolidated
+    checkpoint, or a DTensor replicated on every rank) gives the rows this rank holds. Any
+    other placement (another split, a pending sum) would need a collective: refused.
+    """
+    whole = value
     if is_dtensor(value):
-        return value.to_local()
-    if not is_dtensor(like):
-        return value
+        placements = state_layout(p, kind)[1] if is_dtensor(p) else None
+        same_mesh = placements is not None and value.device_mesh == p.device_mesh
+        if same_mesh and tuple(value.placements) == placements:
+            return value.to_local()
+        if not all(pl.is_replicate() for pl in value.placements):
+            raise ValueError(
+                f"it is a DTensor placed {tuple(value.placements)}, but the parameter's state is "
+                f"{'placed ' + str(placements) if placements is not None else 'not a DTensor'}"
+            )
+        whole = value.to_local()
+    if not is_dtensor(p):
+        return whole
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    shape, offset = compute_local_shape_and_global_offset(like.shape, like.device_mesh, like.placements)
-    return value[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+    shape, placements = state_layout(p, kind)
+    rows, offset = compute_local_shape_and_global_offset(shape, p.device_mesh, placements)
+    return whole[tuple(slice(o, o + n) for o, n in zip(offset, rows))]

@@ -42,7 +42,7 @@ from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_va
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.torch import options
-from optforge.torch.dtensor import local, local_value, reduction_group, split_dim, state_tensor
+from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
 
 
 def check_value(
@@ -393,10 +393,11 @@ class TorchOptimizer(torch.optim.Optimizer):
         for cohort in work:
             self._check_memory(cohort, params)
             cohort.engine.ready(self)
-            grads = _addressed([params[i] for i in cohort.engine.members])
+            members = cohort.engine.members
+            local_grads = [_local_grad(params[i], i, type(self).__name__) for i in members]
+            grads = _addressed([params[i] for i in members], local_grads)
             if grads is None:  # not all plain: each one viewed and checked (and refused, or copied)
-                members = cohort.engine.members
-                grads = [_grad_view(local(params[i].grad), type(self).__name__) for i in members]
+                grads = [_grad_view(g, type(self).__name__) for g in local_grads]
                 grads = cohort.engine._check_gradients(grads)
             checked.append((cohort, grads))
             cohort.engine.sync(self)
@@ -618,35 +619,35 @@ class TorchOptimizer(torch.optim.Optimizer):
         index_of = {saved: i for i, saved in enumerate(s for g in saved_groups for s in g["params"])}
         state_dict = {**state_dict, "param_groups": self._completed_groups(saved_groups)}
         steps: dict[int, int] = {}
+        parts: dict[int, dict[str, torch.Tensor]] = {}  # each parameter's states as this rank loads them
         for saved, state in saved_state.items():
             if saved not in index_of:
                 raise ValueError(
                     f"{cls}: the state dict has state for parameter {saved!r}, which no group holds."
                 )
             i = index_of[saved]
-            for name, shape in self._state_shapes(params[i]):
-                key = self._STATE_KEYS[name]
-                value = state.get(key)
-                if value is None:
-                    if key in self._OPTIONAL_STATE:
-                        continue
-                    raise ValueError(
-                        f"{cls}: the state of parameter {i} has no '{key}' (keys: {sorted(state)}); "
-                        "is it a state dict of another optimizer?"
-                    )
-                if tuple(value.shape) != shape:
-                    raise ValueError(
-                        f"{cls}: '{key}' of parameter {i} has shape {tuple(value.shape)}, not {shape} "
-                        f"(the parameter's is {tuple(params[i].shape)})."
-                    )
+            parts[i] = self._loaded_parts(i, params[i], state)
             step = state.get("step", 1)  # torch's SGD keeps no step: it has stepped once at least
             steps[i] = int(float(step))
             if steps[i] < 0 or steps[i] != float(step):
                 raise ValueError(f"{cls}: the step of parameter {i} is {float(step)}, not a count.")
-        # The saved tensors themselves: torch's load casts every state to its parameter's dtype,
-        # which would round state kept wider than a 16-bit parameter (float32 state, the
-        # master copy) to 16 bits; copy_ below converts each to the dtype it is kept in.
-        loaded = {index_of[saved]: state for saved, state in saved_state.items()}
+        # The state dict is checked. What is left can refuse only the parameters themselves (as
+        # their first step would: a policy, a placement, device and host tensors mixed): then
+        # the optimizer is put back as it was. torch's load replaces `state` and `param_groups`
+        # with new objects, leaving the old ones as they were.
+        before = (self.state, self.param_groups, self._cohorts, self._steps, self._registered)
+        try:
+            self._load_checked(state_dict, params, steps, parts)
+        except BaseException:
+            self.state, self.param_groups, self._cohorts, self._steps, self._registered = before
+            raise
+
+    def _load_checked(self, state_dict: dict, params: list, steps: dict, parts: dict) -> None:
+        """`load_state_dict` once everything is checked: the groups, then new cohorts over
+        copies of the saved states (`parts`), one per saved step count."""
+        # torch's load casts every state to its parameter's dtype, which would round state kept
+        # wider than a 16-bit parameter (float32 state, the master copy) to 16 bits; copy_ below
+        # converts each to the dtype it is kept in.
         super().load_state_dict(state_dict)  # replaces self.state and the groups' options
         self.state.clear()
         self._cohorts = []
@@ -660,12 +661,43 @@ class TorchOptimizer(torch.optim.Optimizer):
             for pos, i in enumerate(engine.members):
                 kinds = self._state_kinds(params[i])
                 for name, arrays in engine.state.items():
-                    value = loaded[i].get(self._state_key(name))
+                    value = parts[i].get(name)
                     if value is not None and arrays[pos] is not None:
                         shown = self._state_tensor(arrays[pos], params[i], kinds.get(name, "element"))
-                        local(shown).copy_(local_value(value, shown))
+                        local(shown).copy_(value)
             self._register(cohort)
             self._cohorts.append(cohort)
+
+    def _loaded_parts(self, i: int, p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
+        """Parameter `i`'s saved states (per engine state name) as this rank loads them (its
+        part of a DTensor's), each checked: present unless optional, shaped as the state is
+        (and the master copy as the parameter). ValueError otherwise."""
+        cls = type(self).__name__
+        kinds = self._state_kinds(p)
+        expected = [(name, shape, self._STATE_KEYS[name]) for name, shape in self._state_shapes(p)]
+        if MASTER in state:
+            expected.append((MASTER, tuple(p.shape), MASTER))
+        parts = {}
+        for name, shape, key in expected:
+            value = state.get(key)
+            if value is None:
+                if key in self._OPTIONAL_STATE:
+                    continue
+                raise ValueError(
+                    f"{cls}: the state of parameter {i} has no '{key}' (keys: {sorted(state)}); "
+                    "is it a state dict of another optimizer?"
+                )
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(
+                    f"{cls}: '{key}' of parameter {i} has shape {got}, not {shape} "
+                    f"(the parameter's is {tuple(p.shape)})."
+                )
+            try:
+                parts[name] = local_value(value, p, kinds.get(name, "element"))
+            except ValueError as error:
+                raise ValueError(f"{cls}: '{key}' of parameter {i} cannot be loaded: {error}.") from None
+        return parts
 
     # -- copies: copy.deepcopy, pickle, torch.save of the optimizer object --
 
@@ -796,13 +828,37 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.numpy()
 
 
-def _addressed(params: list) -> Addressed | None:
-    """The parameters' gradients by address, when every one is what the kernels take as it
-    is: a dense, C-contiguous CPU tensor of its parameter's dtype and shape, without a lazy
-    negation. Otherwise None: the caller views and checks each one."""
-    grads, addresses, sizes = [], [], []
-    for p in params:
-        p, g = local(p), local(p.grad)
+def _local_grad(p: torch.Tensor, i: int, cls: str) -> torch.Tensor:
+    """Parameter `i`'s gradient as this rank steps it. A DTensor parameter's gradient must be a
+    DTensor on its mesh; one placed otherwise (replicated, or a pending sum, on a parameter
+    split along dimension 0) is redistributed to the parameter's placements, as torch's
+    DTensor ops would, and this rank steps its local part."""
+    g = p.grad
+    if not is_dtensor(p) and not is_dtensor(g):
+        return g
+    if not is_dtensor(p) or not is_dtensor(g):
+        raise TypeError(
+            f"{cls}: parameter {i} is {'' if is_dtensor(p) else 'not '}a DTensor, but its gradient is "
+            f"{'' if is_dtensor(g) else 'not '}one; they must both be (FSDP2's are), or neither. Nothing "
+            "was changed."
+        )
+    if g.device_mesh != p.device_mesh:
+        raise ValueError(
+            f"{cls}: parameter {i}'s gradient is a DTensor on another device mesh ({g.device_mesh}) than "
+            f"the parameter's ({p.device_mesh}). Nothing was changed."
+        )
+    if tuple(g.placements) != tuple(p.placements):
+        g = g.redistribute(p.device_mesh, p.placements)
+    return g.to_local()
+
+
+def _addressed(params: list, grads: list) -> Addressed | None:
+    """The parameters' (local) gradients by address, when every one is what the kernels take
+    as it is: a dense, C-contiguous CPU tensor of its parameter's dtype and shape, without a
+    lazy negation. Otherwise None: the caller views and checks each one."""
+    addresses, sizes = [], []
+    for p, g in zip(params, grads):
+        p = local(p)
         if (
             g.layout is not torch.strided
             or g.is_cuda
@@ -812,7 +868,6 @@ def _addressed(params: list) -> Addressed | None:
             or g.is_neg()
         ):
             return None
-        grads.append(g)
         addresses.append(g.data_ptr())
         sizes.append(g.numel())
     return Addressed(grads, addresses, sizes)
