@@ -32,8 +32,8 @@ def test_plain_gradients_go_by_address_and_match_torch(monkeypatch):
     taken = []
     original = torch_optimizer._addressed
 
-    def spy(params):
-        result = original(params)
+    def spy(params, grads):
+        result = original(params, grads)
         taken.append(result is not None)
         return result
 
