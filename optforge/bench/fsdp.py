@@ -245,6 +245,7 @@ def machine() -> dict:
         "torch": torch.__version__,
         "numba": numba.__version__,
         "platform": platform.platform(),
+        "load_average_before": list(os.getloadavg()),  # the machine may be shared: how busy it was
     }
 
 
@@ -254,7 +255,8 @@ def table(result: dict) -> str:
     lines = [
         f"# {result['command']}",
         f"# {m['processor']}, {m['cores']} cores, {m['platform']}; python {m['python']}, "
-        f"torch {m['torch']}, numba {m['numba']}",
+        f"torch {m['torch']}, numba {m['numba']}; load average before: "
+        + ", ".join(f"{x:.2f}" for x in m["load_average_before"]),
         f"# {result['ranks']} gloo ranks on 127.0.0.1, {result['threads_per_rank']} thread each "
         "(torch, OMP, Numba)",
         f"# model: {len(model['widths']) - 1} Linear layers {'-'.join(map(str, model['widths']))}, "
