@@ -45,3 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="instead: whole steps on many small tensors (optforge.torch.AdamW vs torch fused and "
         "foreach; optforge.nn.Adam vs its bare kernel call), interleaved",
     )
+    parser.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="instead: the optimizer step on a fully_shard'ed ~21M-parameter model over --ranks gloo "
+        "ranks (optforge.torch AdamW, Lamb, Adafactor against torch.optim's AdamW foreach), with the "
+        "all-reduces per step; median of --repeat steps",
+    )
+    parser.add_argument("--ranks", type=int, default=2, help="with --fsdp: processes of the gloo group")

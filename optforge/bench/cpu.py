@@ -3,6 +3,7 @@
     optforge bench                                   # Adam at 1M, 10M, 100M fp32
     optforge bench adam radam lamb --sizes 1e6 1e7 --tensors 1000
     optforge bench all --sizes 1e8                   # every optimizer of the catalogue
+    optforge bench --fsdp --repeat 40                # fully_shard on 2 gloo ranks (bench/fsdp.py)
 
 For each optimizer and size, side by side in one process and interleaved (round-robin
 repeats, so drift in the machine's speed hits every contender alike):
@@ -260,6 +261,11 @@ def run_from_arguments(args) -> int:
 
         sizes = args.sizes if args.sizes != [1e6, 1e7, 1e8] else [1e8]
         run_precision(args.out_dir, args.state_dtype, sizes, args.repeat)
+        return 0
+    if args.fsdp:
+        from optforge.bench.fsdp import run_fsdp
+
+        run_fsdp(args.out_dir, ranks=args.ranks, repeat=args.repeat)
         return 0
     if args.overhead:
         from optforge.bench.overhead import run_overhead
