@@ -7,8 +7,8 @@
 
     run_ranks(2, worker, str(out_dir), timeout_s=600)
 
-The same start as the tests' harness (tests/distributed_harness.py, which the package
-cannot import): each rank is a fresh ``spawn``ed process that joins a gloo group at a
+The tests start their ranks with it too (tests/distributed_harness.py): each rank is a
+fresh ``spawn``ed process that joins a gloo group at a
 port free when the run starts, with one thread for OMP, MKL, torch and Numba (each rank
 has a core of its own, or shares one; never a thread per core each). A rank that raises
 ends the others (`RankFailed`, with its traceback); ranks still running at `timeout_s`
