@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from optforge.bench.fsdp import CountAllReduce
 from tests.distributed_harness import run_ranks
 
 STEPS = 10
@@ -82,26 +83,6 @@ def sharded(world: int):
             fully_shard(layer, mesh=mesh)
     fully_shard(m, mesh=mesh)
     return m
-
-
-class CountAllReduce:
-    """Counts torch.distributed.all_reduce calls (every collective optforge makes is one)."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.dist, self.real, self.calls = dist, dist.all_reduce, 0
-
-    def __enter__(self):
-        def counted(*args, **kwargs):
-            self.calls += 1
-            return self.real(*args, **kwargs)
-
-        self.dist.all_reduce = counted
-        return self
-
-    def __exit__(self, *exc):
-        self.dist.all_reduce = self.real
 
 
 def fsdp_worker(rank: int, world: int, out: str) -> None:

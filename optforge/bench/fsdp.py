@@ -99,7 +99,7 @@ def sharded_model(widths, world: int):
 
 class CountAllReduce:
     """Counts torch.distributed.all_reduce calls and the bytes of the tensors they sum (every
-    collective optforge makes is one), as tests/test_distributed_fsdp.py's CountAllReduce."""
+    collective optforge makes is one); tests/test_distributed_fsdp.py counts with it too."""
 
     def __init__(self):
         import torch.distributed as dist

@@ -7,10 +7,10 @@
 
     run_ranks(2, worker, str(out_dir), timeout_s=600)
 
-The tests start their ranks with it too (tests/distributed_harness.py): each rank is a
-fresh ``spawn``ed process that joins a gloo group at a
-port free when the run starts, with one thread for OMP, MKL, torch and Numba (each rank
-has a core of its own, or shares one; never a thread per core each). A rank that raises
+The tests start their ranks with it too (tests/distributed_harness.py). Each rank is a
+fresh ``spawn``ed process that joins a gloo group at a port free when the run starts,
+with one thread for OMP, MKL, torch and Numba (each rank has a core of its own, or
+shares one; never a thread per core each). A rank that raises
 ends the others (`RankFailed`, with its traceback); ranks still running at `timeout_s`
 are ended (`TimeoutError`).
 """
@@ -38,6 +38,7 @@ def free_port() -> int:
 
 
 def _rank_main(rank: int, world_size: int, port: int, worker, args: tuple) -> None:
+    """What each spawned process runs: join the group, run the worker, leave the group."""
     os.environ.update(RANK_ENV, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
     import torch.distributed as dist

@@ -102,22 +102,23 @@ def local_value(value: torch.Tensor, p, kind: str) -> torch.Tensor:
     checkpoint, or a DTensor replicated on every rank) gives the rows this rank holds. Any
     other placement (another split, a pending sum) would need a collective: refused.
     """
-    whole = value
+    shape, placements = state_layout(p, kind) if is_dtensor(p) else (None, None)
     if is_dtensor(value):
-        placements = state_layout(p, kind)[1] if is_dtensor(p) else None
-        same_mesh = placements is not None and value.device_mesh == p.device_mesh
-        if same_mesh and tuple(value.placements) == placements:
+        if (
+            placements is not None
+            and value.device_mesh == p.device_mesh
+            and tuple(value.placements) == placements
+        ):
             return value.to_local()
         if not all(pl.is_replicate() for pl in value.placements):
             raise ValueError(
                 f"it is a DTensor placed {tuple(value.placements)}, but the parameter's state is "
-                f"{'placed ' + str(placements) if placements is not None else 'not a DTensor'}"
+                f"{'not a DTensor' if placements is None else f'placed {placements}'}"
             )
-        whole = value.to_local()
-    if not is_dtensor(p):
-        return whole
+        value = value.to_local()  # the whole, on every rank
+    if placements is None:
+        return value
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-    shape, placements = state_layout(p, kind)
     rows, offset = compute_local_shape_and_global_offset(shape, p.device_mesh, placements)
-    return whole[tuple(slice(o, o + n) for o, n in zip(offset, rows))]
+    return value[tuple(slice(o, o + n) for o, n in zip(offset, rows))]

@@ -659,12 +659,10 @@ class TorchOptimizer(torch.optim.Optimizer):
             engine = cohort.engine
             engine.global_step = step
             for pos, i in enumerate(engine.members):
-                kinds = self._state_kinds(params[i])
                 for name, arrays in engine.state.items():
                     value = parts[i].get(name)
-                    if value is not None and arrays[pos] is not None:
-                        shown = self._state_tensor(arrays[pos], params[i], kinds.get(name, "element"))
-                        local(shown).copy_(value)
+                    if value is not None and arrays[pos] is not None:  # this rank's part, into its array
+                        _as_tensor(arrays[pos], local(params[i])).copy_(value)
             self._register(cohort)
             self._cohorts.append(cohort)
 
