@@ -97,3 +97,20 @@ def test_startup_is_measured_in_new_processes():
     result = measure_startup()
     assert set(result) == {"cold_s", "warm_s", "import_s"}
     assert all(v > 0 for v in result.values())
+
+
+def test_every_optimizer_torch_lacks_is_timed_against_its_reference_package():
+    import numpy as np
+
+    from optforge.bench import cpu as bench
+
+    lacking = {spec for spec in bench.OPTFORGE if spec not in bench.TORCH}
+    lacking -= {"lamb", "proximal_adagrad"}  # MindSpore's; no reference package implements their nn forms
+    assert lacking <= set(bench.REFERENCES), lacking - set(bench.REFERENCES)
+    notes = set()
+    steps, per_element = bench.contenders("lion", [1000, 37], np.random.default_rng(0), notes)
+    assert not notes
+    assert {"Lion foreach (pytorch_optimizer)", "Lion single-tensor (pytorch_optimizer)"} <= set(steps)
+    assert per_element == 20  # w g m in, w m out: 5 x 4 bytes
+    for step in steps.values():
+        step()

@@ -12,7 +12,9 @@ repeats, so drift in the machine's speed hits every contender alike):
   optimizer loads and stores what it stores, with one add per element (the limit);
 - torch.optim (single-tensor, foreach, fused where torch has it), when torch is installed;
 - DeepSpeed's DeepSpeedCPUAdam (AVX, hand-written C++) for Adam, when deepspeed is installed
-  (with DS_ACCELERATOR=cpu it builds its CPU op on first use, about a minute, then cached).
+  (with DS_ACCELERATOR=cpu it builds its CPU op on first use, about a minute, then cached);
+- the reference packages of the optimizers torch.optim lacks (pytorch-optimizer's Lion,
+  AdaBelief, Adan, ...; schedulefree), each in its default mode and single-tensor, when installed.
 Step time is the median; GB/s counts the bytes the compiled kernels move per element
 (benchmarks/traffic.py) times the elements. `--tensors N` splits the elements into N
 tensors of mixed sizes. Writes a JSON file, the table and a PNG plot (with matplotlib)
@@ -73,6 +75,13 @@ TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam", "adafactor": 
 TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 DEEPSPEED = {"adam", "adam_torch"}  # L2 (coupled) Adam, as DeepSpeedCPUAdam(adamw_mode=False)
+# Spec -> (package, class, keyword arguments, whether the class takes `foreach`): the reference
+# implementation of an optimizer torch.optim lacks, built on torch tensors with lr=LR.
+REFERENCES = {
+    "lion": ("pytorch_optimizer", "Lion", {}, True),
+    "adabelief": ("pytorch_optimizer", "AdaBelief", {}, True),
+    "adan": ("pytorch_optimizer", "Adan", {}, True),
+}
 
 
 # Optimizers whose kernels depend on the tensors' rank: their tensors are square matrices
@@ -142,6 +151,8 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
                     p.grad = torch.from_numpy(g)
                 topt = getattr(torch.optim, torch_name)(tp, lr=LR, **EXTRA.get(name, {}), **kwargs)
                 steps[label] = topt.step
+    if others and name in REFERENCES:
+        steps.update(_reference_steps(name, shapes, grads, notes))
     if others and name in DEEPSPEED:
         step = _deepspeed_adam(sizes, grads, notes)
         if step is not None:
@@ -166,6 +177,33 @@ def _deepspeed_adam(sizes, grads, notes: set[str]):
         notes.add(f"DeepSpeedCPUAdam could not be built: {error}")
         return None
     return opt.step
+
+
+def _reference_steps(name: str, shapes, grads, notes: set[str]) -> dict:
+    """The reference package's optimizer over torch tensors holding `grads`: label -> step."""
+    import importlib
+
+    package, class_name, kwargs, takes_foreach = REFERENCES[name]
+    try:
+        import torch
+
+        cls = getattr(importlib.import_module(package), class_name)
+    except ImportError:
+        notes.add(f"{package} is not installed: no {package} rows (pip install -e '.[test]')")
+        return {}
+    modes = {"": {}}
+    if takes_foreach:
+        modes = {" foreach": {"foreach": True}, " single-tensor": {"foreach": False}}
+    steps = {}
+    for label, mode in modes.items():
+        tp = [torch.zeros(s, requires_grad=True) for s in shapes]
+        for p, g in zip(tp, grads):
+            p.grad = torch.from_numpy(g)
+        ropt = cls(tp, lr=LR, **kwargs, **mode)
+        if hasattr(ropt, "train"):  # Schedule-Free: steps only in train mode
+            ropt.train()
+        steps[f"{class_name}{label} ({package})"] = ropt.step
+    return steps
 
 
 def steady_branch(opt) -> tuple:
@@ -242,15 +280,16 @@ def run(
 
 def table(result: dict) -> str:
     header = ("optimizer", "elements", "tensors", "contender", "ms", "GB/s", "of limit", "optforge x")
+    width = max([22] + [len(r["contender"]) + 2 for r in result["rows"]])
     lines = [
         f"# {result['machine']}, {result['threads']} threads, numba {result['numba']}; medians, interleaved",
         *(f"# note: {n}" for n in result["notes"]),
-        "{:<17}{:>12}{:>8}  {:<22}{:>9}{:>8}{:>9}{:>11}".format(*header),
+        ("{:<17}{:>12}{:>8}  {:<%d}{:>9}{:>8}{:>9}{:>11}" % width).format(*header),
     ]
     for r in result["rows"]:
         lines.append(
-            f"{r['optimizer']:<17}{r['elements']:>12,}{r['tensors']:>8}  {r['contender']:<22}{r['ms']:>9.2f}"
-            f"{r['GB/s']:>8.1f}{r['fraction_of_limit']:>9.2f}{r['speedup_of_optforge']:>11.2f}"
+            f"{r['optimizer']:<17}{r['elements']:>12,}{r['tensors']:>8}  {r['contender']:<{width}}"
+            f"{r['ms']:>9.2f}{r['GB/s']:>8.1f}{r['fraction_of_limit']:>9.2f}{r['speedup_of_optforge']:>11.2f}"
         )
     return "\n".join(lines) + "\n"
 
