@@ -23,7 +23,7 @@ from optforge.runtime.factored import factored_table
 from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
 from optforge.runtime.launch import StageBuffers, stage_steps
-from optforge.runtime.pointers import PointerTable, pointer_table, set_row
+from optforge.runtime.pointers import ArrayFields, PointerTable, pointer_table, set_row
 from optforge.runtime.precision import (
     SIXTEEN_BIT,
     Policy,
@@ -171,8 +171,8 @@ class Addressed(list):
 
     def __init__(self, gradients: list, addresses: list[int], sizes: list[int]):
         super().__init__(gradients)
-        self.addresses = np.array(addresses, dtype=np.int64)
-        self.sizes = np.array(sizes, dtype=np.int64)
+        self.addresses = np.asarray(addresses, dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
 
 
 class CheckedGradients(list):
@@ -670,6 +670,11 @@ class FusedOptimizer:
                 f"For '{cls}', expected {len(self.parameters)} gradients (one per parameter, in "
                 f"'parameters' order), but got {len(gradients)}."
             )
+        # The common case in one compiled call: every gradient a plain C-contiguous ndarray of
+        # its parameter's dtype and shape, read by address (runtime/pointers.py, ArrayFields).
+        read = self._gradient_fields().read(gradients)
+        if read is not None:
+            return Addressed(gradients, *read)
         expected = self._expected_gradients()
         grads = CheckedGradients(gradients)
         grads.plain = True
@@ -687,6 +692,11 @@ class FusedOptimizer:
         if not hasattr(self, "_expected"):
             self._expected = [(p.dtype, p.shape) for p in self.parameters]
         return self._expected
+
+    def _gradient_fields(self) -> ArrayFields:
+        if not hasattr(self, "_fields"):
+            self._fields = ArrayFields(self._expected_gradients())
+        return self._fields
 
     def _check_gradient(self, i: int, g, cls: str):
         """Refuse a gradient the step cannot take (TypeError/ValueError); return it as the
@@ -798,21 +808,21 @@ class FusedOptimizer:
         inv_scale = 1.0 / getattr(self, "loss_scale", 1.0)
         weight_decay, grad_scale = batch.per_tensor_values(decays, wd, inv_scale)
 
-        batch_grads, plain = _batch_gradients(batch, grads)
-        simple = plain and not any(gc)
         sparse = []
-        if isinstance(grads, Addressed) and not any(gc):
+        if isinstance(grads, Addressed) and not any(gc):  # checked and read already: no per-array work
             held = _point_at_addresses(batch, grads)
-        elif simple:
-            held = _point_at_gradients(batch, batch_grads)
         else:
-            # Row-sparse and centralized gradients (not a factored variant's: the optim dialect
-            # has neither): their effective values are formed here, the table points at those.
-            weight_decay, grad_scale = weight_decay.copy(), grad_scale.copy()  # folded in per tensor
-            held = self._effective_gradients(
-                batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
-            )
-            _point_at(batch, held)
+            batch_grads, plain = _batch_gradients(batch, grads)
+            if plain and not any(gc):
+                held = _point_at_gradients(batch, batch_grads)
+            else:
+                # Row-sparse and centralized gradients (not a factored variant's: the optim dialect
+                # has neither): their effective values are formed here, the table points at those.
+                weight_decay, grad_scale = weight_decay.copy(), grad_scale.copy()  # folded in per tensor
+                held = self._effective_gradients(
+                    batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
+                )
+                _point_at(batch, held)
         chunks = batch.chunks
         if sparse:
             keep = ~np.isin(chunks[0], [pos for pos, *_ in sparse])

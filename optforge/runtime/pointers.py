@@ -99,3 +99,116 @@ def _fill(arrays, index, addresses, sizes):
     for i in range(len(arrays)):
         addresses[index[i]] = arrays[i].ctypes.data
         sizes[index[i]] = arrays[i].size
+
+
+# -- reading a step's gradients' addresses and checking them in one call --
+#
+# Per step, the NumPy dialects need every gradient's address, and must check that each one is
+# a plain C-contiguous ndarray of its parameter's dtype and shape. Done per array in Python
+# (`type(g)`, `g.shape`, `g.dtype`, `g.flags`, `g.ctypes.data`) that is about 2 us a
+# gradient, most of a step over many small tensors. `ArrayFields` reads the same facts from
+# the arrays' C structs in one compiled loop, given the objects' addresses (`id`): NumPy's
+# `PyArrayObject_fields` (numpy/ndarraytypes.h), whose layout is checked against NumPy's own
+# attributes once (`ArrayFields.works`) before it is used. Only an object whose type word is
+# `numpy.ndarray` itself has its other fields read; anything else stops the scan, and the
+# caller checks that gradient (and the rest) the slow way.
+
+# The struct's 8-byte words: refcount and type (the object header), data, nd (an int),
+# dimensions, strides, base, descr, flags (an int).
+_TYPE, _DATA, _ND, _DIMS, _DESCR, _FLAGS, _WORDS = 1, 2, 3, 4, 7, 8, 9
+_C_CONTIGUOUS = 0x0001  # NPY_ARRAY_C_CONTIGUOUS
+_INT = 0xFFFFFFFF  # an int field's 4 bytes (the word's others are padding)
+
+
+@numba.njit(cache=True)
+def _scan(objects, ndarray_type, descrs, ndims, dims_at, dims, addresses, sizes):
+    """Addresses and sizes of `objects` (their ids), each checked as a C-contiguous ndarray of
+    descr `descrs[i]` and shape `dims[dims_at[i]:dims_at[i] + ndims[i]]`; -1, or the first
+    position that is not one (the entries from there on are not written)."""
+    for i in range(objects.shape[0]):
+        header = numba.carray(_pointer(objects[i], np.int64), 2)
+        if header[_TYPE] != ndarray_type:
+            return i
+        fields = numba.carray(_pointer(objects[i], np.int64), _WORDS)
+        nd = fields[_ND] & _INT
+        if fields[_DESCR] != descrs[i] or nd != ndims[i] or not (fields[_FLAGS] & _INT) & _C_CONTIGUOUS:
+            return i
+        shape = numba.carray(_pointer(fields[_DIMS], np.int64), nd)
+        size = 1
+        for d in range(nd):
+            if shape[d] != dims[dims_at[i] + d]:
+                return i
+            size *= shape[d]
+        addresses[i] = fields[_DATA]
+        sizes[i] = size
+    return -1
+
+
+class ArrayFields:
+    """Checks a step's gradients against their parameters' (dtype, shape) and reads their
+    addresses, in one compiled call (see above). Keeps the expected dtypes alive: their
+    addresses are what the descr fields are compared with."""
+
+    def __init__(self, expected: list[tuple[np.dtype, tuple[int, ...]]]):
+        self._dtypes = [np.dtype(dtype) for dtype, _ in expected]
+        self._expected = (
+            np.array([id(d) for d in self._dtypes], dtype=np.int64),
+            np.array([len(shape) for _, shape in expected], dtype=np.int64),
+            np.cumsum([0] + [len(shape) for _, shape in expected][:-1], dtype=np.int64),
+            np.array([n for _, shape in expected for n in shape] or [0], dtype=np.int64),
+        )
+
+    def scan(self, gradients) -> tuple[int, np.ndarray, np.ndarray]:
+        """(-1 or the first position that fails, addresses, sizes): see `_scan`."""
+        n = len(gradients)
+        objects = np.fromiter(map(id, gradients), np.int64, n)
+        addresses, sizes = np.empty(n, np.int64), np.empty(n, np.int64)
+        return _scan(objects, id(np.ndarray), *self._expected, addresses, sizes), addresses, sizes
+
+    def read(self, gradients) -> tuple[np.ndarray, np.ndarray] | None:
+        """(addresses, sizes) of `gradients` when every one is a C-contiguous ndarray of its
+        parameter's dtype and shape (that very dtype object, as NumPy shares its built-in
+        ones); else None. The caller keeps `gradients` alive while the addresses are used."""
+        if len(gradients) != len(self._dtypes) or not layout_matches():
+            return None
+        failed, addresses, sizes = self.scan(gradients)
+        return None if failed >= 0 else (addresses, sizes)
+
+
+_LAYOUT: list[bool] = []
+
+
+def layout_matches() -> bool:
+    """Whether this NumPy's arrays have the layout `_scan` reads: checked once, on arrays of
+    several dtypes, ranks and layouts, against NumPy's own attributes."""
+    if not _LAYOUT:
+        _LAYOUT.append(_check_layout())
+    return _LAYOUT[0]
+
+
+def _check_layout() -> bool:
+    base = np.arange(24, dtype=np.float64)
+    samples = [
+        np.zeros(5, np.float32),
+        base.reshape(2, 3, 4),
+        np.zeros((), np.float64),
+        np.zeros((0, 3), np.float32),
+        base.reshape(4, 6).T,  # not C-contiguous: refused
+        base[::2],  # strided: refused
+    ]
+    try:
+        for a in samples:
+            failed, addresses, sizes = ArrayFields([(a.dtype, a.shape)]).scan([a])
+            if failed != (-1 if a.flags.c_contiguous else 0):
+                return False
+            if failed == -1 and (addresses[0] != a.ctypes.data or sizes[0] != a.size):
+                return False
+            # another shape or another dtype is refused, and so is an object that is no array
+            for other in ((a.dtype, (*a.shape, 1)), (np.dtype(np.int16), a.shape)):
+                if ArrayFields([other]).scan([a])[0] != 0:
+                    return False
+            if ArrayFields([(a.dtype, a.shape)]).scan([a.tolist()])[0] != 0:
+                return False
+    except Exception:  # any surprise in NumPy's layout: the per-array path is used
+        return False
+    return True
