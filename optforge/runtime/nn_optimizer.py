@@ -113,16 +113,29 @@ class NNOptimizer(FusedOptimizer):
                         t=k + 1,
                         lr=lrs[batch.group],
                         wd=wds[batch.group],
-                        decays=[self._decays[i] for i in batch.indices],
-                        gc=[self._centralize[i] for i in batch.indices],
+                        decays=decays,
+                        gc=gc,
                         step=step,
                     ),
                 )
-                for batch, step in zip(self._batches, steps)
+                for batch, step, (decays, gc) in zip(self._batches, steps, self._batch_flags())
             ]
         )
         self.global_step = k + 1
         return True
+
+    def _batch_flags(self) -> list[tuple[tuple, tuple]]:
+        """Per batch, its tensors' decay and centralization flags: made again only when
+        `_decays` or `_centralize` is another list (LARS swaps in its own), not per step."""
+        key = (self._decays, self._centralize, self._batches)
+        cached = getattr(self, "_flags_cache", None)
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            flags = [
+                (tuple(self._decays[i] for i in b.indices), tuple(self._centralize[i] for i in b.indices))
+                for b in self._batches
+            ]
+            self._flags_cache = cached = (key, flags)
+        return cached[1]
 
     def _initial_lr(self, group: int) -> float:
         return self.groups[group].lr.at(0, type(self).__name__)
