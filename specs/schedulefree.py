@@ -113,7 +113,17 @@ SPEC = F.compose(
         message=MESSAGE,
     ),
     decay="decoupled",
-    latex={ckp1: r"c_{k+1}", bias_correction2: r"\mathrm{bc}_2"},
+    latex={
+        ckp1: r"c_{k+1}",
+        bias_correction2: r"\mathrm{bc}_2",
+        warmup_steps: r"T_{\mathrm{warmup}}",
+        weight_lr_power: r"p",
+        scheduled_lr: r"\gamma_{\mathrm{sched}}",
+        lr_max: r"\gamma_{\max}",
+        weight_sum: r"W",
+        weight: r"\omega",
+        sched: r"\mathrm{sched}",
+    },
     exports=[
         Export("optim", "ScheduleFreeAdamW", SIGNATURE),
         Export("torch", "ScheduleFreeAdamW", (*SIGNATURE, ("foreach", True)), step_state=False),

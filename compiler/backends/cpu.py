@@ -299,6 +299,16 @@ def transition_table(spec: Spec, printer, package_functions) -> list[dict]:
     return table
 
 
+def string_pieces(text: str, width: int = 72) -> list[str]:
+    """`text` as the reprs of pieces of at most about `width` characters that add up to it
+    (a long message in generated code, within the line length)."""
+    import textwrap
+
+    pieces = textwrap.wrap(text, width, drop_whitespace=False, break_on_hyphens=False) or [text]
+    assert "".join(pieces) == text
+    return [repr(p) for p in pieces]
+
+
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     branch_functions, scalar_functions = host_contexts(spec, kernels)
     for _, _, _, functions in transition_functions(spec):
@@ -422,6 +432,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     transitions = transition_table(spec, printer, transition_functions(spec))
     return render_unformatted(
         "cpu_kernels.py.j2",
+        mode_message=string_pieces(spec.modes.message) if spec.modes else None,
         transitions=transitions,
         step=step_context(spec),
         package=package,

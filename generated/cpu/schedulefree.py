@@ -144,7 +144,11 @@ MODES = Modes(
     leave="eval",
     initial=False,
     error=Exception,
-    message="Optimizer was not in train mode when step is called. Please insert .train() and .eval() calls on the optimizer. See documentation for details.",
+    message=(
+        "Optimizer was not in train mode when step is called. Please insert "
+        ".train() and .eval() calls on the optimizer. See documentation for "
+        "details."
+    ),
 )
 
 # The mode transitions: method -> (flag values) -> the Branch that rewrites a group's
