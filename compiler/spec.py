@@ -373,6 +373,7 @@ class Export:
     checks: tuple = ()  # names of torch's cross-argument checks (optforge.torch.options)
     kept_when: dict = field(default_factory=dict)  # state name -> condition on hypers
     step_state: bool = True  # torch keeps state[p]["step"]
+    aliases: tuple = ()  # other names the dialect's package gives the class (the reference's own)
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
 
 
@@ -607,6 +608,14 @@ def check_spec(spec: Spec) -> None:
                 continue
             if arg not in known:
                 fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
+        if (spec.step_state or spec.modes) and export.dialect in dialects.ELEMENTWISE_DIALECTS:
+            fail(
+                f"export {export.class_name}",
+                "step state and modes are kept in torch-style param groups: export to optim or torch",
+            )
+        for alias in export.aliases:
+            if not (isinstance(alias, str) and alias.isidentifier()) or alias == export.class_name:
+                fail(f"export {export.class_name}", f"alias {alias!r} must be another identifier")
         for name in export.types:
             if name not in {h.name for h in spec.hypers}:
                 fail(f"export {export.class_name}", f"types given for unknown hyperparameter '{name}'")

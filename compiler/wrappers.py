@@ -564,7 +564,9 @@ def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:
 
 def render_class_module(spec: Spec, export: Export, package: str) -> str:
     context = CONTEXTS[export.dialect](spec, export)
-    return render_unformatted(f"{export.dialect}_class.py.j2", package=package, **context)
+    return render_unformatted(
+        f"{export.dialect}_class.py.j2", package=package, aliases=export.aliases, **context
+    )
 
 
 def render_dialect_init(dialect: str, classes: list[tuple[str, str]], package: str) -> str:

@@ -126,6 +126,12 @@ SPEC = F.compose(
     },
     exports=[
         Export("optim", "ScheduleFreeAdamW", SIGNATURE),
-        Export("torch", "ScheduleFreeAdamW", (*SIGNATURE, ("foreach", True)), step_state=False),
+        Export(
+            "torch",
+            "ScheduleFreeAdamW",
+            (*SIGNATURE, ("foreach", True)),
+            step_state=False,  # the reference keeps its step count `k` in the group, no `step` per parameter
+            aliases=("AdamWScheduleFree",),  # schedulefree's own name
+        ),
     ],
 )

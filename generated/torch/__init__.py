@@ -17,6 +17,7 @@ from optforge.generated.torch.adabelief import AdaBelief
 from optforge.generated.torch.adan import Adan
 from optforge.generated.torch.adafactor import Adafactor
 from optforge.generated.torch.schedulefree import ScheduleFreeAdamW
+from optforge.generated.torch.schedulefree import AdamWScheduleFree
 
 __all__ = [
     "Lamb",
@@ -35,4 +36,5 @@ __all__ = [
     "Adan",
     "Adafactor",
     "ScheduleFreeAdamW",
+    "AdamWScheduleFree",
 ]

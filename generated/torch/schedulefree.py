@@ -275,3 +275,6 @@ class ScheduleFreeAdamW(TorchOptimizer):
         `train_mode` is True (the parameters that have state), then sets `train_mode` to
         False in every group."""
         self._switch_mode("eval")
+
+
+AdamWScheduleFree = ScheduleFreeAdamW  # the same class, under another name
