@@ -26,3 +26,7 @@ def stepping(cls):
 
     make.__name__ = make.__qualname__ = cls.__name__
     return make
+
+
+def has_modes(cls) -> bool:
+    return _modes(cls) is not None
