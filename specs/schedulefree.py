@@ -62,7 +62,10 @@ SPEC = F.compose(
         "Each step's step-level values are computed in float64 on the host, as the reference "
         "does with Python floats; `ckp1` is 0 while `weight_sum` is 0 (the reference's "
         "ZeroDivisionError branch).",
-        "`beta1 = 0` is refused (the reference's `eval()` divides by it).",
+        "`beta1 = 0` is refused (the reference's `eval()` divides by it); so are a negative lr, "
+        "eps, weight_decay or warmup_steps, and betas outside (0, 1), which the reference does not check.",
+        "`train()` and `eval()` step host tensors only so far: on parameters in device memory that "
+        "have state they raise NotImplementedError and change nothing (steps run on the device).",
     ),
     hypers=[
         Hyper(warmup_steps, ("int",), 0, "Steps of linear learning-rate warmup."),

@@ -857,9 +857,14 @@ class FusedOptimizer(StepStateMixin):
 
     def _transition(self, method: str, groups: list[int]) -> None:
         """Run transition `method`'s kernels over the batches of `groups` (every check first)."""
+        run_transition(self._transition_work(method, groups))
+
+    def _transition_work(self, method: str, groups: list[int]) -> list[tuple]:
+        """(batch, branch, scalars) of each batch of `groups` that transition `method` rewrites,
+        checked: nothing has run yet (a device batch is refused, NotImplementedError)."""
         module = self._kernel_module()
         if not groups or self._batches is None:
-            return
+            return []
         work = []
         for batch in self._batches:
             if batch.group not in groups or not batch.indices:
@@ -874,14 +879,7 @@ class FusedOptimizer(StepStateMixin):
             lr, values = self._transition_values(batch.group)
             scalars = [batch.dtype.type(s) for s in branch.scalars(self.global_step, lr, *values)]
             work.append((batch, branch, scalars))
-        for batch, branch, scalars in work:
-            if batch.chunks[0].size == 0:
-                continue
-            zeros = np.zeros(len(batch.indices), dtype=batch.dtype)
-            for _ in stage_steps(
-                branch, batch.key, batch.chunks, batch.arrays, batch.buffers, zeros, zeros + 1, scalars
-            ):
-                pass
+        return work
 
     def _effective_gradients(
         self, batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
@@ -935,6 +933,19 @@ class FusedOptimizer(StepStateMixin):
         if self._DECAY == "coupled":
             g = g + wd * w
         return g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=g.dtype)
+
+
+def run_transition(work: list[tuple]) -> None:
+    """Run what `_transition_work` returned: each batch's transition stages (no weight decay,
+    unit gradient scale: a transition reads neither)."""
+    for batch, branch, scalars in work:
+        if batch.chunks[0].size == 0:
+            continue
+        zeros = np.zeros(len(batch.indices), dtype=batch.dtype)
+        for _ in stage_steps(
+            branch, batch.key, batch.chunks, batch.arrays, batch.buffers, zeros, zeros + 1, scalars
+        ):
+            pass
 
 
 def check_parameter_list(params, what: str, cls: str) -> list:

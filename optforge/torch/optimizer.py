@@ -39,7 +39,7 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import MASTER, Addressed, _Batch
+from optforge.runtime.optimizer import MASTER, Addressed, _Batch, run_transition
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
@@ -457,9 +457,8 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             engine.sync(self)
             mine = [g for g, tg in enumerate(engine.torch_groups) if tg in groups]
             if mine:
-                work.append((engine, mine))
-        for engine, mine in work:
-            engine._transition(method, mine)
+                work += engine._transition_work(method, mine)
+        run_transition(work)
 
     def _finite_on_every_rank(self, finite: bool, checked: list) -> bool:
         """Whether every rank's gradients are finite (FSDP2: each rank sees its shard's): the
