@@ -147,7 +147,7 @@ def build_files(specs: list[Spec], package: str = PACKAGE) -> dict[str, str]:
         rendered[f"cuda/{spec.name}.py"] = render_cuda_module(spec, kernels, package)
         for export in spec.exports:
             rendered[f"{export.dialect}/{spec.name}.py"] = render_class_module(spec, export, package)
-            exported[export.dialect].append((spec.name, export.class_name))
+            exported[export.dialect] += [(spec.name, name) for name in (export.class_name, *export.aliases)]
     for dialect, classes in exported.items():
         rendered[f"{dialect}/__init__.py"] = render_dialect_init(dialect, classes, package)
     files.update(format_python_files(rendered))

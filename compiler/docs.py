@@ -146,15 +146,32 @@ def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
             else ""
         )
         init.append(rf"{latex(s.symbol, names)}_0 \leftarrow {value}{cond}")
+    init += [
+        rf"{latex(s.symbol, names)} \leftarrow {latex(sp.sympify(s.init), names)}" for s in spec.step_state
+    ]
     lines.append(r"&\textbf{initialize}: " + r",\ ".join(init) + r" \\")
     lines.append(r"&\rule{100mm}{0.4pt} \\")
     lines.append(r"&\textbf{for}\ t = 1, 2, \ldots\ \textbf{do} \\")
+    if spec.step_rules:  # once per step and group, on the host, before the elements
+        lines.append(r"&\qquad \text{once per param group:} \\")
+        for rule in spec.step_rules:
+            target, expr = latex(rule.target, names), latex(sp.sympify(rule.expr), names)
+            lines.append(rf"&\qquad\quad {target} \leftarrow {expr} \\")
+        lines.append(r"&\qquad \text{per element:} \\")
     for rule in rules:
         target = latex(rule.target, names)
         body = rf"{target} \leftarrow {latex(exprs[id(rule)], names)}"
         if rule.when is not None and rule.when not in pinned:
             body = rf"\textbf{{if}}\ {latex(rule.when, names)}:\ {body}"
         lines.append(rf"&\qquad {body} \\")
+    if spec.modes is not None:  # the mode methods, elementwise
+        lines.append(r"&\rule{100mm}{0.4pt} \\")
+        for transition in (spec.modes.enter, spec.modes.leave):
+            body = r",\ ".join(
+                rf"{latex(r.target, names)} \leftarrow {latex(sp.sympify(r.expr), names)}"
+                for r in transition.rules
+            )
+            lines.append(rf"&\texttt{{{tt(transition.method)}()}}:\ {body} \\")
     lines.append(r"&\rule{100mm}{0.4pt}")
     return "\\begin{aligned}\n" + "\n".join(lines) + "\n\\end{aligned}"
 
@@ -179,6 +196,8 @@ def legend(spec: S.Spec, dialect: str, state_names: dict | None = None) -> list[
     for s in spec.state:
         name = (state_names or {}).get(s.name, s.name)
         items.append(f"${latex(s.symbol, names)}$: `{name}`, {s.doc[0].lower()}{s.doc[1:]}")
+    for s in spec.step_state:
+        items.append(f"${latex(s.symbol, names)}$: the group's `{s.name}`, {s.doc[0].lower()}{s.doc[1:]}")
     return items
 
 
@@ -189,12 +208,14 @@ def example(spec: S.Spec, export, module: str) -> str:
             f"import {'optforge' if module.startswith('optforge.compile_spec') else 'optforge.torch'}\n\n"
             "model = torch.nn.Linear(3, 2)\n"
             f"opt = {module}.{export.class_name}(model.parameters())\n"
-            "x, y = torch.randn(8, 3), torch.randn(8, 2)\n"
+            + (f"opt.{spec.modes.enter.method}()\n" if spec.modes else "")
+            + "x, y = torch.randn(8, 3), torch.randn(8, 2)\n"
             "for step in range(3):\n"
             "    opt.zero_grad()\n"
             "    torch.nn.functional.mse_loss(model(x), y).backward()\n"
             "    opt.step()  # updates the parameters' memory in place\n"
-            "print(model.weight)\n"
+            + (f"opt.{spec.modes.leave.method}()\n" if spec.modes else "")
+            + "print(model.weight)\n"
         )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in export.example.items())
     kwargs = f", {kwargs}" if kwargs else ""
@@ -204,10 +225,12 @@ def example(spec: S.Spec, export, module: str) -> str:
         'w = optforge.Parameter(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "layer.weight")\n'
         'b = optforge.Parameter(np.zeros(3, np.float32), "layer.bias")\n'
         f"opt = {module}.{export.class_name}([w, b]{kwargs})\n"
-        "for step in range(3):\n"
+        + (f"opt.{spec.modes.enter.method}()\n" if spec.modes else "")
+        + "for step in range(3):\n"
         "    grads = (np.full((2, 3), 0.1, np.float32), np.full(3, -0.2, np.float32))\n"
         "    opt(grads)  # updates w and b in place\n"
-        "print(w.asnumpy())\n"
+        + (f"opt.{spec.modes.leave.method}()\n" if spec.modes else "")
+        + "print(w.asnumpy())\n"
     )
 
 
@@ -260,6 +283,8 @@ def page(spec: S.Spec, export, user: bool = False) -> str:
             )
             for s in spec.state
         ],
+        step_state=[(s.name, s.init, s.doc) for s in spec.step_state],
+        step_locals=[latex(sym, symbol_latex(spec)) for sym in S.step_locals(spec)],
         precision=precision_rows(spec),
         shard_rounds=shard_rounds(spec),
         int8=[(state_names.get(v.state, v.state), v.table, "; ".join(v.reasons)) for v in int8_storage(spec)],

@@ -54,7 +54,42 @@ def input_levels(spec: S.Spec) -> dict[sp.Symbol, Level]:
     levels |= {s: Level.TENSOR for s in S.BUILTIN_TENSOR}
     levels |= {h.symbol: Level.STEP for h in spec.hypers}
     levels |= {s.symbol: Level.ELEMENT for s in spec.state}
+    levels |= {s: Level.STEP for s in S.step_inputs(spec)}  # the step rules' values, once per step
     return levels
+
+
+def transition_spec(spec: S.Spec, transition: S.Transition) -> S.Spec:
+    """A mode transition (`S.Modes`) as a spec of its own, lowered like any update: its rules,
+    and every state kept as it is (so no store: passes/unchanged.py), the step state read as
+    it stands (its step rules keep each value). Named `<spec>__<method>`."""
+    keep = [S.Rule(s.symbol, s.symbol, s.when) for s in spec.state]
+    return S.Spec(
+        name=f"{spec.name}__{transition.method}",
+        title=f"{spec.title}.{transition.method}",
+        source=spec.source,
+        hypers=spec.hypers,
+        flags=spec.flags,
+        state=spec.state,
+        rules=(*transition.rules, *keep),
+        decay="decoupled",
+        host_dtype=spec.host_dtype,
+        step_state=spec.step_state,
+        step_rules=tuple(S.Rule(s.symbol, s.symbol) for s in spec.step_state),
+    )
+
+
+def transitions(spec: S.Spec) -> list[tuple[str, S.Spec, list[Kernel]]]:
+    """(method, its spec, one kernel per flag variant) of each mode transition."""
+    if spec.modes is None:
+        return []
+    result = []
+    for transition in (spec.modes.enter, spec.modes.leave):
+        derived = transition_spec(spec, transition)
+        kernels = [kernel for variant in derived.variants() for kernel in lower(derived, variant)]
+        if any(k.guards for k in kernels):
+            raise S.SpecError(f"{spec.where}: transition '{transition.method}' has host-side branches")
+        result.append((transition.method, derived, kernels))
+    return result
 
 
 @dataclass(frozen=True)
@@ -162,7 +197,7 @@ def step_fields(spec: S.Spec, variant, guards, values, hoisted, used: set[sp.Sym
         variant=tuple((flag.name, variant[flag.symbol]) for flag in spec.flags),
         guards=tuple(guards),
         branch=tuple(values),
-        host_inputs=(S.t, S.lr, *(h.symbol for h in spec.hypers)),
+        host_inputs=(S.t, S.lr, *(h.symbol for h in spec.hypers), *S.step_inputs(spec)),
         host=_on_host(prune(host, scalars)),
         guard_host=_on_host(prune(host, guard_symbols)),
         scalars=scalars,
@@ -181,7 +216,7 @@ def _free_in(found: list[Region]) -> set[sp.Symbol]:
 
 def _order(spec: S.Spec):
     """Sort key for kernel scalars: hyperparameters, t, lr, then s0, s1, ... numerically."""
-    first = [h.symbol for h in spec.hypers] + list(S.BUILTIN_STEP)
+    first = [h.symbol for h in spec.hypers] + list(S.BUILTIN_STEP) + list(S.step_inputs(spec))
 
     def key(symbol: sp.Symbol):
         if symbol in first:

@@ -69,3 +69,15 @@ def _evaluate(rules, env, updated) -> None:
         value = np.asarray(function(*(env[s.name] for s in symbols)), dtype=np.float64)
         env[rule.target.name] = value
         updated[rule.target.name] = value
+
+
+def reference_advance(spec: S.Spec, scalars: dict[str, float]) -> dict[str, float]:
+    """The step rules in float64 as written: `scalars` maps 't', 'lr', the hyperparameters
+    and each step state (its value before the step) to numbers; returns every step rule's
+    target (the step states' new values and the step-level locals)."""
+    # NumPy floats: a Piecewise evaluates every branch, and one not taken may divide by 0.
+    env: dict[str, object] = {k: np.float64(v) for k, v in scalars.items()}
+    updated: dict[str, object] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        _evaluate(list(spec.step_rules), env, updated)
+    return {k: float(v) for k, v in updated.items()}

@@ -257,6 +257,54 @@ class State:
 
 
 @dataclass(frozen=True)
+class StepState:
+    """A scalar kept per parameter group between steps (Schedule-Free's `lr_max`, `weight_sum`).
+
+    `init` is its value before the first step: a number (an int keeps the state an int, as a
+    step counter is). The spec's `step_rules` update it once per step and group, on the host,
+    before the kernels run; rules (element and step rules) read it like a hyperparameter. The
+    dialects keep it in the param group under `name` (as Schedule-Free's reference does), so
+    checkpoints save and restore it with the group's options.
+    """
+
+    symbol: sp.Symbol
+    init: int | float
+    name: str  # the param group key
+    doc: str
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An elementwise rewrite of the parameters run by a method of the class (Schedule-Free's
+    `eval()`: `w <- w + (1 - 1/beta1)*(z - w)`): `rules` may read the parameter, the state,
+    the hyperparameters and the step state, and assign the parameter and locals (not the
+    state). Compiled into fused kernels like the update."""
+
+    method: str  # the method's name, e.g. "eval"
+    rules: tuple
+    doc: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "rules", tuple(self.rules))
+
+
+@dataclass(frozen=True)
+class Modes:
+    """Two modes of the optimizer, kept per param group as the bool `key` (`train_mode`):
+    `enter` switches a group into the mode in which `step()` may run (True), `leave` out of
+    it; each runs its transition over the group's parameters that have state, and only for
+    groups not already in that mode. Outside it, `step()` raises `error(message)` before
+    anything changes (the reference checks the first group: so does the class)."""
+
+    key: str
+    enter: Transition
+    leave: Transition
+    initial: bool = False
+    error: str = "RuntimeError"  # a builtin exception's name
+    message: str = "the optimizer is not in the mode in which it steps"
+
+
+@dataclass(frozen=True)
 class Rule:
     """`target <- expr`; `when` (a flag) limits the rule to the variants that set it."""
 
@@ -325,6 +373,7 @@ class Export:
     checks: tuple = ()  # names of torch's cross-argument checks (optforge.torch.options)
     kept_when: dict = field(default_factory=dict)  # state name -> condition on hypers
     step_state: bool = True  # torch keeps state[p]["step"]
+    aliases: tuple = ()  # other names the dialect's package gives the class (the reference's own)
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
 
 
@@ -359,9 +408,19 @@ class Spec:
     # Arithmetic of the host code: "float64", or "float32" where MindSpore does
     # its step-level scalars in float32 and the numbers depend on it (RAdam's rho_t).
     host_dtype: str = "float64"
+    # Step-level state (StepState) and the host rules that update it, once per step and
+    # group before the kernels: in order, each reading t, lr, hyperparameters, step state
+    # and earlier targets; a target that is no step state is a step-level local the
+    # element rules may read (Schedule-Free's ckp1).
+    step_state: tuple[StepState, ...] = ()
+    step_rules: tuple[Rule, ...] = ()
+    modes: Modes | None = None
 
     def __post_init__(self):
-        for name in ("hypers", "flags", "state", "rules", "exports", "references", "notes", "constraints"):
+        for name in (
+            "hypers", "flags", "state", "rules", "exports", "references", "notes", "constraints",
+            "step_state", "step_rules",
+        ):  # fmt: skip
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_spec(self)
 
@@ -430,7 +489,8 @@ def check_spec(spec: Spec) -> None:
         raise SpecError(f"{spec.where}: {what}: {message}")
 
     declared: dict[str, str] = {s.name: "a built-in symbol" for s in BUILTINS}
-    for kind, items in (("hyperparameter", spec.hypers), ("flag", spec.flags), ("state", spec.state)):
+    kinds = (("hyperparameter", spec.hypers), ("flag", spec.flags), ("state", spec.state))
+    for kind, items in kinds + (("step state", spec.step_state),):
         for item in items:
             sym = item.symbol
             if not isinstance(sym, sp.Symbol):
@@ -448,6 +508,8 @@ def check_spec(spec: Spec) -> None:
     hyper_syms = {h.symbol for h in spec.hypers}
     flag_syms = {f.symbol for f in spec.flags}
     state_syms = {s.symbol for s in spec.state}
+    _check_step_state(spec, fail, hyper_syms, flag_syms, state_syms)
+    step_syms = set(step_inputs(spec))
 
     for sym in spec.latex:
         if not isinstance(sym, sp.Symbol):
@@ -493,9 +555,15 @@ def check_spec(spec: Spec) -> None:
             fail(where, f"'when' must be a flag or ~flag, got {rule.when}")
         if rule.target in hyper_syms | flag_syms or rule.target in BUILTINS and rule.target != w:
             fail(where, f"cannot assign to '{rule.target}': only the parameter, state and locals can be")
+        if rule.target in step_syms:
+            fail(
+                where,
+                f"cannot assign to '{rule.target}': it is step-level (a step state or a step rule's "
+                "local); only `step_rules` assign it",
+            )
 
     for variant in spec.variants():
-        _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms)
+        _check_variant(spec, variant, fail, hyper_syms | step_syms, flag_syms, state_syms)
 
     if spec.decay not in ("coupled", "decoupled"):
         fail("decay", f"must be 'coupled' or 'decoupled', got {spec.decay!r}")
@@ -540,6 +608,14 @@ def check_spec(spec: Spec) -> None:
                 continue
             if arg not in known:
                 fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
+        if (spec.step_state or spec.modes) and export.dialect in dialects.ELEMENTWISE_DIALECTS:
+            fail(
+                f"export {export.class_name}",
+                "step state and modes are kept in torch-style param groups: export to optim or torch",
+            )
+        for alias in export.aliases:
+            if not (isinstance(alias, str) and alias.isidentifier()) or alias == export.class_name:
+                fail(f"export {export.class_name}", f"alias {alias!r} must be another identifier")
         for name in export.types:
             if name not in {h.name for h in spec.hypers}:
                 fail(f"export {export.class_name}", f"types given for unknown hyperparameter '{name}'")
@@ -602,6 +678,117 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             fail(f"state '{s.name}'", f"is never written (when {label})")
     if w not in assigned:
         fail("rules", f"never update the parameter 'w' (when {label})")
+
+
+def step_locals(spec: Spec) -> tuple[sp.Symbol, ...]:
+    """The targets of the step rules that are no step state, in order: step-level locals."""
+    states = {s.symbol for s in spec.step_state}
+    return tuple(dict.fromkeys(r.target for r in spec.step_rules if r.target not in states))
+
+
+def step_inputs(spec: Spec) -> tuple[sp.Symbol, ...]:
+    """What the step rules hand the kernels' host code, in order: each step state's new
+    value, then the locals."""
+    return tuple(s.symbol for s in spec.step_state) + step_locals(spec)
+
+
+# Method names a transition may not take: torch.optim.Optimizer's and optforge's own.
+_CLASS_METHODS = (
+    "step", "zero_grad", "state_dict", "load_state_dict", "add_param_group", "register_step_pre_hook",
+    "register_step_post_hook", "float32_state_dict", "params", "state", "param_groups", "defaults",
+)  # fmt: skip
+
+
+def _check_step_state(spec: Spec, fail, hyper_syms, flag_syms, state_syms) -> None:
+    """Step states, step rules and modes: what each may read and write."""
+    state_names = {s.symbol for s in spec.step_state}
+    keys = {"params", "lr", "weight_decay", *(h.name for h in spec.hypers), *(f.name for f in spec.flags)}
+    for s in spec.step_state:
+        if isinstance(s.init, bool) or not isinstance(s.init, (int, float)):
+            fail(f"step state '{s.name}'", f"initial value must be a number (int or float), got {s.init!r}")
+        if not s.name.isidentifier() or s.name in keys:
+            fail(f"step state '{s.name}'", "its group key must be an identifier no argument or option uses")
+        keys.add(s.name)
+    readable = {t, lr} | hyper_syms | state_names
+    written: set[sp.Symbol] = set()
+    for i, rule in enumerate(spec.step_rules, 1):
+        where = f"step rule {i} ({rule})"
+        if not isinstance(rule.target, sp.Symbol):
+            fail(where, "the target must be a symbol")
+        if rule.when is not None:
+            fail(where, "step rules take no 'when': a flag's variants share the step-level state")
+        if rule.target in hyper_syms | flag_syms | state_syms or rule.target in BUILTINS:
+            fail(where, f"cannot assign to '{rule.target}': only step states and step-level locals can be")
+        if rule.target in written and rule.target not in state_names:
+            fail(where, f"assigns the local '{rule.target}' twice")
+        if is_reserved(rule.target.name):
+            fail(where, f"the name '{rule.target}' is reserved by the generated code; choose another")
+        expr = sp.sympify(rule.expr)
+        _check_functions(expr, where, fail)
+        if expr.atoms(*REDUCTIONS):
+            fail(where, "a step rule is computed once per group: it cannot read a per-tensor reduction")
+        for sym in sorted(expr.free_symbols, key=str):
+            if sym not in readable:
+                kind = "per-element or per-tensor" if sym in state_syms | set(BUILTINS) else "undefined"
+                fail(where, f"reads '{sym}', which is {kind}: step rules read t, lr, hyperparameters, "
+                     "step state and earlier step rules' targets")  # fmt: skip
+        written.add(rule.target)
+        readable.add(rule.target)
+    for s in spec.step_state:
+        if s.symbol not in written:
+            fail(f"step state '{s.name}'", "is never written by a step rule")
+    if spec.modes is None:
+        return
+    modes = spec.modes
+    if not isinstance(modes, Modes):
+        fail("modes", f"must be a Modes, got {modes!r}")
+    if not modes.key.isidentifier() or modes.key in keys:
+        fail(
+            f"modes '{modes.key}'",
+            "its group key must be an identifier no argument, option or step state uses",
+        )
+    if not isinstance(modes.initial, bool):
+        fail(f"modes '{modes.key}'", f"initial must be a bool, got {modes.initial!r}")
+    import builtins
+
+    if not isinstance(getattr(builtins, modes.error, None), type) or not issubclass(
+        getattr(builtins, modes.error), Exception
+    ):
+        fail(f"modes '{modes.key}'", f"error must name a builtin exception, got {modes.error!r}")
+    if modes.enter.method == modes.leave.method:
+        fail(f"modes '{modes.key}'", "its two transitions need two method names")
+    for transition in (modes.enter, modes.leave):
+        what = f"transition '{transition.method}'"
+        if not transition.method.isidentifier() or transition.method.startswith("_"):
+            fail(what, "the method name must be a public identifier")
+        if transition.method in _CLASS_METHODS:
+            fail(what, "the method name is one the optimizer classes already have")
+        seen = {w} | state_syms | hyper_syms | state_names
+        assigned: set[sp.Symbol] = set()
+        for i, rule in enumerate(transition.rules, 1):
+            where = f"{what}, rule {i} ({rule})"
+            if rule.when is not None:
+                fail(where, "transition rules take no 'when'")
+            if rule.target in state_syms | hyper_syms | flag_syms | state_names or (
+                rule.target in BUILTINS and rule.target != w
+            ):
+                fail(
+                    where, f"cannot assign to '{rule.target}': a transition assigns the parameter and locals"
+                )
+            expr = sp.sympify(rule.expr)
+            _check_functions(expr, where, fail, {w} | state_syms)
+            if expr.atoms(*REDUCTIONS):
+                fail(where, "a transition is elementwise: it cannot read a reduction")
+            for sym in sorted(expr.free_symbols, key=str):
+                if sym not in seen:
+                    fail(where, f"reads '{sym}': a transition reads the parameter, state, hyperparameters, "
+                         "step state and its own earlier targets")  # fmt: skip
+            if rule.target in assigned:
+                fail(where, f"assigns '{rule.target}' twice")
+            assigned.add(rule.target)
+            seen.add(rule.target)
+        if w not in assigned:
+            fail(what, "never assigns the parameter 'w'")
 
 
 def _reads(expr, varying: set) -> bool:

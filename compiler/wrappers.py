@@ -457,8 +457,13 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
     """
     from optforge.compiler.printers import HostPrinter
 
-    impl = [e for e in export.signature if isinstance(e, str) and e in TORCH_IMPL_OPTIONS]
-    core = tuple(e for e in export.signature if e != KEYWORD_ONLY and e not in impl)
+    # An implementation switch may come with the reference's default: ("foreach", True).
+    impl_defaults = {
+        e[0]: e[1] for e in export.signature if isinstance(e, tuple) and e[0] in TORCH_IMPL_OPTIONS
+    }
+    signature = tuple(e[0] if isinstance(e, tuple) and e[0] in impl_defaults else e for e in export.signature)
+    impl = [e for e in signature if isinstance(e, str) and e in TORCH_IMPL_OPTIONS]
+    core = tuple(e for e in signature if e != KEYWORD_ONLY and e not in impl)
     # The spec's domains, with this dialect's own where torch's differ (Adam's eps >= 0).
     spec = replace(spec, domains={**spec.domains, **export.domains})
     context = optim_class_context(spec, replace(export, signature=core))
@@ -480,12 +485,13 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
     keys = {s.name: export.state_keys.get(s.name, s.name) for s in spec.state}
     core_arguments = iter(context["arguments"])
     arguments, keyword_only = [], False
-    for entry in export.signature:  # torch's order: positional arguments, then keyword-only ones
+    for entry in signature:  # torch's order: positional arguments, then keyword-only ones
         if entry == KEYWORD_ONLY:
             keyword_only = True
             continue
         if entry in impl:
             types, default, doc = TORCH_IMPL_OPTIONS[entry]
+            default = impl_defaults.get(entry, default)
             arguments.append(Argument(entry, repr(default), types, doc, keyword_only))
             continue
         a = next(core_arguments)
@@ -558,7 +564,9 @@ def constraint_checks(spec: Spec, cls: str) -> list[tuple[str, str, str]]:
 
 def render_class_module(spec: Spec, export: Export, package: str) -> str:
     context = CONTEXTS[export.dialect](spec, export)
-    return render_unformatted(f"{export.dialect}_class.py.j2", package=package, **context)
+    return render_unformatted(
+        f"{export.dialect}_class.py.j2", package=package, aliases=export.aliases, **context
+    )
 
 
 def render_dialect_init(dialect: str, classes: list[tuple[str, str]], package: str) -> str:

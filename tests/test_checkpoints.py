@@ -9,11 +9,14 @@ import pytest
 
 import optforge
 from optforge.compiler.build import load_specs
+from tests.modes import stepping
 
 SHAPES = [((3, 4), np.float32), ((5,), np.float32), ((2, 3, 2), np.float64)]
 MODULES = {"nn": optforge.nn, "optim": optforge.optim}
 CLASSES = [
-    pytest.param(getattr(MODULES[e.dialect], e.class_name), e.example, id=f"{e.dialect}.{e.class_name}")
+    pytest.param(
+        stepping(getattr(MODULES[e.dialect], e.class_name)), e.example, id=f"{e.dialect}.{e.class_name}"
+    )
     for spec in load_specs()
     for e in spec.exports
     if e.dialect in MODULES

@@ -20,6 +20,8 @@ DOCS = ROOT / "docs"
 CLASSES = [("nn", name) for name in optforge.generated.nn.__all__]
 CLASSES += [("optim", name) for name in optforge.generated.optim.__all__]
 CLASSES += [("torch", name) for name in optforge.torch.__all__ if name != "TorchOptimizer"]
+# An alias (Export.aliases: AdamWScheduleFree) is documented on its class's page.
+CLASSES = [(d, name) for d, name in CLASSES if getattr(getattr(optforge, d), name).__name__ == name]
 
 
 def code_blocks(text: str, after: str = "") -> list[str]:

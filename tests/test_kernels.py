@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from optforge.compiler.build import load_specs
-from optforge.compiler.reference import reference_step
-from optforge.compiler.spec import REQUIRED, is_factored
+from optforge.compiler.reference import reference_advance, reference_step
+from optforge.compiler.spec import REQUIRED, is_factored, step_inputs
 from optforge.runtime.factored import STATE_SHAPES, factored_table
 from optforge.runtime.kernels import chunk_table
 from optforge.runtime.launch import step_arrays
@@ -60,6 +60,18 @@ def hypers_for(spec, t):
     return hypers
 
 
+def advanced(spec, t, lr, hypers, step_state):
+    """The generated `advance` (the module's STEP) at step `t`, checked against the step rules
+    evaluated as written: (the new step state, every step input by name)."""
+    module = importlib.import_module(f"optforge.generated.cpu.{spec.name}")
+    values = module.STEP(t, lr, *hypers.values(), *step_state.values())
+    expected = reference_advance(spec, {"t": t, "lr": lr, **hypers, **step_state})
+    names = [s.name for s in step_inputs(spec)]
+    np.testing.assert_allclose(values, [expected[n] for n in names], rtol=1e-15, atol=0)
+    by_name = dict(zip(names, values))
+    return {n: by_name[n] for n in step_state}, by_name
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
 def test_kernel_matches_spec_reference_over_several_steps(case, rng):
     spec, variant, dtype = case
@@ -82,9 +94,13 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
     chunks = chunk_table(SIZES, CHUNK)
     scalar = np.dtype(dtype).type
     branches_seen = set()
+    step_state = {s.symbol.name: s.init for s in spec.step_state}
     for t in range(1, 8):
         lr = 0.01 * t
         hypers = hypers_for(spec, t)
+        if spec.step_rules:  # the host's advance against the step rules as written
+            step_state, step_values = advanced(spec, t, lr, hypers, step_state)
+            hypers |= step_values  # the kernels' host code reads them after the hyperparameters
         key = compiled.branch_key(t, lr, *hypers.values())
         branches_seen.add(key)
         branch = compiled.branches[key]

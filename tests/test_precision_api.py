@@ -19,6 +19,7 @@ import optforge.optim
 import optforge.torch
 from optforge import Parameter
 from optforge.runtime.row_tensor import RowTensor
+from tests.modes import ready
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 OPTIONS = ("state_dtype", "master_weights", "stochastic_rounding")
@@ -56,14 +57,14 @@ def test_every_class_takes_the_options_keyword_only_and_keeps_its_state_as_asked
     assert all(n in cls.__doc__ for n in OPTIONS)
     if cls in TORCH:
         params = [torch.nn.Parameter(torch.ones(3, 4, dtype=torch.bfloat16))]
-        opt = cls(params, **required(cls), state_dtype="float16")
+        opt = ready(cls(params, **required(cls), state_dtype="float16"))
         params[0].grad = torch.ones_like(params[0])
         opt.step()
         stored = [t for t in opt.state[params[0]].values() if t.dim() > 0]
         assert stored and all(t.dtype is torch.float16 for t in stored)
         return
     w = Parameter(np.ones((3, 4), np.float32), "w")
-    opt = cls([w], **required(cls), state_dtype="bfloat16")
+    opt = ready(cls([w], **required(cls), state_dtype="bfloat16"))
     states = [a for arrays in opt.state.values() for a in arrays if a is not None]
     assert states and all(a.dtype == BF16 for a in states)
 

@@ -22,7 +22,7 @@ from optforge.runtime.launch import StageBuffers, run_stages
 from optforge.runtime.pointers import pointer_table
 from optforge.runtime.precision import Precision, numpy_dtype
 from optforge.runtime.storage import rounding_keys
-from tests.test_kernels import ILL_CONDITIONED_IN_FLOAT32, hypers_for
+from tests.test_kernels import ILL_CONDITIONED_IN_FLOAT32, advanced, hypers_for
 
 SPECS = {spec.name: spec for spec in load_specs()}
 
@@ -138,9 +138,13 @@ def test_kernels_under_a_policy_match_the_reference_rounded_to_storage(name, pol
     tol = dict(rtol=1e-5, atol=1e-6)
     if spec.name in ILL_CONDITIONED_IN_FLOAT32:
         tol = dict(rtol=1e-3, atol=1e-6)
+    step_state = {s.symbol.name: s.init for s in spec.step_state}
     for t in range(1, 5):
         lr = 0.01 * t
         hypers = hypers_for(spec, t)
+        if spec.step_rules:  # step-level state (Schedule-Free's): the kernels read its values
+            step_state, step_values = advanced(spec, t, lr, hypers, step_state)
+            hypers |= step_values
         branch = compiled.branches[compiled.branch_key(t, lr, *hypers.values())]
         inputs = [{n: widen(arrays[n][i]) for n in names} for i in range(len(shapes))]
         if master:

@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 import optforge
 from optforge.compiler.build import load_specs
-from optforge.compiler.reference import reference_step
+from optforge.compiler.reference import reference_advance, reference_step
 from optforge.compiler.spec import active, rank_flag
 from optforge.compiler.wrappers import runtime_domain
 from optforge.runtime.factored import STATE_SHAPES
+from tests.modes import ready
 
 SPECS = {s.name: s for s in load_specs()}
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple)
@@ -122,12 +123,21 @@ def test_every_class_matches_its_spec_reference(spec, export, shape, dtype, data
         if not active(state.when, flags):
             continue
         init = sp.sympify(state.init).subs({sp.Symbol(k): v for k, v in scalars.items()})
-        arrays[state.symbol.name] = np.full(STATE_SHAPES[state.shape](shape), float(init))
+        if init.free_symbols:  # an expression of the parameter (Schedule-Free's z = w)
+            value = sp.lambdify(sorted(init.free_symbols, key=str), init, "numpy")(arrays["w"])
+            arrays[state.symbol.name] = np.broadcast_to(value, shape).astype(np.float64)
+        else:
+            arrays[state.symbol.name] = np.full(STATE_SHAPES[state.shape](shape), float(init))
+    ready(opt)
+    step_state = {s.symbol.name: s.init for s in spec.step_state}
     for t in range(1, 4):
         g = rng.standard_normal(shape).astype(dtype)
         opt((g,))
         arrays["g"] = g.astype(np.float64)
-        arrays |= reference_step(spec, flags, arrays, {**scalars, "t": t})
+        # The step rules first (step-level state, e.g. Schedule-Free's), then the element rules.
+        step_values = reference_advance(spec, {**scalars, "t": t, **step_state}) if spec.step_rules else {}
+        step_state = {name: step_values[name] for name in step_state}
+        arrays |= reference_step(spec, flags, arrays, {**scalars, **step_values, "t": t})
     # float32 steps, or float32 step-level arithmetic (RAdam, as MindSpore), follow to float32 accuracy.
     exact = dtype == np.float64 and spec.host_dtype == "float64"
     tol = dict(atol=1e-12, rtol=1e-9) if exact else dict(atol=1e-5, rtol=2e-5)

@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import optforge.torch as ot  # noqa: E402
+from tests.modes import ready  # noqa: E402
 from tests.references.lamb import lamb_trajectory  # noqa: E402
 from tests.test_catalogue_papers import adabelief, adan, lion  # noqa: E402
 
@@ -206,8 +207,8 @@ def test_five_steps_saved_and_loaded_then_five_more_equal_ten_bit_for_bit(name):
     kwargs = {"lr": 0.01, "momentum": 0.9} if name == "SGD" else {}
     straight, x, y = mlp()
     resumed = copy.deepcopy(straight)
-    train(straight, x, y, getattr(ot, name)(straight.parameters(), **kwargs), 10)
-    first = getattr(ot, name)(resumed.parameters(), **kwargs)
+    train(straight, x, y, ready(getattr(ot, name)(straight.parameters(), **kwargs)), 10)
+    first = ready(getattr(ot, name)(resumed.parameters(), **kwargs))  # a class with modes: in train mode
     train(resumed, x, y, first, 5)
     saved = _save_and_load(first.state_dict())
     second = getattr(ot, name)(resumed.parameters(), **kwargs)

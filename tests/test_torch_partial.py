@@ -21,6 +21,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import optforge.torch as ot  # noqa: E402
+from tests.modes import ready  # noqa: E402
 from tests.references.lamb import lamb_trajectory  # noqa: E402
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -440,7 +441,7 @@ def _assert_same(model_a, opt_a, model_b, opt_b):
 @pytest.mark.parametrize("name", ALL)
 def test_a_copy_steps_its_own_parameters_bit_for_bit_and_leaves_the_original_alone(name, how):
     model, x, y = mlp()
-    opt = getattr(ot, name)(model.parameters(), skip_nonfinite=True, **COPY_KWARGS.get(name, {}))
+    opt = ready(getattr(ot, name)(model.parameters(), skip_nonfinite=True, **COPY_KWARGS.get(name, {})))
     _train(model, opt, x, y, 2)
     _train(model, opt, x, y, 1, drop=lambda m: m[0].bias)  # two cohorts
     opt.zero_grad()

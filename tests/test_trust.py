@@ -13,11 +13,14 @@ import pytest
 
 import optforge
 from optforge.compiler.build import load_specs
+from tests.modes import stepping
 
 MODULES = {"nn": optforge.nn, "optim": optforge.optim}
 EXPORTS = [e for spec in load_specs() for e in spec.exports if e.dialect in MODULES]
 CLASSES = [
-    pytest.param(getattr(MODULES[e.dialect], e.class_name), e.example, id=f"{e.dialect}.{e.class_name}")
+    pytest.param(
+        stepping(getattr(MODULES[e.dialect], e.class_name)), e.example, id=f"{e.dialect}.{e.class_name}"
+    )
     for e in EXPORTS
 ]
 OPTIM_CLASSES = [c for c in CLASSES if c.id.startswith("optim.")]
@@ -247,10 +250,12 @@ def test_optim_group_options_changed_between_steps_are_checked_first(key, value,
 def test_optim_group_overrides_are_checked_like_the_arguments(cls, kwargs):
     """A group's own betas/eps/... (not only lr and weight_decay) are validated."""
     opt = cls(parameters(), **kwargs)
-    for label, key, index, _types, domain in opt._GROUP_CHECKS:
+    for label, key, index, types, domain in opt._GROUP_CHECKS:
         if domain is None:
             continue
         outside = domain.upper + 1.0 if np.isfinite(domain.upper) else domain.lower - 1.0
+        if "float" not in types:  # an int hyperparameter (Schedule-Free's warmup_steps): an int outside
+            outside = int(outside)
         value = list(opt.param_groups[0][key]) if index is not None else outside
         if index is not None:
             value[index] = outside

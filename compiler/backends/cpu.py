@@ -25,7 +25,7 @@ import sympy as sp
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render_unformatted
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag, step_inputs
 
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
@@ -248,14 +248,78 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
     }
 
 
+def step_context(spec: Spec) -> dict | None:
+    """The `advance` function of a spec with step state: its step rules, once per step and
+    group, from the state before the step to (each step state's new value, the locals)."""
+    if not spec.step_state and not spec.step_rules:
+        return None
+    printer = HostPrinter(spec.host_dtype)
+    inputs = ["t", "lr", *(h.name for h in spec.hypers), *(s.symbol.name for s in spec.step_state)]
+    return {
+        "inputs": inputs,
+        "lines": [Line(r.target.name, printer.doprint(sp.sympify(r.expr))) for r in spec.step_rules],
+        "returns": [s.name for s in step_inputs(spec)],
+        "states": [(s.name, s.init) for s in spec.step_state],
+    }
+
+
+def transition_functions(spec: Spec) -> list[tuple[str, list[Kernel], list[str], list[dict]]]:
+    """Per mode transition: (method, its kernels, each kernel's scalars function name, the
+    host functions), the names prefixed by the method (`eval_scalars`)."""
+    from optforge.compiler.lower import transitions
+
+    result = []
+    for method, derived, kernels in transitions(spec):
+        _, functions = host_contexts(derived, kernels)
+        for f in functions:
+            f["name"] = f"{method}_{f['name']}"
+            f["variant"] = f"`{method}()`, " + f["variant"]
+        names = [f"{method}_{n}" for n in scalar_function_names(derived, kernels)]
+        result.append((method, kernels, names, functions))
+    return result
+
+
+def transition_table(spec: Spec, printer, package_functions) -> list[dict]:
+    """The TRANSITIONS table both backends print: per method, per flag variant, its Branch."""
+    table = []
+    for method, kernels, names, _ in package_functions:
+        entries = []
+        for k, name in zip(kernels, names):
+            stages = printer.kernel(k)
+            entries.append(
+                {
+                    "key": repr(tuple(value for _, value in k.variant)),
+                    "scalars": name,
+                    "stages": ", ".join(stages.stages),
+                    "plan": stages.plan,
+                    "grids": repr(stages.grids),
+                }
+            )
+        table.append({"method": method, "variants": entries})
+    return table
+
+
+def string_pieces(text: str, width: int = 72) -> list[str]:
+    """`text` as the reprs of pieces of at most about `width` characters that add up to it
+    (a long message in generated code, within the line length)."""
+    import textwrap
+
+    pieces = textwrap.wrap(text, width, drop_whitespace=False, break_on_hyphens=False) or [text]
+    assert "".join(pieces) == text
+    return [repr(p) for p in pieces]
+
+
 def render_host_module(spec: Spec, kernels: list[Kernel]) -> str:
     branch_functions, scalar_functions = host_contexts(spec, kernels)
+    for _, _, _, functions in transition_functions(spec):
+        scalar_functions += functions
     return render_unformatted(
         "host_scalars.py.j2",
         source=spec.where,
         spec=spec,
         branch_functions=branch_functions,
         scalar_functions=scalar_functions,
+        step=step_context(spec),
     )
 
 
@@ -349,6 +413,8 @@ def variant_table(spec: Spec, kernels: list[Kernel], printed: list) -> list[dict
 
 def host_names(spec: Spec, kernels: list[Kernel]) -> list[str]:
     scalars = set(scalar_function_names(spec, kernels))
+    scalars |= {name for _, _, names, _ in transition_functions(spec) for name in names}
+    scalars |= {"advance"} if step_context(spec) else set()
     return sorted(scalars | {branch_name(k) for k in kernels if k.guards})
 
 
@@ -363,8 +429,12 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
 
     printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2")
     printed = [printer.kernel(k) for k in kernels]
+    transitions = transition_table(spec, printer, transition_functions(spec))
     return render_unformatted(
         "cpu_kernels.py.j2",
+        mode_message=string_pieces(spec.modes.message) if spec.modes else None,
+        transitions=transitions,
+        step=step_context(spec),
         package=package,
         source=spec.where,
         spec=spec,

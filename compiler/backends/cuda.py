@@ -22,7 +22,15 @@ from __future__ import annotations
 
 import sympy as sp
 
-from optforge.compiler.backends.cpu import CHUNK, host_names, rank_flag_source, variant_table
+from optforge.compiler.backends.cpu import (
+    CHUNK,
+    host_names,
+    rank_flag_source,
+    step_context,
+    transition_functions,
+    transition_table,
+    variant_table,
+)
 from optforge.compiler.backends.factories import FactoryPrinter
 from optforge.compiler.ir import Kernel
 from optforge.compiler.printers import ElementPrinter
@@ -59,8 +67,11 @@ def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         effective_gradient=effective_gradient(spec),
     )
     printed = [printer.kernel(k) for k in kernels]
+    transitions = transition_table(spec, printer, transition_functions(spec))
     return render_unformatted(
         "cuda_kernels.py.j2",
+        transitions=transitions,
+        step=step_context(spec),
         package=package,
         source=spec.where,
         spec=spec,

@@ -16,6 +16,8 @@ from optforge.generated.torch.lion import Lion
 from optforge.generated.torch.adabelief import AdaBelief
 from optforge.generated.torch.adan import Adan
 from optforge.generated.torch.adafactor import Adafactor
+from optforge.generated.torch.schedulefree import ScheduleFreeAdamW
+from optforge.generated.torch.schedulefree import AdamWScheduleFree
 
 __all__ = [
     "Lamb",
@@ -33,4 +35,6 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "ScheduleFreeAdamW",
+    "AdamWScheduleFree",
 ]

@@ -112,6 +112,19 @@ class Variant(NamedTuple):
         return branch, [dtype.type(s) for s in branch.scalars(t, lr, *hypers)]
 
 
+class Modes(NamedTuple):
+    """A spec's two modes (optforge.compiler.spec.Modes), for the run-time: the param group key
+    that holds the mode, the methods that switch into the stepping mode (`enter`, True) and
+    out of it (`leave`), the mode a group starts in, and what `step()` raises outside it."""
+
+    key: str
+    enter: str
+    leave: str
+    initial: bool
+    error: type
+    message: str
+
+
 def tensor_variant_key(module, variant_key: tuple, ndim: int) -> tuple:
     """The variant that steps a tensor of `ndim` dimensions: `variant_key` with the module's
     rank flag (if it has one: Adafactor's `factored`) set by `ndim`."""

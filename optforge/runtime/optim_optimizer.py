@@ -28,7 +28,8 @@ class OptimOptimizer(FusedOptimizer):
         items = check_parameter_list(params, "params", cls)
         if not isinstance(items[0], dict):
             items = [{"params": items}]
-        self.defaults = dict(defaults)
+        # The spec's step state and mode are group entries too, as in the reference's groups.
+        self.defaults = {**defaults, **self._group_extras()}
         self.param_groups: list[dict] = []
         for group in items:
             self._add_group(group, cls)
@@ -172,6 +173,9 @@ class OptimOptimizer(FusedOptimizer):
         wds = [float(group.get("weight_decay", 0.0)) for group in self.param_groups]
         hypers = [hyper_values(self._group_hypers(group)) for group in self.param_groups]
         t = self.global_step + 1
+        advanced = self._advance(t, lrs, hypers)
+        if advanced is not None:  # the kernels' host code reads the new step state and the locals
+            hypers = [h + values for h, values in zip(hypers, advanced)]
         steps = self._host_steps(t, lrs, hypers)
         # Every check has passed: from here on the step changes parameters and state.
         self._run_batches(
@@ -193,6 +197,7 @@ class OptimOptimizer(FusedOptimizer):
             ]
         )
         self.global_step = t
+        self._commit_step_state(advanced)
         return True
 
 

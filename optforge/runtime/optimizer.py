@@ -35,6 +35,7 @@ from optforge.runtime.precision import (
 )
 from optforge.runtime.row_tensor import RowTensor
 from optforge.runtime.shards import BatchShards, Part, batch_shards, run_lockstep
+from optforge.runtime.step_state import StepStateMixin
 from optforge.runtime.storage import rounding_keys
 
 
@@ -182,7 +183,7 @@ class CheckedGradients(list):
     plain = False
 
 
-class FusedOptimizer:
+class FusedOptimizer(StepStateMixin):
     """Base of the generated classes; subclasses set the class attributes below."""
 
     _SPEC = ""  # the spec's module name: <_KERNELS>.{cpu,cuda}.<_SPEC>
@@ -433,6 +434,7 @@ class FusedOptimizer:
 
     def _step(self, gradients) -> bool:
         """Check every gradient, skip a non-finite step if asked, then apply the step."""
+        self._check_mode()
         if self._rebound:
             self._rebind()
         grads = self._check_gradients(gradients)
@@ -848,6 +850,47 @@ class FusedOptimizer:
             )
         del held  # the gradients the table pointed at may go once the kernels have run
 
+    # -- step-level state and modes (optforge.runtime.step_state) --
+
+    def _transition_groups(self, method: str, groups: list[int]) -> None:
+        self._transition(method, groups)
+
+    def _transition_values(self, g: int) -> tuple[float, tuple]:
+        """(lr, hypers and step state) the transition scalars of engine group `g` read."""
+        module = self._kernel_module()
+        group = self.param_groups[g]
+        hypers = tuple(
+            float(h) if h is not None else h for h in self._group_hypers(group)
+        )  # a torch engine's group holds its torch group's values (synchronised)
+        steps = tuple(group[key] for key, _ in getattr(module, "STEP_STATE", ()))
+        return float(group["lr"]), hypers + steps
+
+    def _transition(self, method: str, groups: list[int]) -> None:
+        """Run transition `method`'s kernels over the batches of `groups` (every check first)."""
+        run_transition(self._transition_work(method, groups))
+
+    def _transition_work(self, method: str, groups: list[int]) -> list[tuple]:
+        """(batch, branch, scalars) of each batch of `groups` that transition `method` rewrites,
+        checked: nothing has run yet (a device batch is refused, NotImplementedError)."""
+        module = self._kernel_module()
+        if not groups or self._batches is None:
+            return []
+        work = []
+        for batch in self._batches:
+            if batch.group not in groups or not batch.indices:
+                continue
+            if not isinstance(batch, _Batch):
+                raise NotImplementedError(
+                    f"For '{type(self).__name__}', {method}() on parameters in device memory is not "
+                    "implemented yet (only host tensors); nothing was changed."
+                )
+            key = next(k for k, v in module.VARIANTS.items() if v is batch.variant)
+            branch = module.TRANSITIONS[method][key]
+            lr, values = self._transition_values(batch.group)
+            scalars = [batch.dtype.type(s) for s in branch.scalars(self.global_step, lr, *values)]
+            work.append((batch, branch, scalars))
+        return work
+
     def _effective_gradients(
         self, batch, batch_grads, gc, scalar, inv_scale, weight_decay, grad_scale, sparse
     ):
@@ -900,6 +943,19 @@ class FusedOptimizer:
         if self._DECAY == "coupled":
             g = g + wd * w
         return g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=g.dtype)
+
+
+def run_transition(work: list[tuple]) -> None:
+    """Run what `_transition_work` returned: each batch's transition stages (no weight decay,
+    unit gradient scale: a transition reads neither)."""
+    for batch, branch, scalars in work:
+        if batch.chunks[0].size == 0:
+            continue
+        zeros = np.zeros(len(batch.indices), dtype=batch.dtype)
+        for _ in stage_steps(
+            branch, batch.key, batch.chunks, batch.arrays, batch.buffers, zeros, zeros + 1, scalars
+        ):
+            pass
 
 
 def check_parameter_list(params, what: str, cls: str) -> list:

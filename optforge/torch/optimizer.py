@@ -39,8 +39,9 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import MASTER, Addressed, _Batch
+from optforge.runtime.optimizer import MASTER, Addressed, _Batch, run_transition
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
+from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
 from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
 
@@ -180,6 +181,14 @@ class _Engine(OptimOptimizer):
                     "will use. Nothing was changed."
                 )
 
+    def _advance(self, t: int, lrs: list, hypers: list):
+        """The step rules' values its owner computed for this step (once per torch group,
+        whatever the cohorts): `_advanced`, set before each `_apply`."""
+        return getattr(self, "_advanced", None)
+
+    def _commit_step_state(self, advanced) -> None:
+        """The owner keeps the step state, in torch's groups."""
+
     def _check_groups(self, cls: str) -> None:
         """torch's checks have run on these values (its constructor, add_param_group and
         load_state_dict); the optim dialect's types (weight_decay an int or float) are not
@@ -208,7 +217,7 @@ class _Piece(NamedTuple):
     cohort: _Cohort | None  # the cohort that is theirs alone, if there is one
 
 
-class TorchOptimizer(torch.optim.Optimizer):
+class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     """Base of the generated `optforge.torch` classes; they set the class attributes below."""
 
     _SPEC = ""  # <_KERNELS>.{cpu,cuda}.<_SPEC>
@@ -252,7 +261,8 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._cohorts: list[_Cohort] = []
         self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
         self._registered: list[dict | None] = []  # each parameter's state[p] as its engine left it
-        super().__init__(params, defaults)
+        # The spec's step state and mode are group entries, as the reference keeps them.
+        super().__init__(params, {**defaults, **self._group_extras()})
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
 
     def _set_precision(self, state_dtype, master_weights, stochastic_rounding) -> None:
@@ -376,6 +386,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """One step over every parameter that has a gradient; returns what `closure` returns."""
+        self._check_mode()
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -409,15 +420,45 @@ class TorchOptimizer(torch.optim.Optimizer):
         ):
             self.skipped_steps += 1
             return loss
+        advanced = self._advance_groups()
         if new is not None:
             self._register(new)
         for cohort, grads in checked:
+            if advanced is not None:
+                cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
             cohort.engine._apply(grads)
             self._steps[cohort.engine.members] = cohort.engine.global_step
             self._refresh_extra_state(cohort.engine)
         if regrouped is not None:
             self._cohorts = regrouped
+        self._commit_step_state(advanced)
         return loss
+
+    def _advance_groups(self):
+        """Every torch group's step rules, once per step (whatever its cohorts, as the
+        reference steps each group): t is one more than its parameters' largest step count."""
+        if getattr(self._kernel_module(), "STEP", None) is None:
+            return None
+        cls = type(self).__name__
+        lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
+        hypers = [hyper_values(self._group_hypers(group)) for group in self.param_groups]
+        index = np.asarray(self._group_index, dtype=np.int64)
+        ts = [1 + int(self._steps[index == g].max(initial=0)) for g in range(len(self.param_groups))]
+        return self._advance_values(ts, lrs, hypers, self.param_groups)
+
+    def _transition_groups(self, method: str, groups: list[int]) -> None:
+        """Each cohort's transition over its part of `groups` (parameters never stepped have no
+        state and are left as they are, as the reference leaves them); every cohort is made
+        ready first, so a refusal changes nothing."""
+        work = []
+        for cohort in self._cohorts:
+            engine = cohort.engine
+            engine.ready(self)
+            engine.sync(self)
+            mine = [g for g, tg in enumerate(engine.torch_groups) if tg in groups]
+            if mine:
+                work += engine._transition_work(method, mine)
+        run_transition(work)
 
     def _finite_on_every_rank(self, finite: bool, checked: list) -> bool:
         """Whether every rank's gradients are finite (FSDP2: each rank sees its shard's): the
