@@ -349,3 +349,29 @@ def test_a_param_group_with_another_cautious_is_refused_and_changes_nothing(name
     with pytest.raises(TypeError):
         optforge.optim.Lion([optforge.Parameter(np.zeros(3, np.float32), "p")], cautious=None)
     assert all(torch.equal(a, b) for a, b in zip(snapshot, params))
+
+
+# --- the kernels' traffic -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, flags, plain, cautious",
+    [
+        ("adamw", {}, (4, 3, 0), (7, 3, 0)),  # pass 1: g, m, v in, m, v out; pass 2: w, g, m, v in, w out
+        ("adamw", {"amsgrad": True}, (5, 4, 0), (8, 4, 0)),
+        ("lion", {}, (3, 2, 0), (5, 2, 0)),  # pass 1 only reads g and m: m is written by pass 2
+    ],
+)
+def test_the_cautious_kernel_is_two_stage_and_moves_these_bytes(spec, flags, plain, cautious):
+    from optforge.bench.traffic import accesses, bytes_per_element
+    from optforge.compiler.build import load_specs
+    from optforge.compiler.ir import FINALIZE
+    from optforge.compiler.lower import lower
+
+    assert accesses(spec, flags) == plain
+    assert accesses(spec, flags | {"cautious": True}) == cautious
+    assert bytes_per_element(spec, np.float32, flags | {"cautious": True}) == 4 * sum(cautious)
+    (loaded,) = load_specs([spec])
+    variant = {f.symbol: f.name == "cautious" or bool(flags.get(f.name)) for f in loaded.flags}
+    (kernel,) = lower(loaded, variant)
+    assert any(r.phase == FINALIZE for r in kernel.regions)
