@@ -156,12 +156,15 @@ def cautious_rules(update: sp.Symbol, base: sp.Expr, step: sp.Expr, grad: sp.Exp
     `base - step*update*mask*numel/(sum(mask) + 1)` with `mask = update*grad > 0`, the scale
     written `1/(mean(mask) + 1/numel)` (the same number: the mean's float64 sum of 0s and 1s
     is exact). pytorch_optimizer's `apply_cautious` computes `update*grad > 0` as written, so
-    a product that underflows to 0 masks the coordinate; so does this rule. A spec declares
-    the flag itself (`Flag(cautious_flag, CAUTIOUS_DOC)`) and limits its other update of `w`
-    to `~cautious_flag`."""
+    a product that underflows to 0 masks the coordinate; so does this rule. The mask is
+    written `max(sign(update*grad), 0)`, the same 0 or 1, so that it reads the states through
+    a sign, not a branch condition: 8-bit signed storage keeps every sign it does not round
+    to 0 (passes/int8.py, rule 4, as for Lion's `sign(c)`), so AdamW's and Lion's moments keep
+    their 8-bit tables. A spec declares the flag itself (`Flag(cautious_flag, CAUTIOUS_DOC)`)
+    and limits its other update of `w` to `~cautious_flag`."""
     mask = cautious_mask
     return [
-        Rule(mask, sp.Piecewise((1, update * grad > 0), (0, True)), when=cautious_flag),
+        Rule(mask, sp.Max(sp.sign(update * grad), 0), when=cautious_flag),
         Rule(w, base - step * update * mask / (mean(mask) + 1 / numel), when=cautious_flag),
     ]
 

@@ -266,7 +266,7 @@ HAND_WRITTEN_ADAMW = Spec(
             / (sp.sqrt(sp.Piecewise((vmax, amsgrad), (v, True))) / sp.sqrt(1 - beta2**t) + eps),
             when=F.cautious_flag,
         ),
-        Rule(F.cautious_mask, sp.Piecewise((1, U * g_eff > 0), (0, True)), when=F.cautious_flag),
+        Rule(F.cautious_mask, sp.Max(sp.sign(U * g_eff), 0), when=F.cautious_flag),
         Rule(
             w,
             w_decayed - lr * U * F.cautious_mask / (mean(F.cautious_mask) + 1 / numel),

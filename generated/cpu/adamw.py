@@ -153,7 +153,14 @@ def adamw_cautious_stage1(F, S=None):
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 mean0_of = mask
                 sum0 += f64(mean0_of)
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -214,7 +221,14 @@ def adamw_cautious_stage2(F, S=None):
                 w = load(w_c[elem], F)
                 g_eff = g
                 u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 w_decayed = u0 * w
                 w_new = w_decayed + u1 * mask * u
                 w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
@@ -253,7 +267,14 @@ def adamw_cautious__maximize_stage1(F, S=None):
                 m_new = fma(s1, g_eff - m, m)
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 mean0_of = mask
                 sum0 += f64(mean0_of)
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -292,7 +313,14 @@ def adamw_cautious__maximize_stage2(F, S=None):
                 w = load(w_c[elem], F)
                 g_eff = -g
                 u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 w_decayed = u0 * w
                 w_new = w_decayed + u1 * mask * u
                 w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
@@ -426,7 +454,14 @@ def adamw_amsgrad__cautious_stage1(F, S=None):
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 mean0_of = mask
                 sum0 += f64(mean0_of)
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -466,7 +501,14 @@ def adamw_amsgrad__cautious_stage2(F, S=None):
                 w = load(w_c[elem], F)
                 g_eff = g
                 u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 w_decayed = u0 * w
                 w_new = w_decayed + u1 * mask * u
                 w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
@@ -508,7 +550,14 @@ def adamw_amsgrad__cautious__maximize_stage1(F, S=None):
                 v_new = fma(s2 * g_eff, g_eff, beta2 * v)
                 v_max_new = max(v_max, v_new)
                 u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 mean0_of = mask
                 sum0 += f64(mean0_of)
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -548,7 +597,14 @@ def adamw_amsgrad__cautious__maximize_stage2(F, S=None):
                 w = load(w_c[elem], F)
                 g_eff = -g
                 u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
-                mask = (F(1.0)) if (g_eff * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
                 w_decayed = u0 * w
                 w_new = w_decayed + u1 * mask * u
                 w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)

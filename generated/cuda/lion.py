@@ -86,7 +86,10 @@ def lion_cautious_stage1(F, S=None):
                 m = load(m_c[elem], F)
                 c = beta1 * m + s0 * g
                 u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
-                mask = (F(1.0)) if (g * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
                 mean0_of = mask
                 sum0 += f64(mean0_of)
             block_sums[thread, 0] = sum0
@@ -152,7 +155,10 @@ def lion_cautious_stage2(F, S=None):
                 w = load(w_c[elem], F)
                 c = beta1 * m + s0 * g
                 u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
-                mask = (F(1.0)) if (g * u > F(0.0)) else (F(0.0))
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
                 w_new = u0 * w + u1 * mask * u
                 m_new = beta2 * m + s2 * g
                 w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
