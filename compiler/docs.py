@@ -49,22 +49,26 @@ BUILTIN_LATEX = {
     S.w: "w",
     S.g: "g",
     S.t: "t",
+    S.numel: r"\operatorname{numel}",
 }
 BUILTIN_LEGEND = {
     "nn": {
         S.lr: "the learning rate at this step (`learning_rate`)",
         S.weight_decay: "the weight decay (`weight_decay`; 0 for parameters it skips)",
         S.grad_scale: "`1 / loss_scale`",
+        S.numel: "the tensor's number of elements",
     },
     "optim": {
         S.lr: "the group's learning rate `lr`",
         S.weight_decay: "the group's `weight_decay`",
         S.grad_scale: "1 (this dialect has no loss scale)",
+        S.numel: "the tensor's number of elements",
     },
     "torch": {
         S.lr: "the group's learning rate `lr`",
         S.weight_decay: "the group's `weight_decay`",
         S.grad_scale: "1 (this dialect has no loss scale)",
+        S.numel: "the tensor's number of elements",
     },
 }
 

@@ -49,6 +49,8 @@ from optforge.compiler.spec import (
     g,
     grad_scale,
     lr,
+    mean,
+    numel,
     source_where,
     w,
     weight_decay,
@@ -139,6 +141,32 @@ class Fragment:
 def maximize(doc: str = MAXIMIZE_DOC) -> Fragment:
     """torch's `maximize`: a flag, and the effective gradient's sign flips where it is set."""
     return Fragment("maximize", flags=[Flag(maximize_flag, doc)], sign=maximize_flag)
+
+
+cautious_flag = sp.Symbol("cautious")
+cautious_mask = sp.Symbol("mask")
+CAUTIOUS_DOC = (
+    "Cautious update (C-Optim): zero the coordinates whose update disagrees in sign with the "
+    "gradient and scale the others by numel/(kept + 1)."
+)
+
+
+def cautious_rules(update: sp.Symbol, base: sp.Expr, step: sp.Expr, grad: sp.Expr = g_eff) -> list[Rule]:
+    """C-Optim's masked update (Liang et al. 2024), `when=cautious`: the parameter becomes
+    `base - step*update*mask*numel/(sum(mask) + 1)` with `mask = update*grad > 0`, the scale
+    written `1/(mean(mask) + 1/numel)` (the same number: the mean's float64 sum of 0s and 1s
+    is exact). pytorch_optimizer's `apply_cautious` computes `update*grad > 0` as written, so
+    a product that underflows to 0 masks the coordinate; so does this rule. The mask is
+    written `max(sign(update*grad), 0)`, the same 0 or 1, so that it reads the states through
+    a sign, not a branch condition: 8-bit signed storage keeps every sign it does not round
+    to 0 (passes/int8.py, rule 4, as for Lion's `sign(c)`), so AdamW's and Lion's moments keep
+    their 8-bit tables. A spec declares the flag itself (`Flag(cautious_flag, CAUTIOUS_DOC)`)
+    and limits its other update of `w` to `~cautious_flag`."""
+    mask = cautious_mask
+    return [
+        Rule(mask, sp.Max(sp.sign(update * grad), 0), when=cautious_flag),
+        Rule(w, base - step * update * mask / (mean(mask) + 1 / numel), when=cautious_flag),
+    ]
 
 
 def loss_scale() -> Fragment:

@@ -93,14 +93,16 @@ class Store:
 @dataclass(frozen=True)
 class Reduction:
     """A sum over a region's loop, in float64. Per tensor (`space` TENSOR), the L2 norm
-    `symbol = sqrt(sum(expr**2))`, with `mean` the root mean square `sqrt(sum(expr**2) / size)`;
-    per row, column or matrix (ROW, COL, MATRIX), the mean `symbol = sum(expr) / count`."""
+    `symbol = sqrt(sum(expr**2))`, with `mean` the root mean square `sqrt(sum(expr**2) / size)`,
+    with `plain` (and `mean`) the mean `sum(expr) / size`; per row, column or matrix (ROW, COL,
+    MATRIX), the mean `symbol = sum(expr) / count`."""
 
     symbol: sp.Symbol
     expr: sp.Expr
     mean: bool = False
     squared: bool = False  # `expr` is already the square (see passes/reductions.summand)
     space: Space = Space.TENSOR  # the space of the result
+    plain: bool = False  # per tensor: sums `expr` itself, no square and no root (`mean`)
 
 
 @dataclass(frozen=True)

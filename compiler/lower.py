@@ -32,6 +32,7 @@ from optforge.compiler.ir import (
 )
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune
+from optforge.compiler.passes.defer import deferred_stores
 from optforge.compiler.passes.factored import assign_passes, extract_means
 from optforge.compiler.passes.hoist import Hoisted, hoist
 from optforge.compiler.passes.levels import Level, assign_levels
@@ -51,7 +52,7 @@ def input_levels(spec: S.Spec) -> dict[sp.Symbol, Level]:
     """The binding-time level of every symbol a rule may read before assigning it."""
     levels = {s: Level.ELEMENT for s in S.BUILTIN_ELEMENT}
     levels |= {s: Level.STEP for s in S.BUILTIN_STEP}
-    levels |= {s: Level.TENSOR for s in S.BUILTIN_TENSOR}
+    levels |= {s: Level.TENSOR for s in S.BUILTIN_TENSOR + S.BUILTIN_COUNTED}
     levels |= {h.symbol: Level.STEP for h in spec.hypers}
     levels |= {s.symbol: Level.ELEMENT for s in spec.state}
     levels |= {s: Level.STEP for s in S.step_inputs(spec)}  # the step rules' values, once per step
@@ -121,7 +122,9 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     levels = input_levels(spec) | {r.symbol: Level.TENSOR for r in reductions}
     levels |= {m.symbol: Level.ELEMENT for m in means}
     guards = find_guards(assignments, assign_levels(assignments, levels))
-    sums = [Reduction(r.symbol, s.target, r.mean, r.squared) for r, s in zip(reductions, squares)]
+    sums = [
+        Reduction(r.symbol, s.target, r.mean, r.squared, plain=r.plain) for r, s in zip(reductions, squares)
+    ]
     return Front(arrays, assignments, outputs, sums, means, levels, guards)
 
 
@@ -154,15 +157,22 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     """Every value of one branch in its space and phase (passes/factored.assign_passes).
 
     The inputs': arrays by their shape, in pass 1 (row and column state: in LINES); row and
-    column means from LINES, matrix means from pass 2; the per-tensor sums, and the per-tensor
-    values that read them, from FINALIZE.
+    column means from LINES, matrix means from pass 2; the per-tensor sums and the element
+    count (`numel`), and the per-tensor values that read them, from FINALIZE. A state whose old
+    value a later pass reads is stored in that pass (passes/defer.py).
     """
     outputs = changed_outputs(f.outputs, chosen)  # a branch may leave a state as it was
-    per_tensor = [*S.BUILTIN_TENSOR, *(r.symbol for r in f.reductions), *(a.target for a in hoisted.tensor)]
+    per_tensor = [
+        *S.BUILTIN_TENSOR,
+        *S.BUILTIN_COUNTED,
+        *(r.symbol for r in f.reductions),
+        *(a.target for a in hoisted.tensor),
+    ]
     spaces = {a.symbol: SHAPE_SPACE[a.shape] for a in f.arrays} | {m.symbol: m.space for m in f.means}
     spaces |= dict.fromkeys(per_tensor, Space.TENSOR)
     phases = {a.symbol: PASS1 if a.shape == "element" else LINES for a in f.arrays}
     phases |= {m.symbol: MEAN_PHASE[m.space] for m in f.means} | {r.symbol: FINALIZE for r in f.reductions}
+    phases |= dict.fromkeys(S.BUILTIN_COUNTED, FINALIZE)
     for a in hoisted.tensor:
         if any(phases.get(s) == FINALIZE for s in a.expr.free_symbols):
             phases[a.target] = FINALIZE
@@ -171,14 +181,23 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     }
     # AdamOffload's parameter update runs on its own, after everything else.
     earliest = {outputs[S.w]: APPLY} if spec.separate_apply else {}
-    spaces, phases = assign_passes(hoisted.element, spaces, phases, means, spec.where, earliest)
+    stores = {outputs[a.symbol]: a for a in f.arrays if a.symbol in outputs}
+    while True:  # phases only grow, so this ends
+        placed_spaces, placed_phases = assign_passes(
+            hoisted.element, spaces, phases, means, spec.where, earliest
+        )
+        later = deferred_stores(hoisted.element, placed_phases, stores)
+        if all(earliest.get(v, 0) >= at for v, at in later.items()):
+            break
+        earliest = earliest | {v: max(earliest.get(v, 0), at) for v, at in later.items()}
+    spaces, phases = placed_spaces, placed_phases
     return Placed(
         element=tuple(Assignment(a.target, a.expr, spaces[a.target]) for a in hoisted.element),
         tensor=tuple(hoisted.tensor),
         phases=phases,
         spaces=spaces,
         arrays=tuple(f.arrays),
-        stores={outputs[a.symbol]: a for a in f.arrays if a.symbol in outputs},
+        stores=stores,
         reductions=tuple(f.reductions + f.means),
         per_tensor_arrays=S.BUILTIN_TENSOR,
         matrices=S.is_factored(spec, variant),

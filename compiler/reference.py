@@ -30,6 +30,8 @@ def _rms(x) -> float:
 REDUCTIONS = {
     "norm": _l2_norm,
     "rms": _rms,
+    # A mean of a Piecewise mask arrives as a broadcast scalar where the mask does not vary.
+    "mean": lambda x: float(np.mean(np.asarray(x, dtype=np.float64))),
     "row_mean": lambda x: np.mean(x, axis=-1, keepdims=True),
     "col_mean": lambda x: np.mean(x, axis=-2, keepdims=True),
     "matrix_mean": lambda x: np.mean(x, axis=-2, keepdims=True),
@@ -52,6 +54,7 @@ def reference_step(
     """
     env: dict[str, object] = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
     env |= {k: float(v) for k, v in scalars.items()}
+    env.setdefault(S.numel.name, float(np.size(arrays["w"])))  # the built-in element count
     updated = {}
     # Rules are evaluated as written, so a local that only one Piecewise branch
     # uses (RAdam's rectification term) may be NaN where that branch is not taken.

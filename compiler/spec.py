@@ -33,11 +33,16 @@ t = sp.Symbol("t")  # the step counter: 1 at the first update
 lr = sp.Symbol("lr")  # the group's learning rate at this step
 weight_decay = sp.Symbol("weight_decay")  # per tensor: 0 where the dialect exempts it
 grad_scale = sp.Symbol("grad_scale")  # per tensor: 1/loss_scale in the nn dialect
+# Per tensor: its element count (over all ranks of a split tensor). Not an input of the kernels:
+# the reduction stage counts the elements with its sums, so only a variant that reduces per tensor
+# (norm, rms, mean) may read it, and what reads it is computed after that stage.
+numel = sp.Symbol("numel")
 
 BUILTIN_ELEMENT = (w, g)
 BUILTIN_STEP = (t, lr)
-BUILTIN_TENSOR = (weight_decay, grad_scale)
-BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR
+BUILTIN_TENSOR = (weight_decay, grad_scale)  # inputs the run-time fills per tensor
+BUILTIN_COUNTED = (numel,)  # per tensor, from the reduction stage
+BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR + BUILTIN_COUNTED
 
 KEYWORD_ONLY = "*"  # in a torch signature: the arguments after it are keyword-only, as in torch
 
@@ -111,6 +116,18 @@ class rms(_Reduction):
     MEAN = True
 
 
+class mean(_Reduction):
+    """The mean over one tensor of an element-level expression: `sum(e)/numel`.
+
+    Computed like `norm` (float64 partial sums of `e` per chunk, added per tensor in a fixed
+    order), divided by the tensor's element count: no square, no root. Cautious masking
+    (C-Optim) rescales the kept coordinates by `1/(mean(mask) + 1/numel)`.
+    """
+
+    LATEX = r"\overline{%s}"
+    MEAN = True
+
+
 class row_mean(_Reduction):
     """The mean of an element-level expression along the last axis: one value per row.
 
@@ -142,7 +159,9 @@ class matrix_mean(_Reduction):
     MEAN = True
 
 
-REDUCTIONS = (norm, rms, row_mean, col_mean, matrix_mean)
+REDUCTIONS = (norm, rms, mean, row_mean, col_mean, matrix_mean)
+# Reductions to one value per tensor: a two-stage kernel's first pass sums their arguments.
+TENSOR_REDUCTIONS = (norm, rms, mean)
 # Functions a state's initial value may apply to the parameter (printed as NumPy calls).
 _NUMPY_INIT = (sp.Abs, sp.sign, sp.exp, sp.log, sp.tanh)
 _INIT_NAMES = ("Abs", "sign", "exp", "log", "tanh", "powers")
@@ -643,6 +662,8 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
     assigned: set[sp.Symbol] = set()
     label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
     flag_values = {flag: sp.true if on else sp.false for flag, on in variant.items()}
+    active_exprs = [sp.sympify(r.expr).subs(flag_values) for r in spec.rules if active(r.when, variant)]
+    reduces = any(e.atoms(*TENSOR_REDUCTIONS) for e in active_exprs)
     for i, rule in enumerate(spec.rules, 1):
         if not active(rule.when, variant):
             continue
@@ -658,6 +679,12 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
                 )
         if _reads(expr, varying):
             varying.add(rule.target)
+        if numel in expr.free_symbols and not reduces:
+            fail(
+                where,
+                f"reads numel, the element count the reduction stage counts, but no rule reduces per "
+                f"tensor (norm, rms, mean) when {label}",
+            )
         if not is_factored(spec, variant):
             shaped = [c for c in expr.atoms(sp.Function) if isinstance(c, FACTORED_REDUCTIONS)]
             if shaped:
@@ -792,10 +819,10 @@ def _check_step_state(spec: Spec, fail, hyper_syms, flag_syms, state_syms) -> No
 
 
 def _reads(expr, varying: set) -> bool:
-    """Does `expr` vary over a tensor? Per-tensor reductions (norm, rms, matrix_mean) are one
-    value per tensor or matrix; row and column means vary with the row or column."""
+    """Does `expr` vary over a tensor? Per-tensor reductions (norm, rms, mean, matrix_mean) are
+    one value per tensor or matrix; row and column means vary with the row or column."""
     expr = sp.sympify(expr)
-    per_tensor = {r: sp.Dummy() for r in expr.atoms(norm, rms, matrix_mean)}
+    per_tensor = {r: sp.Dummy() for r in expr.atoms(*TENSOR_REDUCTIONS, matrix_mean)}
     plain = expr.xreplace(per_tensor)
     return bool(plain.free_symbols & varying) or bool(plain.atoms(row_mean, col_mean))
 

@@ -18,6 +18,8 @@ from optforge.compiler.spec import (
     g,
     grad_scale,
     lr,
+    mean,
+    numel,
     t,
     w,
     weight_decay,
@@ -218,6 +220,7 @@ def test_a_decay_contradicting_the_decay_fragment_and_other_misuse_are_refused()
 # and the fragments' AdamW (Adam's core plus decoupled_decay()) is the same spec.
 amsgrad = sp.Symbol("amsgrad")
 v, vmax = sp.symbols("v v_max")
+U = sp.Symbol("u")
 HAND_WRITTEN_ADAMW = Spec(
     name="adamw",
     title="AdamW",
@@ -232,6 +235,7 @@ HAND_WRITTEN_ADAMW = Spec(
     domains={beta1: sp.Interval.Ropen(0, 1), beta2: sp.Interval.Ropen(0, 1), eps: sp.Interval.open(0, sp.oo)},
     flags=[
         Flag(amsgrad, "Divide by the running maximum of the second moment (AMSGrad)."),
+        Flag(F.cautious_flag, F.CAUTIOUS_DOC),
         Flag(maximize, "Maximize the objective: step along the gradient."),
     ],
     state=[
@@ -252,10 +256,32 @@ HAND_WRITTEN_ADAMW = Spec(
             / (1 - beta1**t)
             * m
             / (sp.sqrt(sp.Piecewise((vmax, amsgrad), (v, True))) / sp.sqrt(1 - beta2**t) + eps),
+            when=~F.cautious_flag,
+        ),
+        # C-AdamW: the same update u, masked where u*g_eff <= 0, the rest scaled by numel/(kept + 1).
+        Rule(
+            U,
+            m
+            / (1 - beta1**t)
+            / (sp.sqrt(sp.Piecewise((vmax, amsgrad), (v, True))) / sp.sqrt(1 - beta2**t) + eps),
+            when=F.cautious_flag,
+        ),
+        Rule(F.cautious_mask, sp.Max(sp.sign(U * g_eff), 0), when=F.cautious_flag),
+        Rule(
+            w,
+            w_decayed - lr * U * F.cautious_mask / (mean(F.cautious_mask) + 1 / numel),
+            when=F.cautious_flag,
         ),
     ],
     decay="decoupled",
-    latex={eps: r"\epsilon", g_eff: r"\tilde{g}", vmax: r"v_{\max}", w_decayed: r"\bar{w}"},
+    latex={
+        eps: r"\epsilon",
+        g_eff: r"\tilde{g}",
+        vmax: r"v_{\max}",
+        w_decayed: r"\bar{w}",
+        U: "u",
+        F.cautious_mask: r"\mu",
+    },
     exports=[Export("optim", "AdamW", (("lr", 1e-3), ("betas", ("beta1", "beta2")), "eps", "amsgrad"))],
 )
 

@@ -387,7 +387,7 @@ def test_a_norm_of_a_value_of_the_last_pass_is_refused():
         {W_NEW: w},
         [Reduction(NORM0, NORM0_OF)],
     )
-    with pytest.raises(SpecError, match=r"a norm or rms reads a value of the last pass \(norm0_of\)"):
+    with pytest.raises(SpecError, match=r"a norm, rms or mean reads a value of the last pass \(norm0_of\)"):
         regions(placed)
 
 

@@ -24,6 +24,8 @@ from optforge.generated.host import radam_torch
 from tests.test_torch_optim_db import CASES, SHARED, one_numba_thread  # noqa: F401 (autouse)
 
 NAMES = [info.name for info in SHARED]
+# Flags optforge's classes have beyond torch's constructor: name -> {flag: default}.
+OWN_FLAGS = {"AdamW": {"cautious": False}}
 
 
 def _params(dtype=torch.float32, seed=0):
@@ -53,11 +55,15 @@ def _assert_unchanged(before, opt, params):
 @pytest.mark.parametrize("name", NAMES)
 def test_the_signature_is_torchs(name):
     """Every keyword of torch 2.13's constructor, in its order, of its kind, with its default;
-    optforge adds only its keyword-only skip_nonfinite and precision options."""
+    optforge adds only its keyword-only skip_nonfinite and precision options, and AdamW its
+    keyword-only `cautious` flag (C-Optim's masked update, default off: torch's arithmetic)."""
     want = inspect.signature(getattr(torch.optim, name)).parameters
     got = dict(inspect.signature(getattr(optforge.torch, name)).parameters)
     for own in ("skip_nonfinite", "state_dtype", "master_weights", "stochastic_rounding"):
         assert got.pop(own).kind is inspect.Parameter.KEYWORD_ONLY
+    for own, default in OWN_FLAGS.get(name, {}).items():
+        parameter = got.pop(own)
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default is default
     assert list(got) == list(want)
     for key, parameter in want.items():
         assert got[key].kind == parameter.kind, key

@@ -25,7 +25,7 @@ import sympy as sp
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render_unformatted
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, rank_flag, step_inputs
+from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, numel, rank_flag, step_inputs
 
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
@@ -129,7 +129,8 @@ def stage_context(prologue: Region, element: Region, printer: ElementPrinter) ->
         "lines": _lines(printer, element.body),
         "stores": [(s.array.symbol.name, s.value.name) for s in element.stores],
         "reductions": [r.expr.name for r in sums],
-        "squared": [r.squared for r in sums],
+        # summed as they are: a norm's argument already squared, or a mean's
+        "squared": [r.squared or r.plain for r in sums],
         "views": {load.array.symbol.name for load in element.loads}
         | {s.array.symbol.name for s in element.stores},
         "stored": {s.array.symbol.name for s in element.stores},
@@ -184,6 +185,7 @@ def factored_context(kernel: Kernel, context: dict, printer: ElementPrinter) -> 
         ],
         "reductions": [r.symbol.name for r in reductions],
         "means": [r.mean for r in reductions],
+        "plain": [r.plain for r in reductions],
         "row_means": [name for name, _ in rows["means"]],
         "col_means": [name for name, _ in cols["means"]],
     }
@@ -241,7 +243,11 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         "reductions": [r.symbol.name for r in first],
         # a root mean square divides its sum by the tensor's size, which the chunk table gives
         "means": [r.mean for r in first],
+        "plain": [r.plain for r in first],
         "counts": any(r.mean for r in first),
+        # the finalize reads the element count, which the sums carry in their last column
+        "numel": any(numel in a.expr.free_symbols for a in finalize.body)
+        or any(s.value == numel for s in finalize.stores),
         "finalize_reads": [load.value.name for load in finalize.loads],
         "finalize_lines": _typed_lines(finalize.body, dtype, invariant, fma_name),
         "finalize_outputs": [s.value.name for s in finalize.stores],

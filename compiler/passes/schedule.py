@@ -39,7 +39,7 @@ from optforge.compiler.ir import (
 )
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune, schedule
 from optforge.compiler.passes.factored import hoist_rows, space_of
-from optforge.compiler.spec import SpecError
+from optforge.compiler.spec import BUILTIN_COUNTED, SpecError
 
 _MEAN_NAMES = {Space.ROW: "row_mean", Space.COL: "col_mean", Space.MATRIX: "matrix_mean"}
 
@@ -123,7 +123,7 @@ def regions(placed: Placed) -> list[Region]:
         if r.space == Space.TENSOR and placed.phases[r.expr] not in (PASS1, PASS2)
     ]
     if stray:
-        raise SpecError(f"{placed.where}: a norm or rms reads a value of the last pass ({stray[0]})")
+        raise SpecError(f"{placed.where}: a norm, rms or mean reads a value of the last pass ({stray[0]})")
     result = [r for at in element_passes(placed) for r in element_pass(placed, at)]
     if placed.matrices:
         result += line_regions(placed)
@@ -215,10 +215,11 @@ def line_regions(placed: Placed) -> list[Region]:
 
 
 def finalize_region(placed: Placed, after: list[Region]) -> Region:
-    """The per-tensor values the passes after FINALIZE read, from the sums before it (in float64):
-    it loads the per-tensor inputs it reads and stores the values it hands on."""
+    """The per-tensor values the passes after FINALIZE read, from the sums before it and the
+    element count `numel` they carry (in float64): it loads the per-tensor inputs it reads and
+    stores the values it hands on."""
     late = {a.target for a in placed.tensor if placed.phases.get(a.target) == FINALIZE}
-    late |= {r.symbol for r in placed.reductions if r.space == Space.TENSOR}
+    late |= {r.symbol for r in placed.reductions if r.space == Space.TENSOR} | set(BUILTIN_COUNTED)
     outputs = []
     for region in after:
         outputs += [ld.value for ld in region.loads if ld.value in late and ld.value not in outputs]

@@ -26,7 +26,7 @@ import math  # noqa: F401
 import numba
 import numpy as np
 
-from optforge.generated.host.adamw import scalars
+from optforge.generated.host.adamw import scalars, scalars_cautious
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.pointers import view  # noqa: F401
@@ -45,8 +45,8 @@ FASTMATH_REDUCTION = {"reassoc"}
 
 
 def adamw(F, S=None):
-    """AdamW: the fused step of amsgrad=False, maximize=False. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
+    """AdamW: the fused step of amsgrad=False, cautious=False, maximize=False. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 4)
 
@@ -85,8 +85,8 @@ def adamw(F, S=None):
 
 
 def adamw_maximize(F, S=None):
-    """AdamW: the fused step of amsgrad=False, maximize=True. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
+    """AdamW: the fused step of amsgrad=False, cautious=False, maximize=True. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 4)
 
@@ -124,9 +124,215 @@ def adamw_maximize(F, S=None):
     return step
 
 
+def adamw_cautious_stage1(F, S=None):
+    """AdamW: stage 1 of amsgrad=False, cautious=True, maximize=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            key = arrays.keys[tensor]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c), len(v_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                g_eff = g
+                m_new = fma(s1, g_eff - m, m)
+                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            partials[chunk, 0] = sum0
+
+    return stage1
+
+
+def adamw_cautious_finalize(F, S=None):
+    """AdamW: the per-tensor values between the element stages of amsgrad=False, cautious=True,
+    maximize=False; amsgrad=False, cautious=True, maximize=True; amsgrad=True,
+    cautious=True, maximize=False; amsgrad=True, cautious=True, maximize=True. `F` is
+    the type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            mean0 = sums[tensor, 0] / max(sums[tensor, 1], 1)
+            numel = sums[tensor, 1]
+            u1 = s0 / (mean0 + f64(1.0) / numel)
+            per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def adamw_cautious_stage2(F, S=None):
+    """AdamW: stage 2 of amsgrad=False, cautious=True, maximize=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m_new = load(m_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
+                g_eff = g
+                u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                w_decayed = u0 * w
+                w_new = w_decayed + u1 * mask * u
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+
+    return stage2
+
+
+def adamw_cautious__maximize_stage1(F, S=None):
+    """AdamW: stage 1 of amsgrad=False, cautious=True, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            key = arrays.keys[tensor]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c), len(v_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                g_eff = -g
+                m_new = fma(s1, g_eff - m, m)
+                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            partials[chunk, 0] = sum0
+
+    return stage1
+
+
+def adamw_cautious__maximize_stage2(F, S=None):
+    """AdamW: stage 2 of amsgrad=False, cautious=True, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 4)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m_new = load(m_c[elem], F)
+                v_new = load(v_c[elem], F)
+                w = load(w_c[elem], F)
+                g_eff = -g
+                u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                w_decayed = u0 * w
+                w_new = w_decayed + u1 * mask * u
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+
+    return stage2
+
+
 def adamw_amsgrad(F, S=None):
-    """AdamW: the fused step of amsgrad=True, maximize=False. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
+    """AdamW: the fused step of amsgrad=True, cautious=False, maximize=False. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 5)
 
@@ -171,8 +377,8 @@ def adamw_amsgrad(F, S=None):
 
 
 def adamw_amsgrad__maximize(F, S=None):
-    """AdamW: the fused step of amsgrad=True, maximize=True. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
+    """AdamW: the fused step of amsgrad=True, cautious=False, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 5)
 
@@ -216,11 +422,203 @@ def adamw_amsgrad__maximize(F, S=None):
     return step
 
 
+def adamw_amsgrad__cautious_stage1(F, S=None):
+    """AdamW: stage 1 of amsgrad=True, cautious=True, maximize=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            key = arrays.keys[tensor]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c), len(v_c), len(v_max_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
+                g_eff = g
+                m_new = fma(s1, g_eff - m, m)
+                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            partials[chunk, 0] = sum0
+
+    return stage1
+
+
+def adamw_amsgrad__cautious_stage2(F, S=None):
+    """AdamW: stage 2 of amsgrad=True, cautious=True, maximize=False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_max_c), len(mirror_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m_new = load(m_c[elem], F)
+                v_max_new = load(v_max_c[elem], F)
+                w = load(w_c[elem], F)
+                g_eff = g
+                u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                w_decayed = u0 * w
+                w_new = w_decayed + u1 * mask * u
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+
+    return stage2
+
+
+def adamw_amsgrad__cautious__maximize_stage1(F, S=None):
+    """AdamW: stage 1 of amsgrad=True, cautious=True, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            key = arrays.keys[tensor]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c), len(v_c), len(v_max_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                v = load(v_c[elem], F)
+                v_max = load(v_max_c[elem], F)
+                g_eff = -g
+                m_new = fma(s1, g_eff - m, m)
+                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                v_max_new = max(v_max, v_new)
+                u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            partials[chunk, 0] = sum0
+
+    return stage1
+
+
+def adamw_amsgrad__cautious__maximize_stage2(F, S=None):
+    """AdamW: stage 2 of amsgrad=True, cautious=True, maximize=True. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 5)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, beta2, eps, s0, s1, s2, s3, s4):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s0 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_max_c), len(mirror_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m_new = load(m_c[elem], F)
+                v_max_new = load(v_max_c[elem], F)
+                w = load(w_c[elem], F)
+                g_eff = -g
+                u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
+                mask = max(
+                    F(0.0),
+                    (
+                        F(1.0)
+                        if (g_eff * u) > F(0.0)
+                        else (-F(1.0) if (g_eff * u) < F(0.0) else (g_eff * u))
+                    ),
+                )
+                w_decayed = u0 * w
+                w_new = w_decayed + u1 * mask * u
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+
+    return stage2
+
+
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side
 # conditions) runs this step.
 VARIANTS = {
-    (False, False): Variant(
+    (False, False, False): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=None,
         branches={
@@ -232,7 +630,7 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (False, True): Variant(
+    (False, False, True): Variant(
         state=("exp_avg", "exp_avg_sq"),
         branch=None,
         branches={
@@ -244,7 +642,37 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (True, False): Variant(
+    (False, True, False): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars_cautious,
+                stages=per_dtype(
+                    adamw_cautious_stage1, adamw_cautious_finalize, adamw_cautious_stage2
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
+            ),
+        },
+        chunk=65536,
+    ),
+    (False, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq"),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars_cautious,
+                stages=per_dtype(
+                    adamw_cautious__maximize_stage1,
+                    adamw_cautious_finalize,
+                    adamw_cautious__maximize_stage2,
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, False, False): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=None,
         branches={
@@ -256,7 +684,7 @@ VARIANTS = {
         },
         chunk=65536,
     ),
-    (True, True): Variant(
+    (True, False, True): Variant(
         state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
         branch=None,
         branches={
@@ -264,6 +692,38 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(adamw_amsgrad__maximize),
                 plan=Plan(per_tensor=2),
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, True, False): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars_cautious,
+                stages=per_dtype(
+                    adamw_amsgrad__cautious_stage1,
+                    adamw_cautious_finalize,
+                    adamw_amsgrad__cautious_stage2,
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
+            ),
+        },
+        chunk=65536,
+    ),
+    (True, True, True): Variant(
+        state=("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars_cautious,
+                stages=per_dtype(
+                    adamw_amsgrad__cautious__maximize_stage1,
+                    adamw_cautious_finalize,
+                    adamw_amsgrad__cautious__maximize_stage2,
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
             ),
         },
         chunk=65536,

@@ -43,7 +43,7 @@ FASTMATH_REDUCTION = {"contract", "reassoc"}
 
 
 def lion(F, S=None):
-    """Lion: the fused step of the only variant. `F` is the type it computes in (np.float32 or
+    """Lion: the fused step of cautious=False. `F` is the type it computes in (np.float32 or
     np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
     in `F`)."""
     S = S or plain_storage(F, 3)
@@ -77,11 +77,107 @@ def lion(F, S=None):
     return step
 
 
+def lion_cautious_stage1(F, S=None):
+    """Lion: stage 1 of cautious=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH_REDUCTION)
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        # Bound before the parallel loop: numba's parfors lose writes made inside `prange`
+        # through a field of a tuple argument.
+        partials = scratch.partials
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                c = beta1 * m + s0 * g
+                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+            partials[chunk, 0] = sum0
+
+    return stage1
+
+
+def lion_cautious_finalize(F, S=None):
+    """Lion: the per-tensor values between the element stages of cautious=True. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            mean0 = sums[tensor, 0] / max(sums[tensor, 1], 1)
+            numel = sums[tensor, 1]
+            u1 = s1 / (mean0 + f64(1.0) / numel)
+            per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def lion_cautious_stage2(F, S=None):
+    """Lion: stage 2 of cautious=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s1 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(mirror_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                w = load(w_c[elem], F)
+                c = beta1 * m + s0 * g
+                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
+                w_new = u0 * w + u1 * mask * u
+                m_new = beta2 * m + s2 * g
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+
+    return stage2
+
+
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side
 # conditions) runs this step.
 VARIANTS = {
-    (): Variant(
+    (False,): Variant(
         state=("exp_avg",),
         branch=None,
         branches={
@@ -89,6 +185,20 @@ VARIANTS = {
                 scalars=scalars,
                 stages=per_dtype(lion),
                 plan=Plan(per_tensor=2),
+            ),
+        },
+        chunk=65536,
+    ),
+    (True,): Variant(
+        state=("exp_avg",),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars,
+                stages=per_dtype(
+                    lion_cautious_stage1, lion_cautious_finalize, lion_cautious_stage2
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
             ),
         },
         chunk=65536,

@@ -28,7 +28,7 @@ THREADS = 32 if config.ENABLE_CUDASIM else 256
 
 
 def lion(F, S=None):
-    """Lion: the fused step of the only variant. `F` is the type it computes in (np.float32 or
+    """Lion: the fused step of cautious=False. `F` is the type it computes in (np.float32 or
     np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
     in `F`)."""
     S = S or plain_storage(F, 3)
@@ -62,9 +62,116 @@ def lion(F, S=None):
     return step
 
 
+def lion_cautious_stage1(F, S=None):
+    """Lion: stage 1 of cautious=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @cuda.jit(cache=True)
+    def stage1(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        partials = scratch.partials
+        block_sums = cuda.shared.array((THREADS, 1), float64)
+        thread = cuda.threadIdx.x
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            sum0 = 0.0
+            elems = min(stop - start, len(g_c), len(m_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                c = beta1 * m + s0 * g
+                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
+                mean0_of = mask
+                sum0 += f64(mean0_of)
+            block_sums[thread, 0] = sum0
+            cuda.syncthreads()
+            width = THREADS // 2
+            while width > 0:
+                if thread < width:
+                    block_sums[thread, 0] += block_sums[thread + width, 0]
+                cuda.syncthreads()
+                width //= 2
+            if thread == 0:
+                partials[chunk, 0] = block_sums[0, 0]
+            cuda.syncthreads()
+
+    return stage1
+
+
+def lion_cautious_finalize(F, S=None):
+    """Lion: the per-tensor values between the element stages of cautious=True. `F` is the type
+    it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @cuda.jit(cache=True)
+    def finalize(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        sums = scratch.sums
+        # Per-tensor values between the stages, one thread per tensor, from its sums and element
+        # count (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        tensor = cuda.grid(1)
+        if tensor < per_tensor.shape[1]:
+            mean0 = sums[tensor, 0] / max(sums[tensor, 1], 1)
+            numel = sums[tensor, 1]
+            u1 = s1 / (mean0 + f64(1.0) / numel)
+            per_tensor[2, tensor] = u1
+
+    return finalize
+
+
+def lion_cautious_stage2(F, S=None):
+    """Lion: stage 2 of cautious=True. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @cuda.jit(cache=True)
+    def stage2(chunks, arrays, per_tensor, scratch, beta1, beta2, s0, s1, s2):
+        for chunk in range(cuda.blockIdx.x, chunks.tensor.shape[0], cuda.gridDim.x):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = arrays[0][tensor][start:stop]
+            g_c = arrays[1][tensor][start:stop]
+            m_c = arrays[2][tensor][start:stop]
+            mirror_c = arrays[S.mirror][tensor][start:stop]
+            key = 0  # stochastic rounding is not offered on the device (optforge.runtime.device)
+            weight_decay = per_tensor[0, tensor]
+            u1 = per_tensor[2, tensor]
+            u0 = F(1.0) + s1 * weight_decay
+            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(mirror_c))
+            for elem in range(cuda.threadIdx.x, elems, cuda.blockDim.x):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                w = load(w_c[elem], F)
+                c = beta1 * m + s0 * g
+                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                mask = max(
+                    F(0.0),
+                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+                )
+                w_new = u0 * w + u1 * mask * u
+                m_new = beta2 * m + s2 * g
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+
+    return stage2
+
+
 # (flag values in spec order) -> compiled variant, as in the CPU module.
 VARIANTS = {
-    (): Variant(
+    (False,): Variant(
         state=("exp_avg",),
         branch=None,
         branches={
@@ -73,6 +180,21 @@ VARIANTS = {
                 stages=per_dtype(lion),
                 plan=Plan(per_tensor=2),
                 grids=("chunks",),
+            ),
+        },
+        chunk=65536,
+    ),
+    (True,): Variant(
+        state=("exp_avg",),
+        branch=None,
+        branches={
+            (): Branch(
+                scalars=scalars,
+                stages=per_dtype(
+                    lion_cautious_stage1, lion_cautious_finalize, lion_cautious_stage2
+                ),
+                plan=Plan(per_tensor=3, reductions=1, combine=("", "sums", "")),
+                grids=("chunks", "tensors", "chunks"),
             ),
         },
         chunk=65536,

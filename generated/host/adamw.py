@@ -15,11 +15,24 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2, eps):
-    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for amsgrad=False, maximize=False;
-    amsgrad=False, maximize=True; amsgrad=True, maximize=False; amsgrad=True, maximize=True."""
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for amsgrad=False, cautious=False,
+    maximize=False; amsgrad=False, cautious=False, maximize=True; amsgrad=True,
+    cautious=False, maximize=False; amsgrad=True, cautious=False, maximize=True."""
     s0 = -lr
     s1 = 1 - beta1
     s2 = 1 - beta2
     s3 = math.sqrt(1 - beta2**t)
     s4 = -lr / (1 - beta1**t)
+    return (beta2, eps, s0, s1, s2, s3, s4)
+
+
+def scalars_cautious(t, lr, beta1, beta2, eps):
+    """Kernel scalars (beta2, eps, s0, s1, s2, s3, s4) for amsgrad=False, cautious=True,
+    maximize=False; amsgrad=False, cautious=True, maximize=True; amsgrad=True,
+    cautious=True, maximize=False; amsgrad=True, cautious=True, maximize=True."""
+    s0 = -lr
+    s1 = 1 - beta1
+    s2 = 1 - beta2
+    s3 = math.sqrt(1 - beta2**t)
+    s4 = 1 - beta1**t
     return (beta2, eps, s0, s1, s2, s3, s4)

@@ -15,7 +15,7 @@ f32 = np.float32
 
 
 def scalars(t, lr, beta1, beta2):
-    """Kernel scalars (beta1, beta2, s0, s1, s2) for the only variant."""
+    """Kernel scalars (beta1, beta2, s0, s1, s2) for cautious=False; cautious=True."""
     s0 = 1 - beta1
     s1 = -lr
     s2 = 1 - beta2

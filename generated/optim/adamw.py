@@ -40,6 +40,10 @@ class AdamW(OptimOptimizer):
         Divide by the running maximum of the second moment (AMSGrad).
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    cautious : bool, default False
+        Cautious update (C-Optim): zero the coordinates whose update
+        disagrees in sign with the gradient and scale the others by
+        numel/(kept + 1).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -110,6 +114,8 @@ class AdamW(OptimOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `cautious` is not a bool.
+    TypeError
         If `skip_nonfinite` is not a bool.
     TypeError
         If `state_dtype` is not None, a str or a dict of str, or
@@ -150,7 +156,7 @@ class AdamW(OptimOptimizer):
             Interval(0.0, math.inf, left_open=True, right_open=True),
         ),
     )
-    _FLAGS = ("amsgrad", "maximize")
+    _FLAGS = ("amsgrad", "maximize", "cautious")
     _DECAY = "decoupled"
     _SPARSE = None
     _OFFLOAD = False
@@ -164,6 +170,7 @@ class AdamW(OptimOptimizer):
         weight_decay=0.01,
         amsgrad=False,
         maximize=False,
+        cautious=False,
         *,
         skip_nonfinite=False,
         state_dtype=None,
@@ -197,14 +204,17 @@ class AdamW(OptimOptimizer):
         )
         check_type("AdamW", "amsgrad", amsgrad, ("bool",))
         check_type("AdamW", "maximize", maximize, ("bool",))
+        check_type("AdamW", "cautious", cautious, ("bool",))
         super().__init__(
             params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         )
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.amsgrad = amsgrad
         self.maximize = maximize
+        self.cautious = cautious
         self._set_skip_nonfinite(skip_nonfinite)
         self._set_precision(state_dtype, master_weights, stochastic_rounding)
         self._finish_init(
-            (amsgrad, maximize), {"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0}
+            (amsgrad, cautious, maximize),
+            {"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0},
         )

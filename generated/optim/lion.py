@@ -34,6 +34,10 @@ class Lion(OptimOptimizer):
     weight_decay : float or int, default 0.0
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0).
+    cautious : bool, default False
+        Cautious update (C-Optim): zero the coordinates whose update
+        disagrees in sign with the gradient and scale the others by
+        numel/(kept + 1).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -92,6 +96,8 @@ class Lion(OptimOptimizer):
     ValueError
         If `betas[1]` is not in range of [0.0, 1.0).
     TypeError
+        If `cautious` is not a bool.
+    TypeError
         If `skip_nonfinite` is not a bool.
     TypeError
         If `state_dtype` is not None, a str or a dict of str, or
@@ -113,7 +119,7 @@ class Lion(OptimOptimizer):
         ("betas[0]", "betas", 0, ("float",), Interval(0.0, 1.0, left_open=False, right_open=True)),
         ("betas[1]", "betas", 1, ("float",), Interval(0.0, 1.0, left_open=False, right_open=True)),
     )
-    _FLAGS = ()
+    _FLAGS = ("cautious",)
     _DECAY = "decoupled"
     _SPARSE = None
     _OFFLOAD = False
@@ -124,6 +130,7 @@ class Lion(OptimOptimizer):
         lr=0.0001,
         betas=(0.9, 0.99),
         weight_decay=0.0,
+        cautious=False,
         *,
         skip_nonfinite=False,
         state_dtype=None,
@@ -148,8 +155,10 @@ class Lion(OptimOptimizer):
             ("float",),
             Interval(0.0, 1.0, left_open=False, right_open=True),
         )
+        check_type("Lion", "cautious", cautious, ("bool",))
         super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
+        self.cautious = cautious
         self._set_skip_nonfinite(skip_nonfinite)
         self._set_precision(state_dtype, master_weights, stochastic_rounding)
-        self._finish_init((), {"exp_avg": 0.0})
+        self._finish_init((cautious,), {"exp_avg": 0.0})

@@ -49,6 +49,10 @@ class AdamW(TorchOptimizer):
         Accepted for torch.optim compatibility (any bool or None): optforge
         always steps with its fused kernels. As in torch, `fused=True` with
         `foreach=True` or `differentiable=True` is a RuntimeError.
+    cautious : bool, default False (keyword only)
+        Cautious update (C-Optim): zero the coordinates whose update
+        disagrees in sign with the gradient and scale the others by
+        numel/(kept + 1).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -126,6 +130,8 @@ class AdamW(TorchOptimizer):
     TypeError
         If `maximize` is not a bool.
     TypeError
+        If `cautious` is not a bool.
+    TypeError
         If `foreach`, `capturable`, `differentiable` or `fused` is not of the
         type its description gives.
     ValueError
@@ -150,8 +156,8 @@ class AdamW(TorchOptimizer):
     _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2", "eps")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
-    _FLAGS = ("amsgrad", "maximize")
-    _VARIANT_KEY = ("amsgrad", "maximize")
+    _FLAGS = ("amsgrad", "maximize", "cautious")
+    _VARIANT_KEY = ("amsgrad", "cautious", "maximize")
     _DECAY = "decoupled"
     _STATE_KEYS = {
         "exp_avg": "exp_avg",
@@ -176,6 +182,7 @@ class AdamW(TorchOptimizer):
         capturable=False,
         differentiable=False,
         fused=None,
+        cautious=False,
         skip_nonfinite=False,
         state_dtype=None,
         master_weights=False,
@@ -219,6 +226,7 @@ class AdamW(TorchOptimizer):
         )
         check_flag("AdamW", "amsgrad", amsgrad)
         check_flag("AdamW", "maximize", maximize)
+        check_flag("AdamW", "cautious", cautious)
         options.check_implementation(
             "AdamW",
             foreach=foreach,
@@ -239,6 +247,7 @@ class AdamW(TorchOptimizer):
                 "capturable": capturable,
                 "differentiable": differentiable,
                 "fused": fused,
+                "cautious": cautious,
             },
         )
         super().__init__(
@@ -254,6 +263,7 @@ class AdamW(TorchOptimizer):
                 "capturable": capturable,
                 "differentiable": differentiable,
                 "fused": fused,
+                "cautious": cautious,
             },
             skip_nonfinite=skip_nonfinite,
             state_dtype=state_dtype,

@@ -30,6 +30,10 @@ class Lion(TorchOptimizer):
     weight_decay : float, default 0.0
         Decoupled: `weight_decay * w` is added to the update, not to the
         gradient. Weight decay (>= 0).
+    cautious : bool, default False
+        Cautious update (C-Optim): zero the coordinates whose update
+        disagrees in sign with the gradient and scale the others by
+        numel/(kept + 1).
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -95,6 +99,8 @@ class Lion(TorchOptimizer):
     TypeError
         If `betas[1]` is not a real number.
     TypeError
+        If `cautious` is not a bool.
+    TypeError
         If `skip_nonfinite` is not a bool.
     TypeError
         If `state_dtype` is not None, a str or a dict of str, or
@@ -112,8 +118,8 @@ class Lion(TorchOptimizer):
     _KERNELS = "optforge.generated"
     _HYPERS = ("beta1", "beta2")
     _HYPER_KEYS = (("betas", 0), ("betas", 1))
-    _FLAGS = ()
-    _VARIANT_KEY = ()
+    _FLAGS = ("cautious",)
+    _VARIANT_KEY = ("cautious",)
     _DECAY = "decoupled"
     _STATE_KEYS = {"exp_avg": "exp_avg"}
     _OPTIONAL_STATE = ()
@@ -126,6 +132,7 @@ class Lion(TorchOptimizer):
         lr=0.0001,
         betas=(0.9, 0.99),
         weight_decay=0.0,
+        cautious=False,
         *,
         skip_nonfinite=False,
         state_dtype=None,
@@ -161,9 +168,10 @@ class Lion(TorchOptimizer):
             Interval(0.0, 1.0, left_open=False, right_open=True),
             f"Invalid beta parameter at index 1: {beta2}",
         )
+        check_flag("Lion", "cautious", cautious)
         super().__init__(
             params,
-            {"lr": lr, "betas": betas, "weight_decay": weight_decay},
+            {"lr": lr, "betas": betas, "weight_decay": weight_decay, "cautious": cautious},
             skip_nonfinite=skip_nonfinite,
             state_dtype=state_dtype,
             master_weights=master_weights,
