@@ -278,8 +278,16 @@ class TorchOptimizer(torch.optim.Optimizer):
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 
     def _variant_key(self) -> tuple:
-        """The kernel variant: each spec flag from the defaults, or the value the class pins."""
-        return tuple(self.defaults[f] if isinstance(f, str) else f for f in self._VARIANT_KEY)
+        """The kernel variant: each spec flag from the defaults, from a named option's value
+        (`(key, values that set it)`: Muon's adjust_lr_fn), or the value the class pins."""
+        return tuple(
+            self.defaults[f]
+            if isinstance(f, str)
+            else self.defaults[f[0]] in f[1]
+            if isinstance(f, tuple)
+            else f
+            for f in self._VARIANT_KEY
+        )
 
     # -- parameters --
 
@@ -326,7 +334,8 @@ class TorchOptimizer(torch.optim.Optimizer):
             if key in self._IMPL_OPTIONS:
                 options.check_option(cls, key, value, f"{where} sets ")
             elif key in self._FLAGS:
-                if not isinstance(value, bool) or value != self.defaults[key]:
+                named = not isinstance(self.defaults[key], bool)  # a named option (adjust_lr_fn)
+                if not (named or isinstance(value, bool)) or value != self.defaults[key]:
                     raise ValueError(
                         f"{cls}: {where} sets {key}={value!r}, but the optimizer has "
                         f"{key}={self.defaults[key]}; optforge compiles one kernel variant per "
