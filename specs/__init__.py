@@ -36,4 +36,5 @@ ALL = (
     "adabelief",
     "adan",
     "adafactor",
+    "muon",
 )

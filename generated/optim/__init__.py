@@ -16,6 +16,7 @@ from optforge.generated.optim.lion import Lion
 from optforge.generated.optim.adabelief import AdaBelief
 from optforge.generated.optim.adan import Adan
 from optforge.generated.optim.adafactor import Adafactor
+from optforge.generated.optim.muon import Muon
 
 __all__ = [
     "RAdam",
@@ -33,4 +34,5 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "Muon",
 ]

@@ -16,6 +16,7 @@ from optforge.generated.torch.lion import Lion
 from optforge.generated.torch.adabelief import AdaBelief
 from optforge.generated.torch.adan import Adan
 from optforge.generated.torch.adafactor import Adafactor
+from optforge.generated.torch.muon import Muon
 
 __all__ = [
     "Lamb",
@@ -33,4 +34,5 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "Muon",
 ]
