@@ -147,7 +147,9 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     spaces |= {mf.symbol: Space.ELEMENT for mf in f.matrix_functions}
     phases |= {mf.symbol: MATRIX for mf in f.matrix_functions}
     for a in hoisted.tensor:
-        if any(phases.get(s) == FINALIZE for s in a.expr.free_symbols):
+        # After a matrix stage the per-tensor values are a finalize's too, in float64, as torch
+        # computes such scalars in Python (Muon's 1 - lr*weight_decay, rounded once to float32).
+        if f.matrix_functions or any(phases.get(s) == FINALIZE for s in a.expr.free_symbols):
             phases[a.target] = FINALIZE
     means = {
         kind: [Mean(m.symbol, m.expr) for m in f.means if m.space == k] for kind, k in MEAN_SPACE.items()

@@ -109,6 +109,31 @@ def muon_momentum_gt_0_5_matrix(F, S=None):
     return matrix
 
 
+def muon_momentum_gt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=False,
+    match_rms_adamw=False, momentum > 0.5 is True; nesterov=True, match_rms_adamw=False,
+    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            weight_decay = per_tensor[0, tensor]
+            nrows = per_tensor[2, tensor]
+            ncols = per_tensor[3, tensor]
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s0 * math.sqrt(max(f64(1.0), nrows / ncols))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
+
+    return finalize
+
+
 def muon_momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=False, momentum > 0.5 is True;
     nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
@@ -132,11 +157,8 @@ def muon_momentum_gt_0_5_stage2(F, S=None):
             ]
             mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s0 * math.sqrt(max(F(1.0), nrows / ncols))
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
             elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
             for elem in range(elems):
                 o = load(matrix0_c[elem], F)
@@ -203,6 +225,33 @@ def muon_not_momentum_gt_0_5_matrix(F, S=None):
     return matrix
 
 
+def muon_not_momentum_gt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=False,
+    match_rms_adamw=False, momentum > 0.5 is False; nesterov=True,
+    match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is True. `F` is the
+    type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0
+    ):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            weight_decay = per_tensor[0, tensor]
+            nrows = per_tensor[2, tensor]
+            ncols = per_tensor[3, tensor]
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s0 * math.sqrt(max(f64(1.0), nrows / ncols))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
+
+    return finalize
+
+
 def muon_not_momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=False, momentum > 0.5 is False;
     nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is
@@ -226,11 +275,8 @@ def muon_not_momentum_gt_0_5_stage2(F, S=None):
             ]
             mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s0 * math.sqrt(max(F(1.0), nrows / ncols))
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
             elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
             for elem in range(elems):
                 o = load(matrix0_c[elem], F)
@@ -297,6 +343,31 @@ def muon_match_rms_adamw__momentum_gt_0_5_matrix(F, S=None):
     return matrix
 
 
+def muon_match_rms_adamw__momentum_gt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=False,
+    match_rms_adamw=True, momentum > 0.5 is True; nesterov=True, match_rms_adamw=True,
+    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            weight_decay = per_tensor[0, tensor]
+            nrows = per_tensor[2, tensor]
+            ncols = per_tensor[3, tensor]
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s2 * math.sqrt(max(ncols, nrows))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
+
+    return finalize
+
+
 def muon_match_rms_adamw__momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=True, momentum > 0.5 is True;
     nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is
@@ -320,11 +391,8 @@ def muon_match_rms_adamw__momentum_gt_0_5_stage2(F, S=None):
             ]
             mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s2 * math.sqrt(max(ncols, nrows))
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
             elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
             for elem in range(elems):
                 o = load(matrix0_c[elem], F)
@@ -397,11 +465,40 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_matrix(F, S=None):
     return matrix
 
 
+def muon_match_rms_adamw__not_momentum_gt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=False,
+    match_rms_adamw=True, momentum > 0.5 is False; nesterov=True, match_rms_adamw=True,
+    momentum > 0.5 is False, momentum < 0.5 is True. `F` is the type it computes in
+    (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+    ):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            weight_decay = per_tensor[0, tensor]
+            nrows = per_tensor[2, tensor]
+            ncols = per_tensor[3, tensor]
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s1 * math.sqrt(max(ncols, nrows))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
+
+    return finalize
+
+
 def muon_match_rms_adamw__not_momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=True, momentum > 0.5 is False;
-    nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is
-    True. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
+    nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
+    True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5
+    is False; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum <
+    0.5 is True. `F` is the type it computes in (np.float32 or np.float64), `S` how each
+    array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -422,11 +519,8 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_stage2(F, S=None):
             ]
             mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s1 * math.sqrt(max(ncols, nrows))
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
             elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
             for elem in range(elems):
                 o = load(matrix0_c[elem], F)
@@ -477,47 +571,31 @@ def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
     return stage1
 
 
-def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2(F, S=None):
-    """Muon: stage 2 of nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum
-    < 0.5 is True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False,
-    momentum < 0.5 is False. `F` is the type it computes in (np.float32 or np.float64),
-    `S` how each array is stored (optforge.runtime.precision; by default, in `F`)."""
+def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=True,
+    match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is True;
+    nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is
+    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
+    is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage2(
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(
         chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
     ):
-        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
-        # other at their offsets), bound before the parallel loop like the partial sums.
-        matrices = scratch.matrices
-        matrix_shapes = scratch.matrix_shapes
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            matrix0_c = matrices[
-                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
-            ]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
-            key = arrays.keys[tensor]
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
             weight_decay = per_tensor[0, tensor]
             nrows = per_tensor[2, tensor]
             ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s0 * math.sqrt(max(F(1.0), nrows / ncols))
-            elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
-            for elem in range(elems):
-                o = load(matrix0_c[elem], F)
-                w = load(w_c[elem], F)
-                w_decayed = u0 * w
-                w_new = fma(u1, o, w_decayed)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s0 * math.sqrt(max(f64(1.0), nrows / ncols))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
 
-    return stage2
+    return finalize
 
 
 def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
@@ -684,6 +762,33 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix(F, S
     return matrix
 
 
+def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize(F, S=None):
+    """Muon: the per-tensor values between the element stages of nesterov=True,
+    match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is True; nesterov=True,
+    match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is False. `F` is the
+    type it computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(cache=True, error_model="numpy")
+    def finalize(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2
+    ):
+        # The per-tensor values between the stages, from each tensor's sums and element count
+        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
+        sums = scratch.sums
+        for tensor in range(sums.shape[0]):
+            weight_decay = per_tensor[0, tensor]
+            nrows = per_tensor[2, tensor]
+            ncols = per_tensor[3, tensor]
+            u0 = f64(1.0) + s0 * weight_decay
+            u1 = s2 * math.sqrt(max(ncols, nrows))
+            per_tensor[4, tensor] = u0
+            per_tensor[5, tensor] = u1
+
+    return finalize
+
+
 def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum <
     0.5 is True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum
@@ -709,11 +814,8 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2(F, S
             ]
             mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = F(1.0) + s0 * weight_decay
-            u1 = s2 * math.sqrt(max(ncols, nrows))
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
             elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
             for elem in range(elems):
                 o = load(matrix0_c[elem], F)
@@ -854,18 +956,20 @@ VARIANTS = {
                 stages=per_dtype(
                     muon_momentum_gt_0_5_stage1,
                     muon_momentum_gt_0_5_matrix,
+                    muon_momentum_gt_0_5_finalize,
                     muon_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False,): Branch(
                 scalars=scalars_not_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_not_momentum_gt_0_5_stage1,
                     muon_not_momentum_gt_0_5_matrix,
+                    muon_not_momentum_gt_0_5_finalize,
                     muon_not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
         },
         chunk=65536,
@@ -879,18 +983,20 @@ VARIANTS = {
                 stages=per_dtype(
                     muon_match_rms_adamw__momentum_gt_0_5_stage1,
                     muon_match_rms_adamw__momentum_gt_0_5_matrix,
+                    muon_match_rms_adamw__momentum_gt_0_5_finalize,
                     muon_match_rms_adamw__momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False,): Branch(
                 scalars=scalars_match_rms_adamw__not_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_match_rms_adamw__not_momentum_gt_0_5_stage1,
                     muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
+                    muon_match_rms_adamw__not_momentum_gt_0_5_finalize,
                     muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
         },
         chunk=65536,
@@ -904,36 +1010,40 @@ VARIANTS = {
                 stages=per_dtype(
                     muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1,
                     muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
-                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (True, False): Branch(
                 scalars=scalars_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1,
                     muon_momentum_gt_0_5_matrix,
+                    muon_momentum_gt_0_5_finalize,
                     muon_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, True): Branch(
                 scalars=scalars_not_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1,
                     muon_not_momentum_gt_0_5_matrix,
+                    muon_not_momentum_gt_0_5_finalize,
                     muon_not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, False): Branch(
                 scalars=scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1,
                     muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
-                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
         },
         chunk=65536,
@@ -947,36 +1057,40 @@ VARIANTS = {
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage1,
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize,
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (True, False): Branch(
                 scalars=scalars_match_rms_adamw__momentum_gt_0_5,
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__not_momentum_lt_0_5_stage1,
                     muon_match_rms_adamw__momentum_gt_0_5_matrix,
+                    muon_match_rms_adamw__momentum_gt_0_5_finalize,
                     muon_match_rms_adamw__momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, True): Branch(
                 scalars=scalars_match_rms_adamw__not_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1,
                     muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
+                    muon_match_rms_adamw__not_momentum_gt_0_5_finalize,
                     muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, False): Branch(
                 scalars=scalars_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1,
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize,
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
-                plan=Plan(per_tensor=4, matrices=1, shapes=True),
+                plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
         },
         chunk=65536,

@@ -910,7 +910,7 @@ def check_kernel_support(module, cls: str, parameters, offload: bool = False) ->
                 f"{tuple(p.shape)}"
             )
     refused = getattr(module, "DEVICE_REFUSED", None)
-    if refused and any(getattr(p, "on_device", False) for p in parameters):
+    if refused and any(getattr(p, "on_device", False) or getattr(p, "is_cuda", False) for p in parameters):
         raise NotImplementedError(f"For '{cls}', {refused}. Nothing was allocated.")
 
 

@@ -39,7 +39,7 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import MASTER, Addressed, _Batch
+from optforge.runtime.optimizer import MASTER, Addressed, _Batch, check_kernel_support
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.torch import options
 from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
@@ -299,6 +299,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             self._check_group_options(group, f"param group {len(self.param_groups) - 1}")
+            # The kernels' own limits (a spec of matrices: 2-D parameters only), before any state.
+            kernels = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+            check_kernel_support(kernels, cls, group["params"])
             for p in group["params"]:
                 if p.dtype not in TORCH_DTYPES:
                     raise TypeError(
