@@ -224,9 +224,24 @@ class fma(sp.Function):
         return printer._print(sp.Add(sp.Mul(a, b), c))
 
 
+class rounded_sub(sp.Function):
+    """`a - b` computed per element in the kernel's float type, from `a` and `b` each first
+    rounded to it: torch's scalar arithmetic inside its kernels. torch's CPU `lerp` with a
+    weight >= 0.5 computes `end - (end - start)*(1 - weight)` with `1 - weight` in float32
+    for float32 tensors, from the weight rounded to float32; `1 - weight` hoisted to the host
+    would be computed in float64 and rounded once. The hoister leaves the subtraction in the
+    element code and hoists its operands only."""
+
+    nargs = 2
+
+    def _latex(self, printer):
+        a, b = self.args
+        return printer._print(sp.Add(a, -b, evaluate=False))
+
+
 def unfused(expr: sp.Expr) -> sp.Expr:
     """`expr` with each `fma(a, b, c)` written `a*b + c`: its value, for the checks that compare values."""
-    return expr.replace(fma, lambda a, b, c: a * b + c)
+    return expr.replace(fma, lambda a, b, c: a * b + c).replace(rounded_sub, lambda a, b: a - b)
 
 
 # Reductions whose value is per row, per column or per matrix: only a factored
@@ -739,7 +754,7 @@ def _check_functions(expr, where: str, fail, varying: set = frozenset()) -> None
         ):
             continue
         if (
-            isinstance(node, _NODES + REDUCTIONS + MATRIX_FUNCTIONS + functions + (fma,))
+            isinstance(node, _NODES + REDUCTIONS + MATRIX_FUNCTIONS + functions + (fma, rounded_sub))
             or type(node).__name__ == "ExprCondPair"
         ):
             continue

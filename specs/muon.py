@@ -23,6 +23,7 @@ from optforge.compiler.spec import (
     ncols,
     newton_schulz,
     nrows,
+    rounded_sub,
     w,
 )
 
@@ -34,10 +35,12 @@ m, u, o = sp.symbols("m u o")
 
 def lerp(start, end, weight):
     """torch's CPU `start.lerp(end, weight)` (an FMA-capable CPU): `fma(weight, end - start,
-    start)` for weight < 0.5, else `fma(start - end, 1 - weight, end)`; which one is a
-    step-level condition, chosen on the host."""
+    start)` for weight < 0.5, else `fma(start - end, 1 - weight, end)` with `1 - weight` in
+    the tensors' float type (`rounded_sub`); which one is a step-level condition, chosen on
+    the host."""
     return sp.Piecewise(
-        (fma(weight, end - start, start), weight < 0.5), (fma(start - end, 1 - weight, end), True)
+        (fma(weight, end - start, start), weight < 0.5),
+        (fma(start - end, rounded_sub(1, weight), end), True),
     )
 
 

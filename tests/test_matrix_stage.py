@@ -19,6 +19,7 @@ from optforge.compiler.spec import (
     newton_schulz,
     norm,
     nrows,
+    rounded_sub,
     w,
 )
 from optforge.runtime.kernels import Plan, chunk_table
@@ -115,3 +116,18 @@ def test_stage_buffers_lay_out_matrices_and_shapes():
     assert per_tensor[2].tolist() == [3, 4] and per_tensor[3].tolist() == [5, 2]
     with pytest.raises(ValueError, match="2-D"):
         StageBuffers(np.dtype(np.float32), 1, chunk_table([7], 1 << 16), [(7,)]).get(plan)
+
+
+def test_rounded_sub_stays_in_the_element_code():
+    """`1 - weight` of torch's lerp in the kernel's type: its operand hoisted, not the subtraction."""
+    rules = [Rule(m, m + g), Rule(w, w - m * rounded_sub(1, 1 - lr))]
+    (kernel,) = lower(_spec(rules, tensor_rank=None), {})
+    body = [str(a) for r in kernel.regions for a in r.body]
+    assert any("rounded_sub(1, s" in line for line in body), body
+    assert [str(a.expr) for a in kernel.host] == ["1 - lr"]
+
+
+def test_rounded_sub_outside_the_element_code_is_refused():
+    rules = [Rule(k, rounded_sub(1, lr)), Rule(m, m + g), Rule(w, w - k * m)]
+    with pytest.raises(SpecError, match="rounded_sub"):
+        lower(_spec(rules, tensor_rank=None), {})

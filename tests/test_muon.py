@@ -46,27 +46,19 @@ def _train(cls, dtype, steps=20, groups=None, **kwargs):
     return weights, opt
 
 
-# Learning rates of a few 1e-3 (torch's default is 1e-3): Newton-Schulz in bfloat16 turns a
-# difference in the last bit of its input into one of a bfloat16 unit in its result, and
-# training amplifies it. At lr=0.02 such a difference (one we have not traced in float64;
-# in float32 the rounding of lr*weight_decay from float32 values) shows after 20 steps.
-CASES = [
-    (torch.float32, dict(lr=0.002)),
-    (torch.float32, dict(lr=0.002, nesterov=False)),
-    (torch.float32, dict(lr=0.002, adjust_lr_fn="original")),
-    (torch.float32, dict(lr=0.001, adjust_lr_fn="match_rms_adamw")),
-    (torch.float32, dict(lr=0.002, momentum=0.8, nesterov=False, weight_decay=0.05)),
-    (torch.float32, dict(lr=0.002, ns_coefficients=(3.0, -3.2, 1.2), ns_steps=3, eps=1e-5)),
-    (torch.float32, dict(lr=0.002, ns_steps=0)),
-    (torch.float64, dict(lr=0.002)),
-    (torch.float64, dict(lr=0.002, nesterov=False)),
-    (torch.float64, dict(lr=0.002, adjust_lr_fn="original")),
-    (torch.float64, dict(lr=0.001, adjust_lr_fn="match_rms_adamw")),
-    # momentum < 0.5: torch's lerp takes its other branch (weight >= 0.5)
-    (torch.float64, dict(lr=0.002, weight_decay=0.0, momentum=0.3)),
-    (torch.float64, dict(lr=0.002, ns_coefficients=(3.0, -3.2, 1.2), ns_steps=3, eps=1e-5)),
-    (torch.float64, dict(lr=0.002, ns_steps=0)),
+BOTH = [
+    dict(lr=0.02),
+    dict(lr=0.02, nesterov=False),
+    dict(lr=0.02, adjust_lr_fn="original"),
+    dict(lr=0.01, adjust_lr_fn="match_rms_adamw"),
+    # momentum < 0.5 and = 0.5: torch's lerp takes its other branch (weight >= 0.5)
+    dict(lr=0.02, weight_decay=0.0, momentum=0.3),
+    dict(lr=0.02, momentum=0.5),
+    dict(lr=0.02, momentum=0.8, nesterov=False, weight_decay=0.05),
+    dict(lr=0.02, ns_coefficients=(3.0, -3.2, 1.2), ns_steps=3, eps=1e-5),
+    dict(lr=0.02, ns_steps=0),
 ]
+CASES = [(dtype, kwargs) for dtype in (torch.float32, torch.float64) for kwargs in BOTH]
 
 
 @pytest.mark.parametrize("dtype, kwargs", CASES, ids=[f"{str(d)[6:]}-{i}" for i, (d, _) in enumerate(CASES)])
@@ -88,23 +80,27 @@ def _weights_of(opt):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_two_groups(dtype):
-    groups = [dict(lr=0.003, momentum=0.9, weight_decay=0.2), dict(lr=0.001, momentum=0.6)]
+    groups = [dict(lr=0.03, momentum=0.9, weight_decay=0.2), dict(lr=0.005, momentum=0.3)]
     ours, _ = _train(ot.Muon, dtype, groups=groups, adjust_lr_fn="match_rms_adamw")
     theirs, _ = _train(torch.optim.Muon, dtype, groups=groups, adjust_lr_fn="match_rms_adamw")
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b, **TOL[dtype])
 
 
-@pytest.mark.parametrize("shape", [(9, 4), (4, 9), (6, 6), (1, 5), (5, 1)])
+@pytest.mark.parametrize("shape", [(13, 7), (5, 13), (9, 4), (4, 9), (6, 6), (1, 5), (5, 1), (17, 9)])
 def test_newton_schulz_bits(shape):
-    """The matrix function alone equals torch's, bit for bit, tall, wide and square."""
+    """The matrix function alone equals torch's bit for bit, tall, wide and square, over many
+    matrices (torch's addmm rounds alpha*A@B before its fused beta*C: see runtime/matrix.py).
+    Up to about 16 on a side; larger matrices differ now and then by a bfloat16 unit (torch's
+    bfloat16 CPU products there round in a way these float32 ones do not reproduce)."""
     from torch.optim._muon import _zeropower_via_newtonschulz
 
-    g = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
-    expected = _zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float().numpy()
-    x = g.double().numpy().copy()
-    newton_schulz(x, 3.4445, -4.7750, 2.0315, 5, 1e-7)
-    np.testing.assert_array_equal(x.astype(np.float32), expected)
+    for seed in range(40):
+        g = torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 10.0 ** (seed % 5 - 3)
+        expected = _zeropower_via_newtonschulz(g, (3.4445, -4.7750, 2.0315), 5, 1e-7).float().numpy()
+        x = g.double().numpy().copy()
+        newton_schulz(x, 3.4445, -4.7750, 2.0315, 5, 1e-7)
+        np.testing.assert_array_equal(x.astype(np.float32), expected)
 
 
 def test_newton_schulz_zero_matrix_is_zero():

@@ -57,10 +57,7 @@ def device_refusal(spec: Spec, kernels: list[Kernel]) -> str | None:
     names = sorted({MATRIX_FUNCTION_NAMES[mf.function] for k in kernels for mf in k.matrix_functions})
     if not names:
         return None
-    return (
-        f"its matrix stage ({', '.join(names)}) runs on the CPU only: there are no CUDA kernels for "
-        "it; step CPU tensors (or arrays in host memory)"
-    )
+    return f"its matrix stage ({', '.join(names)}) runs on the CPU only; step CPU tensors"
 
 
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:

@@ -32,11 +32,9 @@ from optforge.generated.host.muon import (
     branch_nesterov,
     branch_nesterov__match_rms_adamw,
     scalars_match_rms_adamw__momentum_gt_0_5,
-    scalars_match_rms_adamw__not_momentum_gt_0_5,
     scalars_momentum_gt_0_5,
     scalars_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5,
     scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
-    scalars_not_momentum_gt_0_5,
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
@@ -93,8 +91,8 @@ def muon_momentum_gt_0_5_stage1(F, S=None):
 
 def muon_momentum_gt_0_5_matrix(F, S=None):
     """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is True; nesterov=True, match_rms_adamw=False,
-    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
+    match_rms_adamw=False, momentum > 0.5 is True; nesterov=False,
+    match_rms_adamw=False, momentum > 0.5 is False. `F` is the type it computes in
     (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
@@ -111,8 +109,8 @@ def muon_momentum_gt_0_5_matrix(F, S=None):
 
 def muon_momentum_gt_0_5_finalize(F, S=None):
     """Muon: the per-tensor values between the element stages of nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is True; nesterov=True, match_rms_adamw=False,
-    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
+    match_rms_adamw=False, momentum > 0.5 is True; nesterov=False,
+    match_rms_adamw=False, momentum > 0.5 is False. `F` is the type it computes in
     (np.float32 or np.float64), `S` how each array is stored
     (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
@@ -136,9 +134,9 @@ def muon_momentum_gt_0_5_finalize(F, S=None):
 
 def muon_momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=False, momentum > 0.5 is True;
-    nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
-    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
+    nesterov=False, match_rms_adamw=False, momentum > 0.5 is False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -179,7 +177,7 @@ def muon_not_momentum_gt_0_5_stage1(F, S=None):
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0):
+    def stage1(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1):
         # The scratch matrices (the matrix stage's; one row each, the tensors one after the
         # other at their offsets), bound before the parallel loop like the partial sums.
         matrices = scratch.matrices
@@ -198,96 +196,13 @@ def muon_not_momentum_gt_0_5_stage1(F, S=None):
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
+                m_new = fma(m - g, (F(1.0) - s1), g)
                 u = m_new
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
                 matrix0_c[elem] = matrix0_of
 
     return stage1
-
-
-def muon_not_momentum_gt_0_5_matrix(F, S=None):
-    """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is False; nesterov=True,
-    match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is True. `F` is the
-    type it computes in (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    def matrix(chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0):
-        # Once per tensor, a whole-matrix function over its scratch matrix, which the stage
-        # before filled with the argument and which holds the result for the stage after:
-        # NumPy's matrix products, not Numba (optforge.runtime.matrix).
-        for tensor in range(scratch.matrix_shapes.shape[0]):
-            newton_schulz(matrix_view(scratch, 0, tensor), a_ns, b_ns, c_ns, ns_steps, eps)
-
-    return matrix
-
-
-def muon_not_momentum_gt_0_5_finalize(F, S=None):
-    """Muon: the per-tensor values between the element stages of nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is False; nesterov=True,
-    match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is True. `F` is the
-    type it computes in (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    @numba.njit(cache=True, error_model="numpy")
-    def finalize(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0
-    ):
-        # The per-tensor values between the stages, from each tensor's sums and element count
-        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
-        sums = scratch.sums
-        for tensor in range(sums.shape[0]):
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = f64(1.0) + s0 * weight_decay
-            u1 = s0 * math.sqrt(max(f64(1.0), nrows / ncols))
-            per_tensor[4, tensor] = u0
-            per_tensor[5, tensor] = u1
-
-    return finalize
-
-
-def muon_not_momentum_gt_0_5_stage2(F, S=None):
-    """Muon: stage 2 of nesterov=False, match_rms_adamw=False, momentum > 0.5 is False;
-    nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is
-    True. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage2(chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0):
-        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
-        # other at their offsets), bound before the parallel loop like the partial sums.
-        matrices = scratch.matrices
-        matrix_shapes = scratch.matrix_shapes
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            matrix0_c = matrices[
-                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
-            ]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
-            key = arrays.keys[tensor]
-            u0 = per_tensor[4, tensor]
-            u1 = per_tensor[5, tensor]
-            elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
-            for elem in range(elems):
-                o = load(matrix0_c[elem], F)
-                w = load(w_c[elem], F)
-                w_decayed = u0 * w
-                w_new = fma(u1, o, w_decayed)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-
-    return stage2
 
 
 def muon_match_rms_adamw__momentum_gt_0_5_stage1(F, S=None):
@@ -327,10 +242,9 @@ def muon_match_rms_adamw__momentum_gt_0_5_stage1(F, S=None):
 
 def muon_match_rms_adamw__momentum_gt_0_5_matrix(F, S=None):
     """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is True; nesterov=True, match_rms_adamw=True,
-    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
+    match_rms_adamw=True, momentum > 0.5 is True; nesterov=False, match_rms_adamw=True,
+    momentum > 0.5 is False. `F` is the type it computes in (np.float32 or np.float64),
+    `S` how each array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     def matrix(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2):
@@ -345,10 +259,9 @@ def muon_match_rms_adamw__momentum_gt_0_5_matrix(F, S=None):
 
 def muon_match_rms_adamw__momentum_gt_0_5_finalize(F, S=None):
     """Muon: the per-tensor values between the element stages of nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is True; nesterov=True, match_rms_adamw=True,
-    momentum > 0.5 is True, momentum < 0.5 is False. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
+    match_rms_adamw=True, momentum > 0.5 is True; nesterov=False, match_rms_adamw=True,
+    momentum > 0.5 is False. `F` is the type it computes in (np.float32 or np.float64),
+    `S` how each array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(cache=True, error_model="numpy")
@@ -370,9 +283,9 @@ def muon_match_rms_adamw__momentum_gt_0_5_finalize(F, S=None):
 
 def muon_match_rms_adamw__momentum_gt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=False, match_rms_adamw=True, momentum > 0.5 is True;
-    nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is
-    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
+    nesterov=False, match_rms_adamw=True, momentum > 0.5 is False. `F` is the type it
+    computes in (np.float32 or np.float64), `S` how each array is stored
+    (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -413,9 +326,7 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_stage1(F, S=None):
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
-    ):
+    def stage1(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2):
         # The scratch matrices (the matrix stage's; one row each, the tensors one after the
         # other at their offsets), bound before the parallel loop like the partial sums.
         matrices = scratch.matrices
@@ -434,104 +345,13 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_stage1(F, S=None):
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
+                m_new = fma(m - g, (F(1.0) - s1), g)
                 u = m_new
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
                 matrix0_c[elem] = matrix0_of
 
     return stage1
-
-
-def muon_match_rms_adamw__not_momentum_gt_0_5_matrix(F, S=None):
-    """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is False; nesterov=True, match_rms_adamw=False,
-    momentum > 0.5 is True, momentum < 0.5 is True; nesterov=True,
-    match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is False;
-    nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is
-    True. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    def matrix(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
-    ):
-        # Once per tensor, a whole-matrix function over its scratch matrix, which the stage
-        # before filled with the argument and which holds the result for the stage after:
-        # NumPy's matrix products, not Numba (optforge.runtime.matrix).
-        for tensor in range(scratch.matrix_shapes.shape[0]):
-            newton_schulz(matrix_view(scratch, 0, tensor), a_ns, b_ns, c_ns, ns_steps, eps)
-
-    return matrix
-
-
-def muon_match_rms_adamw__not_momentum_gt_0_5_finalize(F, S=None):
-    """Muon: the per-tensor values between the element stages of nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is False; nesterov=True, match_rms_adamw=True,
-    momentum > 0.5 is False, momentum < 0.5 is True. `F` is the type it computes in
-    (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    @numba.njit(cache=True, error_model="numpy")
-    def finalize(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
-    ):
-        # The per-tensor values between the stages, from each tensor's sums and element count
-        # (optforge.runtime.combine: added in chunk order, and over the ranks of a split tensor).
-        sums = scratch.sums
-        for tensor in range(sums.shape[0]):
-            weight_decay = per_tensor[0, tensor]
-            nrows = per_tensor[2, tensor]
-            ncols = per_tensor[3, tensor]
-            u0 = f64(1.0) + s0 * weight_decay
-            u1 = s1 * math.sqrt(max(ncols, nrows))
-            per_tensor[4, tensor] = u0
-            per_tensor[5, tensor] = u1
-
-    return finalize
-
-
-def muon_match_rms_adamw__not_momentum_gt_0_5_stage2(F, S=None):
-    """Muon: stage 2 of nesterov=False, match_rms_adamw=True, momentum > 0.5 is False;
-    nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
-    True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5
-    is False; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum <
-    0.5 is True. `F` is the type it computes in (np.float32 or np.float64), `S` how each
-    array is stored (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage2(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
-    ):
-        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
-        # other at their offsets), bound before the parallel loop like the partial sums.
-        matrices = scratch.matrices
-        matrix_shapes = scratch.matrix_shapes
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            matrix0_c = matrices[
-                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
-            ]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
-            key = arrays.keys[tensor]
-            u0 = per_tensor[4, tensor]
-            u1 = per_tensor[5, tensor]
-            elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
-            for elem in range(elems):
-                o = load(matrix0_c[elem], F)
-                w = load(w_c[elem], F)
-                w_decayed = u0 * w
-                w_new = fma(u1, o, w_decayed)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-
-    return stage2
 
 
 def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
@@ -571,12 +391,36 @@ def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
     return stage1
 
 
+def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_matrix(F, S=None):
+    """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=True,
+    match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is True;
+    nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
+    False; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5
+    is True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum <
+    0.5 is False. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    def matrix(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+    ):
+        # Once per tensor, a whole-matrix function over its scratch matrix, which the stage
+        # before filled with the argument and which holds the result for the stage after:
+        # NumPy's matrix products, not Numba (optforge.runtime.matrix).
+        for tensor in range(scratch.matrix_shapes.shape[0]):
+            newton_schulz(matrix_view(scratch, 0, tensor), a_ns, b_ns, c_ns, ns_steps, eps)
+
+    return matrix
+
+
 def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize(F, S=None):
     """Muon: the per-tensor values between the element stages of nesterov=True,
     match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is True;
-    nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is
-    False. `F` is the type it computes in (np.float32 or np.float64), `S` how each array
-    is stored (optforge.runtime.precision; by default, in `F`)."""
+    nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is
+    False; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5
+    is True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is False, momentum <
+    0.5 is False. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(cache=True, error_model="numpy")
@@ -598,6 +442,49 @@ def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize(F, S=None):
     return finalize
 
 
+def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2(F, S=None):
+    """Muon: stage 2 of nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum
+    < 0.5 is True; nesterov=True, match_rms_adamw=False, momentum > 0.5 is True,
+    momentum < 0.5 is False; nesterov=True, match_rms_adamw=False, momentum > 0.5 is
+    False, momentum < 0.5 is True; nesterov=True, match_rms_adamw=False, momentum > 0.5
+    is False, momentum < 0.5 is False. `F` is the type it computes in (np.float32 or
+    np.float64), `S` how each array is stored (optforge.runtime.precision; by default,
+    in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage2(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+    ):
+        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
+        # other at their offsets), bound before the parallel loop like the partial sums.
+        matrices = scratch.matrices
+        matrix_shapes = scratch.matrix_shapes
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
+            matrix0_c = matrices[
+                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
+            ]
+            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            key = arrays.keys[tensor]
+            u0 = per_tensor[4, tensor]
+            u1 = per_tensor[5, tensor]
+            elems = min(stop - start, len(w_c), len(matrix0_c), len(mirror_c))
+            for elem in range(elems):
+                o = load(matrix0_c[elem], F)
+                w = load(w_c[elem], F)
+                w_decayed = u0 * w
+                w_new = fma(u1, o, w_decayed)
+                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
+                if S.mirror:
+                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+
+    return stage2
+
+
 def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
     """Muon: stage 1 of nesterov=True, match_rms_adamw=False, momentum > 0.5 is True, momentum
     < 0.5 is False. `F` is the type it computes in (np.float32 or np.float64), `S` how
@@ -605,7 +492,9 @@ def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1):
+    def stage1(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+    ):
         # The scratch matrices (the matrix stage's; one row each, the tensors one after the
         # other at their offsets), bound before the parallel loop like the partial sums.
         matrices = scratch.matrices
@@ -625,7 +514,7 @@ def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
                 m_new = fma(s1, g - m, m)
-                u = fma(g - m_new, s1, m_new)
+                u = fma(g - m_new, (F(1.0) - momentum), m_new)
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
                 matrix0_c[elem] = matrix0_of
@@ -640,7 +529,9 @@ def muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0):
+    def stage1(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+    ):
         # The scratch matrices (the matrix stage's; one row each, the tensors one after the
         # other at their offsets), bound before the parallel loop like the partial sums.
         matrices = scratch.matrices
@@ -659,7 +550,7 @@ def muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
+                m_new = fma(m - g, (F(1.0) - s1), g)
                 u = fma(momentum, m_new - g, g)
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -696,8 +587,8 @@ def muon_nesterov__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
-                u = fma(g - m_new, s1, m_new)
+                m_new = fma(m - g, (F(1.0) - s1), g)
+                u = fma(g - m_new, (F(1.0) - momentum), m_new)
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
                 matrix0_c[elem] = matrix0_of
@@ -745,9 +636,11 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S
 def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix(F, S=None):
     """Muon: the matrix stage (per tensor, over its scratch matrices) of nesterov=True,
     match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is True; nesterov=True,
-    match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is False. `F` is the
-    type it computes in (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
+    match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is False;
+    nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is
+    True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5
+    is False. `F` is the type it computes in (np.float32 or np.float64), `S` how each
+    array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     def matrix(
@@ -765,9 +658,11 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix(F, S
 def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize(F, S=None):
     """Muon: the per-tensor values between the element stages of nesterov=True,
     match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is True; nesterov=True,
-    match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is False. `F` is the
-    type it computes in (np.float32 or np.float64), `S` how each array is stored
-    (optforge.runtime.precision; by default, in `F`)."""
+    match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is False;
+    nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is
+    True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5
+    is False. `F` is the type it computes in (np.float32 or np.float64), `S` how each
+    array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(cache=True, error_model="numpy")
@@ -791,9 +686,11 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize(F,
 
 def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2(F, S=None):
     """Muon: stage 2 of nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum <
-    0.5 is True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum
-    < 0.5 is False. `F` is the type it computes in (np.float32 or np.float64), `S` how
-    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    0.5 is True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum <
+    0.5 is False; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum
+    < 0.5 is True; nesterov=True, match_rms_adamw=True, momentum > 0.5 is False,
+    momentum < 0.5 is False. `F` is the type it computes in (np.float32 or np.float64),
+    `S` how each array is stored (optforge.runtime.precision; by default, in `F`)."""
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -836,43 +733,8 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__not_momentum_lt_0_5_stage1(
     S = S or plain_storage(F, 3)
 
     @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
-    def stage1(chunks, arrays, per_tensor, scratch, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2):
-        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
-        # other at their offsets), bound before the parallel loop like the partial sums.
-        matrices = scratch.matrices
-        matrix_shapes = scratch.matrix_shapes
-        for chunk in numba.prange(chunks.tensor.shape[0]):
-            tensor = chunks.tensor[chunk]
-            start = chunks.start[chunk]
-            stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
-                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
-            ]
-            key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = fma(g - m_new, s1, m_new)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
-
-    return stage1
-
-
-def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
-    """Muon: stage 1 of nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum
-    < 0.5 is True. `F` is the type it computes in (np.float32 or np.float64), `S` how
-    each array is stored (optforge.runtime.precision; by default, in `F`)."""
-    S = S or plain_storage(F, 3)
-
-    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
     def stage1(
-        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2
     ):
         # The scratch matrices (the matrix stage's; one row each, the tensors one after the
         # other at their offsets), bound before the parallel loop like the partial sums.
@@ -892,7 +754,44 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1(
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
+                m_new = fma(s1, g - m, m)
+                u = fma(g - m_new, (F(1.0) - momentum), m_new)
+                matrix0_of = u
+                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                matrix0_c[elem] = matrix0_of
+
+    return stage1
+
+
+def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
+    """Muon: stage 1 of nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum
+    < 0.5 is True. `F` is the type it computes in (np.float32 or np.float64), `S` how
+    each array is stored (optforge.runtime.precision; by default, in `F`)."""
+    S = S or plain_storage(F, 3)
+
+    @numba.njit(parallel=True, cache=True, error_model="numpy", fastmath=FASTMATH)
+    def stage1(
+        chunks, arrays, per_tensor, scratch, momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2
+    ):
+        # The scratch matrices (the matrix stage's; one row each, the tensors one after the
+        # other at their offsets), bound before the parallel loop like the partial sums.
+        matrices = scratch.matrices
+        matrix_shapes = scratch.matrix_shapes
+        for chunk in numba.prange(chunks.tensor.shape[0]):
+            tensor = chunks.tensor[chunk]
+            start = chunks.start[chunk]
+            stop = chunks.stop[chunk]
+            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            matrix0_c = matrices[
+                0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
+            ]
+            key = arrays.keys[tensor]
+            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
+            for elem in range(elems):
+                g = load(g_c[elem], F)
+                m = load(m_c[elem], F)
+                m_new = fma(m - g, (F(1.0) - s1), g)
                 u = fma(momentum, m_new - g, g)
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
@@ -929,8 +828,8 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_sta
             for elem in range(elems):
                 g = load(g_c[elem], F)
                 m = load(m_c[elem], F)
-                m_new = fma(m - g, momentum, g)
-                u = fma(g - m_new, s1, m_new)
+                m_new = fma(m - g, (F(1.0) - s1), g)
+                u = fma(g - m_new, (F(1.0) - momentum), m_new)
                 matrix0_of = u
                 m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
                 matrix0_c[elem] = matrix0_of
@@ -941,7 +840,7 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_sta
 # Every parameter must have this many dimensions (the class refuses others).
 TENSOR_RANK = 2
 # Why these kernels cannot step device arrays (the run-time refuses them up front).
-DEVICE_REFUSED = "its matrix stage (newton_schulz) runs on the CPU only: there are no CUDA kernels for it; step CPU tensors (or arrays in host memory)"
+DEVICE_REFUSED = "its matrix stage (newton_schulz) runs on the CPU only; step CPU tensors"
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side
@@ -962,12 +861,12 @@ VARIANTS = {
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False,): Branch(
-                scalars=scalars_not_momentum_gt_0_5,
+                scalars=scalars_momentum_gt_0_5,
                 stages=per_dtype(
                     muon_not_momentum_gt_0_5_stage1,
-                    muon_not_momentum_gt_0_5_matrix,
-                    muon_not_momentum_gt_0_5_finalize,
-                    muon_not_momentum_gt_0_5_stage2,
+                    muon_momentum_gt_0_5_matrix,
+                    muon_momentum_gt_0_5_finalize,
+                    muon_momentum_gt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
@@ -989,12 +888,12 @@ VARIANTS = {
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False,): Branch(
-                scalars=scalars_match_rms_adamw__not_momentum_gt_0_5,
+                scalars=scalars_match_rms_adamw__momentum_gt_0_5,
                 stages=per_dtype(
                     muon_match_rms_adamw__not_momentum_gt_0_5_stage1,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_finalize,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
+                    muon_match_rms_adamw__momentum_gt_0_5_matrix,
+                    muon_match_rms_adamw__momentum_gt_0_5_finalize,
+                    muon_match_rms_adamw__momentum_gt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
@@ -1009,29 +908,29 @@ VARIANTS = {
                 scalars=scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_matrix,
                     muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (True, False): Branch(
-                scalars=scalars_momentum_gt_0_5,
+                scalars=scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1,
-                    muon_momentum_gt_0_5_matrix,
-                    muon_momentum_gt_0_5_finalize,
-                    muon_momentum_gt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, True): Branch(
-                scalars=scalars_not_momentum_gt_0_5,
+                scalars=scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1,
-                    muon_not_momentum_gt_0_5_matrix,
-                    muon_not_momentum_gt_0_5_finalize,
-                    muon_not_momentum_gt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
@@ -1039,9 +938,9 @@ VARIANTS = {
                 scalars=scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_matrix,
                     muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_finalize,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
+                    muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
@@ -1063,22 +962,22 @@ VARIANTS = {
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (True, False): Branch(
-                scalars=scalars_match_rms_adamw__momentum_gt_0_5,
+                scalars=scalars_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__momentum_gt_0_5__not_momentum_lt_0_5_stage1,
-                    muon_match_rms_adamw__momentum_gt_0_5_matrix,
-                    muon_match_rms_adamw__momentum_gt_0_5_finalize,
-                    muon_match_rms_adamw__momentum_gt_0_5_stage2,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),
             (False, True): Branch(
-                scalars=scalars_match_rms_adamw__not_momentum_gt_0_5,
+                scalars=scalars_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5,
                 stages=per_dtype(
                     muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_matrix,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_finalize,
-                    muon_match_rms_adamw__not_momentum_gt_0_5_stage2,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_matrix,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_finalize,
+                    muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage2,
                 ),
                 plan=Plan(per_tensor=6, matrices=1, shapes=True, combine=("", "", "sums", "")),
             ),

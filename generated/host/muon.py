@@ -38,38 +38,21 @@ def branch_nesterov__match_rms_adamw(t, lr, momentum, a_ns, b_ns, c_ns, eps, ns_
 
 def scalars_momentum_gt_0_5(t, lr, momentum, a_ns, b_ns, c_ns, eps, ns_steps):
     """Kernel scalars (a_ns, b_ns, c_ns, eps, ns_steps, s0, s1) for nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is True; nesterov=True, match_rms_adamw=False,
-    momentum > 0.5 is True, momentum < 0.5 is False."""
+    match_rms_adamw=False, momentum > 0.5 is True; nesterov=False, match_rms_adamw=False,
+    momentum > 0.5 is False."""
     s0 = -lr
     s1 = 1 - momentum
     return (a_ns, b_ns, c_ns, eps, ns_steps, s0, s1)
 
 
-def scalars_not_momentum_gt_0_5(t, lr, momentum, a_ns, b_ns, c_ns, eps, ns_steps):
-    """Kernel scalars (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0) for nesterov=False,
-    match_rms_adamw=False, momentum > 0.5 is False; nesterov=True, match_rms_adamw=False,
-    momentum > 0.5 is False, momentum < 0.5 is True."""
-    s0 = -lr
-    return (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0)
-
-
 def scalars_match_rms_adamw__momentum_gt_0_5(t, lr, momentum, a_ns, b_ns, c_ns, eps, ns_steps):
     """Kernel scalars (a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2) for nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is True; nesterov=True, match_rms_adamw=True,
-    momentum > 0.5 is True, momentum < 0.5 is False."""
+    match_rms_adamw=True, momentum > 0.5 is True; nesterov=False, match_rms_adamw=True,
+    momentum > 0.5 is False."""
     s0 = -lr
     s1 = 1 - momentum
     s2 = -0.2 * lr
     return (a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2)
-
-
-def scalars_match_rms_adamw__not_momentum_gt_0_5(t, lr, momentum, a_ns, b_ns, c_ns, eps, ns_steps):
-    """Kernel scalars (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1) for nesterov=False,
-    match_rms_adamw=True, momentum > 0.5 is False; nesterov=True, match_rms_adamw=True,
-    momentum > 0.5 is False, momentum < 0.5 is True."""
-    s0 = -lr
-    s1 = -0.2 * lr
-    return (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1)
 
 
 def scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5(
@@ -77,6 +60,8 @@ def scalars_nesterov__momentum_gt_0_5__momentum_lt_0_5(
 ):
     """Kernel scalars (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1) for nesterov=True,
     match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is True; nesterov=True,
+    match_rms_adamw=False, momentum > 0.5 is True, momentum < 0.5 is False; nesterov=True,
+    match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is True; nesterov=True,
     match_rms_adamw=False, momentum > 0.5 is False, momentum < 0.5 is False."""
     s0 = -lr
     s1 = 1 - momentum
@@ -88,6 +73,8 @@ def scalars_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5(
 ):
     """Kernel scalars (momentum, a_ns, b_ns, c_ns, eps, ns_steps, s0, s1, s2) for
     nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is True;
+    nesterov=True, match_rms_adamw=True, momentum > 0.5 is True, momentum < 0.5 is False;
+    nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is True;
     nesterov=True, match_rms_adamw=True, momentum > 0.5 is False, momentum < 0.5 is False."""
     s0 = -lr
     s1 = 1 - momentum

@@ -31,14 +31,22 @@ def _bf16(x) -> np.ndarray:
     return np.where(np.isnan(x), x, rounded)
 
 
+def _fma(a, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """float32 `a*x + y` rounded once: in float64, where `a*x` of a float32 and a bfloat16 is
+    exact (32 significant bits), then rounded to float32."""
+    return (np.float64(a) * x.astype(np.float64) + y.astype(np.float64)).astype(_F32)
+
+
 def newton_schulz(x: np.ndarray, a, b, c, steps, eps) -> None:
     """`x` (2-D, float64 holding float32 or float64 values) overwritten with its Newton-Schulz
     orthogonalisation, in torch.optim.Muon's arithmetic (`_zeropower_via_newtonschulz`):
     the matrix in bfloat16, transposed while it has more rows than columns, divided by its
     norm clamped to at least eps, then `steps` times A = X X^T, B = b A + c A A and
-    X = a X + B X, each operation's result rounded to bfloat16. torch's bfloat16 products
-    and norm accumulate in float32 and round once; these are float32 products and sums of
-    bfloat16 values, rounded once."""
+    X = a X + B X, each operation's result rounded to bfloat16. torch's bfloat16 matrix
+    products and norm accumulate in float32; these are NumPy's float32 products and sums of
+    the bfloat16 values. Bit for bit torch's for matrices up to about 16 on a side (the tests'
+    sizes); on larger ones torch's bfloat16 CPU products now and then round differently, and
+    an element of the result differs by a bfloat16 unit."""
     steps = int(steps)
     if steps >= 100:
         raise ValueError("Number of steps must be less than 100 for computational efficiency")
@@ -50,7 +58,9 @@ def newton_schulz(x: np.ndarray, a, b, c, steps, eps) -> None:
     m = _bf16(m / norm)
     a, b, c = _F32(a), _F32(b), _F32(c)
     for _ in range(steps):
-        gram = _bf16(m @ m.T)  # torch.addmm(gram, gram, gram, beta=b, alpha=c): one rounding
-        update = _bf16(b * gram + c * (gram @ gram))
-        m = _bf16(a * m + update @ m)  # torch.addmm(m, update, m, beta=a)
+        gram = _bf16(m @ m.T)
+        # torch.addmm(gram, gram, gram, beta=b, alpha=c) on the CPU: the product accumulated in
+        # float32, scaled by alpha and rounded, then fma(beta, gram, that), rounded to bfloat16
+        update = _bf16(_fma(b, gram, c * (gram @ gram)))
+        m = _bf16(_fma(a, m, update @ m))  # torch.addmm(m, update, m, beta=a)
     x[...] = m.T if tall else m
