@@ -235,8 +235,10 @@ class rounded_sub(sp.Function):
     nargs = 2
 
     def _latex(self, printer):
-        a, b = self.args
-        return printer._print(sp.Add(a, -b, evaluate=False))
+        a, b = (printer._print(x) for x in self.args)
+        if isinstance(self.args[1], sp.Add):
+            b = r"\left(%s\right)" % b
+        return r"\left(%s - %s\right)" % (a, b)
 
 
 def unfused(expr: sp.Expr) -> sp.Expr:
