@@ -220,3 +220,21 @@ def test_group_with_other_adjustment_refused():
     w1, w2 = torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(4, 3))
     with pytest.raises(ValueError, match="adjust_lr_fn"):
         ot.Muon([dict(params=[w1]), dict(params=[w2], adjust_lr_fn="match_rms_adamw")])
+
+
+def test_device_parameters_refused_before_anything_is_allocated():
+    """No CUDA kernels for the matrix stage: the generated CUDA module says why, and the
+    run-time refuses device parameters up front (NotImplementedError)."""
+    import importlib
+    from types import SimpleNamespace
+
+    from optforge.runtime.optimizer import check_kernel_support
+
+    cuda = importlib.import_module("optforge.generated.cuda.muon")
+    cpu = importlib.import_module("optforge.generated.cpu.muon")
+    assert cuda.VARIANTS == {} and cuda.DEVICE_REFUSED == cpu.DEVICE_REFUSED
+    assert "CPU only" in cpu.DEVICE_REFUSED
+    on_device = SimpleNamespace(shape=(3, 4), on_device=True)
+    with pytest.raises(NotImplementedError, match="CPU only"):
+        check_kernel_support(cpu, "Muon", [on_device])
+    check_kernel_support(cpu, "Muon", [SimpleNamespace(shape=(3, 4), on_device=False)])
