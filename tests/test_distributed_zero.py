@@ -47,7 +47,11 @@ RESUME_AT = 5  # the checkpoint is taken after this many steps
 ADD_AT = 3  # add_param_group after this many steps
 BATCH = 12  # each rank gets BATCH // WORLD samples under data parallelism
 FIRST = ["AdamW", "Lamb", "Adafactor", "SGD"]
-CLASSES = FIRST + [name for name in ot.__all__ if name not in FIRST and name != "TorchOptimizer"]
+# Muon steps 2-D parameters only (as torch.optim.Muon): these models have biases and a 3-D weight.
+MATRICES_ONLY = ["Muon"]
+CLASSES = FIRST + [
+    name for name in ot.__all__ if name not in FIRST + MATRICES_ONLY and name != "TorchOptimizer"
+]
 KWARGS = {
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1},
     "Lamb": {"lr": 1e-2, "weight_decay": 0.01},
