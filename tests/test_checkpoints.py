@@ -16,7 +16,8 @@ CLASSES = [
     pytest.param(getattr(MODULES[e.dialect], e.class_name), e.example, id=f"{e.dialect}.{e.class_name}")
     for spec in load_specs()
     for e in spec.exports
-    if e.dialect in MODULES
+    # a spec of matrices (Muon) takes none of the 1-D and 3-D SHAPES: tests/test_muon.py resumes it
+    if e.dialect in MODULES and spec.tensor_rank is None
 ]
 
 
