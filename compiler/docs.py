@@ -206,12 +206,14 @@ def legend(spec: S.Spec, dialect: str, state_names: dict | None = None) -> list[
 
 
 def example(spec: S.Spec, export, module: str) -> str:
+    # A spec of matrices (tensor_rank=2) steps the weight only, not the 1-D bias.
+    matrices = spec.tensor_rank == 2
     if export.dialect == "torch":
         return (
             "import torch\n"
             f"import {'optforge' if module.startswith('optforge.compile_spec') else 'optforge.torch'}\n\n"
             "model = torch.nn.Linear(3, 2)\n"
-            f"opt = {module}.{export.class_name}(model.parameters())\n"
+            f"opt = {module}.{export.class_name}({'[model.weight]' if matrices else 'model.parameters()'})\n"
             + (f"opt.{spec.modes.enter.method}()\n" if spec.modes else "")
             + "x, y = torch.randn(8, 3), torch.randn(8, 2)\n"
             "for step in range(3):\n"
@@ -223,11 +225,18 @@ def example(spec: S.Spec, export, module: str) -> str:
         )
     kwargs = ", ".join(f"{k}={v!r}" for k, v in export.example.items())
     kwargs = f", {kwargs}" if kwargs else ""
+    weight = 'w = optforge.Parameter(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "layer.weight")\n'
+    if matrices:
+        return (
+            "import numpy as np\n"
+            "import optforge\n\n" + weight + f"opt = {module}.{export.class_name}([w]{kwargs})\n"
+            "for step in range(3):\n"
+            "    opt((np.full((2, 3), 0.1, np.float32),))  # updates w in place\n"
+            "print(w.asnumpy())\n"
+        )
     return (
         "import numpy as np\n"
-        "import optforge\n\n"
-        'w = optforge.Parameter(np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3), "layer.weight")\n'
-        'b = optforge.Parameter(np.zeros(3, np.float32), "layer.bias")\n'
+        "import optforge\n\n" + weight + 'b = optforge.Parameter(np.zeros(3, np.float32), "layer.bias")\n'
         f"opt = {module}.{export.class_name}([w, b]{kwargs})\n"
         + (f"opt.{spec.modes.enter.method}()\n" if spec.modes else "")
         + "for step in range(3):\n"

@@ -11,6 +11,7 @@ phases stored or reduced, or what it computes itself (passes/schedule.py).
     two-stage kernel   PASS1, FINALIZE (per tensor, from PASS1's sums), PASS3
     offload            PASS1, APPLY (the parameter update on its own)
     factored kernel    PASS1, LINES (rows, columns), PASS2, FINALIZE, PASS3
+    matrix stage       PASS1 (stores the argument), MATRIX (per tensor, in place), PASS3
 
 Backends print the regions; they make no decisions about the math.
 """
@@ -40,9 +41,10 @@ class Space(IntEnum):
 PASS1 = 1  # the inputs; sums the norms' and the row and column means' arguments
 LINES = 2  # per row and per column: the means of PASS1, row and column state; sums matrix means
 PASS2 = 3  # element values reading row or column values; the matrix means are ready
-FINALIZE = 4  # per tensor, from the sums of the passes before
-PASS3 = 5  # element values reading the finalize's values
-APPLY = 6  # a spec's separate parameter update (AdamOffload's `w += delta`)
+MATRIX = 4  # per tensor: the matrix functions (passes/matrix.py), over scratch matrices
+FINALIZE = 5  # per tensor, from the sums of the passes before
+PASS3 = 6  # element values reading the finalize's values, or a matrix function's result
+APPLY = 7  # a spec's separate parameter update (AdamOffload's `w += delta`)
 
 
 class DType(Enum):
@@ -74,7 +76,8 @@ class Array:
     symbol: sp.Symbol  # the element value inside the loop, e.g. m
     name: str  # the public name, e.g. "moment1"; "param" and "grad" for w and g
     # "element", or "row"/"col" for a factored kernel's row- and column-shaped state;
-    # "tensor" and "matrix" for the values handed between phases (u0, matrix_mean0)
+    # "tensor" and "matrix" for the values handed between phases (u0, matrix_mean0);
+    # "scratch" for a matrix function's scratch matrix, shaped like the parameter
     shape: str = "element"
 
 
@@ -130,6 +133,8 @@ class Kernel:
     arrays: tuple[Array, ...]  # the argument arrays, in argument order
     regions: tuple[Region, ...]  # in phase order; within a phase, outer loops first
     matrices: bool = False  # a factored variant: tensors seen as stacks of matrices
+    # computed by the matrix stage (region TENSOR, MATRIX), each over its scratch matrix
+    matrix_functions: tuple[MatrixFunction, ...] = ()
 
     def region(self, space: Space, phase: int) -> Region:
         """The region over `space` in `phase`, or an empty one."""
@@ -173,3 +178,16 @@ class Mean:
 
     symbol: sp.Symbol
     expr: sp.Symbol  # the value summed: per element, or per row for a matrix mean
+
+
+@dataclass(frozen=True)
+class MatrixFunction:
+    """`symbol = function(argument, *parameters)` over one tensor's matrix (spec.MATRIX_FUNCTIONS):
+    `argument` is stored into the scratch matrix `array` by the element pass before the
+    matrix stage, which overwrites it with the result, `symbol` in the passes after it."""
+
+    symbol: sp.Symbol
+    argument: sp.Symbol
+    function: type
+    parameters: tuple[sp.Expr, ...]
+    array: Array

@@ -19,12 +19,14 @@ from optforge.compiler.ir import (
     APPLY,
     FINALIZE,
     LINES,
+    MATRIX,
     PASS1,
     PASS2,
     Array,
     Assignment,
     DType,
     Kernel,
+    MatrixFunction,
     Mean,
     Reduction,
     Region,
@@ -36,6 +38,7 @@ from optforge.compiler.passes.defer import deferred_stores
 from optforge.compiler.passes.factored import assign_passes, extract_means
 from optforge.compiler.passes.hoist import Hoisted, hoist
 from optforge.compiler.passes.levels import Level, assign_levels
+from optforge.compiler.passes.matrix import extract_matrix_functions
 from optforge.compiler.passes.reductions import extract_reductions, summands
 from optforge.compiler.passes.schedule import Placed, regions
 from optforge.compiler.passes.specialize import specialize
@@ -104,6 +107,7 @@ class Front:
     means: list[Reduction]  # row, column and matrix means; `expr` the value averaged
     levels: dict[sp.Symbol, Level]  # of the inputs, the reductions and the means
     guards: list[sp.Expr]
+    matrix_functions: list[MatrixFunction]  # each computed by the matrix stage (passes/matrix.py)
 
 
 def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
@@ -111,6 +115,7 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     states = [s for s in spec.state if S.active(s.when, variant)]
     arrays = [Array(S.w, "param"), Array(S.g, "grad")] + [Array(s.symbol, s.name, s.shape) for s in states]
     assignments, outputs = to_ssa(specialize(spec, variant), {a.symbol for a in arrays})
+    assignments, matrix_functions = extract_matrix_functions(assignments, spec.where)
     assignments, found = extract_means(assignments)
     assignments, reductions = extract_reductions(assignments)
     # Each reduction is summed over a per-element value: give it a name so the
@@ -121,11 +126,14 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     # To the hoister, per-row, per-column and per-matrix values vary like elements do.
     levels = input_levels(spec) | {r.symbol: Level.TENSOR for r in reductions}
     levels |= {m.symbol: Level.ELEMENT for m in means}
+    levels |= dict.fromkeys(S.MATRIX_TENSOR, Level.TENSOR)
+    # A matrix function's result varies per element; the stage before it stores its argument.
+    levels |= {mf.symbol: Level.ELEMENT for mf in matrix_functions}
     guards = find_guards(assignments, assign_levels(assignments, levels))
     sums = [
         Reduction(r.symbol, s.target, r.mean, r.squared, plain=r.plain) for r, s in zip(reductions, squares)
     ]
-    return Front(arrays, assignments, outputs, sums, means, levels, guards)
+    return Front(arrays, assignments, outputs, sums, means, levels, guards, matrix_functions)
 
 
 def _mean(mean: Mean, kind) -> Reduction:
@@ -148,6 +156,7 @@ def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
                 arrays=tuple(f.arrays),
                 regions=tuple(found),
                 matrices=placed.matrices,
+                matrix_functions=tuple(f.matrix_functions),
             )
         )
     return kernels
@@ -162,9 +171,11 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     value a later pass reads is stored in that pass (passes/defer.py).
     """
     outputs = changed_outputs(f.outputs, chosen)  # a branch may leave a state as it was
+    shape = S.MATRIX_TENSOR if spec.tensor_rank == 2 else ()
     per_tensor = [
         *S.BUILTIN_TENSOR,
         *S.BUILTIN_COUNTED,
+        *shape,
         *(r.symbol for r in f.reductions),
         *(a.target for a in hoisted.tensor),
     ]
@@ -173,8 +184,13 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     phases = {a.symbol: PASS1 if a.shape == "element" else LINES for a in f.arrays}
     phases |= {m.symbol: MEAN_PHASE[m.space] for m in f.means} | {r.symbol: FINALIZE for r in f.reductions}
     phases |= dict.fromkeys(S.BUILTIN_COUNTED, FINALIZE)
+    # A matrix function's result is per element, ready after the matrix stage.
+    spaces |= {mf.symbol: Space.ELEMENT for mf in f.matrix_functions}
+    phases |= {mf.symbol: MATRIX for mf in f.matrix_functions}
     for a in hoisted.tensor:
-        if any(phases.get(s) == FINALIZE for s in a.expr.free_symbols):
+        # After a matrix stage the per-tensor values are a finalize's too, in float64, as torch
+        # computes such scalars in Python (Muon's 1 - lr*weight_decay, rounded once to float32).
+        if f.matrix_functions or any(phases.get(s) == FINALIZE for s in a.expr.free_symbols):
             phases[a.target] = FINALIZE
     means = {
         kind: [Mean(m.symbol, m.expr) for m in f.means if m.space == k] for kind, k in MEAN_SPACE.items()
@@ -197,9 +213,11 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
         phases=phases,
         spaces=spaces,
         arrays=tuple(f.arrays),
-        stores=stores,
+        # (a matrix function's result is in its scratch matrix after the matrix stage)
+        stores=stores | {mf.symbol: mf.array for mf in f.matrix_functions},
         reductions=tuple(f.reductions + f.means),
-        per_tensor_arrays=S.BUILTIN_TENSOR,
+        per_tensor_arrays=(*S.BUILTIN_TENSOR, *shape),
+        matrix_functions=tuple(f.matrix_functions),
         matrices=S.is_factored(spec, variant),
         where=spec.where,
     )

@@ -41,6 +41,10 @@ class ElementPrinter(PythonCodePrinter):
     def _print_fma(self, expr):
         return f"{self.fma}({', '.join(self._print(a) for a in expr.args)})"
 
+    def _print_rounded_sub(self, expr):
+        a, b = (self.parenthesize(x, PRECEDENCE["Add"], strict=True) for x in expr.args)
+        return f"({a} - {b})"
+
     def is_invariant(self, expr: sp.Expr) -> bool:
         return expr.free_symbols <= self.invariant
 

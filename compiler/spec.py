@@ -43,6 +43,11 @@ BUILTIN_STEP = (t, lr)
 BUILTIN_TENSOR = (weight_decay, grad_scale)  # inputs the run-time fills per tensor
 BUILTIN_COUNTED = (numel,)  # per tensor, from the reduction stage
 BUILTINS = BUILTIN_ELEMENT + BUILTIN_STEP + BUILTIN_TENSOR + BUILTIN_COUNTED
+# Per tensor, only in a spec of matrices (`Spec.tensor_rank=2`): the parameter's rows and
+# columns, which the run-time fills in (Muon's learning-rate adjustment reads its shape).
+nrows = sp.Symbol("nrows")
+ncols = sp.Symbol("ncols")
+MATRIX_TENSOR = (nrows, ncols)
 
 KEYWORD_ONLY = "*"  # in a torch signature: the arguments after it are keyword-only, as in torch
 
@@ -162,6 +167,40 @@ class matrix_mean(_Reduction):
 REDUCTIONS = (norm, rms, mean, row_mean, col_mean, matrix_mean)
 # Reductions to one value per tensor: a two-stage kernel's first pass sums their arguments.
 TENSOR_REDUCTIONS = (norm, rms, mean)
+
+
+class NewtonSchulz(sp.Function):
+    """A matrix function: the Newton-Schulz orthogonalisation of a per-element value seen as
+    its tensor's matrix, `NewtonSchulz(x, a, b, c, steps, eps)` (write `newton_schulz`).
+
+    Computed as torch.optim.Muon computes it, on the CPU and on CUDA alike: in bfloat16
+    (every product and sum rounded to bfloat16, the matrix products accumulated in float32),
+    transposed while it has more rows than columns, divided by max(||x||, eps), then `steps`
+    times `B = b*A + c*A@A` (with `A = X@X.T`) and `X = a*X + B@X`. The compiler gives it a
+    stage of its own (passes/matrix.py): the element stage before it stores `x` into a scratch
+    matrix, the matrix stage transforms the matrix in place, and the element stage after it
+    reads the result.
+    """
+
+    nargs = 6
+
+    def _latex(self, printer, exp=None):
+        x, a, b, c, steps, _ = (printer._print(arg) for arg in self.args)
+        text = r"\operatorname{NS}^{(%s,%s,%s)}_{%s}\left(%s\right)" % (a, b, c, steps, x)
+        return text if exp is None else r"{%s}^{%s}" % (text, exp)
+
+
+def newton_schulz(expr, coefficients, steps, eps) -> NewtonSchulz:
+    """The Newton-Schulz orthogonalisation of `expr` (see NewtonSchulz): `coefficients` the
+    quintic's (a, b, c), `steps` its iterations and `eps` the floor of the norm it first
+    divides by, each a number or a hyperparameter. A rule's whole expression: a matrix
+    function is one stage, its result a value the later rules read."""
+    a, b, c = coefficients
+    return NewtonSchulz(expr, a, b, c, steps, eps)
+
+
+# Matrix functions: each is computed in a stage of its own over its tensor's matrix.
+MATRIX_FUNCTIONS = (NewtonSchulz,)
 # Functions a state's initial value may apply to the parameter (printed as NumPy calls).
 _NUMPY_INIT = (sp.Abs, sp.sign, sp.exp, sp.log, sp.tanh)
 _INIT_NAMES = ("Abs", "sign", "exp", "log", "tanh", "powers")
@@ -204,9 +243,26 @@ class fma(sp.Function):
         return printer._print(sp.Add(sp.Mul(a, b), c))
 
 
+class rounded_sub(sp.Function):
+    """`a - b` computed per element in the kernel's float type, from `a` and `b` each first
+    rounded to it: torch's scalar arithmetic inside its kernels. torch's CPU `lerp` with a
+    weight >= 0.5 computes `end - (end - start)*(1 - weight)` with `1 - weight` in float32
+    for float32 tensors, from the weight rounded to float32; `1 - weight` hoisted to the host
+    would be computed in float64 and rounded once. The hoister leaves the subtraction in the
+    element code and hoists its operands only."""
+
+    nargs = 2
+
+    def _latex(self, printer):
+        a, b = (printer._print(x) for x in self.args)
+        if isinstance(self.args[1], sp.Add):
+            b = r"\left(%s\right)" % b
+        return r"\left(%s - %s\right)" % (a, b)
+
+
 def unfused(expr: sp.Expr) -> sp.Expr:
     """`expr` with each `fma(a, b, c)` written `a*b + c`: its value, for the checks that compare values."""
-    return expr.replace(fma, lambda a, b, c: a * b + c)
+    return expr.replace(fma, lambda a, b, c: a * b + c).replace(rounded_sub, lambda a, b: a - b)
 
 
 # Reductions whose value is per row, per column or per matrix: only a factored
@@ -234,6 +290,19 @@ class Hyper:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """A flag taken as a named option, as torch takes Muon's `adjust_lr_fn`: the argument
+    `argument` (default `default`) sets the flag for a value in `on`, clears it for one in
+    `off`, and is a ValueError (`message`, with `{value}`) for any other value."""
+
+    argument: str
+    default: object
+    on: tuple
+    off: tuple
+    message: str
+
+
+@dataclass(frozen=True)
 class Flag:
     """A structural switch: each value gives its own kernel, never a run-time branch.
 
@@ -249,6 +318,7 @@ class Flag:
     doc: str
     default: bool = False
     rank: int | None = None
+    choice: Choice | None = None  # a flag a dialect takes as a named option (see Choice)
 
     @property
     def name(self) -> str:
@@ -434,6 +504,9 @@ class Spec:
     step_state: tuple[StepState, ...] = ()
     step_rules: tuple[Rule, ...] = ()
     modes: Modes | None = None
+    # The number of dimensions every parameter must have, or None for any: 2 for a spec of
+    # matrices (one with a matrix function), whose classes refuse other parameters.
+    tensor_rank: int | None = None
 
     def __post_init__(self):
         for name in (
@@ -544,6 +617,13 @@ def check_spec(spec: Spec) -> None:
     ranked = [f for f in spec.flags if f.rank is not None]
     if len(ranked) > 1:
         fail("flags", f"at most one flag may have a rank, got {[f.name for f in ranked]}")
+    for f in spec.flags:
+        c = f.choice
+        if c is not None and (c.default not in c.on + c.off or (c.default in c.on) != f.default):
+            fail(
+                f"flag '{f.name}'",
+                "its choice's default must be one of its values, meaning the flag's default",
+            )
     for f in ranked:
         if not (isinstance(f.rank, int) and f.rank >= 2) or f.default:
             fail(f"flag '{f.name}'", "a rank flag needs an int rank >= 2 and default False")
@@ -584,6 +664,17 @@ def check_spec(spec: Spec) -> None:
     for variant in spec.variants():
         _check_variant(spec, variant, fail, hyper_syms | step_syms, flag_syms, state_syms)
 
+    uses_matrix = any(sp.sympify(r.expr).atoms(*MATRIX_FUNCTIONS) for r in spec.rules)
+    reads_shape = any(sp.sympify(r.expr).free_symbols & set(MATRIX_TENSOR) for r in spec.rules)
+    if spec.tensor_rank not in (None, 2):
+        fail("tensor_rank", f"must be None or 2, got {spec.tensor_rank!r}")
+    if (uses_matrix or reads_shape) and spec.tensor_rank != 2:
+        what = "a matrix function" if uses_matrix else "'nrows' and 'ncols'"
+        fail("tensor_rank", f"{what} needs a spec of matrices: declare tensor_rank=2")
+    if spec.tensor_rank is not None and ranked:
+        fail("tensor_rank", "a spec of matrices has no rank flag (every tensor is a matrix)")
+    if uses_matrix and spec.separate_apply:
+        fail("separate_apply", "a spec with a matrix function cannot apply its update separately")
     if spec.decay not in ("coupled", "decoupled"):
         fail("decay", f"must be 'coupled' or 'decoupled', got {spec.decay!r}")
     if spec.sparse not in (None, "rows", "dense"):
@@ -604,6 +695,7 @@ def check_spec(spec: Spec) -> None:
     for export in spec.exports:
         known = {h.name for h in spec.hypers} | {f.name for f in spec.flags}
         known |= set(dialects.DIALECT_ARGUMENTS.get(export.dialect, ()))
+        known |= {f.choice.argument for f in spec.flags if f.choice is not None}
         if export.dialect not in dialects.DIALECT_ARGUMENTS:
             fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
         if ranked and export.dialect in dialects.ELEMENTWISE_DIALECTS:
@@ -658,6 +750,8 @@ def check_spec(spec: Spec) -> None:
 def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> None:
     states = {s.symbol for s in spec.state if active(s.when, variant)}
     readable = set(BUILTINS) | hyper_syms | flag_syms | states
+    if spec.tensor_rank == 2:
+        readable |= set(MATRIX_TENSOR)
     varying = set(BUILTIN_ELEMENT) | states  # what may differ from element to element (or row to row)
     assigned: set[sp.Symbol] = set()
     label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
@@ -670,6 +764,7 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
         _check_functions(expr, where, fail, varying)
+        _check_matrix_functions(expr, where, fail, varying, hyper_syms)
         for reduction in expr.atoms(*REDUCTIONS):
             if not _reads(reduction.args[0], varying):
                 fail(
@@ -818,6 +913,26 @@ def _check_step_state(spec: Spec, fail, hyper_syms, flag_syms, state_syms) -> No
             fail(what, "never assigns the parameter 'w'")
 
 
+def _check_matrix_functions(expr, where: str, fail, varying: set, hyper_syms: set) -> None:
+    """A matrix function must be a rule's whole expression, of a value that varies over the
+    tensor and holds no other matrix function or reduction, with step-level parameters."""
+    calls = expr.atoms(*MATRIX_FUNCTIONS)
+    if not calls:
+        return
+    if not isinstance(expr, MATRIX_FUNCTIONS):
+        fail(where, f"a matrix function must be the rule's whole expression, not part of {expr}")
+    argument, *parameters = expr.args
+    if argument.atoms(*MATRIX_FUNCTIONS):
+        fail(where, "a matrix function of a matrix function: give the inner one a rule of its own")
+    if argument.atoms(*REDUCTIONS):
+        fail(where, "the argument of a matrix function cannot read a reduction (it is stored before them)")
+    if not _reads(argument, varying):
+        fail(where, f"{expr.func.__name__} of {argument}, which does not vary over the tensor")
+    for p in parameters:
+        if not (p.free_symbols <= hyper_syms) or not sp.sympify(p).is_Atom and p.atoms(sp.Function):
+            fail(where, f"the matrix function's parameter {p} must be a number or a hyperparameter")
+
+
 def _reads(expr, varying: set) -> bool:
     """Does `expr` vary over a tensor? Per-tensor reductions (norm, rms, mean, matrix_mean) are
     one value per tensor or matrix; row and column means vary with the row or column."""
@@ -855,7 +970,7 @@ def _check_functions(expr, where: str, fail, varying: set = frozenset()) -> None
         ):
             continue
         if (
-            isinstance(node, _NODES + REDUCTIONS + functions + (fma,))
+            isinstance(node, _NODES + REDUCTIONS + MATRIX_FUNCTIONS + functions + (fma, rounded_sub))
             or type(node).__name__ == "ExprCondPair"
         ):
             continue

@@ -293,7 +293,7 @@ OPTIM_RAISES = (
 
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
-    arguments, checks, hyper_keys = [], [], {}
+    arguments, checks, hyper_keys, choices = [], [], {}, []
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -316,6 +316,23 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
                 raises.append(("TypeError", f"`{label}` is not {_type_words(types_of[h.name])}."))
                 if h.name in domains:
                     raises.append(("ValueError", f"`{label}` is not {domains[h.name].describe()}."))
+            continue
+        chosen = next((f for f in spec.flags if f.choice is not None and f.choice.argument == name), None)
+        if chosen is not None:  # a flag taken as a named option (Muon's adjust_lr_fn)
+            c = chosen.choice
+            values = ", ".join(repr(v) for v in c.on + c.off)
+            arguments.append(
+                Argument(
+                    name,
+                    repr(c.default),
+                    " or ".join(sorted({type(v).__name__ for v in c.on + c.off})),
+                    f"One of {values}. {chosen.doc}",
+                )
+            )
+            choices.append(
+                (name, chosen.name, repr(tuple(c.on)), repr(tuple(c.on + c.off)), _f_string(c.message, name))
+            )
+            raises.append(("ValueError", f"`{name}` is not one of {values}."))
             continue
         flag = next((f for f in spec.flags if f.name == name), None)
         if flag is not None:
@@ -342,7 +359,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     ]
     flag_names = [f.name for f in spec.flags]
     bools = [a.name for a in arguments if a.name in flag_names]
-    variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
+    chosen_flags = [flag for _, flag, *_ in choices]
+    variant_key = _tuple_source(
+        [f.name if f.name in bools + chosen_flags else repr(f.default) for f in spec.flags]
+    )
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
     raises += PRECISION_RAISES
@@ -361,11 +381,16 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         # Re-checked on every group: at construction, add, load and (when changed) each step.
         "group_checks": [(label, *hyper_keys[name], types, domain) for label, name, types, domain in checks],
-        "flag_attributes": _tuple_source([repr(n) for n in bools]),
+        "flag_attributes": _tuple_source([repr(n) for n in bools + chosen_flags]),
+        "choices": choices,
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": state_docs(spec, "`"),
-        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools) + "}",  # noqa: E501
+        "defaults": "{"
+        + ", ".join(
+            f'"{a.name}": {a.name}' for a in arguments if a.name not in bools + [c[0] for c in choices]
+        )
+        + "}",
         "bools": bools,
         "variant_key": variant_key,
         "raises": raises,
@@ -525,11 +550,10 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "impl_names": repr(tuple(impl)),
         "torch_checks": export.checks,
         "raises": raises,
-        "flag_names": _tuple_source([repr(n) for n in context["bools"]]),
-        # Each spec flag: the group key it is read from, or the value this class pins it to.
-        "variant_names": _tuple_source(
-            [repr(f.name) if f.name in context["bools"] else repr(f.default) for f in spec.flags]
-        ),
+        "flag_names": _tuple_source([repr(n) for n in context["bools"] + [c[0] for c in context["choices"]]]),
+        # Each spec flag: the group key it is read from, (the key of a named option, the values
+        # that set it), or the value this class pins it to.
+        "variant_names": _tuple_source([_variant_source(f, context) for f in spec.flags]),
         "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + "}",
         "state_keys": repr(keys),
         "optional_state": repr(tuple(export.optional_state)),
@@ -544,6 +568,16 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
             for name, doc, when in context["state_docs"]
         ],
     }
+
+
+def _variant_source(flag, context: dict) -> str:
+    """How a torch class reads a spec flag (see TorchOptimizer._variant_key)."""
+    if flag.name in context["bools"]:
+        return repr(flag.name)
+    for argument, name, on, _, _ in context["choices"]:
+        if name == flag.name:
+            return f"({argument!r}, {on})"
+    return repr(flag.default)
 
 
 def _words(names: list[str]) -> str:

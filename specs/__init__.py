@@ -37,4 +37,5 @@ ALL = (
     "adan",
     "adafactor",
     "schedulefree",
+    "muon",
 )

@@ -19,7 +19,8 @@ CLASSES = [
     )
     for spec in load_specs()
     for e in spec.exports
-    if e.dialect in MODULES
+    # a spec of matrices (Muon) takes none of the 1-D and 3-D SHAPES: tests/test_muon.py resumes it
+    if e.dialect in MODULES and spec.tensor_rank is None
 ]
 
 

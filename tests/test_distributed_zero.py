@@ -51,10 +51,12 @@ FIRST = ["AdamW", "Lamb", "Adafactor", "SGD"]
 # A class with modes (ScheduleFreeAdamW) is left out: ZeroRedundancyOptimizer builds its inner
 # optimizer itself and forwards no train()/eval() (its user calls `zero.optim.train()`), so
 # the harness's steps would be refused; it is not checked under ZeRO here.
+# Muon steps 2-D parameters only (as torch.optim.Muon): these models have biases and a 3-D weight.
+MATRICES_ONLY = ["Muon"]
 CLASSES = FIRST + [
     name
     for name in ot.__all__
-    if name not in FIRST and name != "TorchOptimizer" and not has_modes(getattr(ot, name))
+    if name not in FIRST + MATRICES_ONLY and name != "TorchOptimizer" and not has_modes(getattr(ot, name))
 ]
 KWARGS = {
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1},

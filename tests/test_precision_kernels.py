@@ -24,7 +24,8 @@ from optforge.runtime.precision import Precision, numpy_dtype
 from optforge.runtime.storage import rounding_keys
 from tests.test_kernels import ILL_CONDITIONED_IN_FLOAT32, advanced, hypers_for
 
-SPECS = {spec.name: spec for spec in load_specs()}
+# A spec of matrices (Muon) has a matrix function the per-element reference cannot evaluate.
+SPECS = {spec.name: spec for spec in load_specs() if spec.tensor_rank is None}
 
 
 def default_variant(spec):

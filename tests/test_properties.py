@@ -25,7 +25,9 @@ from optforge.compiler.wrappers import runtime_domain
 from optforge.runtime.factored import STATE_SHAPES
 from tests.modes import ready
 
-SPECS = {s.name: s for s in load_specs()}
+# A spec of matrices (Muon: 2-D parameters only, a matrix function the per-element reference
+# cannot evaluate) is checked by tests/test_muon.py, against torch.optim.Muon, instead.
+SPECS = {s.name: s for s in load_specs() if s.tensor_rank is None}
 shapes = st.lists(st.integers(1, 7), min_size=1, max_size=3).map(tuple)
 dtypes = st.sampled_from([np.float32, np.float64])
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -112,9 +112,11 @@ def save_and_load(obj):
     return torch.load(buffer, weights_only=False)
 
 
-def mlp(dtype=torch.float32, seed=0):
+def mlp(dtype=torch.float32, seed=0, bias=True):
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3)).to(dtype)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 7, bias=bias), torch.nn.Tanh(), torch.nn.Linear(7, 3, bias=bias)
+    ).to(dtype)
     x, y = torch.randn(11, 5, dtype=dtype), torch.randn(11, 3, dtype=dtype)
     return model, x, y
 
@@ -393,6 +395,7 @@ def test_skip_nonfinite_skips_a_partial_step_whole():
 
 ALL = [name for name in ot.__all__ if name != "TorchOptimizer"]
 COPY_KWARGS = {"SGD": {"lr": 0.05, "momentum": 0.9}}
+MATRICES = {"Muon"}  # 2-D parameters only: a model without biases, whose weights are dropped
 
 
 def _with_parameters(model, params):
@@ -440,10 +443,11 @@ def _assert_same(model_a, opt_a, model_b, opt_b):
 @pytest.mark.parametrize("how", list(COPIES))
 @pytest.mark.parametrize("name", ALL)
 def test_a_copy_steps_its_own_parameters_bit_for_bit_and_leaves_the_original_alone(name, how):
-    model, x, y = mlp()
+    model, x, y = mlp(bias=name not in MATRICES)
+    part = "weight" if name in MATRICES else "bias"
     opt = ready(getattr(ot, name)(model.parameters(), skip_nonfinite=True, **COPY_KWARGS.get(name, {})))
     _train(model, opt, x, y, 2)
-    _train(model, opt, x, y, 1, drop=lambda m: m[0].bias)  # two cohorts
+    _train(model, opt, x, y, 1, drop=lambda m: getattr(m[0], part))  # two cohorts
     opt.zero_grad()
     backward(model, x, y)
     model[2].weight.grad[0, 0] = float("nan")
@@ -460,9 +464,9 @@ def test_a_copy_steps_its_own_parameters_bit_for_bit_and_leaves_the_original_alo
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(own, model.parameters()))
     _assert_same(copied_model, copied, model, opt)
     original = _snapshot(list(model.parameters()), opt)
-    _train(copied_model, copied, x, y, 2, drop=lambda m: m[2].bias)  # splits, then merges
+    _train(copied_model, copied, x, y, 2, drop=lambda m: getattr(m[2], part))  # splits, then merges
     _train(copied_model, copied, x, y, 1)
     _assert_unchanged(list(model.parameters()), opt, original)
-    _train(model, opt, x, y, 2, drop=lambda m: m[2].bias)
+    _train(model, opt, x, y, 2, drop=lambda m: getattr(m[2], part))
     _train(model, opt, x, y, 1)
     _assert_same(copied_model, copied, model, opt)

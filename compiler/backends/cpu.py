@@ -25,7 +25,21 @@ import sympy as sp
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render_unformatted
-from optforge.compiler.spec import BUILTIN_TENSOR, Spec, SpecError, fma, numel, rank_flag, step_inputs
+from optforge.compiler.spec import (
+    BUILTIN_TENSOR,
+    MATRIX_TENSOR,
+    NewtonSchulz,
+    Spec,
+    SpecError,
+    fma,
+    numel,
+    rank_flag,
+    step_inputs,
+)
+
+# Each matrix function's run-time implementation (optforge.runtime.matrix), which the
+# matrix stage calls once per tensor on its scratch matrix.
+MATRIX_FUNCTION_NAMES = {NewtonSchulz: "newton_schulz"}
 
 # Elements per chunk-table entry: large enough to amortise the per-chunk
 # prologue, small enough that 1,000 mixed tensors still balance across threads.
@@ -226,6 +240,25 @@ def _typed_lines(assignments, dtype: str, invariant, fma_name: str) -> list[Line
     return lines
 
 
+def matrix_context(kernel: Kernel) -> dict:
+    """The matrix stage's functions (run-time name, scratch matrix, parameters printed as
+    the step-level scalars or numbers they are) and the scratch matrices by name."""
+    functions = [
+        {
+            "function": MATRIX_FUNCTION_NAMES[mf.function],
+            "index": i,
+            "parameters": [p.name if isinstance(p, sp.Symbol) else repr(float(p)) for p in mf.parameters],
+        }
+        for i, mf in enumerate(kernel.matrix_functions)
+    ]
+    names = [mf.array.symbol.name for mf in kernel.matrix_functions]
+    return {
+        "matrix_functions": functions,
+        "scratch_arrays": names,
+        "scratch_index": {n: i for i, n in enumerate(names)},
+    }
+
+
 def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> dict:
     invariant = invariant_symbols(kernel)
     printer = ElementPrinter(dtype, invariant, fma_name)
@@ -233,7 +266,8 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
     stages = [stage_context(*_pass(kernel, p), printer) for p in phases]
     first = _sums(kernel.region(Space.ELEMENT, phases[0]))
     finalize = kernel.region(Space.TENSOR, FINALIZE)
-    return {
+    return matrix_context(kernel) | {
+        "shaped": spec.tensor_rank == 2,  # per_tensor rows 2 and 3: each matrix's rows and columns
         "row_sparse": spec.sparse == "rows",  # the kernel has a row-sparse variant
         "arrays": [a.symbol.name for a in kernel.arrays],
         "builtins": [s.name for s in BUILTIN_TENSOR],
@@ -337,8 +371,10 @@ def plan_source(context: dict, combine: tuple[str, ...] = ()) -> str:
     """The branch's `Plan` (optforge.runtime.kernels): the sizes of what its stages share, and
     what is combined before each stage (factories.combined_before)."""
     fields = {
-        "per_tensor": 2 + len(context["finalize_outputs"]),
+        "per_tensor": 2 + 2 * context["shaped"] + len(context["finalize_outputs"]),
         "reductions": len(context["reductions"]),
+        "matrices": len(context["scratch_arrays"]),
+        "shapes": context["shaped"],
     }
     if context["factored"]:
         fields["row_sums"] = len(context["row_means"])
@@ -353,13 +389,16 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
     """The kernel's context for a template printing it once for both float types: where each
     array is in the pointer table and each per-tensor value in the per-tensor table."""
     context = kernel_context(spec, kernel, "element", fma_name)
-    names = [s.name for s in BUILTIN_TENSOR] + context["finalize_outputs"]
+    shape = [s.name for s in MATRIX_TENSOR] if context["shaped"] else []
+    names = [s.name for s in BUILTIN_TENSOR] + shape + context["finalize_outputs"]
     context["array_index"] = {a: i for i, a in enumerate(context["arrays"])}
     param = context["arrays"][0]
     for stage in context["stages"]:
         # The views an element loop is bounded by: those it indexes, with the parameter's
         # mirror where it stores the parameter (optforge.runtime.precision).
         stage["bounds"] = [a for a in context["arrays"] if a in stage["views"]]
+        stage["bounds"] += [a for a in context["scratch_arrays"] if a in stage["views"]]
+        stage["scratch"] = any(a in stage["views"] for a in context["scratch_arrays"])
         stage["bounds"] += ["mirror"] if param in stage["stored"] else []
     context["per_tensor_row"] = {p: i for i, p in enumerate(names)}
     if context["factored"]:
@@ -431,6 +470,7 @@ def rank_flag_source(spec: Spec) -> str | None:
 
 
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
+    from optforge.compiler.backends.cuda import device_refusal
     from optforge.compiler.backends.factories import FactoryPrinter
 
     printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2")
@@ -446,6 +486,10 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         spec=spec,
         rank_flag=rank_flag_source(spec),
         states_fma=states_fma(spec),
+        matrix_functions=sorted(
+            {MATRIX_FUNCTION_NAMES[mf.function] for k in kernels for mf in k.matrix_functions}
+        ),
+        device_refused=device_refusal(spec, kernels),
         chunk=CHUNK,
         host_names=host_names(spec, kernels),
         factories=printer.sources(),

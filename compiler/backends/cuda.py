@@ -57,7 +57,21 @@ def effective_gradient(spec: Spec) -> str | None:
     raise SpecError(f"{spec.where}: a spec that applies separately needs its effective gradient rule")
 
 
+def device_refusal(spec: Spec, kernels: list[Kernel]) -> str | None:
+    """Why a spec's kernels cannot step device arrays, or None: a matrix function's stage
+    runs on the host only (its CUDA lowering, torch's matmuls on the tensors, is not written)."""
+    from optforge.compiler.backends.cpu import MATRIX_FUNCTION_NAMES
+
+    names = sorted({MATRIX_FUNCTION_NAMES[mf.function] for k in kernels for mf in k.matrix_functions})
+    if not names:
+        return None
+    return f"its matrix stage ({', '.join(names)}) runs on the CPU only; step CPU tensors"
+
+
 def render_cuda_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
+    refused = device_refusal(spec, kernels)
+    if refused is not None:
+        return render_unformatted("cuda_refused.py.j2", source=spec.where, spec=spec, refused=refused)
     # The simulator swaps the `cuda` module in a kernel's globals, so the call names it.
     printer = FactoryPrinter(
         spec,

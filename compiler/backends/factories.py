@@ -24,6 +24,7 @@ ROLES = {
     "stage1": "stage 1",
     "stage2": "stage 2",
     "finalize": "the per-tensor values between the element stages",
+    "matrix": "the matrix stage (per tensor, over its scratch matrices)",
     "pass1": "pass 1",
     "lines": "the row and column stage",
     "pass2": "pass 2",
@@ -57,7 +58,8 @@ def stage_roles(k: dict) -> list[tuple[str, str]]:
         return [*passes, *finalize, ("pass3", "chunks")]
     if k["fused"]:
         return [("step", "chunks")]
-    return [("stage1", "chunks"), *finalize, ("stage2", "chunks")]
+    matrix = [("matrix", "tensors")] if k["matrix_functions"] else []
+    return [("stage1", "chunks"), *matrix, *finalize, ("stage2", "chunks")]
 
 
 def stage_code(macros, k: dict, role: str) -> str:
@@ -66,6 +68,8 @@ def stage_code(macros, k: dict, role: str) -> str:
         return macros.lines_kernel(k)
     if role == "finalize":
         return macros.finalize_kernel(k)
+    if role == "matrix":
+        return macros.matrix_kernel(k)
     if k["factored"]:
         n = ("pass1", "pass2", "pass3").index(role)
         return macros.pass_kernel(k, k["stages"][n], n)

@@ -9,9 +9,10 @@ be computed:
     1 element pass 1     the inputs; sums the norms' and the row and column means' arguments
     2 line stage          row and column values (the means of pass 1, row/col state)
     3 element pass 2     what reads them; the matrix means are ready
-    4 finalize            per-tensor values from the passes' reductions
-    5 element pass 3     what reads those
-    6 apply              a spec's separate parameter update, and what reads it
+    4 matrix stage        per tensor: its matrix functions (passes/matrix.py)
+    5 finalize            per-tensor values from the passes' reductions
+    6 element pass 3     what reads those, or a matrix function's result
+    7 apply              a spec's separate parameter update, and what reads it
 
 A flat kernel has pass 1 only; a two-stage one passes 1 and 3 (or 1 and 6).
 """
@@ -22,11 +23,11 @@ from collections.abc import Mapping
 
 import sympy as sp
 
-from optforge.compiler.ir import FINALIZE, LINES, PASS1, PASS2, PASS3, Assignment, Mean, Space
+from optforge.compiler.ir import FINALIZE, LINES, MATRIX, PASS1, PASS2, PASS3, Assignment, Mean, Space
 from optforge.compiler.spec import SpecError, col_mean, matrix_mean, row_mean
 
 # The phases and spaces are defined in ir.py and explained here.
-__all__ = ["FINALIZE", "LINES", "PASS1", "PASS2", "PASS3", "Space"]
+__all__ = ["FINALIZE", "LINES", "MATRIX", "PASS1", "PASS2", "PASS3", "Space"]
 
 # The earliest pass a value of each space can be computed in (matrix values need the line stage).
 _FIRST_PASS = {
@@ -109,7 +110,7 @@ def assign_passes(
                 f"{where}: '{a.target}' is per {space.name.lower()} but reads a value of a later pass"
             )
         if space == Space.ELEMENT:
-            at = {LINES: PASS2, FINALIZE: PASS3}.get(at, at)
+            at = {LINES: PASS2, MATRIX: PASS3, FINALIZE: PASS3}.get(at, at)
         kind = sums.get(a.target)
         if kind in (row_mean, col_mean) and (space != Space.ELEMENT or at != PASS1):
             raise SpecError(

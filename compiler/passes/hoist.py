@@ -23,6 +23,7 @@ from sympy.functions.elementary.piecewise import ExprCondPair
 
 from optforge.compiler.ir import Assignment
 from optforge.compiler.passes.levels import Level, assign_levels, level_of
+from optforge.compiler.spec import SpecError, rounded_sub
 
 # Hoisted scalars are named s0, s1, ... (host) and u0, u1, ... (per tensor).
 PREFIX = {Level.STEP: "s", Level.TENSOR: "u"}
@@ -42,6 +43,9 @@ class _Hoister:
         self.tables: dict[Level, dict[sp.Expr, sp.Symbol]] = {Level.STEP: {}, Level.TENSOR: {}}
 
     def level(self, expr: sp.Expr) -> Level:
+        # A rounded_sub is computed in the element code (its operands may be hoisted).
+        if isinstance(expr, sp.Basic) and expr.has(rounded_sub):
+            return Level.ELEMENT
         return level_of(expr, self.levels)
 
     def scalar(self, expr: sp.Expr) -> sp.Symbol:
@@ -60,6 +64,10 @@ class _Hoister:
         """`expr` with each maximal subexpression of level < `below` made a scalar."""
         if not _is_value(expr):  # conditions and (value, condition) pairs: only their parts
             return expr.func(*[self.visit(a, below) for a in expr.args]) if expr.args else expr
+        if isinstance(expr, rounded_sub):  # its operands hoisted, the subtraction left in the loop
+            return expr.func(
+                *[self._hoisted(a) if self.level(a) < below else self.visit(a, below) for a in expr.args]
+            )
         if self.level(expr) < below:
             return expr if expr.is_Atom else self.scalar(expr)
         if isinstance(expr, (sp.Add, sp.Mul)):
@@ -107,6 +115,10 @@ def hoist(assignments: list[Assignment], levels: dict[sp.Symbol, Level]) -> Hois
     result = Hoisted()
     for a in assignments:
         level = levels[a.target]
+        if level != Level.ELEMENT and a.expr.has(rounded_sub):
+            raise SpecError(
+                f"'{a.target}': rounded_sub is computed per element, in a rule that varies per element"
+            )
         if level == Level.ELEMENT:
             result.element.append(Assignment(a.target, hoister.visit(a.expr, Level.ELEMENT)))
         elif level == Level.TENSOR:

@@ -25,6 +25,7 @@ import sympy as sp
 from optforge.compiler.ir import (
     FINALIZE,
     LINES,
+    MATRIX,
     PASS1,
     PASS2,
     PASS3,
@@ -32,6 +33,7 @@ from optforge.compiler.ir import (
     Assignment,
     DType,
     Load,
+    MatrixFunction,
     Reduction,
     Region,
     Space,
@@ -60,6 +62,7 @@ class Placed:
     per_tensor_arrays: tuple[sp.Symbol, ...]  # the per-tensor inputs (weight_decay, grad_scale)
     matrices: bool  # a factored kernel: tensors seen as stacks of matrices
     where: str  # the spec's file, for errors
+    matrix_functions: tuple[MatrixFunction, ...] = ()  # computed by the matrix stage (passes/matrix.py)
 
 
 def gather(placed: Placed, roots: list[sp.Symbol], at: int) -> tuple[list[Assignment], list[Load], list]:
@@ -125,6 +128,8 @@ def regions(placed: Placed) -> list[Region]:
     if stray:
         raise SpecError(f"{placed.where}: a norm, rms or mean reads a value of the last pass ({stray[0]})")
     result = [r for at in element_passes(placed) for r in element_pass(placed, at)]
+    if placed.matrix_functions:
+        result.append(matrix_region(placed))
     if placed.matrices:
         result += line_regions(placed)
     if any(placed.phases.get(a.target) == FINALIZE for a in placed.tensor):
@@ -144,6 +149,10 @@ def element_pass(placed: Placed, at: int) -> list[Region]:
     """The prologue, per-row and element regions of the element pass `at`."""
     stores = [
         Store(a, v) for v, a in placed.stores.items() if a.shape == "element" and placed.phases[v] == at
+    ]
+    # The arguments of the matrix functions, into their scratch matrices (all of pass 1).
+    stores += [
+        Store(mf.array, mf.argument) for mf in placed.matrix_functions if placed.phases[mf.argument] == at
     ]
     sums = [r for r in placed.reductions if r.space == Space.TENSOR and placed.phases[r.expr] == at]
     if at == PASS1:
@@ -195,6 +204,30 @@ def element_pass(placed: Placed, at: int) -> list[Region]:
         )
     )
     return result
+
+
+def matrix_region(placed: Placed) -> Region:
+    """The matrix stage: once per tensor, each matrix function over its scratch matrix, which
+    pass 1 filled with the argument and which holds the result for the passes after it."""
+    if placed.matrices:
+        raise SpecError(f"{placed.where}: a matrix function in a factored kernel")
+    late = [mf for mf in placed.matrix_functions if placed.phases[mf.argument] != PASS1]
+    if late:
+        raise SpecError(
+            f"{placed.where}: the argument of the matrix function giving '{late[0].symbol}' must be "
+            "computed in the first pass (it reads a value that needs a reduction or another matrix function)"
+        )
+    body = tuple(
+        Assignment(mf.symbol, mf.function(mf.argument, *mf.parameters), Space.TENSOR, DType.KERNEL)
+        for mf in placed.matrix_functions
+    )
+    return Region(
+        Space.TENSOR,
+        MATRIX,
+        tuple(Load(mf.array, mf.argument) for mf in placed.matrix_functions),
+        body,
+        tuple(Store(mf.array, mf.symbol) for mf in placed.matrix_functions),
+    )
 
 
 def line_regions(placed: Placed) -> list[Region]:

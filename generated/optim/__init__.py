@@ -17,6 +17,7 @@ from optforge.generated.optim.adabelief import AdaBelief
 from optforge.generated.optim.adan import Adan
 from optforge.generated.optim.adafactor import Adafactor
 from optforge.generated.optim.schedulefree import ScheduleFreeAdamW
+from optforge.generated.optim.muon import Muon
 
 __all__ = [
     "RAdam",
@@ -35,4 +36,5 @@ __all__ = [
     "Adan",
     "Adafactor",
     "ScheduleFreeAdamW",
+    "Muon",
 ]

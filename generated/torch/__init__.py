@@ -18,6 +18,7 @@ from optforge.generated.torch.adan import Adan
 from optforge.generated.torch.adafactor import Adafactor
 from optforge.generated.torch.schedulefree import ScheduleFreeAdamW
 from optforge.generated.torch.schedulefree import AdamWScheduleFree
+from optforge.generated.torch.muon import Muon
 
 __all__ = [
     "Lamb",
@@ -37,4 +38,5 @@ __all__ = [
     "Adafactor",
     "ScheduleFreeAdamW",
     "AdamWScheduleFree",
+    "Muon",
 ]

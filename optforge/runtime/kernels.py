@@ -20,6 +20,10 @@ class Plan(NamedTuple):
     "columns" (each matrix's column sums, over its chunks), "matrices" (the per-matrix
     sums the line stage wrote), or "" (nothing). Those are the values a tensor split
     across ranks sums over them (optforge.runtime.shards) before the stage reads them.
+
+    `matrices` scratch matrices (a matrix stage's, one per matrix function: each tensor's
+    elements at its offset, see optforge.runtime.matrix); `shapes`: per-tensor rows 2 and 3
+    hold each tensor's rows and columns (a spec of matrices).
     """
 
     per_tensor: int = 2
@@ -28,6 +32,8 @@ class Plan(NamedTuple):
     col_sums: int = 0
     matrix_means: int = 0
     combine: tuple[str, ...] = ()
+    matrices: int = 0
+    shapes: bool = False
 
 
 class Branch(NamedTuple):

@@ -31,20 +31,45 @@ class Scratch(NamedTuple):
     columns: np.ndarray  # [column sums, total matrix columns]: per matrix, its columns' sums
     matrix_rows: np.ndarray  # [matrices]: per matrix, its rows
     matrix_sums: np.ndarray  # [matrix means, matrices]: per matrix, the sums over its rows
+    # [matrix functions, elements of all tensors]: a matrix stage's scratch matrices
+    matrices: np.ndarray
+    matrix_shapes: np.ndarray  # int64 [tensors, 3]: each tensor's offset in them, rows, columns
 
 
 class StageBuffers:
-    """A batch's per-tensor table and scratch, per plan (a variant's branches may differ)."""
+    """A batch's per-tensor table and scratch, per plan (a variant's branches may differ).
+    `shapes`: the tensors' shapes, which a plan with a matrix stage or shapes needs."""
 
-    def __init__(self, dtype: np.dtype, tensors: int, chunks):
+    def __init__(self, dtype: np.dtype, tensors: int, chunks, shapes: list[tuple[int, ...]] | None = None):
         self.dtype, self.tensors, self.chunks = dtype, tensors, chunks
+        self.shapes = None if shapes is None else [tuple(s) for s in shapes]
         self._made: dict[Plan, tuple[np.ndarray, Scratch]] = {}
 
     def get(self, plan: Plan) -> tuple[np.ndarray, Scratch]:
         if plan not in self._made:
-            scratch = Scratch(*(np.zeros(shape) for shape in scratch_shapes(plan, self.chunks, self.tensors)))
-            self._made[plan] = (np.zeros((plan.per_tensor, self.tensors), self.dtype), scratch)
+            buffers = [np.zeros(shape) for shape in scratch_shapes(plan, self.chunks, self.tensors)]
+            per_tensor = np.zeros((plan.per_tensor, self.tensors), self.dtype)
+            buffers += matrix_buffers(plan, self.shapes, self.tensors)
+            if plan.shapes:
+                per_tensor[2:4] = buffers[-1][:, 1:].T  # each matrix's rows and columns
+            self._made[plan] = (per_tensor, Scratch(*buffers))
         return self._made[plan]
+
+
+def matrix_buffers(plan: Plan, shapes, tensors: int) -> list[np.ndarray]:
+    """A plan's scratch matrices (float64: a float32 or float64 value is exact in them) and the
+    table of each tensor's offset, rows and columns; empty for a plan without a matrix stage."""
+    if not (plan.matrices or plan.shapes):
+        return [np.zeros((0, 0)), np.zeros((tensors, 3), np.int64)]
+    if shapes is None or len(shapes) != tensors or any(len(s) != 2 for s in shapes):
+        raise ValueError(
+            "a kernel with a matrix stage steps 2-D tensors, and needs their shapes; got "
+            f"{shapes!r} for {tensors} tensors"
+        )
+    table = np.zeros((tensors, 3), np.int64)
+    table[:, 1:] = shapes
+    table[1:, 0] = np.cumsum(table[:, 1] * table[:, 2])[:-1]
+    return [np.zeros((plan.matrices, int((table[:, 1] * table[:, 2]).sum()))), table]
 
 
 def scratch_shapes(plan: Plan, chunks, tensors: int) -> list[tuple[int, ...]]:
@@ -104,5 +129,5 @@ def step_arrays(
     # not C-contiguous, and the table would point at the copy, freed as soon as it was made.
     # A table takes C-contiguous arrays of any shape (their addresses and sizes) and refuses others.
     table = pointer_table([list(row) for row in arrays])
-    buffers = StageBuffers(dtype, len(arrays[0]), chunks)
+    buffers = StageBuffers(dtype, len(arrays[0]), chunks, [np.shape(a) for a in arrays[0]])
     run_stages(branch, dtype.name, chunks, table, buffers, weight_decay, grad_scale, scalars)

@@ -95,7 +95,7 @@ class _Batch:
         rows = [stepped, list(flat)] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
         if precision.master:
             rows.append(flat)  # the mirror: the parameters themselves, written at every store
-        buffers = StageBuffers(dtype, len(indices), chunks)
+        buffers = StageBuffers(dtype, len(indices), chunks, [p.shape for p in params])
         key = precision.compute if precision.plain else precision
         return cls(
             group,
@@ -256,6 +256,7 @@ class FusedOptimizer(StepStateMixin):
                     f"('{off}'); a group's parameters must all live in one place."
                 )
         module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+        check_kernel_support(module, cls, self.parameters, self._OFFLOAD)
         variant = module.VARIANTS[variant_key]
         self._variant = variant
         self._variant_key = variant_key
@@ -779,6 +780,11 @@ class FusedOptimizer(StepStateMixin):
         """Run every batch's `_launch` ((batch, generator) pairs), in lockstep over the ranks
         when some batch has split tensors (optforge.runtime.shards)."""
         split = [batch for batch, _ in launches if getattr(batch, "shards", None) is not None]
+        if any(b.plan.matrices for batch in split for b in batch.variant.branches.values()):
+            raise RuntimeError(
+                f"For '{type(self).__name__}', some parameters are parts of larger tensors (split), "
+                "and this optimizer's matrix stage needs each whole matrix. Nothing was changed."
+            )
         if (
             split
             and self.all_reduce is None
@@ -956,6 +962,22 @@ def run_transition(work: list[tuple]) -> None:
             branch, batch.key, batch.chunks, batch.arrays, batch.buffers, zeros, zeros + 1, scalars
         ):
             pass
+
+
+def check_kernel_support(module, cls: str, parameters, offload: bool = False) -> None:
+    """Refuse, before anything is allocated, parameters the module's kernels cannot step: of
+    another number of dimensions than its `TENSOR_RANK` (a spec of matrices; ValueError, as
+    torch.optim.Muon), or on the device where it has `DEVICE_REFUSED` (NotImplementedError)."""
+    rank = getattr(module, "TENSOR_RANK", None)
+    for p in parameters:
+        if rank is not None and len(p.shape) != rank:
+            raise ValueError(
+                f"{cls} only supports {rank}D parameters whereas we found a parameter with size: "
+                f"{tuple(p.shape)}"
+            )
+    refused = getattr(module, "DEVICE_REFUSED", None)
+    if refused and any(getattr(p, "on_device", False) or getattr(p, "is_cuda", False) for p in parameters):
+        raise NotImplementedError(f"For '{cls}', {refused}. Nothing was allocated.")
 
 
 def check_parameter_list(params, what: str, cls: str) -> list:

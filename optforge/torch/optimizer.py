@@ -39,7 +39,7 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import Interval
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
-from optforge.runtime.optimizer import MASTER, Addressed, _Batch, run_transition
+from optforge.runtime.optimizer import MASTER, Addressed, _Batch, check_kernel_support, run_transition
 from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
 from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
@@ -288,8 +288,16 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
 
     def _variant_key(self) -> tuple:
-        """The kernel variant: each spec flag from the defaults, or the value the class pins."""
-        return tuple(self.defaults[f] if isinstance(f, str) else f for f in self._VARIANT_KEY)
+        """The kernel variant: each spec flag from the defaults, from a named option's value
+        (`(key, values that set it)`: Muon's adjust_lr_fn), or the value the class pins."""
+        return tuple(
+            self.defaults[f]
+            if isinstance(f, str)
+            else self.defaults[f[0]] in f[1]
+            if isinstance(f, tuple)
+            else f
+            for f in self._VARIANT_KEY
+        )
 
     # -- parameters --
 
@@ -301,6 +309,9 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             self._check_group_options(group, f"param group {len(self.param_groups) - 1}")
+            # The kernels' own limits (a spec of matrices: 2-D parameters only), before any state.
+            kernels = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+            check_kernel_support(kernels, cls, group["params"])
             for p in group["params"]:
                 if p.dtype not in TORCH_DTYPES:
                     raise TypeError(
@@ -336,7 +347,8 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             if key in self._IMPL_OPTIONS:
                 options.check_option(cls, key, value, f"{where} sets ")
             elif key in self._FLAGS:
-                if not isinstance(value, bool) or value != self.defaults[key]:
+                named = not isinstance(self.defaults[key], bool)  # a named option (adjust_lr_fn)
+                if not (named or isinstance(value, bool)) or value != self.defaults[key]:
                     raise ValueError(
                         f"{cls}: {where} sets {key}={value!r}, but the optimizer has "
                         f"{key}={self.defaults[key]}; optforge compiles one kernel variant per "
