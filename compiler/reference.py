@@ -51,7 +51,8 @@ def reference_step(
     numbers. Returns the new value of every array the rules assign.
     """
     env: dict[str, object] = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-    env |= {k: float(v) for k, v in scalars.items()}
+    # A callable hyperparameter (or None) is kept as it is: `call` and `given` read it.
+    env |= {k: v if v is None or callable(v) else float(v) for k, v in scalars.items()}
     updated = {}
     # Rules are evaluated as written, so a local that only one Piecewise branch
     # uses (RAdam's rectification term) may be NaN where that branch is not taken.
@@ -62,6 +63,12 @@ def reference_step(
 
 def _evaluate(rules, env, updated) -> None:
     for rule in rules:
+        if rule.expr.has(S.call, S.given):  # a callable hyperparameter at this step: its value
+            values = {c: sp.Float(env[c.args[0].name](int(env["t"]))) for c in rule.expr.atoms(S.call)}
+            values |= {
+                c: sp.true if env[c.args[0].name] is not None else sp.false for c in rule.expr.atoms(S.given)
+            }
+            rule = type(rule)(rule.target, rule.expr.xreplace(values))
         if rule.expr.has(sp.Product):  # a product over the steps so far: evaluate it at this t
             rule = type(rule)(rule.target, rule.expr.subs(S.t, int(env["t"])).doit())
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)

@@ -14,7 +14,7 @@ import sympy as sp
 
 from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import KEYWORD_ONLY, REQUIRED, Export, Spec, when_phrase
-from optforge.runtime.checks import Interval
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval
 
 DECAY_WORDS = {
     "coupled": "Coupled: `weight_decay * w` is added to the gradient. ",
@@ -293,7 +293,7 @@ OPTIM_RAISES = (
 
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
-    arguments, checks, hyper_keys = [], [], {}
+    arguments, checks, hyper_keys, callables = [], [], {}, []
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -330,6 +330,13 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
                 name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
             )
         )
+        if h.is_callable:
+            # A function of the step is no group option (a lambda neither saves nor compares):
+            # the optimizer keeps it as an attribute, as the reference implementations do.
+            hyper_keys[h.name] = (name, OPTIMIZER_ATTRIBUTE)
+            callables.append((name, types_of[name]))
+            raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
+            continue
         hyper_keys[h.name] = (name, None)
         checks.append((name, name, types_of[name], repr(domains.get(h.name))))
         raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
@@ -343,6 +350,15 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     flag_names = [f.name for f in spec.flags]
     bools = [a.name for a in arguments if a.name in flag_names]
     variant_key = _tuple_source([f.name if f.name in bools else repr(f.default) for f in spec.flags])
+    own = [name for name, _ in callables]
+    raises += [
+        (
+            "ValueError",
+            f"`{f.name}=True` comes with a float16 or bfloat16 parameter (not implemented for them).",
+        )
+        for f in spec.flags
+        if f.wide_only and f.name in bools
+    ]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
     raises += PRECISION_RAISES
@@ -356,16 +372,22 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "arguments": arguments,
         "checks": checks,
         "unpack_lines": unpack_lines,
-        "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools),
+        "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools + own),
+        # (name, types) of each callable hyperparameter: checked, then kept as an attribute.
+        "callables": callables,
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         # Re-checked on every group: at construction, add, load and (when changed) each step.
         "group_checks": [(label, *hyper_keys[name], types, domain) for label, name, types, domain in checks],
         "flag_attributes": _tuple_source([repr(n) for n in bools]),
+        # The flags whose set variants refuse 16-bit parameters (Flag.wide_only).
+        "wide_only": _tuple_source([repr(f.name) for f in spec.flags if f.wide_only and f.name in bools]),
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": state_docs(spec, "`"),
-        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools) + "}",  # noqa: E501
+        "defaults": "{"
+        + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools + own)
+        + "}",  # noqa: E501
         "bools": bools,
         "variant_key": variant_key,
         "raises": raises,
@@ -469,6 +491,10 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
             raises.append(("ValueError", f"`{label}` is not {domains[name].describe()}."))
         raises.append(("TypeError", f"`{label}` is not a real number."))
     raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
+    raises += [
+        ("TypeError", f"`{name}` is not {_type_words(types)}.") for name, types in context["callables"]
+    ]
+    raises += [r for r in context["raises"] if r[1].endswith("(not implemented for them).")]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     if impl:
         raises.append(("TypeError", f"{_words(impl)} is not of the type its description gives."))
@@ -494,7 +520,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         if a.types in ("float or int", "int or float"):
             a = Argument(a.name, a.default, "float", a.doc)
         arguments.append(replace(a, keyword_only=keyword_only))
-    names = [a.name for a in arguments]
+    names = [a.name for a in arguments if a.name not in {n for n, _ in context["callables"]}]
     messages = {label: export.messages.get(label, torch_message(label)) for label in ("lr", "weight_decay")}
     checks = []
     for label, variable, types, domain in context["checks"]:

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import Interval
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval
 from optforge.runtime.kernels import tensor_variant_key
-from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
+from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, group_hypers, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
-from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
+from optforge.runtime.precision import check_policy, check_sixteen_bit, check_wide_only, numpy_dtype
 from optforge.torch import options
 from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
 
@@ -191,6 +191,9 @@ class _Engine(OptimOptimizer):
             for key, value in owner.param_groups[tg].items():
                 if key != "params":
                     group[key] = float(value) if isinstance(value, torch.Tensor) else value
+        for key, index in self._HYPER_KEYS:  # a callable hyperparameter: the owner's, as it is now
+            if index == OPTIMIZER_ATTRIBUTE:
+                setattr(self, key, getattr(owner, key))
 
 
 @dataclass
@@ -222,6 +225,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     _OPTIONAL_STATE: tuple[str, ...] = ()
     _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
+    _WIDE_ONLY: tuple[str, ...] = ()  # flags that refuse 16-bit parameters where set (Flag.wide_only)
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
@@ -275,7 +279,7 @@ class TorchOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _group_hypers(self, group: dict) -> tuple:
-        return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+        return group_hypers(self, group)
 
     def _variant_key(self) -> tuple:
         """The kernel variant: each spec flag from the defaults, or the value the class pins."""
@@ -302,6 +306,11 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{cls}: parameters must be contiguous (they are stepped in place through a "
                         f"view), but one of shape {tuple(p.shape)} is not."
                     )
+            check_wide_only(
+                cls,
+                {f: group.get(f, self.defaults[f]) for f in self._WIDE_ONLY},
+                [_numpy_dtype(p.dtype) for p in group["params"]],
+            )
         except (TypeError, ValueError):
             self.param_groups.pop()  # refused: the optimizer is as it was
             raise
@@ -590,7 +599,7 @@ class TorchOptimizer(torch.optim.Optimizer):
             return
         params, group_index = self._flat_params(), self._group_index
         for i in engine.members:
-            hypers = (float(h) for h in self._group_hypers(self.param_groups[group_index[i]]))
+            hypers = hyper_values(self._group_hypers(self.param_groups[group_index[i]]))
             state = self.state[params[i]]
             for key, value in extra(engine.global_step, *hypers).items():
                 if isinstance(state.get(key), torch.Tensor):
