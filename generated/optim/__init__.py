@@ -16,6 +16,8 @@ from optforge.generated.optim.lion import Lion
 from optforge.generated.optim.adabelief import AdaBelief
 from optforge.generated.optim.adan import Adan
 from optforge.generated.optim.adafactor import Adafactor
+from optforge.generated.optim.adopt import ADOPT
+from optforge.generated.optim.stable_adamw import StableAdamW
 
 __all__ = [
     "RAdam",
@@ -33,4 +35,6 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "ADOPT",
+    "StableAdamW",
 ]
