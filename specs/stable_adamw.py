@@ -94,7 +94,7 @@ SPEC = F.compose(
         "compensation (pytorch_optimizer's kahan_comp state) is not implemented.",
     ),
     exports=[
-        Export("optim", "StableAdamW", SIGNATURE),
+        Export("optim", "StableAdamW", (*SIGNATURE, "maximize")),
         Export("torch", "StableAdamW", TORCH_SIGNATURE),
     ],
 )

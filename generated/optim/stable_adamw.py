@@ -43,6 +43,8 @@ class StableAdamW(OptimOptimizer):
         gradient.
     eps : float or int, default 1e-08
         Added to the denominator for numerical stability.
+    maximize : bool, default False
+        Maximize the objective: step along the gradient.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -110,6 +112,8 @@ class StableAdamW(OptimOptimizer):
         If `eps` is not float or int.
     ValueError
         If `eps` is not >= 0.
+    TypeError
+        If `maximize` is not a bool.
     ValueError
         If `kahan_sum=True` comes with a float16 or bfloat16 parameter (not
         implemented for them).
@@ -154,7 +158,7 @@ class StableAdamW(OptimOptimizer):
             Interval(0.0, math.inf, left_open=False, right_open=True),
         ),
     )
-    _FLAGS = ("kahan_sum", "weight_decouple")
+    _FLAGS = ("kahan_sum", "weight_decouple", "maximize")
     _WIDE_ONLY = ("kahan_sum",)
     _DECAY = "coupled"
     _SPARSE = None
@@ -169,6 +173,7 @@ class StableAdamW(OptimOptimizer):
         weight_decay=0.01,
         weight_decouple=True,
         eps=1e-08,
+        maximize=False,
         *,
         skip_nonfinite=False,
         state_dtype=None,
@@ -202,12 +207,16 @@ class StableAdamW(OptimOptimizer):
         )
         check_type("StableAdamW", "kahan_sum", kahan_sum, ("bool",))
         check_type("StableAdamW", "weight_decouple", weight_decouple, ("bool",))
+        check_type("StableAdamW", "maximize", maximize, ("bool",))
         super().__init__(
             params, {"lr": lr, "betas": betas, "weight_decay": weight_decay, "eps": eps}
         )
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
         self.kahan_sum = kahan_sum
         self.weight_decouple = weight_decouple
+        self.maximize = maximize
         self._set_skip_nonfinite(skip_nonfinite)
         self._set_precision(state_dtype, master_weights, stochastic_rounding)
-        self._finish_init((kahan_sum, weight_decouple, False), {"exp_avg": 0.0, "exp_avg_sq": 0.0})
+        self._finish_init(
+            (kahan_sum, weight_decouple, maximize), {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        )
