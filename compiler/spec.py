@@ -377,6 +377,10 @@ class Export:
     allocated nor shown. `step_state=False`: torch keeps no ``step`` per
     parameter (SGD). `domains` overrides a hyperparameter's domain in this
     dialect (torch.optim.Adam takes eps = 0, mindspore.experimental.optim's does not).
+    `group_step=True` (torch dialect): the reference keeps its step count per param group
+    (pytorch_optimizer's ``group["step"]``): ``state_dict()`` writes each group's (the largest
+    of its parameters'), and a saved parameter state without ``step`` takes its group's, so
+    state dicts move both ways.
     """
 
     dialect: str
@@ -392,6 +396,7 @@ class Export:
     kept_when: dict = field(default_factory=dict)  # state name -> condition on hypers
     step_state: bool = True  # torch keeps state[p]["step"]
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
+    group_step: bool = False  # torch dialect: the reference keeps `step` per param group too
 
 
 @dataclass(frozen=True)
@@ -613,6 +618,8 @@ def check_spec(spec: Spec) -> None:
             others = sorted(set(dialects.DIALECT_ARGUMENTS) - set(dialects.ELEMENTWISE_DIALECTS))
             only = " and ".join(others)
             fail(f"export {export.class_name}", f"a spec with a rank flag exports to {only} only")
+        if export.group_step and export.dialect != "torch":
+            fail(f"export {export.class_name}", "group_step is for the torch dialect (torch's state dicts)")
         if export.dialect == "nn" and any(f.wide_only for f in spec.flags):
             fail(f"export {export.class_name}", "a wide_only flag is for the optim and torch dialects")
         if KEYWORD_ONLY in export.signature and export.dialect not in dialects.KEYWORD_ONLY_DIALECTS:

@@ -535,6 +535,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "kept_when": kept_when,
         "hyper_arguments": ", ".join(h.name for h in spec.hypers),
         "step_state": repr(export.step_state),
+        "group_step": export.group_step,
         "skip_nonfinite_doc": TORCH_SKIP_NONFINITE_DOC,
         "state_key_map": keys,
         "arguments": arguments,

@@ -120,6 +120,6 @@ SPEC = F.compose(
     ),
     exports=[
         Export("optim", "ADOPT", SIGNATURE),
-        Export("torch", "ADOPT", TORCH_SIGNATURE, example={"lr": 1e-3}),
+        Export("torch", "ADOPT", TORCH_SIGNATURE, example={"lr": 1e-3}, group_step=True),
     ],
 )

@@ -95,6 +95,6 @@ SPEC = F.compose(
     ),
     exports=[
         Export("optim", "StableAdamW", (*SIGNATURE, "maximize")),
-        Export("torch", "StableAdamW", TORCH_SIGNATURE),
+        Export("torch", "StableAdamW", TORCH_SIGNATURE, group_step=True),
     ],
 )

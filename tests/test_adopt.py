@@ -43,13 +43,14 @@ ADOPT_CASES = [
     {"maximize": True, "weight_decay": 0.05},
     {"foreach": False},
 ]
+# The RMS clip binds (RMS > 1) in most tensor-steps of these runs: 75 of 80 with the defaults.
 STABLE_CASES = [
     {},
     {"weight_decay": 0.0},
     {"weight_decay": 0.1, "weight_decouple": False},
     {"kahan_sum": False, "betas": (0.8, 0.95), "eps": 1e-6},
     {"maximize": True},
-    {"eps": 0.1},  # eps^2 floors v: the RMS clip binds
+    {"eps": 0.1},  # eps^2 floors v in the RMS, eps the denominator (the clip binds less often)
 ]
 CASES = [("ADOPT", kw) for kw in ADOPT_CASES] + [("StableAdamW", kw) for kw in STABLE_CASES]
 IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CASES)]
@@ -350,17 +351,30 @@ def test_signature_matches_the_reference(name):
 
 @pytest.mark.parametrize("name", ["ADOPT", "StableAdamW"])
 def test_state_dict_moves_to_the_reference_and_back(name):
-    """Our state dict loads into pytorch_optimizer's class (same state keys; it keeps its step in
-    the param group, which it then lacks: so the step is set there) and continues the same run."""
+    """pytorch_optimizer keeps its step count in the param group (group["step"]), optforge per
+    parameter, as torch does: our state dict writes both, and a state without a step takes its
+    group's, so a run moves mid-way from either class to the other and continues the same."""
     dtype = torch.float64
     straight, _, _ = train(lambda p: reference(name)(p), dtype)
+
     _, net, opt = train(lambda p: ours(name)(p), dtype, steps=10)
     sd = copy.deepcopy(opt.state_dict())
     assert all(set(s) == {"step", *STATE} for s in sd["state"].values())
-    for group in sd["param_groups"]:
-        group["step"] = 10  # pytorch_optimizer's per-group step count
+    assert [g["step"] for g in sd["param_groups"]] == [10]
     ref = reference(name)(net.parameters())
     ref.load_state_dict(sd)
     rest, _, _ = train(None, dtype, steps=10, net=net, opt=ref, start=10)
     for a, b in zip(straight[10:], rest):
-        assert_close(a, b, dtype, "after the move")
+        assert_close(a, b, dtype, "continued by pytorch_optimizer")
+
+    _, net, ref = train(lambda p: reference(name)(p), dtype, steps=10)
+    sd = copy.deepcopy(ref.state_dict())
+    assert all("step" not in s for s in sd["state"].values())
+    opt = ours(name)(net.parameters())
+    opt.load_state_dict(sd)
+    assert all(float(opt.state[p]["step"]) == 10 for p in net.parameters())
+    assert "step" not in opt.param_groups[0]  # the parameters' counts are the ones kept
+    rest, _, _ = train(None, dtype, steps=10, net=net, opt=opt, start=10)
+    for a, b in zip(straight[10:], rest):
+        assert_close(a, b, dtype, "continued by optforge")
+    assert opt.state_dict()["param_groups"][0]["step"] == 20

@@ -146,6 +146,7 @@ class ADOPT(TorchOptimizer):
     _HYPERS = ("beta1", "beta2", "eps", "clip_lambda")
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None), ("clip_lambda", "attribute"))
     _FLAGS = ("weight_decouple", "fixed_decay", "maximize")
+    _GROUP_STEP = True
     _VARIANT_KEY = ("weight_decouple", "fixed_decay", "maximize")
     _DECAY = "coupled"
     _STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}

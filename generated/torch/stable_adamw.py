@@ -147,6 +147,7 @@ class StableAdamW(TorchOptimizer):
     _HYPER_KEYS = (("betas", 0), ("betas", 1), ("eps", None))
     _FLAGS = ("kahan_sum", "weight_decouple", "maximize")
     _WIDE_ONLY = ("kahan_sum",)
+    _GROUP_STEP = True
     _VARIANT_KEY = ("kahan_sum", "weight_decouple", "maximize")
     _DECAY = "coupled"
     _STATE_KEYS = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}

@@ -226,6 +226,10 @@ class TorchOptimizer(torch.optim.Optimizer):
     _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
     _WIDE_ONLY: tuple[str, ...] = ()  # flags that refuse 16-bit parameters where set (Flag.wide_only)
+    # The reference keeps one step count per param group (pytorch_optimizer's group["step"]):
+    # state_dict() writes each group's (its parameters' largest), and a saved state without a
+    # step takes its group's (Export.group_step).
+    _GROUP_STEP = False
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
@@ -572,7 +576,14 @@ class TorchOptimizer(torch.optim.Optimizer):
         self._adopt_replaced_state(self._flat_params())
         for cohort in self._cohorts:  # a scheduler may have changed a group's hyperparameters
             self._refresh_extra_state(cohort.engine)
-        return super().state_dict()
+        saved = super().state_dict()
+        if self._GROUP_STEP:  # the reference's layout: one step count per group, the largest of its own
+            for group in saved["param_groups"]:
+                steps = [
+                    int(float(saved["state"][i]["step"])) for i in group["params"] if i in saved["state"]
+                ]
+                group["step"] = max(steps, default=0)
+        return saved
 
     def float32_state_dict(self) -> dict:
         """`state_dict()` with every 16-bit state tensor widened (exactly) to float32: what
@@ -626,6 +637,9 @@ class TorchOptimizer(torch.optim.Optimizer):
                 f"{cls}: the state dict's param groups do not match this optimizer's in number or size."
             )
         index_of = {saved: i for i, saved in enumerate(s for g in saved_groups for s in g["params"])}
+        group_steps = {
+            s: g["step"] for g in saved_groups if self._GROUP_STEP and "step" in g for s in g["params"]
+        }
         state_dict = {**state_dict, "param_groups": self._completed_groups(saved_groups)}
         steps: dict[int, int] = {}
         parts: dict[int, dict[str, torch.Tensor]] = {}  # each parameter's states as this rank loads them
@@ -636,7 +650,9 @@ class TorchOptimizer(torch.optim.Optimizer):
                 )
             i = index_of[saved]
             parts[i] = self._loaded_parts(i, params[i], state)
-            step = state.get("step", 1)  # torch's SGD keeps no step: it has stepped once at least
+            # torch's SGD keeps no step: it has stepped once at least; the reference of a class with
+            # _GROUP_STEP (pytorch_optimizer's) keeps one per param group instead.
+            step = state.get("step", group_steps.get(saved, 1))
             steps[i] = int(float(step))
             if steps[i] < 0 or steps[i] != float(step):
                 raise ValueError(f"{cls}: the step of parameter {i} is {float(step)}, not a count.")
@@ -658,6 +674,9 @@ class TorchOptimizer(torch.optim.Optimizer):
         # wider than a 16-bit parameter (float32 state, the master copy) to 16 bits; copy_ below
         # converts each to the dtype it is kept in.
         super().load_state_dict(state_dict)  # replaces self.state and the groups' options
+        if self._GROUP_STEP:  # the groups' step counts are the parameters' (written by state_dict)
+            for group in self.param_groups:
+                group.pop("step", None)
         self.state.clear()
         self._cohorts = []
         self._steps = np.zeros(len(params), dtype=np.float32)
