@@ -265,6 +265,13 @@ def _state_init_source(spec: Spec) -> str:
     return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
 
 
+def _step_source(expr) -> str:
+    """The Python source of a StepFunction's expression of the step, as `step`."""
+    from optforge.compiler.printers import HostPrinter
+
+    return HostPrinter().doprint(sp.sympify(expr).xreplace({sp.Symbol("t"): sp.Symbol("step")}))
+
+
 def _tuple_source(items: list[str]) -> str:
     """A tuple display of source snippets: '()', '(a,)', '(a, b)'."""
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
@@ -293,7 +300,7 @@ OPTIM_RAISES = (
 
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
-    arguments, checks, hyper_keys, callables = [], [], {}, []
+    arguments, checks, hyper_keys, callables, step_defaults = [], [], {}, [], []
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -325,11 +332,18 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             raises.append(("TypeError", f"`{name}` is not a bool."))
             continue
         h = spec.hyper(name)
-        arguments.append(
-            Argument(
-                name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+        if h.is_callable and h.default is not None:
+            # A module-level function, not a lambda: the optimizer pickles (torch.save, deepcopy).
+            function = f"default_{name}"
+            step_defaults.append((function, name, _step_source(h.default.expr)))
+            doc = f"{h.doc} Default: `{h.default!r}` (`{function}`)."
+            arguments.append(Argument(name, function, _type_words(types_of[name]), doc))
+        else:
+            arguments.append(
+                Argument(
+                    name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+                )
             )
-        )
         if h.is_callable:
             # A function of the step is no group option (a lambda neither saves nor compares):
             # the optimizer keeps it as an attribute, as the reference implementations do.
@@ -375,6 +389,8 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools + own),
         # (name, types) of each callable hyperparameter: checked, then kept as an attribute.
         "callables": callables,
+        # (function, hyperparameter, return expression) of each callable's default.
+        "step_defaults": step_defaults,
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         # Re-checked on every group: at construction, add, load and (when changed) each step.

@@ -295,6 +295,16 @@ def test_adopt_clip_lambda_is_an_attribute_called_with_the_step():
     assert calls == [2, 3, 4]
 
 
+def test_adopt_with_its_default_clip_lambda_pickles():
+    # The default is a module-level function (pytorch_optimizer's is a lambda, which does not).
+    import pickle
+
+    opt = optforge.torch.ADOPT(parameters())
+    copied = pickle.loads(pickle.dumps(opt))
+    assert copied.clip_lambda is opt.clip_lambda
+    assert opt.clip_lambda(81) == math.pow(81, 0.25)
+
+
 def test_adopt_first_step_only_starts_the_second_moment():
     net = model(torch.float64)
     before = [p.detach().clone() for p in net.parameters()]

@@ -156,3 +156,9 @@ def test_a_wide_only_flag_cannot_be_a_rank_flag_or_in_the_nn_dialect():
             flags=[Flag(wide, "w", wide_only=True)],
             exports=[Export("nn", "TinyClip", (("learning_rate", 0.1), "a", "wide"))],
         )
+
+
+def test_group_step_is_for_the_torch_dialect():
+    with pytest.raises(SpecError, match="group_step is for the torch dialect"):
+        make(exports=[Export("optim", "TinyClip", (("lr", 1e-3), "a", "clip"), group_step=True)])
+    assert make(exports=[Export("torch", "TinyClip", (("lr", 1e-3), "a", "clip"), group_step=True)])

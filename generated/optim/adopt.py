@@ -13,6 +13,11 @@ from optforge.runtime.optim_optimizer import (  # noqa: F401
 )
 
 
+def default_clip_lambda(step):
+    """The default `clip_lambda` of ADOPT: a function of the step (1 at the first update)."""
+    return step**0.25
+
+
 class ADOPT(OptimOptimizer):
     """Adam that normalises the gradient by the previous second moment, then clips and averages it.
 
@@ -31,9 +36,10 @@ class ADOPT(OptimOptimizer):
     betas : tuple of 2 floats, default (0.9, 0.9999)
         Decay rate of the running mean of gradients and decay rate of the
         running mean of squared gradients.
-    clip_lambda : callable or None, default lambda step: step**0.25
+    clip_lambda : callable or None, default default_clip_lambda
         Clipping bound of the normalised gradient as a function of the step
         (called with the step, 1 at the first update); None: no clipping.
+        Default: `lambda step: step**0.25` (`default_clip_lambda`).
     weight_decay : float or int, default 0.0
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0).
@@ -168,7 +174,7 @@ class ADOPT(OptimOptimizer):
         params,
         lr=0.001,
         betas=(0.9, 0.9999),
-        clip_lambda=lambda step: step**0.25,
+        clip_lambda=default_clip_lambda,
         weight_decay=0.0,
         weight_decouple=False,
         fixed_decay=False,

@@ -8,6 +8,11 @@ from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
 
+def default_clip_lambda(step):
+    """The default `clip_lambda` of ADOPT: a function of the step (1 at the first update)."""
+    return step**0.25
+
+
 class ADOPT(TorchOptimizer):
     """Adam that normalises the gradient by the previous second moment, then clips and averages it.
 
@@ -27,9 +32,10 @@ class ADOPT(TorchOptimizer):
     betas : tuple of 2 floats, default (0.9, 0.9999)
         Decay rate of the running mean of gradients and decay rate of the
         running mean of squared gradients.
-    clip_lambda : callable or None, default lambda step: step**0.25
+    clip_lambda : callable or None, default default_clip_lambda
         Clipping bound of the normalised gradient as a function of the step
         (called with the step, 1 at the first update); None: no clipping.
+        Default: `lambda step: step**0.25` (`default_clip_lambda`).
     weight_decay : float, default 0.0
         Coupled: `weight_decay * w` is added to the gradient. Weight decay
         (>= 0).
@@ -159,7 +165,7 @@ class ADOPT(TorchOptimizer):
         params,
         lr=0.001,
         betas=(0.9, 0.9999),
-        clip_lambda=lambda step: step**0.25,
+        clip_lambda=default_clip_lambda,
         weight_decay=0.0,
         weight_decouple=False,
         fixed_decay=False,

@@ -745,6 +745,10 @@ class TorchOptimizer(torch.optim.Optimizer):
         this optimizer's memory: `__setstate__` builds new ones over the copy's tensors."""
         state = super().__getstate__()
         state.update({key: getattr(self, key) for key in self._COPIED_ATTRIBUTES})
+        # A callable hyperparameter is the optimizer's attribute (ADOPT's clip_lambda): it travels too.
+        state.update(
+            {key: getattr(self, key) for key, index in self._HYPER_KEYS if index == OPTIMIZER_ATTRIBUTE}
+        )
         state["_cohort_steps"] = [(list(c.engine.members), int(c.engine.global_step)) for c in self._cohorts]
         return state
 
