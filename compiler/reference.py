@@ -64,11 +64,13 @@ def reference_step(
 def _evaluate(rules, env, updated) -> None:
     for rule in rules:
         if rule.expr.has(S.call, S.given):  # a callable hyperparameter at this step: its value
-            values = {c: sp.Float(env[c.args[0].name](int(env["t"]))) for c in rule.expr.atoms(S.call)}
-            values |= {
+            # `given` first: where it is false, the branch that calls the (None) callable goes.
+            given = {
                 c: sp.true if env[c.args[0].name] is not None else sp.false for c in rule.expr.atoms(S.given)
             }
-            rule = type(rule)(rule.target, rule.expr.xreplace(values))
+            expr = rule.expr.xreplace(given)
+            calls = {c: sp.Float(env[c.args[0].name](int(env["t"]))) for c in expr.atoms(S.call)}
+            rule = type(rule)(rule.target, expr.xreplace(calls))
         if rule.expr.has(sp.Product):  # a product over the steps so far: evaluate it at this t
             rule = type(rule)(rule.target, rule.expr.subs(S.t, int(env["t"])).doit())
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)
