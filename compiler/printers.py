@@ -178,3 +178,11 @@ class HostPrinter(PythonCodePrinter):
 
     def _print_Min(self, expr):
         return "min(" + ", ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_call(self, expr):
+        # A callable hyperparameter's value at this step (spec.call): called with the step, an int.
+        value = f"{self._print(expr.args[0])}(t)"
+        return f"f32({value})" if self.float32 else f"float({value})"
+
+    def _print_given(self, expr):
+        return f"({self._print(expr.args[0])} is not None)"

@@ -53,7 +53,8 @@ def reference_step(
     numbers. Returns the new value of every array the rules assign.
     """
     env: dict[str, object] = {k: np.asarray(v, dtype=np.float64) for k, v in arrays.items()}
-    env |= {k: float(v) for k, v in scalars.items()}
+    # A callable hyperparameter (or None) is kept as it is: `call` and `given` read it.
+    env |= {k: v if v is None or callable(v) else float(v) for k, v in scalars.items()}
     env.setdefault(S.numel.name, float(np.size(arrays["w"])))  # the built-in element count
     updated = {}
     # Rules are evaluated as written, so a local that only one Piecewise branch
@@ -65,6 +66,14 @@ def reference_step(
 
 def _evaluate(rules, env, updated) -> None:
     for rule in rules:
+        if rule.expr.has(S.call, S.given):  # a callable hyperparameter at this step: its value
+            # `given` first: where it is false, the branch that calls the (None) callable goes.
+            given = {
+                c: sp.true if env[c.args[0].name] is not None else sp.false for c in rule.expr.atoms(S.given)
+            }
+            expr = rule.expr.xreplace(given)
+            calls = {c: sp.Float(env[c.args[0].name](int(env["t"]))) for c in expr.atoms(S.call)}
+            rule = type(rule)(rule.target, expr.xreplace(calls))
         if rule.expr.has(sp.Product):  # a product over the steps so far: evaluate it at this t
             rule = type(rule)(rule.target, rule.expr.subs(S.t, int(env["t"])).doit())
         symbols = sorted(rule.expr.free_symbols, key=lambda s: s.name)

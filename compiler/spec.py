@@ -260,6 +260,63 @@ class rounded_sub(sp.Function):
         return r"\left(%s - %s\right)" % (a, b)
 
 
+class call(sp.Function):
+    """`call(h)`: the value of the callable hyperparameter `h` at this step, `h(t)`.
+
+    A hyperparameter whose types include "callable" (ADOPT's `clip_lambda`) is a function of
+    the step the user passes. Rules read it only through `call(h)` (its value, computed on the
+    host once per step, a step-level scalar like any other) and `given(h)` (whether it is not
+    None); the generated host code calls it with the step counter t (an int, 1 at the first update).
+    """
+
+    nargs = 1
+
+    def _latex(self, printer, exp=None):
+        text = r"%s(t)" % printer._print(self.args[0])
+        return text if exp is None else r"{%s}^{%s}" % (text, exp)
+
+
+class given(sp.logic.boolalg.BooleanFunction):
+    """`given(h)`: the optional callable hyperparameter `h` is not None.
+
+    A step-level condition: a `Piecewise` on it becomes a kernel chosen on the host
+    (passes/branches.py), so the variant without `h` has no trace of it in its loop.
+    """
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, arg):
+        return None
+
+    def _latex(self, printer):
+        return r"%s \neq \mathrm{None}" % printer._print(self.args[0])
+
+
+@dataclass(frozen=True)
+class StepFunction:
+    """The default of a callable hyperparameter: `expr`, an expression of the step `t`.
+
+    The generated class's signature holds it as `lambda step: <expr>` (its `repr`), as a
+    reference implementation writes such a default (`lambda step: step**0.25`). Calling it
+    evaluates the expression at `step` (the compiler's own checks and reference use it).
+    """
+
+    expr: object
+
+    def __call__(self, step) -> float:
+        return float(sp.sympify(self.expr).subs(t, step))
+
+    def __repr__(self) -> str:
+        from optforge.compiler.printers import HostPrinter
+
+        step = sp.Symbol("step")
+        return f"lambda step: {HostPrinter().doprint(sp.sympify(self.expr).xreplace({t: step}))}"
+
+
+CALLABLE = "callable"  # the Hyper type of a function of the step (see `call`)
+
+
 def unfused(expr: sp.Expr) -> sp.Expr:
     """`expr` with each `fma(a, b, c)` written `a*b + c`: its value, for the checks that compare values."""
     return expr.replace(fma, lambda a, b, c: a * b + c).replace(rounded_sub, lambda a, b: a - b)
@@ -280,13 +337,18 @@ class Hyper:
     """A scalar hyperparameter: constant over the run, set in the constructor."""
 
     symbol: sp.Symbol
-    types: tuple[str, ...]  # accepted Python types by name: "float", "int", "bool"
+    types: tuple[str, ...]  # accepted Python types by name: "float", "int", "bool", "callable"
     default: object
     doc: str
 
     @property
     def name(self) -> str:
         return self.symbol.name
+
+    @property
+    def is_callable(self) -> bool:
+        """A function of the step (`types` has "callable"): rules read it as `call(h)`, `given(h)`."""
+        return CALLABLE in self.types
 
 
 @dataclass(frozen=True)
@@ -319,6 +381,10 @@ class Flag:
     default: bool = False
     rank: int | None = None
     choice: Choice | None = None  # a flag a dialect takes as a named option (see Choice)
+    # Its True variants step float32 and float64 parameters only: where it is set, a float16
+    # or bfloat16 parameter is a ValueError at construction (StableAdamW's kahan_sum, whose
+    # 16-bit arithmetic optforge does not implement).
+    wide_only: bool = False
 
     @property
     def name(self) -> str:
@@ -448,6 +514,10 @@ class Export:
     allocated nor shown. `step_state=False`: torch keeps no ``step`` per
     parameter (SGD). `domains` overrides a hyperparameter's domain in this
     dialect (torch.optim.Adam takes eps = 0, mindspore.experimental.optim's does not).
+    `group_step=True` (torch dialect): the reference keeps its step count per param group
+    (pytorch_optimizer's ``group["step"]``): ``state_dict()`` writes each group's (the largest
+    of its parameters'), and a saved parameter state without ``step`` takes its group's, so
+    state dicts move both ways.
     """
 
     dialect: str
@@ -464,6 +534,7 @@ class Export:
     step_state: bool = True  # torch keeps state[p]["step"]
     aliases: tuple = ()  # other names the dialect's package gives the class (the reference's own)
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
+    group_step: bool = False  # torch dialect: the reference keeps `step` per param group too
 
 
 @dataclass(frozen=True)
@@ -607,6 +678,28 @@ def check_spec(spec: Spec) -> None:
         if not isinstance(sym, sp.Symbol):
             fail(f"latex of {sym!r}", "must be keyed by a sympy.Symbol")
 
+    for h in spec.hypers:
+        if not h.is_callable:
+            continue
+        if set(h.types) - {CALLABLE, "None"}:
+            fail(
+                f"hyperparameter '{h.name}'",
+                f"a callable's types are 'callable' and 'None' only, got {h.types}",
+            )
+        if h.default is None and "None" not in h.types:
+            fail(f"hyperparameter '{h.name}'", "default None needs the type 'None'")
+        if h.default is not None and (
+            not isinstance(h.default, StepFunction) or sp.sympify(h.default.expr).free_symbols - {t}
+        ):
+            fail(
+                f"hyperparameter '{h.name}'",
+                f"a callable's default is None or a StepFunction of the step t, got {h.default!r}",
+            )
+        if h.symbol in spec.domains:
+            fail(
+                f"domain of '{h.name}'", "a callable hyperparameter has no domain (its values are the step's)"
+            )
+
     for sym, domain in spec.domains.items():
         name = getattr(sym, "name", str(sym))
         if sym not in hyper_syms:
@@ -627,6 +720,8 @@ def check_spec(spec: Spec) -> None:
     for f in ranked:
         if not (isinstance(f.rank, int) and f.rank >= 2) or f.default:
             fail(f"flag '{f.name}'", "a rank flag needs an int rank >= 2 and default False")
+        if f.wide_only:
+            fail(f"flag '{f.name}'", "a rank flag is set per tensor: it cannot refuse 16-bit parameters")
     for s in spec.state:
         if s.when is not None and when_flag(s.when) not in flag_syms:
             fail(f"state '{s.name}'", f"'when' must be a flag or ~flag, got {s.when}")
@@ -702,6 +797,10 @@ def check_spec(spec: Spec) -> None:
             others = sorted(set(dialects.DIALECT_ARGUMENTS) - set(dialects.ELEMENTWISE_DIALECTS))
             only = " and ".join(others)
             fail(f"export {export.class_name}", f"a spec with a rank flag exports to {only} only")
+        if export.group_step and export.dialect != "torch":
+            fail(f"export {export.class_name}", "group_step is for the torch dialect (torch's state dicts)")
+        if export.dialect == "nn" and any(f.wide_only for f in spec.flags):
+            fail(f"export {export.class_name}", "a wide_only flag is for the optim and torch dialects")
         if KEYWORD_ONLY in export.signature and export.dialect not in dialects.KEYWORD_ONLY_DIALECTS:
             fail(f"export {export.class_name}", "only a torch signature has keyword-only arguments ('*')")
         for entry in export.signature:
@@ -716,6 +815,8 @@ def check_spec(spec: Spec) -> None:
                 unknown = [n for n in entry[1] if n not in known]
                 if unknown:
                     fail(f"export {export.class_name}", f"'{arg}' names unknown hyperparameters {unknown}")
+                if any(h.is_callable for h in spec.hypers if h.name in entry[1]):
+                    fail(f"export {export.class_name}", f"'{arg}' packs a callable hyperparameter")
                 continue
             if arg not in known:
                 fail(f"export {export.class_name}", f"signature names unknown argument '{arg}'")
@@ -765,6 +866,7 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
         expr = sp.sympify(rule.expr).subs(flag_values)
         _check_functions(expr, where, fail, varying)
         _check_matrix_functions(expr, where, fail, varying, hyper_syms)
+        _check_callables(spec, expr, where, fail)
         for reduction in expr.atoms(*REDUCTIONS):
             if not _reads(reduction.args[0], varying):
                 fail(
@@ -933,6 +1035,18 @@ def _check_matrix_functions(expr, where: str, fail, varying: set, hyper_syms: se
             fail(where, f"the matrix function's parameter {p} must be a number or a hyperparameter")
 
 
+def _check_callables(spec: Spec, expr, where: str, fail) -> None:
+    """A callable hyperparameter is read only as `call(h)` or `given(h)`, and those take only one."""
+    callables = {h.symbol for h in spec.hypers if h.is_callable}
+    for node in expr.atoms(call, given):
+        if node.args[0] not in callables:
+            fail(where, f"{node} needs a hyperparameter whose types include 'callable', not {node.args[0]}")
+    bare = expr.xreplace({node: sp.Dummy() for node in expr.atoms(call)})
+    bare = bare.xreplace({node: sp.true for node in bare.atoms(given)})
+    for sym in sorted(bare.free_symbols & callables, key=str):
+        fail(where, f"reads the callable '{sym}' as a number: write call({sym}) (its value at the step)")
+
+
 def _reads(expr, varying: set) -> bool:
     """Does `expr` vary over a tensor? Per-tensor reductions (norm, rms, mean, matrix_mean) are
     one value per tensor or matrix; row and column means vary with the row or column."""
@@ -968,6 +1082,9 @@ def _check_functions(expr, where: str, fail, varying: set = frozenset()) -> None
             or isinstance(node, (sp.Integer, sp.Rational, sp.Float))
             and (node.is_finite)
         ):
+            continue
+        if isinstance(node, (call, given)):
+            nodes.skip()  # a callable hyperparameter at the step: computed on the host
             continue
         if (
             isinstance(node, _NODES + REDUCTIONS + MATRIX_FUNCTIONS + functions + (fma, rounded_sub))

@@ -14,7 +14,7 @@ import sympy as sp
 
 from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import KEYWORD_ONLY, REQUIRED, Export, Spec, when_phrase
-from optforge.runtime.checks import Interval
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval
 
 DECAY_WORDS = {
     "coupled": "Coupled: `weight_decay * w` is added to the gradient. ",
@@ -265,6 +265,13 @@ def _state_init_source(spec: Spec) -> str:
     return "{" + ", ".join(f'"{k}": {v}' for k, v in values.items()) + "}"
 
 
+def _step_source(expr) -> str:
+    """The Python source of a StepFunction's expression of the step, as `step`."""
+    from optforge.compiler.printers import HostPrinter
+
+    return HostPrinter().doprint(sp.sympify(expr).xreplace({sp.Symbol("t"): sp.Symbol("step")}))
+
+
 def _tuple_source(items: list[str]) -> str:
     """A tuple display of source snippets: '()', '(a,)', '(a, b)'."""
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
@@ -293,7 +300,7 @@ OPTIM_RAISES = (
 
 
 def optim_class_context(spec: Spec, export: Export) -> dict:
-    arguments, checks, hyper_keys, choices = [], [], {}, []
+    arguments, checks, hyper_keys, choices, callables, step_defaults = [], [], {}, [], [], []
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -342,11 +349,25 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             raises.append(("TypeError", f"`{name}` is not a bool."))
             continue
         h = spec.hyper(name)
-        arguments.append(
-            Argument(
-                name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+        if h.is_callable and h.default is not None:
+            # A module-level function, not a lambda: the optimizer pickles (torch.save, deepcopy).
+            function = f"default_{name}"
+            step_defaults.append((function, name, _step_source(h.default.expr)))
+            doc = f"{h.doc} Default: `{h.default!r}` (`{function}`)."
+            arguments.append(Argument(name, function, _type_words(types_of[name]), doc))
+        else:
+            arguments.append(
+                Argument(
+                    name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+                )
             )
-        )
+        if h.is_callable:
+            # A function of the step is no group option (a lambda neither saves nor compares):
+            # the optimizer keeps it as an attribute, as the reference implementations do.
+            hyper_keys[h.name] = (name, OPTIMIZER_ATTRIBUTE)
+            callables.append((name, types_of[name]))
+            raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
+            continue
         hyper_keys[h.name] = (name, None)
         checks.append((name, name, types_of[name], repr(domains.get(h.name))))
         raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
@@ -363,6 +384,15 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
     variant_key = _tuple_source(
         [f.name if f.name in bools + chosen_flags else repr(f.default) for f in spec.flags]
     )
+    own = [name for name, _ in callables]
+    raises += [
+        (
+            "ValueError",
+            f"`{f.name}=True` comes with a float16 or bfloat16 parameter (not implemented for them).",
+        )
+        for f in spec.flags
+        if f.wide_only and f.name in bools
+    ]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     raises.append(SKIP_NONFINITE_RAISES)
     raises += PRECISION_RAISES
@@ -376,19 +406,27 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "arguments": arguments,
         "checks": checks,
         "unpack_lines": unpack_lines,
-        "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools),
+        "group_keys": ", ".join(f"``{a.name}``" for a in arguments if a.name not in bools + own),
+        # (name, types) of each callable hyperparameter: checked, then kept as an attribute.
+        "callables": callables,
+        # (function, hyperparameter, return expression) of each callable's default.
+        "step_defaults": step_defaults,
         "hyper_names": repr(tuple(h.name for h in spec.hypers)),
         "hyper_keys": repr(tuple(hyper_keys[h.name] for h in spec.hypers)),
         # Re-checked on every group: at construction, add, load and (when changed) each step.
         "group_checks": [(label, *hyper_keys[name], types, domain) for label, name, types, domain in checks],
         "flag_attributes": _tuple_source([repr(n) for n in bools + chosen_flags]),
         "choices": choices,
+        # The flags whose set variants refuse 16-bit parameters (Flag.wide_only).
+        "wide_only": _tuple_source([repr(f.name) for f in spec.flags if f.wide_only and f.name in bools]),
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": state_docs(spec, "`"),
         "defaults": "{"
         + ", ".join(
-            f'"{a.name}": {a.name}' for a in arguments if a.name not in bools + [c[0] for c in choices]
+            f'"{a.name}": {a.name}'
+            for a in arguments
+            if a.name not in bools + own + [c[0] for c in choices]
         )
         + "}",
         "bools": bools,
@@ -499,6 +537,10 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
             raises.append(("ValueError", f"`{label}` is not {domains[name].describe()}."))
         raises.append(("TypeError", f"`{label}` is not a real number."))
     raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
+    raises += [
+        ("TypeError", f"`{name}` is not {_type_words(types)}.") for name, types in context["callables"]
+    ]
+    raises += [r for r in context["raises"] if r[1].endswith("(not implemented for them).")]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
     if impl:
         raises.append(("TypeError", f"{_words(impl)} is not of the type its description gives."))
@@ -525,7 +567,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         if a.types in ("float or int", "int or float"):
             a = Argument(a.name, a.default, "float", a.doc)
         arguments.append(replace(a, keyword_only=keyword_only))
-    names = [a.name for a in arguments]
+    names = [a.name for a in arguments if a.name not in {n for n, _ in context["callables"]}]
     messages = {label: export.messages.get(label, torch_message(label)) for label in ("lr", "weight_decay")}
     checks = []
     for label, variable, types, domain in context["checks"]:
@@ -540,6 +582,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "kept_when": kept_when,
         "hyper_arguments": ", ".join(h.name for h in spec.hypers),
         "step_state": repr(export.step_state),
+        "group_step": export.group_step,
         "skip_nonfinite_doc": TORCH_SKIP_NONFINITE_DOC,
         "state_key_map": keys,
         "arguments": arguments,

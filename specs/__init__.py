@@ -38,4 +38,7 @@ ALL = (
     "adafactor",
     "schedulefree",
     "muon",
+    # pytorch_optimizer's
+    "adopt",
+    "stable_adamw",
 )

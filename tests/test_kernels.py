@@ -37,7 +37,9 @@ FACTORED_CASES = [
 ILL_CONDITIONED_IN_FLOAT32 = {"rmsprop"}
 # SGD's guards are (t == 1 and momentum > 0, momentum > 0): the first without the second cannot hold.
 # ASGD averages only after t0 = 1e6 steps by default (test_catalogue_torch runs t0 = 5).
-UNREACHABLE = {"sgd": {(True, False)}, "asgd": {(False,)}}
+# ADOPT's (clip_lambda None, t == 1) branch: one run has one first step, taken with its
+# default clip_lambda; without it the first step's kernel is the same (it does not clip).
+UNREACHABLE = {"sgd": {(True, False)}, "asgd": {(False,)}, "adopt": {(False, True)}}
 SIZES = [1, 7, 33, 70001]  # several tensors, odd sizes
 CHUNK = 4096  # small, so all but the tiny tensors span several chunks
 
@@ -52,13 +54,18 @@ def hypers_for(spec, t):
     """Defaults, with beta2 = 0.9 where there is one (RAdam's rho_t > 5 then switches
     within a few steps, and float32 host arithmetic stays well conditioned), and
     zero defaults made 0.05 on odd steps (ProximalAdagrad's l1 > 0 switches, and SGD's
-    first step has momentum)."""
+    first step has momentum); a callable that may be None (ADOPT's clip_lambda) is None on
+    even steps, so both of the kernels `given(h)` chooses between run."""
     hypers = {h.name: 0.5 if h.default is REQUIRED else h.default for h in spec.hypers}
-    hypers = {k: 1e-12 if v is None else v for k, v in hypers.items()}  # None: the dtype's epsilon
+    callables = {h.name for h in spec.hypers if h.is_callable}
+    # None: the dtype's epsilon (but a callable's None is no callable)
+    hypers = {k: 1e-12 if v is None and k not in callables else v for k, v in hypers.items()}
     if "beta2" in hypers:
         hypers["beta2"] = 0.9
     if t % 2 == 1:
         hypers = {k: 0.05 if v == 0 else v for k, v in hypers.items()}
+    else:
+        hypers |= {h.name: None for h in spec.hypers if h.is_callable and "None" in h.types}
     return hypers
 
 

@@ -18,6 +18,8 @@ from optforge.generated.optim.adan import Adan
 from optforge.generated.optim.adafactor import Adafactor
 from optforge.generated.optim.schedulefree import ScheduleFreeAdamW
 from optforge.generated.optim.muon import Muon
+from optforge.generated.optim.adopt import ADOPT
+from optforge.generated.optim.stable_adamw import StableAdamW
 
 __all__ = [
     "RAdam",
@@ -37,4 +39,6 @@ __all__ = [
     "Adafactor",
     "ScheduleFreeAdamW",
     "Muon",
+    "ADOPT",
+    "StableAdamW",
 ]

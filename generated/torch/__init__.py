@@ -19,6 +19,8 @@ from optforge.generated.torch.adafactor import Adafactor
 from optforge.generated.torch.schedulefree import ScheduleFreeAdamW
 from optforge.generated.torch.schedulefree import AdamWScheduleFree
 from optforge.generated.torch.muon import Muon
+from optforge.generated.torch.adopt import ADOPT
+from optforge.generated.torch.stable_adamw import StableAdamW
 
 __all__ = [
     "Lamb",
@@ -39,4 +41,6 @@ __all__ = [
     "ScheduleFreeAdamW",
     "AdamWScheduleFree",
     "Muon",
+    "ADOPT",
+    "StableAdamW",
 ]

@@ -28,17 +28,23 @@ _TYPES = {
 }
 
 
+# The "index" in a class's _HYPER_KEYS of a hyperparameter kept as an attribute of the optimizer,
+# not in its param groups: a spec's callable hyperparameter (a function of the step).
+OPTIMIZER_ATTRIBUTE = "attribute"
+
+
 def type_name(value) -> str:
     return type(value).__name__
 
 
 def check_type(cls_name: str, arg: str, value, types: tuple[str, ...]) -> None:
     """Raise TypeError unless `value` is an instance of one of `types` (names)."""
-    accepted = tuple(t for name in types for t in _TYPES[name])
+    accepted = tuple(t for name in types if name != "callable" for t in _TYPES[name])
     if isinstance(value, bool) and "bool" not in types and "int" not in types:
         ok = False
     else:
-        ok = isinstance(value, accepted)
+        # "callable": a function of the step (a spec's callable hyperparameter, ADOPT's clip_lambda).
+        ok = isinstance(value, accepted) or ("callable" in types and callable(value))
     if not ok:
         wanted = "' or '".join(t for t in types if t != "numpy.floating")
         raise TypeError(

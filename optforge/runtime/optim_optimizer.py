@@ -13,8 +13,9 @@ import math
 import numpy as np
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import check_hyper
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_hyper
 from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
+from optforge.runtime.precision import check_wide_only
 
 
 class OptimOptimizer(FusedOptimizer):
@@ -70,7 +71,14 @@ class OptimOptimizer(FusedOptimizer):
         self._check_group(group, len(self.param_groups), cls)
         self.param_groups.append(group)
 
+    _WIDE_ONLY: tuple[str, ...] = ()  # flags that refuse 16-bit parameters where set
+
     def _finish_init(self, variant_key: tuple, state_init: dict[str, float]):
+        check_wide_only(
+            type(self).__name__,
+            {f: getattr(self, f) for f in self._WIDE_ONLY},
+            [p.dtype for p in self.parameters],
+        )
         self._allocate(variant_key, state_init, use_locking=False, n_groups=len(self.param_groups))
 
     def _initial_lr(self, group: int) -> float:
@@ -80,7 +88,7 @@ class OptimOptimizer(FusedOptimizer):
         return dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.param_groups[group]))))
 
     def _group_hypers(self, group: dict) -> tuple:
-        return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+        return group_hypers(self, group)
 
     # Checkpoints also hold each group's options (a scheduler may have changed lr). None
     # (Adafactor's eps1: the dtype's epsilon) is saved as NaN with a mask beside it.
@@ -227,9 +235,24 @@ def _parse_option(cls: str, g: int, key: str, current, saved: np.ndarray, none_m
     return type(current)(saved)
 
 
+def group_hypers(optimizer, group: dict) -> tuple:
+    """A group's hyperparameters, in `_HYPER_KEYS` order: each from the group (an index
+    into a packed tuple such as `betas`), or the optimizer's attribute (OPTIMIZER_ATTRIBUTE:
+    a callable hyperparameter, which no group holds)."""
+    return tuple(
+        getattr(optimizer, key)
+        if index == OPTIMIZER_ATTRIBUTE
+        else group[key]
+        if index is None
+        else group[key][index]
+        for key, index in optimizer._HYPER_KEYS
+    )
+
+
 def hyper_values(values) -> tuple:
-    """Hyperparameters as floats; None (the dtype's machine epsilon) stays None."""
-    return tuple(None if h is None else float(h) for h in values)
+    """Hyperparameters as floats; None (the dtype's machine epsilon, or no callable) stays None,
+    and a callable hyperparameter (a function of the step) stays the callable."""
+    return tuple(None if h is None else h if callable(h) else float(h) for h in values)
 
 
 def _check_group_lr(lr, cls: str):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import check_type
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_type
 from optforge.runtime.factored import factored_table
 from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
@@ -766,7 +766,10 @@ class FusedOptimizer(StepStateMixin):
         for batch in self._batches:
             # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1).
             eps = machine_epsilon(self.parameters[batch.indices[0]].dtype) if batch.indices else 0.0
-            values = tuple(eps if h is None else h for h in hypers[batch.group])
+            # but a callable hyperparameter left at None stays None: the host code tests it.
+            functions = [index == OPTIMIZER_ATTRIBUTE for _, index in getattr(self, "_HYPER_KEYS", ())]
+            functions += [False] * (len(hypers[batch.group]) - len(functions))
+            values = tuple(eps if h is None and not f else h for h, f in zip(hypers[batch.group], functions))
             try:
                 steps.append((values, *batch.variant.step(t, lrs[batch.group], values, batch.dtype)))
             except (ArithmeticError, ValueError, TypeError) as error:

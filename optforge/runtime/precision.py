@@ -252,6 +252,18 @@ def check_sixteen_bit(cls: str, policy: Policy, dtypes) -> None:
         )
 
 
+def check_wide_only(cls: str, flags: dict[str, bool], dtypes) -> None:
+    """A flag set whose kernels step only float32 and float64 parameters (a spec's
+    `Flag(wide_only=True)`, StableAdamW's kahan_sum) refuses 16-bit ones (ValueError)."""
+    for name, value in flags.items():
+        sixteen = sorted({storage_name(d) for d in dtypes} & set(SIXTEEN_BIT))
+        if value and sixteen:
+            raise ValueError(
+                f"For '{cls}', {name}=True is not implemented for {' and '.join(sixteen)} parameters; "
+                f"pass {name}=False to step them (with float32 and float64 parameters it changes nothing)."
+            )
+
+
 def check_parameters(
     cls: str, policy: Policy, parameters, precisions: list[Precision], whole: bool = True
 ) -> None:

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import Interval
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval
 from optforge.runtime.kernels import tensor_variant_key
-from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
+from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, group_hypers, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch, check_kernel_support, run_transition
-from optforge.runtime.precision import check_policy, check_sixteen_bit, numpy_dtype
+from optforge.runtime.precision import check_policy, check_sixteen_bit, check_wide_only, numpy_dtype
 from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
 from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
@@ -200,6 +200,9 @@ class _Engine(OptimOptimizer):
             for key, value in owner.param_groups[tg].items():
                 if key != "params":
                     group[key] = float(value) if isinstance(value, torch.Tensor) else value
+        for key, index in self._HYPER_KEYS:  # a callable hyperparameter: the owner's, as it is now
+            if index == OPTIMIZER_ATTRIBUTE:
+                setattr(self, key, getattr(owner, key))
 
 
 @dataclass
@@ -231,6 +234,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     _OPTIONAL_STATE: tuple[str, ...] = ()
     _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
+    _WIDE_ONLY: tuple[str, ...] = ()  # flags that refuse 16-bit parameters where set (Flag.wide_only)
+    # The reference keeps one step count per param group (pytorch_optimizer's group["step"]):
+    # state_dict() writes each group's (its parameters' largest), and a saved state without a
+    # step takes its group's (Export.group_step).
+    _GROUP_STEP = False
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
@@ -285,7 +293,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         raise NotImplementedError
 
     def _group_hypers(self, group: dict) -> tuple:
-        return tuple(group[key] if index is None else group[key][index] for key, index in self._HYPER_KEYS)
+        return group_hypers(self, group)
 
     def _variant_key(self) -> tuple:
         """The kernel variant: each spec flag from the defaults, from a named option's value
@@ -323,6 +331,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                         f"{cls}: parameters must be contiguous (they are stepped in place through a "
                         f"view), but one of shape {tuple(p.shape)} is not."
                     )
+            check_wide_only(
+                cls,
+                {f: group.get(f, self.defaults[f]) for f in self._WIDE_ONLY},
+                [_numpy_dtype(p.dtype) for p in group["params"]],
+            )
         except (TypeError, ValueError):
             self.param_groups.pop()  # refused: the optimizer is as it was
             raise
@@ -616,7 +629,14 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         self._adopt_replaced_state(self._flat_params())
         for cohort in self._cohorts:  # a scheduler may have changed a group's hyperparameters
             self._refresh_extra_state(cohort.engine)
-        return super().state_dict()
+        saved = super().state_dict()
+        if self._GROUP_STEP:  # the reference's layout: one step count per group, the largest of its own
+            for group in saved["param_groups"]:
+                steps = [
+                    int(float(saved["state"][i]["step"])) for i in group["params"] if i in saved["state"]
+                ]
+                group["step"] = max(steps, default=0)
+        return saved
 
     def float32_state_dict(self) -> dict:
         """`state_dict()` with every 16-bit state tensor widened (exactly) to float32: what
@@ -643,7 +663,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             return
         params, group_index = self._flat_params(), self._group_index
         for i in engine.members:
-            hypers = (float(h) for h in self._group_hypers(self.param_groups[group_index[i]]))
+            hypers = hyper_values(self._group_hypers(self.param_groups[group_index[i]]))
             state = self.state[params[i]]
             for key, value in extra(engine.global_step, *hypers).items():
                 if isinstance(state.get(key), torch.Tensor):
@@ -670,6 +690,9 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 f"{cls}: the state dict's param groups do not match this optimizer's in number or size."
             )
         index_of = {saved: i for i, saved in enumerate(s for g in saved_groups for s in g["params"])}
+        group_steps = {
+            s: g["step"] for g in saved_groups if self._GROUP_STEP and "step" in g for s in g["params"]
+        }
         state_dict = {**state_dict, "param_groups": self._completed_groups(saved_groups)}
         steps: dict[int, int] = {}
         parts: dict[int, dict[str, torch.Tensor]] = {}  # each parameter's states as this rank loads them
@@ -680,7 +703,9 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 )
             i = index_of[saved]
             parts[i] = self._loaded_parts(i, params[i], state)
-            step = state.get("step", 1)  # torch's SGD keeps no step: it has stepped once at least
+            # torch's SGD keeps no step: it has stepped once at least; the reference of a class with
+            # _GROUP_STEP (pytorch_optimizer's) keeps one per param group instead.
+            step = state.get("step", group_steps.get(saved, 1))
             steps[i] = int(float(step))
             if steps[i] < 0 or steps[i] != float(step):
                 raise ValueError(f"{cls}: the step of parameter {i} is {float(step)}, not a count.")
@@ -702,6 +727,9 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         # wider than a 16-bit parameter (float32 state, the master copy) to 16 bits; copy_ below
         # converts each to the dtype it is kept in.
         super().load_state_dict(state_dict)  # replaces self.state and the groups' options
+        if self._GROUP_STEP:  # the groups' step counts are the parameters' (written by state_dict)
+            for group in self.param_groups:
+                group.pop("step", None)
         self.state.clear()
         self._cohorts = []
         self._steps = np.zeros(len(params), dtype=np.float32)
@@ -770,6 +798,10 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         this optimizer's memory: `__setstate__` builds new ones over the copy's tensors."""
         state = super().__getstate__()
         state.update({key: getattr(self, key) for key in self._COPIED_ATTRIBUTES})
+        # A callable hyperparameter is the optimizer's attribute (ADOPT's clip_lambda): it travels too.
+        state.update(
+            {key: getattr(self, key) for key, index in self._HYPER_KEYS if index == OPTIMIZER_ATTRIBUTE}
+        )
         state["_cohort_steps"] = [(list(c.engine.members), int(c.engine.global_step)) for c in self._cohorts]
         return state
 
