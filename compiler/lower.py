@@ -32,7 +32,7 @@ from optforge.compiler.ir import (
 )
 from optforge.compiler.passes.branches import branches, choose_branch, find_guards
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune
-from optforge.compiler.passes.factored import assign_passes, extract_means
+from optforge.compiler.passes.factored import assign_passes, defer_overwrites, extract_means
 from optforge.compiler.passes.hoist import Hoisted, hoist
 from optforge.compiler.passes.levels import Level, assign_levels
 from optforge.compiler.passes.reductions import extract_reductions, summands
@@ -137,6 +137,8 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     # AdamOffload's parameter update runs on its own, after everything else.
     earliest = {outputs[S.w]: APPLY} if spec.separate_apply else {}
     spaces, phases = assign_passes(hoisted.element, spaces, phases, means, spec.where, earliest)
+    stored = {outputs[a.symbol]: a.symbol for a in f.arrays if a.symbol in outputs}
+    phases = defer_overwrites(hoisted.element, phases, stored)
     return Placed(
         element=tuple(Assignment(a.target, a.expr, spaces[a.target]) for a in hoisted.element),
         tensor=tuple(hoisted.tensor),
@@ -155,7 +157,7 @@ def step_fields(spec: S.Spec, variant, guards, values, hoisted, used: set[sp.Sym
     """The fields every kernel has: its variant and branch, and the host code computing
     the step-level scalars (of those in `used`) and the guards."""
     scalars = tuple(sorted((s for s in used if hoisted.levels.get(s) == Level.STEP), key=_order(spec)))
-    host = eliminate_common_subexpressions(hoisted.step, "h")
+    host = eliminate_common_subexpressions(hoisted.step, "h", guarded=True)
     guard_symbols = set().union(*(g.free_symbols for g in guards)) if guards else set()
     return dict(
         spec_name=spec.name,

@@ -292,8 +292,40 @@ OPTIM_RAISES = (
 )
 
 
+def option_argument(option) -> Argument:
+    """The documented argument of an `Option`: its values, and which ones are refused."""
+    refused = [v for v in option.values if v not in option.supported]
+    doc = option.doc
+    if refused:
+        doc += f" Only {_words([repr(v) for v in option.supported])}: " + (
+            f"{_words([repr(v) for v in refused])} {'is' if len(refused) == 1 else 'are'} refused "
+            f"(NotImplementedError): {option.reason}"
+        )
+    types = "one of " + ", ".join(repr(v) for v in option.values)
+    return Argument(option.name, repr(option.default), types, doc)
+
+
+def option_raises(options) -> list[tuple[str, str]]:
+    raises = []
+    for o in options:
+        raises.append(("ValueError", f"`{o.name}` is not one of {', '.join(repr(v) for v in o.values)}."))
+        refused = [repr(v) for v in o.values if v not in o.supported]
+        if refused:
+            raises.append(("NotImplementedError", f"`{o.name}` is {_words(refused)}: {o.reason}"))
+    return raises
+
+
+def derived_defaults(export: Export) -> str:
+    """The defaults-dict entries of an export's derived hyperparameters (`, "k": expr`)."""
+    from optforge.compiler.printers import HostPrinter
+
+    printer = HostPrinter()
+    return "".join(f', "{name}": {printer.doprint(sp.sympify(e))}' for name, e in export.derived.items())
+
+
 def optim_class_context(spec: Spec, export: Export) -> dict:
     arguments, checks, hyper_keys = [], [], {}
+    options = {o.name: o for o in export.options}
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -304,6 +336,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             if name == "weight_decay":
                 doc = DECAY_WORDS[spec.decay] + doc
             arguments.append(Argument(name, repr(default), types, doc))
+            continue
+        if name in options:
+            arguments.append(option_argument(options[name]))
             continue
         members = _packed(entry)
         if members:  # a pair such as betas = (beta1, beta2)
@@ -335,6 +370,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
+    for name in export.derived:  # computed by the constructor, kept in each group
+        hyper_keys[name] = (name, None)
+    raises += option_raises(export.options)
     unpack_lines = [
         _unpack_line("unpack_pair", export.class_name, entry[0], _packed(entry))
         for entry in export.signature
@@ -365,7 +403,16 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "sparse": repr(spec.sparse),
         "state_init": _state_init_source(spec),
         "state_docs": state_docs(spec, "`"),
-        "defaults": "{" + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools) + "}",  # noqa: E501
+        "defaults": "{"
+        + ", ".join(f'"{a.name}": {a.name}' for a in arguments if a.name not in bools)
+        + derived_defaults(export)
+        + "}",
+        "option_checks": [
+            (o.name, repr(tuple(o.values)), repr(tuple(o.supported)), o.reason) for o in export.options
+        ],
+        "option_table": repr(
+            {o.name: (tuple(o.values), tuple(o.supported), o.reason) for o in export.options}
+        ),
         "bools": bools,
         "variant_key": variant_key,
         "raises": raises,
@@ -470,6 +517,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{label}` is not a real number."))
     raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    raises += option_raises(export.options)
     if impl:
         raises.append(("TypeError", f"{_words(impl)} is not of the type its description gives."))
         raises.append(("ValueError", "`capturable` or `differentiable` is True."))
@@ -524,7 +572,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "variant_names": _tuple_source(
             [repr(f.name) if f.name in context["bools"] else repr(f.default) for f in spec.flags]
         ),
-        "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + "}",
+        "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + derived_defaults(export) + "}",
         "state_keys": repr(keys),
         "optional_state": repr(tuple(export.optional_state)),
         "step_arguments": step_arguments,

@@ -283,6 +283,36 @@ def test_cse_divides_twice_rather_than_multiplying_by_a_reciprocal():
     assert [str(a) for a in out] == ["x0 = m + w", "y = g/x0", "z = m/x0"]
 
 
+def test_guarded_cse_leaves_a_piecewise_whole_so_an_untaken_branch_never_runs():
+    y, z, k = sp.symbols("y z k")
+    chosen = sp.Piecewise((b, k < 0), (sp.log(b) * t / k, True))
+    assignments = [Assignment(y, chosen), Assignment(z, sp.log(b) * t / k + 1)]
+    # Unguarded (the kernels), log(b)*t/k is shared and computed whichever branch is taken.
+    plain = eliminate_common_subexpressions(assignments, "h")
+    assert str(plain[0]) == "h0 = t*log(b)/k"
+    guarded = eliminate_common_subexpressions(assignments, "h", guarded=True)
+    assert [a.target for a in guarded] == [y, z]
+    assert guarded[0].expr == chosen and guarded[1].expr == sp.log(b) * t / k + 1
+
+
+def test_an_array_s_new_value_waits_for_the_last_pass_that_reads_its_old_one():
+    from optforge.compiler.ir import PASS1, PASS3
+    from optforge.compiler.passes.factored import defer_overwrites
+
+    prev, new_prev, c, u, n = sp.symbols("prev new_prev c u n")
+    assignments = [
+        Assignment(c, g - prev),  # recomputed by pass 3, from the old prev
+        Assignment(new_prev, g),
+        Assignment(u, c / n),  # n: a norm, ready for pass 3
+    ]
+    phases = {prev: PASS1, g: PASS1, n: 4, c: PASS1, new_prev: PASS1, u: PASS3}
+    deferred = defer_overwrites(assignments, phases, {new_prev: prev})
+    assert deferred[new_prev] == PASS3 and deferred[c] == PASS1 and deferred[u] == PASS3
+    # A value another pass stores is loaded, not recomputed: it needs no old input.
+    kept = defer_overwrites(assignments, phases, {new_prev: prev, c: m})
+    assert kept[new_prev] == PASS1
+
+
 # -- the scheduler (passes/schedule.py) on tiny placed kernels --
 
 

@@ -358,6 +358,13 @@ def rank_flag_source(spec: Spec) -> str | None:
     return None if flag is None else repr((spec.flags.index(flag), flag.rank))
 
 
+def none_values_source(spec: Spec) -> str | None:
+    """`NONE_VALUES` of a kernel module: per hyperparameter, what None stands for (None: the
+    dtype's machine epsilon), or None when every hyperparameter leaves it at that."""
+    values = tuple(None if h.none is None else float(h.none) for h in spec.hypers)
+    return None if all(v is None for v in values) else repr(values)
+
+
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     from optforge.compiler.backends.factories import FactoryPrinter
 
@@ -369,6 +376,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         source=spec.where,
         spec=spec,
         rank_flag=rank_flag_source(spec),
+        none_values=none_values_source(spec),
         states_fma=states_fma(spec),
         chunk=CHUNK,
         host_names=host_names(spec, kernels),

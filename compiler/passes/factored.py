@@ -121,6 +121,41 @@ def assign_passes(
     return spaces, passes
 
 
+def defer_overwrites(
+    assignments: list[Assignment], phases: Mapping[sp.Symbol, int], stores: Mapping[sp.Symbol, sp.Symbol]
+) -> dict[sp.Symbol, int]:
+    """`phases` with each array's new value put off to the last pass that reads its old one.
+
+    `stores` maps each value that an array keeps (the new `g_prev`) to the array's input
+    symbol (the old `g_prev`). A later pass recomputes the locals it needs from the inputs:
+    MARS's third pass recomputes its corrected gradient, `g - g_prev` among it, to divide it
+    by the norm of pass 1; were the new g_prev stored in pass 1, pass 3 would read it in
+    place of the old. A value another pass stores is loaded there, not recomputed, so the
+    search stops at it.
+    """
+    defined = {a.target: a.expr for a in assignments}
+    phases = dict(phases)
+
+    def reads(symbol: sp.Symbol, seen: set) -> set:
+        """The inputs `symbol`'s computation reads, through the locals it recomputes."""
+        found = set()
+        for s in defined[symbol].free_symbols:
+            if s in defined and s not in stores and s not in seen:
+                seen.add(s)
+                found |= reads(s, seen)
+            elif s not in defined:
+                found.add(s)
+        return found
+
+    for out, old in stores.items():
+        if out not in defined:
+            continue
+        later = [phases[a.target] for a in assignments if old in reads(a.target, set())]
+        if later and max(later) > phases[out]:
+            phases[out] = max(later)
+    return phases
+
+
 # What does not vary along a row: hoisted out of the loop over its columns.
 _ALONG_ROW = (Space.SCALAR, Space.TENSOR, Space.MATRIX, Space.ROW)
 

@@ -202,6 +202,7 @@ class FusedOptimizer:
     # The precision options (optforge.runtime.precision), set by `_set_precision`.
     _policy = Policy()
     state_dtype = None
+    _none_values = None  # the kernel module's NONE_VALUES, read when the state is allocated
     master_weights = False
     stochastic_rounding = False
     _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
@@ -257,6 +258,7 @@ class FusedOptimizer:
         module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
         variant = module.VARIANTS[variant_key]
         self._variant = variant
+        self._none_values = getattr(module, "NONE_VALUES", None)
         self._variant_key = variant_key
         self._n_groups = n_groups
         self._lock = ParameterLocks(self.parameters) if use_locking else None
@@ -751,9 +753,13 @@ class FusedOptimizer:
         negative number) refuse the whole step, never half of it."""
         steps = []
         for batch in self._batches:
-            # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1).
+            # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1),
+            # or the number the spec declares for it (its NONE_VALUES).
             eps = machine_epsilon(self.parameters[batch.indices[0]].dtype) if batch.indices else 0.0
-            values = tuple(eps if h is None else h for h in hypers[batch.group])
+            stand_ins = self._none_values or (None,) * len(hypers[batch.group])
+            values = tuple(
+                (eps if s is None else s) if h is None else h for h, s in zip(hypers[batch.group], stand_ins)
+            )
             try:
                 steps.append((values, *batch.variant.step(t, lrs[batch.group], values, batch.dtype)))
             except (ArithmeticError, ValueError, TypeError) as error:

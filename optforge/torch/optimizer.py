@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import Interval
+from optforge.runtime.checks import Interval, check_choice
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch
@@ -222,6 +222,7 @@ class TorchOptimizer(torch.optim.Optimizer):
     _OPTIONAL_STATE: tuple[str, ...] = ()
     _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
+    _OPTIONS: dict = {}  # option name -> (values, supported, reason): a spec's Option arguments
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
@@ -302,7 +303,7 @@ class TorchOptimizer(torch.optim.Optimizer):
                         f"{cls}: parameters must be contiguous (they are stepped in place through a "
                         f"view), but one of shape {tuple(p.shape)} is not."
                     )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, NotImplementedError):
             self.param_groups.pop()  # refused: the optimizer is as it was
             raise
         self._steps = np.zeros(len(self._flat_params()), dtype=np.float32)
@@ -325,6 +326,8 @@ class TorchOptimizer(torch.optim.Optimizer):
                 continue
             if key in self._IMPL_OPTIONS:
                 options.check_option(cls, key, value, f"{where} sets ")
+            elif key in self._OPTIONS:
+                check_choice(cls, f"{where}'s {key}", value, *self._OPTIONS[key])
             elif key in self._FLAGS:
                 if not isinstance(value, bool) or value != self.defaults[key]:
                     raise ValueError(
