@@ -36,4 +36,7 @@ ALL = (
     "adabelief",
     "adan",
     "adafactor",
+    # pytorch_optimizer's
+    "ademamix",
+    "mars",
 )

@@ -16,6 +16,8 @@ from optforge.generated.optim.lion import Lion
 from optforge.generated.optim.adabelief import AdaBelief
 from optforge.generated.optim.adan import Adan
 from optforge.generated.optim.adafactor import Adafactor
+from optforge.generated.optim.ademamix import AdEMAMix
+from optforge.generated.optim.mars import MARS
 
 __all__ = [
     "RAdam",
@@ -33,4 +35,6 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "AdEMAMix",
+    "MARS",
 ]

@@ -16,6 +16,8 @@ from optforge.generated.torch.lion import Lion
 from optforge.generated.torch.adabelief import AdaBelief
 from optforge.generated.torch.adan import Adan
 from optforge.generated.torch.adafactor import Adafactor
+from optforge.generated.torch.ademamix import AdEMAMix
+from optforge.generated.torch.mars import MARS
 
 __all__ = [
     "Lamb",
@@ -33,4 +35,6 @@ __all__ = [
     "AdaBelief",
     "Adan",
     "Adafactor",
+    "AdEMAMix",
+    "MARS",
 ]
