@@ -18,7 +18,7 @@ import sympy as sp
 
 from optforge.compiler import fragments as F
 from optforge.compiler.fragments import beta1, beta2, beta3, eps, g_eff, w_decayed
-from optforge.compiler.spec import Export, Hyper, Rule, State, fma, lr, t, w
+from optforge.compiler.spec import Export, Hyper, Option, Rule, State, fma, lr, t, w
 
 alpha, t_warm = sp.symbols("alpha t_alpha_beta3")
 m, v, m_slow = sp.symbols("m v m_slow")
@@ -60,6 +60,15 @@ SIGNATURE = (
     "t_alpha_beta3",
     "eps",
     "maximize",
+)
+
+# pytorch_optimizer reads these from its **kwargs (group.get); both need a per-tensor mean.
+WHY = "it rescales by a per-tensor mean, which the spec language cannot express yet."
+CAUTIOUS = Option(
+    "cautious", False, (False, True), (False,), "Mask updates that disagree with the gradient.", WHY
+)
+STABLE = Option(
+    "stable_adamw", False, (False, True), (False,), "Divide the update by StableAdamW's RMS of g^2/v.", WHY
 )
 
 SPEC = F.compose(
@@ -118,7 +127,15 @@ SPEC = F.compose(
         "t_alpha_beta3=0 is accepted, as pytorch_optimizer accepts it; its first step divides by it "
         "and is refused (ValueError, nothing changed), where pytorch_optimizer raises ZeroDivisionError.",
         "pytorch_optimizer also reads `cautious` and `stable_adamw` from its **kwargs; this class takes "
-        "neither (a TypeError): the cautious mask needs a per-tensor mean the spec language lacks yet.",
+        "them as keywords and refuses True (NotImplementedError): both rescale by a per-tensor mean.",
     ),
-    exports=[Export("optim", "AdEMAMix", SIGNATURE), Export("torch", "AdEMAMix", (*SIGNATURE, "foreach"))],
+    exports=[
+        Export("optim", "AdEMAMix", (*SIGNATURE, "cautious", "stable_adamw"), options=(CAUTIOUS, STABLE)),
+        Export(
+            "torch",
+            "AdEMAMix",
+            (*SIGNATURE, "foreach", "*", "cautious", "stable_adamw"),
+            options=(CAUTIOUS, STABLE),
+        ),
+    ],
 )

@@ -155,3 +155,17 @@ def test_a_warm_up_of_zero_steps_is_refused_at_the_step():
         opt.step()
     assert torch.equal(q, torch.ones(3))
     assert all(not v.any() for v in opt.state[q].values())  # the state as made, step 0
+
+
+@pytest.mark.parametrize("name", ["cautious", "stable_adamw"])
+def test_the_options_read_from_kwargs_are_refused_clearly(name):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    Reference(params, **{name: True})  # the reference reads them from its **kwargs
+    with pytest.raises(NotImplementedError, match=f"{name}=True is not supported"):
+        optforge.torch.AdEMAMix(params, **{name: True})
+    with pytest.raises(NotImplementedError, match=f"{name}=True is not supported"):
+        optforge.optim.AdEMAMix([optforge.Parameter(torch.ones(3).numpy(), "w")], **{name: True})
+    opt = optforge.torch.AdEMAMix(params, **{name: False})
+    with pytest.raises(NotImplementedError):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], name: True})
+    assert len(opt.param_groups) == 1

@@ -3,7 +3,7 @@
 
 import math  # noqa: F401
 
-from optforge.runtime.checks import Interval, check_hyper, check_type  # noqa: F401
+from optforge.runtime.checks import Interval, check_choice, check_hyper, check_type  # noqa: F401
 from optforge.runtime.optim_optimizer import (  # noqa: F401
     OptimOptimizer,
     check_positive_lr,
@@ -23,8 +23,8 @@ class AdEMAMix(OptimOptimizer):
     params : iterable of Parameter or of dict
         The parameters to update, or param groups: dicts with ``params`` and
         optionally ``lr``, ``betas``, ``weight_decay``, ``alpha``,
-        ``t_alpha_beta3``, ``eps``, which override the defaults below for
-        their parameters.
+        ``t_alpha_beta3``, ``eps``, ``cautious``, ``stable_adamw``, which
+        override the defaults below for their parameters.
     lr : float, int or 0-d numpy.ndarray, default 0.001
         The learning rate (> 0). Each step reads param_groups[i]['lr'], so a
         scheduler from optforge.optim.lr_scheduler (or you) may change it
@@ -51,6 +51,14 @@ class AdEMAMix(OptimOptimizer):
         Added to the denominator for numerical stability.
     maximize : bool, default False
         Maximize the objective: step along the gradient.
+    cautious : one of False, True, default False
+        Mask updates that disagree with the gradient. Only `False`: `True`
+        is refused (NotImplementedError): it rescales by a per-tensor mean,
+        which the spec language cannot express yet.
+    stable_adamw : one of False, True, default False
+        Divide the update by StableAdamW's RMS of g^2/v. Only `False`:
+        `True` is refused (NotImplementedError): it rescales by a per-tensor
+        mean, which the spec language cannot express yet.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -134,6 +142,16 @@ class AdEMAMix(OptimOptimizer):
         If `eps` is not >= 0.
     TypeError
         If `maximize` is not a bool.
+    ValueError
+        If `cautious` is not one of False, True.
+    NotImplementedError
+        If `cautious` is `True`: it rescales by a per-tensor mean, which the
+        spec language cannot express yet.
+    ValueError
+        If `stable_adamw` is not one of False, True.
+    NotImplementedError
+        If `stable_adamw` is `True`: it rescales by a per-tensor mean, which
+        the spec language cannot express yet.
     TypeError
         If `skip_nonfinite` is not a bool.
     TypeError
@@ -204,6 +222,18 @@ class AdEMAMix(OptimOptimizer):
         ),
     )
     _FLAGS = ("weight_decouple", "fixed_decay", "maximize")
+    _OPTIONS = {
+        "cautious": (
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        ),
+        "stable_adamw": (
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        ),
+    }
     _DECAY = "coupled"
     _SPARSE = None
     _OFFLOAD = False
@@ -220,6 +250,8 @@ class AdEMAMix(OptimOptimizer):
         t_alpha_beta3=None,
         eps=1e-08,
         maximize=False,
+        cautious=False,
+        stable_adamw=False,
         *,
         skip_nonfinite=False,
         state_dtype=None,
@@ -275,6 +307,22 @@ class AdEMAMix(OptimOptimizer):
         check_type("AdEMAMix", "weight_decouple", weight_decouple, ("bool",))
         check_type("AdEMAMix", "fixed_decay", fixed_decay, ("bool",))
         check_type("AdEMAMix", "maximize", maximize, ("bool",))
+        check_choice(
+            "AdEMAMix",
+            "cautious",
+            cautious,
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        )
+        check_choice(
+            "AdEMAMix",
+            "stable_adamw",
+            stable_adamw,
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        )
         super().__init__(
             params,
             {
@@ -284,6 +332,8 @@ class AdEMAMix(OptimOptimizer):
                 "alpha": alpha,
                 "t_alpha_beta3": t_alpha_beta3,
                 "eps": eps,
+                "cautious": cautious,
+                "stable_adamw": stable_adamw,
             },
         )
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))

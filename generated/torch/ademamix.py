@@ -3,7 +3,7 @@
 
 import math  # noqa: F401
 
-from optforge.runtime.checks import Interval  # noqa: F401
+from optforge.runtime.checks import Interval, check_choice  # noqa: F401
 from optforge.torch import options  # noqa: F401
 from optforge.torch.optimizer import TorchOptimizer, check_flag, check_value, unpack_betas  # noqa: F401
 
@@ -20,8 +20,8 @@ class AdEMAMix(TorchOptimizer):
     params : iterable of torch.Tensor or of dict
         The parameters to update, or param groups: dicts with ``params`` and
         optionally ``lr``, ``betas``, ``weight_decay``, ``alpha``,
-        ``t_alpha_beta3``, ``eps``, which override the defaults below for
-        their parameters.
+        ``t_alpha_beta3``, ``eps``, ``cautious``, ``stable_adamw``, which
+        override the defaults below for their parameters.
     lr : float or 0-d Tensor, default 0.001
         The learning rate (>= 0). Each step reads param_groups[i]['lr'], so
         torch's lr_scheduler classes (or you) may change it between steps.
@@ -50,6 +50,14 @@ class AdEMAMix(TorchOptimizer):
     foreach : bool or None, default None
         Accepted for torch.optim compatibility (any bool or None): optforge
         always steps with its fused kernels.
+    cautious : one of False, True, default False (keyword only)
+        Mask updates that disagree with the gradient. Only `False`: `True`
+        is refused (NotImplementedError): it rescales by a per-tensor mean,
+        which the spec language cannot express yet.
+    stable_adamw : one of False, True, default False (keyword only)
+        Divide the update by StableAdamW's RMS of g^2/v. Only `False`:
+        `True` is refused (NotImplementedError): it rescales by a per-tensor
+        mean, which the spec language cannot express yet.
     skip_nonfinite : bool, default False (keyword only)
         optforge's option for loss-scaling training: a step whose gradients
         hold a NaN or an infinity changes nothing (parameters, state, step
@@ -140,6 +148,16 @@ class AdEMAMix(TorchOptimizer):
         If `fixed_decay` is not a bool.
     TypeError
         If `maximize` is not a bool.
+    ValueError
+        If `cautious` is not one of False, True.
+    NotImplementedError
+        If `cautious` is `True`: it rescales by a per-tensor mean, which the
+        spec language cannot express yet.
+    ValueError
+        If `stable_adamw` is not one of False, True.
+    NotImplementedError
+        If `stable_adamw` is `True`: it rescales by a per-tensor mean, which
+        the spec language cannot express yet.
     TypeError
         If `foreach` is not of the type its description gives.
     ValueError
@@ -176,6 +194,18 @@ class AdEMAMix(TorchOptimizer):
     _OPTIONAL_STATE = ()
     _IMPL_OPTIONS = ("foreach",)
     _STEP_STATE = True
+    _OPTIONS = {
+        "cautious": (
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        ),
+        "stable_adamw": (
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        ),
+    }
 
     def __init__(
         self,
@@ -191,6 +221,8 @@ class AdEMAMix(TorchOptimizer):
         maximize=False,
         foreach=None,
         *,
+        cautious=False,
+        stable_adamw=False,
         skip_nonfinite=False,
         state_dtype=None,
         master_weights=False,
@@ -257,6 +289,22 @@ class AdEMAMix(TorchOptimizer):
         check_flag("AdEMAMix", "weight_decouple", weight_decouple)
         check_flag("AdEMAMix", "fixed_decay", fixed_decay)
         check_flag("AdEMAMix", "maximize", maximize)
+        check_choice(
+            "AdEMAMix",
+            "cautious",
+            cautious,
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        )
+        check_choice(
+            "AdEMAMix",
+            "stable_adamw",
+            stable_adamw,
+            (False, True),
+            (False,),
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
+        )
         options.check_implementation("AdEMAMix", foreach=foreach)
         super().__init__(
             params,
@@ -271,6 +319,8 @@ class AdEMAMix(TorchOptimizer):
                 "eps": eps,
                 "maximize": maximize,
                 "foreach": foreach,
+                "cautious": cautious,
+                "stable_adamw": stable_adamw,
             },
             skip_nonfinite=skip_nonfinite,
             state_dtype=state_dtype,
