@@ -54,8 +54,7 @@ CAUTIOUS = Option(
     (False, True),
     (False,),
     "Mask momentum updates that disagree with the gradient's sign.",
-    "the cautious mask is rescaled by a per-tensor mean of the mask, which the spec language "
-    "cannot express yet.",
+    "it rescales by a per-tensor mean, which the spec language cannot express yet.",
 )
 
 SIGNATURE = (

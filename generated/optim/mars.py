@@ -59,9 +59,8 @@ class MARS(OptimOptimizer):
         Divide by the running maximum of the second moment.
     cautious : one of False, True, default False
         Mask momentum updates that disagree with the gradient's sign. Only
-        `False`: `True` is refused (NotImplementedError): the cautious mask
-        is rescaled by a per-tensor mean of the mask, which the spec
-        language cannot express yet.
+        `False`: `True` is refused (NotImplementedError): it rescales by a
+        per-tensor mean, which the spec language cannot express yet.
     eps : float or int, default 1e-08
         Added to the denominator for numerical stability.
     maximize : bool, default False
@@ -171,8 +170,8 @@ class MARS(OptimOptimizer):
     ValueError
         If `cautious` is not one of False, True.
     NotImplementedError
-        If `cautious` is `True`: the cautious mask is rescaled by a per-tensor
-        mean of the mask, which the spec language cannot express yet.
+        If `cautious` is `True`: it rescales by a per-tensor mean, which the
+        spec language cannot express yet.
     TypeError
         If `skip_nonfinite` is not a bool.
     TypeError
@@ -279,7 +278,7 @@ class MARS(OptimOptimizer):
         "cautious": (
             (False, True),
             (False,),
-            "the cautious mask is rescaled by a per-tensor mean of the mask, which the spec language cannot express yet.",
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
         ),
     }
     _DECAY = "decoupled"
@@ -390,7 +389,7 @@ class MARS(OptimOptimizer):
             cautious,
             (False, True),
             (False,),
-            "the cautious mask is rescaled by a per-tensor mean of the mask, which the spec language cannot express yet.",
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
         )
         super().__init__(
             params,

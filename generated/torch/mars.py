@@ -55,9 +55,8 @@ class MARS(TorchOptimizer):
         Divide by the running maximum of the second moment.
     cautious : one of False, True, default False
         Mask momentum updates that disagree with the gradient's sign. Only
-        `False`: `True` is refused (NotImplementedError): the cautious mask
-        is rescaled by a per-tensor mean of the mask, which the spec
-        language cannot express yet.
+        `False`: `True` is refused (NotImplementedError): it rescales by a
+        per-tensor mean, which the spec language cannot express yet.
     eps : float, default 1e-08
         Added to the denominator for numerical stability.
     maximize : bool, default False
@@ -177,8 +176,8 @@ class MARS(TorchOptimizer):
     ValueError
         If `cautious` is not one of False, True.
     NotImplementedError
-        If `cautious` is `True`: the cautious mask is rescaled by a per-tensor
-        mean of the mask, which the spec language cannot express yet.
+        If `cautious` is `True`: it rescales by a per-tensor mean, which the
+        spec language cannot express yet.
     TypeError
         If `foreach` is not of the type its description gives.
     ValueError
@@ -242,7 +241,7 @@ class MARS(TorchOptimizer):
         "cautious": (
             (False, True),
             (False,),
-            "the cautious mask is rescaled by a per-tensor mean of the mask, which the spec language cannot express yet.",
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
         ),
     }
 
@@ -362,7 +361,7 @@ class MARS(TorchOptimizer):
             cautious,
             (False, True),
             (False,),
-            "the cautious mask is rescaled by a per-tensor mean of the mask, which the spec language cannot express yet.",
+            "it rescales by a per-tensor mean, which the spec language cannot express yet.",
         )
         options.check_implementation("MARS", foreach=foreach)
         super().__init__(
