@@ -65,6 +65,7 @@ eps = sp.Symbol("eps")
 
 MAXIMIZE_DOC = "Maximize the objective: step along the gradient."
 DECOUPLED_DOC = "Decay the weights directly (AdamW's arithmetic) instead of adding to the gradient."
+FIXED_DOC = "With decoupled decay, shrink the weights by weight_decay alone, not scaled by the learning rate."
 NESTEROV_DOC = "Use Nesterov momentum."
 EPS_DOC = "Added to the denominator for numerical stability."
 # The betas' accepted types, domains and documentation: torch.optim's (a beta may be 0, a NumPy
@@ -98,6 +99,9 @@ class Decay:
     kind: str
     fused: bool = False
     flag: sp.Symbol | None = None
+    # A second flag: where it is set, decoupled decay does not scale by lr, w*(1 - weight_decay)
+    # (pytorch_optimizer's `fixed_decay`).
+    fixed: sp.Symbol | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,8 @@ class Fragment:
             )
         if self.decay is not None and (self.decay.kind == "switched") != (self.decay.flag is not None):
             raise SpecError(f"fragment '{self.name}': a switched decay, and only it, names its flag")
+        if self.decay is not None and self.decay.fixed is not None and self.decay.kind != "switched":
+            raise SpecError(f"fragment '{self.name}': only a switched decay has a fixed-decay flag")
 
     @property
     def flag(self) -> sp.Symbol:
@@ -186,13 +192,28 @@ def decoupled_decay() -> Fragment:
 
 
 def switched_decay(
-    name: str = "decoupled_weight_decay", doc: str = DECOUPLED_DOC, fused: bool = False
+    name: str = "decoupled_weight_decay",
+    doc: str = DECOUPLED_DOC,
+    fused: bool = False,
+    fixed: str | None = None,
+    fixed_doc: str = FIXED_DOC,
 ) -> Fragment:
     """A flag choosing the decay per kernel variant: coupled (as `coupled_decay(fused)`), or
-    decoupled (as `decoupled_decay()`) where it is set; torch's `decoupled_weight_decay`."""
+    decoupled (as `decoupled_decay()`) where it is set; torch's `decoupled_weight_decay`.
+
+    `fixed` names a second flag (pytorch_optimizer's `fixed_decay`): where both are set the
+    decoupled decay is not scaled by the learning rate, `w_decayed = w*(1 - weight_decay)`;
+    with coupled decay it changes nothing, as in pytorch_optimizer."""
     flag = sp.Symbol(name)
+    flags = [Flag(flag, doc)]
+    fixed_flag = None
+    if fixed is not None:
+        fixed_flag = sp.Symbol(fixed)
+        flags.append(Flag(fixed_flag, fixed_doc))
     return Fragment(
-        "switched_decay", flags=[Flag(flag, doc)], decay=Decay("switched", fused=fused, flag=flag)
+        "switched_decay",
+        flags=flags,
+        decay=Decay("switched", fused=fused, flag=flag, fixed=fixed_flag),
     )
 
 
@@ -385,7 +406,10 @@ def _prologue(sign: Fragment | None, scale: bool, decay: Decay | None) -> list[R
     if decay is not None and decay.kind == "decoupled":
         rules.append(Rule(w_decayed, w * (1 - lr * weight_decay)))
     elif decay is not None and decay.kind == "switched":
-        rules.append(Rule(w_decayed, sp.Piecewise((w * (1 - lr * weight_decay), decay.flag), (w, True))))
+        decayed = w * (1 - lr * weight_decay)
+        if decay.fixed is not None:
+            decayed = sp.Piecewise((w * (1 - weight_decay), decay.fixed), (decayed, True))
+        rules.append(Rule(w_decayed, sp.Piecewise((decayed, decay.flag), (w, True))))
     return rules
 
 

@@ -227,7 +227,7 @@ def step_fields(spec: S.Spec, variant, guards, values, hoisted, used: set[sp.Sym
     """The fields every kernel has: its variant and branch, and the host code computing
     the step-level scalars (of those in `used`) and the guards."""
     scalars = tuple(sorted((s for s in used if hoisted.levels.get(s) == Level.STEP), key=_order(spec)))
-    host = eliminate_common_subexpressions(hoisted.step, "h")
+    host = eliminate_common_subexpressions(hoisted.step, "h", guarded=True)
     guard_symbols = set().union(*(g.free_symbols for g in guards)) if guards else set()
     return dict(
         spec_name=spec.name,

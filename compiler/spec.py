@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -340,6 +341,12 @@ class Hyper:
     types: tuple[str, ...]  # accepted Python types by name: "float", "int", "bool", "callable"
     default: object
     doc: str
+    # What an argument of None stands for in the rules, for a hyperparameter whose types
+    # include "None": None (the default) is the machine epsilon of the parameter's dtype
+    # (Adafactor's eps1); a number outside the hyperparameter's domain lets the rules tell
+    # None apart from every value a user may give (AdEMAMix's t_alpha_beta3=None: no
+    # warm-up, written `Piecewise((..., t_alpha_beta3 < 0), ...)` with none=-1).
+    none: float | None = None
 
     @property
     def name(self) -> str:
@@ -486,6 +493,25 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A constructor argument that selects no kernel: one of a fixed set of `values`.
+
+    `values` are every value the reference class accepts (another is a ValueError, as
+    pytorch_optimizer's `validate_options`); `supported` those this class computes, the
+    others are refused with NotImplementedError and `reason` (MARS's mars_type "lion" and
+    "shampoo", a `cautious=True` that needs a per-tensor mean the spec language lacks). The
+    value is kept in the defaults and each param group, where it is checked the same way.
+    """
+
+    name: str
+    default: object
+    values: tuple
+    supported: tuple
+    doc: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Export:
     """A class generated from the spec in one dialect, with its signature.
 
@@ -535,6 +561,10 @@ class Export:
     aliases: tuple = ()  # other names the dialect's package gives the class (the reference's own)
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
     group_step: bool = False  # torch dialect: the reference keeps `step` per param group too
+    options: tuple = ()  # Option arguments the signature may name
+    # hyper name -> an expression of the other arguments: a group option the constructor
+    # computes, not an argument (MARS's lr_1d_factor = lr_1d/lr, as pytorch_optimizer keeps it)
+    derived: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -640,9 +670,22 @@ def rank_flag(spec: Spec) -> Flag | None:
 
 
 def is_factored(spec: Spec, variant: dict[sp.Symbol, bool]) -> bool:
-    """Whether `variant` compiles to a factored kernel (its rank flag is set)."""
+    """Whether `variant` compiles to a factored kernel: its rank flag is set and it uses what
+    only a factored kernel computes (row- or column-shaped state, row_mean, col_mean or
+    matrix_mean; Adafactor's matrices). A rank flag that only chooses the rules per tensor
+    (MARS's is_2d: the MARS path for matrices, AdamW for vectors) compiles to the flat or
+    two-stage kernel of any other variant."""
     flag = rank_flag(spec)
-    return flag is not None and variant[flag.symbol]
+    if flag is None or not variant[flag.symbol]:
+        return False
+    if any(s.shape != "element" for s in spec.state if active(s.when, variant)):
+        return True
+    values = {f: sp.true if on else sp.false for f, on in variant.items()}
+    return any(
+        sp.sympify(r.expr).subs(values).atoms(*FACTORED_REDUCTIONS)
+        for r in spec.rules
+        if active(r.when, variant)
+    )
 
 
 def check_spec(spec: Spec) -> None:
@@ -679,26 +722,41 @@ def check_spec(spec: Spec) -> None:
             fail(f"latex of {sym!r}", "must be keyed by a sympy.Symbol")
 
     for h in spec.hypers:
-        if not h.is_callable:
-            continue
-        if set(h.types) - {CALLABLE, "None"}:
-            fail(
-                f"hyperparameter '{h.name}'",
-                f"a callable's types are 'callable' and 'None' only, got {h.types}",
-            )
-        if h.default is None and "None" not in h.types:
-            fail(f"hyperparameter '{h.name}'", "default None needs the type 'None'")
-        if h.default is not None and (
-            not isinstance(h.default, StepFunction) or sp.sympify(h.default.expr).free_symbols - {t}
-        ):
-            fail(
-                f"hyperparameter '{h.name}'",
-                f"a callable's default is None or a StepFunction of the step t, got {h.default!r}",
-            )
-        if h.symbol in spec.domains:
-            fail(
-                f"domain of '{h.name}'", "a callable hyperparameter has no domain (its values are the step's)"
-            )
+        if h.is_callable:
+            if set(h.types) - {CALLABLE, "None"}:
+                fail(
+                    f"hyperparameter '{h.name}'",
+                    f"a callable's types are 'callable' and 'None' only, got {h.types}",
+                )
+            if h.default is None and "None" not in h.types:
+                fail(f"hyperparameter '{h.name}'", "default None needs the type 'None'")
+            if h.default is not None and (
+                not isinstance(h.default, StepFunction) or sp.sympify(h.default.expr).free_symbols - {t}
+            ):
+                fail(
+                    f"hyperparameter '{h.name}'",
+                    f"a callable's default is None or a StepFunction of the step t, got {h.default!r}",
+                )
+            if h.symbol in spec.domains:
+                fail(
+                    f"domain of '{h.name}'",
+                    "a callable hyperparameter has no domain (its values are the step's)",
+                )
+        if h.none is not None:
+            if "None" not in h.types:
+                fail(
+                    f"hyperparameter '{h.name}'",
+                    "declares what None stands for, but None is not one of its types",
+                )
+            domain = spec.domains.get(h.symbol)
+            if isinstance(h.none, bool) or not isinstance(h.none, (int, float)) or not math.isfinite(h.none):
+                fail(f"hyperparameter '{h.name}'", f"none must be a finite number, got {h.none!r}")
+            if not isinstance(domain, sp.Interval) or domain.contains(h.none) is not sp.false:
+                fail(
+                    f"hyperparameter '{h.name}'",
+                    f"none={h.none!r} must lie outside its declared domain, so that None cannot be taken "
+                    "for a value a user gives",
+                )
 
     for sym, domain in spec.domains.items():
         name = getattr(sym, "name", str(sym))
@@ -791,6 +849,28 @@ def check_spec(spec: Spec) -> None:
         known = {h.name for h in spec.hypers} | {f.name for f in spec.flags}
         known |= set(dialects.DIALECT_ARGUMENTS.get(export.dialect, ()))
         known |= {f.choice.argument for f in spec.flags if f.choice is not None}
+        for option in export.options:
+            if not isinstance(option, Option):
+                fail(f"export {export.class_name}", f"options must be Option, got {option!r}")
+            if option.name in known:
+                fail(f"export {export.class_name}", f"option '{option.name}' is already an argument")
+            if option.default not in option.supported or not set(option.supported) <= set(option.values):
+                fail(
+                    f"export {export.class_name}",
+                    f"option '{option.name}': its default must be supported, and what is supported "
+                    "must be among its values",
+                )
+            known.add(option.name)
+        named = {e if isinstance(e, str) else e[0] for e in export.signature}
+        for name, expr in export.derived.items():
+            if name not in {h.name for h in spec.hypers} or name in named:
+                fail(
+                    f"export {export.class_name}",
+                    f"derived '{name}' must be a hyperparameter not in the signature",
+                )
+            unknown = sorted(str(s) for s in sp.sympify(expr).free_symbols if s.name not in named)
+            if unknown:
+                fail(f"export {export.class_name}", f"derived '{name}' reads {unknown}, not arguments")
         if export.dialect not in dialects.DIALECT_ARGUMENTS:
             fail(f"export {export.class_name}", f"unknown dialect '{export.dialect}'")
         if ranked and export.dialect in dialects.ELEMENTWISE_DIALECTS:

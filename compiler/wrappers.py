@@ -299,8 +299,40 @@ OPTIM_RAISES = (
 )
 
 
+def option_argument(option) -> Argument:
+    """The documented argument of an `Option`: its values, and which ones are refused."""
+    refused = [v for v in option.values if v not in option.supported]
+    doc = option.doc
+    if refused:
+        doc += f" Only {_words([repr(v) for v in option.supported])}: " + (
+            f"{_words([repr(v) for v in refused])} {'is' if len(refused) == 1 else 'are'} refused "
+            f"(NotImplementedError): {option.reason}"
+        )
+    types = "one of " + ", ".join(repr(v) for v in option.values)
+    return Argument(option.name, repr(option.default), types, doc)
+
+
+def option_raises(options) -> list[tuple[str, str]]:
+    raises = []
+    for o in options:
+        raises.append(("ValueError", f"`{o.name}` is not one of {', '.join(repr(v) for v in o.values)}."))
+        refused = [repr(v) for v in o.values if v not in o.supported]
+        if refused:
+            raises.append(("NotImplementedError", f"`{o.name}` is {_words(refused)}: {o.reason}"))
+    return raises
+
+
+def derived_defaults(export: Export) -> str:
+    """The defaults-dict entries of an export's derived hyperparameters (`, "k": expr`)."""
+    from optforge.compiler.printers import HostPrinter
+
+    printer = HostPrinter()
+    return "".join(f', "{name}": {printer.doprint(sp.sympify(e))}' for name, e in export.derived.items())
+
+
 def optim_class_context(spec: Spec, export: Export) -> dict:
     arguments, checks, hyper_keys, choices, callables, step_defaults = [], [], {}, [], [], []
+    options = {o.name: o for o in export.options}
     types_of = {h.name: export.types.get(h.name, h.types) for h in spec.hypers}
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(OPTIM_RAISES)
@@ -311,6 +343,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             if name == "weight_decay":
                 doc = DECAY_WORDS[spec.decay] + doc
             arguments.append(Argument(name, repr(default), types, doc))
+            continue
+        if name in options:
+            arguments.append(option_argument(options[name]))
             continue
         members = _packed(entry)
         if members:  # a pair such as betas = (beta1, beta2)
@@ -373,6 +408,9 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         raises.append(("TypeError", f"`{name}` is not {_type_words(types_of[name])}."))
         if h.name in domains:
             raises.append(("ValueError", f"`{name}` is not {domains[h.name].describe()}."))
+    for name in export.derived:  # computed by the constructor, kept in each group
+        hyper_keys[name] = (name, None)
+    raises += option_raises(export.options)
     unpack_lines = [
         _unpack_line("unpack_pair", export.class_name, entry[0], _packed(entry))
         for entry in export.signature
@@ -428,7 +466,14 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             for a in arguments
             if a.name not in bools + own + [c[0] for c in choices]
         )
+        + derived_defaults(export)
         + "}",
+        "option_checks": [
+            (o.name, repr(tuple(o.values)), repr(tuple(o.supported)), o.reason) for o in export.options
+        ],
+        "option_table": repr(
+            {o.name: (tuple(o.values), tuple(o.supported), o.reason) for o in export.options}
+        ),
         "bools": bools,
         "variant_key": variant_key,
         "raises": raises,
@@ -542,6 +587,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
     ]
     raises += [r for r in context["raises"] if r[1].endswith("(not implemented for them).")]
     raises += [(c.error, f"{c.message[0].lower()}{c.message[1:]}") for c in spec.constraints]
+    raises += option_raises(export.options)
     if impl:
         raises.append(("TypeError", f"{_words(impl)} is not of the type its description gives."))
         raises.append(("ValueError", "`capturable` or `differentiable` is True."))
@@ -597,7 +643,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         # Each spec flag: the group key it is read from, (the key of a named option, the values
         # that set it), or the value this class pins it to.
         "variant_names": _tuple_source([_variant_source(f, context) for f in spec.flags]),
-        "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + "}",
+        "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + derived_defaults(export) + "}",
         "state_keys": repr(keys),
         "optional_state": repr(tuple(export.optional_state)),
         "step_arguments": step_arguments,

@@ -41,4 +41,6 @@ ALL = (
     # pytorch_optimizer's
     "adopt",
     "stable_adamw",
+    "ademamix",
+    "mars",
 )

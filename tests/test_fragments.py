@@ -111,6 +111,17 @@ def test_switched_decay_is_a_flag_choosing_coupled_or_decoupled_per_variant():
     assert spec.decay == "coupled"
 
 
+def test_switched_decay_with_a_fixed_flag_drops_lr_from_the_decoupled_decay():
+    spec = compose(F.switched_decay("weight_decouple", fused=True, fixed="fixed_decay"), F.loss_scale())
+    flag, fixed = sp.symbols("weight_decouple fixed_decay")
+    assert [f.symbol for f in spec.flags] == [flag, fixed]
+    decayed = sp.Piecewise((w * (1 - weight_decay), fixed), (w * (1 - lr * weight_decay), True))
+    assert rules(spec)[1] == (w_decayed, sp.Piecewise((decayed, flag), (w, True)), None)
+    assert spec.decay == "coupled"
+    with pytest.raises(SpecError, match="only a switched decay has a fixed-decay flag"):
+        F.Fragment("odd", decay=F.Decay("decoupled", fixed=fixed))
+
+
 def test_betas_and_epsilon_declare_hypers_domains_and_latex_by_convention():
     spec = compose(F.betas(), F.epsilon(1e-8), decay="decoupled")
     assert [h.name for h in spec.hypers] == ["a", "beta1", "beta2", "eps"]  # in the fragments' order

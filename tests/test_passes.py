@@ -283,6 +283,18 @@ def test_cse_divides_twice_rather_than_multiplying_by_a_reciprocal():
     assert [str(a) for a in out] == ["x0 = m + w", "y = g/x0", "z = m/x0"]
 
 
+def test_guarded_cse_leaves_a_piecewise_whole_so_an_untaken_branch_never_runs():
+    y, z, k = sp.symbols("y z k")
+    chosen = sp.Piecewise((b, k < 0), (sp.log(b) * t / k, True))
+    assignments = [Assignment(y, chosen), Assignment(z, sp.log(b) * t / k + 1)]
+    # Unguarded (the kernels), log(b)*t/k is shared and computed whichever branch is taken.
+    plain = eliminate_common_subexpressions(assignments, "h")
+    assert str(plain[0]) == "h0 = t*log(b)/k"
+    guarded = eliminate_common_subexpressions(assignments, "h", guarded=True)
+    assert [a.target for a in guarded] == [y, z]
+    assert guarded[0].expr == chosen and guarded[1].expr == sp.log(b) * t / k + 1
+
+
 # -- the scheduler (passes/schedule.py) on tiny placed kernels --
 
 

@@ -3,7 +3,22 @@
 import pytest
 import sympy as sp
 
-from optforge.compiler.spec import Export, Flag, Hyper, Rule, Spec, SpecError, State, g, lr, w
+from optforge.compiler.spec import (
+    Export,
+    Flag,
+    Hyper,
+    Option,
+    Rule,
+    Spec,
+    SpecError,
+    State,
+    g,
+    is_factored,
+    lr,
+    norm,
+    row_mean,
+    w,
+)
 
 a, b, m, flag = sp.symbols("a b m flag")
 
@@ -223,3 +238,52 @@ def test_policy_moved_out_of_the_spec_model_still_imports_with_a_warning(name, h
     assert moved is getattr(importlib.import_module(home), name)
     with pytest.raises(AttributeError, match="has no attribute 'NOT_A_NAME'"):
         spec.NOT_A_NAME
+
+
+def test_what_none_stands_for_is_a_number_outside_the_domain():
+    none = [Hyper(a, ("float", "None"), None, "a", none=-1)]
+    assert make(hypers=none).hyper("a").none == -1
+    with pytest.raises(SpecError, match="specs/tiny.py: hyperparameter 'a': none=0.5 must lie outside"):
+        make(hypers=[Hyper(a, ("float", "None"), None, "a", none=0.5)])
+    with pytest.raises(SpecError, match="but None is not one of its types"):
+        make(hypers=[Hyper(a, ("float",), 0.5, "a", none=-1)])
+    with pytest.raises(SpecError, match="none must be a finite number"):
+        make(hypers=[Hyper(a, ("float", "None"), None, "a", none="off")])
+
+
+def test_an_option_argument_is_declared_on_an_export_and_checked():
+    choice = Option("kind", "x", ("x", "y"), ("x",), "which", "y is not compiled")
+    spec = make(exports=[Export("optim", "Tiny", (("lr", 0.1), "kind"), options=(choice,))])
+    assert spec.exports[0].options == (choice,)
+    with pytest.raises(SpecError, match="signature names unknown argument 'kind'"):
+        make(exports=[Export("optim", "Tiny", (("lr", 0.1), "kind"))])
+    bad = Option("kind", "y", ("x", "y"), ("x",), "which")
+    with pytest.raises(SpecError, match="option 'kind': its default must be supported"):
+        make(exports=[Export("optim", "Tiny", (("lr", 0.1), "kind"), options=(bad,))])
+    with pytest.raises(SpecError, match="option 'a' is already an argument"):
+        make(exports=[Export("optim", "Tiny", (("lr", 0.1),), options=(Option("a", 1, (1,), (1,), "a"),))])
+
+
+def test_a_derived_hyperparameter_is_computed_from_arguments_only():
+    derived = make(exports=[Export("optim", "Tiny", (("lr", 0.1),), derived={"a": 2 * lr})])
+    assert derived.exports[0].derived == {"a": 2 * lr}
+    with pytest.raises(SpecError, match=r"derived 'a' reads \['b'\], not arguments"):
+        make(exports=[Export("optim", "Tiny", (("lr", 0.1),), derived={"a": b * lr})])
+    with pytest.raises(SpecError, match="derived 'a' must be a hyperparameter not in the signature"):
+        make(exports=[Export("optim", "Tiny", (("lr", 0.1), "a"), derived={"a": 2 * lr})])
+
+
+def test_a_rank_flag_compiles_to_a_factored_kernel_only_where_it_needs_one():
+    rank = sp.Symbol("rank")
+    ranked = [Flag(rank, "by rank", rank=2)]
+    # The rank flag only picks the rules: no factored kernel (MARS's is_2d).
+    plain = make(
+        flags=ranked,
+        rules=[Rule(m, sp.Piecewise((a * m + g / norm(g), rank), (g, True))), Rule(w, w - lr * m)],
+    )
+    assert not is_factored(plain, {rank: True}) and not is_factored(plain, {rank: False})
+    # A row mean needs one (Adafactor).
+    factored = make(
+        flags=ranked, rules=[Rule(m, sp.Piecewise((row_mean(g**2), rank), (g, True))), Rule(w, w - lr * m)]
+    )
+    assert is_factored(factored, {rank: True}) and not is_factored(factored, {rank: False})

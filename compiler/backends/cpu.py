@@ -469,6 +469,13 @@ def rank_flag_source(spec: Spec) -> str | None:
     return None if flag is None else repr((spec.flags.index(flag), flag.rank))
 
 
+def none_values_source(spec: Spec) -> str | None:
+    """`NONE_VALUES` of a kernel module: per hyperparameter, what None stands for (None: the
+    dtype's machine epsilon), or None when every hyperparameter leaves it at that."""
+    values = tuple(None if h.none is None else float(h.none) for h in spec.hypers)
+    return None if all(v is None for v in values) else repr(values)
+
+
 def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     from optforge.compiler.backends.cuda import device_refusal
     from optforge.compiler.backends.factories import FactoryPrinter
@@ -485,6 +492,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         source=spec.where,
         spec=spec,
         rank_flag=rank_flag_source(spec),
+        none_values=none_values_source(spec),
         states_fma=states_fma(spec),
         matrix_functions=sorted(
             {MATRIX_FUNCTION_NAMES[mf.function] for k in kernels for mf in k.matrix_functions}

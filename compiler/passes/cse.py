@@ -9,20 +9,46 @@ import sympy as sp
 from optforge.compiler.ir import Assignment
 
 
-def eliminate_common_subexpressions(assignments: list[Assignment], prefix: str) -> list[Assignment]:
+def eliminate_common_subexpressions(
+    assignments: list[Assignment], prefix: str, guarded: bool = False
+) -> list[Assignment]:
     """`assignments` with repeated subexpressions computed once into `<prefix>0, ...`.
 
-    The result is in dependency order, keeping the given order where it can.
+    The result is in dependency order, keeping the given order where it can. With
+    `guarded` (the host code, whose Python arithmetic raises) a Piecewise is left whole:
+    its branches are computed only when taken, so a branch that is not taken cannot fail
+    the step (AdEMAMix's log(beta1) for a warm-up that is off, with beta1 = 0).
     """
     if not assignments:
         return []
     taken = {s.name for a in assignments for s in a.expr.free_symbols | {a.target}}
     names = (sp.Symbol(f"{prefix}{i}") for i in range(10**6) if f"{prefix}{i}" not in taken)
-    replacements, reduced = sp.cse([a.expr for a in assignments], symbols=names, order="none")
+    exprs = [a.expr for a in assignments]
+    opaque: dict[sp.Symbol, sp.Expr] = {}
+    if guarded:
+        exprs = [_opaque_piecewise(e, opaque) for e in exprs]
+    replacements, reduced = sp.cse(exprs, symbols=names, order="none")
     replacements, reduced = _keep_divisions(replacements, reduced)
+    if opaque:
+        replacements = [(s, e.xreplace(opaque)) for s, e in replacements]
+        reduced = [e.xreplace(opaque) for e in reduced]
     temporaries = [Assignment(s, e) for s, e in replacements]
     results = [Assignment(a.target, e) for a, e in zip(assignments, reduced)]
     return schedule(temporaries + results)
+
+
+def _opaque_piecewise(expr: sp.Expr, opaque: dict) -> sp.Expr:
+    """`expr` with each outermost Piecewise replaced by a symbol of its own (kept in `opaque`),
+    which `sympy.cse` cannot look into."""
+    found = {}
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Piecewise) and node not in found:
+            found[node] = sp.Dummy("piecewise")
+    if not found:
+        return expr
+    outermost = {p: d for p, d in found.items() if not any(p != q and q.has(p) for q in found)}
+    opaque.update({d: p for p, d in outermost.items()})
+    return expr.xreplace(outermost)
 
 
 def _keep_divisions(replacements, reduced):

@@ -20,6 +20,8 @@ from optforge.generated.optim.schedulefree import ScheduleFreeAdamW
 from optforge.generated.optim.muon import Muon
 from optforge.generated.optim.adopt import ADOPT
 from optforge.generated.optim.stable_adamw import StableAdamW
+from optforge.generated.optim.ademamix import AdEMAMix
+from optforge.generated.optim.mars import MARS
 
 __all__ = [
     "RAdam",
@@ -41,4 +43,6 @@ __all__ = [
     "Muon",
     "ADOPT",
     "StableAdamW",
+    "AdEMAMix",
+    "MARS",
 ]

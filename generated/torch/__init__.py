@@ -21,6 +21,8 @@ from optforge.generated.torch.schedulefree import AdamWScheduleFree
 from optforge.generated.torch.muon import Muon
 from optforge.generated.torch.adopt import ADOPT
 from optforge.generated.torch.stable_adamw import StableAdamW
+from optforge.generated.torch.ademamix import AdEMAMix
+from optforge.generated.torch.mars import MARS
 
 __all__ = [
     "Lamb",
@@ -43,4 +45,6 @@ __all__ = [
     "Muon",
     "ADOPT",
     "StableAdamW",
+    "AdEMAMix",
+    "MARS",
 ]

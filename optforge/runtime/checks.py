@@ -123,6 +123,18 @@ def check_hyper(cls_name: str, arg: str, value, types: tuple[str, ...], domain: 
         check_domain(cls_name, arg, value, domain)
 
 
+def check_choice(cls_name: str, arg: str, value, values: tuple, supported: tuple, reason: str) -> None:
+    """An option argument (a spec's `Option`): one of `values` (else ValueError, as the
+    reference's validate_options), and among those `supported` (else NotImplementedError)."""
+    # By type as well: 1 is not True, and "adamw" is not a bool.
+    same = [v for v in values if type(v) is type(value) and v == value]
+    if not same:
+        choices = " or ".join(repr(v) for v in values)
+        raise ValueError(f"For '{cls_name}', '{arg}' must be one of ({choices}), but got {value!r}.")
+    if value not in supported:
+        raise NotImplementedError(f"For '{cls_name}', {arg}={value!r} is not supported: {reason}")
+
+
 def unpack_tuple(cls_name: str, arg: str, value, count: int = 2) -> tuple:
     """MindSpore's nn checks of `etas=(a, b)`: a tuple (TypeError), of `count` items (ValueError)."""
     if not isinstance(value, tuple):

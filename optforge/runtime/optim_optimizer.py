@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_hyper
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_choice, check_hyper
 from optforge.runtime.optimizer import FusedOptimizer, check_parameter_list
 from optforge.runtime.precision import check_wide_only
 
@@ -144,6 +144,7 @@ class OptimOptimizer(FusedOptimizer):
 
     # (label, group key, index or None, types, domain) of each hyperparameter (generated)
     _GROUP_CHECKS: tuple = ()
+    _OPTIONS: dict = {}  # option name -> (values, supported, reason): a spec's Option arguments
     _checked_options = None  # the options the last step checked: unchanged ones are not re-checked
 
     def _check_group(self, group: dict, g: int, cls: str) -> None:
@@ -152,6 +153,8 @@ class OptimOptimizer(FusedOptimizer):
         _lr_value(group["lr"], cls)
         if "weight_decay" in group:
             _check_group_weight_decay(group["weight_decay"], cls)
+        for key, (values, supported, reason) in self._OPTIONS.items():
+            check_choice(cls, f"param group {g}'s {key}", group[key], values, supported, reason)
         for label, key, index, types, domain in self._GROUP_CHECKS:
             value = group[key]
             if index is not None:

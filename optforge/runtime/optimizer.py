@@ -203,6 +203,7 @@ class FusedOptimizer(StepStateMixin):
     # The precision options (optforge.runtime.precision), set by `_set_precision`.
     _policy = Policy()
     state_dtype = None
+    _none_values = None  # the kernel module's NONE_VALUES, read when the state is allocated
     master_weights = False
     stochastic_rounding = False
     _ROUNDING_SEED = 0  # the seed of the stochastic-rounding bits: the same bits on every run
@@ -259,6 +260,7 @@ class FusedOptimizer(StepStateMixin):
         check_kernel_support(module, cls, self.parameters, self._OFFLOAD)
         variant = module.VARIANTS[variant_key]
         self._variant = variant
+        self._none_values = getattr(module, "NONE_VALUES", None)
         self._variant_key = variant_key
         self._n_groups = n_groups
         self._lock = ParameterLocks(self.parameters) if use_locking else None
@@ -764,12 +766,17 @@ class FusedOptimizer(StepStateMixin):
         negative number) refuse the whole step, never half of it."""
         steps = []
         for batch in self._batches:
-            # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1).
+            # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1),
+            # or the number the spec declares for it (its NONE_VALUES).
             eps = machine_epsilon(self.parameters[batch.indices[0]].dtype) if batch.indices else 0.0
-            # but a callable hyperparameter left at None stays None: the host code tests it.
+            # A callable hyperparameter left at None stays None: the host code tests it.
             functions = [index == OPTIMIZER_ATTRIBUTE for _, index in getattr(self, "_HYPER_KEYS", ())]
             functions += [False] * (len(hypers[batch.group]) - len(functions))
-            values = tuple(eps if h is None and not f else h for h, f in zip(hypers[batch.group], functions))
+            stand_ins = self._none_values or (None,) * len(hypers[batch.group])
+            values = tuple(
+                h if h is not None or f else (eps if s is None else s)
+                for h, f, s in zip(hypers[batch.group], functions, stand_ins)
+            )
             try:
                 steps.append((values, *batch.variant.step(t, lrs[batch.group], values, batch.dtype)))
             except (ArithmeticError, ValueError, TypeError) as error:

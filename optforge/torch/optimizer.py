@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from optforge.parameter import Parameter
-from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval
+from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval, check_choice
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, group_hypers, hyper_values
 from optforge.runtime.optimizer import MASTER, Addressed, _Batch, check_kernel_support, run_transition
@@ -239,6 +239,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     # state_dict() writes each group's (its parameters' largest), and a saved state without a
     # step takes its group's (Export.group_step).
     _GROUP_STEP = False
+    _OPTIONS: dict = {}  # option name -> (values, supported, reason): a spec's Option arguments
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
 
     def __init_subclass__(cls, **kwargs):
@@ -336,7 +337,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 {f: group.get(f, self.defaults[f]) for f in self._WIDE_ONLY},
                 [_numpy_dtype(p.dtype) for p in group["params"]],
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, NotImplementedError):
             self.param_groups.pop()  # refused: the optimizer is as it was
             raise
         self._steps = np.zeros(len(self._flat_params()), dtype=np.float32)
@@ -359,6 +360,8 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 continue
             if key in self._IMPL_OPTIONS:
                 options.check_option(cls, key, value, f"{where} sets ")
+            elif key in self._OPTIONS:
+                check_choice(cls, f"{where}'s {key}", value, *self._OPTIONS[key])
             elif key in self._FLAGS:
                 named = not isinstance(self.defaults[key], bool)  # a named option (adjust_lr_fn)
                 if not (named or isinstance(value, bool)) or value != self.defaults[key]:
