@@ -19,6 +19,7 @@ each entry is checked to still deviate, so the list cannot go stale.
 
 from __future__ import annotations
 
+import importlib
 import re
 import warnings
 
@@ -35,6 +36,9 @@ import optforge.torch
 
 STEPS = 15
 SHAPES = ((3, 5), (7,), (2, 3, 4), ())  # a matrix, a vector, a stack of matrices, a scalar
+# For a class of a spec of matrices (2-D parameters only, as torch.optim.Muon): a wide, a tall
+# and a square matrix.
+MATRIX_SHAPES = ((3, 5), (7, 4), (6, 6))
 TOLERANCE = {torch.float32: {"atol": 1e-5, "rtol": 2e-5}, torch.float64: {"atol": 1e-10, "rtol": 1e-10}}
 SHARED = [info for info in optim_db if hasattr(optforge.torch, info.name)]
 
@@ -45,6 +49,10 @@ DEVIATIONS = {
         "optforge refuses complex (and every non-float32/float64) parameter in the constructor, "
         "with a TypeError, for every class: its kernels are compiled for float32 and float64. "
         "torch.optim.Adafactor constructs and raises RuntimeError at the first step."
+    ),
+    ("Muon", "does not support complex parameters"): (
+        "optforge refuses complex parameters in the constructor, with a TypeError, as for every "
+        "class; torch.optim.Muon's error input expects its own refusal at another point."
     ),
 }
 
@@ -63,6 +71,7 @@ FLOAT32_TENSOR_HYPERS = {
     ("AdamW", "Tensor lr, Tensor betas, with capturable (capturable dropped)"),
     ("NAdam", "decoupled_weight_decay, capturable (capturable dropped)"),
     ("RAdam", "capturable, weight_decay, decoupled_weight_decay, tensor LR (capturable dropped)"),
+    ("Muon", "Tensor lr"),
 }
 
 
@@ -124,11 +133,22 @@ def _has_tensor(kwargs: dict) -> bool:
     return any(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in values)
 
 
+def _matrices_only(cls) -> bool:
+    """Whether `cls` (torch's or ours) steps 2-D parameters only: ours says so in its kernel
+    module (TENSOR_RANK), and torch's of the same name refuses what ours refuses."""
+    ours = getattr(optforge.torch, cls.__name__, None)
+    if ours is None or not hasattr(ours, "_SPEC"):
+        return False
+    module = importlib.import_module(f"{ours._KERNELS}.cpu.{ours._SPEC}")
+    return getattr(module, "TENSOR_RANK", None) == 2
+
+
 def _run(cls, kwargs: dict, dtype, steps: int = STEPS) -> tuple[list, dict]:
     """Parameters after each of `steps` steps, and the final state_dict's state."""
     generator = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in SHAPES]
-    grads = [[torch.randn(s, generator=generator, dtype=dtype) for s in SHAPES] for _ in range(steps)]
+    shapes = MATRIX_SHAPES if _matrices_only(cls) else SHAPES
+    params = [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in shapes]
+    grads = [[torch.randn(s, generator=generator, dtype=dtype) for s in shapes] for _ in range(steps)]
     opt = cls(params, **kwargs)
     history = []
     for step_grads in grads:
