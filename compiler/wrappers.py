@@ -462,9 +462,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         "state_docs": state_docs(spec, "`"),
         "defaults": "{"
         + ", ".join(
-            f'"{a.name}": {a.name}'
-            for a in arguments
-            if a.name not in bools + own + [c[0] for c in choices]
+            f'"{a.name}": {a.name}' for a in arguments if a.name not in bools + own + [c[0] for c in choices]
         )
         + derived_defaults(export)
         + "}",

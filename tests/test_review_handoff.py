@@ -125,7 +125,7 @@ def test_step_arrays_refuses_an_array_it_could_only_step_through_a_temporary_cop
     from optforge.runtime.kernels import chunk_table
     from optforge.runtime.launch import step_arrays
 
-    branch, scalars = lion.VARIANTS[()].step(1, 0.1, (0.9, 0.99), np.dtype(np.float32))
+    branch, scalars = lion.VARIANTS[(False,)].step(1, 0.1, (0.9, 0.99), np.dtype(np.float32))
     w = np.asfortranarray(np.ones((4, 3), np.float32))
     g, m = np.ones((4, 3), np.float32), np.zeros((4, 3), np.float32)
     before = w.copy()

@@ -190,6 +190,13 @@ EXPECTED = {
     "rmsprop_nn": {"mean_square": S_, "mean_grad": S_, "moment": S_},
     "rprop": {"prev": F, "step_size": F},
     "sgd": {"momentum_buffer": S_},
+    "schedulefree": {"z": "signed", "exp_avg_sq": "unsigned"},
+    "muon": {"momentum_buffer": "signed"},
+    "adopt": {"exp_avg": "signed", "exp_avg_sq": "unsigned"},
+    # debiased betas: the sign pass cannot show exp_avg_sq stays non-negative
+    "stable_adamw": {"exp_avg": "signed", "exp_avg_sq": "signed"},
+    "ademamix": {"exp_avg": "signed", "exp_avg_sq": "unsigned", "exp_avg_slow": "signed"},
+    "mars": {"exp_avg": "signed", "exp_avg_sq": "unsigned", "last_grad": None, "max_exp_avg_sq": "unsigned"},
 }
 
 
@@ -201,7 +208,7 @@ def verdicts():
 def test_every_spec_has_a_recorded_verdict_per_state(verdicts):
     found = {name: {state: v.table for state, v in states.items()} for name, (_, states) in verdicts.items()}
     assert found == EXPECTED
-    assert len(found) == 27
+    assert len(found) == 33
 
 
 def test_adam_and_adamw_moments(verdicts):

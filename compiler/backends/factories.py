@@ -58,7 +58,7 @@ def stage_roles(k: dict) -> list[tuple[str, str]]:
         return [*passes, *finalize, ("pass3", "chunks")]
     if k["fused"]:
         return [("step", "chunks")]
-    matrix = [("matrix", "tensors")] if k["matrix_functions"] else []
+    matrix = [("matrix", "tensors")] if k.get("matrix_functions") else []
     return [("stage1", "chunks"), *matrix, *finalize, ("stage2", "chunks")]
 
 

@@ -65,14 +65,19 @@ CATALOGUE = {
     "lion": "Lion",
     "adabelief": "AdaBelief",
     "adan": "Adan",
+    "adopt": "ADOPT",
+    "stable_adamw": "StableAdamW",
+    "ademamix": "AdEMAMix",
+    "mars": "MARS",
+    "schedulefree": "ScheduleFreeAdamW",
+    "muon": "Muon",
 }
 EXTRA = {"sgd": {"momentum": 0.9}}
 for _spec, _cls in CATALOGUE.items():
     OPTFORGE[_spec] = lambda ps, _cls=_cls, _spec=_spec: getattr(optforge.optim, _cls)(
         ps, lr=LR, **EXTRA.get(_spec, {})
     )
-TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam", "adafactor": "Adafactor"}
-TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if cls not in ("Lion", "AdaBelief", "Adan")})
+TORCH = {"adam": "Adam", "radam": "RAdam", "adam_offload": "Adam", "adafactor": "Adafactor", "muon": "Muon"}
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 DEEPSPEED = {"adam", "adam_torch"}  # L2 (coupled) Adam, as DeepSpeedCPUAdam(adamw_mode=False)
 # Spec -> (package, class, keyword arguments, whether the class takes `foreach`): the reference
@@ -81,17 +86,35 @@ REFERENCES = {
     "lion": ("pytorch_optimizer", "Lion", {}, True),
     "adabelief": ("pytorch_optimizer", "AdaBelief", {}, True),
     "adan": ("pytorch_optimizer", "Adan", {}, True),
+    "adopt": ("pytorch_optimizer", "ADOPT", {}, True),
+    "stable_adamw": ("pytorch_optimizer", "StableAdamW", {}, True),
+    "ademamix": ("pytorch_optimizer", "AdEMAMix", {}, True),
+    "mars": ("pytorch_optimizer", "MARS", {}, False),
+    "schedulefree": ("schedulefree", "AdamWScheduleFree", {}, True),
 }
+# torch.optim's classes of the catalogue: the others are in REFERENCES.
+TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if spec not in REFERENCES and cls != "Muon"})
 
 
 # Optimizers whose kernels depend on the tensors' rank: their tensors are square matrices
 # (each size rounded down to a square: 1e8 is 10,000 x 10,000), so the factored kernels
 # run, as they do for a model's weights.
-MATRICES = {"adafactor"}
+MATRICES = {"adafactor", "mars", "muon"}
 
 
 def tensor_sizes(name: str, sizes: list[int]) -> list[int]:
     return [max(1, math.isqrt(n)) ** 2 for n in sizes] if name in MATRICES else sizes
+
+
+def matrix_flags(name: str) -> dict | None:
+    """The flag values a spec's kernels take for a matrix: its rank flag set (Adafactor's
+    `factored`, MARS's `is_2d`), or none for a spec of matrices only (Muon)."""
+    from optforge.compiler.build import load_specs
+    from optforge.compiler.spec import rank_flag
+
+    (spec,) = load_specs([name])
+    flag = rank_flag(spec)
+    return {flag.name: True} if flag is not None else None
 
 
 def shape_of(name: str, n: int) -> tuple[int, ...]:
@@ -120,10 +143,12 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
     ]
     grads = tuple(rng.standard_normal(s).astype(np.float32) * 0.01 for s in shapes)
     opt = OPTFORGE[name](params)
+    if hasattr(opt, "train"):  # a spec with modes (Schedule-Free) steps in train mode
+        opt.train()
     steps["optforge"] = lambda: opt(grads)
 
     branch = steady_branch(opt)
-    flags = {"factored": True} if name in MATRICES else None
+    flags = matrix_flags(name) if name in MATRICES else None
     loads, stores, write_only = accesses(name, flags, branch=branch)
     total = sum(sizes)
     chunk = 1 << 16

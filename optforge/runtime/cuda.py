@@ -99,7 +99,13 @@ class DeviceLaunchGroup:
 
         if plan not in self._buffers:
             shapes = scratch_shapes(plan, self.host_chunks, self.slots)
-            scratch = Scratch(*(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes))
+            # No matrix stage runs on the device (a spec of matrices refuses device parameters):
+            # its scratch matrices are empty.
+            scratch = Scratch(
+                *(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes),
+                cuda.device_array((0, 0), np.float64, stream=stream),
+                cuda.device_array((0, 3), np.int64, stream=stream),
+            )
             per_tensor = cuda.device_array((plan.per_tensor, self.slots), dtype, stream=stream)
             self._buffers[plan] = (per_tensor, scratch)
         per_tensor, scratch = self._buffers[plan]

@@ -98,6 +98,9 @@ class OptimOptimizer(FusedOptimizer):
             for key, value in group.items():
                 if key == "params":
                     continue
+                if isinstance(value, str):  # a named option (MARS's mars_type): kept as text
+                    result[f"group/{g}/{key}"] = np.array(value)
+                    continue
                 items = value if isinstance(value, tuple) else (value,)
                 result[f"group/{g}/{key}"] = np.array(
                     tuple(math.nan if x is None else x for x in items) if isinstance(value, tuple) else value,
@@ -216,6 +219,8 @@ def _parse_option(cls: str, g: int, key: str, current, saved: np.ndarray, none_m
     """A saved group option as the type of the current one. NaN is only None where the mask
     (or, for state dicts saved before the mask, the current value) says so; a NaN
     anywhere else is refused, never reinterpreted."""
+    if isinstance(current, str) and saved.dtype.kind == "U" and saved.ndim == 0:
+        return str(saved)  # a named option, checked with the group's other values
     if saved.dtype.kind not in "fiub":
         raise ValueError(f"For '{cls}', the state dict's param group {g} '{key}' is not numeric: {saved!r}.")
     if isinstance(current, tuple):
@@ -235,7 +240,10 @@ def _parse_option(cls: str, g: int, key: str, current, saved: np.ndarray, none_m
         return bool(saved)
     if isinstance(current, np.ndarray):
         return saved.astype(current.dtype)
-    return type(current)(saved)
+    mask = np.asarray(none_mask if none_mask is not None else [current is None]).reshape(-1)
+    if saved.size == 1 and mask.size and bool(mask[0]) and math.isnan(float(saved)):
+        return None  # an option saved as None (AdEMAMix's t_alpha_beta3)
+    return float(saved) if current is None else type(current)(saved)
 
 
 def group_hypers(optimizer, group: dict) -> tuple:
