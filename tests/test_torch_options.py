@@ -7,6 +7,7 @@ dict, parameters included, compared before and after).
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import math
 from dataclasses import replace
@@ -28,9 +29,18 @@ NAMES = [info.name for info in SHARED]
 OWN_FLAGS = {"AdamW": {"cautious": False}}
 
 
-def _params(dtype=torch.float32, seed=0):
+def _matrices_only(name) -> bool:
+    """A class of a spec of matrices (2-D parameters only, as torch.optim.Muon)."""
+    ours = getattr(optforge.torch, name, None) if name else None
+    if ours is None or not hasattr(ours, "_SPEC"):
+        return False
+    return getattr(importlib.import_module(f"{ours._KERNELS}.cpu.{ours._SPEC}"), "TENSOR_RANK", None) == 2
+
+
+def _params(dtype=torch.float32, seed=0, name=None):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in ((3, 5), (7,))]
+    shapes = ((3, 5), (7, 4)) if _matrices_only(name) else ((3, 5), (7,))
+    return [torch.randn(s, generator=generator, dtype=dtype).requires_grad_() for s in shapes]
 
 
 def _step(opt, params, seed):
@@ -75,21 +85,21 @@ def test_the_signature_is_torchs(name):
 def test_implementation_options_that_change_nothing_are_accepted(name):
     cls = getattr(optforge.torch, name)
     keywords = inspect.signature(cls).parameters
-    reference = _params(torch.float64)
+    reference = _params(torch.float64, name=name)
     opt = cls(reference)
     _step(opt, reference, 1)
     for key, values in (("foreach", (None, False, True)), ("fused", (None, False, True))):
         if key not in keywords:
             continue
         for value in values:
-            params = _params(torch.float64)
+            params = _params(torch.float64, name=name)
             other = cls(params, **{key: value})
             _step(other, params, 1)
             for p, r in zip(params, reference):
                 assert torch.equal(p, r), (key, value)
     for key in ("capturable", "differentiable"):
         if key in keywords:
-            cls(_params(), **{key: False})
+            cls(_params(name=name), **{key: False})
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -251,7 +261,7 @@ def test_radam_takes_torchs_branch_where_float32_would_take_the_other():
 
 @pytest.mark.parametrize(("name", "desc", "kwargs"), CASES, ids=[f"{n}-{d}" for n, d, _ in CASES])
 def test_state_keys_after_one_and_two_steps_are_torchs(name, desc, kwargs):
-    torch_params, ours_params = _params(), _params()
+    torch_params, ours_params = _params(name=name), _params(name=name)
     reference = getattr(torch.optim, name)(torch_params, **kwargs)
     ours = getattr(optforge.torch, name)(ours_params, **kwargs)
     for seed in (1, 2):
@@ -303,8 +313,8 @@ def test_a_group_without_momentum_beside_one_with_it_keeps_torchs_layout():
 @pytest.mark.parametrize("name", [n for n in NAMES if n not in ("Adafactor", "Rprop", "SGD")])
 def test_eps_zero_is_accepted_where_torch_accepts_it(name):
     """Every class with a scalar eps (Adafactor's is a pair; Rprop and SGD have none)."""
-    getattr(torch.optim, name)(_params(), eps=0.0)  # torch: `0.0 <= eps` in every class
-    getattr(optforge.torch, name)(_params(), eps=0.0)
+    getattr(torch.optim, name)(_params(name=name), eps=0.0)  # torch: `0.0 <= eps` in every class
+    getattr(optforge.torch, name)(_params(name=name), eps=0.0)
 
 
 VALUES = (-1.0, 0.0, 0.5, 1.0, 1.5, 100.0, math.inf, math.nan)
