@@ -58,6 +58,10 @@ def _exports(dialect):
     ]
 
 
+# Values of a callable hyperparameter (ADOPT's clip_lambda): none, one that grows, one that shrinks.
+STEP_FUNCTIONS = (None, lambda step: step**0.25, lambda step: 0.5 / step)
+
+
 def _draw_hyper(data, spec, name):
     hyper = spec.hyper(name)
     symbol = hyper.symbol
@@ -83,6 +87,7 @@ def _draw_arguments(data, spec, export):
     )
     scalars |= {"lr": 0.01, "weight_decay": 0.0, "grad_scale": 1.0}
     flags = {f.symbol: f.default for f in spec.flags}
+    options = {o.name: o for o in export.options}
     for entry in export.signature:
         name = entry if isinstance(entry, str) else entry[0]
         members = entry[1] if isinstance(entry, tuple) and isinstance(entry[1], tuple) else None
@@ -99,9 +104,17 @@ def _draw_arguments(data, spec, export):
         elif any(f.name == name for f in spec.flags):
             kwargs[name] = data.draw(st.booleans(), label=name)
             flags[next(f.symbol for f in spec.flags if f.name == name)] = kwargs[name]
+        elif name in options:  # selects no kernel: any value the class computes
+            kwargs[name] = data.draw(st.sampled_from(options[name].supported), label=name)
+        elif spec.hyper(name).is_callable:  # a function of the step, or None
+            kwargs[name] = scalars[name] = data.draw(st.sampled_from(STEP_FUNCTIONS), label=name)
+        elif spec.hyper(name).none is not None and data.draw(st.booleans(), label=f"{name} is None"):
+            kwargs[name], scalars[name] = None, spec.hyper(name).none
         else:
             kwargs[name] = _draw_hyper(data, spec, name)
             scalars[name] = kwargs[name]
+    for name, expr in export.derived.items():  # computed by the constructor (MARS's lr_1d / lr)
+        scalars[name] = float(sp.sympify(expr).subs({sp.Symbol(k): scalars[k] for k in map(str, expr.free_symbols)}))
     return kwargs, scalars, flags
 
 
@@ -121,10 +134,11 @@ def test_every_class_matches_its_spec_reference(spec, export, shape, dtype, data
     ranked = rank_flag(spec)
     if ranked is not None:  # set per tensor (Adafactor: factored for 2 or more dimensions)
         flags[ranked.symbol] = len(shape) >= ranked.rank
+    numbers = {k: v for k, v in scalars.items() if isinstance(v, (int, float))}  # not the callables
     for state in spec.state:
         if not active(state.when, flags):
             continue
-        init = sp.sympify(state.init).subs({sp.Symbol(k): v for k, v in scalars.items()})
+        init = sp.sympify(state.init).subs({sp.Symbol(k): v for k, v in numbers.items()})
         if init.free_symbols:  # an expression of the parameter (Schedule-Free's z = w)
             value = sp.lambdify(sorted(init.free_symbols, key=str), init, "numpy")(arrays["w"])
             arrays[state.symbol.name] = np.broadcast_to(value, shape).astype(np.float64)

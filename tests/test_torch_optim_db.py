@@ -240,10 +240,10 @@ def test_each_deviation_still_deviates(name, desc):
 
 
 def test_every_shared_class_and_config_is_run():
-    """The material is what this module says: 11 shared classes, every config of each."""
+    """The material is what this module says: 12 shared classes, every config of each."""
     assert sorted(info.name for info in SHARED) == sorted(
-        ["Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop"]
-        + ["Rprop", "SGD"]
+        ["Adadelta", "Adafactor", "Adagrad", "Adam", "Adamax", "AdamW", "Muon", "NAdam", "RAdam"]
+        + ["RMSprop", "Rprop", "SGD"]
     )
     assert len(CASES) >= sum(len(info.optim_inputs_func(device="cpu")) for info in SHARED)
 

@@ -236,8 +236,8 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
     _WIDE_ONLY: tuple[str, ...] = ()  # flags that refuse 16-bit parameters where set (Flag.wide_only)
     # The reference keeps one step count per param group (pytorch_optimizer's group["step"]):
-    # state_dict() writes each group's (its parameters' largest), and a saved state without a
-    # step takes its group's (Export.group_step).
+    # each group keeps it too (its parameters' largest, see _write_group_steps), and a saved
+    # state without a step takes its group's (Export.group_step).
     _GROUP_STEP = False
     _OPTIONS: dict = {}  # option name -> (values, supported, reason): a spec's Option arguments
     _kept_state = None  # generated where torch keeps a state only for some values (SGD's buffer)
@@ -460,6 +460,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         if regrouped is not None:
             self._cohorts = regrouped
         self._commit_step_state(advanced)
+        self._write_group_steps()
         return loss
 
     def _advance_groups(self):
@@ -632,14 +633,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         self._adopt_replaced_state(self._flat_params())
         for cohort in self._cohorts:  # a scheduler may have changed a group's hyperparameters
             self._refresh_extra_state(cohort.engine)
-        saved = super().state_dict()
-        if self._GROUP_STEP:  # the reference's layout: one step count per group, the largest of its own
-            for group in saved["param_groups"]:
-                steps = [
-                    int(float(saved["state"][i]["step"])) for i in group["params"] if i in saved["state"]
-                ]
-                group["step"] = max(steps, default=0)
-        return saved
+        return super().state_dict()
 
     def float32_state_dict(self) -> dict:
         """`state_dict()` with every 16-bit state tensor widened (exactly) to float32: what
@@ -730,9 +724,6 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         # wider than a 16-bit parameter (float32 state, the master copy) to 16 bits; copy_ below
         # converts each to the dtype it is kept in.
         super().load_state_dict(state_dict)  # replaces self.state and the groups' options
-        if self._GROUP_STEP:  # the groups' step counts are the parameters' (written by state_dict)
-            for group in self.param_groups:
-                group.pop("step", None)
         self.state.clear()
         self._cohorts = []
         self._steps = np.zeros(len(params), dtype=np.float32)
@@ -749,6 +740,22 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                         _as_tensor(arrays[pos], local(params[i])).copy_(value)
             self._register(cohort)
             self._cohorts.append(cohort)
+        self._write_group_steps()
+
+    def _write_group_steps(self) -> None:
+        """A class with _GROUP_STEP keeps the reference's ``group["step"]`` (pytorch_optimizer's
+        count, read by whatever reads param groups: state_dict(), ZeroRedundancyOptimizer's
+        consolidated state dict, a user's logging): its parameters' largest step, written after
+        each step and load; a group not stepped yet has none, as the reference's."""
+        if not self._GROUP_STEP:
+            return
+        index = np.asarray(self._group_index, dtype=np.int64)
+        for g, group in enumerate(self.param_groups):
+            step = int(self._steps[index == g].max(initial=0))
+            if step:
+                group["step"] = step
+            else:
+                group.pop("step", None)
 
     def _loaded_parts(self, i: int, p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
         """Parameter `i`'s saved states (per engine state name) as this rank loads them (its
