@@ -114,7 +114,7 @@ def _draw_arguments(data, spec, export):
             kwargs[name] = _draw_hyper(data, spec, name)
             scalars[name] = kwargs[name]
     for name, expr in export.derived.items():  # computed by the constructor (MARS's lr_1d / lr)
-        scalars[name] = float(sp.sympify(expr).subs({sp.Symbol(k): scalars[k] for k in map(str, expr.free_symbols)}))
+        scalars[name] = float(expr.subs({s: scalars[s.name] for s in expr.free_symbols}))
     return kwargs, scalars, flags
 
 
