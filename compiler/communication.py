@@ -14,6 +14,7 @@ from typing import NamedTuple
 from optforge.compiler.backends.cpu import launch_context
 from optforge.compiler.backends.factories import combined_before, stage_roles
 from optforge.compiler.lower import lower
+from optforge.compiler.memo import per_spec
 from optforge.compiler.spec import Spec, rank_flag
 
 
@@ -38,6 +39,11 @@ def round_values(kind: str, k: dict, matrix: bool) -> str:
 
 def shard_rounds(spec: Spec) -> list[Rounds]:
     """Each kind of parameter's reduction rounds (none for an elementwise spec)."""
+    return list(_shard_rounds(spec))
+
+
+@per_spec  # each of a spec's pages asks (lowering every variant)
+def _shard_rounds(spec: Spec) -> list[Rounds]:
     found: dict[Rounds, None] = {}
     for kernel in (k for variant in spec.variants() for k in lower(spec, variant)):
         k = launch_context(spec, kernel)

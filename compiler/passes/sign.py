@@ -40,12 +40,14 @@ written to the unsigned table that takes the code of 0, an error far below the t
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping
 
 import sympy as sp
 
 from optforge.compiler import spec as S
+from optforge.compiler.memo import per_spec
 from optforge.compiler.passes.specialize import specialize
 
 NONNEGATIVE = "nonnegative"
@@ -54,6 +56,17 @@ ANY = "any"
 
 _REAL_INPUTS = (S.g, S.w, S.lr, S.weight_decay, S.grad_scale)
 _LARGE = 400  # count_ops above which the costly normal forms (cancel, factor) are not tried
+
+
+def _assumed(name: str, **assumptions) -> sp.Symbol:
+    """The symbol standing for `name` under `assumptions` in a proof.
+
+    Not a Dummy: the same quantity gets the same symbol in every proof, so equal cases are
+    equal expressions and `is_nonnegative` answers each once (a spec's flag variants share most
+    of their cases: MARS's 64 took a minute). The prefix keeps these apart from a spec's own
+    symbols, which carry no assumptions (a Symbol's assumptions are part of its identity).
+    """
+    return sp.Symbol(f"_sign_{name}", **assumptions)
 
 
 # --- one expression --------------------------------------------------------------------------
@@ -83,10 +96,11 @@ def _positive_denominators(expr: sp.Expr) -> sp.Expr:
     for power in expr.atoms(sp.Pow):
         base, exponent = power.args
         if exponent.is_negative and base.is_positive is not True and is_nonnegative(base):
-            swap[power] = sp.Dummy("d", positive=True) ** exponent
+            swap[power] = _assumed(f"d[{base}]", positive=True) ** exponent
     return expr.xreplace(swap) if swap else expr
 
 
+@functools.lru_cache(maxsize=None)
 def is_nonnegative(expr: sp.Expr) -> bool:
     """Whether SymPy proves `expr` >= 0 wherever it is finite (symbols carry their assumptions).
 
@@ -114,20 +128,20 @@ def _unit_powers(expr: sp.Expr) -> sp.Expr:
         if exponent.is_number:
             continue  # SymPy reasons about numeric powers itself (sqrt, squares, 1/x)
         if is_nonnegative(base - 1) and is_nonnegative(-exponent):
-            swap[power] = 1 / (1 + sp.Dummy("q", nonnegative=True))
+            swap[power] = 1 / (1 + _assumed(f"q[{power}]", nonnegative=True))
     return expr.xreplace(swap) if swap else expr
 
 
 # --- the assumptions -------------------------------------------------------------------------
 
 
-def interval_cases(interval: sp.Interval) -> list[sp.Expr]:
-    """Expressions covering `interval` between them, each of one positive symbol or a number:
-    the interior (if any) and each closed finite end."""
+def interval_cases(interval: sp.Interval, name: str = "p") -> list[sp.Expr]:
+    """Expressions covering `interval` between them, each of one positive symbol (named after
+    `name`) or a number: the interior (if any) and each closed finite end."""
     lo, hi = interval.start, interval.end
     cases = []
     if lo < hi:
-        p = sp.Dummy("p", positive=True)
+        p = _assumed(f"p[{name}]", positive=True)
         if lo.is_finite and hi.is_finite:
             cases.append(lo + (hi - lo) * p / (1 + p))
         elif lo.is_finite:
@@ -135,7 +149,7 @@ def interval_cases(interval: sp.Interval) -> list[sp.Expr]:
         elif hi.is_finite:
             cases.append(hi - p)
         else:
-            cases.append(sp.Dummy("x", real=True))
+            cases.append(_assumed(name, real=True))
     if not interval.left_open and lo.is_finite:
         cases.append(lo)
     if not interval.right_open and hi.is_finite and hi != lo:
@@ -156,23 +170,23 @@ def widest(intervals) -> sp.Interval:
 def _inputs(expr: sp.Expr, signs: Mapping[sp.Symbol, set], domains: Mapping) -> list[dict]:
     """The substitutions (one per case of the hyperparameters in `expr`) that give every free
     symbol of `expr` its assumptions. `signs[s]` holds the signs state s is assumed to have."""
-    base = {S.t: 1 + sp.Dummy("k", integer=True, nonnegative=True)}
+    base = {S.t: 1 + _assumed("k", integer=True, nonnegative=True)}
     for s in _REAL_INPUTS:
-        base[s] = sp.Dummy(s.name, real=True)
+        base[s] = _assumed(s.name, real=True)
     for s, held in signs.items():
         if {NONNEGATIVE, NONPOSITIVE} <= held:
             base[s] = sp.Integer(0)
         elif held:
-            x = sp.Dummy(s.name, nonnegative=True)
+            x = _assumed(s.name, nonnegative=True)
             base[s] = x if NONNEGATIVE in held else -x
         else:
-            base[s] = sp.Dummy(s.name, real=True)
+            base[s] = _assumed(s.name, real=True)
     free = sorted(expr.free_symbols - base.keys(), key=str)
     split = [s for s in free if s in domains]
     for s in free:
         if s not in domains:
-            base[s] = sp.Dummy(s.name, real=True)
-    choices = [interval_cases(domains[s]) for s in split]
+            base[s] = _assumed(s.name, real=True)
+    choices = [interval_cases(domains[s], s.name) for s in split]
     return [base | dict(zip(split, values)) for values in itertools.product(*choices)]
 
 
@@ -189,10 +203,10 @@ def _generalised(expr: sp.Expr, free: set) -> sp.Expr:
         return expr.func(*(_generalised(a, free) for a in expr.args)) if expr.args else expr
     if expr.free_symbols <= free:
         if is_nonnegative(expr):
-            return sp.Dummy("u", nonnegative=True)
+            return _assumed(f"u[{expr}]", nonnegative=True)
         if is_nonnegative(-expr):
-            return -sp.Dummy("u", nonnegative=True)
-        return sp.Dummy("u", real=True)
+            return -_assumed(f"u[{-expr}]", nonnegative=True)
+        return _assumed(f"u[{expr}]", real=True)
     return expr.func(*(_generalised(a, free) for a in expr.args))
 
 
@@ -201,20 +215,31 @@ def _means_as_symbols(expr: sp.Expr) -> sp.Expr:
     argument already under the assumptions)."""
     swap = {}
     for r in expr.atoms(*S.REDUCTIONS):
-        if isinstance(r, (S.norm, S.rms)):
-            swap[r] = sp.Dummy(type(r).__name__, nonnegative=True)
-        elif is_nonnegative(r.args[0]):
-            swap[r] = sp.Dummy(type(r).__name__, nonnegative=True)
+        if isinstance(r, (S.norm, S.rms)) or is_nonnegative(r.args[0]):
+            swap[r] = _assumed(str(r), nonnegative=True)
         elif is_nonnegative(-r.args[0]):
-            swap[r] = -sp.Dummy(type(r).__name__, nonnegative=True)
+            swap[r] = -_assumed(str(-r), nonnegative=True)
         else:
-            swap[r] = sp.Dummy(type(r).__name__, real=True)
+            swap[r] = _assumed(str(r), real=True)
     return expr.xreplace(swap) if swap else expr
 
 
 def proves(expr: sp.Expr, sign: str, signs: Mapping[sp.Symbol, set], domains: Mapping) -> bool:
     """Whether `expr` (of old states, inputs and hyperparameters) has `sign` in every case."""
     expr = S.unfused(sp.sympify(expr))
+    # Only what `expr` reads bears on the answer: flag variants that differ elsewhere share it.
+    read = sorted(expr.free_symbols, key=str)
+    return _proves(
+        expr,
+        sign,
+        tuple((s, frozenset(signs[s])) for s in read if s in signs),
+        tuple((s, domains[s]) for s in read if s in domains),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _proves(expr: sp.Expr, sign: str, signs: tuple, domains: tuple) -> bool:
+    signs, domains = dict(signs), dict(domains)
     target = expr if sign == NONNEGATIVE else -expr
     for values in _inputs(expr, signs, domains):
         case = _unit_powers(_means_as_symbols(target.xreplace(values)))
@@ -259,7 +284,14 @@ def prove_signs(
 
 def variant_updates(spec: S.Spec, variant: Mapping[sp.Symbol, bool]) -> dict[sp.Symbol, sp.Expr]:
     """Each state of `variant` -> its new value in terms of the values before the step: the
-    variant's rules (flags fixed) inlined in order, `fma` written out."""
+    variant's rules (flags fixed) inlined in order, `fma` written out. Computed once per spec
+    object and variant (inlining rebuilds every Max and Min: the int8 pass asks per page)."""
+    return dict(_variant_updates(spec, tuple(sorted(variant.items(), key=lambda item: str(item[0])))))
+
+
+@per_spec
+def _variant_updates(spec: S.Spec, variant: tuple) -> dict[sp.Symbol, sp.Expr]:
+    variant = dict(variant)
     current: dict[sp.Symbol, sp.Expr] = {}
     for rule in specialize(spec, variant):
         current[rule.target] = S.unfused(sp.sympify(rule.expr)).xreplace(current)
@@ -278,18 +310,13 @@ def hyper_domains(spec: S.Spec) -> dict[sp.Symbol, sp.Interval]:
     return domains
 
 
-_SIGNS: dict[int, tuple[S.Spec, dict[str, str]]] = {}  # id(spec) -> (spec, its signs): specs are immutable
-
-
 def spec_signs(spec: S.Spec) -> dict[str, str]:
     """State name -> its sign over every flag variant in which it exists: a sign holds only if it
     holds in each of them. Computed once per spec object."""
-    cached = _SIGNS.get(id(spec))
-    if cached is None or cached[0] is not spec:
-        cached = _SIGNS[id(spec)] = (spec, _spec_signs(spec))
-    return dict(cached[1])
+    return dict(_spec_signs(spec))
 
 
+@per_spec
 def _spec_signs(spec: S.Spec) -> dict[str, str]:
     domains = hyper_domains(spec)
     initial = {s.symbol: s.init for s in spec.state}
