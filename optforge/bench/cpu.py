@@ -25,6 +25,7 @@ installed is skipped with a note.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -117,6 +118,14 @@ def matrix_flags(name: str) -> dict | None:
     return {flag.name: True} if flag is not None else None
 
 
+def built_flags(name: str, opt) -> dict:
+    """The flag values `opt` was built with (its variant: Muon's nesterov=True by default), by name."""
+    from optforge.compiler.build import load_specs
+
+    (spec,) = load_specs([name])
+    return {f.name: bool(v) for f, v in zip(spec.flags, opt._variant_key)}
+
+
 def shape_of(name: str, n: int) -> tuple[int, ...]:
     if name not in MATRICES:
         return (n,)
@@ -148,7 +157,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
     steps["optforge"] = lambda: opt(grads)
 
     branch = steady_branch(opt)
-    flags = matrix_flags(name) if name in MATRICES else None
+    flags = {**built_flags(name, opt), **(matrix_flags(name) or {} if name in MATRICES else {})}
     loads, stores, write_only = accesses(name, flags, branch=branch)
     total = sum(sizes)
     chunk = 1 << 16
@@ -168,6 +177,8 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
         if torch is not None:
             torch.set_num_threads(numba.get_num_threads())
             modes = {"torch single-tensor": {"foreach": False}, "torch foreach": {"foreach": True}}
+            if "foreach" not in inspect.signature(getattr(torch.optim, torch_name)).parameters:
+                modes = {"torch": {}}  # one implementation (Muon's)
             if torch_name in TORCH_FUSED:
                 modes["torch fused"] = {"fused": True}
             for label, kwargs in modes.items():
