@@ -114,3 +114,29 @@ def test_every_optimizer_torch_lacks_is_timed_against_its_reference_package():
     assert per_element == 20  # w g m in, w m out: 5 x 4 bytes
     for step in steps.values():
         step()
+
+
+def test_a_spec_of_matrices_is_timed_on_the_variant_it_was_built_with():
+    """Muon's default (nesterov=True) is not its all-False variant: the same-traffic limit
+    counts the kernel the optimizer runs, and torch's Muon (no foreach) is one row."""
+    import numpy as np
+
+    from optforge.bench import cpu as bench
+
+    notes = set()
+    sizes = bench.tensor_sizes("muon", [40 * 40])
+    steps, per_element = bench.contenders("muon", sizes, np.random.default_rng(0), notes)
+    assert not notes
+    assert set(steps) == {"optforge", "same-traffic limit", "torch"}
+    assert bench.kernel_flags("muon", bench.OPTFORGE["muon"]([_matrix()]))["nesterov"] is True
+    assert per_element > 0
+    for step in steps.values():
+        step()
+
+
+def _matrix():
+    import numpy as np
+
+    import optforge
+
+    return optforge.Parameter(np.ones((4, 4), np.float32), "w")

@@ -107,23 +107,19 @@ def tensor_sizes(name: str, sizes: list[int]) -> list[int]:
     return [max(1, math.isqrt(n)) ** 2 for n in sizes] if name in MATRICES else sizes
 
 
-def matrix_flags(name: str) -> dict | None:
-    """The flag values a spec's kernels take for a matrix: its rank flag set (Adafactor's
-    `factored`, MARS's `is_2d`), or none for a spec of matrices only (Muon)."""
+def kernel_flags(name: str, opt) -> dict:
+    """The flag values of the kernel `opt` steps, by name: those it was built with (Muon's
+    nesterov=True by default), and for a matrix its rank flag set (Adafactor's `factored`,
+    MARS's `is_2d`)."""
     from optforge.compiler.build import load_specs
     from optforge.compiler.spec import rank_flag
 
     (spec,) = load_specs([name])
+    flags = {f.name: bool(v) for f, v in zip(spec.flags, opt._variant_key)}
     flag = rank_flag(spec)
-    return {flag.name: True} if flag is not None else None
-
-
-def built_flags(name: str, opt) -> dict:
-    """The flag values `opt` was built with (its variant: Muon's nesterov=True by default), by name."""
-    from optforge.compiler.build import load_specs
-
-    (spec,) = load_specs([name])
-    return {f.name: bool(v) for f, v in zip(spec.flags, opt._variant_key)}
+    if flag is not None and name in MATRICES:
+        flags[flag.name] = True
+    return flags
 
 
 def shape_of(name: str, n: int) -> tuple[int, ...]:
@@ -157,7 +153,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
     steps["optforge"] = lambda: opt(grads)
 
     branch = steady_branch(opt)
-    flags = {**built_flags(name, opt), **(matrix_flags(name) or {} if name in MATRICES else {})}
+    flags = kernel_flags(name, opt)
     loads, stores, write_only = accesses(name, flags, branch=branch)
     total = sum(sizes)
     chunk = 1 << 16
