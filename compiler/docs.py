@@ -162,12 +162,20 @@ def algorithm(spec: S.Spec, dialect: str, pinned: dict | None = None) -> str:
             target, expr = latex(rule.target, names), latex(sp.sympify(rule.expr), names)
             lines.append(rf"&\qquad\quad {target} \leftarrow {expr} \\")
         lines.append(r"&\qquad \text{per element:} \\")
-    for rule in rules:
+    sums = set(S.group_sum_targets(spec))
+    last_sum = max((i for i, rule in enumerate(rules) if rule.target in sums), default=None)
+    for i, rule in enumerate(rules):
         target = latex(rule.target, names)
         body = rf"{target} \leftarrow {latex(exprs[id(rule)], names)}"
         if rule.when is not None and rule.when not in pinned:
             body = rf"\textbf{{if}}\ {latex(rule.when, names)}:\ {body}"
         lines.append(rf"&\qquad {body} \\")
+        if i == last_sum:  # the sum rules, once the group sums over every tensor are known
+            lines.append(r"&\qquad \text{once the group sums are known, per param group:} \\")
+            for sum_rule in spec.sum_rules:
+                target, expr = latex(sum_rule.target, names), latex(sp.sympify(sum_rule.expr), names)
+                lines.append(rf"&\qquad\quad {target} \leftarrow {expr} \\")
+            lines.append(r"&\qquad \text{per element:} \\")
     if spec.modes is not None:  # the mode methods, elementwise
         lines.append(r"&\rule{100mm}{0.4pt} \\")
         for transition in (spec.modes.enter, spec.modes.leave):

@@ -106,6 +106,9 @@ class Reduction:
     squared: bool = False  # `expr` is already the square (see passes/reductions.summand)
     space: Space = Space.TENSOR  # the space of the result
     plain: bool = False  # per tensor: sums `expr` itself, no square and no root (`mean`)
+    # a group sum (spec.group_sum): summed per tensor like a plain mean, then added over the
+    # step's tensors by the run-time for the sum rules, never divided nor read per tensor
+    group: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,9 @@ class Kernel:
     matrices: bool = False  # a factored variant: tensors seen as stacks of matrices
     # computed by the matrix stage (region TENSOR, MATRIX), each over its scratch matrix
     matrix_functions: tuple[MatrixFunction, ...] = ()
+    # (sum rule output, the per-tensor name the stage after the group sums reads it by), in the
+    # order of the per-tensor rows the run-time fills (passes/group_sums.py)
+    late: tuple[tuple[sp.Symbol, sp.Symbol], ...] = ()
 
     def region(self, space: Space, phase: int) -> Region:
         """The region over `space` in `phase`, or an empty one."""

@@ -36,6 +36,7 @@ from optforge.compiler.passes.branches import branches, choose_branch, find_guar
 from optforge.compiler.passes.cse import eliminate_common_subexpressions, prune
 from optforge.compiler.passes.defer import deferred_stores
 from optforge.compiler.passes.factored import assign_passes, extract_means
+from optforge.compiler.passes.group_sums import extract_group_sums
 from optforge.compiler.passes.hoist import Hoisted, hoist
 from optforge.compiler.passes.levels import Level, assign_levels
 from optforge.compiler.passes.matrix import extract_matrix_functions
@@ -108,6 +109,8 @@ class Front:
     levels: dict[sp.Symbol, Level]  # of the inputs, the reductions and the means
     guards: list[sp.Expr]
     matrix_functions: list[MatrixFunction]  # each computed by the matrix stage (passes/matrix.py)
+    # (sum rule output, its late name) of a spec with group sums (passes/group_sums.py)
+    late: tuple[tuple[sp.Symbol, sp.Symbol], ...] = ()
 
 
 def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
@@ -115,6 +118,7 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     states = [s for s in spec.state if S.active(s.when, variant)]
     arrays = [Array(S.w, "param"), Array(S.g, "grad")] + [Array(s.symbol, s.name, s.shape) for s in states]
     assignments, outputs = to_ssa(specialize(spec, variant), {a.symbol for a in arrays})
+    assignments, group = extract_group_sums(assignments, S.sum_outputs(spec))
     assignments, matrix_functions = extract_matrix_functions(assignments, spec.where)
     assignments, found = extract_means(assignments)
     assignments, reductions = extract_reductions(assignments)
@@ -122,6 +126,7 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     # passes treat it like any other element-level result.
     squares, reductions = summands(assignments, reductions)
     assignments += squares
+    reductions += group.reductions  # their summands are in place already
     means = [_mean(m, kind) for kind, ms in found.items() for m in ms]
     # To the hoister, per-row, per-column and per-matrix values vary like elements do.
     levels = input_levels(spec) | {r.symbol: Level.TENSOR for r in reductions}
@@ -129,11 +134,15 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     levels |= dict.fromkeys(S.MATRIX_TENSOR, Level.TENSOR)
     # A matrix function's result varies per element; the stage before it stores its argument.
     levels |= {mf.symbol: Level.ELEMENT for mf in matrix_functions}
+    # The sum rules' values, which the stage after the group sums reads: per tensor, as a
+    # finalize's values are (the run-time fills their rows of the per-tensor table).
+    levels |= {name: Level.TENSOR for _, name in group.late}
     guards = find_guards(assignments, assign_levels(assignments, levels))
     sums = [
         Reduction(r.symbol, s.target, r.mean, r.squared, plain=r.plain) for r, s in zip(reductions, squares)
     ]
-    return Front(arrays, assignments, outputs, sums, means, levels, guards, matrix_functions)
+    sums += group.reductions
+    return Front(arrays, assignments, outputs, sums, means, levels, guards, matrix_functions, group.late)
 
 
 def _mean(mean: Mean, kind) -> Reduction:
@@ -147,7 +156,7 @@ def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
     for values in branches(f.guards):
         exprs = choose_branch([a.expr for a in f.assignments], f.guards, values)
         chosen = [Assignment(a.target, e) for a, e in zip(f.assignments, exprs)]
-        hoisted = hoist(chosen, f.levels)
+        hoisted = summed_per_element(hoist(chosen, f.levels), f.reductions)
         placed = place(spec, variant, f, chosen, hoisted)
         found = regions(placed)
         kernels.append(
@@ -157,9 +166,26 @@ def lower(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> list[Kernel]:
                 regions=tuple(found),
                 matrices=placed.matrices,
                 matrix_functions=tuple(f.matrix_functions),
+                late=f.late,
             )
         )
     return kernels
+
+
+def summed_per_element(hoisted: Hoisted, reductions: list[Reduction]) -> Hoisted:
+    """A reduction's summand that does not vary over the tensor in this branch stays in the
+    element loop, which sums it: Prodigy's group sums are 0 for a group at lr 0, a branch
+    chosen on the host, and the hoister would take the 0 out of the loop."""
+    summands = {r.expr for r in reductions}
+    moved = [a for a in hoisted.step + hoisted.tensor if a.target in summands]
+    if not moved:
+        return hoisted
+    return Hoisted(
+        step=[a for a in hoisted.step if a.target not in summands],
+        tensor=[a for a in hoisted.tensor if a.target not in summands],
+        element=moved + hoisted.element,
+        levels=hoisted.levels | {a.target: Level.ELEMENT for a in moved},
+    )
 
 
 def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Hoisted) -> Placed:
@@ -172,10 +198,12 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     """
     outputs = changed_outputs(f.outputs, chosen)  # a branch may leave a state as it was
     shape = S.MATRIX_TENSOR if spec.tensor_rank == 2 else ()
+    late = [name for _, name in f.late]
     per_tensor = [
         *S.BUILTIN_TENSOR,
         *S.BUILTIN_COUNTED,
         *shape,
+        *late,
         *(r.symbol for r in f.reductions),
         *(a.target for a in hoisted.tensor),
     ]
@@ -184,6 +212,7 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     phases = {a.symbol: PASS1 if a.shape == "element" else LINES for a in f.arrays}
     phases |= {m.symbol: MEAN_PHASE[m.space] for m in f.means} | {r.symbol: FINALIZE for r in f.reductions}
     phases |= dict.fromkeys(S.BUILTIN_COUNTED, FINALIZE)
+    phases |= dict.fromkeys(late, FINALIZE)  # filled by the run-time after the group sums
     # A matrix function's result is per element, ready after the matrix stage.
     spaces |= {mf.symbol: Space.ELEMENT for mf in f.matrix_functions}
     phases |= {mf.symbol: MATRIX for mf in f.matrix_functions}
@@ -197,6 +226,8 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
     }
     # AdamOffload's parameter update runs on its own, after everything else.
     earliest = {outputs[S.w]: APPLY} if spec.separate_apply else {}
+    # (a summand is summed by an element pass, even one that reads no element: summed_per_element)
+    earliest |= {r.expr: PASS1 for r in f.reductions if r.space == Space.TENSOR}
     stores = {outputs[a.symbol]: a for a in f.arrays if a.symbol in outputs}
     while True:  # phases only grow, so this ends
         placed_spaces, placed_phases = assign_passes(
@@ -216,7 +247,7 @@ def place(spec: S.Spec, variant, f: Front, chosen: list[Assignment], hoisted: Ho
         # (a matrix function's result is in its scratch matrix after the matrix stage)
         stores=stores | {mf.symbol: mf.array for mf in f.matrix_functions},
         reductions=tuple(f.reductions + f.means),
-        per_tensor_arrays=(*S.BUILTIN_TENSOR, *shape),
+        per_tensor_arrays=(*S.BUILTIN_TENSOR, *shape, *late),
         matrix_functions=tuple(f.matrix_functions),
         matrices=S.is_factored(spec, variant),
         where=spec.where,

@@ -64,6 +64,57 @@ def reference_step(
     return {k: np.broadcast_to(v, np.shape(arrays[k])).copy() for k, v in updated.items() if k in arrays}
 
 
+def reference_group_step(
+    spec: S.Spec,
+    variant: dict[sp.Symbol, bool],
+    arrays: list[dict[str, np.ndarray]],
+    scalars: list[dict[str, float]],
+) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+    """One step in float64 of every tensor of a group at once, for a spec with group sums:
+    the rules in order over each tensor (`arrays[i]`, `scalars[i]` as `reference_step` takes
+    them); a group sum is the sum of its argument over every element of every tensor; the sum
+    rules run once, after the last group sum, and the rules after it read their values.
+    Returns each tensor's new arrays and the sum rules' targets."""
+    envs = [
+        {k: np.asarray(v, dtype=np.float64) for k, v in a.items()}
+        | {k: v if v is None or callable(v) else float(v) for k, v in s.items()}
+        for a, s in zip(arrays, scalars)
+    ]
+    for env, a in zip(envs, arrays):
+        env.setdefault(S.numel.name, float(np.size(a["w"])))
+    rules = specialize(spec, variant)
+    sums = [i for i, rule in enumerate(rules) if isinstance(rule.expr, S.group_sum)]
+    updated: list[dict] = [{} for _ in envs]
+    summed: dict[str, object] = {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for i, rule in enumerate(rules):
+            if isinstance(rule.expr, S.group_sum):
+                inner = [type(rule)(rule.target, rule.expr.args[0])]
+                parts = []
+                for env in envs:
+                    _evaluate(inner, env, {})
+                    parts.append(float(np.sum(env[rule.target.name])))
+                for env in envs:
+                    env[rule.target.name] = np.float64(sum(parts))
+            else:
+                for env, out in zip(envs, updated):
+                    _evaluate([rule], env, out)
+            if sums and i == sums[-1]:  # the sum rules, once, from the step's values and the totals
+                step_env = {
+                    k: v if v is None or callable(v) else np.float64(v)
+                    for k, v in envs[0].items()
+                    if v is None or callable(v) or np.ndim(v) == 0
+                }
+                _evaluate(list(spec.sum_rules), step_env, summed)
+                for env in envs:
+                    env.update(summed)
+    results = [
+        {k: np.broadcast_to(v, np.shape(a[k])).copy() for k, v in out.items() if k in a}
+        for out, a in zip(updated, arrays)
+    ]
+    return results, {k: float(v) for k, v in summed.items()}
+
+
 def _evaluate(rules, env, updated) -> None:
     for rule in rules:
         if rule.expr.has(S.call, S.given):  # a callable hyperparameter at this step: its value
@@ -85,11 +136,12 @@ def _evaluate(rules, env, updated) -> None:
 
 def reference_advance(spec: S.Spec, scalars: dict[str, float]) -> dict[str, float]:
     """The step rules in float64 as written: `scalars` maps 't', 'lr', the hyperparameters
-    and each step state (its value before the step) to numbers; returns every step rule's
-    target (the step states' new values and the step-level locals)."""
+    and each step state (its value before the step) to numbers; returns every step state
+    (as the step rules leave it) and every step rule's local."""
     # NumPy floats: a Piecewise evaluates every branch, and one not taken may divide by 0.
     env: dict[str, object] = {k: np.float64(v) for k, v in scalars.items()}
     updated: dict[str, object] = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         _evaluate(list(spec.step_rules), env, updated)
-    return {k: float(v) for k, v in updated.items()}
+    kept = {s.symbol.name: env[s.symbol.name] for s in spec.step_state}  # (one only sum rules write)
+    return {k: float(v) for k, v in (kept | updated).items()}

@@ -20,7 +20,7 @@ RESERVED = {
 }  # fmt: skip
 RESERVED_PATTERN = re.compile(
     r"(s|u|x|y|z|h|sum|norm|rms|mean|row_mean|col_mean|matrix_mean|row_sum|col_sum|matrix_sum)\d+"
-    r"|.*_(c|m|tensors|per_tensor|tensor|new|of|rows|cols|per_matrix)"
+    r"|.*_(c|m|tensors|per_tensor|tensor|new|of|late|rows|cols|per_matrix)"
 )
 
 

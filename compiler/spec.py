@@ -165,7 +165,23 @@ class matrix_mean(_Reduction):
     MEAN = True
 
 
-REDUCTIONS = (norm, rms, mean, row_mean, col_mean, matrix_mean)
+class group_sum(_Reduction):
+    """The sum of an element-level expression over every element of every tensor the step
+    updates (all param groups, and every rank's part of a split tensor): one number per step.
+
+    Written as a rule's whole expression, `Rule(x, group_sum(e))`, it reads `e` where the rule
+    stands (states updated by the rules before it hold their new values). Only the spec's
+    `sum_rules` read `x`: host rules that run once the sums are known, and update the step
+    state (Prodigy's D estimate). The rules after the first group sum read the values the sum
+    rules leave. The compiler sums `e` in the first element stage (float64 partial sums per
+    chunk, added per tensor, then over the tensors in a fixed order), the run-time runs the
+    sum rules between the stages, and the later element stage reads their values.
+    """
+
+    LATEX = r"\sum_{\mathrm{group}} %s"
+
+
+REDUCTIONS = (norm, rms, mean, row_mean, col_mean, matrix_mean, group_sum)
 # Reductions to one value per tensor: a two-stage kernel's first pass sums their arguments.
 TENSOR_REDUCTIONS = (norm, rms, mean)
 
@@ -423,7 +439,8 @@ class StepState:
     """A scalar kept per parameter group between steps (Schedule-Free's `lr_max`, `weight_sum`).
 
     `init` is its value before the first step: a number (an int keeps the state an int, as a
-    step counter is). The spec's `step_rules` update it once per step and group, on the host,
+    step counter is), or a hyperparameter, whose value the optimizer is created with (Prodigy's
+    `d` starts at `d0`). The spec's `step_rules` update it once per step and group, on the host,
     before the kernels run; rules (element and step rules) read it like a hyperparameter. The
     dialects keep it in the param group under `name` (as Schedule-Free's reference does), so
     checkpoints save and restore it with the group's options.
@@ -561,6 +578,10 @@ class Export:
     aliases: tuple = ()  # other names the dialect's package gives the class (the reference's own)
     domains: dict = field(default_factory=dict)  # hyper symbol -> this dialect's Interval (torch's)
     group_step: bool = False  # torch dialect: the reference keeps `step` per param group too
+    # torch dialect: the torch keys of states the reference keeps flattened (Prodigy's `s` and
+    # `p0`): `state[p]` shows them 1-D, and a loaded one may be 1-D (or, for a state that starts
+    # as the parameter, a 0-d zero: the reference's start of an all-zero parameter)
+    flat_state: tuple = ()
     options: tuple = ()  # Option arguments the signature may name
     # hyper name -> an expression of the other arguments: a group option the constructor
     # computes, not an argument (MARS's lr_1d_factor = lr_1d/lr, as pytorch_optimizer keeps it)
@@ -604,6 +625,16 @@ class Spec:
     # element rules may read (Schedule-Free's ckp1).
     step_state: tuple[StepState, ...] = ()
     step_rules: tuple[Rule, ...] = ()
+    # Host rules run once the group sums are known (`group_sum`), between the element stages:
+    # each reads t, lr, hyperparameters, step state, the step rules' locals, the group sums and
+    # earlier sum rules' targets, and updates a step state or defines a local. The element
+    # rules after the first group sum read their values.
+    sum_rules: tuple[Rule, ...] = ()
+    # One step state for the whole optimizer, as Prodigy's reference keeps its D estimate: the
+    # step and sum rules run once per step from the first param group's options, with `lr` the
+    # largest of the groups' (a group whose lr is neither that nor 0 refuses the step, as the
+    # reference's RuntimeError), and every group holds the result. False: one per group.
+    shared_step_state: bool = False
     modes: Modes | None = None
     # The number of dimensions every parameter must have, or None for any: 2 for a spec of
     # matrices (one with a matrix function), whose classes refuse other parameters.
@@ -612,7 +643,7 @@ class Spec:
     def __post_init__(self):
         for name in (
             "hypers", "flags", "state", "rules", "exports", "references", "notes", "constraints",
-            "step_state", "step_rules",
+            "step_state", "step_rules", "sum_rules",
         ):  # fmt: skip
             object.__setattr__(self, name, tuple(getattr(self, name)))
         check_spec(self)
@@ -716,6 +747,7 @@ def check_spec(spec: Spec) -> None:
     state_syms = {s.symbol for s in spec.state}
     _check_step_state(spec, fail, hyper_syms, flag_syms, state_syms)
     step_syms = set(step_inputs(spec))
+    _check_sum_rules(spec, fail, hyper_syms, flag_syms, state_syms, step_syms)
 
     for sym in spec.latex:
         if not isinstance(sym, sp.Symbol):
@@ -816,6 +848,7 @@ def check_spec(spec: Spec) -> None:
 
     for variant in spec.variants():
         _check_variant(spec, variant, fail, hyper_syms | step_syms, flag_syms, state_syms)
+        # (the group sums' targets are no element values: only the sum rules read them)
 
     uses_matrix = any(sp.sympify(r.expr).atoms(*MATRIX_FUNCTIONS) for r in spec.rules)
     reads_shape = any(sp.sympify(r.expr).free_symbols & set(MATRIX_TENSOR) for r in spec.rules)
@@ -935,6 +968,7 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
         readable |= set(MATRIX_TENSOR)
     varying = set(BUILTIN_ELEMENT) | states  # what may differ from element to element (or row to row)
     assigned: set[sp.Symbol] = set()
+    sums: set[sp.Symbol] = set()  # the group sums' targets
     label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
     flag_values = {flag: sp.true if on else sp.false for flag, on in variant.items()}
     active_exprs = [sp.sympify(r.expr).subs(flag_values) for r in spec.rules if active(r.when, variant)]
@@ -944,6 +978,16 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             continue
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
+        if isinstance(expr, group_sum):  # read by the sum rules only; the rules after it read theirs
+            readable |= set(sum_locals(spec))
+            sums.add(rule.target)
+        elif expr.free_symbols & sums:
+            read = sorted(expr.free_symbols & sums, key=str)[0]
+            fail(
+                where,
+                f"reads the group sum '{read}': only the sum rules read a group sum (they run once "
+                "it is known, between the element stages)",
+            )
         _check_functions(expr, where, fail, varying)
         _check_matrix_functions(expr, where, fail, varying, hyper_syms)
         _check_callables(spec, expr, where, fail)
@@ -990,6 +1034,69 @@ def step_locals(spec: Spec) -> tuple[sp.Symbol, ...]:
     return tuple(dict.fromkeys(r.target for r in spec.step_rules if r.target not in states))
 
 
+def group_sum_targets(spec: Spec) -> tuple[sp.Symbol, ...]:
+    """The targets of the rules that are a group sum (`Rule(x, group_sum(e))`), in order."""
+    return tuple(r.target for r in spec.rules if isinstance(sp.sympify(r.expr), group_sum))
+
+
+def sum_locals(spec: Spec) -> tuple[sp.Symbol, ...]:
+    """The targets of the sum rules that are no step state, in order."""
+    states = {s.symbol for s in spec.step_state}
+    return tuple(dict.fromkeys(r.target for r in spec.sum_rules if r.target not in states))
+
+
+def sum_outputs(spec: Spec) -> tuple[sp.Symbol, ...]:
+    """What the sum rules hand on, in order: each step state's value after them, then their
+    locals (the run-time keeps the first, the later element stage may read any)."""
+    return tuple(s.symbol for s in spec.step_state) + sum_locals(spec)
+
+
+def _check_sum_rules(spec: Spec, fail, hyper_syms, flag_syms, state_syms, step_syms) -> None:
+    """Group sums and the sum rules: where a group sum may stand, what a sum rule reads and writes."""
+    targets = group_sum_targets(spec)
+    for i, rule in enumerate(spec.rules, 1):
+        expr = sp.sympify(rule.expr)
+        found = expr.atoms(group_sum)
+        if found and not isinstance(expr, group_sum):
+            fail(f"rule {i} ({rule})", "a group sum is a rule's whole expression: Rule(x, group_sum(e))")
+        if isinstance(expr, group_sum):
+            if rule.when is not None:
+                fail(f"rule {i} ({rule})", "a group sum takes no 'when': every variant sums it")
+            if rule.target in state_syms | {w} or rule.target in step_syms:
+                fail(f"rule {i} ({rule})", "a group sum's target is a new name (the sum rules read it)")
+    if targets and not spec.sum_rules:
+        fail("sum_rules", f"the group sums {', '.join(map(str, targets))} need sum rules that read them")
+    if spec.sum_rules and not targets:
+        fail("sum_rules", "sum rules run once the group sums are known, but no rule is a group sum")
+    states = {s.symbol for s in spec.step_state}
+    readable = {t, lr} | hyper_syms | step_syms | set(targets)
+    written: set[sp.Symbol] = set()
+    for i, rule in enumerate(spec.sum_rules, 1):
+        where = f"sum rule {i} ({rule})"
+        if not isinstance(rule.target, sp.Symbol):
+            fail(where, "the target must be a symbol")
+        if rule.when is not None:
+            fail(where, "sum rules take no 'when': a flag's variants share the step-level state")
+        if rule.target in hyper_syms | flag_syms | state_syms | set(targets) or rule.target in BUILTINS:
+            fail(where, f"cannot assign to '{rule.target}': only step states and new locals can be")
+        if rule.target in step_syms - states:
+            fail(where, f"cannot assign to '{rule.target}': it is a step rule's local")
+        if rule.target in written and rule.target not in states:
+            fail(where, f"assigns the local '{rule.target}' twice")
+        if is_reserved(rule.target.name):
+            fail(where, f"the name '{rule.target}' is reserved by the generated code; choose another")
+        expr = sp.sympify(rule.expr)
+        _check_functions(expr, where, fail)
+        if expr.atoms(*REDUCTIONS):
+            fail(where, "a sum rule is computed once per step: it reads the group sums by their names")
+        for sym in sorted(expr.free_symbols, key=str):
+            if sym not in readable:
+                fail(where, f"reads '{sym}': sum rules read t, lr, hyperparameters, step state, the "
+                     "step rules' locals, the group sums and earlier sum rules' targets")  # fmt: skip
+        written.add(rule.target)
+        readable.add(rule.target)
+
+
 def step_inputs(spec: Spec) -> tuple[sp.Symbol, ...]:
     """What the step rules hand the kernels' host code, in order: each step state's new
     value, then the locals."""
@@ -1008,8 +1115,11 @@ def _check_step_state(spec: Spec, fail, hyper_syms, flag_syms, state_syms) -> No
     state_names = {s.symbol for s in spec.step_state}
     keys = {"params", "lr", "weight_decay", *(h.name for h in spec.hypers), *(f.name for f in spec.flags)}
     for s in spec.step_state:
-        if isinstance(s.init, bool) or not isinstance(s.init, (int, float)):
-            fail(f"step state '{s.name}'", f"initial value must be a number (int or float), got {s.init!r}")
+        if isinstance(s.init, bool) or not (isinstance(s.init, (int, float)) or s.init in hyper_syms):
+            fail(
+                f"step state '{s.name}'",
+                f"initial value must be a number (int or float) or a hyperparameter, got {s.init!r}",
+            )
         if not s.name.isidentifier() or s.name in keys:
             fail(f"step state '{s.name}'", "its group key must be an identifier no argument or option uses")
         keys.add(s.name)
@@ -1038,9 +1148,10 @@ def _check_step_state(spec: Spec, fail, hyper_syms, flag_syms, state_syms) -> No
                      "step state and earlier step rules' targets")  # fmt: skip
         written.add(rule.target)
         readable.add(rule.target)
+    written |= {r.target for r in spec.sum_rules}
     for s in spec.step_state:
         if s.symbol not in written:
-            fail(f"step state '{s.name}'", "is never written by a step rule")
+            fail(f"step state '{s.name}'", "is never written by a step rule or a sum rule")
     if spec.modes is None:
         return
     modes = spec.modes

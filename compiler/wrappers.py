@@ -143,6 +143,16 @@ class Argument:
     keyword_only: bool = False
 
 
+def source(value) -> str:
+    """A default as Python source: its repr, but an infinite or NaN float as `math.inf` /
+    `math.nan` (the generated modules import math; `inf` is no name)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "math.nan" if math.isnan(value) else ("math.inf" if value > 0 else "-math.inf")
+    if isinstance(value, tuple):
+        return "(" + ", ".join(source(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return repr(value)
+
+
 def runtime_domain(domain: sp.Interval) -> Interval:
     def number(x):
         return math.inf if x == sp.oo else -math.inf if x == -sp.oo else float(x)
@@ -169,7 +179,7 @@ def _packed(entry) -> tuple[str, ...] | None:
 def _packed_argument(name: str, hypers: list, kind: str) -> Argument:
     """The documented argument of a packed tuple: its members' defaults and docs joined."""
     doc = " and ".join(f"{h.doc[0].lower()}{h.doc[1:].rstrip('.')}" for h in hypers) + "."
-    return Argument(name, repr(tuple(h.default for h in hypers)), kind, doc[0].upper() + doc[1:])
+    return Argument(name, source(tuple(h.default for h in hypers)), kind, doc[0].upper() + doc[1:])
 
 
 def _unpack_line(unpack: str, cls: str, name: str, members: tuple[str, ...]) -> str:
@@ -202,7 +212,7 @@ def class_context(spec: Spec, export: Export) -> dict:
             flag = next(f for f in spec.flags if f.name == name)
             types, doc = "bool", flag.doc
             default = flag.default if default is None else default
-        arguments.append(Argument(name, None if default is REQUIRED else repr(default), types, doc))
+        arguments.append(Argument(name, None if default is REQUIRED else source(default), types, doc))
     names = [a.name for a in arguments]
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     hypers = [h for h in spec.hypers if h.name in hyper_names]
@@ -342,7 +352,7 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
             types, doc = OPTIM_ARGUMENTS[name]
             if name == "weight_decay":
                 doc = DECAY_WORDS[spec.decay] + doc
-            arguments.append(Argument(name, repr(default), types, doc))
+            arguments.append(Argument(name, source(default), types, doc))
             continue
         if name in options:
             arguments.append(option_argument(options[name]))
@@ -393,7 +403,10 @@ def optim_class_context(spec: Spec, export: Export) -> dict:
         else:
             arguments.append(
                 Argument(
-                    name, repr(h.default if default is None else default), _type_words(types_of[name]), h.doc
+                    name,
+                    source(h.default if default is None else default),
+                    _type_words(types_of[name]),
+                    h.doc,
                 )
             )
         if h.is_callable:
@@ -575,10 +588,11 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
     context = optim_class_context(spec, replace(export, signature=core))
     domains = {sym.name: runtime_domain(dom) for sym, dom in spec.domains.items()}
     raises = list(TORCH_RAISES)
-    for label, name, _, _ in context["checks"]:
+    for label, name, types, _ in context["checks"]:
         if name in domains:
             raises.append(("ValueError", f"`{label}` is not {domains[name].describe()}."))
-        raises.append(("TypeError", f"`{label}` is not a real number."))
+        kind = "a bool" if list(types) == ["bool"] else "a real number"
+        raises.append(("TypeError", f"`{label}` is not {kind}."))
     raises += [("TypeError", f"`{name}` is not a bool.") for name in context["bools"]]
     raises += [
         ("TypeError", f"`{name}` is not {_type_words(types)}.") for name, types in context["callables"]
@@ -644,6 +658,7 @@ def torch_class_context(spec: Spec, export: Export) -> dict:
         "defaults": "{" + ", ".join(f'"{n}": {n}' for n in names) + derived_defaults(export) + "}",
         "state_keys": repr(keys),
         "optional_state": repr(tuple(export.optional_state)),
+        "flat_state": repr(tuple(export.flat_state)),
         "step_arguments": step_arguments,
         "extra_state": extra_state,
         "state_docs": [

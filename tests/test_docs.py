@@ -1,5 +1,6 @@
 """Documentation generated from the specs: current, complete, and its code runs."""
 
+import math
 import re
 import subprocess
 import sys
@@ -31,7 +32,10 @@ def code_blocks(text: str, after: str = "") -> list[str]:
 
 
 def _shown(default) -> str:
-    """A default as the pages print it: a function (a callable hyperparameter's) by its name."""
+    """A default as the pages print it: a function (a callable hyperparameter's) by its name,
+    an infinite float as the source that writes it (`math.inf`)."""
+    if isinstance(default, float) and math.isinf(default):
+        return "math.inf" if default > 0 else "-math.inf"
     return default.__name__ if isinstance(default, types.FunctionType) else repr(default)
 
 

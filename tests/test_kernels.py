@@ -8,10 +8,11 @@ import importlib
 
 import numpy as np
 import pytest
+import sympy as sp
 
 from optforge.compiler.build import load_specs
-from optforge.compiler.reference import reference_advance, reference_step
-from optforge.compiler.spec import REQUIRED, is_factored, step_inputs
+from optforge.compiler.reference import reference_advance, reference_group_step, reference_step
+from optforge.compiler.spec import REQUIRED, is_factored, step_inputs, sum_outputs
 from optforge.runtime.factored import STATE_SHAPES, factored_table
 from optforge.runtime.kernels import chunk_table
 from optforge.runtime.launch import step_arrays
@@ -39,6 +40,8 @@ ILL_CONDITIONED_IN_FLOAT32 = {"rmsprop"}
 # ASGD averages only after t0 = 1e6 steps by default (test_catalogue_torch runs t0 = 5).
 # ADOPT's (clip_lambda None, t == 1) branch: one run has one first step, taken with its
 # default clip_lambda; without it the first step's kernel is the same (it does not clip).
+ZERO_BETA1 = {"prodigy"}  # a host branch for beta1 == 0
+ZERO_LR = {"prodigy"}  # a host branch for lr == 0 (a group that takes no part)
 UNREACHABLE = {"sgd": {(True, False)}, "asgd": {(False,)}, "adopt": {(False, True)}}
 SIZES = [1, 7, 33, 70001]  # several tensors, odd sizes
 CHUNK = 4096  # small, so all but the tiny tensors span several chunks
@@ -66,7 +69,43 @@ def hypers_for(spec, t):
         hypers = {k: 0.05 if v == 0 else v for k, v in hypers.items()}
     else:
         hypers |= {h.name: None for h in spec.hypers if h.is_callable and "None" in h.types}
+    if spec.name in ZERO_BETA1 and t in (4, 5):  # its kernel for beta1 = 0 (no momentum) runs too
+        hypers["beta1"] = 0.0
     return hypers
+
+
+def initial_step_state(spec) -> dict:
+    """Each step state's value before the first step (a hyperparameter's default for one that
+    starts at it: Prodigy's d at d0)."""
+    return {
+        s.symbol.name: hypers_for(spec, 1)[s.init.name] if isinstance(s.init, sp.Symbol) else s.init
+        for s in spec.step_state
+    }
+
+
+def expected_step(spec, variant, tensors, scalars, step):
+    """The reference's step of every tensor (`reference_step` each; with group sums,
+    `reference_group_step` of all at once), the `after_sums` the kernels' run-time calls
+    between the stages (the module's AFTER_SUMS at `step` = (t, lr, hypers)), and
+    `check(step_state, rtol)`: the generated sum rules' values against the rules as written,
+    and the step state they leave (the one given, without group sums)."""
+    if not spec.sum_rules:
+        expected = [reference_step(spec, variant, a, s) for a, s in zip(tensors, scalars)]
+        return expected, None, lambda step_state, rtol: step_state
+    expected, summed = reference_group_step(spec, variant, tensors, scalars)
+    module = importlib.import_module(f"optforge.generated.cpu.{spec.name}")
+    t, lr, hypers = step
+    outputs = []
+
+    def after_sums(totals):
+        outputs.append(module.AFTER_SUMS(t, lr, *hypers.values(), *totals))
+        return outputs[-1]
+
+    def check(step_state, rtol):
+        np.testing.assert_allclose(outputs[0], [summed[s.name] for s in sum_outputs(spec)], rtol=rtol)
+        return {n: summed[n] for n in step_state}  # continue from the reference's
+
+    return expected, after_sums, check
 
 
 def advanced(spec, t, lr, hypers, step_state):
@@ -103,9 +142,9 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
     chunks = chunk_table(SIZES, CHUNK)
     scalar = np.dtype(dtype).type
     branches_seen = set()
-    step_state = {s.symbol.name: s.init for s in spec.step_state}
+    step_state = initial_step_state(spec)
     for t in range(1, 8):
-        lr = 0.01 * t
+        lr = 0.0 if spec.name in ZERO_LR and t in (3, 5) else 0.01 * t
         hypers = hypers_for(spec, t)
         if spec.step_rules:  # the host's advance against the step rules as written
             step_state, step_values = advanced(spec, t, lr, hypers, step_state)
@@ -113,15 +152,12 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
         key = compiled.branch_key(t, lr, *hypers.values())
         branches_seen.add(key)
         branch = compiled.branches[key]
-        expected = [
-            reference_step(
-                spec,
-                variant,
-                {n: arrays[n][i] for n in names},
-                {"t": t, "lr": lr, **hypers, **{k: v[i] for k, v in per_tensor.items()}},
-            )
+        tensors = [{n: arrays[n][i] for n in names} for i in range(len(SIZES))]
+        scalars = [
+            {"t": t, "lr": lr, **hypers, **{k: v[i] for k, v in per_tensor.items()}}
             for i in range(len(SIZES))
         ]
+        expected, after_sums, check_sums = expected_step(spec, variant, tensors, scalars, (t, lr, hypers))
         step_arrays(
             branch,
             dtype,
@@ -130,7 +166,9 @@ def test_kernel_matches_spec_reference_over_several_steps(case, rng):
             per_tensor["weight_decay"].astype(dtype),
             per_tensor["grad_scale"].astype(dtype),
             [scalar(s) for s in branch.scalars(t, lr, *hypers.values())],
+            after_sums=after_sums,
         )
+        step_state = check_sums(step_state, 1e-5 if dtype == "float32" else 1e-10)
         # float32: a few ulp of O(1) values (sums of O(1) terms can cancel to small results).
         tol = dict(rtol=2e-6, atol=3e-7) if dtype == "float32" else dict(rtol=1e-12, atol=1e-15)
         if spec.host_dtype == "float32":

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import optforge
 from optforge.compiler.build import load_specs
-from optforge.compiler.reference import reference_advance, reference_step
+from optforge.compiler.reference import reference_advance, reference_group_step, reference_step
 from optforge.compiler.spec import active, rank_flag
 from optforge.compiler.wrappers import runtime_domain
 from optforge.runtime.factored import STATE_SHAPES
@@ -65,6 +65,8 @@ STEP_FUNCTIONS = (None, lambda step: step**0.25, lambda step: 0.5 / step)
 def _draw_hyper(data, spec, name):
     hyper = spec.hyper(name)
     symbol = hyper.symbol
+    if hyper.types == ("bool",):  # a switch the step rules test (Prodigy's use_bias_correction)
+        return data.draw(st.booleans(), label=name)
     if symbol in spec.domains:
         domain = runtime_domain(spec.domains[symbol])
         # Away from the degenerate corners where float32 cannot follow float64 at all: a decay
@@ -145,7 +147,7 @@ def test_every_class_matches_its_spec_reference(spec, export, shape, dtype, data
         else:
             arrays[state.symbol.name] = np.full(STATE_SHAPES[state.shape](shape), float(init))
     ready(opt)
-    step_state = {s.symbol.name: s.init for s in spec.step_state}
+    step_state = {s.symbol.name: float(sp.sympify(s.init).subs(numbers)) for s in spec.step_state}
     for t in range(1, 4):
         g = rng.standard_normal(shape).astype(dtype)
         opt((g,))
@@ -153,7 +155,12 @@ def test_every_class_matches_its_spec_reference(spec, export, shape, dtype, data
         # The step rules first (step-level state, e.g. Schedule-Free's), then the element rules.
         step_values = reference_advance(spec, {**scalars, "t": t, **step_state}) if spec.step_rules else {}
         step_state = {name: step_values[name] for name in step_state}
-        arrays |= reference_step(spec, flags, arrays, {**scalars, **step_values, "t": t})
+        if spec.sum_rules:  # group sums (over this one tensor), then the sum rules
+            [new], summed = reference_group_step(spec, flags, [arrays], [{**scalars, **step_values, "t": t}])
+            arrays |= new
+            step_state = {name: summed.get(name, step_state[name]) for name in step_state}
+        else:
+            arrays |= reference_step(spec, flags, arrays, {**scalars, **step_values, "t": t})
     # float32 steps, or float32 step-level arithmetic (RAdam, as MindSpore), follow to float32 accuracy.
     exact = dtype == np.float64 and spec.host_dtype == "float64"
     tol = dict(atol=1e-12, rtol=1e-9) if exact else dict(atol=1e-5, rtol=2e-5)

@@ -184,7 +184,7 @@ def test_an_unsupported_function_is_refused_naming_the_rule_and_what_is_supporte
     with pytest.raises(
         SpecError,
         match=r"specs/tiny.py: rule 2 \(.*\): f is not something the kernels can compute\. "
-        r"Reductions: norm, rms, mean, row_mean, col_mean, matrix_mean; functions: Abs, sign",
+        r"Reductions: norm, rms, mean, row_mean, col_mean, matrix_mean, group_sum; functions: Abs, sign",
     ):
         make(rules=[Rule(m, a * m + g), Rule(w, w - lr * f(m))])
     with pytest.raises(SpecError, match="factorial is not something the kernels can compute"):

@@ -32,9 +32,11 @@ from optforge.compiler.spec import (
     Spec,
     SpecError,
     fma,
+    group_sum_targets,
     numel,
     rank_flag,
     step_inputs,
+    sum_outputs,
 )
 
 # Each matrix function's run-time implementation (optforge.runtime.matrix), which the
@@ -278,6 +280,10 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         # a root mean square divides its sum by the tensor's size, which the chunk table gives
         "means": [r.mean for r in first],
         "plain": [r.plain for r in first],
+        # group sums: added over the step's tensors by the run-time, never read per tensor
+        "group": [r.group for r in first],
+        # the sum rules' outputs the stage after the group sums reads (per-tensor rows)
+        "late": [name.name for _, name in kernel.late],
         "counts": any(r.mean for r in first),
         # the finalize reads the element count, which the sums carry in their last column
         "numel": any(numel in a.expr.free_symbols for a in finalize.body)
@@ -299,7 +305,25 @@ def step_context(spec: Spec) -> dict | None:
         "inputs": inputs,
         "lines": [Line(r.target.name, printer.doprint(sp.sympify(r.expr))) for r in spec.step_rules],
         "returns": [s.name for s in step_inputs(spec)],
-        "states": [(s.name, s.init) for s in spec.step_state],
+        # a hyperparameter's initial value by its name (the run-time reads the optimizer's)
+        "states": [
+            (s.name, repr(s.init.name) if isinstance(s.init, sp.Symbol) else s.init) for s in spec.step_state
+        ],
+        "sums": sums_context(spec, printer),
+    }
+
+
+def sums_context(spec: Spec, printer: HostPrinter) -> dict | None:
+    """The `after_sums` function of a spec with group sums: its sum rules, once per step and
+    param group between the element stages, from the step rules' values and the group sums'
+    totals to (each step state's value after them, their locals)."""
+    if not spec.sum_rules:
+        return None
+    inputs = ["t", "lr", *(h.name for h in spec.hypers), *(s.name for s in step_inputs(spec))]
+    return {
+        "inputs": inputs + [s.name for s in group_sum_targets(spec)],
+        "lines": [Line(r.target.name, printer.doprint(sp.sympify(r.expr))) for r in spec.sum_rules],
+        "returns": [s.name for s in sum_outputs(spec)],
     }
 
 
@@ -382,6 +406,9 @@ def plan_source(context: dict, combine: tuple[str, ...] = ()) -> str:
         fields["matrix_means"] = len(context["matrix_means"])
     if any(combine):
         fields["combine"] = repr(combine)
+    if context["late"]:  # the group sums' columns, and how many values the sum rules return
+        fields["group_sums"] = repr(tuple(i for i, group in enumerate(context["group"]) if group))
+        fields["sum_values"] = len(context["late"])
     return "Plan(" + ", ".join(f"{k}={v}" for k, v in fields.items() if v) + ")"
 
 
@@ -401,6 +428,8 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
         stage["scratch"] = any(a in stage["views"] for a in context["scratch_arrays"])
         stage["bounds"] += ["mirror"] if param in stage["stored"] else []
     context["per_tensor_row"] = {p: i for i, p in enumerate(names)}
+    # the sum rules' outputs, read from Scratch.sum_values (in float64) instead
+    context["sum_value_index"] = {p: i for i, p in enumerate(context["late"])}
     if context["factored"]:
         context["matrix_mean_index"] = {name: i for i, (name, _) in enumerate(context["matrix_means"])}
     return context
@@ -460,6 +489,7 @@ def host_names(spec: Spec, kernels: list[Kernel]) -> list[str]:
     scalars = set(scalar_function_names(spec, kernels))
     scalars |= {name for _, _, names, _ in transition_functions(spec) for name in names}
     scalars |= {"advance"} if step_context(spec) else set()
+    scalars |= {"after_sums"} if spec.sum_rules else set()
     return sorted(scalars | {branch_name(k) for k in kernels if k.guards})
 
 

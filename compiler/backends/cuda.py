@@ -62,6 +62,8 @@ def device_refusal(spec: Spec, kernels: list[Kernel]) -> str | None:
     runs on the host only (its CUDA lowering, torch's matmuls on the tensors, is not written)."""
     from optforge.compiler.backends.cpu import MATRIX_FUNCTION_NAMES
 
+    if spec.sum_rules:
+        return "its sum rules run between its stages on the CPU only so far; step CPU tensors"
     names = sorted({MATRIX_FUNCTION_NAMES[mf.function] for k in kernels for mf in k.matrix_functions})
     if not names:
         return None

@@ -76,10 +76,14 @@ def stage_code(macros, k: dict, role: str) -> str:
     return macros.stage_kernel(k, k["stages"][0 if role in ("step", "stage1") else 1], role)
 
 
-def combined_before(role: str, k: dict) -> str:
+def combined_before(role: str, k: dict, previous: str = "") -> str:
     """What the run-time combines before a stage of `role` (Plan.combine): the per-tensor sums
     before a finalize, a factored kernel's column sums before its line stage and its sums
-    over rows before the pass that reads their means."""
+    over rows before the pass that reads their means; with group sums, before the stage after
+    stage 1, "group": the per-tensor sums, their totals over the step's tensors and the sum
+    rules (optforge.runtime.launch)."""
+    if k.get("late") and previous == "stage1":
+        return "group"
     if role == "finalize":
         return "sums"
     if role == "lines" and k["col_means"]:
@@ -129,7 +133,8 @@ class FactoryPrinter:
                 self._add(f"{base}_apply", "apply", macros.apply_kernel(k), user, len(kernel.arrays)),
             )
         output = host_output(self.spec, kernel, k) if self.spec.separate_apply else None
-        combine = tuple(combined_before(role, k) for role, _, _ in stages)
+        roles = [role for role, _, _ in stages]
+        combine = tuple(combined_before(role, k, prev) for role, prev in zip(roles, ["", *roles]))
         return Printed(
             tuple(names), tuple(grid for _, grid, _ in stages), plan_source(k, combine), rows, offload, output
         )

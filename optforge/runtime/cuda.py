@@ -105,6 +105,7 @@ class DeviceLaunchGroup:
                 *(cuda.device_array(shape, np.float64, stream=stream) for shape in shapes),
                 cuda.device_array((0, 0), np.float64, stream=stream),
                 cuda.device_array((0, 3), np.int64, stream=stream),
+                cuda.device_array((0,), np.float64, stream=stream),  # (no group sums on the device)
             )
             per_tensor = cuda.device_array((plan.per_tensor, self.slots), dtype, stream=stream)
             self._buffers[plan] = (per_tensor, scratch)

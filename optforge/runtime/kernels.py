@@ -18,8 +18,10 @@ class Plan(NamedTuple):
     `combine` says, per stage, what the run-time combines before it runs
     (optforge.runtime.combine): "sums" (each tensor's partial sums, over its chunks),
     "columns" (each matrix's column sums, over its chunks), "matrices" (the per-matrix
-    sums the line stage wrote), or "" (nothing). Those are the values a tensor split
-    across ranks sums over them (optforge.runtime.shards) before the stage reads them.
+    sums the line stage wrote), "group" (each tensor's sums, then the group sums' totals
+    over the step's tensors and the sum rules: see `group_sums`), or "" (nothing). Those are
+    the values a tensor split across ranks sums over them (optforge.runtime.shards) before
+    the stage reads them.
 
     `matrices` scratch matrices (a matrix stage's, one per matrix function: each tensor's
     elements at its offset, see optforge.runtime.matrix); `shapes`: per-tensor rows 2 and 3
@@ -34,6 +36,11 @@ class Plan(NamedTuple):
     combine: tuple[str, ...] = ()
     matrices: int = 0
     shapes: bool = False
+    # Group sums (a spec's `group_sum`s): their columns of the per-tensor sums, which the
+    # run-time adds over every tensor of the step at the "group" round, and how many values
+    # the module's AFTER_SUMS returns from those totals (into Scratch.sum_values).
+    group_sums: tuple[int, ...] = ()
+    sum_values: int = 0
 
 
 class Branch(NamedTuple):

@@ -34,6 +34,9 @@ class Scratch(NamedTuple):
     # [matrix functions, elements of all tensors]: a matrix stage's scratch matrices
     matrices: np.ndarray
     matrix_shapes: np.ndarray  # int64 [tensors, 3]: each tensor's offset in them, rows, columns
+    # [sum rule outputs]: what the sum rules return at a "group" round, which the stages after
+    # it read (step-level values, in float64 as the host computed them)
+    sum_values: np.ndarray
 
 
 class StageBuffers:
@@ -52,6 +55,7 @@ class StageBuffers:
             buffers += matrix_buffers(plan, self.shapes, self.tensors)
             if plan.shapes:
                 per_tensor[2:4] = buffers[-1][:, 1:].T  # each matrix's rows and columns
+            buffers.append(np.zeros(plan.sum_values))
             self._made[plan] = (per_tensor, Scratch(*buffers))
         return self._made[plan]
 
@@ -108,26 +112,57 @@ def stage_steps(
     stages = branch.stages[key]
     for stage, kind in zip(stages, branch.plan.combine or ("",) * len(stages)):
         if kind:
-            combine(kind, chunks, scratch)
+            combine("sums" if kind == "group" else kind, chunks, scratch)
             yield kind, scratch
         stage(chunks, arrays, per_tensor, scratch, *scalars)
 
 
-def run_stages(*args) -> None:
-    """`stage_steps` run through, on one process (nothing added between the stages)."""
-    for _ in stage_steps(*args):
-        pass
+def group_totals(sums: list[np.ndarray], columns: tuple[int, ...]) -> np.ndarray:
+    """The group sums over every tensor of the step: `columns` of each batch's per-tensor sums
+    (optforge.runtime.combine), added over the tensors and then the batches in order (float64,
+    so a step's totals do not depend on the thread count)."""
+    total = np.zeros(len(columns))
+    for table in sums:
+        total += table[:, list(columns)].sum(axis=0)
+    return total
+
+
+def fill_sum_values(scratch: Scratch, values) -> None:
+    """The sum rules' outputs, for the stages after the "group" round."""
+    scratch.sum_values[:] = values
+
+
+def run_stages(*args, after_sums=None) -> None:
+    """`stage_steps` run through, on one process (nothing added between the stages). A plan
+    with group sums calls `after_sums(totals)` at its "group" round: the sum rules' outputs
+    from the totals over this batch's tensors."""
+    branch = args[0]
+    for kind, scratch in stage_steps(*args):
+        if kind == "group":
+            if after_sums is None:
+                raise ValueError("a branch with group sums needs `after_sums`: the sum rules")
+            fill_sum_values(scratch, after_sums(group_totals([scratch.sums], branch.plan.group_sums)))
 
 
 def step_arrays(
-    branch: Branch, dtype, chunks, arrays: list[list[np.ndarray]], weight_decay, grad_scale, scalars
+    branch: Branch,
+    dtype,
+    chunks,
+    arrays: list[list[np.ndarray]],
+    weight_decay,
+    grad_scale,
+    scalars,
+    after_sums=None,
 ):
     """One step of `branch` over `arrays` (per array argument, one array per tensor), as a
-    batch steps its tensors: for callers that hold the arrays themselves (tests, benchmarks)."""
+    batch steps its tensors: for callers that hold the arrays themselves (tests, benchmarks);
+    `after_sums` as `run_stages` takes it."""
     dtype = np.dtype(dtype)
     # The arrays themselves, not `reshape(-1)` of them: that would silently copy one that is
     # not C-contiguous, and the table would point at the copy, freed as soon as it was made.
     # A table takes C-contiguous arrays of any shape (their addresses and sizes) and refuses others.
     table = pointer_table([list(row) for row in arrays])
     buffers = StageBuffers(dtype, len(arrays[0]), chunks, [np.shape(a) for a in arrays[0]])
-    run_stages(branch, dtype.name, chunks, table, buffers, weight_decay, grad_scale, scalars)
+    run_stages(
+        branch, dtype.name, chunks, table, buffers, weight_decay, grad_scale, scalars, after_sums=after_sums
+    )

@@ -30,7 +30,7 @@ class OptimOptimizer(FusedOptimizer):
         if not isinstance(items[0], dict):
             items = [{"params": items}]
         # The spec's step state and mode are group entries too, as in the reference's groups.
-        self.defaults = {**defaults, **self._group_extras()}
+        self.defaults = {**defaults, **self._group_extras(defaults)}
         self.param_groups: list[dict] = []
         for group in items:
             self._add_group(group, cls)
@@ -181,6 +181,15 @@ class OptimOptimizer(FusedOptimizer):
         self._checked_options = options
 
     def _apply(self, grads: list) -> bool:
+        launches, finish = self._step_work(grads)
+        self._run_batches(launches)
+        finish()
+        return True
+
+    def _step_work(self, grads: list) -> tuple[list[tuple], object]:
+        """The step over checked gradients, checked and not yet run: its (batch, generator)
+        launches and the function that keeps the step once they have run (a torch optimizer
+        runs several engines' launches in lockstep, for the group sums over all of them)."""
         cls = type(self).__name__
         self._check_groups(cls)
         lrs = [_lr_value(group["lr"], cls) for group in self.param_groups]
@@ -191,28 +200,29 @@ class OptimOptimizer(FusedOptimizer):
         if advanced is not None:  # the kernels' host code reads the new step state and the locals
             hypers = [h + values for h, values in zip(hypers, advanced)]
         steps = self._host_steps(t, lrs, hypers)
-        # Every check has passed: from here on the step changes parameters and state.
-        self._run_batches(
-            [
-                (
+        # Every check has passed: once they run, the launches change parameters and state.
+        launches = [
+            (
+                batch,
+                self._launch(
                     batch,
-                    self._launch(
-                        batch,
-                        grads,
-                        t=t,
-                        lr=lrs[batch.group],
-                        wd=wds[batch.group],
-                        decays=[True] * len(batch.indices),
-                        gc=[False] * len(batch.indices),
-                        step=step,
-                    ),
-                )
-                for batch, step in zip(self._batches, steps)
-            ]
-        )
-        self.global_step = t
-        self._commit_step_state(advanced)
-        return True
+                    grads,
+                    t=t,
+                    lr=lrs[batch.group],
+                    wd=wds[batch.group],
+                    decays=[True] * len(batch.indices),
+                    gc=[False] * len(batch.indices),
+                    step=step,
+                ),
+            )
+            for batch, step in zip(self._batches, steps)
+        ]
+
+        def finish() -> None:
+            self.global_step = t
+            self._commit_step_state(self._summed_step_state(advanced))
+
+        return launches, finish
 
 
 def _parse_option(cls: str, g: int, key: str, current, saved: np.ndarray, none_mask):

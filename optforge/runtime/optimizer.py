@@ -22,7 +22,7 @@ from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_type
 from optforge.runtime.factored import factored_table
 from optforge.runtime.finite import all_finite, table_finite
 from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
-from optforge.runtime.launch import StageBuffers, stage_steps
+from optforge.runtime.launch import StageBuffers, fill_sum_values, group_totals, stage_steps
 from optforge.runtime.pointers import ArrayFields, PointerTable, pointer_table, set_row
 from optforge.runtime.precision import (
     SIXTEEN_BIT,
@@ -772,7 +772,9 @@ class FusedOptimizer(StepStateMixin):
             # A callable hyperparameter left at None stays None: the host code tests it.
             functions = [index == OPTIMIZER_ATTRIBUTE for _, index in getattr(self, "_HYPER_KEYS", ())]
             functions += [False] * (len(hypers[batch.group]) - len(functions))
-            stand_ins = self._none_values or (None,) * len(hypers[batch.group])
+            stand_ins = tuple(self._none_values or ())
+            # (the step rules' values after the hyperparameters have none: never None)
+            stand_ins += (None,) * (len(hypers[batch.group]) - len(stand_ins))
             values = tuple(
                 h if h is not None or f else (eps if s is None else s)
                 for h, f, s in zip(hypers[batch.group], functions, stand_ins)
@@ -788,7 +790,19 @@ class FusedOptimizer(StepStateMixin):
 
     def _run_batches(self, launches: list[tuple]) -> None:
         """Run every batch's `_launch` ((batch, generator) pairs), in lockstep over the ranks
-        when some batch has split tensors (optforge.runtime.shards)."""
+        when some batch has split tensors (optforge.runtime.shards), and over the batches at a
+        group sums' round."""
+        all_reduce = self._checked_launches(launches)
+        self._summed = {}
+        run_lockstep([gen for _, gen in launches], all_reduce, self._group_round())
+
+    def _group_round(self):
+        """What runs a group sums' round (`group_round`), or None for a spec without them."""
+        return group_round if self._SPEC and hasattr(self._kernel_module(), "AFTER_SUMS") else None
+
+    def _checked_launches(self, launches: list[tuple]):
+        """Refuse launches that split tensors cannot run (before any runs); the all-reduce
+        their rounds take (None: no batch has split tensors)."""
         split = [batch for batch, _ in launches if getattr(batch, "shards", None) is not None]
         if any(b.plan.matrices for batch in split for b in batch.variant.branches.values()):
             raise RuntimeError(
@@ -805,7 +819,19 @@ class FusedOptimizer(StepStateMixin):
                 "and this optimizer's per-tensor reductions need every rank's part: set its "
                 "`all_reduce` (optforge.distributed.torch_all_reduce(group)). Nothing was changed."
             )
-        run_lockstep([gen for _, gen in launches], self.all_reduce if split else None)
+        return self.all_reduce if split else None
+
+    def _summed_step_state(self, advanced: list[tuple] | None) -> list[tuple] | None:
+        """`advanced` (each group's step rules' values) with the step state the sum rules left
+        in the groups whose tensors stepped (`_summed`): what the step keeps."""
+        summed = getattr(self, "_summed", None)
+        if advanced is None or not summed:
+            return advanced
+        n = len(self._kernel_module().STEP_STATE)
+        return [
+            tuple(summed[g][:n]) + tuple(values[n:]) if g in summed else values
+            for g, values in enumerate(advanced)
+        ]
 
     def _launch(self, batch: _Batch, grads: list, t: int, lr: float, wd: float, decays, gc, step: tuple):
         """One step of `batch` (a generator: run it through, or in lockstep with the other
@@ -852,7 +878,10 @@ class FusedOptimizer(StepStateMixin):
                 branch, batch.key, chunks, batch.arrays, batch.buffers, weight_decay, grad_scale, scalars
             )
             for kind, scratch in steps:
-                yield [Part(kind, scratch, batch.shards, batch.chunks)]
+                group = None
+                if kind == "group":  # what the sum rules read of this batch (`_group_round`)
+                    group = (self, batch.group, branch.plan, t, lr, hypers)
+                yield [Part(kind, scratch, batch.shards, batch.chunks, group)]
         for pos, i, rows, values in sparse:
             w = self.parameters[i].data
             row_len = w.size // max(w.shape[0], 1)
@@ -959,6 +988,29 @@ class FusedOptimizer(StepStateMixin):
         if self._DECAY == "coupled":
             g = g + wd * w
         return g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True, dtype=g.dtype)
+
+
+def group_round(parts: list) -> None:
+    """A group sums' round over the parts that reach it (every batch of every engine stepping
+    together, each rank's part of a split tensor already added by the round's all-reduce):
+    the sums' totals over all their tensors, then each engine's param group's sum rules (its
+    module's AFTER_SUMS, in float64, from the group's step-level values), whose outputs the
+    next stages read (Scratch.sum_values) and the engine's `_summed` keeps for its step state."""
+    totals = group_totals([part.scratch.sums for part in parts], parts[0].group[2].group_sums)
+    shared = None
+    with np.errstate(all="ignore"):  # a sum rule's 0/0 is NaN, as the reference's NumPy would be
+        for part in parts:
+            engine, g, _, t, lr, hypers = part.group
+            module = engine._kernel_module()
+            if getattr(module, "SHARED_STEP_STATE", False):
+                # one estimate: the first part's group computes it, every group of every engine holds it
+                if shared is None:
+                    shared = tuple(float(v) for v in module.AFTER_SUMS(t, np.float64(lr), *hypers, *totals))
+                engine._summed = dict.fromkeys(range(len(engine.param_groups)), shared)
+            elif g not in engine._summed:
+                values = module.AFTER_SUMS(t, np.float64(lr), *hypers, *totals)
+                engine._summed[g] = tuple(float(v) for v in values)
+            fill_sum_values(part.scratch, engine._summed[g])
 
 
 def run_transition(work: list[tuple]) -> None:

@@ -57,7 +57,7 @@ class BatchShards:
         return self._gathers[kind]
 
     def _make(self, kind: str, chunks) -> list[Gather]:
-        if kind == "sums":
+        if kind in ("sums", "group"):
             return [Gather("sums", (np.flatnonzero(self.split),))]
         matrices = np.flatnonzero(self.rows[chunks.matrix_tensor])
         if kind == "columns":
@@ -85,6 +85,8 @@ class Part(NamedTuple):
     scratch: object  # its Scratch: host arrays, or device arrays
     shards: BatchShards | None  # its split tensors (None: none)
     chunks: object  # the host chunk table its gathers index
+    # At a "group" round: what the sum rules need of the batch (optforge.runtime.optimizer)
+    group: object = None
 
 
 def rounds(steps: list[Iterator[list[Part]]]) -> Iterator[list[Part]]:
@@ -104,18 +106,25 @@ def rounds(steps: list[Iterator[list[Part]]]) -> Iterator[list[Part]]:
         active = going
 
 
-def run_lockstep(steps: list[Iterator[list[Part]]], all_reduce: Callable | None) -> None:
+def run_lockstep(
+    steps: list[Iterator[list[Part]]], all_reduce: Callable | None, on_group: Callable | None = None
+) -> None:
     """Run each batch's stages (`steps`: one generator per batch, see `rounds`); at each
     reduction round, add up over the ranks the values of the split tensors of every part
-    that reaches it, in one `all_reduce` call (none when no part has a split tensor).
-    Without `all_reduce`, each batch runs through alone."""
-    if all_reduce is None:
+    that reaches it, in one `all_reduce` call (none when no part has a split tensor), then,
+    at a "group" round, hand its parts to `on_group` (the group sums over every batch).
+    Without either, each batch runs through alone."""
+    if all_reduce is None and on_group is None:
         for gen in steps:
             for _ in gen:
                 pass
         return
     for parts in rounds(steps):
-        add_up(parts, all_reduce)
+        if all_reduce is not None:
+            add_up(parts, all_reduce)
+        grouped = [part for part in parts if part.kind == "group"]
+        if grouped and on_group is not None:
+            on_group(grouped)
 
 
 def add_up(parts: list[Part], all_reduce: Callable) -> None:

@@ -26,11 +26,16 @@ class StepStateMixin:
         """The groups that hold the step state and the mode."""
         return self.param_groups
 
-    def _group_extras(self) -> dict:
+    def _group_extras(self, defaults: dict) -> dict:
         """The param group entries the spec keeps besides its options: each step state at its
-        initial value, and the mode (Schedule-Free's `k`, `lr_max`, ..., `train_mode`)."""
+        initial value (a hyperparameter's name: its value in `defaults`, the constructor's, so
+        a group that sets its own keeps the constructor's start), and the mode (e.g. `k`,
+        `lr_max`, ..., `train_mode`)."""
         module = self._kernel_module()
-        extras = dict(getattr(module, "STEP_STATE", ()))
+        extras = {
+            key: float(defaults[init]) if isinstance(init, str) else init
+            for key, init in getattr(module, "STEP_STATE", ())
+        }
         modes = getattr(module, "MODES", None)
         if modes is not None:
             extras[modes.key] = modes.initial
@@ -50,17 +55,39 @@ class StepStateMixin:
         groups = self._mode_groups()
         return self._advance_values([t] * len(groups), lrs, hypers, groups)
 
-    def _advance_values(self, ts: list, lrs: list, hypers: list, groups: list[dict]) -> list[tuple] | None:
-        """`_advance` of `groups`, group `g` at step `ts[g]`."""
+    def _advance_values(
+        self, ts: list, lrs: list, hypers: list, groups: list[dict], shared: bool = True
+    ) -> list[tuple] | None:
+        """`_advance` of `groups`, group `g` at step `ts[g]` (`shared=False`: each group's own,
+        whatever the module says)."""
         module = self._kernel_module()
         advance = getattr(module, "STEP", None)
         if advance is None:
             return None
+        if shared and getattr(module, "SHARED_STEP_STATE", False) and groups:
+            # One estimate for the optimizer: from the first group's options and step state,
+            # at the largest lr (a group may set 0 instead), held by every group.
+            top = max(lrs)
+            odd = [g for g, lr in enumerate(lrs) if lr not in (top, 0.0)]
+            if odd:
+                raise RuntimeError(
+                    f"For '{type(self).__name__}', setting different lr values in different parameter "
+                    f"groups is only supported for values of 0 (param group {odd[0]} has lr "
+                    f"{lrs[odd[0]]}, the largest is {top}); the step was not taken."
+                )
+            [first] = self._advance_values(ts[:1], [top], hypers[:1], groups[:1], shared=False)
+            return [first] * len(groups)
         keys = [key for key, _ in module.STEP_STATE]
+        # A hyperparameter left at None is the number the spec declares for it (NONE_VALUES),
+        # as the kernels' host code reads it (a rule tests for it).
+        stand_ins = getattr(module, "NONE_VALUES", None)
         result = []
         for g, (t, group) in enumerate(zip(ts, groups)):
+            values = hypers[g]
+            if stand_ins is not None:
+                values = tuple(s if h is None and s is not None else h for h, s in zip(values, stand_ins))
             try:
-                result.append(tuple(advance(t, lrs[g], *hypers[g], *(group[key] for key in keys))))
+                result.append(tuple(advance(t, lrs[g], *values, *(group[key] for key in keys))))
             except (ArithmeticError, ValueError, TypeError) as error:
                 raise ValueError(
                     f"For '{type(self).__name__}', the step-level state of param group {g} cannot be "
@@ -76,7 +103,7 @@ class StepStateMixin:
         module = self._kernel_module()
         for group, values in zip(self._mode_groups(), advanced):
             for (key, init), value in zip(module.STEP_STATE, values):
-                group[key] = type(init)(value)
+                group[key] = int(value) if isinstance(init, int) else float(value)
 
     def _switch_mode(self, method: str) -> None:
         """A mode method (`train()`, `eval()`): the spec's transition `method` over the

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import operator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -39,8 +40,16 @@ from optforge.parameter import Parameter
 from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval, check_choice
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, group_hypers, hyper_values
-from optforge.runtime.optimizer import MASTER, Addressed, _Batch, check_kernel_support, run_transition
+from optforge.runtime.optimizer import (
+    MASTER,
+    Addressed,
+    _Batch,
+    check_kernel_support,
+    group_round,
+    run_transition,
+)
 from optforge.runtime.precision import check_policy, check_sixteen_bit, check_wide_only, numpy_dtype
+from optforge.runtime.shards import run_lockstep
 from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
 from optforge.torch.dtensor import is_dtensor, local, local_value, reduction_group, split_dim, state_tensor
@@ -231,6 +240,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     _VARIANT_KEY: tuple = ()  # each spec flag: its group key, or the value it is pinned to
     _DECAY = "coupled"
     _STATE_KEYS: dict[str, str] = {}  # spec state name -> torch's key
+    _FLAT_STATE: tuple[str, ...] = ()  # torch keys the reference keeps flattened (Export.flat_state)
     _OPTIONAL_STATE: tuple[str, ...] = ()
     _IMPL_OPTIONS: tuple[str, ...] = ()  # torch's foreach, fused, capturable, differentiable it takes
     _STEP_STATE = True  # torch keeps state[p]["step"] (SGD does not)
@@ -271,7 +281,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         self._steps = np.zeros(0, dtype=np.float32)  # each parameter's step, as torch's state shows it
         self._registered: list[dict | None] = []  # each parameter's state[p] as its engine left it
         # The spec's step state and mode are group entries, as the reference keeps them.
-        super().__init__(params, {**defaults, **self._group_extras()})
+        super().__init__(params, {**defaults, **self._group_extras(defaults)})
         self.hypers = dict(zip(self._HYPERS, hyper_values(self._group_hypers(self.defaults))))
 
     def _set_precision(self, state_dtype, master_weights, stochastic_rounding) -> None:
@@ -451,17 +461,48 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         advanced = self._advance_groups()
         if new is not None:
             self._register(new)
+        together = len(checked) > 1 and hasattr(self._kernel_module(), "AFTER_SUMS")
+        if together:
+            self._apply_together(checked, advanced)
         for cohort, grads in checked:
-            if advanced is not None:
-                cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
-            cohort.engine._apply(grads)
+            if not together:
+                if advanced is not None:
+                    cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
+                cohort.engine._apply(grads)
+            if advanced is not None:  # the step state the sum rules left (group sums)
+                summed = cohort.engine._summed_step_state(cohort.engine._advanced)
+                for tg, values in zip(cohort.engine.torch_groups, summed):
+                    advanced[tg] = values
             self._steps[cohort.engine.members] = cohort.engine.global_step
             self._refresh_extra_state(cohort.engine)
+        if advanced is not None and getattr(self._kernel_module(), "SHARED_STEP_STATE", False):
+            # one estimate for the optimizer: every group holds what the stepped ones computed
+            stepped = [cohort.engine for cohort, _ in checked if cohort.engine._summed]
+            if stepped:
+                advanced = [advanced[stepped[0].torch_groups[0]]] * len(advanced)
         if regrouped is not None:
             self._cohorts = regrouped
         self._commit_step_state(advanced)
         self._write_group_steps()
         return loss
+
+    def _apply_together(self, checked: list, advanced) -> None:
+        """The cohorts' steps in lockstep (a spec with group sums: its sums run over every
+        parameter of the step, whatever its step count, as the reference's do): every engine's
+        launches made and checked first, then run as one, each engine's step then kept."""
+        work = []
+        for cohort, grads in checked:
+            if advanced is not None:
+                cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
+            launches, finish = cohort.engine._step_work(grads)
+            work.append((cohort.engine, launches, finish))
+        reduces = [engine._checked_launches(launches) for engine, launches, _ in work]
+        all_reduce = next((r for r in reduces if r is not None), None)
+        for engine, _, _ in work:
+            engine._summed = {}
+        run_lockstep([gen for _, launches, _ in work for _, gen in launches], all_reduce, group_round)
+        for _, _, finish in work:
+            finish()
 
     def _advance_groups(self):
         """Every torch group's step rules, once per step (whatever its cohorts, as the
@@ -580,7 +621,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             # matrices, else variance) or torch does not keep (SGD's buffer without momentum).
             kinds = self._state_kinds(params[i])
             views = {
-                self._state_key(name): self._state_tensor(arrays[pos], params[i], kinds.get(name, "element"))
+                self._state_key(name): self._flat(
+                    self._state_key(name),
+                    self._state_tensor(arrays[pos], params[i], kinds.get(name, "element")),
+                    params[i],
+                )
                 for name, arrays in engine.state.items()
                 if arrays[pos] is not None
             }
@@ -757,6 +802,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             else:
                 group.pop("step", None)
 
+    def _flat(self, key: str, tensor: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        """`state[p][key]` as the reference shows it: flattened (a view) where it keeps it so,
+        for a parameter that is no DTensor."""
+        return tensor.reshape(-1) if key in self._FLAT_STATE and not is_dtensor(p) else tensor
+
     def _loaded_parts(self, i: int, p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
         """Parameter `i`'s saved states (per engine state name) as this rank loads them (its
         part of a DTensor's), each checked: present unless optional, shaped as the state is
@@ -776,6 +826,12 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                     f"{cls}: the state of parameter {i} has no '{key}' (keys: {sorted(state)}); "
                     "is it a state dict of another optimizer?"
                 )
+            if key in self._FLAT_STATE and isinstance(value, torch.Tensor) and not is_dtensor(value):
+                if value.dim() == 0 and float(value) == 0.0:
+                    # a reference may keep a flat state as a 0-d zero (a copy of an all-zero parameter)
+                    value = value.expand(shape)
+                elif value.dim() == 1 and value.numel() == math.prod(shape):
+                    value = value.reshape(shape)  # flattened, as the reference keeps it
             if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
                 got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                 raise ValueError(
