@@ -43,4 +43,6 @@ ALL = (
     "stable_adamw",
     "ademamix",
     "mars",
+    # prodigyopt's
+    "prodigy",
 )

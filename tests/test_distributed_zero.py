@@ -53,10 +53,16 @@ FIRST = ["AdamW", "Lamb", "Adafactor", "SGD"]
 # the harness's steps would be refused; it is not checked under ZeRO here.
 # Muon steps 2-D parameters only (as torch.optim.Muon): these models have biases and a 3-D weight.
 MATRICES_ONLY = ["Muon"]
+# Prodigy's D estimate sums over every parameter of the optimizer: under ZeRO each rank's
+# optimizer holds its own whole tensors and estimates from those (as prodigyopt's does without
+# fsdp_in_use), so a ZeRO run is not the one-process run; tests/test_prodigy.py checks it.
+GLOBAL_SUMS = ["Prodigy"]
 CLASSES = FIRST + [
     name
     for name in ot.__all__
-    if name not in FIRST + MATRICES_ONLY and name != "TorchOptimizer" and not has_modes(getattr(ot, name))
+    if name not in FIRST + MATRICES_ONLY + GLOBAL_SUMS
+    and name != "TorchOptimizer"
+    and not has_modes(getattr(ot, name))
 ]
 KWARGS = {
     "AdamW": {"lr": 1e-2, "weight_decay": 0.1},

@@ -131,6 +131,8 @@ CASES = [
     (optforge.optim.Adafactor, {"lr": 1e-2, "maximize": True}, 3),
     (optforge.optim.AdamW, {"lr": 1e-2}, 0),  # elementwise: nothing to add up
     (lars, {"coefficient": 0.01}, 1),  # the norms of every parameter in one all-reduce
+    # the group sums: every tensor's sums in one all-reduce, before the sum rules run
+    (optforge.optim.Prodigy, {"weight_decay": 0.01}, 1),
 ]
 
 

@@ -192,6 +192,8 @@ EXPECTED = {
     "sgd": {"momentum_buffer": S_},
     "schedulefree": {"z": "signed", "exp_avg_sq": "unsigned"},
     "muon": {"momentum_buffer": "signed"},
+    # s and p0 take the gradient's and the parameter's sign; exp_avg_sq adds d^2*(1-beta2)*g^2
+    "prodigy": {"exp_avg": "signed", "exp_avg_sq": "unsigned", "s": "signed", "p0": "signed"},
     "adopt": {"exp_avg": "signed", "exp_avg_sq": "unsigned"},
     # debiased betas: the sign pass cannot show exp_avg_sq stays non-negative
     "stable_adamw": {"exp_avg": "signed", "exp_avg_sq": "signed"},
@@ -208,7 +210,7 @@ def verdicts():
 def test_every_spec_has_a_recorded_verdict_per_state(verdicts):
     found = {name: {state: v.table for state, v in states.items()} for name, (_, states) in verdicts.items()}
     assert found == EXPECTED
-    assert len(found) == 33
+    assert len(found) == 34
 
 
 def test_adam_and_adamw_moments(verdicts):

@@ -22,6 +22,7 @@ from optforge.generated.optim.adopt import ADOPT
 from optforge.generated.optim.stable_adamw import StableAdamW
 from optforge.generated.optim.ademamix import AdEMAMix
 from optforge.generated.optim.mars import MARS
+from optforge.generated.optim.prodigy import Prodigy
 
 __all__ = [
     "RAdam",
@@ -45,4 +46,5 @@ __all__ = [
     "StableAdamW",
     "AdEMAMix",
     "MARS",
+    "Prodigy",
 ]

@@ -23,6 +23,7 @@ from optforge.generated.torch.adopt import ADOPT
 from optforge.generated.torch.stable_adamw import StableAdamW
 from optforge.generated.torch.ademamix import AdEMAMix
 from optforge.generated.torch.mars import MARS
+from optforge.generated.torch.prodigy import Prodigy
 
 __all__ = [
     "Lamb",
@@ -47,4 +48,5 @@ __all__ = [
     "StableAdamW",
     "AdEMAMix",
     "MARS",
+    "Prodigy",
 ]

@@ -41,6 +41,7 @@ import numpy as np
 import optforge
 from optforge.bench import add_arguments
 from optforge.bench.traffic import accesses, bytes_per_element, same_traffic_kernel
+from optforge.runtime.optim_optimizer import hyper_values
 
 LR = 1e-3  # every contender's learning rate
 OPTFORGE = {
@@ -72,6 +73,7 @@ CATALOGUE = {
     "mars": "MARS",
     "schedulefree": "ScheduleFreeAdamW",
     "muon": "Muon",
+    "prodigy": "Prodigy",
 }
 EXTRA = {"sgd": {"momentum": 0.9}}
 for _spec, _cls in CATALOGUE.items():
@@ -92,6 +94,7 @@ REFERENCES = {
     "ademamix": ("pytorch_optimizer", "AdEMAMix", {}, True),
     "mars": ("pytorch_optimizer", "MARS", {}, False),
     "schedulefree": ("schedulefree", "AdamWScheduleFree", {}, True),
+    "prodigy": ("prodigyopt", "Prodigy", {}, False),
 }
 # torch.optim's classes of the catalogue: the others are in REFERENCES.
 TORCH.update({spec: cls for spec, cls in CATALOGUE.items() if spec not in REFERENCES and cls != "Muon"})
@@ -239,9 +242,14 @@ def _reference_steps(name: str, shapes, grads, notes: set[str]) -> dict:
 
 
 def steady_branch(opt) -> tuple:
-    """The host-side branch the optimizer's kernels take at a late step (t = 1000)."""
+    """The host-side branch the optimizer's kernels take at a late step (t = 1000); a spec
+    with step state decides it from its step rules' values too (from the first group's)."""
     hypers = tuple(opt.hypers[name] for name in opt._HYPERS)
-    return tuple(bool(v) for v in opt._variant.branch_key(1000, LR, *hypers))
+    step_values = ()
+    if getattr(opt._kernel_module(), "STEP", None) is not None:
+        groups = len(opt.param_groups)
+        step_values = opt._advance(1000, [LR] * groups, [hyper_values(hypers)] * groups)[0]
+    return tuple(bool(v) for v in opt._variant.branch_key(1000, LR, *hypers, *step_values))
 
 
 def measure(steps: dict, repeat: int) -> dict:
