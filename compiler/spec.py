@@ -172,7 +172,7 @@ class group_sum(_Reduction):
     Written as a rule's whole expression, `Rule(x, group_sum(e))`, it reads `e` where the rule
     stands (states updated by the rules before it hold their new values). Only the spec's
     `sum_rules` read `x`: host rules that run once the sums are known, and update the step
-    state (Prodigy's D estimate). The rules after the first group sum read the values the sum
+    state (Prodigy's D estimate). The rules after the last group sum read the values the sum
     rules leave. The compiler sums `e` in the first element stage (float64 partial sums per
     chunk, added per tensor, then over the tensors in a fixed order), the run-time runs the
     sum rules between the stages, and the later element stage reads their values.
@@ -628,7 +628,7 @@ class Spec:
     # Host rules run once the group sums are known (`group_sum`), between the element stages:
     # each reads t, lr, hyperparameters, step state, the step rules' locals, the group sums and
     # earlier sum rules' targets, and updates a step state or defines a local. The element
-    # rules after the first group sum read their values.
+    # rules after the last group sum read their values.
     sum_rules: tuple[Rule, ...] = ()
     # One step state for the whole optimizer, as Prodigy's reference keeps its D estimate: the
     # step and sum rules run once per step from the first param group's options, with `lr` the
@@ -969,6 +969,7 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
     varying = set(BUILTIN_ELEMENT) | states  # what may differ from element to element (or row to row)
     assigned: set[sp.Symbol] = set()
     sums: set[sp.Symbol] = set()  # the group sums' targets
+    last_sum = (group_sum_targets(spec) or (None,))[-1]
     label = ", ".join(f"{k}={v}" for k, v in variant.items()) or "no flags"
     flag_values = {flag: sp.true if on else sp.false for flag, on in variant.items()}
     active_exprs = [sp.sympify(r.expr).subs(flag_values) for r in spec.rules if active(r.when, variant)]
@@ -978,9 +979,10 @@ def _check_variant(spec, variant, fail, hyper_syms, flag_syms, state_syms) -> No
             continue
         where = f"rule {i} ({rule})"
         expr = sp.sympify(rule.expr).subs(flag_values)
-        if isinstance(expr, group_sum):  # read by the sum rules only; the rules after it read theirs
-            readable |= set(sum_locals(spec))
+        if isinstance(expr, group_sum):  # read by the sum rules only
             sums.add(rule.target)
+            if rule.target == last_sum:  # the rules after the last one read the sum rules' values
+                readable |= set(sum_locals(spec))
         elif expr.free_symbols & sums:
             read = sorted(expr.free_symbols & sums, key=str)[0]
             fail(

@@ -106,3 +106,18 @@ def test_a_spec_with_a_group_sum_builds():
 def test_misused_group_sums_are_spec_errors(changes, message):
     with pytest.raises(SpecError, match=message):
         _spec(**changes)
+
+
+def test_the_rules_between_two_group_sums_read_the_step_rules_values():
+    """The sum rules run once every group sum is known: a rule between two sums reads d as it
+    was (and a second sum of it is a sum of the old d's values); only the rules after the last
+    one read the sum rules' d."""
+    d, a, b, x = sp.symbols("d a b x")
+    assignments = [
+        Assignment(a, group_sum(g)),
+        Assignment(x, d * g),
+        Assignment(b, group_sum(x)),
+        Assignment(sp.Symbol("w_new"), w - d),
+    ]
+    rewritten, _ = extract_group_sums(assignments, (d,))
+    assert [str(r) for r in rewritten] == ["a_of = g", "x = d*g", "b_of = x", "w_new = -d_late + w"]

@@ -1,9 +1,10 @@
 """Group sums: each `Rule(x, group_sum(e))` becomes a plain sum of `e` per tensor that the
-run-time adds over the step's tensors, and the rules after the first one read the sum
+run-time adds over the step's tensors, and the rules after the last one read the sum
 rules' values (`spec.sum_rules`), which the run-time computes between the element stages.
 
-The rules are sequential: an element rule before the first group sum reads a step state as
-the step rules left it, one after it as the sum rules leave it. After single assignment the
+The rules are sequential, and the sum rules run once every group sum is known: an element
+rule before the last group sum reads a step state as the step rules left it, one after it as
+the sum rules leave it. After single assignment the
 rules after it read each sum rule output `d` under its own name, `d_late`: a per-tensor
 value from the stage after the sums (the run-time fills its row of the per-tensor table).
 """
@@ -35,17 +36,19 @@ def extract_group_sums(
 ) -> tuple[list[Assignment], GroupSums]:
     """Each `x = group_sum(e)` replaced by its summand `x_of = e` (in place: `e` reads the
     values its position gives it), and each of `outputs` (the sum rules' step states and
-    locals) renamed to its late name in every assignment after the first group sum."""
+    locals) renamed to its late name in every assignment after the last group sum."""
     late = {o: late_symbol(o) for o in outputs}
-    rewritten, reductions, summands, seen = [], [], [], False
-    for a in assignments:
+    last = max(
+        (i for i, a in enumerate(assignments) if isinstance(a.expr, group_sum)), default=len(assignments)
+    )
+    rewritten, reductions, summands = [], [], []
+    for i, a in enumerate(assignments):
         if isinstance(a.expr, group_sum):
             summand = Assignment(sp.Symbol(f"{a.target.name}_of"), a.expr.args[0])
             rewritten.append(summand)
             summands.append(summand)
             reductions.append(Reduction(a.target, summand.target, plain=True, group=True))
-            seen = True
-        elif seen:
+        elif i > last:
             rewritten.append(Assignment(a.target, a.expr.xreplace(late)))
         else:
             rewritten.append(a)
