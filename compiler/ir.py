@@ -139,7 +139,7 @@ class Kernel:
     # computed by the matrix stage (region TENSOR, MATRIX), each over its scratch matrix
     matrix_functions: tuple[MatrixFunction, ...] = ()
     # (sum rule output, the per-tensor name the stage after the group sums reads it by), in the
-    # order of the per-tensor rows the run-time fills (passes/group_sums.py)
+    # order of Scratch.sum_values, which the run-time fills (passes/group_sums.py)
     late: tuple[tuple[sp.Symbol, sp.Symbol], ...] = ()
 
     def region(self, space: Space, phase: int) -> Region:

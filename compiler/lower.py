@@ -135,7 +135,7 @@ def front(spec: S.Spec, variant: dict[sp.Symbol, bool]) -> Front:
     # A matrix function's result varies per element; the stage before it stores its argument.
     levels |= {mf.symbol: Level.ELEMENT for mf in matrix_functions}
     # The sum rules' values, which the stage after the group sums reads: per tensor, as a
-    # finalize's values are (the run-time fills their rows of the per-tensor table).
+    # finalize's values are (the run-time hands them over in Scratch.sum_values).
     levels |= {name: Level.TENSOR for _, name in group.late}
     guards = find_guards(assignments, assign_levels(assignments, levels))
     sums = [

@@ -282,7 +282,7 @@ def _kernel_context(spec: Spec, kernel: Kernel, dtype: str, fma_name: str) -> di
         "plain": [r.plain for r in first],
         # group sums: added over the step's tensors by the run-time, never read per tensor
         "group": [r.group for r in first],
-        # the sum rules' outputs the stage after the group sums reads (per-tensor rows)
+        # the sum rules' outputs the stages after the group sums read (Scratch.sum_values)
         "late": [name.name for _, name in kernel.late],
         "counts": any(r.mean for r in first),
         # the finalize reads the element count, which the sums carry in their last column

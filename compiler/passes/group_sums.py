@@ -6,7 +6,7 @@ The rules are sequential, and the sum rules run once every group sum is known: a
 rule before the last group sum reads a step state as the step rules left it, one after it as
 the sum rules leave it. After single assignment the
 rules after it read each sum rule output `d` under its own name, `d_late`: a per-tensor
-value from the stage after the sums (the run-time fills its row of the per-tensor table).
+value from the stage after the sums (the run-time hands it over in Scratch.sum_values).
 """
 
 from __future__ import annotations

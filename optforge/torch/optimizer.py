@@ -461,13 +461,14 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         advanced = self._advance_groups()
         if new is not None:
             self._register(new)
+        for cohort, _ in checked:
+            if advanced is not None:
+                cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
         together = len(checked) > 1 and hasattr(self._kernel_module(), "AFTER_SUMS")
         if together:
-            self._apply_together(checked, advanced)
+            self._apply_together(checked)
         for cohort, grads in checked:
             if not together:
-                if advanced is not None:
-                    cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
                 cohort.engine._apply(grads)
             if advanced is not None:  # the step state the sum rules left (group sums)
                 summed = cohort.engine._summed_step_state(cohort.engine._advanced)
@@ -486,16 +487,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         self._write_group_steps()
         return loss
 
-    def _apply_together(self, checked: list, advanced) -> None:
+    def _apply_together(self, checked: list) -> None:
         """The cohorts' steps in lockstep (a spec with group sums: its sums run over every
         parameter of the step, whatever its step count, as the reference's do): every engine's
         launches made and checked first, then run as one, each engine's step then kept."""
-        work = []
-        for cohort, grads in checked:
-            if advanced is not None:
-                cohort.engine._advanced = [advanced[tg] for tg in cohort.engine.torch_groups]
-            launches, finish = cohort.engine._step_work(grads)
-            work.append((cohort.engine, launches, finish))
+        work = [(cohort.engine, *cohort.engine._step_work(grads)) for cohort, grads in checked]
         reduces = [engine._checked_launches(launches) for engine, launches, _ in work]
         all_reduce = next((r for r in reduces if r is not None), None)
         for engine, _, _ in work:
