@@ -13,9 +13,11 @@ from typing import NamedTuple
 
 from optforge.compiler.ir import Kernel, Space
 from optforge.compiler.lower import lower
+from optforge.compiler.passes.int8 import int8_storage
 from optforge.compiler.spec import Spec
 
-BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+# An 8-bit state: a one-byte code per element and a float32 absmax per block of 256.
+BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1 + 4 / 256}
 
 
 class Policy(NamedTuple):
@@ -32,6 +34,8 @@ POLICIES = (
     Policy("bfloat16 parameters, bfloat16 state (stochastic rounding)", "bfloat16", "bfloat16"),
     Policy("bfloat16 parameters, float32 state, master weights", "bfloat16", "float32", True),
     Policy("bfloat16 parameters, bfloat16 state, master weights", "bfloat16", "bfloat16", True),
+    Policy("float32 parameters, int8 state (where sound, else float32)", "float32", "int8"),
+    Policy("bfloat16 parameters, int8 state (where sound), stochastic rounding", "bfloat16", "int8"),
 )
 
 
@@ -51,12 +55,18 @@ def element_accesses(kernel: Kernel) -> tuple[dict[str, int], dict[str, int]]:
     return reads, writes
 
 
-def step_bytes(kernel: Kernel, policy: Policy) -> tuple[int, int]:
-    """(state bytes per parameter element, bytes moved per element per step) under `policy`."""
+def step_bytes(kernel: Kernel, policy: Policy, int8: frozenset = frozenset()) -> tuple[float, float]:
+    """(state bytes per parameter element, bytes moved per element per step) under `policy`;
+    `int8`: the states that may be kept as 8-bit codes (an int8 policy keeps the others in
+    float32)."""
     states = [a for a in kernel.arrays[2:] if a.shape == "element"]
-    state_bytes = BYTES[policy.state] * len(states) + (4 if policy.master else 0)
+
+    def storage(name: str) -> str:
+        return "float32" if policy.state == "int8" and name not in int8 else policy.state
+
+    state_bytes = sum(BYTES[storage(a.name)] for a in states) + (4 if policy.master else 0)
     size = {"param": BYTES[policy.param], "grad": BYTES[policy.param]}
-    size |= {a.name: BYTES[policy.state] for a in states}
+    size |= {a.name: BYTES[storage(a.name)] for a in states}
     reads, writes = element_accesses(kernel)
     moved = sum(size[name] * n for accesses in (reads, writes) for name, n in accesses.items())
     if policy.master:  # the parameter is read and written as its float32 copy, and written as itself
@@ -65,7 +75,8 @@ def step_bytes(kernel: Kernel, policy: Policy) -> tuple[int, int]:
     return state_bytes, moved
 
 
-def precision_rows(spec: Spec) -> list[tuple[str, int, int]]:
+def precision_rows(spec: Spec) -> list[tuple[str, str, str]]:
     """(policy, state bytes per parameter, bytes moved per element per step) for the page."""
     kernel = lower(spec, next(iter(spec.variants())))[0]
-    return [(p.label, *step_bytes(kernel, p)) for p in POLICIES]
+    int8 = frozenset(v.state for v in int8_storage(spec) if v.table)
+    return [(p.label, *(f"{x:.4g}" for x in step_bytes(kernel, p, int8))) for p in POLICIES]

@@ -94,10 +94,13 @@ PRECISION_OPTIONS = (
         "None",
         "None, str or dict",
         "How the state is stored. None keeps each state in its parameter's dtype; 'float32', "
-        "'float64', 'bfloat16' or 'float16' stores every state so; a dict from state names to those "
-        "stores each state it names so, the others in the parameter's dtype. The step computes in "
-        "float32 (float64 for float64 parameters): loads widen exactly, stores round to nearest even, "
-        "and no state is wider than that type. bfloat16 arrays are ml_dtypes'.",
+        "'float64', 'bfloat16', 'float16' or 'int8' stores every state so; a dict from state names to "
+        "those stores each state it names so, the others in the parameter's dtype. The step computes "
+        "in float32 (float64 for float64 parameters): loads widen exactly, stores round to nearest "
+        "even, and no state is wider than that type. bfloat16 arrays are ml_dtypes'. 'int8' keeps "
+        "8-bit blockwise codes (a uint8 per element, and a float32 absmax per 256 elements in the "
+        "state `<name>_absmax`) for the states the compiler proved sound (the docs page lists them); "
+        "CPU only, not in optforge.torch yet.",
     ),
     Option(
         "master_weights",
@@ -125,11 +128,12 @@ PRECISION_RAISES = (
     ),
     (
         "ValueError",
-        "`state_dtype` (or a value of it) is not 'float32', 'float64', 'bfloat16' or 'float16', or a "
-        "key of it is not a state of the class; `master_weights` and `stochastic_rounding` are both "
-        "True, or either is True with no float16 or bfloat16 parameter; a state would be wider than "
-        "the type its parameter is stepped in; or a parameter on a CUDA device is given a policy "
-        "(not available there yet).",
+        "`state_dtype` (or a value of it) is not 'float32', 'float64', 'bfloat16', 'float16' or "
+        "'int8', or a key of it is not a state of the class; `master_weights` and "
+        "`stochastic_rounding` are both True, or either is True with no float16 or bfloat16 "
+        "parameter; a state would be wider than the type its parameter is stepped in; 'int8' names "
+        "a state the compiler did not prove sound for 8-bit codes, or is given to optforge.torch; or "
+        "a parameter on a CUDA device is given a policy (not available there yet).",
     ),
 )
 

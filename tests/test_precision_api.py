@@ -80,7 +80,6 @@ def adam(params, **options):
     [
         ({"state_dtype": 16}, TypeError, "state_dtype"),
         ({"state_dtype": "half"}, ValueError, "'float32', 'float64', 'bfloat16', 'float16'"),
-        ({"state_dtype": "int8"}, ValueError, "not available yet"),
         ({"state_dtype": {"moment": "bfloat16"}}, ValueError, "'exp_avg', 'exp_avg_sq'"),
         ({"state_dtype": {"exp_avg": 16}}, TypeError, "state_dtype['exp_avg']"),
         ({"master_weights": 1}, TypeError, "master_weights"),

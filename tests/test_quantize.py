@@ -437,3 +437,23 @@ def test_a_kernel_using_the_codecs_compiles_to_ptx_for_sm90(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert result.stdout.split().count("OK") == 2, result.stdout
+
+
+def test_the_bucket_lookup_gives_quantize_s_code_for_every_ratio():
+    """`flush`'s lookup (optforge.runtime.quantize.BUCKETS): for ratios in [-1, 1] and NaN, the
+    same code as the binary search, at and beside every midpoint, at every bucket's ends, on
+    a dense sweep of float32 bit patterns and at the specials."""
+    rng = np.random.default_rng(3)
+    ends = (np.arange(1 << 17, dtype=np.uint64) << np.uint64(Q.BUCKET_SHIFT)).astype(np.uint32)
+    sweep = np.concatenate(
+        [ends, ends + (1 << Q.BUCKET_SHIFT) - 1, rng.integers(0, 2**32, 4_000_000, dtype=np.uint32)]
+    )
+    values = sweep.astype(np.uint32).view(np.float32)
+    for kind in Q.KINDS:
+        mids = Q.MIDPOINTS[kind]
+        near = np.concatenate([mids, np.nextafter(mids, np.float32(2)), np.nextafter(mids, np.float32(-2))])
+        r = np.concatenate([values, near, np.float32([0, -0.0, 1, -1, np.nan, -np.nan])])
+        r = r[np.isnan(r) | (np.abs(r) <= 1)]
+        np.testing.assert_array_equal(
+            Q.nearest_code_by_bucket(r, mids, Q.BUCKETS[kind]), Q.nearest_codes(r, mids)
+        )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from optforge.compiler.ir import FINALIZE, LINES, PASS1, DType, Kernel, Reduction, Region, Space
+from optforge.compiler.passes.int8 import int8_storage
 from optforge.compiler.printers import ElementPrinter, HostPrinter
 from optforge.compiler.render import render_unformatted
 from optforge.compiler.spec import (
@@ -412,10 +413,33 @@ def plan_source(context: dict, combine: tuple[str, ...] = ()) -> str:
     return "Plan(" + ", ".join(f"{k}={v}" for k, v in fields.items() if v) + ")"
 
 
-def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
+def int8_states(spec: Spec) -> dict[str, str | None]:
+    """Per state (its public name): the 8-bit code table it may be kept in, or None where it
+    may not (passes/int8.py); what the CPU module's INT8_TABLES prints."""
+    return {v.state: v.table for v in int8_storage(spec)}
+
+
+def int8_refusals(spec: Spec) -> dict[str, str]:
+    """Per state that may not be kept as 8-bit codes, why (the module's INT8_REFUSED)."""
+    return {v.state: "; ".join(v.reasons) for v in int8_storage(spec) if v.table is None}
+
+
+def blockwise_arrays(spec: Spec, kernel: Kernel) -> list[str]:
+    """The states of `kernel` whose views its CPU stages take through
+    optforge.runtime.blockwise, so a policy may keep them as 8-bit codes: those the int8 pass
+    admits, in a flat kernel (a factored kernel's passes index rows and columns, not blocks)."""
+    if kernel.matrices:
+        return []
+    tables = int8_states(spec)
+    return [a.symbol.name for a in kernel.arrays[2:] if tables.get(a.name)]
+
+
+def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma", blockwise: bool = False) -> dict:
     """The kernel's context for a template printing it once for both float types: where each
-    array is in the pointer table and each per-tensor value in the per-tensor table."""
+    array is in the pointer table and each per-tensor value in the per-tensor table.
+    `blockwise`: the states a policy may keep as 8-bit codes go through blockwise views (CPU)."""
     context = kernel_context(spec, kernel, "element", fma_name)
+    blocked = blockwise_arrays(spec, kernel) if blockwise else []
     shape = [s.name for s in MATRIX_TENSOR] if context["shaped"] else []
     names = [s.name for s in BUILTIN_TENSOR] + shape + context["finalize_outputs"]
     context["array_index"] = {a: i for i, a in enumerate(context["arrays"])}
@@ -427,6 +451,10 @@ def launch_context(spec: Spec, kernel: Kernel, fma_name: str = "fma") -> dict:
         stage["bounds"] += [a for a in context["scratch_arrays"] if a in stage["views"]]
         stage["scratch"] = any(a in stage["views"] for a in context["scratch_arrays"])
         stage["bounds"] += ["mirror"] if param in stage["stored"] else []
+        # The states it views blockwise, and of those the ones it stores: their blocks are
+        # written after each block of the element loop (optforge.runtime.blockwise).
+        stage["blocked"] = [a for a in blocked if a in stage["views"]]
+        stage["flushed"] = [a for a in stage["blocked"] if a in stage["stored"]]
     context["per_tensor_row"] = {p: i for i, p in enumerate(names)}
     # the sum rules' outputs, read from Scratch.sum_values (in float64) instead
     context["sum_value_index"] = {p: i for i, p in enumerate(context["late"])}
@@ -510,7 +538,7 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
     from optforge.compiler.backends.cuda import device_refusal
     from optforge.compiler.backends.factories import FactoryPrinter
 
-    printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2")
+    printer = FactoryPrinter(spec, "cpu_flat.py.j2", "cpu_factored.py.j2", blockwise=True)
     printed = [printer.kernel(k) for k in kernels]
     transitions = transition_table(spec, printer, transition_functions(spec))
     return render_unformatted(
@@ -529,6 +557,8 @@ def render_cpu_module(spec: Spec, kernels: list[Kernel], package: str) -> str:
         ),
         device_refused=device_refusal(spec, kernels),
         chunk=CHUNK,
+        int8_tables=int8_states(spec),
+        int8_refused={name: string_pieces(why) for name, why in int8_refusals(spec).items()},
         host_names=host_names(spec, kernels),
         factories=printer.sources(),
         variants=variant_table(spec, kernels, printed),

@@ -97,8 +97,12 @@ class FactoryPrinter:
     """Prints the stages of one module's kernels through `flat` and `factored` templates
     (their macros), each distinct stage once; `sources()` is the module's factories."""
 
-    def __init__(self, spec: Spec, flat: str, factored: str, fma_name: str = "fma", **context):
-        self.spec, self.fma_name = spec, fma_name
+    def __init__(
+        self, spec: Spec, flat: str, factored: str, fma_name: str = "fma", blockwise: bool = False, **context
+    ):
+        # blockwise: the states a policy may keep as 8-bit codes are viewed through
+        # optforge.runtime.blockwise (the CPU backend's; the CUDA one does not take int8 yet)
+        self.spec, self.fma_name, self.blockwise = spec, fma_name, blockwise
         self.templates = {
             kind: environment.get_template(name).make_module({"spec": spec, **context})
             for kind, name in (("flat", flat), ("factored", factored))
@@ -109,7 +113,7 @@ class FactoryPrinter:
         self._users: dict[str, list[str]] = {}
 
     def kernel(self, kernel: Kernel) -> Printed:
-        k = launch_context(self.spec, kernel, self.fma_name)
+        k = launch_context(self.spec, kernel, self.fma_name, self.blockwise)
         base = factory_name(kernel)
         macros = self.templates["factored" if k["factored"] else "flat"]
         stages = [(role, grid, stage_code(macros, k, role)) for role, grid in stage_roles(k)]

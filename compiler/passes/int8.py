@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from optforge.compiler import spec as S
+from optforge.compiler.memo import per_spec
 from optforge.compiler.passes.sign import ANY, NONNEGATIVE, spec_signs, state_of, variant_updates
 from optforge.compiler.passes.specialize import specialize
 
@@ -145,6 +146,7 @@ def _refusals(spec: S.Spec, state: S.State) -> list[str]:
     return list(found.values())
 
 
+@per_spec  # the docs and every kernel of the CPU module ask
 def int8_storage(spec: S.Spec) -> tuple[Storage, ...]:
     """Every state's verdict, in the spec's order (the module's docstring gives the rule)."""
     signs = spec_signs(spec)

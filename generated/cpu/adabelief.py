@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.adabelief import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,32 +62,80 @@ def adabelief(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            s_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            s_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(s_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                s = load(s_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                m_new = beta1 * m + s0 * g_eff
-                s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
-                w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                s_c[elem] = store(s_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(s_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                s_c, s_absmax, s_table, s_midpoints, s_buckets, s_buffer = block_of(
+                    s_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    s = load_from(s_c, s_absmax, s_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    m_new = beta1 * m + s0 * g_eff
+                    s_new = eps + beta2 * s + s1 * (g_eff - m_new) * (g_eff - m_new)
+                    w_new = w + s3 * m_new / (eps + math.sqrt(s_new) / s2)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        s_c,
+                        s_buffer,
+                        elem,
+                        s_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(s_c, s_absmax, s_midpoints, s_buckets, s_buffer, last - first)
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"exp_avg": "signed", "exp_avg_var": "unsigned"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -29,6 +29,14 @@ import numpy as np
 from optforge.generated.host.adadelta import scalars
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -56,34 +64,85 @@ def adadelta(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            acc_delta_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            acc_delta_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(acc_delta_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                acc_delta = load(acc_delta_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                sq_new = fma(s0 * g_eff, g_eff, rho * sq)
-                ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-                delta = g_eff * ratio
-                acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
-                w_new = fma(s1, delta, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                acc_delta_c[elem] = store(
-                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                (
+                    acc_delta_c,
+                    acc_delta_absmax,
+                    acc_delta_table,
+                    acc_delta_midpoints,
+                    acc_delta_buckets,
+                    acc_delta_buffer,
+                ) = block_of(acc_delta_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    acc_delta = load_from(acc_delta_c, acc_delta_absmax, acc_delta_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+                    ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+                    delta = g_eff * ratio
+                    acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+                    w_new = fma(s1, delta, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        acc_delta_c,
+                        acc_delta_buffer,
+                        elem,
+                        acc_delta_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    acc_delta_c,
+                    acc_delta_absmax,
+                    acc_delta_midpoints,
+                    acc_delta_buckets,
+                    acc_delta_buffer,
+                    last - first,
                 )
 
     return step
@@ -101,39 +160,95 @@ def adadelta_maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            acc_delta_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            acc_delta_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(sq_c), len(acc_delta_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(acc_delta_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                acc_delta = load(acc_delta_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                sq_new = fma(s0 * g_eff, g_eff, rho * sq)
-                ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
-                delta = g_eff * ratio
-                acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
-                w_new = fma(s1, delta, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                acc_delta_c[elem] = store(
-                    acc_delta_new, S.types[3], S.stochastic[3], key, start + elem
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                (
+                    acc_delta_c,
+                    acc_delta_absmax,
+                    acc_delta_table,
+                    acc_delta_midpoints,
+                    acc_delta_buckets,
+                    acc_delta_buffer,
+                ) = block_of(acc_delta_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    acc_delta = load_from(acc_delta_c, acc_delta_absmax, acc_delta_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    sq_new = fma(s0 * g_eff, g_eff, rho * sq)
+                    ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
+                    delta = g_eff * ratio
+                    acc_delta_new = fma(s0 * delta, delta, rho * acc_delta)
+                    w_new = fma(s1, delta, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        acc_delta_c,
+                        acc_delta_buffer,
+                        elem,
+                        acc_delta_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    acc_delta_c,
+                    acc_delta_absmax,
+                    acc_delta_midpoints,
+                    acc_delta_buckets,
+                    acc_delta_buffer,
+                    last - first,
                 )
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"square_avg": "unsigned", "acc_delta": "unsigned"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.adadelta_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,37 +62,104 @@ def adadelta_nn(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            accum_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            accum_update_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            accum_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            accum_update_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(accum_c), len(accum_update_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(accum_chunk),
+                extent(accum_update_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                accum = load(accum_c[elem], F)
-                accum_update = load(accum_update_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                accum_new = rho * accum + s0 * g_eff * g_eff
-                update = g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
-                accum_update_new = rho * accum_update + s0 * update * update
-                w_new = w + s1 * update
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                accum_c[elem] = store(accum_new, S.types[2], S.stochastic[2], key, start + elem)
-                accum_update_c[elem] = store(
-                    accum_update_new, S.types[3], S.stochastic[3], key, start + elem
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                accum_c, accum_absmax, accum_table, accum_midpoints, accum_buckets, accum_buffer = (
+                    block_of(accum_chunk, first, last)
+                )
+                (
+                    accum_update_c,
+                    accum_update_absmax,
+                    accum_update_table,
+                    accum_update_midpoints,
+                    accum_update_buckets,
+                    accum_update_buffer,
+                ) = block_of(accum_update_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    accum = load_from(accum_c, accum_absmax, accum_table, elem, F)
+                    accum_update = load_from(
+                        accum_update_c, accum_update_absmax, accum_update_table, elem, F
+                    )
+                    g_eff = grad_scale * g + weight_decay * w
+                    accum_new = rho * accum + s0 * g_eff * g_eff
+                    update = (
+                        g_eff * math.sqrt(accum_update + epsilon) / math.sqrt(accum_new + epsilon)
+                    )
+                    accum_update_new = rho * accum_update + s0 * update * update
+                    w_new = w + s1 * update
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        accum_c,
+                        accum_buffer,
+                        elem,
+                        accum_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        accum_update_c,
+                        accum_update_buffer,
+                        elem,
+                        accum_update_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(
+                    accum_c,
+                    accum_absmax,
+                    accum_midpoints,
+                    accum_buckets,
+                    accum_buffer,
+                    last - first,
+                )
+                flush(
+                    accum_update_c,
+                    accum_update_absmax,
+                    accum_update_midpoints,
+                    accum_update_buckets,
+                    accum_update_buffer,
+                    last - first,
                 )
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"accum": "unsigned", "accum_update": "unsigned"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.adafactor import scalars, scalars_factored
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -57,27 +65,47 @@ def adafactor_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
             key = arrays.keys[tensor]
             sum0 = 0.0
             sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = g
-                x0 = g_eff * g_eff
-                v_new = v + s0 * (x0 - v)
-                v_hat = v_new
-                x1 = max(s1, v_hat)
-                rms0_of = w
-                rms1_of = x0 / x1
-                sum0 += f64(rms0_of) * f64(rms0_of)
-                sum1 += f64(rms1_of)
-                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(stop - start, len(w_chunk), len(g_chunk), extent(v_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = g
+                    x0 = g_eff * g_eff
+                    v_new = v + s0 * (x0 - v)
+                    v_hat = v_new
+                    x1 = max(s1, v_hat)
+                    rms0_of = w
+                    rms1_of = x0 / x1
+                    sum0 += f64(rms0_of) * f64(rms0_of)
+                    sum1 += f64(rms1_of)
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -118,26 +146,41 @@ def adafactor_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                v_new = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = g
-                v_hat = v_new
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = g
+                    v_hat = v_new
+                    U = g_eff / math.sqrt(max(s1, v_hat))
+                    w_new = u1 * U + u0 * w
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -368,27 +411,47 @@ def adafactor_maximize_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
             key = arrays.keys[tensor]
             sum0 = 0.0
             sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = -g
-                x0 = g_eff * g_eff
-                v_new = v + s0 * (x0 - v)
-                v_hat = v_new
-                x1 = max(s1, v_hat)
-                rms0_of = w
-                rms1_of = x0 / x1
-                sum0 += f64(rms0_of) * f64(rms0_of)
-                sum1 += f64(rms1_of)
-                v_c[elem] = store(v_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(stop - start, len(w_chunk), len(g_chunk), extent(v_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = -g
+                    x0 = g_eff * g_eff
+                    v_new = v + s0 * (x0 - v)
+                    v_hat = v_new
+                    x1 = max(s1, v_hat)
+                    rms0_of = w
+                    rms1_of = x0 / x1
+                    sum0 += f64(rms0_of) * f64(rms0_of)
+                    sum1 += f64(rms1_of)
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -407,26 +470,41 @@ def adafactor_maximize_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s2 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                v_new = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = -g
-                v_hat = v_new
-                U = g_eff / math.sqrt(max(s1, v_hat))
-                w_new = u1 * U + u0 * w
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = -g
+                    v_hat = v_new
+                    U = g_eff / math.sqrt(max(s1, v_hat))
+                    w_new = u1 * U + u0 * w
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -579,6 +657,20 @@ def adafactor_maximize__factored_pass3(F, S=None):
 # (index among the flags, rank) of the flag the run-time sets per tensor: True for
 # tensors of at least that many dimensions, which take the factored variants.
 RANK_FLAG = (1, 2)
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"row_var": None, "col_var": None, "variance": "unsigned"}
+INT8_REFUSED = {
+    "row_var": (
+        "is row-shaped: 8-bit blocks cover element-shaped states (a factored "
+        "state is already small)"
+    ),
+    "col_var": (
+        "is col-shaped: 8-bit blocks cover element-shaped states (a factored "
+        "state is already small)"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.adam_offload import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,27 +62,70 @@ def adam_offload_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            delta_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            delta_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                m_new = beta1 * m + s0 * g_eff
-                v_new = beta2 * v + s1 * g_eff * g_eff
-                delta_new = s2 * m_new / (eps + math.sqrt(v_new))
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(delta_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                delta_c = delta_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    m_new = beta1 * m + s0 * g_eff
+                    v_new = beta2 * v + s1 * g_eff * g_eff
+                    delta_new = s2 * m_new / (eps + math.sqrt(v_new))
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    delta_c[elem] = store(
+                        delta_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage1
 
@@ -119,31 +170,85 @@ def adam_offload_use_nesterov_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            delta_c = view(arrays, 4, tensor, S.types[4])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            delta_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(delta_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                x0 = s0 * g_eff
-                m_new = x0 + beta1 * m
-                v_new = beta2 * v + s1 * g_eff * g_eff
-                delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                delta_c[elem] = store(delta_new, S.types[4], S.stochastic[4], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(delta_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                delta_c = delta_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    x0 = s0 * g_eff
+                    m_new = x0 + beta1 * m
+                    v_new = beta2 * v + s1 * g_eff * g_eff
+                    delta_new = s2 * (x0 + beta1 * m_new) / (eps + math.sqrt(v_new))
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    delta_c[elem] = store(
+                        delta_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage1
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"moment1": "signed", "moment2": "unsigned", "delta": None}
+INT8_REFUSED = {
+    "delta": (
+        "is a snapshot, not a running statistic: its new value (-lr*sqrt(1 - "
+        "beta2**t)*(beta1*m + (1 - beta1)*(g*grad_sca...) does not read its old "
+        "one, so a code's error would enter every use in full"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -29,6 +29,14 @@ import numpy as np
 from optforge.generated.host.adam_torch import scalars, scalars_decoupled_weight_decay
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -56,30 +64,73 @@ def adam_torch(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -96,31 +147,74 @@ def adam_torch_decoupled_weight_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = grad_scale * g
+                    w_decayed = u0 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -137,31 +231,74 @@ def adam_torch_maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_new) / s2)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -178,32 +315,75 @@ def adam_torch_maximize__decoupled_weight_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = u0 * g
+                    w_decayed = u1 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_new) / s3)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -220,36 +400,98 @@ def adam_torch_amsgrad(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            v_max_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -266,37 +508,99 @@ def adam_torch_amsgrad__decoupled_weight_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            v_max_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = grad_scale * g
+                    w_decayed = u0 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -313,37 +617,99 @@ def adam_torch_amsgrad__maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            v_max_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    w_new = w_decayed + s3 * m_new / (eps + math.sqrt(v_max_new) / s2)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -360,41 +726,108 @@ def adam_torch_amsgrad__maximize__decoupled_weight_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            v_max_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            v_max_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(v_max_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = u0 * g
+                    w_decayed = u1 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    w_new = w_decayed + s4 * m_new / (eps + math.sqrt(v_max_new) / s3)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"exp_avg": "signed", "exp_avg_sq": "unsigned", "max_exp_avg_sq": "unsigned"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.adan import branch, scalars_not_t_eq_1, scalars_t_eq_1
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -72,45 +80,97 @@ def adan_t_eq_1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            d_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            n_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            g_prev_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            d_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            n_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            g_prev_chunk = view(arrays, 5, tensor, S.types[5])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(d_c),
-                len(n_c),
-                len(g_prev_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(d_chunk),
+                extent(n_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                d = load(d_c[elem], F)
-                n = load(n_c[elem], F)
-                m_new = beta1 * m + s0 * g
-                d_new = s1 + beta2 * d
-                n_new = beta3 * n + s3 * (g + s2) * (g + s2)
-                update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
-                w_new = (w + s7 * update) / u0
-                g_prev_new = g
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
-                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                d_c, d_absmax, d_table, d_midpoints, d_buckets, d_buffer = block_of(
+                    d_chunk, first, last
+                )
+                n_c, n_absmax, n_table, n_midpoints, n_buckets, n_buffer = block_of(
+                    n_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    d = load_from(d_c, d_absmax, d_table, elem, F)
+                    n = load_from(n_c, n_absmax, n_table, elem, F)
+                    m_new = beta1 * m + s0 * g
+                    d_new = s1 + beta2 * d
+                    n_new = beta3 * n + s3 * (g + s2) * (g + s2)
+                    update = (s6 * d_new + m_new / s5) / (eps + math.sqrt(n_new) / s4)
+                    w_new = (w + s7 * update) / u0
+                    g_prev_new = g
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        d_c,
+                        d_buffer,
+                        elem,
+                        d_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        n_c,
+                        n_buffer,
+                        elem,
+                        n_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[5], S.stochastic[5], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(d_c, d_absmax, d_midpoints, d_buckets, d_buffer, last - first)
+                flush(n_c, n_absmax, n_midpoints, n_buckets, n_buffer, last - first)
 
     return step
 
@@ -144,50 +204,117 @@ def adan_not_t_eq_1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            d_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            n_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            g_prev_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            d_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            n_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            g_prev_chunk = view(arrays, 5, tensor, S.types[5])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + lr * weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(d_c),
-                len(n_c),
-                len(g_prev_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(d_chunk),
+                extent(n_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                d = load(d_c[elem], F)
-                n = load(n_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                diff = g - g_prev
-                m_new = beta1 * m + s0 * g
-                d_new = beta2 * d + s1 * diff
-                n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
-                update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
-                w_new = (w + s6 * update) / u0
-                g_prev_new = g
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                d_c[elem] = store(d_new, S.types[3], S.stochastic[3], key, start + elem)
-                n_c[elem] = store(n_new, S.types[4], S.stochastic[4], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                d_c, d_absmax, d_table, d_midpoints, d_buckets, d_buffer = block_of(
+                    d_chunk, first, last
+                )
+                n_c, n_absmax, n_table, n_midpoints, n_buckets, n_buffer = block_of(
+                    n_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    d = load_from(d_c, d_absmax, d_table, elem, F)
+                    n = load_from(n_c, n_absmax, n_table, elem, F)
+                    g_prev = load(g_prev_c[elem], F)
+                    diff = g - g_prev
+                    m_new = beta1 * m + s0 * g
+                    d_new = beta2 * d + s1 * diff
+                    n_new = beta3 * n + s2 * (g + beta2 * diff) * (g + beta2 * diff)
+                    update = (s5 * d_new + m_new / s4) / (eps + math.sqrt(n_new) / s3)
+                    w_new = (w + s6 * update) / u0
+                    g_prev_new = g
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        d_c,
+                        d_buffer,
+                        elem,
+                        d_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        n_c,
+                        n_buffer,
+                        elem,
+                        n_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[5], S.stochastic[5], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(d_c, d_absmax, d_midpoints, d_buckets, d_buffer, last - first)
+                flush(n_c, n_absmax, n_midpoints, n_buckets, n_buffer, last - first)
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {
+    "exp_avg": "signed",
+    "exp_avg_diff": "signed",
+    "exp_avg_sq": "unsigned",
+    "pre_grad": None,
+}
+INT8_REFUSED = {
+    "pre_grad": (
+        "is a snapshot, not a running statistic: its new value (g) does not read "
+        "its old one, so a code's error would enter every use in full"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -29,6 +29,14 @@ import numpy as np
 from optforge.generated.host.ademamix import scalars, scalars_weight_decouple
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -57,37 +65,104 @@ def ademamix(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s2, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s3)
-                w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s2, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s3)
+                    w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -104,38 +179,105 @@ def ademamix_weight_decouple(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) + s0 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s3, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s4)
-                w_new = w_decayed + s0 * u / (eps + math.sqrt(v_new) / s5)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = grad_scale * g
+                    w_decayed = u0 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s3, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s4)
+                    w_new = w_decayed + s0 * u / (eps + math.sqrt(v_new) / s5)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -152,38 +294,105 @@ def ademamix_weight_decouple__fixed_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = F(1.0) - weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = grad_scale * g
-                w_decayed = u0 * w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s2, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s3)
-                w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = grad_scale * g
+                    w_decayed = u0 * w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s2, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s3)
+                    w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -201,38 +410,105 @@ def ademamix_maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                w_decayed = w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s2, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s3)
-                w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    w_decayed = w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s2, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s3)
+                    w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -249,39 +525,106 @@ def ademamix_maximize__weight_decouple(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) + s0 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = fma(s1, g_eff - m, m)
-                v_new = fma(s2 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s3, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s4)
-                w_new = w_decayed + s0 * u / (eps + math.sqrt(v_new) / s5)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = u0 * g
+                    w_decayed = u1 * w
+                    m_new = fma(s1, g_eff - m, m)
+                    v_new = fma(s2 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s3, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s4)
+                    w_new = w_decayed + s0 * u / (eps + math.sqrt(v_new) / s5)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -298,39 +641,106 @@ def ademamix_maximize__weight_decouple__fixed_decay(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            m_slow_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            m_slow_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             u1 = F(1.0) - weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(m_slow_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(m_slow_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                m_slow = load(m_slow_c[elem], F)
-                g_eff = u0 * g
-                w_decayed = u1 * w
-                m_new = fma(s0, g_eff - m, m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                m_slow_new = fma(s2, g_eff - m_slow, m_slow)
-                u = fma(alpha_t, m_slow_new, m_new / s3)
-                w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                m_slow_c[elem] = store(m_slow_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                (
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_table,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                ) = block_of(m_slow_chunk, first, last)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    g_eff = u0 * g
+                    w_decayed = u1 * w
+                    m_new = fma(s0, g_eff - m, m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    m_slow_new = fma(s2, g_eff - m_slow, m_slow)
+                    u = fma(alpha_t, m_slow_new, m_new / s3)
+                    w_new = w_decayed + s5 * u / (eps + math.sqrt(v_new) / s4)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        m_slow_c,
+                        m_slow_buffer,
+                        elem,
+                        m_slow_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    m_slow_c,
+                    m_slow_absmax,
+                    m_slow_midpoints,
+                    m_slow_buckets,
+                    m_slow_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -338,6 +748,11 @@ def ademamix_maximize__weight_decouple__fixed_decay(F, S=None):
 # Per hyperparameter (in the scalars functions' order), the value an argument of None
 # stands for; None: the machine epsilon of the parameter's dtype.
 NONE_VALUES = (None, None, None, None, None, -1.0)
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"exp_avg": "signed", "exp_avg_sq": "unsigned", "exp_avg_slow": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

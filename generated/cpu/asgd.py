@@ -33,6 +33,14 @@ from optforge.generated.host.asgd import (
     scalars_not_mu_eq_1,
 )
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -186,6 +194,17 @@ def asgd_maximize__not_mu_eq_1(F, S=None):
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"ax": None}
+INT8_REFUSED = {
+    "ax": (
+        "holds parameter values: without weight decay its new value still reads "
+        "the parameter w, and an average or copy of the weights needs their "
+        "precision"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

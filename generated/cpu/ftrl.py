@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.ftrl import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -99,6 +107,22 @@ def ftrl(F, S=None):
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"moments": None, "linear": None}
+INT8_REFUSED = {
+    "moments": (
+        "decides a branch: the condition l1 < Abs(linear) reads it through "
+        "'linear', and a code's error could flip it"
+    ),
+    "linear": (
+        "decides a branch: the condition l1 < Abs(linear) reads it, and a code's "
+        "error could flip it; holds parameter values: without weight decay its "
+        "new value still reads the parameter w, and an average or copy of the "
+        "weights needs their precision"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

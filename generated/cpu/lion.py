@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.lion import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,25 +62,50 @@ def lion(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = F(1.0) + s1 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                c = beta1 * m + s0 * g
-                w_new = s1 * (F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)) + u0 * w
-                m_new = beta2 * m + s2 * g
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(m_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    c = beta1 * m + s0 * g
+                    w_new = s1 * (F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)) + u0 * w
+                    m_new = beta2 * m + s2 * g
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return step
 
@@ -92,21 +125,34 @@ def lion_cautious_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
             sum0 = 0.0
-            elems = min(stop - start, len(g_c), len(m_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                c = beta1 * m + s0 * g
-                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
-                mask = max(
-                    F(0.0),
-                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+            elems = min(stop - start, len(g_chunk), extent(m_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
                 )
-                mean0_of = mask
-                sum0 += f64(mean0_of)
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    c = beta1 * m + s0 * g
+                    u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                    mask = max(
+                        F(0.0),
+                        (
+                            F(1.0)
+                            if (g * u) > F(0.0)
+                            else (-F(1.0) if (g * u) < F(0.0) else (g * u))
+                        ),
+                    )
+                    mean0_of = mask
+                    sum0 += f64(mean0_of)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -144,34 +190,68 @@ def lion_cautious_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u1 = per_tensor[2, tensor]
             u0 = F(1.0) + s1 * weight_decay
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                c = beta1 * m + s0 * g
-                u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
-                mask = max(
-                    F(0.0),
-                    (F(1.0) if (g * u) > F(0.0) else (-F(1.0) if (g * u) < F(0.0) else (g * u))),
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(m_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
                 )
-                w_new = u0 * w + u1 * mask * u
-                m_new = beta2 * m + s2 * g
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    c = beta1 * m + s0 * g
+                    u = F(1.0) if c > F(0.0) else (-F(1.0) if c < F(0.0) else c)
+                    mask = max(
+                        F(0.0),
+                        (
+                            F(1.0)
+                            if (g * u) > F(0.0)
+                            else (-F(1.0) if (g * u) < F(0.0) else (g * u))
+                        ),
+                    )
+                    w_new = u0 * w + u1 * mask * u
+                    m_new = beta2 * m + s2 * g
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage2
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"exp_avg": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

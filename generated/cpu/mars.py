@@ -34,6 +34,14 @@ from optforge.generated.host.mars import (
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -63,37 +71,82 @@ def mars(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
-                u = m_new / d
-                g_prev_new = fma(weight_decay_1d, w, g_eff)
-                w_new = fma(s3, u, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
+                    u = m_new / d
+                    g_prev_new = fma(weight_decay_1d, w, g_eff)
+                    w_new = fma(s3, u, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -235,40 +288,85 @@ def mars_is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = per_tensor[2, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, w)
-                g_prev_new = fma(weight_decay, w, g_eff)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, w)
+                    g_prev_new = fma(weight_decay, w, g_eff)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -287,38 +385,83 @@ def mars_maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
-                u = m_new / d
-                g_prev_new = fma(weight_decay_1d, w, g_eff)
-                w_new = fma(s3, u, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = u0 * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
+                    u = m_new / d
+                    g_prev_new = fma(weight_decay_1d, w, g_eff)
+                    w_new = fma(s3, u, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -459,41 +602,86 @@ def mars_maximize__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u1 = per_tensor[2, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, w)
-                g_prev_new = fma(weight_decay, w, g_eff)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, w)
+                    g_prev_new = fma(weight_decay, w, g_eff)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -512,48 +700,107 @@ def mars_ams_bound(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                v_max_new = max(v_max, v_new)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                u = m_new / d
-                g_prev_new = fma(weight_decay_1d, w, g_eff)
-                w_new = fma(s3, u, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    u = m_new / d
+                    g_prev_new = fma(weight_decay_1d, w, g_eff)
+                    w_new = fma(s3, u, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -578,51 +825,110 @@ def mars_ams_bound__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = per_tensor[2, tensor]
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, w)
-                g_prev_new = fma(weight_decay, w, g_eff)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, w)
+                    g_prev_new = fma(weight_decay, w, g_eff)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -641,49 +947,108 @@ def mars_ams_bound__maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                v_max_new = max(v_max, v_new)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                u = m_new / d
-                g_prev_new = fma(weight_decay_1d, w, g_eff)
-                w_new = fma(s3, u, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = u0 * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    u = m_new / d
+                    g_prev_new = fma(weight_decay_1d, w, g_eff)
+                    w_new = fma(s3, u, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -707,13 +1072,13 @@ def mars_ams_bound__maximize__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -721,38 +1086,97 @@ def mars_ams_bound__maximize__is_2d_stage2(F, S=None):
             u0 = -grad_scale
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, w)
-                g_prev_new = fma(weight_decay, w, g_eff)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, w)
+                    g_prev_new = fma(weight_decay, w, g_eff)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -771,37 +1195,82 @@ def mars_weight_decouple(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
-                u = m_new / d
-                g_prev_new = g_eff
-                w_new = fma(s3, u, s4 * w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
+                    u = m_new / d
+                    g_prev_new = g_eff
+                    w_new = fma(s3, u, s4 * w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -821,41 +1290,86 @@ def mars_weight_decouple__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = per_tensor[2, tensor]
             u1 = F(1.0) + s4 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u1 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u1 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -874,38 +1388,83 @@ def mars_weight_decouple__maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
-                u = m_new / d
-                g_prev_new = g_eff
-                w_new = fma(s3, u, s4 * w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = u0 * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_new))
+                    u = m_new / d
+                    g_prev_new = g_eff
+                    w_new = fma(s3, u, s4 * w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return step
 
@@ -925,12 +1484,12 @@ def mars_weight_decouple__maximize__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -938,29 +1497,74 @@ def mars_weight_decouple__maximize__is_2d_stage2(F, S=None):
             u0 = -grad_scale
             u2 = F(1.0) + s4 * weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u2 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u2 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -979,48 +1583,107 @@ def mars_weight_decouple__ams_bound(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                v_max_new = max(v_max, v_new)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                u = m_new / d
-                g_prev_new = g_eff
-                w_new = fma(s3, u, s4 * w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    u = m_new / d
+                    g_prev_new = g_eff
+                    w_new = fma(s3, u, s4 * w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -1040,13 +1703,13 @@ def mars_weight_decouple__ams_bound__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -1054,38 +1717,97 @@ def mars_weight_decouple__ams_bound__is_2d_stage2(F, S=None):
             u1 = F(1.0) + s4 * weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u1 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u1 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -1104,49 +1826,108 @@ def mars_weight_decouple__ams_bound__maximize(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                v_max = load(v_max_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff
-                c = c_raw
-                m_new = fma(s0, c - m, m)
-                v_new = fma(s1 * c, c, beta2_1d * v)
-                v_max_new = max(v_max, v_new)
-                d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                u = m_new / d
-                g_prev_new = g_eff
-                w_new = fma(s3, u, s4 * w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g_eff = u0 * g
+                    c_raw = g_eff
+                    c = c_raw
+                    m_new = fma(s0, c - m, m)
+                    v_new = fma(s1 * c, c, beta2_1d * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s2 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    u = m_new / d
+                    g_prev_new = g_eff
+                    w_new = fma(s3, u, s4 * w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -1166,13 +1947,13 @@ def mars_weight_decouple__ams_bound__maximize__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -1181,38 +1962,97 @@ def mars_weight_decouple__ams_bound__maximize__is_2d_stage2(F, S=None):
             u2 = F(1.0) + s4 * weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u2 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u2 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -1232,41 +2072,86 @@ def mars_weight_decouple__fixed_decay__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = per_tensor[2, tensor]
             u1 = F(1.0) - weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u1 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u1 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -1286,12 +2171,12 @@ def mars_weight_decouple__fixed_decay__maximize__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -1299,29 +2184,74 @@ def mars_weight_decouple__fixed_decay__maximize__is_2d_stage2(F, S=None):
             u0 = -grad_scale
             u2 = F(1.0) - weight_decay
             elems = min(
-                stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(g_prev_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u2 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u2 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
 
     return stage2
 
@@ -1341,13 +2271,13 @@ def mars_weight_decouple__fixed_decay__ams_bound__is_2d_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -1355,38 +2285,97 @@ def mars_weight_decouple__fixed_decay__ams_bound__is_2d_stage2(F, S=None):
             u1 = F(1.0) - weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = grad_scale * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u0
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u1 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = grad_scale * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u0
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u1 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -1406,13 +2395,13 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            g_prev_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            v_max_c = view(arrays, 5, tensor, S.types[5])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            g_prev_chunk = view(arrays, 4, tensor, S.types[4])[start:stop]
+            v_max_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
@@ -1421,38 +2410,97 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
             u2 = F(1.0) - weight_decay
             elems = min(
                 stop - start,
-                len(w_c),
-                len(g_c),
-                len(m_c),
-                len(v_c),
-                len(g_prev_c),
-                len(v_max_c),
-                len(mirror_c),
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                len(g_prev_chunk),
+                extent(v_max_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                v_max = load(v_max_c[elem], F)
-                g = load(g_c[elem], F)
-                g_prev = load(g_prev_c[elem], F)
-                v = load(v_c[elem], F)
-                m = load(m_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = u0 * g
-                c_raw = g_eff + s0 * (g_eff - g_prev)
-                c = c_raw / u1
-                v_new = fma(s2 * c, c, beta2 * v)
-                v_max_new = max(v_max, v_new)
-                d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
-                m_new = fma(s1, c - m, m)
-                u = m_new / d
-                w_new = fma(s4, u, u2 * w)
-                g_prev_new = g_eff
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                g_prev_c[elem] = store(g_prev_new, S.types[4], S.stochastic[4], key, start + elem)
-                v_max_c[elem] = store(v_max_new, S.types[5], S.stochastic[5], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                g_prev_c = g_prev_chunk[first:last]
+                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
+                    block_of(v_max_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    g = load(g_c[elem], F)
+                    g_prev = load(g_prev_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = u0 * g
+                    c_raw = g_eff + s0 * (g_eff - g_prev)
+                    c = c_raw / u1
+                    v_new = fma(s2 * c, c, beta2 * v)
+                    v_max_new = max(v_max, v_new)
+                    d = s3 * (eps + math.sqrt(F(1e-15) + v_max_new))
+                    m_new = fma(s1, c - m, m)
+                    u = m_new / d
+                    w_new = fma(s4, u, u2 * w)
+                    g_prev_new = g_eff
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    g_prev_c[elem] = store(
+                        g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
+                    )
+                    store_into(
+                        v_max_c,
+                        v_max_buffer,
+                        elem,
+                        v_max_new,
+                        S.types[5],
+                        S.stochastic[5],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(
+                    v_max_c,
+                    v_max_absmax,
+                    v_max_midpoints,
+                    v_max_buckets,
+                    v_max_buffer,
+                    last - first,
+                )
 
     return stage2
 
@@ -1460,6 +2508,24 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
 # (index among the flags, rank) of the flag the run-time sets per tensor: True for
 # tensors of at least that many dimensions, which take the factored variants.
 RANK_FLAG = (5, 2)
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {
+    "exp_avg": "signed",
+    "exp_avg_sq": "unsigned",
+    "last_grad": None,
+    "max_exp_avg_sq": "unsigned",
+}
+INT8_REFUSED = {
+    "last_grad": (
+        "is a snapshot, not a running statistic: its new value (g*grad_scale + "
+        "w*weight_decay_1d) does not read its old one, so a code's error would "
+        "enter every use in full; holds parameter values: without weight decay "
+        "its new value still reads the parameter w, and an average or copy of the"
+        " weights needs their precision"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -39,6 +39,14 @@ from optforge.generated.host.muon import (
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
 from optforge.runtime.matrix import matrix_view, newton_schulz
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -70,21 +78,41 @@ def muon_momentum_gt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = m_new
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = m_new
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -186,21 +214,41 @@ def muon_not_momentum_gt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = m_new
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = m_new
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -221,21 +269,41 @@ def muon_match_rms_adamw__momentum_gt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = m_new
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = m_new
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -335,21 +403,41 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = m_new
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = m_new
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -372,21 +460,41 @@ def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = fma(momentum, m_new - g, g)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = fma(momentum, m_new - g, g)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -503,21 +611,41 @@ def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = fma(g - m_new, (F(1.0) - momentum), m_new)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = fma(g - m_new, (F(1.0) - momentum), m_new)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -540,21 +668,41 @@ def muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = fma(momentum, m_new - g, g)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = fma(momentum, m_new - g, g)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -577,21 +725,41 @@ def muon_nesterov__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = fma(g - m_new, (F(1.0) - momentum), m_new)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = fma(g - m_new, (F(1.0) - momentum), m_new)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -614,21 +782,41 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = fma(momentum, m_new - g, g)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = fma(momentum, m_new - g, g)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -744,21 +932,41 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__not_momentum_lt_0_5_stage1(
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(s1, g - m, m)
-                u = fma(g - m_new, (F(1.0) - momentum), m_new)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(s1, g - m, m)
+                    u = fma(g - m_new, (F(1.0) - momentum), m_new)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -781,21 +989,41 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1(
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = fma(momentum, m_new - g, g)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = fma(momentum, m_new - g, g)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -818,21 +1046,41 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_sta
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            matrix0_c = matrices[
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            matrix0_chunk = matrices[
                 0, matrix_shapes[tensor, 0] + start : matrix_shapes[tensor, 0] + stop
             ]
             key = arrays.keys[tensor]
-            elems = min(stop - start, len(g_c), len(m_c), len(matrix0_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                m_new = fma(m - g, (F(1.0) - s1), g)
-                u = fma(g - m_new, (F(1.0) - momentum), m_new)
-                matrix0_of = u
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                matrix0_c[elem] = matrix0_of
+            elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                matrix0_c = matrix0_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m_new = fma(m - g, (F(1.0) - s1), g)
+                    u = fma(g - m_new, (F(1.0) - momentum), m_new)
+                    matrix0_of = u
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    matrix0_c[elem] = matrix0_of
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
 
     return stage1
 
@@ -841,6 +1089,11 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_sta
 TENSOR_RANK = 2
 # Why these kernels cannot step device arrays (the run-time refuses them up front).
 DEVICE_REFUSED = "its matrix stage (newton_schulz) runs on the CPU only; step CPU tensors"
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"momentum_buffer": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -39,6 +39,14 @@ from optforge.generated.host.prodigy import (
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -126,26 +134,41 @@ def prodigy_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                w = load(w_c[elem], F)
-                v = load(v_c[elem], F)
-                g_eff = fma(weight_decay, w, g)
-                v_new = v
-                w_decayed = w
-                w_new = w_decayed + u1 * g_eff / (u0 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    w = load(w_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = fma(weight_decay, w, g)
+                    v_new = v
+                    w_decayed = w
+                    w_new = w_decayed + u1 * g_eff / (u0 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -187,25 +210,42 @@ def prodigy_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
-            elems = min(stop - start, len(w_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                m_new = m
-                v_new = v
-                w_decayed = w
-                w_new = w_decayed + u1 * m_new / (u0 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), extent(m_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    m_new = m
+                    v_new = v
+                    w_decayed = w
+                    w_new = w_decayed + u1 * m_new / (u0 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -228,36 +268,93 @@ def prodigy_not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            s_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            p0_c = view(arrays, 5, tensor, S.types[5])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            s_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            p0_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             sum0 = 0.0
             sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(s_c), len(p0_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                s = load(s_c[elem], F)
-                p0 = load(p0_c[elem], F)
-                g_eff = fma(weight_decay, w, g)
-                m_new = fma(s0, g_eff, beta1 * m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                s_new = fma(s2, g_eff, b3 * s)
-                p0_new = p0
-                numerator_of = g_eff * (p0_new - w)
-                denominator_of = abs(s_new)
-                sum0 += f64(numerator_of)
-                sum1 += f64(denominator_of)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                s_c[elem] = store(s_new, S.types[4], S.stochastic[4], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(s_chunk),
+                extent(p0_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                s_c, s_absmax, s_table, s_midpoints, s_buckets, s_buffer = block_of(
+                    s_chunk, first, last
+                )
+                p0_c, p0_absmax, p0_table, p0_midpoints, p0_buckets, p0_buffer = block_of(
+                    p0_chunk, first, last
+                )
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    s = load_from(s_c, s_absmax, s_table, elem, F)
+                    p0 = load_from(p0_c, p0_absmax, p0_table, elem, F)
+                    g_eff = fma(weight_decay, w, g)
+                    m_new = fma(s0, g_eff, beta1 * m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    s_new = fma(s2, g_eff, b3 * s)
+                    p0_new = p0
+                    numerator_of = g_eff * (p0_new - w)
+                    denominator_of = abs(s_new)
+                    sum0 += f64(numerator_of)
+                    sum1 += f64(denominator_of)
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        s_c,
+                        s_buffer,
+                        elem,
+                        s_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(s_c, s_absmax, s_midpoints, s_buckets, s_buffer, last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -301,25 +398,40 @@ def prodigy_not_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                w = load(w_c[elem], F)
-                v_new = load(v_c[elem], F)
-                g_eff = fma(weight_decay, w, g)
-                w_decayed = w
-                w_new = w_decayed + u1 * g_eff / (u0 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    w = load(w_c[elem], F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    g_eff = fma(weight_decay, w, g)
+                    w_decayed = w
+                    w_new = w_decayed + u1 * g_eff / (u0 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -361,23 +473,40 @@ def prodigy_not_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
-            elems = min(stop - start, len(w_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                m_new = load(m_c[elem], F)
-                v_new = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                w_decayed = w
-                w_new = w_decayed + u1 * m_new / (u0 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), extent(m_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    w_decayed = w
+                    w_new = w_decayed + u1 * m_new / (u0 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -423,26 +552,41 @@ def prodigy_decouple__lr_eq_0__beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
             u2 = per_tensor[4, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                v = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = g
-                v_new = v
-                w_decayed = fma(u0, w, w)
-                w_new = w_decayed + u2 * g_eff / (u1 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = g
+                    v_new = v
+                    w_decayed = fma(u0, w, w)
+                    w_new = w_decayed + u2 * g_eff / (u1 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -488,26 +632,43 @@ def prodigy_decouple__lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
             u2 = per_tensor[4, tensor]
-            elems = min(stop - start, len(w_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                m_new = m
-                v_new = v
-                w_decayed = fma(u0, w, w)
-                w_new = w_decayed + u2 * m_new / (u1 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), extent(m_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    m_new = m
+                    v_new = v
+                    w_decayed = fma(u0, w, w)
+                    w_new = w_decayed + u2 * m_new / (u1 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -530,35 +691,92 @@ def prodigy_decouple__not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            s_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            p0_c = view(arrays, 5, tensor, S.types[5])[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            s_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            p0_chunk = state_view(arrays, 5, S.blocks[5], tensor, S.types[5], start, stop)
             key = arrays.keys[tensor]
             sum0 = 0.0
             sum1 = 0.0
-            elems = min(stop - start, len(w_c), len(g_c), len(m_c), len(v_c), len(s_c), len(p0_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                m = load(m_c[elem], F)
-                v = load(v_c[elem], F)
-                s = load(s_c[elem], F)
-                p0 = load(p0_c[elem], F)
-                g_eff = g
-                m_new = fma(s0, g_eff, beta1 * m)
-                v_new = fma(s1 * g_eff, g_eff, beta2 * v)
-                s_new = fma(s2, g_eff, b3 * s)
-                p0_new = p0
-                numerator_of = g_eff * (p0_new - w)
-                denominator_of = abs(s_new)
-                sum0 += f64(numerator_of)
-                sum1 += f64(denominator_of)
-                m_c[elem] = store(m_new, S.types[2], S.stochastic[2], key, start + elem)
-                v_c[elem] = store(v_new, S.types[3], S.stochastic[3], key, start + elem)
-                s_c[elem] = store(s_new, S.types[4], S.stochastic[4], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(m_chunk),
+                extent(v_chunk),
+                extent(s_chunk),
+                extent(p0_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                s_c, s_absmax, s_table, s_midpoints, s_buckets, s_buffer = block_of(
+                    s_chunk, first, last
+                )
+                p0_c, p0_absmax, p0_table, p0_midpoints, p0_buckets, p0_buffer = block_of(
+                    p0_chunk, first, last
+                )
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    s = load_from(s_c, s_absmax, s_table, elem, F)
+                    p0 = load_from(p0_c, p0_absmax, p0_table, elem, F)
+                    g_eff = g
+                    m_new = fma(s0, g_eff, beta1 * m)
+                    v_new = fma(s1 * g_eff, g_eff, beta2 * v)
+                    s_new = fma(s2, g_eff, b3 * s)
+                    p0_new = p0
+                    numerator_of = g_eff * (p0_new - w)
+                    denominator_of = abs(s_new)
+                    sum0 += f64(numerator_of)
+                    sum1 += f64(denominator_of)
+                    store_into(
+                        m_c,
+                        m_buffer,
+                        elem,
+                        m_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        v_c,
+                        v_buffer,
+                        elem,
+                        v_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        s_c,
+                        s_buffer,
+                        elem,
+                        s_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(s_c, s_absmax, s_midpoints, s_buckets, s_buffer, last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -606,25 +824,40 @@ def prodigy_decouple__not_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
             u2 = per_tensor[4, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                g = load(g_c[elem], F)
-                v_new = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                g_eff = g
-                w_decayed = fma(u0, w, w)
-                w_new = w_decayed + u2 * g_eff / (u1 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    g = load(g_c[elem], F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    g_eff = g
+                    w_decayed = fma(u0, w, w)
+                    w_new = w_decayed + u2 * g_eff / (u1 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -670,24 +903,41 @@ def prodigy_decouple__not_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            m_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            v_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            v_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             u0 = per_tensor[2, tensor]
             u1 = per_tensor[3, tensor]
             u2 = per_tensor[4, tensor]
-            elems = min(stop - start, len(w_c), len(m_c), len(v_c), len(mirror_c))
-            for elem in range(elems):
-                m_new = load(m_c[elem], F)
-                v_new = load(v_c[elem], F)
-                w = load(w_c[elem], F)
-                w_decayed = fma(u0, w, w)
-                w_new = w_decayed + u2 * m_new / (u1 + math.sqrt(v_new))
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), extent(m_chunk), extent(v_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
+                    m_chunk, first, last
+                )
+                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
+                    v_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
+                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    w = load(w_c[elem], F)
+                    w_decayed = fma(u0, w, w)
+                    w_new = w_decayed + u2 * m_new / (u1 + math.sqrt(v_new))
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
 
     return stage2
 
@@ -698,6 +948,11 @@ DEVICE_REFUSED = "its sum rules run between its stages on the CPU only so far; s
 # Per hyperparameter (in the scalars functions' order), the value an argument of None
 # stands for; None: the machine epsilon of the parameter's dtype.
 NONE_VALUES = (None, None, None, -1.0, None, None, None, None)
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"exp_avg": "signed", "exp_avg_sq": "unsigned", "s": "signed", "p0": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

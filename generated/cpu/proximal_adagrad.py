@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.proximal_adagrad import branch, scalars_l1_gt_0, scalars_not_l1_gt_0
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,31 +62,56 @@ def proximal_adagrad_l1_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            a_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            a_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                a = load(a_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                a_new = a + (g_eff * g_eff)
-                eta = lr / math.sqrt(a_new)
-                prox = w - eta * g_eff
-                w_new = (
-                    max(F(0.0), s0 * eta + abs(prox))
-                    * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
-                    / (F(1.0) + l2 * eta)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(a_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                a_c, a_absmax, a_table, a_midpoints, a_buckets, a_buffer = block_of(
+                    a_chunk, first, last
                 )
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    a = load_from(a_c, a_absmax, a_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    a_new = a + (g_eff * g_eff)
+                    eta = lr / math.sqrt(a_new)
+                    prox = w - eta * g_eff
+                    w_new = (
+                        max(F(0.0), s0 * eta + abs(prox))
+                        * (F(1.0) if prox > F(0.0) else (-F(1.0) if prox < F(0.0) else prox))
+                        / (F(1.0) + l2 * eta)
+                    )
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        a_c,
+                        a_buffer,
+                        elem,
+                        a_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(a_c, a_absmax, a_midpoints, a_buckets, a_buffer, last - first)
 
     return step
 
@@ -142,27 +175,52 @@ def proximal_adagrad_not_l1_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            a_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            a_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(a_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                a = load(a_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                a_new = a + (g_eff * g_eff)
-                eta = lr / math.sqrt(a_new)
-                prox = w - eta * g_eff
-                w_new = prox / (F(1.0) + l2 * eta)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                a_c[elem] = store(a_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(a_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                a_c, a_absmax, a_table, a_midpoints, a_buckets, a_buffer = block_of(
+                    a_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    a = load_from(a_c, a_absmax, a_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    a_new = a + (g_eff * g_eff)
+                    eta = lr / math.sqrt(a_new)
+                    prox = w - eta * g_eff
+                    w_new = prox / (F(1.0) + l2 * eta)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        a_c,
+                        a_buffer,
+                        elem,
+                        a_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(a_c, a_absmax, a_midpoints, a_buckets, a_buffer, last - first)
 
     return step
 
@@ -209,6 +267,11 @@ def proximal_adagrad_not_l1_gt_0_rows(F, S=None):
 
     return rows_kernel
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"accum": "unsigned"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

@@ -36,6 +36,14 @@ from optforge.generated.host.rmsprop import (
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -63,30 +71,73 @@ def rmsprop_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            buf_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            buf_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                denom = eps + math.sqrt(sq_new)
-                buf_new = momentum * buf + g_eff / denom
-                w_new = fma(s1, buf_new, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(buf_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    denom = eps + math.sqrt(sq_new)
+                    buf_new = momentum * buf + g_eff / denom
+                    w_new = fma(s1, buf_new, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -103,26 +154,51 @@ def rmsprop_not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                denom = eps + math.sqrt(sq_new)
-                w_new = w + s1 * g_eff / denom
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(sq_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    denom = eps + math.sqrt(sq_new)
+                    w_new = w + s1 * g_eff / denom
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
 
     return step
 
@@ -139,31 +215,74 @@ def rmsprop_maximize__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            buf_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            buf_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                denom = eps + math.sqrt(sq_new)
-                buf_new = momentum * buf + g_eff / denom
-                w_new = fma(s1, buf_new, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(buf_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    denom = eps + math.sqrt(sq_new)
+                    buf_new = momentum * buf + g_eff / denom
+                    w_new = fma(s1, buf_new, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -180,27 +299,52 @@ def rmsprop_maximize__not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                denom = eps + math.sqrt(sq_new)
-                w_new = w + s1 * g_eff / denom
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(sq_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    denom = eps + math.sqrt(sq_new)
+                    w_new = w + s1 * g_eff / denom
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
 
     return step
 
@@ -217,36 +361,98 @@ def rmsprop_centered__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            buf_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            g_avg_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            buf_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(g_avg_chunk),
+                extent(buf_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_avg = load(g_avg_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                g_avg_new = fma(s0, g_eff - g_avg, g_avg)
-                denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
-                buf_new = momentum * buf + g_eff / denom
-                w_new = fma(s1, buf_new, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
+                    block_of(g_avg_chunk, first, last)
+                )
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+                    denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+                    buf_new = momentum * buf + g_eff / denom
+                    w_new = fma(s1, buf_new, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        g_avg_c,
+                        g_avg_buffer,
+                        elem,
+                        g_avg_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    g_avg_c,
+                    g_avg_absmax,
+                    g_avg_midpoints,
+                    g_avg_buckets,
+                    g_avg_buffer,
+                    last - first,
+                )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -263,30 +469,80 @@ def rmsprop_centered__not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            g_avg_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_avg = load(g_avg_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                g_avg_new = fma(s0, g_eff - g_avg, g_avg)
-                denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
-                w_new = w + s1 * g_eff / denom
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(g_avg_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
+                    block_of(g_avg_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+                    denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+                    w_new = w + s1 * g_eff / denom
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        g_avg_c,
+                        g_avg_buffer,
+                        elem,
+                        g_avg_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    g_avg_c,
+                    g_avg_absmax,
+                    g_avg_midpoints,
+                    g_avg_buckets,
+                    g_avg_buffer,
+                    last - first,
+                )
 
     return step
 
@@ -303,37 +559,99 @@ def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            buf_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            g_avg_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            buf_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
             elems = min(
-                stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(buf_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(g_avg_chunk),
+                extent(buf_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_avg = load(g_avg_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                g_avg_new = fma(s0, g_eff - g_avg, g_avg)
-                denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
-                buf_new = momentum * buf + g_eff / denom
-                w_new = fma(s1, buf_new, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[4], S.stochastic[4], key, start + elem)
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
+                    block_of(g_avg_chunk, first, last)
+                )
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+                    denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+                    buf_new = momentum * buf + g_eff / denom
+                    w_new = fma(s1, buf_new, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        g_avg_c,
+                        g_avg_buffer,
+                        elem,
+                        g_avg_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    g_avg_c,
+                    g_avg_absmax,
+                    g_avg_midpoints,
+                    g_avg_buckets,
+                    g_avg_buffer,
+                    last - first,
+                )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -350,34 +668,89 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            sq_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            g_avg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            sq_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            g_avg_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(sq_c), len(g_avg_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                sq = load(sq_c[elem], F)
-                g_avg = load(g_avg_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
-                g_avg_new = fma(s0, g_eff - g_avg, g_avg)
-                denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
-                w_new = w + s1 * g_eff / denom
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                sq_c[elem] = store(sq_new, S.types[2], S.stochastic[2], key, start + elem)
-                g_avg_c[elem] = store(g_avg_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(sq_chunk),
+                extent(g_avg_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                    sq_chunk, first, last
+                )
+                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
+                    block_of(g_avg_chunk, first, last)
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
+                    g_avg_new = fma(s0, g_eff - g_avg, g_avg)
+                    denom = eps + math.sqrt(fma(-g_avg_new, g_avg_new, sq_new))
+                    w_new = w + s1 * g_eff / denom
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        sq_c,
+                        sq_buffer,
+                        elem,
+                        sq_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        g_avg_c,
+                        g_avg_buffer,
+                        elem,
+                        g_avg_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(
+                    g_avg_c,
+                    g_avg_absmax,
+                    g_avg_midpoints,
+                    g_avg_buckets,
+                    g_avg_buffer,
+                    last - first,
+                )
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"square_avg": "signed", "grad_avg": "signed", "momentum_buffer": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

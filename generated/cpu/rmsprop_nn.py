@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.rmsprop_nn import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -54,29 +62,72 @@ def rmsprop_nn(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            ms_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mom_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ms_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mom_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(ms_c), len(mom_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                ms = load(ms_c[elem], F)
-                mom = load(mom_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                ms_new = decay * ms + s0 * g_eff * g_eff
-                mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
-                w_new = w - mom_new
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
-                mom_c[elem] = store(mom_new, S.types[3], S.stochastic[3], key, start + elem)
+            elems = min(
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(ms_chunk),
+                extent(mom_chunk),
+                len(mirror_chunk),
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                ms_c, ms_absmax, ms_table, ms_midpoints, ms_buckets, ms_buffer = block_of(
+                    ms_chunk, first, last
+                )
+                mom_c, mom_absmax, mom_table, mom_midpoints, mom_buckets, mom_buffer = block_of(
+                    mom_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    ms = load_from(ms_c, ms_absmax, ms_table, elem, F)
+                    mom = load_from(mom_c, mom_absmax, mom_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    ms_new = decay * ms + s0 * g_eff * g_eff
+                    mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
+                    w_new = w - mom_new
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        ms_c,
+                        ms_buffer,
+                        elem,
+                        ms_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        mom_c,
+                        mom_buffer,
+                        elem,
+                        mom_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_buffer, last - first)
+                flush(mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_buffer, last - first)
 
     return step
 
@@ -93,40 +144,100 @@ def rmsprop_nn_centered(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            ms_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mg_c = view(arrays, 3, tensor, S.types[3])[start:stop]
-            mom_c = view(arrays, 4, tensor, S.types[4])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            ms_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mg_chunk = state_view(arrays, 3, S.blocks[3], tensor, S.types[3], start, stop)
+            mom_chunk = state_view(arrays, 4, S.blocks[4], tensor, S.types[4], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             elems = min(
-                stop - start, len(w_c), len(g_c), len(ms_c), len(mg_c), len(mom_c), len(mirror_c)
+                stop - start,
+                len(w_chunk),
+                len(g_chunk),
+                extent(ms_chunk),
+                extent(mg_chunk),
+                extent(mom_chunk),
+                len(mirror_chunk),
             )
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                ms = load(ms_c[elem], F)
-                mg = load(mg_c[elem], F)
-                mom = load(mom_c[elem], F)
-                g_eff = grad_scale * g + weight_decay * w
-                ms_new = decay * ms + s0 * g_eff * g_eff
-                mg_new = decay * mg + s0 * g_eff
-                mom_new = momentum * mom + lr * g_eff / math.sqrt(
-                    epsilon + ms_new - mg_new * mg_new
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                ms_c, ms_absmax, ms_table, ms_midpoints, ms_buckets, ms_buffer = block_of(
+                    ms_chunk, first, last
                 )
-                w_new = w - mom_new
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                ms_c[elem] = store(ms_new, S.types[2], S.stochastic[2], key, start + elem)
-                mg_c[elem] = store(mg_new, S.types[3], S.stochastic[3], key, start + elem)
-                mom_c[elem] = store(mom_new, S.types[4], S.stochastic[4], key, start + elem)
+                mg_c, mg_absmax, mg_table, mg_midpoints, mg_buckets, mg_buffer = block_of(
+                    mg_chunk, first, last
+                )
+                mom_c, mom_absmax, mom_table, mom_midpoints, mom_buckets, mom_buffer = block_of(
+                    mom_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    ms = load_from(ms_c, ms_absmax, ms_table, elem, F)
+                    mg = load_from(mg_c, mg_absmax, mg_table, elem, F)
+                    mom = load_from(mom_c, mom_absmax, mom_table, elem, F)
+                    g_eff = grad_scale * g + weight_decay * w
+                    ms_new = decay * ms + s0 * g_eff * g_eff
+                    mg_new = decay * mg + s0 * g_eff
+                    mom_new = momentum * mom + lr * g_eff / math.sqrt(
+                        epsilon + ms_new - mg_new * mg_new
+                    )
+                    w_new = w - mom_new
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        ms_c,
+                        ms_buffer,
+                        elem,
+                        ms_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        mg_c,
+                        mg_buffer,
+                        elem,
+                        mg_new,
+                        S.types[3],
+                        S.stochastic[3],
+                        key,
+                        start + first + elem,
+                    )
+                    store_into(
+                        mom_c,
+                        mom_buffer,
+                        elem,
+                        mom_new,
+                        S.types[4],
+                        S.stochastic[4],
+                        key,
+                        start + first + elem,
+                    )
+                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_buffer, last - first)
+                flush(mg_c, mg_absmax, mg_midpoints, mg_buckets, mg_buffer, last - first)
+                flush(mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_buffer, last - first)
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"mean_square": "signed", "mean_grad": "signed", "moment": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

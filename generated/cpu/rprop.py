@@ -28,6 +28,14 @@ import numpy as np
 
 from optforge.generated.host.rprop import scalars
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -152,6 +160,25 @@ def rprop_maximize(F, S=None):
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"prev": None, "step_size": None}
+INT8_REFUSED = {
+    "prev": (
+        "is a snapshot, not a running statistic: its new value (Piecewise((0, "
+        "prev*(g*grad_scale + w*weight_decay) < 0), ...) does not read its old "
+        "one, so a code's error would enter every use in full; decides a branch: "
+        "the condition agreement > 0 reads it through 'agreement', and a code's "
+        "error could flip it"
+    ),
+    "step_size": (
+        "is not a statistic of the gradient: its new value (Min(step_size_max, "
+        "Max(step_size_min, step_size*Piecewise...) reads the gradient only in "
+        "branch conditions, if at all (a step size or a counter, whose exact "
+        "value matters)"
+    ),
+}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

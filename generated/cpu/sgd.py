@@ -37,6 +37,14 @@ from optforge.generated.host.sgd import (
 )
 from optforge.runtime.fma import fma  # noqa: F401
 from optforge.runtime.kernels import Branch, Plan, Variant, per_dtype
+from optforge.runtime.blockwise import (  # noqa: F401
+    block_of,
+    extent,
+    flush,
+    load_from,
+    state_view,
+    store_into,
+)
 from optforge.runtime.pointers import view  # noqa: F401
 from optforge.runtime.precision import load, plain_storage, store  # noqa: F401
 
@@ -65,25 +73,50 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                buf_new = g_eff
-                d = buf_new
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    buf_new = g_eff
+                    d = buf_new
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -102,25 +135,50 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                buf_new = g_eff
-                d = g_eff
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    buf_new = g_eff
+                    d = g_eff
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -138,26 +196,51 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                buf_new = fma(s0, g_eff, momentum * buf)
-                d = buf_new
-                w_new = fma(s1, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    buf_new = fma(s0, g_eff, momentum * buf)
+                    d = buf_new
+                    w_new = fma(s1, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -208,26 +291,51 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                buf_new = g_eff
-                d = buf_new
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    buf_new = g_eff
+                    d = buf_new
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -246,26 +354,51 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                buf_new = g_eff
-                d = g_eff
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    buf_new = g_eff
+                    d = g_eff
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -283,27 +416,52 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                buf_new = fma(s0, g_eff, momentum * buf)
-                d = buf_new
-                w_new = fma(s1, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    buf_new = fma(s0, g_eff, momentum * buf)
+                    d = buf_new
+                    w_new = fma(s1, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -355,25 +513,50 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                buf_new = g_eff
-                d = fma(momentum, buf_new, g_eff)
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    buf_new = g_eff
+                    d = fma(momentum, buf_new, g_eff)
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -391,26 +574,51 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, grad_scale * g)
-                buf_new = fma(s0, g_eff, momentum * buf)
-                d = fma(momentum, buf_new, g_eff)
-                w_new = fma(s1, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, grad_scale * g)
+                    buf_new = fma(s0, g_eff, momentum * buf)
+                    d = fma(momentum, buf_new, g_eff)
+                    w_new = fma(s1, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -427,26 +635,51 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                buf_new = g_eff
-                d = fma(momentum, buf_new, g_eff)
-                w_new = fma(s0, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    buf_new = g_eff
+                    d = fma(momentum, buf_new, g_eff)
+                    w_new = fma(s0, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
@@ -463,30 +696,60 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=Non
             tensor = chunks.tensor[chunk]
             start = chunks.start[chunk]
             stop = chunks.stop[chunk]
-            w_c = view(arrays, 0, tensor, S.types[0])[start:stop]
-            g_c = view(arrays, 1, tensor, S.types[1])[start:stop]
-            buf_c = view(arrays, 2, tensor, S.types[2])[start:stop]
-            mirror_c = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
+            w_chunk = view(arrays, 0, tensor, S.types[0])[start:stop]
+            g_chunk = view(arrays, 1, tensor, S.types[1])[start:stop]
+            buf_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+            mirror_chunk = view(arrays, S.mirror, tensor, S.mirror_type)[start:stop]
             key = arrays.keys[tensor]
             weight_decay = per_tensor[0, tensor]
             grad_scale = per_tensor[1, tensor]
             u0 = -grad_scale
-            elems = min(stop - start, len(w_c), len(g_c), len(buf_c), len(mirror_c))
-            for elem in range(elems):
-                w = load(w_c[elem], F)
-                g = load(g_c[elem], F)
-                buf = load(buf_c[elem], F)
-                g_eff = fma(weight_decay, w, u0 * g)
-                buf_new = fma(s0, g_eff, momentum * buf)
-                d = fma(momentum, buf_new, g_eff)
-                w_new = fma(s1, d, w)
-                w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + elem)
-                if S.mirror:
-                    mirror_c[elem] = store(w_new, S.mirror_type, False, key, start + elem)
-                buf_c[elem] = store(buf_new, S.types[2], S.stochastic[2], key, start + elem)
+            elems = min(
+                stop - start, len(w_chunk), len(g_chunk), extent(buf_chunk), len(mirror_chunk)
+            )
+            # A block at a time: the states it may keep as 8-bit codes are read, and written,
+            # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
+            # plain one). Each block's views are indexed from 0.
+            for first in range(0, elems, S.block):
+                last = min(first + S.block, elems)
+                w_c = w_chunk[first:last]
+                g_c = g_chunk[first:last]
+                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                    buf_chunk, first, last
+                )
+                mirror_c = mirror_chunk[first:last]
+                for elem in range(last - first):
+                    w = load(w_c[elem], F)
+                    g = load(g_c[elem], F)
+                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    g_eff = fma(weight_decay, w, u0 * g)
+                    buf_new = fma(s0, g_eff, momentum * buf)
+                    d = fma(momentum, buf_new, g_eff)
+                    w_new = fma(s1, d, w)
+                    w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
+                    if S.mirror:
+                        mirror_c[elem] = store(
+                            w_new, S.mirror_type, False, key, start + first + elem
+                        )
+                    store_into(
+                        buf_c,
+                        buf_buffer,
+                        elem,
+                        buf_new,
+                        S.types[2],
+                        S.stochastic[2],
+                        key,
+                        start + first + elem,
+                    )
+                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
 
     return step
 
+
+# Per state, the 8-bit code table it may be kept in (state_dtype="int8"), as the compiler
+# proved (compiler/passes/int8.py), or None; and why a state may not be.
+INT8_TABLES = {"momentum_buffer": "signed"}
+INT8_REFUSED = {}
 
 # (flag values in spec order) -> compiled variant; each variant's branch
 # function (None: it has one branch) says which of its branches (host-side

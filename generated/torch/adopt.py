@@ -58,12 +58,15 @@ class ADOPT(TorchOptimizer):
         the closure's loss. By default such a step is taken, as torch does.
     state_dtype : None, str or dict, default None (keyword only)
         How the state is stored. None keeps each state in its parameter's
-        dtype; 'float32', 'float64', 'bfloat16' or 'float16' stores every
-        state so; a dict from state names to those stores each state it
-        names so, the others in the parameter's dtype. The step computes in
-        float32 (float64 for float64 parameters): loads widen exactly,
+        dtype; 'float32', 'float64', 'bfloat16', 'float16' or 'int8' stores
+        every state so; a dict from state names to those stores each state
+        it names so, the others in the parameter's dtype. The step computes
+        in float32 (float64 for float64 parameters): loads widen exactly,
         stores round to nearest even, and no state is wider than that type.
-        bfloat16 arrays are ml_dtypes'.
+        bfloat16 arrays are ml_dtypes'. 'int8' keeps 8-bit blockwise codes
+        (a uint8 per element, and a float32 absmax per 256 elements in the
+        state `<name>_absmax`) for the states the compiler proved sound (the
+        docs page lists them); CPU only, not in optforge.torch yet.
     master_weights : bool, default False (keyword only)
         For float16 and bfloat16 parameters: keep a float32 copy of each
         (the state `master_param`), step the copy, and write its nearest
@@ -140,11 +143,13 @@ class ADOPT(TorchOptimizer):
         `master_weights` or `stochastic_rounding` is not a bool.
     ValueError
         If `state_dtype` (or a value of it) is not 'float32', 'float64',
-        'bfloat16' or 'float16', or a key of it is not a state of the class;
-        `master_weights` and `stochastic_rounding` are both True, or either
-        is True with no float16 or bfloat16 parameter; a state would be
-        wider than the type its parameter is stepped in; or a parameter on a
-        CUDA device is given a policy (not available there yet).
+        'bfloat16', 'float16' or 'int8', or a key of it is not a state of
+        the class; `master_weights` and `stochastic_rounding` are both True,
+        or either is True with no float16 or bfloat16 parameter; a state
+        would be wider than the type its parameter is stepped in; 'int8'
+        names a state the compiler did not prove sound for 8-bit codes, or
+        is given to optforge.torch; or a parameter on a CUDA device is given
+        a policy (not available there yet).
     """
 
     _SPEC = "adopt"

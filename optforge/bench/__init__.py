@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dtype",
         nargs="*",
-        choices=["float32", "bfloat16", "float16"],
+        choices=["float32", "bfloat16", "float16", "int8"],
         help="instead: Adam and AdamW under precision policies (float32 parameters with each state "
         "dtype given, default all; bfloat16 parameters with stochastic rounding and with master "
         "weights), each against its own same-traffic limit, at --sizes (default 1e8)",

@@ -33,6 +33,14 @@ from optforge.runtime.precision import (
     numpy_dtype,
     storage_name,
 )
+from optforge.runtime.quantize import (
+    BLOCK,
+    BUCKETS,
+    MIDPOINTS,
+    TABLES,
+    dequantize_blockwise,
+    quantize_blockwise,
+)
 from optforge.runtime.row_tensor import RowTensor
 from optforge.runtime.shards import BatchShards, Part, batch_shards, run_lockstep
 from optforge.runtime.step_state import StepStateMixin
@@ -85,9 +93,12 @@ class _Batch:
         state: list[list],
         variant,
         master=None,
+        blocks=(),
     ) -> _Batch:
         """The batch of `params` with `state` (per state of the variant, one array per tensor),
-        stored as `precision` says; `master`: their float32 master copies (master weights)."""
+        stored as `precision` says; `master`: their float32 master copies (master weights);
+        `blocks`: per state kept as 8-bit codes, in order, (its absmax arrays, one per tensor,
+        and its code table's kind)."""
         dtype = np.dtype(precision.compute)
         flat = [p.reshape(-1) for p in params]
         # The gradients' row points at the parameters until the first step points it elsewhere.
@@ -95,6 +106,9 @@ class _Batch:
         rows = [stepped, list(flat)] + [[_kernel_view(a, dtype) for a in arrays] for arrays in state]
         if precision.master:
             rows.append(flat)  # the mirror: the parameters themselves, written at every store
+        for absmax, kind in blocks:  # Storage.blocks: absmax values, code table, midpoints, buckets
+            rows.append(list(absmax))
+            rows += [[table] * len(flat) for table in (TABLES[kind], MIDPOINTS[kind], BUCKETS[kind])]
         buffers = StageBuffers(dtype, len(indices), chunks, [p.shape for p in params])
         key = precision.compute if precision.plain else precision
         return cls(
@@ -152,7 +166,8 @@ class _Batch:
 
     def set_params(self, params: list[np.ndarray]) -> None:
         flat = [p.reshape(-1) for p in params]
-        row = len(self.held) - 1 if self.precision.master else 0  # behind master copies: the mirror
+        # behind master copies, the mirror: the row after the states (Precision.rows' last)
+        row = len(self.precision.rows) - 1 if self.precision.master else 0
         before = self.arrays.addresses[row].copy()
         set_row(self.arrays, row, flat)
         self.held[row] = flat
@@ -288,33 +303,40 @@ class FusedOptimizer(StepStateMixin):
         ]
         check_parameters(cls, policy, self.parameters, precisions, self._ALL_PARAMETERS)
         self._check_precision_use(precisions, on_device)
+        int8 = self._int8_tables(module, [module.VARIANTS[key] for key in keys], precisions)
         self._check_split_use()
+        names += [absmax_name(name) for name in dict.fromkeys(n for tables in int8 for n in tables)]
         if any(pr.master for pr in precisions):
             names.append(MASTER)
 
         def stored(name: str, i: int) -> np.dtype:
             return numpy_dtype(policy.state_storage(name, storage_name(self.parameters[i].dtype)))
 
+        def made(name: str, i: int):
+            p, dev, hypers = self.parameters[i], on_device[i], self._state_hypers(self._group_of[i])
+            if name not in int8[i]:
+                return _filled(own[i][name], stored(name, i), initial(name, i), dev, p, hypers)
+            # 8-bit codes of its initial values, and their blocks' absmax (kept beside it)
+            values = _filled(own[i][name], np.dtype(np.float32), initial(name, i), dev, p, hypers)
+            codes, absmax = quantize_blockwise(values, TABLES[int8[i][name]], mids=MIDPOINTS[int8[i][name]])
+            return codes.reshape(values.shape), absmax
+
         if state is not None:
             self.state = {name: tuple(state[name]) for name in names}
         else:
-            self.state = {
-                name: tuple(
-                    _filled(
-                        shapes[name],
-                        stored(name, i),
-                        initial(name, i),
-                        dev,
-                        p,
-                        self._state_hypers(self._group_of[i]),
-                    )
-                    if name in shapes
-                    else None
-                    for i, (p, dev, shapes) in enumerate(zip(self.parameters, on_device, own))
-                )
-                for name in names
-                if name != MASTER
-            }
+            self.state = {}
+            for name in names:
+                if name == MASTER or name.endswith(ABSMAX):
+                    continue
+                arrays = [made(name, i) if name in own[i] else None for i in range(len(self.parameters))]
+                blockwise = [i for i in range(len(arrays)) if name in int8[i]]
+                if blockwise:
+                    absmax = [None] * len(arrays)
+                    for i in blockwise:
+                        arrays[i], absmax[i] = arrays[i]
+                    self.state[absmax_name(name)] = tuple(absmax)
+                self.state[name] = tuple(arrays)
+            self.state = {name: self.state[name] for name in names if name in self.state}
             if MASTER in names:  # a float32 copy of each 16-bit parameter, stepped in its place
                 self.state[MASTER] = tuple(
                     p.data.astype(np.float32) if pr.master else None
@@ -355,6 +377,11 @@ class FusedOptimizer(StepStateMixin):
                         [[self.state[n][i] for i in members] for n in v.state],
                         v,
                         master=[self.state[MASTER][i] for i in members] if MASTER in self.state else None,
+                        blocks=[
+                            ([self.state[absmax_name(n)][i] for i in members], int8[members[0]][n])
+                            for n in v.state
+                            if n in int8[members[0]]
+                        ],
                     )
                 )
                 self._batches[-1]._n_params = len(self.parameters)
@@ -375,6 +402,39 @@ class FusedOptimizer(StepStateMixin):
                     f"For '{type(self).__name__}', parameter '{p.name}' is a part of a larger tensor "
                     "(split): grad_centralization would take the mean of this part only."
                 )
+
+    def _int8_tables(self, module, variants: list[Variant], precisions: list[Precision]) -> list[dict]:
+        """Per parameter, its states kept as 8-bit codes -> their code tables' kinds; what no
+        kernel can keep so is refused (ValueError, before anything is made): a state the
+        compiler did not prove sound for 8-bit codes (INT8_REFUSED says why), and any state
+        of a factored variant (Adafactor's 2-D parameters: the passes go by rows and columns)."""
+        cls = type(self).__name__
+        tables = getattr(module, "INT8_TABLES", {})
+        refused = getattr(module, "INT8_REFUSED", {})
+        result = []
+        for p, variant, precision in zip(self.parameters, variants, precisions):
+            names = [variant.state[k - 2] for k in precision.int8_rows]
+            for name in names:
+                shown = self._state_key(name)
+                if not tables.get(name):
+                    why = refused.get(name, "the compiler did not prove it sound")
+                    raise ValueError(
+                        f"For '{cls}', state '{shown}' cannot be kept as 8-bit codes (state_dtype 'int8'): "
+                        f"it {why}. Give state_dtype a dict that keeps it in 'float32' or 'bfloat16'."
+                    )
+                if variant.factored:
+                    raise ValueError(
+                        f"For '{cls}', parameter '{p.name}' is stepped by the factored kernels, which do "
+                        f"not keep state as 8-bit codes; state '{shown}' must be 'float32' or 'bfloat16'."
+                    )
+            result.append({name: tables[name] for name in names})
+        if any(result) and any(v.chunk % BLOCK for v in variants):  # chunks start at whole blocks
+            raise AssertionError("a flat kernel's chunk must be a whole number of 8-bit blocks")
+        return result
+
+    def _state_key(self, name: str) -> str:
+        """A state's public name, as the dialect shows it (optforge.torch: torch's)."""
+        return name
 
     def _check_precision_use(self, precisions: list[Precision], on_device: list[bool]) -> None:
         """What the kernels cannot yet do under a precision policy (ValueError, before anything
@@ -547,6 +607,41 @@ class FusedOptimizer(StepStateMixin):
         result.update(self._extra_state())
         return result
 
+    def float32_state_dict(self) -> dict:
+        """`state_dict()` with every state as float32 values: 8-bit codes dequantised
+        (``table[code] * absmax``, their ``<name>_absmax`` entries dropped) and 16-bit states
+        widened, exactly. For reading the state, or for a class that keeps it in float32; a
+        class with `state_dtype` loads only `state_dict()`'s stored form (bit-exact resume)."""
+        saved = self.state_dict()
+        tables = {}
+        for batch in self._batches or []:
+            for k in getattr(batch, "precision", None) and batch.precision.int8_rows or ():
+                name = batch.variant.state[k - 2]
+                kind = self._int8_kind(batch, name)
+                tables.update({(i, name): kind for i in batch.indices})
+        result = {}
+        for key, value in saved.items():
+            parts = key.split("/")
+            if parts[0] != "state":
+                result[key] = value
+            elif parts[2].endswith(ABSMAX):
+                continue  # read into its state's values
+            elif (int(parts[1]), parts[2]) in tables:
+                i, name = int(parts[1]), parts[2]
+                absmax = saved[f"state/{i}/{absmax_name(name)}"]
+                result[key] = dequantize_blockwise(value, absmax, TABLES[tables[i, name]]).reshape(
+                    value.shape
+                )
+            elif value.dtype.itemsize == 2 and value.dtype.kind not in "iu":  # bfloat16, float16
+                result[key] = value.astype(np.float32)
+            else:
+                result[key] = value
+        return result
+
+    def _int8_kind(self, batch: _Batch, name: str) -> str:
+        module = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
+        return module.INT8_TABLES[name]
+
     def load_state_dict(self, state_dict) -> None:
         """Continue from `state_dict` (from `state_dict()` of the same class, flags and
         parameters of the same count, shapes and dtypes): the next steps are bit-identical
@@ -718,6 +813,15 @@ class FusedOptimizer(StepStateMixin):
                 raise TypeError(
                     f"{what} is a RowTensor, but the parameter is {p.dtype.name}: row-sparse "
                     "gradients are not available for 16-bit parameters."
+                )
+            blockwise = [
+                n[: -len(ABSMAX)] for n, a in self.state.items() if n.endswith(ABSMAX) and a[i] is not None
+            ]
+            if blockwise and self._SPARSE == "rows":  # ("dense": stepped as a dense gradient)
+                raise TypeError(
+                    f"{what} is a RowTensor, but the parameter's state '{self._state_key(blockwise[0])}' "
+                    "is kept as 8-bit codes: row-sparse gradients step single rows, and the codes are "
+                    "written a 256-element block at a time. Keep it in 'float32' or 'bfloat16'."
                 )
             self._check_row_tensor(g, p, what)
             return g
@@ -1109,6 +1213,12 @@ def _point_at(batch: _Batch, flat: list) -> None:
 
 # The state name of a 16-bit parameter's float32 master copy (master_weights=True).
 MASTER = "master_param"
+# A state kept as 8-bit codes keeps its blocks' absmax values (float32) under this name after it.
+ABSMAX = "_absmax"
+
+
+def absmax_name(state: str) -> str:
+    return state + ABSMAX
 
 
 def machine_epsilon(dtype) -> float:

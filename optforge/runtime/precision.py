@@ -33,25 +33,41 @@ from optforge.runtime import storage as conv
 # Storage name -> the NumPy type a kernel views such an array as. The two 16-bit storages
 # are told apart by their integer types, which is how `load` and `store` pick a conversion
 # at compile time (the conversions themselves take either's bits as uint16).
-VIEW_TYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": np.uint16, "float16": np.int16}
-BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+# An "int8" state is viewed as its uint8 codes (optforge.runtime.blockwise reads and writes them).
+VIEW_TYPES = {
+    "float32": np.float32,
+    "float64": np.float64,
+    "bfloat16": np.uint16,
+    "float16": np.int16,
+    "int8": np.uint8,
+}
+BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2, "int8": 1}
 SIXTEEN_BIT = ("bfloat16", "float16")
+INT8 = "int8"
+# The element loop's block without 8-bit state: larger than any chunk, so a stage's loop over
+# blocks runs once per chunk (the plain loop).
+WHOLE_CHUNK = 1 << 40
 
 
 class Storage(NamedTuple):
     """What a stage's factory closes over: per array row of the pointer table, the type a
-    kernel views it as and whether its stores round stochastically; and the mirror."""
+    kernel views it as and whether its stores round stochastically; the mirror; and, for
+    8-bit rows, where their blocks' rows are (optforge.runtime.blockwise)."""
 
-    types: tuple  # per row: np.float32, np.float64, np.uint16 (bfloat16) or np.int16 (float16)
+    types: tuple  # per row: np.float32, np.float64, np.uint16 (bfloat16), np.int16 (float16), np.uint8
     stochastic: tuple  # per row: bool
     mirror: int = 0  # the row of the parameter behind a float32 master copy in row 0; 0: none
     mirror_type: type = np.float32  # what the mirror row is viewed as
+    # Per row: for an int8 row, the row of its absmax values (its code table, midpoints and
+    # buckets are the next three); else 0.
+    blocks: tuple = ()
+    block: int = WHOLE_CHUNK  # the element loop's block: the 8-bit block where a row is int8
 
 
 def plain_storage(F, rows: int) -> Storage:
     """Every row stored in the compute type `F`, rounded to nearest: what a stage's factory
     uses when it is given no storage."""
-    return Storage((F,) * rows, (False,) * rows, 0, F)
+    return Storage((F,) * rows, (False,) * rows, 0, F, (0,) * rows)
 
 
 class Precision(NamedTuple):
@@ -70,14 +86,26 @@ class Precision(NamedTuple):
         """Every row in the compute type, rounded to nearest: today's kernels exactly."""
         return not (self.stochastic or self.master) and all(r == self.compute for r in self.rows)
 
+    @property
+    def int8_rows(self) -> tuple[int, ...]:
+        """The rows (states) kept as 8-bit codes, in order: each has four more rows after the
+        others (`storage().blocks`): its absmax values, code table, midpoints and buckets."""
+        return tuple(k for k, r in enumerate(self.rows) if r == INT8)
+
     def storage(self) -> Storage:
+        from optforge.runtime.quantize import BLOCK
+
         if not self.master:
             view = tuple(VIEW_TYPES[r] for r in self.rows)
             stochastic = (self.stochastic,) + (False,) * (len(self.rows) - 1)
-            return Storage(view, stochastic, 0, view[0])  # no mirror: row 0 as itself
-        *rows, param = self.rows
-        view = tuple(VIEW_TYPES[r] for r in rows) + (VIEW_TYPES[param],)
-        return Storage(view, (False,) * len(view), len(rows), VIEW_TYPES[param])
+            mirror, mirror_type = 0, view[0]  # no mirror: row 0 as itself
+        else:
+            *rows, param = self.rows
+            view = tuple(VIEW_TYPES[r] for r in rows) + (VIEW_TYPES[param],)
+            stochastic, mirror, mirror_type = (False,) * len(view), len(rows), VIEW_TYPES[param]
+        after = {k: len(view) + 4 * j for j, k in enumerate(self.int8_rows)}
+        blocks = tuple(after.get(k, 0) for k in range(len(view)))
+        return Storage(view, stochastic, mirror, mirror_type, blocks, BLOCK if after else WHOLE_CHUNK)
 
 
 # -- the loads and stores the kernels call --
@@ -146,17 +174,21 @@ def _store(value, T, stochastic, key, counter):
 
 # -- the policy a class is given: state_dtype, master_weights, stochastic_rounding --
 
-STATE_DTYPES = ("float32", "float64", "bfloat16", "float16")
+STATE_DTYPES = ("float32", "float64", "bfloat16", "float16", "int8")
 
 
 def storage_name(dtype) -> str | None:
-    """The storage of an array of NumPy `dtype` (ml_dtypes' bfloat16 by its name), or None."""
+    """The storage of a parameter of NumPy `dtype` (ml_dtypes' bfloat16 by its name), or None
+    (an integer array is never taken for 8-bit codes)."""
     name = np.dtype(dtype).name
-    return name if name in BYTES else None
+    return name if name in BYTES and name != INT8 else None
 
 
 def numpy_dtype(storage: str) -> np.dtype:
-    """The NumPy dtype of an array stored as `storage` (bfloat16: ml_dtypes', imported only then)."""
+    """The NumPy dtype of an array stored as `storage` (bfloat16: ml_dtypes', imported only then;
+    int8: the uint8 codes)."""
+    if storage == INT8:
+        return np.dtype(np.uint8)
     if storage != "bfloat16":
         return np.dtype(storage)
     try:
@@ -227,11 +259,6 @@ def check_policy(
 
 
 def _check_state_dtype(cls: str, what: str, value: str) -> str:
-    if value == "int8":
-        raise ValueError(
-            f"For '{cls}', {what}='int8' (8-bit blockwise state) is not available yet; use "
-            "'bfloat16' or 'float16'."
-        )
     if value not in STATE_DTYPES:
         raise ValueError(
             f"For '{cls}', {what} must be one of {', '.join(map(repr, STATE_DTYPES))} or None, "

@@ -121,6 +121,37 @@ MIDPOINTS = {kind: midpoints(table) for kind, table in TABLES.items()}
 # The code of 0 in each table: what an all-zero block is written as.
 ZERO_CODE = {kind: int(np.flatnonzero(table == 0)[0]) for kind, table in TABLES.items()}
 
+# Nearest codes by lookup (the kernels' `flush`, optforge.runtime.blockwise): a float32's top
+# 17 bits (sign, exponent, 8 bits of mantissa) name a bucket of values within 2**-8 of each
+# other relative to their size, finer than any two midpoints are apart (the closest, in the
+# unsigned table's top decade, are 0.7 % apart), so a bucket holds at most one midpoint:
+# the code of a value is its bucket's smallest code, plus one if it is above the midpoint
+# after that code. One lookup and one comparison instead of eight dependent comparisons.
+BUCKET_SHIFT = 32 - 17
+
+
+def buckets(mids: np.ndarray) -> np.ndarray:
+    """uint8[2**17]: the smallest code of each bucket's finite values (NaN's buckets: 0, the
+    code of NaN). Checked: no bucket's values span more than two codes."""
+    first = np.arange(1 << 17, dtype=np.uint64) << np.uint64(BUCKET_SHIFT)
+    ends = [
+        first.astype(np.uint32).view(np.float32),
+        (first + (1 << BUCKET_SHIFT) - 1).astype(np.uint32).view(np.float32),
+    ]
+    with np.errstate(invalid="ignore"):
+        codes = [nearest_codes(e, mids).astype(np.int64) for e in ends]
+    finite = np.isfinite(ends[0]) & np.isfinite(ends[1])
+    assert np.all(np.abs(codes[0] - codes[1])[finite] <= 1), "a bucket holds two midpoints"
+    return np.where(finite, np.minimum(*codes), 0).astype(np.uint8)
+
+
+def nearest_code_by_bucket(r, mids, table):
+    """`quantize(r, mids)` for a float32 `r` in [-1, 1] or NaN (what `ratio` gives), from the
+    bucket table `table` (`buckets(mids)`); NumPy scalars or arrays. What `flush` computes."""
+    r = np.asarray(r, np.float32)
+    base = np.minimum(table[r.view(np.uint32) >> BUCKET_SHIFT], 254).astype(np.int64)
+    return (base + (r > mids[base])).astype(np.uint8)
+
 
 def relative_error_bounds(table: np.ndarray) -> np.ndarray:
     """Per decade k = 1..7 (|x| / absmax in [10**-k, 10**-(k-1))), the largest relative error
@@ -262,3 +293,6 @@ def dequantize_blockwise(
     scale = np.repeat(np.asarray(absmax, np.float32), block)[: codes.size]
     with np.errstate(invalid="ignore"):
         return table[codes] * scale
+
+
+BUCKETS = {kind: buckets(mids) for kind, mids in MIDPOINTS.items()}

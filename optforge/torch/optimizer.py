@@ -291,6 +291,12 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         policy = check_policy(
             type(self).__name__, state_dtype, master_weights, stochastic_rounding, tuple(torch_names)
         )
+        if "int8" in (policy.default, *(v for _, v in policy.state)):
+            raise ValueError(
+                f"For '{type(self).__name__}', state_dtype 'int8' (8-bit blockwise state) is not "
+                "available in optforge.torch yet (its state tensors are torch's, shown in `state[p]`); "
+                "it is in optforge.optim and optforge.nn. Use 'bfloat16' or 'float16' here."
+            )
         self._policy = policy._replace(state=tuple((torch_names[k], v) for k, v in policy.state))
         self.state_dtype = state_dtype
         self.master_weights, self.stochastic_rounding = master_weights, stochastic_rounding
