@@ -24,6 +24,7 @@ from optforge.runtime.precision import Precision
 from optforge.runtime.quantize import (
     BLOCK,
     BUCKETS,
+    MIDPOINT_ROWS,
     MIDPOINTS,
     TABLES,
     ZERO_CODE,
@@ -122,7 +123,10 @@ def test_int8_state_kernels_match_the_float64_reference(name, rng):
     for n in public:
         if public[n] in kinds:
             kind = kinds[public[n]]
-            extra += [absmax[n], *([t] * len(SIZES) for t in (TABLES[kind], MIDPOINTS[kind], BUCKETS[kind]))]
+            extra += [
+                absmax[n],
+                *([t] * len(SIZES) for t in (TABLES[kind], MIDPOINT_ROWS[kind], BUCKETS[kind])),
+            ]
     table = pointer_table([[a.reshape(-1) for a in arrays[n]] for n in names] + extra)
     chunks = chunk_table(SIZES, CHUNK)
     buffers = StageBuffers(np.dtype(np.float32), len(SIZES), chunks)
@@ -403,7 +407,7 @@ def _flush_blocks(values, codes, absmax, midpoints, buckets):
     for first in range(0, values.size, BLOCK):
         last = min(first + BLOCK, values.size)
         buffer[: last - first] = values[first:last]
-        flush(codes[first:last], absmax[first // BLOCK :], midpoints, buckets, buffer, last - first)
+        flush(buffer, absmax[first // BLOCK :], midpoints, buckets, codes[first:last], np.uint8, last - first)
 
 
 @pytest.mark.parametrize("kind", ["signed", "unsigned"])
@@ -419,7 +423,7 @@ def test_a_kernel_s_blocks_are_the_host_s_codes_bit_for_bit(kind, rng):
     values[600] = np.nan
     values[900] = np.inf
     codes, absmax = np.zeros(values.size, np.uint8), np.zeros(-(-values.size // BLOCK), np.float32)
-    _flush_blocks(values, codes, absmax, MIDPOINTS[kind], BUCKETS[kind])
+    _flush_blocks(values, codes, absmax, MIDPOINT_ROWS[kind], BUCKETS[kind])
     want_codes, want_absmax = quantize_blockwise(values, TABLES[kind])
     np.testing.assert_array_equal(absmax, want_absmax)
     np.testing.assert_array_equal(codes, want_codes)

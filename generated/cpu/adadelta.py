@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -82,28 +81,28 @@ def adadelta(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
                 (
                     acc_delta_c,
                     acc_delta_absmax,
-                    acc_delta_table,
                     acc_delta_midpoints,
                     acc_delta_buckets,
-                    acc_delta_buffer,
+                    acc_delta_codes,
                 ) = block_of(acc_delta_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    acc_delta = load_from(acc_delta_c, acc_delta_absmax, acc_delta_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    acc_delta = load(acc_delta_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     sq_new = fma(s0 * g_eff, g_eff, rho * sq)
                     ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
@@ -116,18 +115,10 @@ def adadelta(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         acc_delta_c,
-                        acc_delta_buffer,
                         elem,
                         acc_delta_new,
                         S.types[3],
@@ -135,13 +126,14 @@ def adadelta(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     acc_delta_c,
                     acc_delta_absmax,
                     acc_delta_midpoints,
                     acc_delta_buckets,
-                    acc_delta_buffer,
+                    acc_delta_codes,
+                    S.types[3],
                     last - first,
                 )
 
@@ -179,28 +171,28 @@ def adadelta_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
                 (
                     acc_delta_c,
                     acc_delta_absmax,
-                    acc_delta_table,
                     acc_delta_midpoints,
                     acc_delta_buckets,
-                    acc_delta_buffer,
+                    acc_delta_codes,
                 ) = block_of(acc_delta_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    acc_delta = load_from(acc_delta_c, acc_delta_absmax, acc_delta_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    acc_delta = load(acc_delta_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     sq_new = fma(s0 * g_eff, g_eff, rho * sq)
                     ratio = math.sqrt(acc_delta + eps) / math.sqrt(eps + sq_new)
@@ -213,18 +205,10 @@ def adadelta_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         acc_delta_c,
-                        acc_delta_buffer,
                         elem,
                         acc_delta_new,
                         S.types[3],
@@ -232,13 +216,14 @@ def adadelta_maximize(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     acc_delta_c,
                     acc_delta_absmax,
                     acc_delta_midpoints,
                     acc_delta_buckets,
-                    acc_delta_buffer,
+                    acc_delta_codes,
+                    S.types[3],
                     last - first,
                 )
 

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -80,30 +79,28 @@ def adadelta_nn(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                accum_c, accum_absmax, accum_table, accum_midpoints, accum_buckets, accum_buffer = (
-                    block_of(accum_chunk, first, last)
+                accum_c, accum_absmax, accum_midpoints, accum_buckets, accum_codes = block_of(
+                    accum_chunk, first, last
                 )
                 (
                     accum_update_c,
                     accum_update_absmax,
-                    accum_update_table,
                     accum_update_midpoints,
                     accum_update_buckets,
-                    accum_update_buffer,
+                    accum_update_codes,
                 ) = block_of(accum_update_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    accum = load_from(accum_c, accum_absmax, accum_table, elem, F)
-                    accum_update = load_from(
-                        accum_update_c, accum_update_absmax, accum_update_table, elem, F
-                    )
+                    accum = load(accum_c[elem], F)
+                    accum_update = load(accum_update_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     accum_new = rho * accum + s0 * g_eff * g_eff
                     update = (
@@ -118,7 +115,6 @@ def adadelta_nn(F, S=None):
                         )
                     store_into(
                         accum_c,
-                        accum_buffer,
                         elem,
                         accum_new,
                         S.types[2],
@@ -128,7 +124,6 @@ def adadelta_nn(F, S=None):
                     )
                     store_into(
                         accum_update_c,
-                        accum_update_buffer,
                         elem,
                         accum_update_new,
                         S.types[3],
@@ -141,7 +136,8 @@ def adadelta_nn(F, S=None):
                     accum_absmax,
                     accum_midpoints,
                     accum_buckets,
-                    accum_buffer,
+                    accum_codes,
+                    S.types[2],
                     last - first,
                 )
                 flush(
@@ -149,7 +145,8 @@ def adadelta_nn(F, S=None):
                     accum_update_absmax,
                     accum_update_midpoints,
                     accum_update_buckets,
-                    accum_update_buffer,
+                    accum_update_codes,
+                    S.types[3],
                     last - first,
                 )
 

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -74,18 +73,17 @@ def adafactor_stage1(F, S=None):
             elems = min(stop - start, len(w_chunk), len(g_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v = load(v_c[elem], F)
                     g_eff = g
                     x0 = g_eff * g_eff
                     v_new = v + s0 * (x0 - v)
@@ -96,16 +94,9 @@ def adafactor_stage1(F, S=None):
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     sum1 += f64(rms1_of)
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[2], last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -159,18 +150,17 @@ def adafactor_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = g
                     v_hat = v_new
@@ -420,18 +410,17 @@ def adafactor_maximize_stage1(F, S=None):
             elems = min(stop - start, len(w_chunk), len(g_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v = load(v_c[elem], F)
                     g_eff = -g
                     x0 = g_eff * g_eff
                     v_new = v + s0 * (x0 - v)
@@ -442,16 +431,9 @@ def adafactor_maximize_stage1(F, S=None):
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     sum1 += f64(rms1_of)
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[2], last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -483,18 +465,17 @@ def adafactor_maximize_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = -g
                     v_hat = v_new

@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -76,19 +75,20 @@ def adagrad(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                acc_c, acc_absmax, acc_table, acc_midpoints, acc_buckets, acc_buffer = block_of(
+                acc_c, acc_absmax, acc_midpoints, acc_buckets, acc_codes = block_of(
                     acc_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    acc = load_from(acc_c, acc_absmax, acc_table, elem, F)
+                    acc = load(acc_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     acc_new = fma(g_eff, g_eff, acc)
                     w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
@@ -98,16 +98,17 @@ def adagrad(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        acc_c,
-                        acc_buffer,
-                        elem,
-                        acc_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        acc_c, elem, acc_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(acc_c, acc_absmax, acc_midpoints, acc_buckets, acc_buffer, last - first)
+                flush(
+                    acc_c,
+                    acc_absmax,
+                    acc_midpoints,
+                    acc_buckets,
+                    acc_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -137,19 +138,20 @@ def adagrad_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                acc_c, acc_absmax, acc_table, acc_midpoints, acc_buckets, acc_buffer = block_of(
+                acc_c, acc_absmax, acc_midpoints, acc_buckets, acc_codes = block_of(
                     acc_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    acc = load_from(acc_c, acc_absmax, acc_table, elem, F)
+                    acc = load(acc_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     acc_new = fma(g_eff, g_eff, acc)
                     w_new = w + s0 * g_eff / (eps + math.sqrt(acc_new))
@@ -159,16 +161,17 @@ def adagrad_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        acc_c,
-                        acc_buffer,
-                        elem,
-                        acc_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        acc_c, elem, acc_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(acc_c, acc_absmax, acc_midpoints, acc_buckets, acc_buffer, last - first)
+                flush(
+                    acc_c,
+                    acc_absmax,
+                    acc_midpoints,
+                    acc_buckets,
+                    acc_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -79,23 +78,20 @@ def adam_weight_decay(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     m_new = beta1 * m + s0 * g
                     v_new = beta2 * v + s1 * g * g
                     update = m_new / (eps + math.sqrt(v_new)) + weight_decay * w
@@ -106,27 +102,13 @@ def adam_weight_decay(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 

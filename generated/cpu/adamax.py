@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -82,23 +81,20 @@ def adamax(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                u_c, u_absmax, u_table, u_midpoints, u_buckets, u_buffer = block_of(
-                    u_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                u_c, u_absmax, u_midpoints, u_buckets, u_codes = block_of(u_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    u = load_from(u_c, u_absmax, u_table, elem, F)
+                    m = load(m_c[elem], F)
+                    u = load(u_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     m_new = fma(s0, g_eff - m, m)
                     u_new = max(beta2 * u, eps + abs(g_eff))
@@ -109,27 +105,13 @@ def adamax(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        u_c,
-                        u_buffer,
-                        elem,
-                        u_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        u_c, elem, u_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(u_c, u_absmax, u_midpoints, u_buckets, u_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(u_c, u_absmax, u_midpoints, u_buckets, u_codes, S.types[3], last - first)
 
     return step
 
@@ -165,23 +147,20 @@ def adamax_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                u_c, u_absmax, u_table, u_midpoints, u_buckets, u_buffer = block_of(
-                    u_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                u_c, u_absmax, u_midpoints, u_buckets, u_codes = block_of(u_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    u = load_from(u_c, u_absmax, u_table, elem, F)
+                    m = load(m_c[elem], F)
+                    u = load(u_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     m_new = fma(s0, g_eff - m, m)
                     u_new = max(beta2 * u, eps + abs(g_eff))
@@ -192,27 +171,13 @@ def adamax_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        u_c,
-                        u_buffer,
-                        elem,
-                        u_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        u_c, elem, u_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(u_c, u_absmax, u_midpoints, u_buckets, u_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(u_c, u_absmax, u_midpoints, u_buckets, u_codes, S.types[3], last - first)
 
     return step
 

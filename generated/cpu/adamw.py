@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -82,23 +81,20 @@ def adamw(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -110,27 +106,13 @@ def adamw(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -165,23 +147,20 @@ def adamw_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = -g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -193,27 +172,13 @@ def adamw_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -241,20 +206,17 @@ def adamw_cautious_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = g
                     m_new = fma(s1, g_eff - m, m)
                     v_new = fma(s2 * g_eff, g_eff, beta2 * v)
@@ -270,27 +232,13 @@ def adamw_cautious_stage1(F, S=None):
                     mean0_of = mask
                     sum0 += f64(mean0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -349,22 +297,19 @@ def adamw_cautious_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = g
                     u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
@@ -410,20 +355,17 @@ def adamw_cautious__maximize_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = -g
                     m_new = fma(s1, g_eff - m, m)
                     v_new = fma(s2 * g_eff, g_eff, beta2 * v)
@@ -439,27 +381,13 @@ def adamw_cautious__maximize_stage1(F, S=None):
                     mean0_of = mask
                     sum0 += f64(mean0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -496,22 +424,19 @@ def adamw_cautious__maximize_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = -g
                     u = m_new / s4 / (eps + math.sqrt(v_new) / s3)
@@ -566,27 +491,24 @@ def adamw_amsgrad(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -599,28 +521,13 @@ def adamw_amsgrad(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[4],
@@ -628,14 +535,15 @@ def adamw_amsgrad(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -674,27 +582,24 @@ def adamw_amsgrad__maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = -g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -707,28 +612,13 @@ def adamw_amsgrad__maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[4],
@@ -736,14 +626,15 @@ def adamw_amsgrad__maximize(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -776,24 +667,21 @@ def adamw_amsgrad__cautious_stage1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = g
                     m_new = fma(s1, g_eff - m, m)
                     v_new = fma(s2 * g_eff, g_eff, beta2 * v)
@@ -810,28 +698,13 @@ def adamw_amsgrad__cautious_stage1(F, S=None):
                     mean0_of = mask
                     sum0 += f64(mean0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[4],
@@ -839,14 +712,15 @@ def adamw_amsgrad__cautious_stage1(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[4],
                     last - first,
                 )
             partials[chunk, 0] = sum0
@@ -885,22 +759,21 @@ def adamw_amsgrad__cautious_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_max_new = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_max_new = load(v_max_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = g
                     u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)
@@ -949,24 +822,21 @@ def adamw_amsgrad__cautious__maximize_stage1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = -g
                     m_new = fma(s1, g_eff - m, m)
                     v_new = fma(s2 * g_eff, g_eff, beta2 * v)
@@ -983,28 +853,13 @@ def adamw_amsgrad__cautious__maximize_stage1(F, S=None):
                     mean0_of = mask
                     sum0 += f64(mean0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[4],
@@ -1012,14 +867,15 @@ def adamw_amsgrad__cautious__maximize_stage1(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[4],
                     last - first,
                 )
             partials[chunk, 0] = sum0
@@ -1058,22 +914,21 @@ def adamw_amsgrad__cautious__maximize_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_max_new = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_max_new = load(v_max_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = -g
                     u = m_new / s4 / (eps + math.sqrt(v_max_new) / s3)

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -102,28 +101,23 @@ def adan_t_eq_1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                d_c, d_absmax, d_table, d_midpoints, d_buckets, d_buffer = block_of(
-                    d_chunk, first, last
-                )
-                n_c, n_absmax, n_table, n_midpoints, n_buckets, n_buffer = block_of(
-                    n_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                d_c, d_absmax, d_midpoints, d_buckets, d_codes = block_of(d_chunk, first, last)
+                n_c, n_absmax, n_midpoints, n_buckets, n_codes = block_of(n_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    d = load_from(d_c, d_absmax, d_table, elem, F)
-                    n = load_from(n_c, n_absmax, n_table, elem, F)
+                    m = load(m_c[elem], F)
+                    d = load(d_c[elem], F)
+                    n = load(n_c[elem], F)
                     m_new = beta1 * m + s0 * g
                     d_new = s1 + beta2 * d
                     n_new = beta3 * n + s3 * (g + s2) * (g + s2)
@@ -136,41 +130,20 @@ def adan_t_eq_1(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        d_c,
-                        d_buffer,
-                        elem,
-                        d_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        d_c, elem, d_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
-                        n_c,
-                        n_buffer,
-                        elem,
-                        n_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        n_c, elem, n_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[5], S.stochastic[5], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(d_c, d_absmax, d_midpoints, d_buckets, d_buffer, last - first)
-                flush(n_c, n_absmax, n_midpoints, n_buckets, n_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(d_c, d_absmax, d_midpoints, d_buckets, d_codes, S.types[3], last - first)
+                flush(n_c, n_absmax, n_midpoints, n_buckets, n_codes, S.types[4], last - first)
 
     return step
 
@@ -226,28 +199,23 @@ def adan_not_t_eq_1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                d_c, d_absmax, d_table, d_midpoints, d_buckets, d_buffer = block_of(
-                    d_chunk, first, last
-                )
-                n_c, n_absmax, n_table, n_midpoints, n_buckets, n_buffer = block_of(
-                    n_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                d_c, d_absmax, d_midpoints, d_buckets, d_codes = block_of(d_chunk, first, last)
+                n_c, n_absmax, n_midpoints, n_buckets, n_codes = block_of(n_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    d = load_from(d_c, d_absmax, d_table, elem, F)
-                    n = load_from(n_c, n_absmax, n_table, elem, F)
+                    m = load(m_c[elem], F)
+                    d = load(d_c[elem], F)
+                    n = load(n_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
                     diff = g - g_prev
                     m_new = beta1 * m + s0 * g
@@ -262,41 +230,20 @@ def adan_not_t_eq_1(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        d_c,
-                        d_buffer,
-                        elem,
-                        d_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        d_c, elem, d_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
-                        n_c,
-                        n_buffer,
-                        elem,
-                        n_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        n_c, elem, n_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[5], S.stochastic[5], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(d_c, d_absmax, d_midpoints, d_buckets, d_buffer, last - first)
-                flush(n_c, n_absmax, n_midpoints, n_buckets, n_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(d_c, d_absmax, d_midpoints, d_buckets, d_codes, S.types[3], last - first)
+                flush(n_c, n_absmax, n_midpoints, n_buckets, n_codes, S.types[4], last - first)
 
     return step
 

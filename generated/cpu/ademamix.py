@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -85,32 +84,24 @@ def ademamix(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     w_decayed = w
                     m_new = fma(s0, g_eff - m, m)
@@ -124,28 +115,13 @@ def ademamix(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -153,14 +129,15 @@ def ademamix(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -200,32 +177,24 @@ def ademamix_weight_decouple(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = grad_scale * g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -239,28 +208,13 @@ def ademamix_weight_decouple(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -268,14 +222,15 @@ def ademamix_weight_decouple(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -315,32 +270,24 @@ def ademamix_weight_decouple__fixed_decay(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = grad_scale * g
                     w_decayed = u0 * w
                     m_new = fma(s0, g_eff - m, m)
@@ -354,28 +301,13 @@ def ademamix_weight_decouple__fixed_decay(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -383,14 +315,15 @@ def ademamix_weight_decouple__fixed_decay(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -431,32 +364,24 @@ def ademamix_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     w_decayed = w
                     m_new = fma(s0, g_eff - m, m)
@@ -470,28 +395,13 @@ def ademamix_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -499,14 +409,15 @@ def ademamix_maximize(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -547,32 +458,24 @@ def ademamix_maximize__weight_decouple(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = u0 * g
                     w_decayed = u1 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -586,28 +489,13 @@ def ademamix_maximize__weight_decouple(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -615,14 +503,15 @@ def ademamix_maximize__weight_decouple(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 
@@ -663,32 +552,24 @@ def ademamix_maximize__weight_decouple__fixed_decay(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                m_slow_c, m_slow_absmax, m_slow_midpoints, m_slow_buckets, m_slow_codes = block_of(
+                    m_slow_chunk, first, last
                 )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                (
-                    m_slow_c,
-                    m_slow_absmax,
-                    m_slow_table,
-                    m_slow_midpoints,
-                    m_slow_buckets,
-                    m_slow_buffer,
-                ) = block_of(m_slow_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m_slow = load_from(m_slow_c, m_slow_absmax, m_slow_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    m_slow = load(m_slow_c[elem], F)
                     g_eff = u0 * g
                     w_decayed = u1 * w
                     m_new = fma(s0, g_eff - m, m)
@@ -702,28 +583,13 @@ def ademamix_maximize__weight_decouple__fixed_decay(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
                         m_slow_c,
-                        m_slow_buffer,
                         elem,
                         m_slow_new,
                         S.types[4],
@@ -731,14 +597,15 @@ def ademamix_maximize__weight_decouple__fixed_decay(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     m_slow_c,
                     m_slow_absmax,
                     m_slow_midpoints,
                     m_slow_buckets,
-                    m_slow_buffer,
+                    m_slow_codes,
+                    S.types[4],
                     last - first,
                 )
 

@@ -38,7 +38,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -90,24 +89,21 @@ def mars(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff
                     c = c_raw
@@ -123,30 +119,16 @@ def mars(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -309,24 +291,21 @@ def mars_is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -343,30 +322,16 @@ def mars_is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -405,24 +370,21 @@ def mars_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff
                     c = c_raw
@@ -438,30 +400,16 @@ def mars_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -624,24 +572,21 @@ def mars_maximize__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -658,30 +603,16 @@ def mars_maximize__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -721,28 +652,25 @@ def mars_ams_bound(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff
                     c = c_raw
@@ -759,31 +687,16 @@ def mars_ams_bound(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -791,14 +704,15 @@ def mars_ams_bound(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -848,28 +762,25 @@ def mars_ams_bound__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -887,31 +798,16 @@ def mars_ams_bound__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -919,14 +815,15 @@ def mars_ams_bound__is_2d_stage2(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -969,28 +866,25 @@ def mars_ams_bound__maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff
                     c = c_raw
@@ -1007,31 +901,16 @@ def mars_ams_bound__maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -1039,14 +918,15 @@ def mars_ams_bound__maximize(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -1096,28 +976,25 @@ def mars_ams_bound__maximize__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -1135,31 +1012,16 @@ def mars_ams_bound__maximize__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -1167,14 +1029,15 @@ def mars_ams_bound__maximize__is_2d_stage2(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -1214,24 +1077,21 @@ def mars_weight_decouple(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff
                     c = c_raw
@@ -1247,30 +1107,16 @@ def mars_weight_decouple(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -1312,24 +1158,21 @@ def mars_weight_decouple__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -1346,30 +1189,16 @@ def mars_weight_decouple__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -1408,24 +1237,21 @@ def mars_weight_decouple__maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff
                     c = c_raw
@@ -1441,30 +1267,16 @@ def mars_weight_decouple__maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -1507,24 +1319,21 @@ def mars_weight_decouple__maximize__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -1541,30 +1350,16 @@ def mars_weight_decouple__maximize__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -1604,28 +1399,25 @@ def mars_weight_decouple__ams_bound(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff
                     c = c_raw
@@ -1642,31 +1434,16 @@ def mars_weight_decouple__ams_bound(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -1674,14 +1451,15 @@ def mars_weight_decouple__ams_bound(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -1727,28 +1505,25 @@ def mars_weight_decouple__ams_bound__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -1766,31 +1541,16 @@ def mars_weight_decouple__ams_bound__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -1798,14 +1558,15 @@ def mars_weight_decouple__ams_bound__is_2d_stage2(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -1848,28 +1609,25 @@ def mars_weight_decouple__ams_bound__maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    v_max = load(v_max_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff
                     c = c_raw
@@ -1886,31 +1644,16 @@ def mars_weight_decouple__ams_bound__maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -1918,14 +1661,15 @@ def mars_weight_decouple__ams_bound__maximize(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -1972,28 +1716,25 @@ def mars_weight_decouple__ams_bound__maximize__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -2011,31 +1752,16 @@ def mars_weight_decouple__ams_bound__maximize__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -2043,14 +1769,15 @@ def mars_weight_decouple__ams_bound__maximize__is_2d_stage2(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -2094,24 +1821,21 @@ def mars_weight_decouple__fixed_decay__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -2128,30 +1852,16 @@ def mars_weight_decouple__fixed_decay__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -2194,24 +1904,21 @@ def mars_weight_decouple__fixed_decay__maximize__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -2228,30 +1935,16 @@ def mars_weight_decouple__fixed_decay__maximize__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return stage2
 
@@ -2295,28 +1988,25 @@ def mars_weight_decouple__fixed_decay__ams_bound__is_2d_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = grad_scale * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -2334,31 +2024,16 @@ def mars_weight_decouple__fixed_decay__ams_bound__is_2d_stage2(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -2366,14 +2041,15 @@ def mars_weight_decouple__fixed_decay__ams_bound__is_2d_stage2(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 
@@ -2420,28 +2096,25 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 g_prev_c = g_prev_chunk[first:last]
-                v_max_c, v_max_absmax, v_max_table, v_max_midpoints, v_max_buckets, v_max_buffer = (
-                    block_of(v_max_chunk, first, last)
+                v_max_c, v_max_absmax, v_max_midpoints, v_max_buckets, v_max_codes = block_of(
+                    v_max_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    v_max = load_from(v_max_c, v_max_absmax, v_max_table, elem, F)
+                    v_max = load(v_max_c[elem], F)
                     g = load(g_c[elem], F)
                     g_prev = load(g_prev_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    v = load(v_c[elem], F)
+                    m = load(m_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = u0 * g
                     c_raw = g_eff + s0 * (g_eff - g_prev)
@@ -2459,31 +2132,16 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     g_prev_c[elem] = store(
                         g_prev_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
                     store_into(
                         v_max_c,
-                        v_max_buffer,
                         elem,
                         v_max_new,
                         S.types[5],
@@ -2491,14 +2149,15 @@ def mars_weight_decouple__fixed_decay__ams_bound__maximize__is_2d_stage2(F, S=No
                         key,
                         start + first + elem,
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
                 flush(
                     v_max_c,
                     v_max_absmax,
                     v_max_midpoints,
                     v_max_buckets,
-                    v_max_buffer,
+                    v_max_codes,
+                    S.types[5],
                     last - first,
                 )
 

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -74,19 +73,20 @@ def momentum(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                accum_c, accum_absmax, accum_table, accum_midpoints, accum_buckets, accum_buffer = (
-                    block_of(accum_chunk, first, last)
+                accum_c, accum_absmax, accum_midpoints, accum_buckets, accum_codes = block_of(
+                    accum_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    accum = load_from(accum_c, accum_absmax, accum_table, elem, F)
+                    accum = load(accum_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     accum_new = g_eff + momentum * accum
                     w_new = w + s0 * accum_new
@@ -97,7 +97,6 @@ def momentum(F, S=None):
                         )
                     store_into(
                         accum_c,
-                        accum_buffer,
                         elem,
                         accum_new,
                         S.types[2],
@@ -110,7 +109,8 @@ def momentum(F, S=None):
                     accum_absmax,
                     accum_midpoints,
                     accum_buckets,
-                    accum_buffer,
+                    accum_codes,
+                    S.types[2],
                     last - first,
                 )
 
@@ -141,19 +141,20 @@ def momentum_use_nesterov(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                accum_c, accum_absmax, accum_table, accum_midpoints, accum_buckets, accum_buffer = (
-                    block_of(accum_chunk, first, last)
+                accum_c, accum_absmax, accum_midpoints, accum_buckets, accum_codes = block_of(
+                    accum_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    accum = load_from(accum_c, accum_absmax, accum_table, elem, F)
+                    accum = load(accum_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     accum_new = g_eff + momentum * accum
                     w_new = w + s0 * (g_eff + momentum * accum_new)
@@ -164,7 +165,6 @@ def momentum_use_nesterov(F, S=None):
                         )
                     store_into(
                         accum_c,
-                        accum_buffer,
                         elem,
                         accum_new,
                         S.types[2],
@@ -177,7 +177,8 @@ def momentum_use_nesterov(F, S=None):
                     accum_absmax,
                     accum_midpoints,
                     accum_buckets,
-                    accum_buffer,
+                    accum_codes,
+                    S.types[2],
                     last - first,
                 )
 

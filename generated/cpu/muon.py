@@ -43,7 +43,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -87,32 +86,24 @@ def muon_momentum_gt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = m_new
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -223,32 +214,24 @@ def muon_not_momentum_gt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = m_new
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -278,32 +261,24 @@ def muon_match_rms_adamw__momentum_gt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = m_new
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -412,32 +387,24 @@ def muon_match_rms_adamw__not_momentum_gt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = m_new
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -469,32 +436,24 @@ def muon_nesterov__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = fma(momentum, m_new - g, g)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -620,32 +579,24 @@ def muon_nesterov__momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = fma(g - m_new, (F(1.0) - momentum), m_new)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -677,32 +628,24 @@ def muon_nesterov__not_momentum_gt_0_5__momentum_lt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = fma(momentum, m_new - g, g)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -734,32 +677,24 @@ def muon_nesterov__not_momentum_gt_0_5__not_momentum_lt_0_5_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = fma(g - m_new, (F(1.0) - momentum), m_new)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -791,32 +726,24 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__momentum_lt_0_5_stage1(F, S
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = fma(momentum, m_new - g, g)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -941,32 +868,24 @@ def muon_nesterov__match_rms_adamw__momentum_gt_0_5__not_momentum_lt_0_5_stage1(
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(s1, g - m, m)
                     u = fma(g - m_new, (F(1.0) - momentum), m_new)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -998,32 +917,24 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__momentum_lt_0_5_stage1(
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = fma(momentum, m_new - g, g)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 
@@ -1055,32 +966,24 @@ def muon_nesterov__match_rms_adamw__not_momentum_gt_0_5__not_momentum_lt_0_5_sta
             elems = min(stop - start, len(g_chunk), extent(m_chunk), len(matrix0_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
                 matrix0_c = matrix0_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
+                    m = load(m_c[elem], F)
                     m_new = fma(m - g, (F(1.0) - s1), g)
                     u = fma(g - m_new, (F(1.0) - momentum), m_new)
                     matrix0_of = u
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     matrix0_c[elem] = matrix0_of
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
     return stage1
 

@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -82,23 +81,20 @@ def nadam(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     w_decayed = w
                     m_new = fma(s0, g_eff - m, m)
@@ -111,27 +107,13 @@ def nadam(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -167,23 +149,20 @@ def nadam_maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     w_decayed = w
                     m_new = fma(s0, g_eff - m, m)
@@ -196,27 +175,13 @@ def nadam_maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -252,23 +217,20 @@ def nadam_decoupled_weight_decay(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = grad_scale * g
                     w_decayed = u0 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -281,27 +243,13 @@ def nadam_decoupled_weight_decay(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -338,23 +286,20 @@ def nadam_decoupled_weight_decay__maximize(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = u0 * g
                     w_decayed = u1 * w
                     m_new = fma(s1, g_eff - m, m)
@@ -367,27 +312,13 @@ def nadam_decoupled_weight_decay__maximize(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 

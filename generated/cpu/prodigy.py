@@ -43,7 +43,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -147,19 +146,18 @@ def prodigy_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     w = load(w_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, g)
                     v_new = v
                     w_decayed = w
@@ -222,20 +220,17 @@ def prodigy_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     m_new = m
                     v_new = v
@@ -289,30 +284,25 @@ def prodigy_not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                s_c, s_absmax, s_table, s_midpoints, s_buckets, s_buffer = block_of(
-                    s_chunk, first, last
-                )
-                p0_c, p0_absmax, p0_table, p0_midpoints, p0_buckets, p0_buffer = block_of(
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                s_c, s_absmax, s_midpoints, s_buckets, s_codes = block_of(s_chunk, first, last)
+                p0_c, p0_absmax, p0_midpoints, p0_buckets, p0_codes = block_of(
                     p0_chunk, first, last
                 )
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    s = load_from(s_c, s_absmax, s_table, elem, F)
-                    p0 = load_from(p0_c, p0_absmax, p0_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    s = load(s_c[elem], F)
+                    p0 = load(p0_c[elem], F)
                     g_eff = fma(weight_decay, w, g)
                     m_new = fma(s0, g_eff, beta1 * m)
                     v_new = fma(s1 * g_eff, g_eff, beta2 * v)
@@ -323,38 +313,17 @@ def prodigy_not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
                     sum0 += f64(numerator_of)
                     sum1 += f64(denominator_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
-                        s_c,
-                        s_buffer,
-                        elem,
-                        s_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        s_c, elem, s_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
-                flush(s_c, s_absmax, s_midpoints, s_buckets, s_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
+                flush(s_c, s_absmax, s_midpoints, s_buckets, s_codes, S.types[4], last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -411,19 +380,18 @@ def prodigy_not_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
                     w = load(w_c[elem], F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_new = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, g)
                     w_decayed = w
                     w_new = w_decayed + u1 * g_eff / (u0 + math.sqrt(v_new))
@@ -485,20 +453,17 @@ def prodigy_not_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = w
                     w_new = w_decayed + u1 * m_new / (u0 + math.sqrt(v_new))
@@ -565,18 +530,17 @@ def prodigy_decouple__lr_eq_0__beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    v = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = g
                     v_new = v
@@ -645,20 +609,17 @@ def prodigy_decouple__lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     m_new = m
                     v_new = v
@@ -711,30 +672,25 @@ def prodigy_decouple__not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
-                s_c, s_absmax, s_table, s_midpoints, s_buckets, s_buffer = block_of(
-                    s_chunk, first, last
-                )
-                p0_c, p0_absmax, p0_table, p0_midpoints, p0_buckets, p0_buffer = block_of(
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
+                s_c, s_absmax, s_midpoints, s_buckets, s_codes = block_of(s_chunk, first, last)
+                p0_c, p0_absmax, p0_midpoints, p0_buckets, p0_codes = block_of(
                     p0_chunk, first, last
                 )
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
-                    s = load_from(s_c, s_absmax, s_table, elem, F)
-                    p0 = load_from(p0_c, p0_absmax, p0_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
+                    s = load(s_c[elem], F)
+                    p0 = load(p0_c[elem], F)
                     g_eff = g
                     m_new = fma(s0, g_eff, beta1 * m)
                     v_new = fma(s1 * g_eff, g_eff, beta2 * v)
@@ -745,38 +701,17 @@ def prodigy_decouple__not_lr_eq_0__beta1_eq_0_stage1(F, S=None):
                     sum0 += f64(numerator_of)
                     sum1 += f64(denominator_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
-                        s_c,
-                        s_buffer,
-                        elem,
-                        s_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        s_c, elem, s_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
-                flush(s_c, s_absmax, s_midpoints, s_buckets, s_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
+                flush(s_c, s_absmax, s_midpoints, s_buckets, s_codes, S.types[4], last - first)
             partials[chunk, 0] = sum0
             partials[chunk, 1] = sum1
 
@@ -837,18 +772,17 @@ def prodigy_decouple__not_lr_eq_0__beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     g_eff = g
                     w_decayed = fma(u0, w, w)
@@ -916,20 +850,17 @@ def prodigy_decouple__not_lr_eq_0__not_beta1_eq_0_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = fma(u0, w, w)
                     w_new = w_decayed + u2 * m_new / (u1 + math.sqrt(v_new))

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -74,19 +73,18 @@ def proximal_adagrad_l1_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                a_c, a_absmax, a_table, a_midpoints, a_buckets, a_buffer = block_of(
-                    a_chunk, first, last
-                )
+                a_c, a_absmax, a_midpoints, a_buckets, a_codes = block_of(a_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    a = load_from(a_c, a_absmax, a_table, elem, F)
+                    a = load(a_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     a_new = a + (g_eff * g_eff)
                     eta = lr / math.sqrt(a_new)
@@ -102,16 +100,9 @@ def proximal_adagrad_l1_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        a_c,
-                        a_buffer,
-                        elem,
-                        a_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        a_c, elem, a_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(a_c, a_absmax, a_midpoints, a_buckets, a_buffer, last - first)
+                flush(a_c, a_absmax, a_midpoints, a_buckets, a_codes, S.types[2], last - first)
 
     return step
 
@@ -187,19 +178,18 @@ def proximal_adagrad_not_l1_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                a_c, a_absmax, a_table, a_midpoints, a_buckets, a_buffer = block_of(
-                    a_chunk, first, last
-                )
+                a_c, a_absmax, a_midpoints, a_buckets, a_codes = block_of(a_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    a = load_from(a_c, a_absmax, a_table, elem, F)
+                    a = load(a_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     a_new = a + (g_eff * g_eff)
                     eta = lr / math.sqrt(a_new)
@@ -211,16 +201,9 @@ def proximal_adagrad_not_l1_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        a_c,
-                        a_buffer,
-                        elem,
-                        a_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        a_c, elem, a_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(a_c, a_absmax, a_midpoints, a_buckets, a_buffer, last - first)
+                flush(a_c, a_absmax, a_midpoints, a_buckets, a_codes, S.types[2], last - first)
 
     return step
 

@@ -40,7 +40,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -89,23 +88,24 @@ def rmsprop_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     denom = eps + math.sqrt(sq_new)
@@ -117,27 +117,21 @@ def rmsprop_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[3],
+                    last - first,
+                )
 
     return step
 
@@ -166,19 +160,20 @@ def rmsprop_not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    sq = load(sq_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     denom = eps + math.sqrt(sq_new)
@@ -189,16 +184,9 @@ def rmsprop_not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
 
     return step
 
@@ -234,23 +222,24 @@ def rmsprop_maximize__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     denom = eps + math.sqrt(sq_new)
@@ -262,27 +251,21 @@ def rmsprop_maximize__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[3],
+                    last - first,
+                )
 
     return step
 
@@ -312,19 +295,20 @@ def rmsprop_maximize__not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
+                    sq = load(sq_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     denom = eps + math.sqrt(sq_new)
@@ -335,16 +319,9 @@ def rmsprop_maximize__not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
 
     return step
 
@@ -381,27 +358,28 @@ def rmsprop_centered__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
-                    block_of(g_avg_chunk, first, last)
+                g_avg_c, g_avg_absmax, g_avg_midpoints, g_avg_buckets, g_avg_codes = block_of(
+                    g_avg_chunk, first, last
                 )
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    g_avg = load(g_avg_c[elem], F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     g_avg_new = fma(s0, g_eff - g_avg, g_avg)
@@ -414,18 +392,10 @@ def rmsprop_centered__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         g_avg_c,
-                        g_avg_buffer,
                         elem,
                         g_avg_new,
                         S.types[3],
@@ -434,25 +404,27 @@ def rmsprop_centered__momentum_gt_0(F, S=None):
                         start + first + elem,
                     )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     g_avg_c,
                     g_avg_absmax,
                     g_avg_midpoints,
                     g_avg_buckets,
-                    g_avg_buffer,
+                    g_avg_codes,
+                    S.types[3],
                     last - first,
                 )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[4],
+                    last - first,
+                )
 
     return step
 
@@ -487,23 +459,24 @@ def rmsprop_centered__not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
-                    block_of(g_avg_chunk, first, last)
+                g_avg_c, g_avg_absmax, g_avg_midpoints, g_avg_buckets, g_avg_codes = block_of(
+                    g_avg_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    g_avg = load(g_avg_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     g_avg_new = fma(s0, g_eff - g_avg, g_avg)
@@ -515,18 +488,10 @@ def rmsprop_centered__not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         g_avg_c,
-                        g_avg_buffer,
                         elem,
                         g_avg_new,
                         S.types[3],
@@ -534,13 +499,14 @@ def rmsprop_centered__not_momentum_gt_0(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     g_avg_c,
                     g_avg_absmax,
                     g_avg_midpoints,
                     g_avg_buckets,
-                    g_avg_buffer,
+                    g_avg_codes,
+                    S.types[3],
                     last - first,
                 )
 
@@ -580,27 +546,28 @@ def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
-                    block_of(g_avg_chunk, first, last)
+                g_avg_c, g_avg_absmax, g_avg_midpoints, g_avg_buckets, g_avg_codes = block_of(
+                    g_avg_chunk, first, last
                 )
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    g_avg = load(g_avg_c[elem], F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     g_avg_new = fma(s0, g_eff - g_avg, g_avg)
@@ -613,18 +580,10 @@ def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         g_avg_c,
-                        g_avg_buffer,
                         elem,
                         g_avg_new,
                         S.types[3],
@@ -633,25 +592,27 @@ def rmsprop_centered__maximize__momentum_gt_0(F, S=None):
                         start + first + elem,
                     )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     g_avg_c,
                     g_avg_absmax,
                     g_avg_midpoints,
                     g_avg_buckets,
-                    g_avg_buffer,
+                    g_avg_codes,
+                    S.types[3],
                     last - first,
                 )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[4],
+                    last - first,
+                )
 
     return step
 
@@ -687,23 +648,24 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                sq_c, sq_absmax, sq_table, sq_midpoints, sq_buckets, sq_buffer = block_of(
+                sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes = block_of(
                     sq_chunk, first, last
                 )
-                g_avg_c, g_avg_absmax, g_avg_table, g_avg_midpoints, g_avg_buckets, g_avg_buffer = (
-                    block_of(g_avg_chunk, first, last)
+                g_avg_c, g_avg_absmax, g_avg_midpoints, g_avg_buckets, g_avg_codes = block_of(
+                    g_avg_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    sq = load_from(sq_c, sq_absmax, sq_table, elem, F)
-                    g_avg = load_from(g_avg_c, g_avg_absmax, g_avg_table, elem, F)
+                    sq = load(sq_c[elem], F)
+                    g_avg = load(g_avg_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     sq_new = fma(s0 * g_eff, g_eff, alpha * sq)
                     g_avg_new = fma(s0, g_eff - g_avg, g_avg)
@@ -715,18 +677,10 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        sq_c,
-                        sq_buffer,
-                        elem,
-                        sq_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        sq_c, elem, sq_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
                         g_avg_c,
-                        g_avg_buffer,
                         elem,
                         g_avg_new,
                         S.types[3],
@@ -734,13 +688,14 @@ def rmsprop_centered__maximize__not_momentum_gt_0(F, S=None):
                         key,
                         start + first + elem,
                     )
-                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_buffer, last - first)
+                flush(sq_c, sq_absmax, sq_midpoints, sq_buckets, sq_codes, S.types[2], last - first)
                 flush(
                     g_avg_c,
                     g_avg_absmax,
                     g_avg_midpoints,
                     g_avg_buckets,
-                    g_avg_buffer,
+                    g_avg_codes,
+                    S.types[3],
                     last - first,
                 )
 

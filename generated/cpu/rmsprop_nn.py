@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -80,23 +79,24 @@ def rmsprop_nn(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                ms_c, ms_absmax, ms_table, ms_midpoints, ms_buckets, ms_buffer = block_of(
+                ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_codes = block_of(
                     ms_chunk, first, last
                 )
-                mom_c, mom_absmax, mom_table, mom_midpoints, mom_buckets, mom_buffer = block_of(
+                mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_codes = block_of(
                     mom_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    ms = load_from(ms_c, ms_absmax, ms_table, elem, F)
-                    mom = load_from(mom_c, mom_absmax, mom_table, elem, F)
+                    ms = load(ms_c[elem], F)
+                    mom = load(mom_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     ms_new = decay * ms + s0 * g_eff * g_eff
                     mom_new = momentum * mom + lr * g_eff / math.sqrt(epsilon + ms_new)
@@ -107,27 +107,21 @@ def rmsprop_nn(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        ms_c,
-                        ms_buffer,
-                        elem,
-                        ms_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        ms_c, elem, ms_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        mom_c,
-                        mom_buffer,
-                        elem,
-                        mom_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        mom_c, elem, mom_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_buffer, last - first)
-                flush(mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_buffer, last - first)
+                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_codes, S.types[2], last - first)
+                flush(
+                    mom_c,
+                    mom_absmax,
+                    mom_midpoints,
+                    mom_buckets,
+                    mom_codes,
+                    S.types[3],
+                    last - first,
+                )
 
     return step
 
@@ -164,27 +158,28 @@ def rmsprop_nn_centered(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                ms_c, ms_absmax, ms_table, ms_midpoints, ms_buckets, ms_buffer = block_of(
+                ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_codes = block_of(
                     ms_chunk, first, last
                 )
-                mg_c, mg_absmax, mg_table, mg_midpoints, mg_buckets, mg_buffer = block_of(
+                mg_c, mg_absmax, mg_midpoints, mg_buckets, mg_codes = block_of(
                     mg_chunk, first, last
                 )
-                mom_c, mom_absmax, mom_table, mom_midpoints, mom_buckets, mom_buffer = block_of(
+                mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_codes = block_of(
                     mom_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    ms = load_from(ms_c, ms_absmax, ms_table, elem, F)
-                    mg = load_from(mg_c, mg_absmax, mg_table, elem, F)
-                    mom = load_from(mom_c, mom_absmax, mom_table, elem, F)
+                    ms = load(ms_c[elem], F)
+                    mg = load(mg_c[elem], F)
+                    mom = load(mom_c[elem], F)
                     g_eff = grad_scale * g + weight_decay * w
                     ms_new = decay * ms + s0 * g_eff * g_eff
                     mg_new = decay * mg + s0 * g_eff
@@ -198,38 +193,25 @@ def rmsprop_nn_centered(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        ms_c,
-                        ms_buffer,
-                        elem,
-                        ms_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        ms_c, elem, ms_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        mg_c,
-                        mg_buffer,
-                        elem,
-                        mg_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        mg_c, elem, mg_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
                     store_into(
-                        mom_c,
-                        mom_buffer,
-                        elem,
-                        mom_new,
-                        S.types[4],
-                        S.stochastic[4],
-                        key,
-                        start + first + elem,
+                        mom_c, elem, mom_new, S.types[4], S.stochastic[4], key, start + first + elem
                     )
-                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_buffer, last - first)
-                flush(mg_c, mg_absmax, mg_midpoints, mg_buckets, mg_buffer, last - first)
-                flush(mom_c, mom_absmax, mom_midpoints, mom_buckets, mom_buffer, last - first)
+                flush(ms_c, ms_absmax, ms_midpoints, ms_buckets, ms_codes, S.types[2], last - first)
+                flush(mg_c, mg_absmax, mg_midpoints, mg_buckets, mg_codes, S.types[3], last - first)
+                flush(
+                    mom_c,
+                    mom_absmax,
+                    mom_midpoints,
+                    mom_buckets,
+                    mom_codes,
+                    S.types[4],
+                    last - first,
+                )
 
     return step
 

@@ -32,7 +32,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -79,23 +78,20 @@ def schedulefree(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                z_c, z_absmax, z_table, z_midpoints, z_buckets, z_buffer = block_of(
-                    z_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                z_c, z_absmax, z_midpoints, z_buckets, z_codes = block_of(z_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    z = load_from(z_c, z_absmax, z_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    z = load(z_c[elem], F)
+                    v = load(v_c[elem], F)
                     v_new = beta2 * v + s0 * g * g
                     d = g / (eps + math.sqrt(v_new / bias_correction2)) + weight_decay * w
                     w_new = w + ckp1 * (z - w) + s1 * d
@@ -106,27 +102,13 @@ def schedulefree(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        z_c,
-                        z_buffer,
-                        elem,
-                        z_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        z_c, elem, z_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(z_c, z_absmax, z_midpoints, z_buckets, z_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(z_c, z_absmax, z_midpoints, z_buckets, z_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
 
     return step
 
@@ -150,17 +132,16 @@ def schedulefree__train(F, S=None):
             elems = min(stop - start, len(w_chunk), extent(z_chunk), len(mirror_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                z_c, z_absmax, z_table, z_midpoints, z_buckets, z_buffer = block_of(
-                    z_chunk, first, last
-                )
+                z_c, z_absmax, z_midpoints, z_buckets, z_codes = block_of(z_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
-                    z = load_from(z_c, z_absmax, z_table, elem, F)
+                    z = load(z_c[elem], F)
                     w_new = w + s0 * (z - w)
                     w_c[elem] = store(w_new, S.types[0], S.stochastic[0], key, start + first + elem)
                     if S.mirror:

@@ -41,7 +41,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -85,12 +84,13 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -107,16 +107,17 @@ def sgd_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -147,12 +148,13 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -169,16 +171,17 @@ def sgd_t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -208,19 +211,20 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     buf_new = fma(s0, g_eff, momentum * buf)
                     d = buf_new
@@ -231,16 +235,17 @@ def sgd_not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -304,12 +309,13 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -326,16 +332,17 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -367,12 +374,13 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -389,16 +397,17 @@ def sgd_maximize__t_eq_1_and_momentum_gt_0__not_momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -429,19 +438,20 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     buf_new = fma(s0, g_eff, momentum * buf)
                     d = buf_new
@@ -452,16 +462,17 @@ def sgd_maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -525,12 +536,13 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -547,16 +559,17 @@ def sgd_nesterov__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -586,19 +599,20 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     buf_new = fma(s0, g_eff, momentum * buf)
                     d = fma(momentum, buf_new, g_eff)
@@ -609,16 +623,17 @@ def sgd_nesterov__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -648,12 +663,13 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
@@ -670,16 +686,17 @@ def sgd_nesterov__maximize__t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=None):
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 
@@ -709,19 +726,20 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=Non
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                buf_c, buf_absmax, buf_table, buf_midpoints, buf_buckets, buf_buffer = block_of(
+                buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_codes = block_of(
                     buf_chunk, first, last
                 )
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    buf = load_from(buf_c, buf_absmax, buf_table, elem, F)
+                    buf = load(buf_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     buf_new = fma(s0, g_eff, momentum * buf)
                     d = fma(momentum, buf_new, g_eff)
@@ -732,16 +750,17 @@ def sgd_nesterov__maximize__not_t_eq_1_and_momentum_gt_0__momentum_gt_0(F, S=Non
                             w_new, S.mirror_type, False, key, start + first + elem
                         )
                     store_into(
-                        buf_c,
-                        buf_buffer,
-                        elem,
-                        buf_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        buf_c, elem, buf_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
-                flush(buf_c, buf_absmax, buf_midpoints, buf_buckets, buf_buffer, last - first)
+                flush(
+                    buf_c,
+                    buf_absmax,
+                    buf_midpoints,
+                    buf_buckets,
+                    buf_codes,
+                    S.types[2],
+                    last - first,
+                )
 
     return step
 

@@ -33,7 +33,6 @@ from optforge.runtime.blockwise import (  # noqa: F401
     block_of,
     extent,
     flush,
-    load_from,
     state_view,
     store_into,
 )
@@ -79,49 +78,32 @@ def stable_adamw_stage1(F, S=None):
             elems = min(stop - start, len(w_chunk), len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, grad_scale * g)
                     m_new = fma(s0, g_eff - m, m)
                     v_new = fma(s1 * g_eff, g_eff, beta2_t * v)
                     rms0_of = g_eff / math.sqrt(max(s2, v_new))
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -172,20 +154,17 @@ def stable_adamw_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = w
                     w_new = w_decayed + u0 * m_new / (eps + math.sqrt(v_new))
@@ -226,49 +205,32 @@ def stable_adamw_maximize_stage1(F, S=None):
             elems = min(stop - start, len(w_chunk), len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     w = load(w_c[elem], F)
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = fma(weight_decay, w, u0 * g)
                     m_new = fma(s0, g_eff - m, m)
                     v_new = fma(s1 * g_eff, g_eff, beta2_t * v)
                     rms0_of = g_eff / math.sqrt(max(s2, v_new))
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -319,20 +281,17 @@ def stable_adamw_maximize_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = w
                     w_new = w_decayed + u1 * m_new / (eps + math.sqrt(v_new))
@@ -370,47 +329,30 @@ def stable_adamw_weight_decouple_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = grad_scale * g
                     m_new = fma(s0, g_eff - m, m)
                     v_new = fma(s1 * g_eff, g_eff, beta2_t * v)
                     rms0_of = g_eff / math.sqrt(max(s2, v_new))
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -465,20 +407,17 @@ def stable_adamw_weight_decouple_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = u0 * w
                     w_new = w_decayed + u1 * m_new / (eps + math.sqrt(v_new))
@@ -517,47 +456,30 @@ def stable_adamw_weight_decouple__maximize_stage1(F, S=None):
             elems = min(stop - start, len(g_chunk), extent(m_chunk), extent(v_chunk))
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 g_c = g_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 for elem in range(last - first):
                     g = load(g_c[elem], F)
-                    m = load_from(m_c, m_absmax, m_table, elem, F)
-                    v = load_from(v_c, v_absmax, v_table, elem, F)
+                    m = load(m_c[elem], F)
+                    v = load(v_c[elem], F)
                     g_eff = u0 * g
                     m_new = fma(s0, g_eff - m, m)
                     v_new = fma(s1 * g_eff, g_eff, beta2_t * v)
                     rms0_of = g_eff / math.sqrt(max(s2, v_new))
                     sum0 += f64(rms0_of) * f64(rms0_of)
                     store_into(
-                        m_c,
-                        m_buffer,
-                        elem,
-                        m_new,
-                        S.types[2],
-                        S.stochastic[2],
-                        key,
-                        start + first + elem,
+                        m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem
                     )
                     store_into(
-                        v_c,
-                        v_buffer,
-                        elem,
-                        v_new,
-                        S.types[3],
-                        S.stochastic[3],
-                        key,
-                        start + first + elem,
+                        v_c, elem, v_new, S.types[3], S.stochastic[3], key, start + first + elem
                     )
-                flush(m_c, m_absmax, m_midpoints, m_buckets, m_buffer, last - first)
-                flush(v_c, v_absmax, v_midpoints, v_buckets, v_buffer, last - first)
+                flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
+                flush(v_c, v_absmax, v_midpoints, v_buckets, v_codes, S.types[3], last - first)
             partials[chunk, 0] = sum0
 
     return stage1
@@ -612,20 +534,17 @@ def stable_adamw_weight_decouple__maximize_stage2(F, S=None):
             )
             # A block at a time: the states it may keep as 8-bit codes are read, and written,
             # block by block (S.block: one 8-bit block, else the whole chunk, so the loop is the
-            # plain one). Each block's views are indexed from 0.
+            # plain one). Each block's views are indexed from 0; a block of codes is stepped as
+            # float32 values, which `flush` quantises.
             for first in range(0, elems, S.block):
                 last = min(first + S.block, elems)
                 w_c = w_chunk[first:last]
-                m_c, m_absmax, m_table, m_midpoints, m_buckets, m_buffer = block_of(
-                    m_chunk, first, last
-                )
-                v_c, v_absmax, v_table, v_midpoints, v_buckets, v_buffer = block_of(
-                    v_chunk, first, last
-                )
+                m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+                v_c, v_absmax, v_midpoints, v_buckets, v_codes = block_of(v_chunk, first, last)
                 mirror_c = mirror_chunk[first:last]
                 for elem in range(last - first):
-                    m_new = load_from(m_c, m_absmax, m_table, elem, F)
-                    v_new = load_from(v_c, v_absmax, v_table, elem, F)
+                    m_new = load(m_c[elem], F)
+                    v_new = load(v_c[elem], F)
                     w = load(w_c[elem], F)
                     w_decayed = u1 * w
                     w_new = w_decayed + u2 * m_new / (eps + math.sqrt(v_new))

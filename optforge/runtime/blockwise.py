@@ -1,25 +1,29 @@
-"""8-bit blockwise state inside the CPU kernels: the views, loads and stores of a state row.
+"""8-bit blockwise state inside the CPU kernels: the views, block reads and writes of a state row.
 
 A stage that may step a state kept as 8-bit codes (optforge.runtime.quantize) prints, for that
 state, the calls below instead of indexing its view directly:
 
-    m_c = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
-    m = load_from(m_c, elem, F)
-    store_into(m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + elem)
-    m_b = block_of(m_c, first, last)   # each block of the element loop, indexed from 0
-    flush(m_b, last - first)           # after the block
+    m_chunk = state_view(arrays, 2, S.blocks[2], tensor, S.types[2], start, stop)
+    for first in range(0, elems, S.block):            # each block of the chunk
+        m_c, m_absmax, m_midpoints, m_buckets, m_codes = block_of(m_chunk, first, last)
+        for elem in range(last - first):
+            m = load(m_c[elem], F)
+            store_into(m_c, elem, m_new, S.types[2], S.stochastic[2], key, start + first + elem)
+        flush(m_c, m_absmax, m_midpoints, m_buckets, m_codes, S.types[2], last - first)
 
 Which code they compile to is chosen by the row's storage type, at compile time, like `load`
 and `store` (optforge.runtime.precision): for a float or 16-bit row, `state_view` is the row's
-chunk view, `load_from` and `store_into` index it and `flush` does nothing, so the stage is the
-plain one. For an int8 row (`S.types[k]` is np.uint8) the view is a handle: the chunk's codes,
-its blocks' absmax values, the row's code table, decision midpoints and bucket table (four more
-rows of the pointer table, from `S.blocks[k]` on), and a float32 buffer of one block. A load dequantises
-(``table[code] * absmax[block]``); a store writes the new value into the buffer; `flush` then
-takes the block's new absmax and writes the block's codes (`quantize`'s codes, found by bucket:
-optforge.runtime.quantize.BUCKETS). The element loop steps a block of
-`S.block` (256) elements at a time, so every block is read whole before it is rewritten, and the
-array traffic is one read and one write of each code plus one absmax per block.
+chunk view, `block_of` its slice, `store_into` is `store` and `flush` does nothing, so the stage
+is the plain one. For an int8 row (`S.types[k]` is np.uint8) the view is a handle: the chunk's
+codes, its blocks' absmax values, the row's code table, decision midpoints and bucket table
+(four more rows of the pointer table, from `S.blocks[k]` on), and a float32 buffer of one
+block. `block_of` dequantises the block's codes into the buffer (``table[code] * absmax``) and
+gives the buffer as the block's values, so the element loop reads and writes float32 arrays
+only, and vectorises as the plain loop does. `flush` then takes the block's new absmax and
+writes the block's codes: `quantize`'s codes, found by bucket (optforge.runtime.quantize.BUCKETS).
+The element loop steps a block of `S.block` (256) elements at a time, so every block is read
+whole before it is rewritten, and the array traffic is one read and one write of each code plus
+one absmax per block; the buffer stays in L1.
 
 Chunks start at multiples of the chunk size (65536) within their tensor, a multiple of the block,
 so a chunk's blocks are its tensor's blocks: block `elem // 256` of the chunk is absmax entry
@@ -35,11 +39,11 @@ from numba import types
 from numba.extending import overload
 
 from optforge.runtime.pointers import view
-from optforge.runtime.precision import load, store
-from optforge.runtime.quantize import BLOCK, BUCKET_SHIFT, dequantize, ratio
+from optforge.runtime.precision import store
+from optforge.runtime.quantize import BLOCK, BUCKET_BITS, bucket_index_of, dequantize
 
 TABLE_SIZE = 256
-BUCKETS_SIZE = 1 << (32 - BUCKET_SHIFT)
+BUCKETS_SIZE = 1 << BUCKET_BITS
 
 
 def _int8(T) -> bool:
@@ -59,36 +63,29 @@ def state_view(arrays, k, blocks, tensor, T, start, stop):  # pragma: no cover -
 
 def block_of(x, first, last):  # pragma: no cover - compiled only
     """Elements [first, last) of a chunk's view `x` (`first` a multiple of the block), indexed
-    from 0, as (values or codes, absmax, table, midpoints, buffer): for an int8 handle, the
-    block's codes and absmax and the row's table, midpoints and buffer; for an array, its slice
-    and four empty arrays. Separate arrays, not a tuple, reach the element loop: an array taken
-    out of a tuple there is reference-counted at every element."""
+    from 0, as (values, absmax, midpoints, buckets, codes): for an int8 handle, the block
+    dequantised into the handle's buffer, the block's absmax and codes and the row's midpoints
+    and buckets; for an array, its slice and four empty arrays. Separate arrays, not a tuple,
+    reach the element loop: an array taken out of a tuple there is reference-counted at every
+    element."""
     raise NotImplementedError("compiled in the CPU kernels only")
 
 
-def load_from(x, absmax, table, elem, F):  # pragma: no cover - compiled only
-    """Element `elem` of the block view `x`, widened (or, codes, dequantised) to `F`."""
+def store_into(x, elem, value, T, stochastic, key, counter):  # pragma: no cover - compiled only
+    """`value` into element `elem` of the block's values `x`, as row storage `T` stores it
+    (a row of codes: as float32, into the buffer `flush` quantises)."""
     raise NotImplementedError("compiled in the CPU kernels only")
 
 
-def store_into(x, buffer, elem, value, T, stochastic, key, counter):  # pragma: no cover - compiled only
-    """`value` into element `elem` of the block view `x` (codes: into the block's `buffer`)."""
-    raise NotImplementedError("compiled in the CPU kernels only")
-
-
-def flush(x, absmax, midpoints, buckets, buffer, n):  # pragma: no cover - compiled only
-    """Codes `x` of one block of `n` elements: its absmax and codes, from `buffer`."""
+def flush(x, absmax, midpoints, buckets, codes, T, n):  # pragma: no cover - compiled only
+    """For a row of codes (`T` np.uint8): the new absmax and codes of one block of `n`
+    elements from its values `x` (which it overwrites); else nothing."""
     raise NotImplementedError("compiled in the CPU kernels only")
 
 
 def extent(x):  # pragma: no cover - compiled only
     """How many elements of the chunk view `x` a loop may index."""
     raise NotImplementedError("compiled in the CPU kernels only")
-
-
-def _codes(x) -> bool:
-    """Whether a block view is 8-bit codes (no float or 16-bit storage is viewed as uint8)."""
-    return isinstance(x, types.Array) and x.dtype == types.uint8
 
 
 @overload(state_view, target="cpu")
@@ -112,64 +109,67 @@ def _block_of(x, first, last):
     if not _handle(x):
         nothing = np.empty(0, np.float32)
         none = np.empty(0, np.uint8)
-        return lambda x, first, last: (x[first:last], nothing, nothing, nothing, none, nothing)
+        return lambda x, first, last: (x[first:last], nothing, nothing, none, none)
 
     def block(x, first, last):
         codes, absmax, table, midpoints, buckets, buffer = x
+        codes = codes[first:last]
         absmax = absmax[first // BLOCK : (last + BLOCK - 1) // BLOCK]
-        return (codes[first:last], absmax, table, midpoints, buckets, buffer)
+        values = buffer[: len(codes)]
+        # `dequantize`, element by element (a table lookup: LLVM keeps it scalar, ~1 cycle).
+        scale = absmax[0] if len(absmax) else np.float32(0.0)
+        for i in range(len(values)):
+            values[i] = dequantize(codes[i], table, scale)
+        return (values, absmax, midpoints, buckets, codes)
 
     return block
 
 
-@overload(load_from, target="cpu")
-def _load_from(x, absmax, table, elem, F):
-    if _handle(x):  # a chunk's handle (a stage that only reads the state)
-        return lambda x, absmax, table, elem, F: F(dequantize(x[0][elem], x[2], x[1][elem // BLOCK]))
-    if not _codes(x):
-        return lambda x, absmax, table, elem, F: load(x[elem], F)
-    return lambda x, absmax, table, elem, F: F(dequantize(x[elem], table, absmax[elem // BLOCK]))
-
-
 @overload(store_into, target="cpu")
-def _store_into(x, buffer, elem, value, T, stochastic, key, counter):
-    if not _codes(x):
+def _store_into(x, elem, value, T, stochastic, key, counter):
+    if not _int8(T):
 
-        def plain(x, buffer, elem, value, T, stochastic, key, counter):
+        def plain(x, elem, value, T, stochastic, key, counter):
             x[elem] = store(value, T, stochastic, key, counter)
 
         return plain
 
-    def buffered(x, buffer, elem, value, T, stochastic, key, counter):
-        buffer[elem % BLOCK] = np.float32(value)
+    def buffered(x, elem, value, T, stochastic, key, counter):
+        x[elem] = np.float32(value)
 
     return buffered
 
 
 @overload(flush, target="cpu")
-def _flush(x, absmax, midpoints, buckets, buffer, n):
-    if not _codes(x):
-        return lambda x, absmax, midpoints, buckets, buffer, n: None
+def _flush(x, absmax, midpoints, buckets, codes, T, n):
+    if not _int8(T):
+        return lambda x, absmax, midpoints, buckets, codes, T, n: None
 
-    def quantized(x, absmax, midpoints, buckets, buffer, n):
-        # The block's largest magnitude, NaN if it holds one (`absmax_update`'s result), without
-        # a branch per element: a select and a count, which the loop runs without waiting.
-        largest = np.float32(0.0)
-        nans = 0
+    def quantized(x, absmax, midpoints, buckets, codes, T, n):
+        n = min(n, len(x), len(codes), BLOCK * len(absmax))
+        if n <= 0:
+            return
+        # The block's largest magnitude, NaN if it holds one (`absmax_update`'s result): the
+        # largest of the magnitudes' bit patterns, which order as the magnitudes do and put
+        # every NaN above inf; an integer max, so the loop vectorises.
+        bits = x.view(np.uint32)
+        top = np.uint32(0)
         for i in range(n):
-            a = abs(buffer[i])
-            largest = a if a > largest else largest
-            nans += a != a
-        largest = np.float32(np.nan) if nans else largest
+            top = max(top, bits[i] & np.uint32(0x7FFFFFFF))
+        largest = np.float32(np.nan) if top > np.uint32(0x7F800000) else np.uint32(top).view(np.float32)
         absmax[0] = largest
-        bits = buffer.view(np.uint32)
-        for i in range(n):
-            buffer[i] = ratio(buffer[i], largest)
+        # `ratio`: x / absmax, or 0 for an all-zero or NaN block; one branch for the block.
+        if largest > 0:
+            for i in range(n):
+                x[i] = x[i] / largest
+        else:
+            for i in range(n):
+                x[i] = np.float32(0.0)
         for i in range(n):
             # `quantize`'s code, by the bucket of the ratio's top bits and one comparison
             # (optforge.runtime.quantize.BUCKETS): ratios are in [-1, 1] or NaN.
-            base = min(np.int64(buckets[bits[i] >> BUCKET_SHIFT]), TABLE_SIZE - 2)
-            x[i] = base + (buffer[i] > midpoints[base])
+            base = buckets[bucket_index_of(bits[i])]
+            codes[i] = base + (x[i] > midpoints[base])
 
     return quantized
 
@@ -180,7 +180,7 @@ def _extent(x):
         return lambda x: len(x)
 
     def covered(x):
-        if len(x[2]) < TABLE_SIZE or len(x[3]) < TABLE_SIZE - 1 or len(x[4]) < BUCKETS_SIZE:
+        if len(x[2]) < TABLE_SIZE or len(x[3]) < TABLE_SIZE or len(x[4]) < BUCKETS_SIZE:
             return 0
         return min(len(x[0]), len(x[1]) * BLOCK)
 

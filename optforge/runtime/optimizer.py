@@ -36,6 +36,7 @@ from optforge.runtime.precision import (
 from optforge.runtime.quantize import (
     BLOCK,
     BUCKETS,
+    MIDPOINT_ROWS,
     MIDPOINTS,
     TABLES,
     dequantize_blockwise,
@@ -108,7 +109,7 @@ class _Batch:
             rows.append(flat)  # the mirror: the parameters themselves, written at every store
         for absmax, kind in blocks:  # Storage.blocks: absmax values, code table, midpoints, buckets
             rows.append(list(absmax))
-            rows += [[table] * len(flat) for table in (TABLES[kind], MIDPOINTS[kind], BUCKETS[kind])]
+            rows += [[table] * len(flat) for table in (TABLES[kind], MIDPOINT_ROWS[kind], BUCKETS[kind])]
         buffers = StageBuffers(dtype, len(indices), chunks, [p.shape for p in params])
         key = precision.compute if precision.plain else precision
         return cls(

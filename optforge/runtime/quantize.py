@@ -122,34 +122,44 @@ MIDPOINTS = {kind: midpoints(table) for kind, table in TABLES.items()}
 ZERO_CODE = {kind: int(np.flatnonzero(table == 0)[0]) for kind, table in TABLES.items()}
 
 # Nearest codes by lookup (the kernels' `flush`, optforge.runtime.blockwise): a float32's top
-# 17 bits (sign, exponent, 8 bits of mantissa) name a bucket of values within 2**-8 of each
+# 16 bits (sign, exponent, 7 bits of mantissa) name a bucket of values within 2**-7 of each
 # other relative to their size, finer than any two midpoints are apart (the closest, in the
 # unsigned table's top decade, are 0.7 % apart), so a bucket holds at most one midpoint:
 # the code of a value is its bucket's smallest code, plus one if it is above the midpoint
-# after that code. One lookup and one comparison instead of eight dependent comparisons.
-BUCKET_SHIFT = 32 - 17
+# after that code. One lookup and one comparison instead of eight dependent comparisons; the
+# index is a shift (a clamped, smaller table costs more instructions than its cache misses).
+# Ratios are in [-1, 1] or NaN: the buckets above 1.0 in magnitude hold 0, NaN's code.
+BUCKET_BITS = 16
+
+
+def bucket_index(bits):
+    """The bucket of a float32 with bit pattern `bits` (uint32: a NumPy array or scalar, or a
+    number in a kernel, where `bucket_index_of` is this function compiled)."""
+    return bits >> np.uint32(32 - BUCKET_BITS)
+
+
+bucket_index_of = numba.njit(inline="always")(bucket_index)
 
 
 def buckets(mids: np.ndarray) -> np.ndarray:
-    """uint8[2**17]: the smallest code of each bucket's finite values (NaN's buckets: 0, the
-    code of NaN). Checked: no bucket's values span more than two codes."""
-    first = np.arange(1 << 17, dtype=np.uint64) << np.uint64(BUCKET_SHIFT)
-    ends = [
-        first.astype(np.uint32).view(np.float32),
-        (first + (1 << BUCKET_SHIFT) - 1).astype(np.uint32).view(np.float32),
-    ]
+    """uint8[2**BUCKET_BITS]: the smallest code of each bucket's values, at most 254 (the code
+    after it is the bucket's other one); 0 (NaN's code) where no ratio lies. Checked: no
+    bucket's ratios span more than two codes."""
+    lows = np.arange(1 << BUCKET_BITS, dtype=np.uint32) << np.uint32(32 - BUCKET_BITS)
+    ends = [lows.view(np.float32), (lows | np.uint32((1 << (32 - BUCKET_BITS)) - 1)).view(np.float32)]
+    assert np.array_equal(bucket_index(lows), np.arange(lows.size))
     with np.errstate(invalid="ignore"):
         codes = [nearest_codes(e, mids).astype(np.int64) for e in ends]
-    finite = np.isfinite(ends[0]) & np.isfinite(ends[1])
-    assert np.all(np.abs(codes[0] - codes[1])[finite] <= 1), "a bucket holds two midpoints"
-    return np.where(finite, np.minimum(*codes), 0).astype(np.uint8)
+    ratios = np.abs(ends[0]) <= 1  # a bucket that holds a ratio starts at one
+    assert np.all(np.abs(codes[0] - codes[1])[ratios] <= 1), "a bucket holds two midpoints"
+    return np.minimum(np.where(ratios, np.minimum(*codes), 0), mids.size - 1).astype(np.uint8)
 
 
 def nearest_code_by_bucket(r, mids, table):
     """`quantize(r, mids)` for a float32 `r` in [-1, 1] or NaN (what `ratio` gives), from the
     bucket table `table` (`buckets(mids)`); NumPy scalars or arrays. What `flush` computes."""
     r = np.asarray(r, np.float32)
-    base = np.minimum(table[r.view(np.uint32) >> BUCKET_SHIFT], 254).astype(np.int64)
+    base = np.minimum(table[bucket_index(r.view(np.uint32))], mids.size - 1).astype(np.int64)
     return (base + (r > mids[base])).astype(np.uint8)
 
 
@@ -296,3 +306,6 @@ def dequantize_blockwise(
 
 
 BUCKETS = {kind: buckets(mids) for kind, mids in MIDPOINTS.items()}
+# The kernels' midpoint rows: +inf after the last midpoint, so every uint8 a bucket table
+# holds indexes in range (and 255 stays 255) without a bound check per element.
+MIDPOINT_ROWS = {kind: np.append(mids, np.float32(np.inf)) for kind, mids in MIDPOINTS.items()}
