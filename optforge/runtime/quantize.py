@@ -122,9 +122,10 @@ MIDPOINTS = {kind: midpoints(table) for kind, table in TABLES.items()}
 ZERO_CODE = {kind: int(np.flatnonzero(table == 0)[0]) for kind, table in TABLES.items()}
 
 # Nearest codes by lookup (the kernels' `flush`, optforge.runtime.blockwise): a float32's top
-# 16 bits (sign, exponent, 7 bits of mantissa) name a bucket of values within 2**-7 of each
-# other relative to their size, finer than any two midpoints are apart (the closest, in the
-# unsigned table's top decade, are 0.7 % apart), so a bucket holds at most one midpoint:
+# 16 bits (sign, exponent, 7 bits of mantissa) name a bucket of values: within [0.5, 1) a
+# bucket is 2**-8 wide, and the closest two midpoints (the unsigned table's top decade) are
+# 0.0053 apart, 1.35 bucket widths; below, buckets narrow with the octave faster than the
+# midpoints close in. So a bucket holds at most one midpoint (`buckets` asserts it):
 # the code of a value is its bucket's smallest code, plus one if it is above the midpoint
 # after that code. One lookup and one comparison instead of eight dependent comparisons; the
 # index is a shift (a clamped, smaller table costs more instructions than its cache misses).
@@ -288,6 +289,7 @@ def quantize_blockwise(
     mids = midpoints(table) if mids is None else mids
     blocks = _blocks(x, block)
     absmax = np.max(np.abs(blocks), axis=1) if blocks.size else np.zeros(0, np.float32)
+    absmax[np.isnan(absmax)] = np.float32(np.nan)  # one NaN, whatever the payloads: the kernels'
     scale = absmax[:, None]
     with np.errstate(invalid="ignore"):
         # `ratio`: x / absmax where absmax > 0, else 0.
