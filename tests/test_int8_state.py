@@ -17,7 +17,7 @@ import pytest
 from optforge.compiler.build import load_specs
 from optforge.compiler.spec import is_factored
 from optforge.runtime.blockwise import flush
-from optforge.runtime.kernels import chunk_table
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.launch import StageBuffers, run_stages
 from optforge.runtime.pointers import pointer_table
 from optforge.runtime.precision import Precision

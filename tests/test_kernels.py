@@ -13,8 +13,8 @@ import sympy as sp
 from optforge.compiler.build import load_specs
 from optforge.compiler.reference import reference_advance, reference_group_step, reference_step
 from optforge.compiler.spec import REQUIRED, is_factored, step_inputs, sum_outputs
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.factored import STATE_SHAPES, factored_table
-from optforge.runtime.kernels import chunk_table
 from optforge.runtime.launch import step_arrays
 
 # A spec of matrices (Muon) has a matrix function, which the per-element reference cannot

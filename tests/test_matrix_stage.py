@@ -22,7 +22,8 @@ from optforge.compiler.spec import (
     rounded_sub,
     w,
 )
-from optforge.runtime.kernels import Plan, chunk_table
+from optforge.runtime.chunks import chunk_table
+from optforge.runtime.kernels import Plan
 from optforge.runtime.launch import StageBuffers
 
 m, u, o, k = sp.symbols("m u o k")

@@ -15,8 +15,8 @@ import pytest
 
 from optforge.compiler.build import load_specs
 from optforge.compiler.spec import is_factored
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.factored import STATE_SHAPES, factored_table
-from optforge.runtime.kernels import chunk_table
 from optforge.runtime.launch import StageBuffers, run_stages
 from optforge.runtime.pointers import pointer_table
 from optforge.runtime.precision import Precision, numpy_dtype

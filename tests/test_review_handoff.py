@@ -122,7 +122,7 @@ def test_step_arrays_refuses_an_array_it_could_only_step_through_a_temporary_cop
     # freed when the table was made, and the kernel wrote into freed memory (the caller's array
     # never changed).
     from optforge.generated.cpu import lion
-    from optforge.runtime.kernels import chunk_table
+    from optforge.runtime.chunks import chunk_table
     from optforge.runtime.launch import step_arrays
 
     branch, scalars = lion.VARIANTS[(False,)].step(1, 0.1, (0.9, 0.99), np.dtype(np.float32))

@@ -14,9 +14,9 @@ import pytest
 import optforge
 import optforge.nn
 import optforge.optim
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.combine import flat_sums, matrix_columns
 from optforge.runtime.factored import factored_table
-from optforge.runtime.kernels import chunk_table
 
 # Matrices whose rows split unevenly (and, over 4 ranks, leave a rank without a row), a
 # stack of matrices, vectors (one shorter than the ranks), a one-row matrix.

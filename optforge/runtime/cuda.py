@@ -12,8 +12,8 @@ import math
 import numpy as np
 from numba import config, cuda
 
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.factored import factored_table
-from optforge.runtime.kernels import chunk_table
 
 
 def is_device_array(x) -> bool:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import config, cuda
 
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.cuda import (
     DeviceLaunchGroup,
     Launch,
@@ -28,7 +29,7 @@ from optforge.runtime.cuda import (
     device_stage_steps,
     to_device,
 )
-from optforge.runtime.kernels import Plan, Variant, chunk_table
+from optforge.runtime.kernels import Plan, Variant
 from optforge.runtime.launch import StageBuffers
 from optforge.runtime.pointers import pointer_table
 from optforge.runtime.row_tensor import RowTensor

@@ -149,19 +149,9 @@ def tensor_variant_key(module, variant_key: tuple, ndim: int) -> tuple:
 
 
 class ChunkTable(NamedTuple):
-    """Per chunk of a flat kernel's batch: its tensor, and its elements' range in it."""
+    """Per chunk of a flat kernel's batch: its tensor, and its elements' range in it (made by
+    optforge.runtime.chunks.chunk_table). Defined here, where numba's cache indexes name it."""
 
     tensor: np.ndarray
     start: np.ndarray
     stop: np.ndarray
-
-
-def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
-    """(tensor index, start, stop) of every chunk of at most `chunk` elements."""
-    tensor, start, stop = [], [], []
-    for i, size in enumerate(sizes):
-        for first in range(0, size, chunk):
-            tensor.append(i)
-            start.append(first)
-            stop.append(min(first + chunk, size))
-    return ChunkTable(*(np.array(xs, dtype=np.int64) for xs in (tensor, start, stop)))

@@ -19,9 +19,10 @@ import numpy as np
 
 from optforge.parameter import Parameter
 from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, check_type
+from optforge.runtime.chunks import chunk_table
 from optforge.runtime.factored import factored_table
 from optforge.runtime.finite import all_finite, table_finite
-from optforge.runtime.kernels import Variant, chunk_table, tensor_variant_key
+from optforge.runtime.kernels import Variant, tensor_variant_key
 from optforge.runtime.launch import StageBuffers, fill_sum_values, group_totals, stage_steps
 from optforge.runtime.pointers import ArrayFields, PointerTable, pointer_table, set_row
 from optforge.runtime.precision import (
