@@ -40,7 +40,7 @@ from numba.extending import overload
 
 from optforge.runtime.pointers import view
 from optforge.runtime.precision import store
-from optforge.runtime.quantize import BLOCK, BUCKET_BITS, bucket_index_of, dequantize
+from optforge.runtime.quantize import BLOCK, BUCKET_BITS, code_by_bucket, dequantize
 
 TABLE_SIZE = 256
 BUCKETS_SIZE = 1 << BUCKET_BITS
@@ -168,8 +168,7 @@ def _flush(x, absmax, midpoints, buckets, codes, T, n):
         for i in range(n):
             # `quantize`'s code, by the bucket of the ratio's top bits and one comparison
             # (optforge.runtime.quantize.BUCKETS): ratios are in [-1, 1] or NaN.
-            base = buckets[bucket_index_of(bits[i])]
-            codes[i] = base + (x[i] > midpoints[base])
+            codes[i] = code_by_bucket(x[i], bits[i], buckets, midpoints)
 
     return quantized
 

@@ -155,12 +155,31 @@ def buckets(mids: np.ndarray) -> np.ndarray:
     return np.minimum(np.where(ratios, np.minimum(*codes), 0), mids.size - 1).astype(np.uint8)
 
 
-def nearest_code_by_bucket(r, mids, table):
-    """`quantize(r, mids)` for a float32 `r` in [-1, 1] or NaN (what `ratio` gives), from the
-    bucket table `table` (`buckets(mids)`); NumPy scalars or arrays. What `flush` computes."""
-    r = np.asarray(r, np.float32)
-    base = np.minimum(table[bucket_index(r.view(np.uint32))], mids.size - 1).astype(np.int64)
-    return (base + (r > mids[base])).astype(np.uint8)
+@numba.njit(inline="always")
+def code_by_bucket(r, bits, buckets, midpoint_row):
+    """`quantize`'s code of the float32 ratio `r` (bit pattern `bits`, uint32) in [-1, 1] or
+    NaN: its bucket's smallest code (`buckets`, a `buckets(mids)` table), plus one if `r` is
+    above the midpoint after that code (`midpoint_row`: MIDPOINT_ROWS, the midpoints and a
+    +inf, so every code a bucket table holds indexes it). What the kernels' `flush` runs for
+    each element (optforge.runtime.blockwise)."""
+    base = buckets[bucket_index_of(bits)]
+    return np.uint8(base + (r > midpoint_row[base]))
+
+
+@numba.njit(cache=True)
+def _codes_by_bucket(r, buckets, midpoint_row, codes):
+    bits = r.view(np.uint32)
+    for i in range(r.size):
+        codes[i] = code_by_bucket(r[i], bits[i], buckets, midpoint_row)
+
+
+def nearest_code_by_bucket(r, kind: str) -> np.ndarray:
+    """`code_by_bucket` of each float32 ratio of `r` (flat) in the `kind` table: the kernels'
+    per-element rule, run on the host (tests compare it with `nearest_codes`)."""
+    r = np.ascontiguousarray(r, np.float32).reshape(-1)
+    codes = np.empty(r.size, np.uint8)
+    _codes_by_bucket(r, BUCKETS[kind], MIDPOINT_ROWS[kind], codes)
+    return codes
 
 
 def relative_error_bounds(table: np.ndarray) -> np.ndarray:
