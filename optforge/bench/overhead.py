@@ -2,7 +2,8 @@
 
 Whole steps, interleaved round by round so every contender sees the same machine:
 - `optforge.torch.AdamW` against torch.optim.AdamW (fused and foreach) on 300 tensors of
-  64 to 4,096 elements and on ResNet-18's 62 parameter shapes;
+  64 to 4,096 elements and on ResNet-18's 62 parameter shapes, and the same-traffic limit
+  over as many elements (where the bytes, not Python, set the step: ResNet-18);
 - `optforge.nn.Adam` on 200 tensors of 100 elements (new gradient arrays every step, as a
   training loop hands them over, and the same arrays every step) against its bare kernel
   call: the generated kernel with prepared arguments, no checks and no hand-off.
@@ -12,6 +13,7 @@ Each figure is the median over rounds of the mean over a round's steps.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -70,7 +72,22 @@ def torch_contenders(shapes: list[tuple[int, ...]]) -> dict[str, Callable[[], No
         "optforge.torch.AdamW": optforge.torch.AdamW(model(), lr=1e-3).step,
         "torch AdamW fused": torch.optim.AdamW(model(), lr=1e-3, fused=True).step,
         "torch AdamW foreach": torch.optim.AdamW(model(), lr=1e-3, foreach=True).step,
+        "same-traffic limit (one call, no Python)": same_traffic_step("adamw", shapes),
     }
+
+
+def same_traffic_step(spec: str, shapes: list[tuple[int, ...]]) -> Callable[[], None]:
+    """The floor under every contender: a kernel moving the bytes of `spec`'s step over as
+    many elements, in one array per operand and even chunks (optforge/bench/traffic.py)."""
+    from optforge.bench.traffic import accesses, same_traffic_kernel
+
+    loads, stores, write_only = accesses(spec)
+    total = sum(math.prod(s) for s in shapes)
+    starts = np.arange(0, total, 1 << 16, dtype=np.int64)
+    stops = np.minimum(starts + (1 << 16), total)
+    arrays = [np.ones(total, np.float32) for _ in range(loads + write_only)]
+    kernel = same_traffic_kernel(loads, stores, write_only)
+    return lambda: kernel(starts, stops, *arrays)
 
 
 def nn_contenders(count: int = 200, size: int = 100) -> dict[str, Callable[[], None]]:
