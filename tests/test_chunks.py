@@ -82,6 +82,28 @@ def test_threads_get_even_shares_of_many_small_tensors():
         assert even_within_a_chunk(chunk_table(sizes, CHUNK), threads)
 
 
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [1000 * CHUNK] + [CHUNK + 1] * 1000,  # short last chunks behind whole ones
+        [300 * CHUNK] + [CHUNK + CHUNK // 8] * 60,  # an embedding before many layers
+        [CHUNK + CHUNK // 8] * 60 + [300 * CHUNK],  # ... and after them
+    ],
+    ids=["tails-behind-whole-chunks", "large-first", "large-last"],
+)
+def test_short_last_chunks_behind_whole_ones_are_spread_too(sizes):
+    assert not even_within_a_chunk(tensor_by_tensor(sizes, CHUNK), 2)
+    for threads in (2, 4, 8):
+        assert even_within_a_chunk(chunk_table(sizes, CHUNK), threads)
+
+
+def test_negative_sizes_and_chunks_below_one_are_refused():
+    with pytest.raises(ValueError, match="sizes >= 0 and a chunk >= 1"):
+        chunk_table([-5, 10], 4)
+    with pytest.raises(ValueError, match="sizes >= 0 and a chunk >= 1"):
+        chunk_table([10], 0)
+
+
 def test_the_table_is_deterministic():
     a, b = chunk_table(RESNET18_SIZES, CHUNK), chunk_table(list(RESNET18_SIZES), CHUNK)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
@@ -95,26 +117,48 @@ OPTIMIZERS = {
 }
 
 
+def reversed_within_tensors(sizes, chunk):
+    """A table whose tensors' chunks run backwards: the sums' order changed (the control)."""
+    rows = [
+        (i, first, min(first + chunk, size))
+        for i, size in enumerate(sizes)
+        for first in range(0, size, chunk)[::-1]
+    ]
+    return ChunkTable(*np.array(rows, dtype=np.int64).reshape(-1, 3).T.copy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("make", OPTIMIZERS)
-def test_reordering_changes_no_bit_of_a_step(monkeypatch, make):
+def test_reordering_changes_no_bit_of_a_step(monkeypatch, make, dtype):
     # Lamb's and StableAdamW's per-tensor sums and Prodigy's group sums add each tensor's
     # partial sums over its chunks in table order: the same order as tensor by tensor, since
-    # each tensor's chunks keep theirs.
+    # each tensor's chunks keep theirs. Chunk-wise magnitudes over 12 decades, so that adding
+    # the partial sums in another order changes bits (the control below).
     rng = np.random.default_rng(1)
-    shapes = [(3, CHUNK + 5), (17,), (2 * CHUNK + 1,), (4,)]
-    values = [rng.standard_normal(s).astype(np.float32) for s in shapes]
-    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    shapes = [(7, 3 * CHUNK + 11), (17,), (11 * CHUNK + 3,), (4,), (CHUNK + 1,)]
 
-    def run():
+    def spread(shape):
+        x = rng.standard_normal(shape).reshape(-1)
+        for first in range(0, x.size, CHUNK):
+            x[first : first + CHUNK] *= 10.0 ** rng.uniform(-6, 6)
+        return x.reshape(shape).astype(dtype)
+
+    values = [spread(s) for s in shapes]
+    grads = [[spread(s) for s in shapes] for _ in range(3)]
+
+    def run(table):
+        monkeypatch.setattr(optforge.runtime.optimizer, "chunk_table", table)
         params = [optforge.Parameter(v.copy(), f"p{i}") for i, v in enumerate(values)]
         opt = OPTIMIZERS[make](params)
         for g in grads:
             opt(tuple(g))
         return [p.data.copy() for p in params]
 
-    balanced = run()
-    monkeypatch.setattr(optforge.runtime.optimizer, "chunk_table", tensor_by_tensor)
-    assert all(np.array_equal(a, b) for a, b in zip(balanced, run(), strict=True))
+    balanced = run(chunk_table)
+    assert all(np.array_equal(a, b) for a, b in zip(balanced, run(tensor_by_tensor), strict=True))
+    if make == "nn.Lamb" and dtype == np.float64:  # the check can fail
+        changed = run(reversed_within_tensors)
+        assert not all(np.array_equal(a, b) for a, b in zip(balanced, changed, strict=True))
 
 
 def test_each_tensors_sums_add_its_chunks_partial_sums_in_the_same_order():

@@ -28,33 +28,44 @@ def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
     """(tensor index, start, stop) of every chunk of at most `chunk` elements, balanced.
 
     Greedy: each tensor offers its next chunk; the next place takes the largest offer or
-    the smallest, whichever brings the elements placed so far nearer to their share
-    (ties: the largest, then the lowest tensor). Two heaps of the offers, so
-    O(chunks log tensors)."""
+    the smallest, whichever brings the elements placed so far nearer to their share. Among
+    equal largest offers (whole chunks), the tensor with the fewest chunks left goes first,
+    so that the short last chunks behind whole ones are offered early rather than all at
+    the end (then the lowest tensor). Two heaps of the offers: O(chunks log chunks)."""
     sizes = [int(s) for s in sizes]
+    if chunk < 1 or (sizes and min(sizes) < 0):
+        raise ValueError(
+            f"chunk_table needs sizes >= 0 and a chunk >= 1, not {min(sizes, default=0)} and {chunk}"
+        )
     count = sum(-(-s // chunk) for s in sizes)
     total = sum(sizes)
     start = [0] * len(sizes)  # each tensor's next chunk starts here
 
-    def offer(i: int) -> int:
-        return min(chunk, sizes[i] - start[i])
+    def offer(i: int) -> tuple[int, int]:
+        """Tensor i's next chunk's length, and its chunks left (0, 0 once it has none)."""
+        rest = sizes[i] - start[i]
+        return min(chunk, rest), -(-rest // chunk)
 
-    largest = [(-offer(i), i) for i in range(len(sizes)) if sizes[i] > 0]
-    smallest = [(-size, i) for size, i in largest]
+    largest = [(-offer(i)[0], offer(i)[1], i) for i in range(len(sizes)) if sizes[i] > 0]
+    smallest = [(offer(i)[0], i) for i in range(len(sizes)) if sizes[i] > 0]
     heapq.heapify(largest)
     heapq.heapify(smallest)
 
-    def top(heap: list, sign: int) -> tuple[int, int]:
-        """The heap's first offer that is still a tensor's next chunk (stale ones dropped)."""
-        while sign * heap[0][0] != offer(heap[0][1]) or start[heap[0][1]] >= sizes[heap[0][1]]:
-            heapq.heappop(heap)
-        return sign * heap[0][0], heap[0][1]
+    def top_largest() -> tuple[int, int]:
+        while (-largest[0][0], largest[0][1]) != offer(largest[0][2]):  # stale: dropped
+            heapq.heappop(largest)
+        return -largest[0][0], largest[0][2]
+
+    def top_smallest() -> tuple[int, int]:
+        while smallest[0][0] != offer(smallest[0][1])[0] or start[smallest[0][1]] >= sizes[smallest[0][1]]:
+            heapq.heappop(smallest)
+        return smallest[0]
 
     tensor, first, last = [], [], []
     placed = 0
     for k in range(count):
         share = (k + 1) * total / count
-        (big, i), (little, j) = top(largest, -1), top(smallest, 1)
+        (big, i), (little, j) = top_largest(), top_smallest()
         pick, size = (i, big) if abs(placed + big - share) <= abs(placed + little - share) else (j, little)
         tensor.append(pick)
         first.append(start[pick])
@@ -62,6 +73,7 @@ def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
         placed += size
         start[pick] += size
         if start[pick] < sizes[pick]:
-            heapq.heappush(largest, (-offer(pick), pick))
-            heapq.heappush(smallest, (offer(pick), pick))
+            size, left = offer(pick)
+            heapq.heappush(largest, (-size, left, pick))
+            heapq.heappush(smallest, (size, pick))
     return ChunkTable(*(np.array(xs, dtype=np.int64) for xs in (tensor, first, last)))
