@@ -40,7 +40,7 @@ import numpy as np
 
 import optforge
 from optforge.bench import add_arguments
-from optforge.bench.traffic import accesses, bytes_per_element, same_traffic_kernel
+from optforge.bench.traffic import accesses, bytes_per_element, same_traffic_step
 from optforge.runtime.optim_optimizer import hyper_values
 
 LR = 1e-3  # every contender's learning rate
@@ -158,13 +158,7 @@ def contenders(name: str, sizes: list[int], rng, notes: set[str], others: bool =
     branch = steady_branch(opt)
     flags = kernel_flags(name, opt)
     loads, stores, write_only = accesses(name, flags, branch=branch)
-    total = sum(sizes)
-    chunk = 1 << 16
-    starts = np.arange(0, total, chunk, dtype=np.int64)
-    stops = np.minimum(starts + chunk, total)
-    arrays = [np.ones(total, np.float32) for _ in range(loads + write_only)]
-    kernel = same_traffic_kernel(loads, stores, write_only)
-    steps["same-traffic limit"] = lambda: kernel(starts, stops, *arrays)
+    steps["same-traffic limit"] = same_traffic_step(loads, stores, write_only, sum(sizes))
 
     torch_name = TORCH.get(name) if others else None  # None: torch has no such optimizer
     if torch_name is not None:

@@ -127,12 +127,11 @@ def _error(error: BaseException) -> str:
 def fsdp_worker(rank: int, world: int, out: str, widths: list, repeat: int) -> None:
     """One rank: shard the model, take one backward pass, then time every contender's step."""
     import numba
-    import numpy as np
     import torch
     import torch.distributed as dist
     from torch.distributed.tensor.debug import CommDebugMode
 
-    from optforge.bench.traffic import accesses, same_traffic_kernel
+    from optforge.bench.traffic import accesses, same_traffic_step
 
     model = sharded_model(widths, world)
     g = torch.Generator().manual_seed(1)
@@ -164,19 +163,14 @@ def fsdp_worker(rank: int, world: int, out: str, widths: list, repeat: int) -> N
         if len(set(failed)) != 1:
             raise RuntimeError(f"{name} failed on ranks {[r for r, f in enumerate(failed) if f]} only")
 
-    chunk = 1 << 16
     total = sum(local)
-    starts = np.arange(0, total, chunk, dtype=np.int64)
-    stops = np.minimum(starts + chunk, total)
     moved = {}
     for name, spec in LIMITS.items():
         if name not in steps:
             continue
         loads, stores, write_only = accesses(spec)
-        arrays = [np.ones(total, np.float32) for _ in range(loads + write_only)]
-        kernel = same_traffic_kernel(loads, stores, write_only)
         limit = f"same-traffic limit ({spec})"
-        steps[limit] = lambda kernel=kernel, arrays=arrays: kernel(starts, stops, *arrays)
+        steps[limit] = same_traffic_step(loads, stores, write_only, total)
         steps[limit]()
         moved[name] = (loads + stores + write_only) * 4 * total
 

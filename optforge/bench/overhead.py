@@ -72,22 +72,16 @@ def torch_contenders(shapes: list[tuple[int, ...]]) -> dict[str, Callable[[], No
         "optforge.torch.AdamW": optforge.torch.AdamW(model(), lr=1e-3).step,
         "torch AdamW fused": torch.optim.AdamW(model(), lr=1e-3, fused=True).step,
         "torch AdamW foreach": torch.optim.AdamW(model(), lr=1e-3, foreach=True).step,
-        "same-traffic limit (one call, no Python)": same_traffic_step("adamw", shapes),
+        "same-traffic limit (one call, no Python)": same_traffic_limit("adamw", shapes),
     }
 
 
-def same_traffic_step(spec: str, shapes: list[tuple[int, ...]]) -> Callable[[], None]:
+def same_traffic_limit(spec: str, shapes: list[tuple[int, ...]]) -> Callable[[], None]:
     """The floor under every contender: a kernel moving the bytes of `spec`'s step over as
     many elements, in one array per operand and even chunks (optforge/bench/traffic.py)."""
-    from optforge.bench.traffic import accesses, same_traffic_kernel
+    from optforge.bench.traffic import accesses, same_traffic_step
 
-    loads, stores, write_only = accesses(spec)
-    total = sum(math.prod(s) for s in shapes)
-    starts = np.arange(0, total, 1 << 16, dtype=np.int64)
-    stops = np.minimum(starts + (1 << 16), total)
-    arrays = [np.ones(total, np.float32) for _ in range(loads + write_only)]
-    kernel = same_traffic_kernel(loads, stores, write_only)
-    return lambda: kernel(starts, stops, *arrays)
+    return same_traffic_step(*accesses(spec), sum(math.prod(s) for s in shapes))
 
 
 def nn_contenders(count: int = 200, size: int = 100) -> dict[str, Callable[[], None]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from optforge.bench.cpu import measure
-from optforge.bench.traffic import same_traffic_kernel
+from optforge.bench.traffic import even_chunks, same_traffic_kernel
 from optforge.compiler.build import load_specs
 from optforge.compiler.lower import lower
 from optforge.compiler.traffic import element_accesses
@@ -73,9 +73,7 @@ def _limit(spec_name: str, n: int, param: str, state: str, master: bool):
     others = [a for name, a in zip(read, arrays) if name not in writes]
     write_only = [np.zeros(n, np.uint16)] if master else []  # the parameter behind its copy
     kernel = same_traffic_kernel(len(arrays), len(stores), len(write_only))
-    chunk = 1 << 16
-    starts = np.arange(0, n, chunk, dtype=np.int64)
-    stops = np.minimum(starts + chunk, n)
+    starts, stops = even_chunks(n)
     ordered = stores + others  # the first `stores` arrays are written back
     return lambda: kernel(starts, stops, *ordered, *write_only)
 

@@ -66,3 +66,18 @@ def same_traffic_kernel(loads: int, stores: int, write_only: int = 0):
         exec("\n".join(lines), scope)  # noqa: S102 (our own source, built above)
         _KERNELS[key] = numba.njit(parallel=True, fastmath={"contract"})(scope["same_traffic"])
     return _KERNELS[key]
+
+
+def even_chunks(n: int, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, stops) of `n` elements cut into chunks of `chunk`: a limit kernel's chunks."""
+    starts = np.arange(0, n, chunk, dtype=np.int64)
+    return starts, np.minimum(starts + chunk, n)
+
+
+def same_traffic_step(loads: int, stores: int, write_only: int, n: int):
+    """A call of `same_traffic_kernel(loads, stores, write_only)` over `n` float32 elements
+    per array (its own arrays, made here), in even chunks: the limit a step is measured by."""
+    starts, stops = even_chunks(n)
+    arrays = [np.ones(n, np.float32) for _ in range(loads + write_only)]
+    kernel = same_traffic_kernel(loads, stores, write_only)
+    return lambda: kernel(starts, stops, *arrays)

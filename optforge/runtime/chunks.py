@@ -46,21 +46,28 @@ def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
         rest = sizes[i] - start[i]
         return min(chunk, rest), -(-rest // chunk)
 
-    largest = [(-offer(i)[0], offer(i)[1], i) for i in range(len(sizes)) if sizes[i] > 0]
-    smallest = [(offer(i)[0], i) for i in range(len(sizes)) if sizes[i] > 0]
-    heapq.heapify(largest)
-    heapq.heapify(smallest)
+    largest: list[tuple[int, int, int]] = []  # (-length, chunks left, tensor)
+    smallest: list[tuple[int, int]] = []  # (length, tensor)
 
+    def push(i: int) -> None:
+        size, left = offer(i)
+        heapq.heappush(largest, (-size, left, i))
+        heapq.heappush(smallest, (size, i))
+
+    # An entry is stale once its tensor's offer has changed (a finished tensor offers (0, 0)).
     def top_largest() -> tuple[int, int]:
-        while (-largest[0][0], largest[0][1]) != offer(largest[0][2]):  # stale: dropped
+        while (-largest[0][0], largest[0][1]) != offer(largest[0][2]):
             heapq.heappop(largest)
         return -largest[0][0], largest[0][2]
 
     def top_smallest() -> tuple[int, int]:
-        while smallest[0][0] != offer(smallest[0][1])[0] or start[smallest[0][1]] >= sizes[smallest[0][1]]:
+        while smallest[0][0] != offer(smallest[0][1])[0]:
             heapq.heappop(smallest)
         return smallest[0]
 
+    for i, size in enumerate(sizes):
+        if size > 0:
+            push(i)
     tensor, first, last = [], [], []
     placed = 0
     for k in range(count):
@@ -73,7 +80,5 @@ def chunk_table(sizes: list[int], chunk: int) -> ChunkTable:
         placed += size
         start[pick] += size
         if start[pick] < sizes[pick]:
-            size, left = offer(pick)
-            heapq.heappush(largest, (-size, left, pick))
-            heapq.heappush(smallest, (size, pick))
+            push(pick)
     return ChunkTable(*(np.array(xs, dtype=np.int64) for xs in (tensor, first, last)))
