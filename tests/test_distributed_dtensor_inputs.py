@@ -47,6 +47,16 @@ def inputs_worker(rank: int, world: int) -> None:
     def split_param():
         return torch.nn.Parameter(distribute_tensor(whole.clone(), mesh, [Shard(0)]))
 
+    # 8-bit codes on a DTensor parameter: each rank's blocks would not form one tensor of the
+    # parameter's layout. Refused as the parameter is added.
+    try:
+        ot.AdamW([split_param()], lr=1e-2, state_dtype="int8")
+    except ValueError as error:
+        assert "cannot keep state as 8-bit codes" in str(error), error
+    else:
+        raise AssertionError("8-bit state on a DTensor parameter was taken")
+    ot.AdamW([split_param()], lr=1e-2, state_dtype={"exp_avg": "bfloat16"})  # 16-bit state is fine
+
     for cls in ("AdamW", "Lamb", "Adafactor"):
         # A replicated gradient on a split parameter: this rank's rows of it are stepped,
         # exactly as the same gradient given split (no collective is needed to take rows).

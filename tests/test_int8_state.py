@@ -391,16 +391,6 @@ def test_row_sparse_gradients_refuse_int8_state_with_nothing_changed(rng):
     dense((g,))
 
 
-def test_optforge_torch_refuses_int8_state_for_now():
-    torch = pytest.importorskip("torch")
-    import optforge.torch
-
-    with pytest.raises(ValueError, match="not available in optforge.torch"):
-        optforge.torch.Adam([torch.nn.Parameter(torch.zeros(3))], state_dtype="int8")
-    with pytest.raises(ValueError, match="not available in optforge.torch"):
-        optforge.torch.Adam([torch.nn.Parameter(torch.zeros(3))], state_dtype={"exp_avg": "int8"})
-
-
 @numba.njit
 def _flush_blocks(values, codes, absmax, midpoints, buckets):
     buffer = np.empty(BLOCK, np.float32)

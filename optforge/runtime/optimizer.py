@@ -109,7 +109,7 @@ class _Batch:
         if precision.master:
             rows.append(flat)  # the mirror: the parameters themselves, written at every store
         for absmax, kind in blocks:  # Storage.blocks: absmax values, code table, midpoints, buckets
-            rows.append(list(absmax))
+            rows.append([_kernel_view(a, np.float32) for a in absmax])  # None: a state not kept
             rows += [[table] * len(flat) for table in (TABLES[kind], MIDPOINT_ROWS[kind], BUCKETS[kind])]
         buffers = StageBuffers(dtype, len(indices), chunks, [p.shape for p in params])
         key = precision.compute if precision.plain else precision
@@ -406,30 +406,13 @@ class FusedOptimizer(StepStateMixin):
                 )
 
     def _int8_tables(self, module, variants: list[Variant], precisions: list[Precision]) -> list[dict]:
-        """Per parameter, its states kept as 8-bit codes -> their code tables' kinds; what no
-        kernel can keep so is refused (ValueError, before anything is made): a state the
-        compiler did not prove sound for 8-bit codes (INT8_REFUSED says why), and any state
-        of a factored variant (Adafactor's 2-D parameters: the passes go by rows and columns)."""
+        """Per parameter, its states kept as 8-bit codes -> their code tables' kinds
+        (`int8_kinds`: what no kernel can keep so is refused, before anything is made)."""
         cls = type(self).__name__
-        tables = getattr(module, "INT8_TABLES", {})
-        refused = getattr(module, "INT8_REFUSED", {})
-        result = []
-        for p, variant, precision in zip(self.parameters, variants, precisions):
-            names = [variant.state[k - 2] for k in precision.int8_rows]
-            for name in names:
-                shown = self._state_key(name)
-                if not tables.get(name):
-                    why = refused.get(name, "the compiler did not prove it sound")
-                    raise ValueError(
-                        f"For '{cls}', state '{shown}' cannot be kept as 8-bit codes (state_dtype 'int8'): "
-                        f"it {why}. Give state_dtype a dict that keeps it in 'float32' or 'bfloat16'."
-                    )
-                if variant.factored:
-                    raise ValueError(
-                        f"For '{cls}', parameter '{p.name}' is stepped by the factored kernels, which do "
-                        f"not keep state as 8-bit codes; state '{shown}' must be 'float32' or 'bfloat16'."
-                    )
-            result.append({name: tables[name] for name in names})
+        result = [
+            int8_kinds(cls, module, variant, precision, p.name, self._state_key)
+            for p, variant, precision in zip(self.parameters, variants, precisions)
+        ]
         if any(result) and any(v.chunk % BLOCK for v in variants):  # chunks start at whole blocks
             raise AssertionError("a flat kernel's chunk must be a whole number of 8-bit blocks")
         return result
@@ -1215,6 +1198,32 @@ def _point_at(batch: _Batch, flat: list) -> None:
 
 # The state name of a 16-bit parameter's float32 master copy (master_weights=True).
 MASTER = "master_param"
+
+
+def int8_kinds(cls: str, module, variant: Variant, precision: Precision, param: str, shown) -> dict[str, str]:
+    """The states of a parameter (named `param`) stepped by `variant` under `precision` that are
+    kept as 8-bit codes -> their code tables' kinds ("signed", "unsigned"). Refused (ValueError):
+    a state the compiler did not prove sound for 8-bit codes (INT8_REFUSED says why), and any
+    state of a factored variant (Adafactor's 2-D parameters: the passes go by rows and columns).
+    `shown(name)` is a state's public name, for the messages."""
+    tables = getattr(module, "INT8_TABLES", {})
+    refused = getattr(module, "INT8_REFUSED", {})
+    names = [variant.state[k - 2] for k in precision.int8_rows]
+    for name in names:
+        if not tables.get(name):
+            why = refused.get(name, "the compiler did not prove it sound")
+            raise ValueError(
+                f"For '{cls}', state '{shown(name)}' cannot be kept as 8-bit codes (state_dtype 'int8'): "
+                f"it {why}. Give state_dtype a dict that keeps it in 'float32' or 'bfloat16'."
+            )
+        if variant.factored:
+            raise ValueError(
+                f"For '{cls}', parameter '{param}' is stepped by the factored kernels, which do "
+                f"not keep state as 8-bit codes; state '{shown(name)}' must be 'float32' or 'bfloat16'."
+            )
+    return {name: tables[name] for name in names}
+
+
 # A state kept as 8-bit codes keeps its blocks' absmax values (float32) under this name after it.
 ABSMAX = "_absmax"
 

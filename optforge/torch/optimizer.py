@@ -41,14 +41,25 @@ from optforge.runtime.checks import OPTIMIZER_ATTRIBUTE, Interval, check_choice
 from optforge.runtime.kernels import tensor_variant_key
 from optforge.runtime.optim_optimizer import OptimOptimizer, _lr_value, group_hypers, hyper_values
 from optforge.runtime.optimizer import (
+    ABSMAX,
     MASTER,
     Addressed,
     _Batch,
+    absmax_name,
     check_kernel_support,
     group_round,
+    int8_kinds,
     run_transition,
 )
-from optforge.runtime.precision import check_policy, check_sixteen_bit, check_wide_only, numpy_dtype
+from optforge.runtime.precision import (
+    INT8,
+    check_policy,
+    check_sixteen_bit,
+    check_wide_only,
+    numpy_dtype,
+    storage_name,
+)
+from optforge.runtime.quantize import BLOCK, MIDPOINTS, TABLES, dequantize_blockwise, quantize_blockwise
 from optforge.runtime.shards import run_lockstep
 from optforge.runtime.step_state import StepStateMixin
 from optforge.torch import options
@@ -167,16 +178,21 @@ class _Engine(OptimOptimizer):
             kept = self._kept(owner, g)
             self.dropped |= {(name, g) for name, keep in kept.items() if not keep and name in self.state}
         for name in {name for name, _ in self.dropped}:
-            arrays = zip(self.state[name], self._group_of)
-            self.state[name] = tuple(None if (name, g) in self.dropped else a for a, g in arrays)
-            setattr(self, name, self.state[name])
+            # a state kept as 8-bit codes: its absmax values too
+            for shown in (name, absmax_name(name)) if absmax_name(name) in self.state else (name,):
+                arrays = zip(self.state[shown], self._group_of)
+                self.state[shown] = tuple(None if (name, g) in self.dropped else a for a, g in arrays)
+                setattr(self, shown, self.state[shown])
         for batch in self._batches:
             if not isinstance(batch, _Batch):  # a device batch keeps its arrays (not shown)
                 continue
+            blocks = batch.precision.storage().blocks
             for k, name in enumerate(batch.variant.state):
                 if (name, batch.group) in self.dropped:
                     for j in range(len(batch.indices)):
                         batch.set_array(2 + k, j, np.empty(0, dtype=batch.dtype))
+                        if blocks[2 + k]:  # its absmax row: the kernels' extents go to 0
+                            batch.set_array(blocks[2 + k], j, np.empty(0, dtype=np.float32))
 
     def check_kept(self, owner: TorchOptimizer) -> None:
         """Refuse (RuntimeError, nothing changed) a step whose group values need a state
@@ -291,19 +307,28 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         policy = check_policy(
             type(self).__name__, state_dtype, master_weights, stochastic_rounding, tuple(torch_names)
         )
-        if "int8" in (policy.default, *(v for _, v in policy.state)):
-            raise ValueError(
-                f"For '{type(self).__name__}', state_dtype 'int8' (8-bit blockwise state) is not "
-                "available in optforge.torch yet (its state tensors are torch's, shown in `state[p]`); "
-                "it is in optforge.optim and optforge.nn. Use 'bfloat16' or 'float16' here."
-            )
         self._policy = policy._replace(state=tuple((torch_names[k], v) for k, v in policy.state))
         self.state_dtype = state_dtype
         self.master_weights, self.stochastic_rounding = master_weights, stochastic_rounding
 
     def _state_key(self, name: str) -> str:
-        """torch's key of an engine state (a master copy's is its own name)."""
+        """torch's key of an engine state (a master copy's is its own name; the absmax values
+        of a state kept as 8-bit codes are under its key and `_absmax`)."""
+        if name.endswith(ABSMAX) and name[: -len(ABSMAX)] in self._STATE_KEYS:
+            return self._STATE_KEYS[name[: -len(ABSMAX)]] + ABSMAX
         return self._STATE_KEYS.get(name, name)
+
+    def _int8_states(self, p: torch.Tensor, i: int) -> dict[str, str]:
+        """The states of parameter `i`, `p`, kept as 8-bit codes (spec name -> code table
+        kind); ValueError for one no kernel can keep so (`int8_kinds`): checked as each
+        parameter is added."""
+        if INT8 not in (self._policy.default, *(storage for _, storage in self._policy.state)):
+            return {}
+        variant = self._tensor_variant(p)
+        precision = self._policy.precision(storage_name(_numpy_dtype(p.dtype)), variant.state)
+        return int8_kinds(
+            type(self).__name__, self._kernel_module(), variant, precision, f"param{i}", self._state_key
+        )
 
     def _state_init(self) -> dict:
         """Each state's initial value (generated: a number, "lr", or a hyperparameter)."""
@@ -332,12 +357,13 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         cls = type(self).__name__
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        first = sum(len(g["params"]) for g in self.param_groups[:-1])  # the group's first index
         try:
             self._check_group_options(group, f"param group {len(self.param_groups) - 1}")
             # The kernels' own limits (a spec of matrices: 2-D parameters only), before any state.
             kernels = importlib.import_module(f"{self._KERNELS}.cpu.{self._SPEC}")
             check_kernel_support(kernels, cls, group["params"])
-            for p in group["params"]:
+            for i, p in enumerate(group["params"], first):
                 if p.dtype not in TORCH_DTYPES:
                     raise TypeError(
                         f"{cls}: parameters must be float32, float64, bfloat16 or float16 (the kernels "
@@ -347,6 +373,13 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                     raise ValueError(
                         f"{cls}: parameters must be contiguous (they are stepped in place through a "
                         f"view), but one of shape {tuple(p.shape)} is not."
+                    )
+                if self._int8_states(p, i) and is_dtensor(p):
+                    raise ValueError(
+                        f"{cls}: a DTensor parameter (FSDP2's) cannot keep state as 8-bit codes "
+                        "(state_dtype 'int8'): each rank's 256-element blocks and their absmax values "
+                        "would not form one tensor of the parameter's layout. Keep its state in "
+                        "'float32' or 'bfloat16'."
                     )
             check_wide_only(
                 cls,
@@ -683,20 +716,29 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         return super().state_dict()
 
     def float32_state_dict(self) -> dict:
-        """`state_dict()` with every 16-bit state tensor widened (exactly) to float32: what
-        torch.optim's optimizer of the same name loads and steps on at full precision, after
-        a run with `state_dtype` or 16-bit parameters. Master copies stay as they are
-        (``master_param``, float32: the values to give float32 parameters)."""
+        """`state_dict()` with every state tensor as float32 values: 16-bit ones widened
+        (exactly), 8-bit codes dequantised (``table[code] * absmax``, their ``<key>_absmax``
+        entries dropped). What torch.optim's optimizer of the same name loads and steps on at
+        full precision, after a run with `state_dtype` or 16-bit parameters. Master copies stay
+        as they are (``master_param``, float32: the values to give float32 parameters)."""
         saved = self.state_dict()
-        widened = {
-            index: {
-                key: value.float()
-                if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16)
-                else value
-                for key, value in state.items()
-            }
-            for index, state in saved["state"].items()
-        }
+        tables = getattr(self._kernel_module(), "INT8_TABLES", {})
+        names = {key: name for name, key in self._STATE_KEYS.items()}
+        widened = {}
+        for index, state in saved["state"].items():
+            values = {}
+            for key, value in state.items():
+                if key.endswith(ABSMAX) and key[: -len(ABSMAX)] in state:
+                    continue  # read into its state's values
+                absmax = state.get(key + ABSMAX)
+                if absmax is not None and key in names:
+                    table = TABLES[tables[names[key]]]
+                    codes = dequantize_blockwise(value.cpu().numpy(), absmax.cpu().numpy(), table)
+                    value = torch.from_numpy(codes.reshape(tuple(value.shape)))
+                elif isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+                    value = value.float()
+                values[key] = value
+            widened[index] = values
         return {**saved, "state": widened}
 
     def _refresh_extra_state(self, engine: _Engine) -> None:
@@ -812,9 +854,14 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
     def _loaded_parts(self, i: int, p: torch.Tensor, state: dict) -> dict[str, torch.Tensor]:
         """Parameter `i`'s saved states (per engine state name) as this rank loads them (its
         part of a DTensor's), each checked: present unless optional, shaped as the state is
-        (and the master copy as the parameter). ValueError otherwise."""
+        (and the master copy as the parameter). ValueError otherwise.
+
+        A state kept as 8-bit codes takes saved codes with their absmax values, or values of
+        any floating dtype (torch.optim's, `float32_state_dict()`'s), which it quantises; a
+        state kept as values takes saved codes dequantised."""
         cls = type(self).__name__
         kinds = self._state_kinds(p)
+        int8 = self._int8_states(p, i)
         expected = [(name, shape, self._STATE_KEYS[name]) for name, shape in self._state_shapes(p)]
         if MASTER in state:
             expected.append((MASTER, tuple(p.shape), MASTER))
@@ -840,11 +887,64 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                     f"{cls}: '{key}' of parameter {i} has shape {got}, not {shape} "
                     f"(the parameter's is {tuple(p.shape)})."
                 )
+            absmax = state.get(key + ABSMAX)
+            if name in int8:
+                value, parts[absmax_name(name)] = self._saved_codes(i, key, value, absmax, int8[name])
+            elif absmax is not None:
+                value = self._dequantized(i, name, key, value, absmax)
+            elif name != MASTER and not value.is_floating_point():
+                raise ValueError(
+                    f"{cls}: '{key}' of parameter {i} is {value.dtype}, not a floating-point tensor "
+                    f"(8-bit codes come with their '{key}{ABSMAX}')."
+                )
             try:
                 parts[name] = local_value(value, p, kinds.get(name, "element"))
             except ValueError as error:
                 raise ValueError(f"{cls}: '{key}' of parameter {i} cannot be loaded: {error}.") from None
         return parts
+
+    def _saved_codes(self, i: int, key: str, value: torch.Tensor, absmax, kind: str) -> tuple:
+        """(codes, absmax) of a saved state kept as 8-bit codes: the saved ones, checked, or
+        the values quantised (the same bits as the kernels' stores of those values)."""
+        cls = type(self).__name__
+        if absmax is None:
+            if not value.is_floating_point():
+                raise ValueError(
+                    f"{cls}: '{key}' of parameter {i} is {value.dtype} without '{key}{ABSMAX}': neither "
+                    "8-bit codes with their absmax values nor floating-point values to quantise."
+                )
+            codes, absmax = quantize_blockwise(
+                value.detach().cpu().float().numpy(), TABLES[kind], mids=MIDPOINTS[kind]
+            )
+            return torch.from_numpy(codes.reshape(tuple(value.shape))), torch.from_numpy(absmax)
+        blocks = -(-value.numel() // BLOCK)
+        if value.dtype is not torch.uint8:
+            raise ValueError(
+                f"{cls}: '{key}' of parameter {i} comes with '{key}{ABSMAX}', so it holds 8-bit codes, "
+                f"but it is {value.dtype}, not torch.uint8."
+            )
+        if not isinstance(absmax, torch.Tensor) or is_dtensor(absmax) or tuple(absmax.shape) != (blocks,):
+            got = tuple(absmax.shape) if isinstance(absmax, torch.Tensor) else type(absmax).__name__
+            raise ValueError(
+                f"{cls}: '{key}{ABSMAX}' of parameter {i} has shape {got}, not ({blocks},) (one value "
+                f"per {BLOCK} elements)."
+            )
+        if absmax.dtype is not torch.float32:
+            raise ValueError(f"{cls}: '{key}{ABSMAX}' of parameter {i} is {absmax.dtype}, not torch.float32.")
+        return value, absmax
+
+    def _dequantized(self, i: int, name: str, key: str, codes: torch.Tensor, absmax) -> torch.Tensor:
+        """A saved state's 8-bit codes as float32 values, for a state kept as values."""
+        cls = type(self).__name__
+        kind = getattr(self._kernel_module(), "INT8_TABLES", {}).get(name)
+        if kind is None or is_dtensor(codes):
+            raise ValueError(
+                f"{cls}: '{key}' of parameter {i} comes with '{key}{ABSMAX}' (8-bit codes), which "
+                + ("this optimizer's state never holds." if kind is None else "cannot be read as a DTensor.")
+            )
+        codes, absmax = self._saved_codes(i, key, codes, absmax, kind)
+        values = dequantize_blockwise(codes.cpu().numpy(), absmax.cpu().numpy(), TABLES[kind])
+        return torch.from_numpy(values.reshape(tuple(codes.shape)))
 
     # -- copies: copy.deepcopy, pickle, torch.save of the optimizer object --
 
@@ -887,10 +987,11 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         for members, step in cohorts:  # engines over the copy's parameters and state tensors
             arrays: dict[str, dict[int, object]] = {}
             for i in members:
-                for name, _ in self._state_shapes(params[i]):
+                codes = self._int8_states(params[i], i)
+                for name in [n for n, _ in self._state_shapes(params[i])] + [absmax_name(n) for n in codes]:
                     # A state torch does not keep for the group (RMSprop's buffer without
                     # momentum) is absent: None, as the engine it came from held it.
-                    tensor = self.state[params[i]].get(self._STATE_KEYS[name])
+                    tensor = self.state[params[i]].get(self._state_key(name))
                     arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(local(tensor))
                 if MASTER in self.state[params[i]]:  # master weights: the float32 copy
                     arrays.setdefault(MASTER, {})[i] = _as_array(local(self.state[params[i]][MASTER]))
