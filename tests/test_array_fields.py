@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import optforge
-from optforge.runtime.pointers import ArrayFields, layout_matches
+from optforge.runtime.pointers import ArrayFields, items_readable, layout_matches
 
 
 class Sub(np.ndarray):
@@ -26,6 +26,36 @@ def grads(dtype=np.float32):
 
 def test_this_numpy_s_layout_is_the_one_read():
     assert layout_matches()
+
+
+def test_the_ids_are_read_from_tuples_and_lists_in_place():
+    assert items_readable()
+
+
+class Pair(tuple):  # a tuple subclass (a namedtuple's kind): its ids are built in Python
+    pass
+
+
+@pytest.mark.parametrize("container", [tuple, list, Pair], ids=["tuple", "list", "subclass"])
+@pytest.mark.parametrize("at", [None, 0, 3])
+def test_every_container_reads_the_same_addresses_and_stops_at_the_same_gradient(container, at):
+    gs = grads()
+    if at is not None:
+        gs[at] = gs[at].astype(np.float64)
+    failed, addresses, sizes = fields().scan(container(gs))
+    assert failed == (-1 if at is None else at)
+    stop = len(gs) if at is None else at
+    assert addresses[:stop].tolist() == [g.ctypes.data for g in gs[:stop]]
+    assert sizes[:stop].tolist() == [g.size for g in gs[:stop]]
+
+
+def test_a_list_that_grew_is_read_at_its_items_new_place():
+    gs = []
+    for _ in range(100):  # its item storage is reallocated as it grows
+        gs += grads()
+    expected = ArrayFields([(g.dtype, g.shape) for g in gs])
+    failed, addresses, _ = expected.scan(gs)
+    assert failed == -1 and addresses.tolist() == [g.ctypes.data for g in gs]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])

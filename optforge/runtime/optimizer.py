@@ -858,12 +858,7 @@ class FusedOptimizer(StepStateMixin):
             # A hyperparameter left at None is the machine epsilon of the dtype (Adafactor's eps1),
             # or the number the spec declares for it (its NONE_VALUES).
             eps = machine_epsilon(self.parameters[batch.indices[0]].dtype) if batch.indices else 0.0
-            # A callable hyperparameter left at None stays None: the host code tests it.
-            functions = [index == OPTIMIZER_ATTRIBUTE for _, index in getattr(self, "_HYPER_KEYS", ())]
-            functions += [False] * (len(hypers[batch.group]) - len(functions))
-            stand_ins = tuple(self._none_values or ())
-            # (the step rules' values after the hyperparameters have none: never None)
-            stand_ins += (None,) * (len(hypers[batch.group]) - len(stand_ins))
+            functions, stand_ins = self._none_rules(len(hypers[batch.group]))
             values = tuple(
                 h if h is not None or f else (eps if s is None else s)
                 for h, f, s in zip(hypers[batch.group], functions, stand_ins)
@@ -876,6 +871,20 @@ class FusedOptimizer(StepStateMixin):
                     f"cannot be computed at step {t} ({error}); the step was not taken."
                 ) from None
         return steps
+
+    def _none_rules(self, n: int) -> tuple[tuple, tuple]:
+        """For `n` values (the hyperparameters, then the step rules' values): whether each is
+        a callable hyperparameter (left at None, it stays None: the host code tests it), and
+        the number a None stands for (NONE_VALUES; None: the machine epsilon). Made once."""
+        cache = self.__dict__.setdefault("_none_rules_cache", {})
+        if n not in cache:
+            functions = [index == OPTIMIZER_ATTRIBUTE for _, index in getattr(self, "_HYPER_KEYS", ())]
+            functions += [False] * (n - len(functions))
+            stand_ins = tuple(self._none_values or ())
+            # (the step rules' values after the hyperparameters have none: never None)
+            stand_ins += (None,) * (n - len(stand_ins))
+            cache[n] = (tuple(functions), stand_ins)
+        return cache[n]
 
     def _run_batches(self, launches: list[tuple]) -> None:
         """Run every batch's `_launch` ((batch, generator) pairs), in lockstep over the ranks

@@ -144,6 +144,60 @@ def _scan(objects, ndarray_type, descrs, ndims, dims_at, dims, addresses, sizes)
     return -1
 
 
+# The gradients' ids, read from their container: building them in Python (`map(id, ...)`
+# into an int64 array) costs about 50 ns an object, as much again as the scan itself. A
+# tuple's item pointers follow its header (refcount, type, size: `PyTupleObject`'s ob_item);
+# a list holds a pointer to its items after the same header (`PyListObject`'s ob_item). The
+# layout is checked once against `id` (`items_readable`), as the arrays' is; a build of Python
+# with another header falls back to `map(id, ...)`.
+_ITEMS = 3  # the word after the header, in tuples and lists alike
+
+
+@numba.njit(cache=True)
+def _container_items(container, is_list, n):
+    """The `n` item pointers of the tuple (or list) at address `container`, as int64."""
+    at = container + 8 * _ITEMS
+    if is_list:
+        at = numba.carray(_pointer(at, np.int64), 1)[0]
+    return numba.carray(_pointer(at, np.int64), n)
+
+
+@numba.njit(cache=True)
+def _scan_container(container, is_list, n, ndarray_type, descrs, ndims, dims_at, dims, addresses, sizes):
+    objects = _container_items(container, is_list, n)
+    return _scan(objects, ndarray_type, descrs, ndims, dims_at, dims, addresses, sizes)
+
+
+@numba.njit(cache=True)
+def _copied_items(container, is_list, n):
+    return _container_items(container, is_list, n).copy()
+
+
+_ITEMS_READABLE: list[bool] = []
+
+
+def items_readable() -> bool:
+    """Whether tuples' and lists' item pointers are where `_container_items` reads them:
+    checked once, on containers of 0, 1 and several objects."""
+    if not _ITEMS_READABLE:
+        # The headers' size first, with nothing read: another layout (a free-threaded build's
+        # larger header) is not probed, since the list's word there might be no pointer.
+        if tuple.__basicsize__ != 8 * _ITEMS or list.__basicsize__ != 8 * (_ITEMS + 2):
+            _ITEMS_READABLE.append(False)
+            return False
+        try:
+            objects = [object() for _ in range(5)]
+            ok = all(
+                list(_copied_items(id(c), type(c) is list, len(c))) == [id(o) for o in c]
+                for k in (0, 1, 5)
+                for c in (tuple(objects[:k]), list(objects[:k]))
+            )
+        except Exception:  # any surprise: the ids are built in Python
+            ok = False
+        _ITEMS_READABLE.append(ok)
+    return _ITEMS_READABLE[0]
+
+
 class ArrayFields:
     """Checks a step's gradients against their parameters' (dtype, shape) and reads their
     addresses, in one compiled call (see above). Keeps the expected dtypes alive: their
@@ -161,8 +215,15 @@ class ArrayFields:
     def scan(self, gradients) -> tuple[int, np.ndarray, np.ndarray]:
         """(-1 or the first position that fails, addresses, sizes): see `_scan`."""
         n = len(gradients)
-        objects = np.fromiter(map(id, gradients), np.int64, n)
         addresses, sizes = np.empty(n, np.int64), np.empty(n, np.int64)
+        kind = type(gradients)
+        if (kind is tuple or kind is list) and items_readable():
+            # read in place: the container is alive (the caller's) and the GIL is held
+            failed = _scan_container(
+                id(gradients), kind is list, n, id(np.ndarray), *self._expected, addresses, sizes
+            )
+            return failed, addresses, sizes
+        objects = np.fromiter(map(id, gradients), np.int64, n)
         return _scan(objects, id(np.ndarray), *self._expected, addresses, sizes), addresses, sizes
 
     def read(self, gradients) -> tuple[np.ndarray, np.ndarray] | None:
