@@ -320,3 +320,45 @@ def test_sgd_groups_with_and_without_momentum_split_and_merge_over_codes():
     assert opt.state[params[2]]["momentum_buffer"].dtype is torch.uint8
     assert _same(_snapshot(params[:2], opt), _snapshot(*alone[0]))
     assert _same(_snapshot(params[2:], opt), _snapshot(*alone[1]))
+
+
+@pytest.mark.parametrize(
+    "cls, lr",
+    [(optforge.torch.Lamb, 1e-3), (optforge.torch.StableAdamW, 1e-3), (optforge.torch.Prodigy, 1.0)],
+    ids=["Lamb", "StableAdamW", "Prodigy"],
+)
+def test_a_second_moment_far_below_its_block_s_largest_never_reads_back_as_zero(cls, lr):
+    """A block with one gradient 1e4 times the others: their second moments are 1e-8 of the
+    block's largest, below the smallest nonzero code. Read back as 0 by the second stage, they
+    would step by m / eps (StableAdamW: 9 instead of 1e-3); kept at the smallest code, the step
+    is at most float32 state's."""
+    g = torch.full((256,), 1e-4)
+    g[0] = 1.0
+    updates = {}
+    for state_dtype in (None, "int8"):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(256))
+        before = p.detach().clone()
+        opt = cls([p], lr=lr, state_dtype=state_dtype)
+        p.grad = g.clone()
+        opt.step()
+        updates[state_dtype] = (p.detach() - before).abs()
+    assert torch.all(updates["int8"] <= updates[None] * 1.01 + 1e-9)
+    assert torch.all(updates["int8"][1:] > 0)
+
+
+def test_an_adam_moment_whose_gradient_stops_steps_less_than_float32_not_by_m_over_eps():
+    steps = {}
+    for state_dtype in (None, "int8"):
+        p = torch.nn.Parameter(torch.zeros(256))
+        opt = optforge.torch.Adam([p], lr=1e-3, state_dtype=state_dtype)
+        g = torch.zeros(256)
+        g[0], g[1] = 1.0, 1e-4
+        p.grad = g.clone()
+        opt.step()
+        before = p[1].item()
+        g[1] = 0.0  # element 1 gets no gradient at step 2: its update is m_hat / sqrt(v_hat)
+        p.grad = g.clone()
+        opt.step()
+        steps[state_dtype] = before - p[1].item()
+    assert 0 < steps["int8"] <= steps[None]

@@ -24,11 +24,12 @@ Accuracy (`relative_error_bounds`): a value of magnitude in [10**-k, 10**-(k-1))
 back within a relative error of
 
     decade k      1 (top)   2        3        4        5        6        7
-    signed        6.2 %     11.0 %   18.0 %   27.6 %   46.6 %   71.1 %   100 %
-    unsigned      3.3 %     6.2 %    11.0 %   18.0 %   27.6 %   46.6 %   100 %
+    signed        6.2 %     11.0 %   18.0 %   27.6 %   46.6 %   71.1 %   450 %
+    unsigned      3.3 %     6.2 %    11.0 %   18.0 %   27.6 %   46.6 %   225 %
 
-(100 %: below half the smallest nonzero entry, 5.5e-7 signed and 3.25e-7 unsigned, x reads
-back as 0; the top decade holds 64 entries signed, 128 unsigned), plus the two
+(decade 7: below the smallest nonzero entry, 5.5e-7 signed and 3.25e-7 unsigned, x reads back
+as that entry, of its sign, below 1e-7 too; the top decade holds 64 entries signed, 128
+unsigned), plus the two
 float32 roundings of x / absmax and table[code] * absmax (2**-23 relative together). The absolute
 error is at most half the gap between the two codes around x / absmax, times absmax: at most
 0.00703 * absmax (signed), 0.00352 * absmax (unsigned). Optimizer moments tolerate this (the
@@ -40,8 +41,16 @@ Nearest code: `quantize` counts the midpoints below x (a binary search: 8 compar
 dependent branch). `MIDPOINTS[kind][i]` is the exact midpoint of entries i and i+1 rounded down to
 float32, so for every float32 x, ``x > MIDPOINTS[i]`` is exactly "x is nearer entry i+1 than entry
 i, or as near and the midpoint is not a float32": a float32 x exactly halfway between two entries
-takes the LOWER entry (the more negative value); anything else takes the nearest entry. Values
+takes the LOWER entry (the more negative value); anything else takes the nearest entry, but for
+the two points around 0, which keep the sign (above). Values
 outside the table's range take its end codes; NaN takes code 0.
+
+Nonzero values: nearest, but for one exception, x never reads back as 0 unless it is 0. Below half
+the smallest nonzero entry, nearest would be 0, and bitsandbytes writes 0 there. We write the
+smallest entry of x's sign instead, an absolute error below that entry times absmax. The reason
+is Adam's denominator: a second moment 1e-7 of its block's largest that read back as 0 (while
+the first moment, in its own block, did not) would step the parameter by m / eps; read back as
+the smallest entry, the step only gets smaller.
 
 Special blocks: an all-zero block has absmax 0; its elements are written as the code of 0 (not
 0 / 0) and read back as exact zeros. A block holding NaN has absmax NaN (`absmax_update` and
@@ -113,6 +122,13 @@ def midpoints(table: np.ndarray) -> np.ndarray:
     mid = exact.astype(np.float32)
     above = mid.astype(np.float64) > exact
     mid[above] = np.nextafter(mid[above], np.float32(-np.inf))
+    # The sign is kept: every positive x is above the point after 0's entry, and every negative
+    # one at or below the point before it (the negative float32 nearest 0), so no nonzero value
+    # reads back as 0 (the docstring's "Nonzero values").
+    zero = int(np.flatnonzero(t == 0)[0])
+    mid[zero] = np.float32(0.0)
+    if zero > 0:
+        mid[zero - 1] = -np.nextafter(np.float32(0), np.float32(1))
     return mid
 
 
@@ -184,7 +200,8 @@ def nearest_code_by_bucket(r, kind: str) -> np.ndarray:
 
 def relative_error_bounds(table: np.ndarray) -> np.ndarray:
     """Per decade k = 1..7 (|x| / absmax in [10**-k, 10**-(k-1))), the largest relative error
-    |table[nearest] - x| / |x| of rounding x / absmax to the nearest entry, over both signs.
+    |table[code] - x| / |x| of rounding x / absmax to its code (the nearest entry, or the
+    smallest of its sign: the module's "Nonzero values"), over both signs.
 
     Between neighbouring magnitudes a < b the error is (x - a) / x up to the midpoint and
     (b - x) / x after it, largest at the midpoint: (b - a) / (a + b). A magnitude beyond the
@@ -208,6 +225,8 @@ def relative_error_bounds(table: np.ndarray) -> np.ndarray:
             # it lies there, else at the end nearer to it.
             with np.errstate(invalid="ignore"):  # the gap up to inf has no midpoint: q <= mm
                 err = np.where(q <= mm, 1 - am / q, np.where(p >= mm, bm / p - 1, (bm - am) / (am + bm)))
+                # The gap above 0: every x in it reads back as its upper entry (the sign is kept).
+                err = np.where(am == 0, bm / p - 1, err)
             bounds[k - 1] = max(bounds[k - 1], err.max(initial=0.0))
     return bounds
 
