@@ -148,7 +148,7 @@ def test_the_float32_state_dict_dequantises_and_torch_optim_steps_on_from_it():
     for _ in range(3):
         _step(params, opt, generator)
     saved = opt.float32_state_dict()
-    assert "exp_avg_absmax" not in saved["state"][0]
+    assert "exp_avg_absmax" not in saved["state"][0] and "exp_avg_qmap" not in saved["state"][0]
     kept, absmax = opt.state[params[0]]["exp_avg"], opt.state[params[0]]["exp_avg_absmax"]
     expected = dequantize_blockwise(kept.numpy(), absmax.numpy(), TABLES["signed"]).reshape(kept.shape)
     assert saved["state"][0]["exp_avg"].dtype is torch.float32
@@ -202,13 +202,23 @@ def _broken(saved: dict, change) -> dict:
 @pytest.mark.parametrize(
     "change, words",
     [
-        (lambda s: s.update(exp_avg=s["exp_avg"].to(torch.int16)), "not torch.uint8"),
+        (lambda s: s.update(exp_avg=s["exp_avg"].to(torch.int16)), "not a torch.uint8 tensor"),
         (lambda s: s.update(exp_avg_absmax=s["exp_avg_absmax"][:-1]), "one value per 256"),
         (lambda s: s.update(exp_avg_absmax=s["exp_avg_absmax"].double()), "not torch.float32"),
         (lambda s: s.pop("exp_avg_absmax"), "without 'exp_avg_absmax'"),
         (lambda s: s.update(exp_avg=s["exp_avg"][:5]), "has shape (5,)"),
+        (lambda s: s.pop("exp_avg_qmap"), "without 'exp_avg_qmap'"),
+        (lambda s: s.update(exp_avg_qmap=s["exp_avg_qmap"][:100]), "not a float32 tensor of 256"),
     ],
-    ids=["codes int16", "absmax short", "absmax float64", "no absmax", "codes short"],
+    ids=[
+        "codes int16",
+        "absmax short",
+        "absmax float64",
+        "no absmax",
+        "codes short",
+        "no qmap",
+        "qmap short",
+    ],
 )
 def test_a_state_dict_with_broken_codes_is_refused_with_nothing_changed(change, words):
     params, opt = _make(optforge.torch.Adam, lr=1e-2, state_dtype="int8")
@@ -230,15 +240,45 @@ def test_a_state_dict_with_broken_codes_is_refused_with_nothing_changed(change, 
     assert _same(_snapshot(params, opt), _snapshot(twin_params, twin))
 
 
-def test_codes_for_a_state_that_is_never_codes_are_refused():
+def test_codes_without_their_table_are_refused_and_a_non_float_state_too():
     params, opt = _make(optforge.torch.Rprop, lr=1e-2)
     _step(params, opt, torch.Generator().manual_seed(8))
     saved = opt.state_dict()
     codes = _broken(saved, lambda s: s.update(prev_absmax=torch.zeros(3), prev=s["prev"].to(torch.uint8)))
-    with pytest.raises(ValueError, match="this optimizer's state never holds"):
+    with pytest.raises(ValueError, match="without 'prev_qmap', the code table they index"):
         opt.load_state_dict(codes)
     with pytest.raises(ValueError, match="not a floating-point tensor"):
         opt.load_state_dict(_broken(saved, lambda s: s.update(prev=s["prev"].to(torch.uint8))))
+
+
+@pytest.mark.parametrize(
+    "source, target",
+    [
+        (optforge.torch.Lamb, optforge.torch.StableAdamW),  # unsigned exp_avg_sq -> signed
+        (optforge.torch.StableAdamW, optforge.torch.AdamW),  # signed -> unsigned
+        (optforge.torch.StableAdamW, None),  # signed codes -> float32 state of AdamW
+    ],
+    ids=["unsigned into signed", "signed into unsigned", "codes into float32 state"],
+)
+def test_codes_of_another_class_load_by_their_own_table(source, target):
+    """StableAdamW keeps exp_avg_sq in the signed table, Lamb and AdamW in the unsigned one:
+    saved with their table (`exp_avg_sq_qmap`), codes are read as the values they are, then
+    requantised into the loading optimizer's table (or kept as float32 values)."""
+    params, opt = _make(source, lr=1e-2, state_dtype="int8")
+    _step(params, opt, torch.Generator().manual_seed(16))
+    values = opt.float32_state_dict()["state"]
+    assert not any(k.endswith(("_absmax", "_qmap")) for k in values[0])
+    loading = target or optforge.torch.AdamW
+    _, other = _make(loading, lr=1e-2, **({"state_dtype": "int8"} if target else {}))
+    other.load_state_dict(opt.state_dict())
+    for i, q in enumerate(other.param_groups[0]["params"]):
+        loaded = other.float32_state_dict()["state"][i]["exp_avg_sq"]
+        assert torch.all(loaded >= 0)
+        scale = float(values[i]["exp_avg_sq"].abs().max())
+        # within the loading table's rounding of the source's values
+        torch.testing.assert_close(loaded, values[i]["exp_avg_sq"], rtol=0.07, atol=1e-2 * scale)
+        if target is None:
+            assert torch.equal(other.state[q]["exp_avg_sq"], values[i]["exp_avg_sq"])
 
 
 def test_a_state_that_cannot_be_codes_is_refused_at_construction_naming_it():
@@ -362,3 +402,24 @@ def test_an_adam_moment_whose_gradient_stops_steps_less_than_float32_not_by_m_ov
         opt.step()
         steps[state_dtype] = before - p[1].item()
     assert 0 < steps["int8"] <= steps[None]
+
+
+@pytest.mark.parametrize(
+    "state_dtype, change, words",
+    [
+        ("int8", lambda s: s.update(exp_avg_absmax=s["exp_avg_absmax"].bfloat16()), "is torch.bfloat16"),
+        ("int8", lambda s: s.update(exp_avg_absmax=s["exp_avg_absmax"][:1].clone()), "has 1 elements, not 3"),
+        ("int8", lambda s: s.pop("exp_avg_absmax"), "without their 'exp_avg_absmax'"),
+        (None, lambda s: s.update(exp_avg=s["exp_avg"].bfloat16()), "is torch.bfloat16"),
+        (None, lambda s: s.update(exp_avg_sq=s["exp_avg_sq"][:10].clone()), "has 10 elements"),
+    ],
+    ids=["absmax bfloat16", "absmax short", "absmax gone", "state bfloat16", "state short"],
+)
+def test_a_copy_whose_state_tensors_were_cast_or_cut_is_refused(state_dtype, change, words):
+    """deepcopy and pickle build the copy's kernels over its `state[p]` tensors: one cast to
+    another dtype or cut short would have them write past its end. Refused, naming it."""
+    params, opt = _make(optforge.torch.AdamW, lr=1e-2, state_dtype=state_dtype)
+    _step(params, opt, torch.Generator().manual_seed(15))
+    change(opt.state[params[0]])
+    with pytest.raises(ValueError, match=words):
+        copy.deepcopy(opt)

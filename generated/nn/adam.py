@@ -58,10 +58,10 @@ class Adam(NNOptimizer):
         stores round to nearest even, and no state is wider than that type.
         bfloat16 arrays are ml_dtypes'. 'int8' keeps 8-bit blockwise codes
         (a uint8 per element, and a float32 absmax per 256 elements in the
-        state `<name>_absmax`) for the states the compiler proved sound (the
-        docs page lists them); CPU only, and not for FSDP2's DTensor
-        parameters; `float32_state_dict()` gives the state as float32
-        values.
+        state `<name>_absmax`; in optforge.torch also its code table,
+        `<name>_qmap`) for the states the compiler proved sound (the docs
+        page lists them); CPU only, and not for FSDP2's DTensor parameters;
+        `float32_state_dict()` gives the state as float32 values.
     master_weights : bool, default False (keyword only)
         For float16 and bfloat16 parameters: keep a float32 copy of each
         (the state `master_param`), step the copy, and write its nearest

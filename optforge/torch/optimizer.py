@@ -230,6 +230,20 @@ class _Engine(OptimOptimizer):
                 setattr(self, key, getattr(owner, key))
 
 
+class _SavedCodes(NamedTuple):
+    """A saved state of 8-bit codes (checked by `_saved_values`)."""
+
+    codes: torch.Tensor
+    absmax: torch.Tensor
+    codes_table: torch.Tensor
+
+    def values(self) -> torch.Tensor:
+        """The float32 values: ``codes_table[code] * absmax``."""
+        table = self.codes_table.numpy()
+        values = dequantize_blockwise(self.codes.cpu().numpy(), self.absmax.cpu().numpy(), table)
+        return torch.from_numpy(values.reshape(tuple(self.codes.shape)))
+
+
 @dataclass
 class _Cohort:
     engine: _Engine
@@ -664,10 +678,25 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 for name, arrays in engine.state.items()
                 if arrays[pos] is not None
             }
+            tables = getattr(self._kernel_module(), "INT8_TABLES", {})
+            for name, arrays in engine.state.items():  # beside each state of codes: its code table
+                if name.endswith(ABSMAX) and arrays[pos] is not None:
+                    views[self._state_key(name[: -len(ABSMAX)]) + QMAP] = self._qmap(
+                        tables[name[: -len(ABSMAX)]]
+                    )
             if views:  # torch makes no entry for a parameter it keeps nothing for (SGD, momentum 0)
                 self.state[params[i]].update(views)
         self._link_steps(engine)
         self._refresh_extra_state(engine)
+
+    def _qmap(self, kind: str) -> torch.Tensor:
+        """The code table of `kind` as the tensor `state[p]` shows beside codes (one per kind,
+        shared): a saved state dict says which table its codes index, so another class's codes
+        (StableAdamW's signed `exp_avg_sq`, Adam's unsigned one) load by their own table."""
+        qmaps = self.__dict__.setdefault("_qmaps", {})
+        if kind not in qmaps:
+            qmaps[kind] = torch.from_numpy(TABLES[kind].copy())
+        return qmaps[kind]
 
     def _link_steps(self, engine: _Engine) -> None:
         params = self._flat_params()
@@ -717,24 +746,20 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
 
     def float32_state_dict(self) -> dict:
         """`state_dict()` with every state tensor as float32 values: 16-bit ones widened
-        (exactly), 8-bit codes dequantised (``table[code] * absmax``, their ``<key>_absmax``
-        entries dropped). What torch.optim's optimizer of the same name loads and steps on at
-        full precision, after a run with `state_dtype` or 16-bit parameters. Master copies stay
-        as they are (``master_param``, float32: the values to give float32 parameters)."""
+        (exactly), 8-bit codes dequantised (``qmap[code] * absmax``, their ``<key>_absmax``
+        and ``<key>_qmap`` entries dropped). What torch.optim's optimizer of the same name
+        loads and steps on at full precision, after a run with `state_dtype` or 16-bit
+        parameters. Master copies stay as they are (``master_param``, float32: the values to
+        give float32 parameters)."""
         saved = self.state_dict()
-        tables = getattr(self._kernel_module(), "INT8_TABLES", {})
-        names = {key: name for name, key in self._STATE_KEYS.items()}
         widened = {}
         for index, state in saved["state"].items():
             values = {}
             for key, value in state.items():
-                if key.endswith(ABSMAX) and key[: -len(ABSMAX)] in state:
+                if key.endswith((ABSMAX, QMAP)) and key.rsplit("_", 1)[0] in state:
                     continue  # read into its state's values
-                absmax = state.get(key + ABSMAX)
-                if absmax is not None and key in names:
-                    table = TABLES[tables[names[key]]]
-                    codes = dequantize_blockwise(value.cpu().numpy(), absmax.cpu().numpy(), table)
-                    value = torch.from_numpy(codes.reshape(tuple(value.shape)))
+                if key + ABSMAX in state and key + QMAP in state:
+                    value = _SavedCodes(value, state[key + ABSMAX], state[key + QMAP]).values()
                 elif isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
                     value = value.float()
                 values[key] = value
@@ -888,14 +913,21 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                     f"(the parameter's is {tuple(p.shape)})."
                 )
             absmax = state.get(key + ABSMAX)
+            if absmax is not None:  # saved as codes: checked, and read by the table they index
+                value = self._saved_values(i, key, value, absmax, state.get(key + QMAP))
             if name in int8:
-                value, parts[absmax_name(name)] = self._saved_codes(i, key, value, absmax, int8[name])
+                kind = int8[name]
+                if absmax is not None and torch.equal(value.codes_table, self._qmap(kind)):
+                    value, parts[absmax_name(name)] = value.codes, value.absmax  # as they are
+                else:
+                    values = value.values() if absmax is not None else value
+                    value, parts[absmax_name(name)] = self._quantised(i, key, values, kind)
             elif absmax is not None:
-                value = self._dequantized(i, name, key, value, absmax)
+                value = value.values()
             elif name != MASTER and not value.is_floating_point():
                 raise ValueError(
                     f"{cls}: '{key}' of parameter {i} is {value.dtype}, not a floating-point tensor "
-                    f"(8-bit codes come with their '{key}{ABSMAX}')."
+                    f"(8-bit codes come with their '{key}{ABSMAX}' and '{key}{QMAP}')."
                 )
             try:
                 parts[name] = local_value(value, p, kinds.get(name, "element"))
@@ -903,25 +935,29 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 raise ValueError(f"{cls}: '{key}' of parameter {i} cannot be loaded: {error}.") from None
         return parts
 
-    def _saved_codes(self, i: int, key: str, value: torch.Tensor, absmax, kind: str) -> tuple:
-        """(codes, absmax) of a saved state kept as 8-bit codes: the saved ones, checked, or
-        the values quantised (the same bits as the kernels' stores of those values)."""
-        cls = type(self).__name__
-        if absmax is None:
-            if not value.is_floating_point():
-                raise ValueError(
-                    f"{cls}: '{key}' of parameter {i} is {value.dtype} without '{key}{ABSMAX}': neither "
-                    "8-bit codes with their absmax values nor floating-point values to quantise."
-                )
-            codes, absmax = quantize_blockwise(
-                value.detach().cpu().float().numpy(), TABLES[kind], mids=MIDPOINTS[kind]
+    def _quantised(self, i: int, key: str, value: torch.Tensor, kind: str) -> tuple:
+        """(codes, absmax) of saved values of any floating dtype: the same bits as the kernels'
+        stores of those values."""
+        if not value.is_floating_point():
+            raise ValueError(
+                f"{type(self).__name__}: '{key}' of parameter {i} is {value.dtype} without "
+                f"'{key}{ABSMAX}': neither 8-bit codes with their absmax values nor floating-point "
+                "values to quantise."
             )
-            return torch.from_numpy(codes.reshape(tuple(value.shape))), torch.from_numpy(absmax)
-        blocks = -(-value.numel() // BLOCK)
-        if value.dtype is not torch.uint8:
+        codes, absmax = quantize_blockwise(
+            value.detach().cpu().float().numpy(), TABLES[kind], mids=MIDPOINTS[kind]
+        )
+        return torch.from_numpy(codes.reshape(tuple(value.shape))), torch.from_numpy(absmax)
+
+    def _saved_values(self, i: int, key: str, codes, absmax, table) -> _SavedCodes:
+        """A saved state of 8-bit codes, checked (ValueError): uint8 codes, float32 absmax
+        values (one per 256 elements), and the float32[256] code table they index."""
+        cls = type(self).__name__
+        blocks = -(-codes.numel() // BLOCK)
+        if codes.dtype is not torch.uint8 or is_dtensor(codes):
             raise ValueError(
                 f"{cls}: '{key}' of parameter {i} comes with '{key}{ABSMAX}', so it holds 8-bit codes, "
-                f"but it is {value.dtype}, not torch.uint8."
+                f"but it is {'a DTensor' if is_dtensor(codes) else codes.dtype}, not a torch.uint8 tensor."
             )
         if not isinstance(absmax, torch.Tensor) or is_dtensor(absmax) or tuple(absmax.shape) != (blocks,):
             got = tuple(absmax.shape) if isinstance(absmax, torch.Tensor) else type(absmax).__name__
@@ -931,20 +967,19 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             )
         if absmax.dtype is not torch.float32:
             raise ValueError(f"{cls}: '{key}{ABSMAX}' of parameter {i} is {absmax.dtype}, not torch.float32.")
-        return value, absmax
-
-    def _dequantized(self, i: int, name: str, key: str, codes: torch.Tensor, absmax) -> torch.Tensor:
-        """A saved state's 8-bit codes as float32 values, for a state kept as values."""
-        cls = type(self).__name__
-        kind = getattr(self._kernel_module(), "INT8_TABLES", {}).get(name)
-        if kind is None or is_dtensor(codes):
+        if table is None:
             raise ValueError(
-                f"{cls}: '{key}' of parameter {i} comes with '{key}{ABSMAX}' (8-bit codes), which "
-                + ("this optimizer's state never holds." if kind is None else "cannot be read as a DTensor.")
+                f"{cls}: '{key}' of parameter {i} holds 8-bit codes without '{key}{QMAP}', the code "
+                "table they index (tables differ between states and classes)."
             )
-        codes, absmax = self._saved_codes(i, key, codes, absmax, kind)
-        values = dequantize_blockwise(codes.cpu().numpy(), absmax.cpu().numpy(), TABLES[kind])
-        return torch.from_numpy(values.reshape(tuple(codes.shape)))
+        if (
+            not isinstance(table, torch.Tensor)
+            or is_dtensor(table)
+            or table.dtype is not torch.float32
+            or tuple(table.shape) != (256,)
+        ):
+            raise ValueError(f"{cls}: '{key}{QMAP}' of parameter {i} is not a float32 tensor of 256 entries.")
+        return _SavedCodes(codes, absmax, table.cpu())
 
     # -- copies: copy.deepcopy, pickle, torch.save of the optimizer object --
 
@@ -987,19 +1022,53 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         for members, step in cohorts:  # engines over the copy's parameters and state tensors
             arrays: dict[str, dict[int, object]] = {}
             for i in members:
-                codes = self._int8_states(params[i], i)
-                for name in [n for n, _ in self._state_shapes(params[i])] + [absmax_name(n) for n in codes]:
+                p, codes = params[i], self._int8_states(params[i], i)
+                shapes = dict(self._state_shapes(p))
+                for name in [*shapes, *(absmax_name(n) for n in codes)]:
                     # A state torch does not keep for the group (RMSprop's buffer without
                     # momentum) is absent: None, as the engine it came from held it.
-                    tensor = self.state[params[i]].get(self._state_key(name))
-                    arrays.setdefault(name, {})[i] = None if tensor is None else _as_array(local(tensor))
-                if MASTER in self.state[params[i]]:  # master weights: the float32 copy
-                    arrays.setdefault(MASTER, {})[i] = _as_array(local(self.state[params[i]][MASTER]))
+                    tensor = self.state[p].get(self._state_key(name))
+                    if tensor is None and name.endswith(ABSMAX) and name[: -len(ABSMAX)] in codes:
+                        if self.state[p].get(self._state_key(name[: -len(ABSMAX)])) is not None:
+                            raise ValueError(
+                                f"{type(self).__name__}: the copy's state of parameter {i} has 8-bit codes "
+                                f"without their '{self._state_key(name)}'."
+                            )
+                    if tensor is not None:
+                        if name.endswith(ABSMAX):
+                            dtype, size = np.float32, -(-p.numel() // BLOCK)
+                        else:
+                            storage = self._policy.state_storage(name, storage_name(_numpy_dtype(p.dtype)))
+                            dtype, size = numpy_dtype(storage), math.prod(shapes[name])
+                        tensor = self._copied_state(i, name, tensor, dtype, size)
+                    arrays.setdefault(name, {})[i] = tensor
+                if MASTER in self.state[p]:  # master weights: the float32 copy
+                    tensor = self._copied_state(i, MASTER, self.state[p][MASTER], np.float32, p.numel())
+                    arrays.setdefault(MASTER, {})[i] = tensor
             views = {i: _view(params[i], f"param{i}") for i in members}
             engine = self._ENGINE(self, members, views, arrays)
             engine.global_step = step
             self._cohorts.append(_Cohort(engine, [local(params[i]).data_ptr() for i in engine.members]))
             self._link_steps(engine)
+
+    def _copied_state(self, i: int, name: str, tensor, dtype, size: int):
+        """The kernels' view of a copy's state tensor, checked against what they keep
+        (ValueError otherwise: a tensor cast to another dtype, or cut short, in the copied
+        `state`, would have the kernels read and write past its end)."""
+        key, array = self._state_key(name), _as_array(local(tensor))
+        params = self._flat_params()
+        if np.dtype(array.dtype) != np.dtype(dtype) or not local(tensor).is_contiguous():
+            raise ValueError(
+                f"{type(self).__name__}: the copy's '{key}' of parameter {i} is {tensor.dtype}"
+                f"{'' if local(tensor).is_contiguous() else ', not contiguous'}; its kernels keep it as "
+                f"contiguous {np.dtype(dtype).name}. Load a state dict instead: load_state_dict converts."
+            )
+        if not is_dtensor(params[i]) and array.size != size:
+            raise ValueError(
+                f"{type(self).__name__}: the copy's '{key}' of parameter {i} has {array.size} elements, "
+                f"not {size}."
+            )
+        return array
 
     def _torch_setstate(self, state: dict) -> None:
         """torch's `__setstate__`, less the `differentiable` it adds to the defaults of a class
@@ -1049,6 +1118,10 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
 
         return torch_all_reduce(group)
 
+
+# Beside a state of 8-bit codes, `state[p]` holds its absmax values (`<key>_absmax`) and the code
+# table its codes index (`<key>_qmap`, bitsandbytes' name for it).
+QMAP = "_qmap"
 
 # The parameter dtypes the kernels step (16-bit ones in float32, their arrays as ml_dtypes'
 # bfloat16 or NumPy's float16 views of the same memory).
