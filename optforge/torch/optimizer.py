@@ -665,6 +665,7 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
         """The cohort's state becomes torch's `state[p]`: views of the engine's arrays."""
         params = self._flat_params()
         engine = cohort.engine
+        tables = getattr(self._kernel_module(), "INT8_TABLES", {})
         for pos, i in enumerate(engine.members):
             # None: a state this tensor's variant lacks (Adafactor: row/col factors for
             # matrices, else variance) or torch does not keep (SGD's buffer without momentum).
@@ -678,12 +679,10 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                 for name, arrays in engine.state.items()
                 if arrays[pos] is not None
             }
-            tables = getattr(self._kernel_module(), "INT8_TABLES", {})
             for name, arrays in engine.state.items():  # beside each state of codes: its code table
                 if name.endswith(ABSMAX) and arrays[pos] is not None:
-                    views[self._state_key(name[: -len(ABSMAX)]) + QMAP] = self._qmap(
-                        tables[name[: -len(ABSMAX)]]
-                    )
+                    base = name[: -len(ABSMAX)]
+                    views[self._state_key(base) + QMAP] = self._qmap(tables[base])
             if views:  # torch makes no entry for a parameter it keeps nothing for (SGD, momentum 0)
                 self.state[params[i]].update(views)
         self._link_steps(engine)
@@ -1040,10 +1039,10 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
                         else:
                             storage = self._policy.state_storage(name, storage_name(_numpy_dtype(p.dtype)))
                             dtype, size = numpy_dtype(storage), math.prod(shapes[name])
-                        tensor = self._copied_state(i, name, tensor, dtype, size)
+                        tensor = self._copied_state(p, i, name, tensor, dtype, size)
                     arrays.setdefault(name, {})[i] = tensor
                 if MASTER in self.state[p]:  # master weights: the float32 copy
-                    tensor = self._copied_state(i, MASTER, self.state[p][MASTER], np.float32, p.numel())
+                    tensor = self._copied_state(p, i, MASTER, self.state[p][MASTER], np.float32, p.numel())
                     arrays.setdefault(MASTER, {})[i] = tensor
             views = {i: _view(params[i], f"param{i}") for i in members}
             engine = self._ENGINE(self, members, views, arrays)
@@ -1051,19 +1050,18 @@ class TorchOptimizer(StepStateMixin, torch.optim.Optimizer):
             self._cohorts.append(_Cohort(engine, [local(params[i]).data_ptr() for i in engine.members]))
             self._link_steps(engine)
 
-    def _copied_state(self, i: int, name: str, tensor, dtype, size: int):
+    def _copied_state(self, p: torch.Tensor, i: int, name: str, tensor, dtype, size: int):
         """The kernels' view of a copy's state tensor, checked against what they keep
         (ValueError otherwise: a tensor cast to another dtype, or cut short, in the copied
         `state`, would have the kernels read and write past its end)."""
         key, array = self._state_key(name), _as_array(local(tensor))
-        params = self._flat_params()
         if np.dtype(array.dtype) != np.dtype(dtype) or not local(tensor).is_contiguous():
             raise ValueError(
                 f"{type(self).__name__}: the copy's '{key}' of parameter {i} is {tensor.dtype}"
                 f"{'' if local(tensor).is_contiguous() else ', not contiguous'}; its kernels keep it as "
                 f"contiguous {np.dtype(dtype).name}. Load a state dict instead: load_state_dict converts."
             )
-        if not is_dtensor(params[i]) and array.size != size:
+        if not is_dtensor(p) and array.size != size:
             raise ValueError(
                 f"{type(self).__name__}: the copy's '{key}' of parameter {i} has {array.size} elements, "
                 f"not {size}."
